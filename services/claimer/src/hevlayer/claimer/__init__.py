@@ -1,0 +1,1 @@
+"""hevlayer claimer service."""

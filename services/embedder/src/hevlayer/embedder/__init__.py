@@ -1,0 +1,1 @@
+"""hevlayer embedder service."""

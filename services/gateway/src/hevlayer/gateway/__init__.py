@@ -1,0 +1,1 @@
+"""hevlayer gateway service."""

@@ -1,0 +1,1 @@
+"""hevlayer operator service."""
