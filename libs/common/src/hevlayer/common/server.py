@@ -1,0 +1,246 @@
+"""Server bootstrap shared by every hevlayer service.
+
+:class:`ServiceApp` runs one ``grpc.aio`` server (with health, reflection and
+the common interceptors) and one small HTTP server (``/metrics``,
+``/healthz``, ``/readyz`` and any routes the service adds), and shuts down
+gracefully on SIGTERM/SIGINT: health turns NOT_SERVING, the server stops
+accepting calls, streams are told to finish (:attr:`ServiceApp.stopping`),
+in-flight calls get ``HEVLAYER_SHUTDOWN_GRACE_SECONDS`` to drain, then the
+shutdown hooks run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hevlayer.common import metrics
+from hevlayer.common.channels import MAX_MESSAGE_BYTES
+from hevlayer.common.config import ConfigError, setting, split_address
+from hevlayer.common.interceptors import ServerInterceptor
+from hevlayer.common.logging import configure_logging
+from hevlayer.common.telemetry import configure_tracing
+
+log = logging.getLogger("hevlayer.server")
+
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Settings every service shares."""
+
+    grpc_address: str = setting(
+        "HEVLAYER_GRPC_ADDRESS", "host:port the gRPC server listens on.", "127.0.0.1:50051"
+    )
+    http_address: str = setting(
+        "HEVLAYER_HTTP_ADDRESS",
+        "host:port of the HTTP server (/metrics, /healthz, /readyz; the gateway's REST routes). "
+        "Empty disables it.",
+        "127.0.0.1:9090",
+    )
+    log_level: str = setting("HEVLAYER_LOG_LEVEL", "Log level: debug, info, warning, error.", "info")
+    log_format: str = setting("HEVLAYER_LOG_FORMAT", "Log format: json or text.", "json")
+    traces_exporter: str = setting(
+        "HEVLAYER_TRACES_EXPORTER",
+        "Where spans go: none, console, otlp (standard OTEL_EXPORTER_OTLP_* variables) "
+        "or file:PATH (JSON lines).",
+        "none",
+    )
+    shutdown_grace_seconds: float = setting(
+        "HEVLAYER_SHUTDOWN_GRACE_SECONDS",
+        "Time in-flight calls get to finish after SIGTERM.",
+        10.0,
+    )
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid variable."""
+        split_address(self.grpc_address, "HEVLAYER_GRPC_ADDRESS")
+        if self.http_address:
+            split_address(self.http_address, "HEVLAYER_HTTP_ADDRESS")
+        if self.log_format not in ("json", "text"):
+            raise ConfigError(f"HEVLAYER_LOG_FORMAT: expected json or text, got {self.log_format!r}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError(f"HEVLAYER_LOG_LEVEL: unknown level {self.log_level!r}")
+        if self.shutdown_grace_seconds < 0:
+            raise ConfigError("HEVLAYER_SHUTDOWN_GRACE_SECONDS: must be >= 0")
+
+
+class ServiceApp:
+    """One service process: gRPC server, HTTP server, lifecycle hooks."""
+
+    def __init__(self, name: str, settings: ServerSettings, *, serving_on_start: bool = True) -> None:
+        self.name = name
+        self._serving_on_start = serving_on_start
+        self.settings = settings
+        self.stopping = asyncio.Event()
+        self.health = health.aio.HealthServicer()
+        self._service_names: list[str] = []
+        self._published: list[str] = []
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
+        self._routes: list[web.RouteDef] = []
+        self._readiness: list[Callable[[], Awaitable[bool]]] = []
+        self.grpc_port = 0
+        self.http_port = 0
+        self.server = aio.server(
+            interceptors=[ServerInterceptor()],
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+
+    def add_service(self, full_name: str, register: Callable[[Any, aio.Server], None], servicer: Any) -> None:
+        """Register ``servicer`` (``register`` is the generated
+        ``add_XServicer_to_server``) under ``full_name`` for health and reflection."""
+        register(servicer, self.server)
+        self._service_names.append(full_name)
+
+    def publish(self, full_name: str) -> None:
+        """List a service in reflection before its handlers exist here (its
+        calls answer UNIMPLEMENTED); health does not report it."""
+        self._published.append(full_name)
+
+    def add_routes(self, routes: list[web.RouteDef]) -> None:
+        """Serve extra HTTP routes on the HTTP address."""
+        self._routes.extend(routes)
+
+    def on_startup(self, hook: Hook) -> None:
+        """Run ``hook`` before the servers accept calls."""
+        self._startup.append(hook)
+
+    def on_shutdown(self, hook: Hook) -> None:
+        """Run ``hook`` after the servers have drained (in reverse order)."""
+        self._shutdown.append(hook)
+
+    def add_readiness_check(self, check: Callable[[], Awaitable[bool]]) -> None:
+        """``/readyz`` answers 503 while any check returns False."""
+        self._readiness.append(check)
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "service": self.name})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        if self.stopping.is_set():
+            return web.json_response({"status": "stopping"}, status=503)
+        for check in self._readiness:
+            if not await check():
+                return web.json_response({"status": "not ready"}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    async def start(self) -> None:
+        """Start hooks, then the gRPC and HTTP servers; mark every service SERVING."""
+        names = [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection([*names, *self._published, reflection.SERVICE_NAME], self.server)
+        await self.set_serving(self._serving_on_start)
+        for hook in self._startup:
+            await hook()
+        host, port = split_address(self.settings.grpc_address, "HEVLAYER_GRPC_ADDRESS")
+        self.grpc_port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.grpc_port == 0:
+            raise ConfigError(f"HEVLAYER_GRPC_ADDRESS: cannot listen on {host}:{port}")
+        await self.server.start()
+        if self.settings.http_address:
+            await self._start_http()
+        log.info(
+            "%s serving",
+            self.name,
+            extra={
+                "grpc_port": self.grpc_port,
+                "http_port": self.http_port,
+                "services": self._service_names,
+            },
+        )
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING (or NOT_SERVING) for the server and every service."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self._service_names]:
+            await self.health.set(name, status)
+
+    async def _start_http(self) -> None:
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/metrics", self._metrics),
+                web.get("/healthz", self._healthz),
+                web.get("/readyz", self._readyz),
+                *self._routes,
+            ]
+        )
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        host, port = split_address(self.settings.http_address, "HEVLAYER_HTTP_ADDRESS")
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else port
+
+    async def stop(self) -> None:
+        """Graceful shutdown: NOT_SERVING, stop accepting, drain, run hooks."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        await self.health.enter_graceful_shutdown()
+        log.info("%s stopping", self.name, extra={"grace_seconds": self.settings.shutdown_grace_seconds})
+        await self.server.stop(self.settings.shutdown_grace_seconds)
+        runner = getattr(self, "_runner", None)
+        if runner is not None:
+            await runner.cleanup()
+        for hook in reversed(self._shutdown):
+            try:
+                await hook()
+            except Exception:
+                log.exception("shutdown hook failed")
+        log.info("%s stopped", self.name)
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        signalled = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, signalled.set)
+        try:
+            await self.start()
+            await signalled.wait()
+        finally:
+            await self.stop()
+
+
+def run_service(
+    name: str,
+    settings: ServerSettings,
+    build: Callable[[ServiceApp], Awaitable[None]],
+    *,
+    serving_on_start: bool = True,
+) -> None:
+    """Entry point helper: configure logs and traces, build the app, run it."""
+    configure_logging(name, settings.log_level, settings.log_format)
+    configure_tracing(name, settings.traces_exporter)
+
+    async def main() -> None:
+        app = ServiceApp(name, settings, serving_on_start=serving_on_start)
+        await build(app)
+        await app.run()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())

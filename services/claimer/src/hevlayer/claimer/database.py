@@ -1,0 +1,143 @@
+"""PostgreSQL access: the pool, versioned migrations, and the mapping of
+connection failures to UNAVAILABLE."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from importlib import resources
+
+import asyncpg
+
+from hevlayer.common.errors import Unavailable
+
+log = logging.getLogger("hevlayer.claimer.database")
+
+# Key of the advisory lock that serializes migrations across claimer replicas.
+MIGRATION_LOCK_KEY = 0x68657631  # "hev1"
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+# Exceptions meaning "PostgreSQL is unreachable or went away", not "bad query".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration shipped with the claimer, in order."""
+    found = []
+    for entry in resources.files("hevlayer.claimer.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text()))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate migration versions: {versions}")
+    return found
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply pending migrations under an advisory lock; return the names applied."""
+    applied: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+            applied.append(name)
+            log.info("applied migration %s", name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    return applied
+
+
+class Database:
+    """The claimer's connection pool. ``acquire`` maps connection failures to
+    :class:`Unavailable` (with RetryInfo) so callers never see half a batch."""
+
+    def __init__(self, dsn: str, *, min_size: int, max_size: int, timeout: float) -> None:
+        self._dsn = dsn
+        self._min = min_size
+        self._max = max_size
+        self._timeout = timeout
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True once connected and migrated."""
+        return self._pool is not None
+
+    async def open(self) -> None:
+        """Connect, migrate, and create the pool (raises on failure)."""
+        conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=self._min,
+            max_size=self._max,
+            timeout=self._timeout,
+            command_timeout=self._timeout,
+        )
+
+    async def open_with_retry(self, stopping: asyncio.Event, max_delay: float = 5.0) -> bool:
+        """Retry :meth:`open` with backoff until it succeeds or ``stopping`` is set."""
+        delay = 0.2
+        while not stopping.is_set():
+            try:
+                await self.open()
+                return True
+            except CONNECTION_ERRORS as exc:
+                log.warning("PostgreSQL not reachable (%s); retrying in %.1fs", exc, delay)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+            delay = min(delay * 2, max_delay)
+        return False
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; UNAVAILABLE if PostgreSQL cannot be reached."""
+        if self._pool is None:
+            raise Unavailable("PostgreSQL is not reachable yet", retry_after=1.0)
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                yield conn
+        except CONNECTION_ERRORS as exc:
+            raise Unavailable(f"PostgreSQL is unreachable: {type(exc).__name__}", retry_after=1.0) from exc
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection inside a transaction (rolled back on any error)."""
+        async with self.acquire() as conn, conn.transaction():
+            yield conn

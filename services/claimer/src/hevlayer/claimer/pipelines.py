@@ -1,0 +1,283 @@
+"""Pipelines: validation and storage, independent of gRPC.
+
+The store speaks in :class:`PipelineRecord` values and raises
+:mod:`hevlayer.common.errors` exceptions naming the offending field.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import asyncpg
+
+from hevlayer.claimer.database import Database
+from hevlayer.common.errors import AlreadyExists, InvalidArgument, NotFound
+
+PIPELINE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+NAMESPACE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+DISTANCE_METRICS = ("cosine_distance", "euclidean_squared")
+QUEUE_BACKENDS = ("segment", "row")
+SINKS = ("milvus_lite", "milvus", "turbopuffer")
+RESERVED_STAGES = ("pending", "indexed", "failed")
+PENDING = "pending"
+UPDATABLE_FIELDS = ("paused", "max_attempts", "default_lease_seconds")
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class PipelineDefaults:
+    """Server defaults for what a create request leaves unset."""
+
+    queue_backend: str = "segment"
+    sink: str = "milvus_lite"
+    max_attempts: int = 5
+    lease_seconds: int = 900
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What a client asks for when creating a pipeline (empty/0 = default)."""
+
+    id: str
+    target_namespace: str = ""
+    distance_metric: str = ""
+    paused: bool = False
+    max_attempts: int = 0
+    default_lease_seconds: int = 0
+    queue_backend: str = ""
+    sink: str = ""
+    dimension: int = 0
+
+
+@dataclass(frozen=True)
+class PipelineRecord:
+    """A stored pipeline."""
+
+    id: str
+    target_namespace: str
+    distance_metric: str
+    paused: bool
+    max_attempts: int
+    default_lease_seconds: int
+    queue_backend: str
+    sink: str
+    dimension: int
+    create_time: datetime
+    update_time: datetime
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    """Per-stage counts of one pipeline."""
+
+    pipeline_id: str
+    counts: Mapping[str, int] = field(default_factory=dict)
+    version: int = 0
+    observe_time: datetime | None = None
+
+    @property
+    def pending_count(self) -> int:
+        """Documents waiting in "pending" (what KEDA scales on)."""
+        return int(self.counts.get(PENDING, 0))
+
+
+def validate_pipeline_id(value: str, field_name: str = "pipeline_id") -> str:
+    """The id if it is a valid pipeline id, else INVALID_ARGUMENT naming the field."""
+    if not value:
+        raise InvalidArgument.field(field_name, "is required")
+    if not PIPELINE_ID.match(value):
+        raise InvalidArgument.field(
+            field_name,
+            f"{value!r} is not a valid pipeline id: use 1 to 63 lowercase letters, digits "
+            "and '-', starting with a letter and not ending with '-'",
+        )
+    return value
+
+
+def _check_range(value: int, low: int, high: int, field_name: str) -> None:
+    if not low <= value <= high:
+        raise InvalidArgument.field(field_name, f"must be between {low} and {high}, got {value}")
+
+
+def resolve_spec(spec: PipelineSpec, defaults: PipelineDefaults) -> PipelineSpec:
+    """Validate a create request and fill in defaults."""
+    validate_pipeline_id(spec.id, "pipeline.id")
+    namespace = spec.target_namespace or spec.id.replace("-", "_")
+    if not NAMESPACE.match(namespace):
+        raise InvalidArgument.field(
+            "pipeline.target_namespace",
+            f"{namespace!r} is not a valid namespace: letters, digits and '_', "
+            "not starting with a digit, at most 255 characters",
+        )
+    metric = spec.distance_metric or "cosine_distance"
+    if metric not in DISTANCE_METRICS:
+        raise InvalidArgument.field(
+            "pipeline.distance_metric", f"must be one of {', '.join(DISTANCE_METRICS)}"
+        )
+    backend = spec.queue_backend or defaults.queue_backend
+    if backend not in QUEUE_BACKENDS:
+        raise InvalidArgument.field("pipeline.queue_backend", f"must be one of {', '.join(QUEUE_BACKENDS)}")
+    sink = spec.sink or defaults.sink
+    if sink not in SINKS:
+        raise InvalidArgument.field("pipeline.sink", f"must be one of {', '.join(SINKS)}")
+    max_attempts = spec.max_attempts or defaults.max_attempts
+    _check_range(max_attempts, 1, 1000, "pipeline.max_attempts")
+    lease = spec.default_lease_seconds or defaults.lease_seconds
+    _check_range(lease, 1, 86400, "pipeline.default_lease_seconds")
+    _check_range(spec.dimension, 0, 65536, "pipeline.dimension")
+    return PipelineSpec(
+        id=spec.id,
+        target_namespace=namespace,
+        distance_metric=metric,
+        paused=spec.paused,
+        max_attempts=max_attempts,
+        default_lease_seconds=lease,
+        queue_backend=backend,
+        sink=sink,
+        dimension=spec.dimension,
+    )
+
+
+def _record(row: asyncpg.Record) -> PipelineRecord:
+    return PipelineRecord(**dict(row))
+
+
+def encode_page_token(last_id: str) -> str:
+    """Opaque page token: the last id of the previous page."""
+    return base64.urlsafe_b64encode(last_id.encode()).decode()
+
+
+def decode_page_token(token: str) -> str:
+    """The last id carried by ``token``; INVALID_ARGUMENT if it is not one of ours."""
+    try:
+        last = base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument.field("page_token", "is not a token returned by this API") from None
+    if not PIPELINE_ID.match(last):
+        raise InvalidArgument.field("page_token", "is not a token returned by this API")
+    return last
+
+
+_COLUMNS = (
+    "id, target_namespace, distance_metric, paused, max_attempts, default_lease_seconds, "
+    "queue_backend, sink, dimension, create_time, update_time"
+)
+
+
+class PipelineStore:
+    """CRUD and status of pipelines in PostgreSQL."""
+
+    def __init__(self, db: Database, defaults: PipelineDefaults) -> None:
+        self._db = db
+        self.defaults = defaults
+
+    async def create(self, spec: PipelineSpec) -> PipelineRecord:
+        """Create a pipeline; ALREADY_EXISTS if the id is taken."""
+        resolved = resolve_spec(spec, self.defaults)
+        async with self._db.acquire() as conn:
+            row = await conn.fetchrow(
+                f"""INSERT INTO pipelines (id, target_namespace, distance_metric, paused,
+                        max_attempts, default_lease_seconds, queue_backend, sink, dimension)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                    ON CONFLICT (id) DO NOTHING
+                    RETURNING {_COLUMNS}""",
+                resolved.id,
+                resolved.target_namespace,
+                resolved.distance_metric,
+                resolved.paused,
+                resolved.max_attempts,
+                resolved.default_lease_seconds,
+                resolved.queue_backend,
+                resolved.sink,
+                resolved.dimension,
+            )
+        if row is None:
+            raise AlreadyExists(
+                f"pipeline {resolved.id!r} already exists", metadata={"pipeline_id": resolved.id}
+            )
+        return _record(row)
+
+    async def get(self, pipeline_id: str) -> PipelineRecord:
+        """One pipeline; NOT_FOUND if it does not exist."""
+        validate_pipeline_id(pipeline_id)
+        async with self._db.acquire() as conn:
+            row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM pipelines WHERE id = $1", pipeline_id)
+        if row is None:
+            raise NotFound(f"pipeline {pipeline_id!r} not found", metadata={"pipeline_id": pipeline_id})
+        return _record(row)
+
+    async def list(self, page_size: int, page_token: str) -> tuple[list[PipelineRecord], str]:
+        """A page of pipelines ordered by id, and the next page's token ("" at the end)."""
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument.field("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+        size = page_size or DEFAULT_PAGE_SIZE
+        after = decode_page_token(page_token) if page_token else ""
+        async with self._db.acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM pipelines WHERE id > $1 ORDER BY id LIMIT $2",
+                after,
+                size + 1,
+            )
+        records = [_record(r) for r in rows[:size]]
+        token = encode_page_token(records[-1].id) if len(rows) > size else ""
+        return records, token
+
+    async def update(self, pipeline_id: str, changes: Mapping[str, object]) -> PipelineRecord:
+        """Update mutable fields; INVALID_ARGUMENT for an unknown or immutable one."""
+        validate_pipeline_id(pipeline_id, "pipeline.id")
+        if not changes:
+            raise InvalidArgument.field("update_mask", f"must name one of {', '.join(UPDATABLE_FIELDS)}")
+        for name, value in changes.items():
+            if name not in UPDATABLE_FIELDS:
+                raise InvalidArgument.field(
+                    "update_mask",
+                    f"{name!r} cannot be updated; updatable: {', '.join(UPDATABLE_FIELDS)}",
+                )
+            if name == "max_attempts":
+                _check_range(int(value), 1, 1000, "pipeline.max_attempts")  # type: ignore[call-overload]
+            if name == "default_lease_seconds":
+                _check_range(int(value), 1, 86400, "pipeline.default_lease_seconds")  # type: ignore[call-overload]
+        assignments = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(changes))
+        async with self._db.acquire() as conn:
+            row = await conn.fetchrow(
+                f"UPDATE pipelines SET {assignments}, update_time = now() WHERE id = $1 RETURNING {_COLUMNS}",
+                pipeline_id,
+                *changes.values(),
+            )
+        if row is None:
+            raise NotFound(f"pipeline {pipeline_id!r} not found", metadata={"pipeline_id": pipeline_id})
+        return _record(row)
+
+    async def delete(self, pipeline_id: str) -> int:
+        """Delete a pipeline and everything it owns; return the documents deleted."""
+        validate_pipeline_id(pipeline_id)
+        async with self._db.transaction() as conn:
+            counted = await conn.fetchval(
+                "SELECT coalesce(sum(count), 0) FROM pipeline_stage_counts WHERE pipeline_id = $1",
+                pipeline_id,
+            )
+            deleted = await conn.fetchval("DELETE FROM pipelines WHERE id = $1 RETURNING id", pipeline_id)
+        if deleted is None:
+            raise NotFound(f"pipeline {pipeline_id!r} not found", metadata={"pipeline_id": pipeline_id})
+        return int(counted)
+
+    async def status(self, pipeline_id: str) -> PipelineStatus:
+        """Per-stage counts from the counter table (no scan of documents)."""
+        validate_pipeline_id(pipeline_id)
+        async with self._db.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT p.id, c.stage, c.count, c.version, now() AS observed
+                   FROM pipelines p LEFT JOIN pipeline_stage_counts c ON c.pipeline_id = p.id
+                   WHERE p.id = $1""",
+                pipeline_id,
+            )
+        if not rows:
+            raise NotFound(f"pipeline {pipeline_id!r} not found", metadata={"pipeline_id": pipeline_id})
+        counts = {r["stage"]: int(r["count"]) for r in rows if r["stage"] is not None and r["count"]}
+        version = max((int(r["version"]) for r in rows if r["version"] is not None), default=0)
+        return PipelineStatus(pipeline_id, counts, version, rows[0]["observed"])

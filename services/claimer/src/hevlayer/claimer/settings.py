@@ -1,0 +1,66 @@
+"""Settings of the claimer (environment variables)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hevlayer.common.config import ConfigError, setting
+
+GRPC_DEFAULTS = {
+    "HEVLAYER_GRPC_ADDRESS": "127.0.0.1:50052",
+    "HEVLAYER_HTTP_ADDRESS": "127.0.0.1:9102",
+}
+
+QUEUE_BACKENDS = ("segment", "row")
+SINKS = ("milvus_lite", "milvus", "turbopuffer")
+
+
+@dataclass(frozen=True)
+class ClaimerSettings:
+    """What the claimer needs beyond the common server settings."""
+
+    database_url: str = setting(
+        "DATABASE_URL", "PostgreSQL DSN, e.g. postgres://hevlayer:hevlayer@localhost:5432/hevlayer."
+    )
+    pool_min_size: int = setting("CLAIMER_DB_POOL_MIN", "Minimum PostgreSQL connections.", 2)
+    pool_max_size: int = setting("CLAIMER_DB_POOL_MAX", "Maximum PostgreSQL connections.", 16)
+    db_timeout_seconds: float = setting(
+        "CLAIMER_DB_TIMEOUT_SECONDS",
+        "Timeout of one PostgreSQL connection attempt or statement; past it calls fail UNAVAILABLE.",
+        10.0,
+    )
+    default_queue_backend: str = setting(
+        "PIPELINE_QUEUE_BACKEND",
+        "Queue of lightweight ids for new pipelines: segment (S3 manifests) or row.",
+        "segment",
+    )
+    default_sink: str = setting(
+        "PIPELINE_DEFAULT_SINK",
+        "Index of new pipelines that name none: milvus_lite, milvus or turbopuffer.",
+        "milvus_lite",
+    )
+    default_max_attempts: int = setting(
+        "PIPELINE_DEFAULT_MAX_ATTEMPTS",
+        "Lease expiries after which a document goes to failed, for pipelines that name none.",
+        5,
+    )
+    default_lease_seconds: int = setting(
+        "PIPELINE_DEFAULT_LEASE_SECONDS",
+        "Lease length for pipelines that name none.",
+        900,
+    )
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid variable."""
+        if not self.database_url.startswith(("postgres://", "postgresql://")):
+            raise ConfigError("DATABASE_URL: expected a postgres:// or postgresql:// URL")
+        if not 1 <= self.pool_min_size <= self.pool_max_size:
+            raise ConfigError("CLAIMER_DB_POOL_MIN: must be >= 1 and <= CLAIMER_DB_POOL_MAX")
+        if self.default_queue_backend not in QUEUE_BACKENDS:
+            raise ConfigError(f"PIPELINE_QUEUE_BACKEND: expected one of {', '.join(QUEUE_BACKENDS)}")
+        if self.default_sink not in SINKS:
+            raise ConfigError(f"PIPELINE_DEFAULT_SINK: expected one of {', '.join(SINKS)}")
+        if self.default_max_attempts < 1:
+            raise ConfigError("PIPELINE_DEFAULT_MAX_ATTEMPTS: must be >= 1")
+        if not 1 <= self.default_lease_seconds <= 86400:
+            raise ConfigError("PIPELINE_DEFAULT_LEASE_SECONDS: must be between 1 and 86400")
