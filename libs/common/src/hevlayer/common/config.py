@@ -160,6 +160,18 @@ def describe_settings(cls: type[Any]) -> list[SettingDoc]:
     return rows
 
 
+def settings_classes(module: types.ModuleType) -> list[type[Any]]:
+    """The settings dataclasses defined in ``module`` (those with env fields)."""
+    return [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and dataclasses.is_dataclass(value)
+        and value.__module__ == module.__name__
+        and any("env" in f.metadata for f in dataclasses.fields(value))
+    ]
+
+
 def split_address(address: str, variable: str) -> tuple[str, int]:
     """Split ``host:port`` (IPv6 in brackets allowed); ConfigError naming ``variable``."""
     host, sep, port = address.rpartition(":")

@@ -8,6 +8,7 @@ forwarded through an intercepted stream.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -131,7 +132,7 @@ class ServerInterceptor(aio.ServerInterceptor):
                 except BaseException as exc:
                     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                         raise
-                    if isinstance(exc, _cancelled()):
+                    if isinstance(exc, asyncio.CancelledError):
                         obs.finish(grpc.StatusCode.CANCELLED)
                         raise
                     await _fail(context, obs, exc)
@@ -157,7 +158,7 @@ class ServerInterceptor(aio.ServerInterceptor):
                 except BaseException as exc:
                     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                         raise
-                    if isinstance(exc, _cancelled()):
+                    if isinstance(exc, asyncio.CancelledError):
                         obs.finish(grpc.StatusCode.CANCELLED)
                         raise
                     await _fail(context, obs, exc)
@@ -187,12 +188,6 @@ class ServerInterceptor(aio.ServerInterceptor):
         return handler
 
 
-def _cancelled() -> tuple[type[BaseException], ...]:
-    import asyncio
-
-    return (asyncio.CancelledError,)
-
-
 def _with_trace_metadata(details: aio.ClientCallDetails) -> aio.ClientCallDetails:
     existing = [(k, v) for k, v in (details.metadata or ()) if k not in ("traceparent", "tracestate")]
     merged = aio.Metadata(*existing, *inject_metadata())
@@ -215,11 +210,16 @@ def _client_span(details: aio.ClientCallDetails) -> trace.Span:
     )
 
 
+_pending_spans: set[asyncio.Task[None]] = set()
+
+
 def _end_span_when_done(span: trace.Span, call: Any) -> None:
-    def done(finished: Any) -> None:
+    """End ``span`` with the call's status once the call finishes."""
+
+    async def finish() -> None:
         try:
-            code = finished.code()
-        except Exception:  # the call was cancelled before a status arrived
+            code = await call.code()
+        except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
         if isinstance(code, grpc.StatusCode):
             span.set_attribute("rpc.grpc.status_code", code.value[0])
@@ -227,7 +227,9 @@ def _end_span_when_done(span: trace.Span, call: Any) -> None:
                 span.set_status(Status(StatusCode.ERROR, code.name))
         span.end()
 
-    call.add_done_callback(done)
+    task = asyncio.get_running_loop().create_task(finish())
+    _pending_spans.add(task)
+    task.add_done_callback(_pending_spans.discard)
 
 
 class _ClientTracing:

@@ -112,8 +112,12 @@ class Database:
             try:
                 await self.open()
                 return True
-            except CONNECTION_ERRORS as exc:
-                log.warning("PostgreSQL not reachable (%s); retrying in %.1fs", exc, delay)
+            except Exception as exc:
+                # Unreachable server, database not created yet, credentials not
+                # provisioned yet: all may heal, so keep trying and stay NOT_SERVING.
+                log.warning(
+                    "PostgreSQL not usable (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay
+                )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stopping.wait(), delay)
             delay = min(delay * 2, max_delay)

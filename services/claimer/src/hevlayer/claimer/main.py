@@ -51,8 +51,13 @@ async def build(app: ServiceApp, settings: ClaimerSettings) -> None:
 
     tasks: list[asyncio.Task[None]] = []
 
+    async def wake_watchers_on_stop() -> None:
+        await app.stopping.wait()
+        notifier.wake_all()
+
     async def startup() -> None:
         tasks.append(asyncio.create_task(connect(), name="db-connect"))
+        tasks.append(asyncio.create_task(wake_watchers_on_stop(), name="wake-watchers"))
 
     async def shutdown() -> None:
         for task in tasks:

@@ -36,7 +36,8 @@ class StatusNotifier:
         if event is not None:
             event.set()
 
-    def _wake_all(self) -> None:
+    def wake_all(self) -> None:
+        """Wake every watcher (after a reconnect, or when the server stops)."""
         for key in list(self._events):
             self._generation[key] += 1
             self._events[key].set()
@@ -56,7 +57,7 @@ class StatusNotifier:
                 self._conn = conn
                 delay = 0.2
                 # Changes may have been missed while disconnected.
-                self._wake_all()
+                self.wake_all()
                 closed = asyncio.create_task(self._closed.wait())
                 lost = asyncio.create_task(terminated.wait())
                 await asyncio.wait({closed, lost}, return_when=asyncio.FIRST_COMPLETED)
@@ -76,7 +77,7 @@ class StatusNotifier:
     async def close(self) -> None:
         """Stop listening and wake every watcher."""
         self._closed.set()
-        self._wake_all()
+        self.wake_all()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
