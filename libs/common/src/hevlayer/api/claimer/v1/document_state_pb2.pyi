@@ -39,8 +39,11 @@ class StagedRecord(_message.Message):
     content_hash: _builtins.str
     """Content hash of its chunks."""
     backing: _builtins.str
-    """Where its chunks are stored (opaque to the claimer), e.g.
-    "s3://bucket/pipelines/p/packs/abc#12".
+    """Where its chunks are stored: "<object key>#<offset>:<length>", e.g.
+    "pipelines/p/packs/01J9X.pack#4096:1311". The claimer does not read the
+    bytes; it counts live documents per object key (the part before '#') so
+    that an object is reported for deletion exactly when no live document
+    points into it any more.
     """
     chunk_count: _builtins.int
     """Number of chunks."""
@@ -68,8 +71,13 @@ class RecordStagedRequest(_message.Message):
 
     PIPELINE_ID_FIELD_NUMBER: _builtins.int
     RECORDS_FIELD_NUMBER: _builtins.int
+    SKIP_UNCHANGED_FIELD_NUMBER: _builtins.int
     pipeline_id: _builtins.str
     """The pipeline."""
+    skip_unchanged: _builtins.bool
+    """Leave documents whose stored content hash equals the record's (and that
+    are not failed) untouched, and report them as unchanged.
+    """
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___StagedRecord]:
         """The staged documents."""
@@ -79,10 +87,11 @@ class RecordStagedRequest(_message.Message):
         *,
         pipeline_id: _builtins.str = ...,
         records: _abc.Iterable[Global___StagedRecord] | None = ...,
+        skip_unchanged: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pipeline_id", b"pipeline_id", "records", b"records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pipeline_id", b"pipeline_id", "records", b"records", "skip_unchanged", b"skip_unchanged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -95,18 +104,26 @@ class RecordStagedResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
+    RELEASED_OBJECTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordStagedResult]:
         """One result per record, in request order."""
+
+    @_builtins.property
+    def released_objects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Object keys that no live document points into any more (all their
+        documents were re-staged or deleted). The gateway deletes them.
+        """
 
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___RecordStagedResult] | None = ...,
+        released_objects: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["released_objects", b"released_objects", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -121,22 +138,28 @@ class RecordStagedResult(_message.Message):
     DOCUMENT_ID_FIELD_NUMBER: _builtins.int
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
     PREVIOUS_BACKING_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
     """The document."""
     fencing_token: _builtins.int
     """Its new fencing token."""
     previous_backing: _builtins.str
     """The backing it replaced, empty for a new document."""
+    unchanged: _builtins.bool
+    """Set when skip_unchanged was requested and the stored content hash was
+    equal: nothing was changed and fencing_token is the current one.
+    """
     def __init__(
         self,
         *,
         document_id: _builtins.str = ...,
         fencing_token: _builtins.int = ...,
         previous_backing: _builtins.str = ...,
+        unchanged: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_id", b"document_id", "fencing_token", b"fencing_token", "previous_backing", b"previous_backing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_id", b"document_id", "fencing_token", b"fencing_token", "previous_backing", b"previous_backing", "unchanged", b"unchanged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -276,21 +299,29 @@ class ForgetDocumentsResponse(_message.Message):
 
     BACKINGS_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
+    RELEASED_OBJECTS_FIELD_NUMBER: _builtins.int
     deleted: _builtins.int
     """Number of documents deleted."""
     @_builtins.property
     def backings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The backings of the deleted documents, to be deleted by the gateway."""
+        """The backings of the deleted documents."""
+
+    @_builtins.property
+    def released_objects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Object keys that no live document points into any more; the gateway
+        deletes them.
+        """
 
     def __init__(
         self,
         *,
         backings: _abc.Iterable[_builtins.str] | None = ...,
         deleted: _builtins.int = ...,
+        released_objects: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backings", b"backings", "deleted", b"deleted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backings", b"backings", "deleted", b"deleted", "released_objects", b"released_objects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
