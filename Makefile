@@ -1,0 +1,88 @@
+# hevlayer developer entry points. On a fresh clone, with nothing but python3
+# (and pip) and the machine's PostgreSQL:
+#   make run    start PostgreSQL, S3 and the services locally (Ctrl-C stops them)
+#   make test   protos check, lint, and the whole test suite (what CI runs)
+# `make help` lists the other targets.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+UV_VERSION ?= 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/uv/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.hevlayer-synced
+DATA_DIR ?= .hevlayer
+PYTEST_ARGS ?=
+# `make run` installs from uv.lock as it is; `make test` (CI) fails on a stale lock.
+UV_SYNC_FLAGS ?= --frozen
+
+export UV_PYTHON_DOWNLOADS := never
+export UV_NO_PROGRESS := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+MYPY_TARGETS = $(wildcard libs/common/src/hevlayer/common libs/devstack/src/hevlayer/devstack \
+	services/*/src/hevlayer/*) $(if $(wildcard tests/*.py tests/*/*.py),tests) \
+	$(if $(wildcard bench/*.py bench/*/*.py),bench)
+
+.PHONY: help bootstrap lock-check protos check-protos docs-config lint format test run clean
+
+help:
+	@echo "make run           start PostgreSQL, S3 and the services (data in $(DATA_DIR)/)"
+	@echo "make test          bootstrap + check-protos + lint + pytest (what CI runs)"
+	@echo "make bootstrap     install uv into $(TOOLS)/ and the workspace into $(VENV)/"
+	@echo "make protos        regenerate libs/common/src/hevlayer/api from protos/"
+	@echo "make check-protos  buf lint, generated code up to date, buf breaking vs HEAD~1"
+	@echo "make docs-config   regenerate docs/configuration.md from the settings classes"
+	@echo "make lint          ruff check, ruff format --check, mypy"
+	@echo "make format        ruff check --fix and ruff format"
+	@echo "make clean         remove caches (keeps $(VENV), $(TOOLS) and $(DATA_DIR))"
+
+$(UV):
+	$(PYTHON) -m pip install --quiet --root-user-action=ignore --upgrade \
+		--target $(TOOLS)/uv "uv==$(UV_VERSION)"
+	@test -x $@ || { echo "uv was not installed at $@" >&2; exit 1; }
+
+$(STAMP): $(UV) uv.lock $(PYPROJECTS)
+	$(UV) sync $(UV_SYNC_FLAGS) --python $(PYTHON)
+	@touch $@
+
+bootstrap: $(STAMP)
+
+lock-check: $(UV)
+	$(UV) lock --check --python $(PYTHON)
+
+protos: bootstrap
+	$(BIN)/python scripts/gen_protos.py
+
+check-protos: bootstrap
+	scripts/check_protos.sh
+
+docs-config: bootstrap
+	$(BIN)/python scripts/gen_config_docs.py
+
+lint: bootstrap
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(MYPY_TARGETS)
+
+format: bootstrap
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: UV_SYNC_FLAGS := --locked
+test: lock-check bootstrap check-protos lint
+	$(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+run: bootstrap
+	$(BIN)/hevlayer-devstack up --data-dir $(DATA_DIR)
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -not -path './$(TOOLS)/*' \
+		-prune -exec rm -rf {} +
