@@ -31,6 +31,8 @@ Default addresses per service:
 | gateway | 127.0.0.1:50051 | 127.0.0.1:8080 (REST, `/v2/metrics`) |
 | claimer | 127.0.0.1:50052 | 127.0.0.1:9102 |
 | embedder | 127.0.0.1:50053 | 127.0.0.1:9103 |
+| summarizer | 127.0.0.1:50054 | 127.0.0.1:9104 |
+| operator | (none: no gRPC server) | see `OPERATOR_HEALTH_ADDRESS` |
 """
 
 

@@ -69,6 +69,7 @@ class JobObject(_message.Message):
     DOCUMENT_ID_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Slash-separated path relative to the job's root, e.g. "src/app/main.py"."""
     document_id: _builtins.str
@@ -77,6 +78,14 @@ class JobObject(_message.Message):
     """Content hash of the object (the transformation cache key)."""
     kind: _builtins.str
     """Kind of the object (e.g. "text", "code", "image")."""
+    text: _builtins.str
+    """Optional source excerpt of the object (UTF-8, at most
+    SUMMARIZER_MAX_OBJECT_TEXT_BYTES): what the Object Lane already has in
+    hand, such as the leading text of a file, a module docstring or an
+    image's description. It is what the summarizer folds into the parent
+    directory's summary; an object without it contributes only its name and
+    kind. The summarizer never reads the object's source itself.
+    """
     def __init__(
         self,
         *,
@@ -84,10 +93,11 @@ class JobObject(_message.Message):
         document_id: _builtins.str = ...,
         content_hash: _builtins.str = ...,
         kind: _builtins.str = ...,
+        text: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "document_id", b"document_id", "kind", b"kind", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "document_id", b"document_id", "kind", b"kind", "path", b"path", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -245,8 +255,16 @@ class WatchJobResponse(_message.Message):
 
     JOB_FIELD_NUMBER: _builtins.int
     COMPLETED_PATH_FIELD_NUMBER: _builtins.int
+    DIRECTORY_COMPLETED_FIELD_NUMBER: _builtins.int
     completed_path: _builtins.str
-    """The directory whose summary just completed, if any."""
+    """The directory whose summary just completed, if any ("" is also the
+    root's path: see directory_completed).
+    """
+    directory_completed: _builtins.bool
+    """Set when this update reports a directory whose summary just completed
+    (completed_path names it, "" for the root). A directory that failed is
+    reported only through Job.failed_directories.
+    """
     @_builtins.property
     def job(self) -> Global___Job:
         """The job at this point."""
@@ -256,10 +274,11 @@ class WatchJobResponse(_message.Message):
         *,
         job: Global___Job | None = ...,
         completed_path: _builtins.str = ...,
+        directory_completed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_path", b"completed_path", "job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_path", b"completed_path", "directory_completed", b"directory_completed", "job", b"job"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -327,6 +346,7 @@ class DirectorySummary(_message.Message):
     CHILD_COUNT_FIELD_NUMBER: _builtins.int
     CACHE_KEY_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Directory path relative to the job's root."""
     depth: _builtins.int
@@ -339,6 +359,11 @@ class DirectorySummary(_message.Message):
     """Content-addressed key of the summary in the transformation cache."""
     model: _builtins.str
     """The model that wrote it."""
+    document_id: _builtins.str
+    """The document id the summary was staged under through the gateway's
+    StagingService ("dir:<job_id>:/<path>"), as one chunk of chunk kind
+    directory_summary.
+    """
     def __init__(
         self,
         *,
@@ -348,10 +373,11 @@ class DirectorySummary(_message.Message):
         child_count: _builtins.int = ...,
         cache_key: _builtins.str = ...,
         model: _builtins.str = ...,
+        document_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_key", b"cache_key", "child_count", b"child_count", "depth", b"depth", "model", b"model", "path", b"path", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_key", b"cache_key", "child_count", b"child_count", "depth", b"depth", "document_id", b"document_id", "model", b"model", "path", b"path", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,556 @@
+"""The job runner: the Job Lane's engine, transport free.
+
+A job is one directory tree (:class:`~hevlayer.summarizer.tree.DirTree`),
+filled by SubmitJob batches while it is ``ENUMERATING``. When enumeration
+completes its leaf directories go to the :class:`~hevlayer.summarizer.queue.Dispatcher`
+(per-job depth heaps, round robin across jobs, one bounded ready queue) and
+the job is ``RUNNING``. ``workers`` fold tasks take ready directories and
+fold each one:
+
+1. gather the children: sub-directories (their summaries) and files (their
+   ``text`` excerpts), sorted by name;
+2. key = :func:`~hevlayer.summarizer.cache.cache_key` (model, prompt version,
+   the children's digests); the Transformation Cache answers, or runs the
+   provider once (single flight) inside the process-wide ``summary_gate``;
+3. stage the summary through the :class:`~hevlayer.summarizer.staging.Stager`;
+4. record it in the tree, which releases the parent once all its
+   sub-directories are done, and tell the job's watchers.
+
+A directory that fails (provider or staging error) counts in
+``failed_directories``; its parent still folds, without it. The job ends
+``SUCCEEDED`` when every directory is summarized, ``FAILED`` when some
+failed, or ``CANCELLED``.
+
+Jobs live in memory only. A crash or restart forgets them (WatchJob and
+GetSummary then answer NOT_FOUND). What survives is durable elsewhere: the
+staged summary documents in the gateway and the on-disk Transformation
+Cache. Resubmitting the same tree under the same job id rebuilds the job;
+every unchanged directory is then a cache hit (no provider call) and is
+staged with ``skip_unchanged``, so the gateway keeps its document and vectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from hevlayer.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from hevlayer.summarizer import metrics
+from hevlayer.summarizer.cache import CacheOutcome, Transformation, TransformationCache, cache_key
+from hevlayer.summarizer.gates import Gate, summary_gate
+from hevlayer.summarizer.providers import DIRECTORY_KIND, ChildInput, ProviderError, SummaryProvider
+from hevlayer.summarizer.queue import Dispatcher
+from hevlayer.summarizer.staging import (
+    MAX_DOCUMENT_ID_BYTES,
+    StagedSummary,
+    StageError,
+    Stager,
+    summary_document_id,
+)
+from hevlayer.summarizer.tree import (
+    DirNode,
+    DirState,
+    DirTree,
+    ObjectSpec,
+    SummaryRecord,
+    TreeError,
+    check_directory_path,
+)
+
+log = logging.getLogger("hevlayer.summarizer.jobs")
+
+MAX_JOB_ID_BYTES = 128
+MAX_DOCUMENT_ID_FIELD_BYTES = 512
+MAX_CONTENT_HASH_CHARS = 256
+MAX_KIND_CHARS = 64
+
+
+class JobState(enum.Enum):
+    """The lifecycle of a job (JobState in the API)."""
+
+    ENUMERATING = "enumerating"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def ended(self) -> bool:
+        """SUCCEEDED, FAILED or CANCELLED."""
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """Bounds of what SubmitJob accepts."""
+
+    max_objects: int = 1_000_000
+    max_text_bytes: int = 16384
+
+
+@dataclass(frozen=True)
+class SubmitBatch:
+    """One SubmitJob message."""
+
+    job_id: str
+    pipeline_id: str
+    objects: Sequence[ObjectSpec] = ()
+    enumeration_complete: bool = False
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A job's state and counters at one moment."""
+
+    job_id: str
+    pipeline_id: str
+    state: JobState
+    objects: int
+    directories: int
+    summarized_directories: int
+    failed_directories: int
+    cache_hits: int
+    create_time: datetime
+    end_time: datetime | None
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One WatchJob update: the job, and the directory just summarized if any."""
+
+    job: JobSnapshot
+    completed_path: str | None = None
+
+
+@dataclass(frozen=True)
+class DirectorySummary:
+    """A summarized directory (DirectorySummary in the API)."""
+
+    path: str
+    depth: int
+    text: str
+    child_count: int
+    cache_key: str
+    model: str
+    document_id: str
+
+
+def check_job_id(job_id: str, field: str = "job_id") -> None:
+    """INVALID_ARGUMENT naming ``field`` unless ``job_id`` is 1 to 128 bytes without control characters."""
+    if not job_id:
+        raise InvalidArgument.field(field, "is required")
+    if len(job_id.encode("utf-8", "surrogatepass")) > MAX_JOB_ID_BYTES:
+        raise InvalidArgument.field(field, f"must be at most {MAX_JOB_ID_BYTES} bytes")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in job_id):
+        raise InvalidArgument.field(field, "must not contain control characters")
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+class Job:
+    """One job's tree, state, counters and watchers."""
+
+    def __init__(self, job_id: str, pipeline_id: str, now: datetime, tick: float) -> None:
+        self.id = job_id
+        self.pipeline_id = pipeline_id
+        self.tree = DirTree()
+        self.state = JobState.ENUMERATING
+        self.cache_hits = 0
+        self.create_time = now
+        self.end_time: datetime | None = None
+        self.touched = tick
+        self.inflight: set[asyncio.Task[Any]] = set()
+        self.watchers: set[asyncio.Queue[JobEvent | None]] = set()
+
+    @property
+    def ended(self) -> bool:
+        """The job reached a final state."""
+        return self.state.ended
+
+    def snapshot(self) -> JobSnapshot:
+        """The job now."""
+        return JobSnapshot(
+            job_id=self.id,
+            pipeline_id=self.pipeline_id,
+            state=self.state,
+            objects=len(self.tree.files),
+            directories=len(self.tree.dirs),
+            summarized_directories=self.tree.summarized,
+            failed_directories=self.tree.failed,
+            cache_hits=self.cache_hits,
+            create_time=self.create_time,
+            end_time=self.end_time,
+        )
+
+    def emit(self, completed_path: str | None = None) -> None:
+        """Tell every watcher about the job as it is now."""
+        if not self.watchers:
+            return
+        event = JobEvent(self.snapshot(), completed_path)
+        for queue in self.watchers:
+            queue.put_nowait(event)
+
+    def close_watchers(self) -> None:
+        """End every watch stream (server shutdown)."""
+        for queue in self.watchers:
+            queue.put_nowait(None)
+
+
+class JobRunner:
+    """Holds the jobs and folds their directories.
+
+    ``start`` launches the dispatcher, ``workers`` fold tasks and the
+    retention sweeper; ``stop`` cancels them and every fold in flight.
+    """
+
+    def __init__(
+        self,
+        provider: SummaryProvider,
+        cache: TransformationCache,
+        stager: Stager,
+        *,
+        gate: Gate | None = None,
+        workers: int = 8,
+        limits: JobLimits | None = None,
+        retention_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.provider = provider
+        self.cache = cache
+        self.stager = stager
+        self.gate = gate if gate is not None else summary_gate()
+        self.workers = workers
+        self.limits = limits or JobLimits()
+        self.retention_seconds = retention_seconds
+        self._clock = clock
+        self._jobs: dict[str, Job] = {}
+        self._dispatcher = Dispatcher(capacity=workers)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the dispatcher, the fold workers and the retention sweeper."""
+        self._tasks.append(asyncio.create_task(self._dispatcher.run(), name="summary-dispatcher"))
+        for n in range(self.workers):
+            self._tasks.append(asyncio.create_task(self._work(), name=f"summary-worker-{n}"))
+        self._tasks.append(asyncio.create_task(self._sweep_forever(), name="summary-sweeper"))
+
+    def close_watchers(self) -> None:
+        """End every WatchJob stream now (the server is stopping)."""
+        self._closing = True
+        for job in self._jobs.values():
+            job.close_watchers()
+
+    async def stop(self) -> None:
+        """Stop folding: cancel the workers and every fold in flight."""
+        self.close_watchers()
+        tasks = list(self._tasks)
+        for job in self._jobs.values():
+            tasks.extend(job.inflight)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    # -- API ------------------------------------------------------------------------
+
+    def submit(self, batch: SubmitBatch) -> JobSnapshot:
+        """Apply one SubmitJob message: all of its objects or none."""
+        check_job_id(batch.job_id)
+        if not batch.pipeline_id:
+            raise InvalidArgument.field("pipeline_id", "is required")
+        job = self._jobs.get(batch.job_id)
+        if job is not None:
+            if job.state is not JobState.ENUMERATING:
+                raise AlreadyExists(
+                    f"job {job.id!r} already exists and is {job.state.value}: its enumeration is "
+                    "complete, so it takes no more objects",
+                    metadata={"job_id": job.id},
+                )
+            if job.pipeline_id != batch.pipeline_id:
+                raise InvalidArgument.field(
+                    "pipeline_id",
+                    f"job {job.id!r} belongs to pipeline {job.pipeline_id!r}, not {batch.pipeline_id!r}",
+                )
+        self._check_objects(batch, job)
+        fresh = job is None
+        if job is None:
+            job = Job(batch.job_id, batch.pipeline_id, datetime.now(UTC), self._clock())
+        try:
+            job.tree.add(batch.objects)
+        except TreeError as exc:
+            raise InvalidArgument.field(f"objects[{exc.index}].{exc.attribute}", exc.description) from None
+        if fresh:
+            self._jobs[job.id] = job
+            metrics.JOBS.labels(job.state.value).inc()
+            log.info("job created", extra={"job_id": job.id, "pipeline_id": job.pipeline_id})
+        job.touched = self._clock()
+        if batch.enumeration_complete:
+            ready = job.tree.complete_enumeration()
+            self._set_state(job, JobState.RUNNING)
+            for node in ready:
+                self._dispatcher.push(job.id, node.path, node.depth)
+            log.info(
+                "job enumerated",
+                extra={"job_id": job.id, "objects": len(job.tree.files), "directories": len(job.tree.dirs)},
+            )
+        job.emit()
+        return job.snapshot()
+
+    def get(self, job_id: str) -> JobSnapshot:
+        """The job now; NOT_FOUND if unknown."""
+        return self._job(job_id).snapshot()
+
+    def cancel(self, job_id: str) -> JobSnapshot:
+        """Cancel a job: drop its queued directories and cancel its folds in flight.
+        Summaries already written stay. Cancelling an ended job changes nothing."""
+        job = self._job(job_id)
+        if job.ended:
+            return job.snapshot()
+        self._end(job, JobState.CANCELLED)
+        dropped = self._dispatcher.drop(job.id)
+        for task in list(job.inflight):
+            task.cancel()
+        log.info("job cancelled", extra={"job_id": job.id, "dropped_directories": dropped})
+        job.emit()
+        return job.snapshot()
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobEvent]:
+        """The job now, then each change, until it ends (or the server stops)."""
+        job = self._job(job_id)
+        queue: asyncio.Queue[JobEvent | None] = asyncio.Queue()
+        job.watchers.add(queue)
+        try:
+            yield JobEvent(job.snapshot())
+            if job.ended or self._closing:
+                return
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                yield event
+                if event.job.state.ended:
+                    return
+        finally:
+            job.watchers.discard(queue)
+
+    def summary(self, job_id: str, path: str) -> DirectorySummary:
+        """One directory's summary; NOT_FOUND or FAILED_PRECONDITION saying why not."""
+        check_job_id(job_id)
+        problem = check_directory_path(path)
+        if problem is not None:
+            raise InvalidArgument.field("path", problem)
+        job = self._job(job_id)
+        node = job.tree.dirs.get(path)
+        if node is None:
+            raise NotFound(f"job {job_id!r} has no directory {path!r}", metadata={"job_id": job_id})
+        if node.summary is not None:
+            record = node.summary
+            return DirectorySummary(
+                path=node.path,
+                depth=node.depth,
+                text=record.text,
+                child_count=record.child_count,
+                cache_key=record.cache_key,
+                model=record.model,
+                document_id=record.document_id,
+            )
+        where = f"directory {path!r} of job {job_id!r}"
+        if node.state is DirState.FAILED:
+            raise FailedPrecondition(f"{where} failed: {node.error}", reason="DIRECTORY_FAILED")
+        if job.state is JobState.CANCELLED:
+            raise FailedPrecondition(
+                f"{where} is not summarized: the job was cancelled", reason="JOB_CANCELLED"
+            )
+        if job.state is JobState.ENUMERATING:
+            raise FailedPrecondition(
+                f"{where} is not summarized yet: the job is still enumerating", reason="NOT_SUMMARIZED"
+            )
+        if node.state is DirState.READY:
+            detail = "it is queued or being folded"
+        else:
+            detail = f"it waits for {node.pending} sub-director{'y' if node.pending == 1 else 'ies'}"
+        raise FailedPrecondition(f"{where} is not summarized yet: {detail}", reason="NOT_SUMMARIZED")
+
+    def sweep(self) -> None:
+        """Forget jobs ended more than the retention ago; cancel enumerating jobs idle that long."""
+        now = self._clock()
+        for job in list(self._jobs.values()):
+            if now - job.touched <= self.retention_seconds:
+                continue
+            if job.ended:
+                if not job.watchers:
+                    del self._jobs[job.id]
+                    metrics.JOBS.labels(job.state.value).dec()
+            elif job.state is JobState.ENUMERATING:
+                log.warning("cancelling idle enumerating job", extra={"job_id": job.id})
+                self.cancel(job.id)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _job(self, job_id: str) -> Job:
+        check_job_id(job_id)
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found", metadata={"job_id": job_id})
+        return job
+
+    def _check_objects(self, batch: SubmitBatch, job: Job | None) -> None:
+        existing = len(job.tree.files) if job is not None else 0
+        if existing + len(batch.objects) > self.limits.max_objects:
+            raise InvalidArgument.field(
+                "objects",
+                f"the job would exceed {self.limits.max_objects} objects (SUMMARIZER_MAX_JOB_OBJECTS)",
+            )
+        for i, obj in enumerate(batch.objects):
+            if _utf8_len(obj.text) > self.limits.max_text_bytes:
+                raise InvalidArgument.field(
+                    f"objects[{i}].text",
+                    f"is longer than {self.limits.max_text_bytes} bytes (SUMMARIZER_MAX_OBJECT_TEXT_BYTES); "
+                    "send a shorter excerpt",
+                )
+            if _utf8_len(obj.document_id) > MAX_DOCUMENT_ID_FIELD_BYTES:
+                raise InvalidArgument.field(
+                    f"objects[{i}].document_id", f"must be at most {MAX_DOCUMENT_ID_FIELD_BYTES} bytes"
+                )
+            if len(obj.content_hash) > MAX_CONTENT_HASH_CHARS:
+                raise InvalidArgument.field(
+                    f"objects[{i}].content_hash", f"must be at most {MAX_CONTENT_HASH_CHARS} characters"
+                )
+            if len(obj.kind) > MAX_KIND_CHARS:
+                raise InvalidArgument.field(
+                    f"objects[{i}].kind", f"must be at most {MAX_KIND_CHARS} characters"
+                )
+            directory_id = summary_document_id(batch.job_id, obj.directory)
+            if obj.path and _utf8_len(directory_id) > MAX_DOCUMENT_ID_BYTES:
+                raise InvalidArgument.field(
+                    f"objects[{i}].path",
+                    f"is too deep or long: its directory's summary document id would exceed "
+                    f"{MAX_DOCUMENT_ID_BYTES} bytes",
+                )
+
+    def _set_state(self, job: Job, state: JobState) -> None:
+        metrics.JOBS.labels(job.state.value).dec()
+        metrics.JOBS.labels(state.value).inc()
+        job.state = state
+
+    def _end(self, job: Job, state: JobState) -> None:
+        self._set_state(job, state)
+        job.end_time = datetime.now(UTC)
+        job.touched = self._clock()
+
+    async def _sweep_forever(self) -> None:
+        interval = min(60.0, max(0.05, self.retention_seconds / 4))
+        while True:
+            await asyncio.sleep(interval)
+            self.sweep()
+
+    async def _work(self) -> None:
+        while True:
+            item = await self._dispatcher.get()
+            job = self._jobs.get(item.job_id)
+            if job is None or job.state is not JobState.RUNNING:
+                continue  # cancelled (or forgotten) after it was queued
+            node = job.tree.dirs[item.path]
+            task = asyncio.create_task(self._fold(job, node), name=f"fold-{job.id}:{node.path}")
+            job.inflight.add(task)
+            try:
+                await asyncio.wait({task})
+            except asyncio.CancelledError:
+                task.cancel()
+                raise
+            finally:
+                job.inflight.discard(task)
+            if task.cancelled() or job.state is not JobState.RUNNING:
+                continue
+            error = task.exception()
+            if error is None:
+                record, outcome = task.result()
+                self._summarized(job, node, record, outcome)
+            else:
+                if isinstance(error, (ProviderError, StageError)):
+                    message = str(error)
+                    log.warning(
+                        "directory failed",
+                        extra={"job_id": job.id, "path": node.path, "error": message},
+                    )
+                else:
+                    message = f"internal error ({type(error).__name__}); see the summarizer log"
+                    log.error(
+                        "directory failed",
+                        exc_info=error,
+                        extra={"job_id": job.id, "path": node.path},
+                    )
+                self._failed(job, node, message)
+
+    async def _fold(self, job: Job, node: DirNode) -> tuple[SummaryRecord, CacheOutcome]:
+        subdirs, files = job.tree.children(node.path)
+        children = [
+            ChildInput(
+                name=d.name + "/",
+                kind=DIRECTORY_KIND,
+                text=d.summary.text if d.summary is not None else "",
+                content_hash=d.summary.cache_key if d.summary is not None else "",
+                failed=d.state is DirState.FAILED,
+            )
+            for d in subdirs
+        ] + [ChildInput(name=f.name, kind=f.kind, text=f.text, content_hash=f.content_hash) for f in files]
+        provider = self.provider
+        key = cache_key(provider.model, provider.prompt_version, [c.digest() for c in children])
+
+        async def compute() -> Transformation:
+            async with self.gate:
+                text = await provider.summarize(children)
+            return Transformation(text=text, model=provider.model)
+
+        value, outcome = await self.cache.get_or_compute(key, compute)
+        staged = StagedSummary(job.pipeline_id, job.id, node.path, value.text, key)
+        await self.stager.stage(staged)
+        record = SummaryRecord(
+            text=value.text,
+            cache_key=key,
+            model=value.model,
+            child_count=len(children),
+            document_id=staged.document_id,
+        )
+        return record, outcome
+
+    def _summarized(self, job: Job, node: DirNode, record: SummaryRecord, outcome: CacheOutcome) -> None:
+        parent = job.tree.mark_summarized(node.path, record)
+        if outcome.reused:
+            job.cache_hits += 1
+        metrics.DIRECTORIES.labels("summarized").inc()
+        self._advance(job, parent)
+        job.emit(node.path)
+
+    def _failed(self, job: Job, node: DirNode, error: str) -> None:
+        parent = job.tree.mark_failed(node.path, error)
+        metrics.DIRECTORIES.labels("failed").inc()
+        self._advance(job, parent)
+        job.emit()
+
+    def _advance(self, job: Job, parent: DirNode | None) -> None:
+        if parent is not None:
+            self._dispatcher.push(job.id, parent.path, parent.depth)
+        if job.tree.finished:
+            self._end(job, JobState.FAILED if job.tree.failed else JobState.SUCCEEDED)
+            log.info(
+                "job ended",
+                extra={
+                    "job_id": job.id,
+                    "state": job.state.value,
+                    "directories": len(job.tree.dirs),
+                    "failed_directories": job.tree.failed,
+                    "cache_hits": job.cache_hits,
+                },
+            )
