@@ -1,0 +1,1 @@
+"""Private: clients of the Kubernetes API and of the gateway."""

@@ -1,0 +1,1 @@
+"""Private: reconciliation, kopf handlers and the operator's main loop."""
