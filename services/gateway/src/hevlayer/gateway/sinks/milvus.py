@@ -1,0 +1,547 @@
+"""Milvus sinks: Milvus Lite (a local ``.db`` owned by the gateway) and Milvus / Zilliz (a URI).
+
+One implementation, two constructors:
+
+* :meth:`MilvusSink.open_lite` opens a Milvus Lite database through pymilvus
+  (``MilvusClient("path.db")`` starts Milvus Lite's gRPC server inside this
+  process). One process owns a file, so the sink is the only writer: it
+  keeps, per namespace, the vector ids of every document and replaces a
+  document by deleting its stale ids (primary-key delete) and upserting the
+  new rows. Milvus Lite evaluates a delete *by filter* by scanning every row
+  (hundreds of milliseconds per call even on small collections), which would
+  dominate the write path.
+* :meth:`MilvusSink.open` connects to a Milvus or Zilliz endpoint shared with
+  other writers: a document is replaced by ``delete(filter='document_id in
+  [...]')`` then an upsert, both evaluated by the server.
+
+Collection layout (one collection per namespace, consistency ``Strong``):
+``id`` VARCHAR(64) primary key (:func:`~.base.vector_id`), ``document_id``
+and ``chunk_id`` VARCHAR(1024), ``vector`` FLOAT_VECTOR(dimension) with a
+COSINE or L2 index, ``attributes`` JSON, ``filter_tags``
+ARRAY<VARCHAR(32)> (see :func:`~.base.filter_tag`).
+
+pymilvus is synchronous: every call runs on a small dedicated thread pool
+with the sink's timeout, and writes to one namespace are serialized (Milvus
+Lite does not support concurrent writers to a collection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import (
+    CollectionNotExistException,
+    DataNotMatchException,
+    DataTypeNotMatchException,
+    MilvusException,
+    ParamError,
+)
+
+from hevlayer.common.errors import FailedPrecondition, InvalidArgument, ServiceError, Unavailable, Violation
+
+from .base import (
+    MAX_FILTER_TAGS,
+    MAX_ID_BYTES,
+    DistanceMetric,
+    Hit,
+    NamespaceSpec,
+    PreparedDocument,
+    PreparedFilter,
+    PreparedRow,
+    Sink,
+    SinkKind,
+    hit_attributes,
+    score_from_distance,
+)
+
+T = TypeVar("T")
+
+ID_FIELD = "id"
+DOCUMENT_FIELD = "document_id"
+CHUNK_FIELD = "chunk_id"
+VECTOR_FIELD = "vector"
+ATTRIBUTES_FIELD = "attributes"
+TAGS_FIELD = "filter_tags"
+OUTPUT_FIELDS = [DOCUMENT_FIELD, CHUNK_FIELD, ATTRIBUTES_FIELD]
+
+_METRIC_TO_MILVUS = {DistanceMetric.COSINE_DISTANCE: "COSINE", DistanceMetric.EUCLIDEAN_SQUARED: "L2"}
+_MILVUS_TO_METRIC = {value: key for key, value in _METRIC_TO_MILVUS.items()}
+_COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+_MAX_VALUES_PER_UPSERT = 4_000_000
+_MAX_ROWS_PER_UPSERT = 2_000
+_DOCUMENTS_PER_DELETE = 256
+
+
+def milvus_string(value: str) -> str:
+    """A Milvus filter-expression string literal (double-quoted, C escapes)."""
+    escaped = (
+        value.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
+    )
+    return f'"{escaped}"'
+
+
+def filter_expression(filter: PreparedFilter) -> str:
+    """The Milvus boolean expression of a prepared filter ("" matches all)."""
+    parts: list[str] = []
+    if filter.document_id is not None:
+        parts.append(f"{DOCUMENT_FIELD} == {milvus_string(filter.document_id)}")
+    if filter.chunk_id is not None:
+        parts.append(f"{CHUNK_FIELD} == {milvus_string(filter.chunk_id)}")
+    if filter.tags:
+        tags = ", ".join(f'"{tag}"' for tag in filter.tags)
+        parts.append(f"array_contains_all({TAGS_FIELD}, [{tags}])")
+    return " and ".join(parts)
+
+
+def collection_schema(dimension: int) -> Any:
+    """The pymilvus schema of a namespace's collection."""
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field(ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=64)
+    schema.add_field(DOCUMENT_FIELD, DataType.VARCHAR, max_length=MAX_ID_BYTES)
+    schema.add_field(CHUNK_FIELD, DataType.VARCHAR, max_length=MAX_ID_BYTES)
+    schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dimension)
+    schema.add_field(ATTRIBUTES_FIELD, DataType.JSON)
+    schema.add_field(
+        TAGS_FIELD, DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_FILTER_TAGS, max_length=32
+    )
+    return schema
+
+
+def index_params(metric: DistanceMetric, *, lite: bool) -> Any:
+    """Indexes of a collection: the vector field's (FLAT on Milvus Lite, AUTOINDEX elsewhere) first."""
+    params = MilvusClient.prepare_index_params()
+    params.add_index(
+        field_name=VECTOR_FIELD,
+        index_name=VECTOR_FIELD,
+        index_type="FLAT" if lite else "AUTOINDEX",
+        metric_type=_METRIC_TO_MILVUS[metric],
+    )
+    if not lite:
+        # Speeds up the delete-by-document filter of shared Milvus. (No index on
+        # filter_tags: Milvus Lite's server mode refuses scalar indexes on arrays.)
+        params.add_index(field_name=DOCUMENT_FIELD, index_name=DOCUMENT_FIELD, index_type="INVERTED")
+    return params
+
+
+def milvus_row(row: PreparedRow) -> dict[str, Any]:
+    """The entity pymilvus upserts for a row.
+
+    The attributes go as the JSON text the sink already encoded: pymilvus
+    checks a string with orjson and sends it as is, instead of walking and
+    re-encoding a dict (a third of its per-row cost).
+    """
+    values = row.values if isinstance(row.values, list) else list(row.values)
+    return {
+        ID_FIELD: row.id,
+        DOCUMENT_FIELD: row.document_id,
+        CHUNK_FIELD: row.chunk_id,
+        VECTOR_FIELD: values,
+        ATTRIBUTES_FIELD: row.attributes_json,
+        TAGS_FIELD: row.filter_tags,
+    }
+
+
+class MilvusSink(Sink):
+    """A sink on Milvus Lite, Milvus or Zilliz (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: MilvusClient,
+        *,
+        kind: SinkKind,
+        timeout: float,
+        executor: ThreadPoolExecutor,
+        lite_path: str | None = None,
+    ) -> None:
+        super().__init__(kind)
+        self._client = client
+        self._timeout = timeout
+        self._executor = executor
+        self._lite_path = lite_path
+        self._exclusive = lite_path is not None
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Exclusive (Milvus Lite) mode: namespace -> document id -> vector ids.
+        self._documents: dict[str, dict[str, frozenset[str]]] = {}
+        self._closed = False
+
+    # ---- constructors -----------------------------------------------------
+
+    @classmethod
+    async def open_lite(cls, path: str, *, timeout: float = 30.0) -> MilvusSink:
+        """Open (creating if needed) the Milvus Lite database ``path`` (must end in ``.db``)."""
+        if not path.endswith(".db"):
+            raise InvalidArgument.field("path", "a Milvus Lite database path must end in .db")
+        executor = _executor()
+        try:
+            client, absolute = await asyncio.get_running_loop().run_in_executor(
+                executor, functools.partial(_open_lite_client, path, timeout)
+            )
+        except MilvusException as exc:
+            executor.shutdown(wait=False)
+            raise Unavailable(f"cannot open Milvus Lite database {path}: {exc.message}") from exc
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        if client is None:
+            executor.shutdown(wait=False)
+            raise FailedPrecondition(
+                f"Milvus Lite database {absolute} is already open in this process: share its sink",
+                violations=[Violation("path", "already open")],
+                reason="ALREADY_OPEN",
+            )
+        return cls(client, kind=SinkKind.MILVUS_LITE, timeout=timeout, executor=executor, lite_path=absolute)
+
+    @classmethod
+    async def open(cls, uri: str, *, token: str = "", db_name: str = "", timeout: float = 30.0) -> MilvusSink:
+        """Connect to a Milvus or Zilliz endpoint (``http(s)://host:port``); Unavailable if unreachable."""
+        executor = _executor()
+        try:
+            client = await asyncio.get_running_loop().run_in_executor(
+                executor,
+                functools.partial(MilvusClient, uri=uri, token=token, db_name=db_name, timeout=timeout),
+            )
+        except MilvusException as exc:
+            executor.shutdown(wait=False)
+            raise Unavailable(f"cannot connect to Milvus at {uri}: {exc.message}") from exc
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(client, kind=SinkKind.MILVUS, timeout=timeout, executor=executor)
+
+    async def close(self) -> None:
+        """Close the client; for Milvus Lite also stop its server and release the file."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._client.close)
+            if self._lite_path is not None:
+                from milvus_lite.server_manager import server_manager_instance
+
+                await loop.run_in_executor(
+                    self._executor, server_manager_instance.release_server, self._lite_path
+                )
+        finally:
+            if self._lite_path is not None:
+                with _open_lite_lock:
+                    _open_lite_paths.discard(self._lite_path)
+            self._executor.shutdown(wait=False)
+
+    # ---- backend hooks ----------------------------------------------------
+
+    def _namespace_problem(self, namespace: str) -> str | None:
+        if _COLLECTION_NAME.fullmatch(namespace) is None:
+            return "Milvus collection names are 1-255 letters, digits or '_' and start with a letter or '_'"
+        return None
+
+    async def _ensure(self, namespace: str, spec: NamespaceSpec) -> NamespaceSpec:
+        async with self._lock(namespace):
+            state = await self._inspect(namespace)
+            if state is None:
+                try:
+                    await self._call(
+                        namespace,
+                        "create collection",
+                        self._client.create_collection,
+                        namespace,
+                        schema=collection_schema(spec.dimension),
+                        consistency_level="Strong",
+                    )
+                except Unavailable:
+                    # Another writer may have created it meanwhile (shared Milvus).
+                    if await self._inspect(namespace) is None:
+                        raise
+                if self._exclusive:
+                    self._documents[namespace] = {}
+                state = await self._inspect(namespace)
+                if state is None:
+                    raise Unavailable(f"Milvus collection {namespace!r} vanished right after its creation")
+            dimension, metric = state
+            if metric is None:
+                # A new collection, or one whose creation stopped before its index.
+                # sync=False: pymilvus would poll the (empty) index build every
+                # 0.5 s; load_collection waits for what matters.
+                await self._call(
+                    namespace,
+                    "create index",
+                    self._client.create_index,
+                    namespace,
+                    index_params(spec.metric, lite=self._exclusive),
+                    sync=False,
+                )
+                metric = spec.metric
+            await self._call(namespace, "load collection", self._client.load_collection, namespace)
+            return NamespaceSpec(dimension, metric)
+
+    async def _describe(self, namespace: str) -> NamespaceSpec | None:
+        state = await self._inspect(namespace)
+        if state is None or state[1] is None:
+            return None  # absent, or half-created: ensure_namespace completes it
+        await self._call(namespace, "load collection", self._client.load_collection, namespace)
+        return NamespaceSpec(state[0], state[1])
+
+    async def _inspect(self, namespace: str) -> tuple[int, DistanceMetric | None] | None:
+        """None if there is no collection; else its dimension and metric (None: no vector index yet)."""
+        if not await self._call(namespace, "has_collection", self._client.has_collection, namespace):
+            return None
+        description = await self._call(
+            namespace, "describe collection", self._client.describe_collection, namespace
+        )
+        fields = {field["name"]: field for field in description.get("fields", [])}
+        vector = fields.get(VECTOR_FIELD)
+        expected = {ID_FIELD, DOCUMENT_FIELD, CHUNK_FIELD, VECTOR_FIELD, ATTRIBUTES_FIELD, TAGS_FIELD}
+        if vector is None or not expected <= fields.keys():
+            raise FailedPrecondition(
+                f"Milvus collection {namespace!r} exists but was not created by a hevlayer sink",
+                violations=[Violation("namespace", "holds a collection with another schema")],
+                reason="FOREIGN_COLLECTION",
+            )
+        dimension = int(vector.get("params", {}).get("dim", 0))
+        indexes = await self._call(
+            namespace, "list indexes", self._client.list_indexes, namespace, VECTOR_FIELD
+        )
+        if VECTOR_FIELD not in (indexes or []):
+            return dimension, None
+        index = await self._call(
+            namespace, "describe index", self._client.describe_index, namespace, VECTOR_FIELD
+        )
+        metric = _MILVUS_TO_METRIC.get(str((index or {}).get("metric_type", "")).upper())
+        if metric is None:
+            raise FailedPrecondition(
+                f"Milvus collection {namespace!r} has no COSINE or L2 index on {VECTOR_FIELD!r}",
+                violations=[Violation("distance_metric", "the collection's index uses another metric")],
+                reason="METRIC_MISMATCH",
+            )
+        return dimension, metric
+
+    async def _replace(self, namespace: str, spec: NamespaceSpec, documents: list[PreparedDocument]) -> None:
+        async with self._lock(namespace):
+            if self._exclusive:
+                await self._replace_exclusive(namespace, spec, documents)
+            else:
+                await self._delete_by_filter(namespace, [document.document_id for document in documents])
+                await self._upsert(namespace, spec, documents)
+
+    async def _replace_exclusive(
+        self, namespace: str, spec: NamespaceSpec, documents: list[PreparedDocument]
+    ) -> None:
+        known = await self._known_documents(namespace)
+        stale: list[str] = []
+        for document in documents:
+            old = known.get(document.document_id)
+            if old:
+                new = {row.id for row in document.rows}
+                stale.extend(vector_id for vector_id in old if vector_id not in new)
+        try:
+            # Stale rows go first; rows whose id survives are overwritten
+            # atomically by the upsert, so old and new never coexist.
+            if stale:
+                await self._call(namespace, "delete", self._client.delete, namespace, ids=stale)
+            await self._upsert(namespace, spec, documents)
+        except BaseException:
+            # The index may hold part of the write: forget what we know and
+            # re-read it from Milvus Lite before the next write.
+            self._documents.pop(namespace, None)
+            raise
+        for document in documents:
+            if document.rows:
+                known[document.document_id] = frozenset(row.id for row in document.rows)
+            else:
+                known.pop(document.document_id, None)
+
+    async def _delete(self, namespace: str, document_ids: list[str]) -> None:
+        async with self._lock(namespace):
+            if not self._exclusive:
+                await self._delete_by_filter(namespace, document_ids)
+                return
+            known = await self._known_documents(namespace)
+            ids = [vector_id for document_id in document_ids for vector_id in known.get(document_id, ())]
+            if ids:
+                try:
+                    await self._call(namespace, "delete", self._client.delete, namespace, ids=ids)
+                except BaseException:
+                    self._documents.pop(namespace, None)
+                    raise
+            for document_id in document_ids:
+                known.pop(document_id, None)
+
+    async def _query(
+        self, namespace: str, spec: NamespaceSpec, vector: list[float], top_k: int, filter: PreparedFilter
+    ) -> list[Hit]:
+        results = await self._call(
+            namespace,
+            "search",
+            self._client.search,
+            namespace,
+            data=[vector],
+            limit=top_k,
+            filter=filter_expression(filter),
+            output_fields=OUTPUT_FIELDS,
+            anns_field=VECTOR_FIELD,
+            search_params={"metric_type": _METRIC_TO_MILVUS[spec.metric]},
+        )
+        hits: list[Hit] = []
+        for result in results[0] if results else []:
+            entity = result.get("entity", {})
+            document_id = str(entity.get(DOCUMENT_FIELD, ""))
+            chunk_id = str(entity.get(CHUNK_FIELD, ""))
+            hits.append(
+                Hit(
+                    document_id,
+                    chunk_id,
+                    _score(spec.metric, float(result.get("distance", 0.0))),
+                    hit_attributes(document_id, chunk_id, entity.get(ATTRIBUTES_FIELD)),
+                )
+            )
+        return hits
+
+    async def _count(self, namespace: str, document_id: str | None) -> int:
+        expression = filter_expression(PreparedFilter(document_id=document_id))
+        rows = await self._call(
+            namespace, "count", self._client.query, namespace, filter=expression, output_fields=["count(*)"]
+        )
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    async def _drop(self, namespace: str) -> None:
+        async with self._lock(namespace):
+            self._documents.pop(namespace, None)
+            if await self._call(namespace, "has_collection", self._client.has_collection, namespace):
+                await self._call(namespace, "drop collection", self._client.drop_collection, namespace)
+
+    # ---- helpers ----------------------------------------------------------
+
+    def _lock(self, namespace: str) -> asyncio.Lock:
+        lock = self._locks.get(namespace)
+        if lock is None:
+            lock = self._locks[namespace] = asyncio.Lock()
+        return lock
+
+    async def _known_documents(self, namespace: str) -> dict[str, frozenset[str]]:
+        """Exclusive mode: the vector ids of every document (read once from Milvus Lite)."""
+        known = self._documents.get(namespace)
+        if known is not None:
+            return known
+        rows = await self._call(
+            namespace,
+            "list rows",
+            self._client.query,
+            namespace,
+            filter=f'{ID_FIELD} != ""',
+            output_fields=[DOCUMENT_FIELD],
+        )
+        grouped: dict[str, set[str]] = {}
+        for row in rows:
+            grouped.setdefault(str(row[DOCUMENT_FIELD]), set()).add(str(row[ID_FIELD]))
+        known = {document_id: frozenset(ids) for document_id, ids in grouped.items()}
+        self._documents[namespace] = known
+        return known
+
+    async def _delete_by_filter(self, namespace: str, document_ids: list[str]) -> None:
+        for start in range(0, len(document_ids), _DOCUMENTS_PER_DELETE):
+            chunk = document_ids[start : start + _DOCUMENTS_PER_DELETE]
+            expression = f"{DOCUMENT_FIELD} in [{', '.join(milvus_string(d) for d in chunk)}]"
+            await self._call(namespace, "delete", self._client.delete, namespace, filter=expression)
+
+    async def _upsert(self, namespace: str, spec: NamespaceSpec, documents: list[PreparedDocument]) -> None:
+        for batch in _batches(documents, spec.dimension):
+            await self._call(namespace, "upsert", self._client.upsert, namespace, batch)
+
+    async def _call(
+        self, namespace: str, what: str, function: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        """Run a pymilvus call on the sink's threads; translate its errors."""
+        if self._closed:
+            raise Unavailable(f"the {self.kind.value} sink is closed")
+        call = functools.partial(function, *args, timeout=self._timeout, **kwargs)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except (MilvusException, grpc.RpcError) as exc:
+            raise self._translate(exc, namespace, what) from exc
+
+    def _translate(self, exc: BaseException, namespace: str, what: str) -> ServiceError:
+        message = exc.message if isinstance(exc, MilvusException) else str(exc)
+        if isinstance(exc, CollectionNotExistException) or (
+            isinstance(exc, MilvusException) and exc.code == 100
+        ):
+            self._forget(namespace)
+            self._documents.pop(namespace, None)
+            return FailedPrecondition(
+                f"namespace {namespace!r} does not exist in Milvus ({what}: {message})",
+                violations=[Violation("namespace", "does not exist")],
+                reason="NAMESPACE_NOT_FOUND",
+            )
+        if isinstance(exc, ParamError | DataNotMatchException | DataTypeNotMatchException):
+            return InvalidArgument(f"Milvus rejected the {what} of namespace {namespace!r}: {message}")
+        return Unavailable(
+            f"{self.kind.value} {what} on namespace {namespace!r} failed: {message}",
+            reason="SINK_UNAVAILABLE",
+            metadata={"sink": self.kind.value},
+        )
+
+
+def _score(metric: DistanceMetric, reported: float) -> float:
+    """Milvus reports COSINE as the similarity itself and L2 as the squared distance."""
+    if metric is DistanceMetric.COSINE_DISTANCE:
+        return reported
+    return score_from_distance(metric, reported)
+
+
+_open_lite_lock = threading.Lock()
+_open_lite_paths: set[str] = set()
+"""Milvus Lite databases this process has open: two sinks on one file would
+disagree on which rows each document has (and closing one would stop the
+other's server), so a second open is refused."""
+
+
+def _open_lite_client(path: str, timeout: float) -> tuple[MilvusClient | None, str]:
+    """Create the database's directory and open it (starts Milvus Lite in this process).
+
+    ``None`` when this process already has the database open.
+    """
+    absolute = os.path.abspath(path)
+    with _open_lite_lock:
+        if absolute in _open_lite_paths:
+            return None, absolute
+        _open_lite_paths.add(absolute)
+    try:
+        os.makedirs(os.path.dirname(absolute), exist_ok=True)
+        return MilvusClient(absolute, timeout=timeout), absolute
+    except BaseException:
+        with _open_lite_lock:
+            _open_lite_paths.discard(absolute)
+        raise
+
+
+def _executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="milvus-sink")
+
+
+def _batches(documents: list[PreparedDocument], dimension: int) -> Iterator[list[dict[str, Any]]]:
+    """Upsert batches that keep a document whole unless it alone exceeds a batch."""
+    limit = max(1, min(_MAX_ROWS_PER_UPSERT, _MAX_VALUES_PER_UPSERT // dimension))
+    batch: list[dict[str, Any]] = []
+    for document in documents:
+        if batch and len(batch) + len(document.rows) > limit:
+            yield batch
+            batch = []
+        for row in document.rows:
+            batch.append(milvus_row(row))
+            if len(batch) >= limit:
+                yield batch
+                batch = []
+    if batch:
+        yield batch

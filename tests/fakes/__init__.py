@@ -1,0 +1,1 @@
+"""Faithful local fakes of services that cannot run in tests (see docs/sinks.md)."""
