@@ -30,7 +30,7 @@ MYPY_TARGETS = $(wildcard libs/common/src/hevlayer/common libs/devstack/src/hevl
 	services/*/src/hevlayer/*) $(if $(wildcard tests/*.py tests/*/*.py),tests) \
 	$(if $(wildcard bench/*.py bench/*/*.py),bench)
 
-.PHONY: help bootstrap lock-check protos check-protos docs-config lint format test run clean
+.PHONY: help bootstrap system-deps lock-check protos check-protos docs-config lint format test run clean
 
 help:
 	@echo "make run           start PostgreSQL, S3 and the services (data in $(DATA_DIR)/)"
@@ -51,6 +51,19 @@ $(UV):
 $(STAMP): $(UV) uv.lock $(PYPROJECTS)
 	$(UV) sync $(UV_SYNC_FLAGS) --python $(PYTHON)
 	@touch $@
+
+# System packages the tests need: redis-server (the gateway's Redis chunk cache
+# runs against a real server). Installed with apt-get when missing and root.
+system-deps:
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing redis-server (apt-get)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		else \
+			echo "redis-server is missing: install it (e.g. apt-get install redis-server)" >&2; exit 1; \
+		fi; \
+	fi
 
 bootstrap: $(STAMP)
 
@@ -76,7 +89,7 @@ format: bootstrap
 	$(BIN)/ruff format .
 
 test: UV_SYNC_FLAGS := --locked
-test: lock-check bootstrap check-protos lint
+test: lock-check bootstrap system-deps check-protos lint
 	$(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 run: bootstrap

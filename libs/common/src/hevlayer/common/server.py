@@ -57,6 +57,11 @@ class ServerSettings:
         "or file:PATH (JSON lines).",
         "none",
     )
+    http_max_body_bytes: int = setting(
+        "HEVLAYER_HTTP_MAX_BODY_BYTES",
+        "Largest HTTP request body accepted (REST); larger ones get 413.",
+        64 * 1024 * 1024,
+    )
     shutdown_grace_seconds: float = setting(
         "HEVLAYER_SHUTDOWN_GRACE_SECONDS",
         "Time in-flight calls get to finish after SIGTERM.",
@@ -72,6 +77,8 @@ class ServerSettings:
             raise ConfigError(f"HEVLAYER_LOG_FORMAT: expected json or text, got {self.log_format!r}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"HEVLAYER_LOG_LEVEL: unknown level {self.log_level!r}")
+        if self.http_max_body_bytes < 1024:
+            raise ConfigError("HEVLAYER_HTTP_MAX_BODY_BYTES: must be >= 1024")
         if self.shutdown_grace_seconds < 0:
             raise ConfigError("HEVLAYER_SHUTDOWN_GRACE_SECONDS: must be >= 0")
 
@@ -177,7 +184,7 @@ class ServiceApp:
             await self.health.set(name, status)
 
     async def _start_http(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=self.settings.http_max_body_bytes)
         app.add_routes(
             [
                 web.get("/metrics", self._metrics),

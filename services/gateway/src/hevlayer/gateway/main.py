@@ -2,62 +2,180 @@
 
 from __future__ import annotations
 
+import logging
+from contextlib import AsyncExitStack
 from typing import Any
 
+import grpc
 from grpc import aio
 
+from hevlayer.api.claimer.v1 import document_state_pb2
 from hevlayer.api.index.v1 import index_pb2
 from hevlayer.api.lease.v1 import lease_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2
-from hevlayer.api.staging.v1 import staging_pb2
+from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
 from hevlayer.common.channels import create_channel
 from hevlayer.common.config import load_or_exit
+from hevlayer.common.errors import NotFound, ServiceError
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
+from hevlayer.gateway.cache import open_cache
+from hevlayer.gateway.chunkstore import ChunkStore, SegmentCodec, open_s3_client, pipeline_prefix
+from hevlayer.gateway.claimer_client import ClaimerClient, PipelineInfo
 from hevlayer.gateway.forwarding import Forwarder
-from hevlayer.gateway.settings import GRPC_DEFAULTS, GatewaySettings
-
-# Public services whose state the claimer owns; the gateway relays them.
-FORWARDED_SERVICES = (
-    pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"],
-    lease_pb2.DESCRIPTOR.services_by_name["LeaseService"],
+from hevlayer.gateway.grpc_index import IndexServicer, index_handler
+from hevlayer.gateway.grpc_staging import StagingServicer
+from hevlayer.gateway.indexing import Embedder, Searcher, VectorWriter
+from hevlayer.gateway.rest import RestApi
+from hevlayer.gateway.settings import (
+    GRPC_DEFAULTS,
+    CacheSettings,
+    GatewaySettings,
+    S3Settings,
+    StagingSettings,
 )
+from hevlayer.gateway.sinks import SinkPool, SinkSettings
+from hevlayer.gateway.staging import ChunkReader, Stager
 
-# Public services of the v1 API whose gateway handlers are not built yet:
-# listed in reflection (so grpcurl can describe them) and answering UNIMPLEMENTED.
-PUBLISHED_SERVICES = (
-    staging_pb2.DESCRIPTOR.services_by_name["StagingService"],
-    index_pb2.DESCRIPTOR.services_by_name["IndexService"],
-)
+log = logging.getLogger("hevlayer.gateway")
+
+PIPELINE_SERVICE = pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"]
+LEASE_SERVICE = lease_pb2.DESCRIPTOR.services_by_name["LeaseService"]
+STAGING_SERVICE = staging_pb2.DESCRIPTOR.services_by_name["StagingService"]
+INDEX_SERVICE = index_pb2.DESCRIPTOR.services_by_name["IndexService"]
+DOCUMENT_STATE_SERVICE = document_state_pb2.DESCRIPTOR.services_by_name["DocumentStateService"]
+
+# Public services whose state the claimer owns; the gateway relays them
+# (PipelineService.DeletePipeline also deletes the pipeline's chunk packs).
+FORWARDED_SERVICES = (PIPELINE_SERVICE, LEASE_SERVICE)
 
 
-async def build(app: ServiceApp, settings: GatewaySettings) -> None:
-    """Wire the gateway: forward pipeline and lease calls to the claimer."""
-    channel = create_channel(
-        settings.claimer_address,
-        retry_services=[s.full_name for s in FORWARDED_SERVICES],
+class Settings:
+    """Every settings group of the gateway, loaded from the environment."""
+
+    def __init__(
+        self,
+        gateway: GatewaySettings,
+        s3: S3Settings,
+        staging: StagingSettings,
+        cache: CacheSettings,
+        sinks: SinkSettings,
+    ) -> None:
+        self.gateway = gateway
+        self.s3 = s3
+        self.staging = staging
+        self.cache = cache
+        self.sinks = sinks
+
+    @classmethod
+    def load_or_exit(cls) -> Settings:
+        """Load every group; print the error and exit 2 on a bad variable."""
+        return cls(
+            load_or_exit(GatewaySettings),
+            load_or_exit(S3Settings),
+            load_or_exit(StagingSettings),
+            load_or_exit(CacheSettings),
+            load_or_exit(SinkSettings),
+        )
+
+
+def _pipeline_handler(
+    forwarder: Forwarder, claimer: ClaimerClient, store: ChunkStore
+) -> grpc.GenericRpcHandler:
+    """PipelineService: every method forwarded, DeletePipeline also deletes the chunk packs."""
+
+    async def delete_pipeline(
+        request: pipeline_pb2.DeletePipelineRequest, context: aio.ServicerContext
+    ) -> pipeline_pb2.DeletePipelineResponse:
+        info: PipelineInfo | None
+        try:
+            info = await claimer.pipeline(request.pipeline_id, fresh=True)
+        except NotFound:
+            info = None
+        response = await claimer.delete_pipeline(request)
+        if info is not None:
+            try:
+                removed = await store.delete_prefix(pipeline_prefix(info.id, info.incarnation))
+                log.info("deleted %d chunk packs of pipeline %s", removed, info.id)
+            except ServiceError as error:
+                log.warning("could not delete the chunk packs of pipeline %s: %s", info.id, error.message)
+        return response
+
+    handlers: dict[str, grpc.RpcMethodHandler] = {
+        method.name: forwarder.handler(
+            f"/{PIPELINE_SERVICE.full_name}/{method.name}", method.client_streaming, method.server_streaming
+        )
+        for method in PIPELINE_SERVICE.methods
+    }
+    handlers["DeletePipeline"] = grpc.unary_unary_rpc_method_handler(
+        delete_pipeline,
+        request_deserializer=pipeline_pb2.DeletePipelineRequest.FromString,
+        response_serializer=pipeline_pb2.DeletePipelineResponse.SerializeToString,
     )
-    forwarder = Forwarder(channel, settings.forward_timeout_seconds)
-    for service in FORWARDED_SERVICES:
-        handler = forwarder.service_handler(service)
+    return grpc.method_handlers_generic_handler(PIPELINE_SERVICE.full_name, handlers)
 
-        def register(_servicer: Any, server: aio.Server, handler: Any = handler) -> None:
-            server.add_generic_rpc_handlers((handler,))
 
-        app.add_service(service.full_name, register, None)
+def _register_generic(app: ServiceApp, full_name: str, handler: grpc.GenericRpcHandler) -> None:
+    def register(_servicer: Any, server: aio.Server, handler: Any = handler) -> None:
+        server.add_generic_rpc_handlers((handler,))
 
-    for published in PUBLISHED_SERVICES:
-        app.publish(published.full_name)
+    app.add_service(full_name, register, None)
 
-    async def close() -> None:
+
+async def build(app: ServiceApp, settings: Settings) -> None:
+    """Wire the gateway: staging, chunk reads, vector writes and queries over gRPC
+    and REST; pipeline and lease calls forwarded to the claimer."""
+    stack = AsyncExitStack()
+    channel = create_channel(
+        settings.gateway.claimer_address,
+        retry_services=[s.full_name for s in (*FORWARDED_SERVICES, DOCUMENT_STATE_SERVICE)],
+    )
+    claimer = ClaimerClient(channel, timeout=settings.gateway.forward_timeout_seconds)
+    s3_client = await open_s3_client(settings.s3, stack)
+    store = ChunkStore(s3_client, settings.s3.bucket)
+    cache = open_cache(settings.cache)
+    stager = Stager(claimer, store, cache, settings.staging)
+    reader = ChunkReader(claimer, store, cache, SegmentCodec(settings.staging.pack_compression))
+    sinks = SinkPool(settings.sinks)
+    writer = VectorWriter(claimer, sinks)
+    embedder_channel: aio.Channel | None = None
+    embedder: Embedder | None = None
+    if settings.gateway.embedder_address:
+        embedder_channel = create_channel(settings.gateway.embedder_address)
+        embedder = Embedder(embedder_channel, timeout=settings.gateway.forward_timeout_seconds)
+    searcher = Searcher(claimer, writer, embedder)
+
+    forwarder = Forwarder(channel, settings.gateway.forward_timeout_seconds)
+    _register_generic(app, PIPELINE_SERVICE.full_name, _pipeline_handler(forwarder, claimer, store))
+    _register_generic(app, LEASE_SERVICE.full_name, forwarder.service_handler(LEASE_SERVICE))
+    app.add_service(
+        STAGING_SERVICE.full_name,
+        staging_pb2_grpc.add_StagingServiceServicer_to_server,
+        StagingServicer(claimer, stager, reader, store, cache, writer),
+    )
+    _register_generic(app, INDEX_SERVICE.full_name, index_handler(IndexServicer(claimer, writer, searcher)))
+    app.add_routes(RestApi(claimer, stager, reader, writer).routes())
+
+    async def startup() -> None:
+        await cache.start()
+        stager.start()
+
+    async def shutdown() -> None:
+        await stager.close()
+        await cache.close()
+        await sinks.close()
+        await stack.aclose()
         await channel.close()
+        if embedder_channel is not None:
+            await embedder_channel.close()
 
-    app.on_shutdown(close)
+    app.on_startup(startup)
+    app.on_shutdown(shutdown)
 
 
 def main() -> None:
     """Run the gateway until SIGTERM."""
     server = load_or_exit(ServerSettings, GRPC_DEFAULTS)
-    settings = load_or_exit(GatewaySettings)
+    settings = Settings.load_or_exit()
 
     async def wire(app: ServiceApp) -> None:
         await build(app, settings)

@@ -11,6 +11,9 @@ GRPC_DEFAULTS = {
     "HEVLAYER_HTTP_ADDRESS": "127.0.0.1:8080",
 }
 
+CACHE_BACKENDS = ("disk", "redis", "aerospike", "none")
+PACK_COMPRESSIONS = ("zstd", "none")
+
 
 @dataclass(frozen=True)
 class GatewaySettings:
@@ -24,9 +27,159 @@ class GatewaySettings:
         "Deadline of a unary call forwarded to the claimer when the caller set none.",
         30.0,
     )
+    embedder_address: str = setting(
+        "EMBEDDER_ADDRESS",
+        "host:port of the embedding service, used by Query with text. Empty: text queries fail "
+        "FAILED_PRECONDITION; vector queries work.",
+        "",
+    )
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid variable."""
         split_address(self.claimer_address, "CLAIMER_ADDRESS")
+        if self.embedder_address:
+            split_address(self.embedder_address, "EMBEDDER_ADDRESS")
         if self.forward_timeout_seconds <= 0:
             raise ConfigError("GATEWAY_FORWARD_TIMEOUT_SECONDS: must be > 0")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where the gateway stores chunk packs (the same variables the claimer reads)."""
+
+    endpoint_url: str = setting(
+        "S3_ENDPOINT_URL", "S3 endpoint, e.g. http://127.0.0.1:8333. Empty: AWS's default endpoint.", ""
+    )
+    access_key_id: str = setting(
+        "S3_ACCESS_KEY_ID", "S3 access key. Empty: botocore's default credential chain.", ""
+    )
+    secret_access_key: str = setting("S3_SECRET_ACCESS_KEY", "S3 secret key.", "")
+    region: str = setting("S3_REGION", "S3 region.", "us-east-1")
+    bucket: str = setting(
+        "S3_BUCKET", "Bucket of chunk packs (and the claimer's queue manifests).", "hevlayer"
+    )
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid variable."""
+        if not self.bucket:
+            raise ConfigError("S3_BUCKET: must not be empty")
+        if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
+            raise ConfigError("S3_ENDPOINT_URL: expected an http:// or https:// URL")
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise ConfigError(
+                "S3_SECRET_ACCESS_KEY: set both S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY, or neither"
+            )
+
+
+@dataclass(frozen=True)
+class StagingSettings:
+    """Limits and packing of staged documents."""
+
+    max_chunk_text_bytes: int = setting(
+        "GATEWAY_MAX_CHUNK_TEXT_BYTES", "Largest chunk text (UTF-8 bytes) StageDocuments accepts.", 65536
+    )
+    max_chunk_metadata_bytes: int = setting(
+        "GATEWAY_MAX_CHUNK_METADATA_BYTES",
+        "Largest chunk metadata (bytes once serialized as JSON); also bounds vector attributes.",
+        16384,
+    )
+    max_chunk_id_bytes: int = setting("GATEWAY_MAX_CHUNK_ID_BYTES", "Longest chunk id (UTF-8 bytes).", 512)
+    max_chunks_per_document: int = setting(
+        "GATEWAY_MAX_CHUNKS_PER_DOCUMENT", "Most chunks (or vectors) one document may have.", 10000
+    )
+    pack_compression: str = setting(
+        "GATEWAY_PACK_COMPRESSION",
+        "Compression of each document's segment in a chunk pack: zstd or none (reads accept both).",
+        "zstd",
+    )
+    pack_max_bytes: int = setting(
+        "GATEWAY_PACK_MAX_BYTES",
+        "A pack object is closed once it holds this many bytes (a larger document gets a pack alone).",
+        16 * 1024 * 1024,
+    )
+    pack_max_documents: int = setting(
+        "GATEWAY_PACK_MAX_DOCUMENTS", "Most documents in one pack object (and one RecordStaged call).", 1000
+    )
+    flushes_per_pipeline: int = setting(
+        "GATEWAY_PACK_FLUSHES_PER_PIPELINE",
+        "Pack writes in flight per pipeline; documents arriving meanwhile are grouped into the next pack.",
+        4,
+    )
+    orphan_retry_seconds: float = setting(
+        "GATEWAY_ORPHAN_RETRY_SECONDS",
+        "Interval between checks of pack objects whose RecordStaged outcome was unknown "
+        "(deleted once the claimer confirms no document points into them).",
+        30.0,
+    )
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid variable."""
+        for env, value in (
+            ("GATEWAY_MAX_CHUNK_TEXT_BYTES", self.max_chunk_text_bytes),
+            ("GATEWAY_MAX_CHUNK_METADATA_BYTES", self.max_chunk_metadata_bytes),
+            ("GATEWAY_MAX_CHUNK_ID_BYTES", self.max_chunk_id_bytes),
+            ("GATEWAY_MAX_CHUNKS_PER_DOCUMENT", self.max_chunks_per_document),
+            ("GATEWAY_PACK_MAX_BYTES", self.pack_max_bytes),
+            ("GATEWAY_PACK_MAX_DOCUMENTS", self.pack_max_documents),
+            ("GATEWAY_PACK_FLUSHES_PER_PIPELINE", self.flushes_per_pipeline),
+        ):
+            if value < 1:
+                raise ConfigError(f"{env}: must be >= 1")
+        if self.pack_compression not in PACK_COMPRESSIONS:
+            raise ConfigError(f"GATEWAY_PACK_COMPRESSION: expected one of {', '.join(PACK_COMPRESSIONS)}")
+        if self.orphan_retry_seconds <= 0:
+            raise ConfigError("GATEWAY_ORPHAN_RETRY_SECONDS: must be > 0")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The chunk cache in front of S3."""
+
+    backend: str = setting("GATEWAY_CACHE_BACKEND", "Chunk cache: disk, redis, aerospike or none.", "disk")
+    directory: str = setting(
+        "GATEWAY_CACHE_DIR", "Directory of the disk cache. Empty: a temporary directory.", ""
+    )
+    max_bytes: int = setting(
+        "GATEWAY_CACHE_MAX_BYTES",
+        "Size cap of the disk cache (least recently used entries go first).",
+        1 << 30,
+    )
+    ttl_seconds: int = setting(
+        "GATEWAY_CACHE_TTL_SECONDS", "Lifetime of a cache entry in Redis and Aerospike.", 7 * 86400
+    )
+    timeout_seconds: float = setting(
+        "GATEWAY_CACHE_TIMEOUT_SECONDS",
+        "A cache call slower than this counts as a failure and the read goes to S3.",
+        0.5,
+    )
+    redis_url: str = setting(
+        "GATEWAY_REDIS_URL", "Redis URL of the redis backend.", "redis://127.0.0.1:6379/0"
+    )
+    aerospike_hosts: str = setting(
+        "GATEWAY_AEROSPIKE_HOSTS",
+        "Aerospike seed hosts of the aerospike backend: host:port[,host:port].",
+        "127.0.0.1:3000",
+    )
+    aerospike_namespace: str = setting(
+        "GATEWAY_AEROSPIKE_NAMESPACE",
+        "Aerospike namespace of the aerospike backend (records go to set pipe_{target_namespace}).",
+        "hevlayer",
+    )
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid variable."""
+        if self.backend not in CACHE_BACKENDS:
+            raise ConfigError(f"GATEWAY_CACHE_BACKEND: expected one of {', '.join(CACHE_BACKENDS)}")
+        if self.max_bytes < 1:
+            raise ConfigError("GATEWAY_CACHE_MAX_BYTES: must be >= 1")
+        if self.ttl_seconds < 1:
+            raise ConfigError("GATEWAY_CACHE_TTL_SECONDS: must be >= 1")
+        if self.timeout_seconds <= 0:
+            raise ConfigError("GATEWAY_CACHE_TIMEOUT_SECONDS: must be > 0")
+        if self.backend == "redis" and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("GATEWAY_REDIS_URL: expected a redis://, rediss:// or unix:// URL")
+        if self.backend == "aerospike":
+            for host in self.aerospike_hosts.split(","):
+                split_address(host.strip(), "GATEWAY_AEROSPIKE_HOSTS")
+            if not self.aerospike_namespace:
+                raise ConfigError("GATEWAY_AEROSPIKE_NAMESPACE: must not be empty")

@@ -1,0 +1,366 @@
+"""Benchmark: chunks/s through StageDocuments into a real SeaweedFS.
+
+Starts PostgreSQL, SeaweedFS, a claimer and a gateway (real processes, real
+channels), creates a pipeline and stages documents of 10 chunks of ~500 bytes
+of English-like text through one StageDocuments stream (batches pipelined).
+Prints chunks/s, S3 requests per document (from the gateway's own
+``hevlayer_gateway_s3_requests_total``), and, measured in the same run on the
+same S3 server, the baseline of one object per document written with
+aiobotocore puts (32 in flight), as a ratio.
+
+    .venv/bin/python bench/staging.py [--documents 5000] [--batch 100] [--compression zstd]
+
+Goal (issue 5): >= 5,000 chunks/s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from grpc import aio
+from prometheus_client.parser import text_string_to_metric_families
+
+from hevlayer.api.document.v1 import document_pb2
+from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
+from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
+from hevlayer.common.channels import create_channel
+from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3, ServiceProcess
+from hevlayer.devstack.ports import free_port
+from hevlayer.gateway.chunkstore import SegmentCodec, open_s3_client
+from hevlayer.gateway.settings import S3Settings
+
+CHUNKS_PER_DOCUMENT = 10
+CHUNK_BYTES = 500
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "his",
+    "her",
+    "an",
+    "were",
+    "which",
+    "this",
+    "be",
+    "are",
+    "battery",
+    "life",
+    "wireless",
+    "noise",
+    "cancelling",
+    "headphones",
+    "sound",
+    "quality",
+    "comfortable",
+    "design",
+    "bluetooth",
+    "charging",
+    "case",
+    "hours",
+    "music",
+    "travel",
+    "bass",
+    "microphone",
+    "calls",
+    "volume",
+    "fit",
+    "ear",
+    "cushions",
+    "premium",
+    "product",
+    "customer",
+    "review",
+    "shipping",
+    "price",
+    "warranty",
+    "color",
+    "black",
+    "white",
+    "silver",
+    "weight",
+    "compact",
+    "portable",
+    "durable",
+    "material",
+    "plastic",
+    "metal",
+    "leather",
+    "fabric",
+    "water",
+    "resistant",
+    "sport",
+    "running",
+    "gym",
+]
+
+
+def sentence(rng: random.Random, size: int) -> str:
+    """English-like text of about ``size`` bytes."""
+    words: list[str] = []
+    length = 0
+    while length < size:
+        word = rng.choice(WORDS)
+        words.append(word)
+        length += len(word) + 1
+    return " ".join(words)[:size]
+
+
+def make_documents(count: int, seed: int = 7, prefix: str = "doc") -> list[document_pb2.Document]:
+    """``count`` documents of 10 chunks of ~500 bytes, with a little metadata."""
+    rng = random.Random(seed)
+    documents = []
+    for i in range(count):
+        document = document_pb2.Document(id=f"{prefix}-{i:07d}")
+        for j in range(CHUNKS_PER_DOCUMENT):
+            chunk = document.chunks.add(id=f"{prefix}-{i:07d}-{j}", text=sentence(rng, CHUNK_BYTES))
+            chunk.metadata.update({"page": j, "source": "bench"})
+        documents.append(document)
+    return documents
+
+
+@dataclass
+class Stack:
+    """A running PostgreSQL + SeaweedFS + claimer + gateway."""
+
+    s3: SeaweedS3
+    bucket: str
+    gateway_address: str
+    gateway_http: str
+    claimer: ServiceProcess
+    gateway: ServiceProcess
+
+
+@contextmanager
+def running_stack(gateway_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """Start everything in a temporary directory; stop it all at exit."""
+    with tempfile.TemporaryDirectory(prefix="hevlayer-bench-") as tmp_text:
+        tmp = Path(tmp_text)
+        with PostgresServer(settings=TEST_SETTINGS) as postgres, SeaweedS3() as s3:
+            database_url = postgres.create_database(f"bench_{uuid.uuid4().hex[:8]}")
+            bucket = f"bench-{uuid.uuid4().hex[:8]}"
+            s3.create_bucket(bucket)
+            s3_env = s3.client_env(bucket)
+            claimer_address = f"127.0.0.1:{free_port()}"
+            claimer = ServiceProcess(
+                "hevlayer-claimer",
+                name="claimer",
+                env={
+                    "DATABASE_URL": database_url,
+                    "HEVLAYER_GRPC_ADDRESS": claimer_address,
+                    "HEVLAYER_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
+                    "HEVLAYER_LOG_LEVEL": "warning",
+                    **s3_env,
+                },
+                log_path=tmp / "claimer.log",
+                grpc_address=claimer_address,
+            ).start()
+            gateway_address = f"127.0.0.1:{free_port()}"
+            gateway_http = f"127.0.0.1:{free_port()}"
+            gateway = ServiceProcess(
+                "hevlayer-gateway",
+                name="gateway",
+                env={
+                    "CLAIMER_ADDRESS": claimer_address,
+                    "HEVLAYER_GRPC_ADDRESS": gateway_address,
+                    "HEVLAYER_HTTP_ADDRESS": gateway_http,
+                    "HEVLAYER_LOG_LEVEL": "warning",
+                    "GATEWAY_CACHE_DIR": str(tmp / "cache"),
+                    "GATEWAY_MILVUS_LITE_PATH": str(tmp / "vectors.db"),
+                    **s3_env,
+                    **(gateway_env or {}),
+                },
+                log_path=tmp / "gateway.log",
+                grpc_address=gateway_address,
+            )
+            try:
+                claimer.wait_ready(timeout=60)
+                gateway.start()
+                gateway.wait_ready(timeout=60)
+                yield Stack(s3, bucket, gateway_address, gateway_http, claimer, gateway)
+            finally:
+                gateway.stop(grace=10)
+                claimer.stop(grace=10)
+
+
+def scrape(http_address: str, name: str) -> dict[str, float]:
+    """Samples of one metric of the gateway's /metrics, by label values."""
+    with urllib.request.urlopen(f"http://{http_address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                values[",".join(sample.labels.values())] = sample.value
+    return values
+
+
+async def create_pipeline(channel: aio.Channel, pipeline_id: str) -> None:
+    """Create ``pipeline_id`` with server defaults."""
+    stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
+    await stub.CreatePipeline(
+        pipeline_pb2.CreatePipelineRequest(pipeline=pipeline_pb2.Pipeline(id=pipeline_id))
+    )
+
+
+async def stage_all(
+    channel: aio.Channel, pipeline_id: str, documents: list[document_pb2.Document], batch: int, streams: int
+) -> float:
+    """Stage ``documents`` over ``streams`` StageDocuments streams; seconds taken."""
+    stub = staging_pb2_grpc.StagingServiceStub(channel)
+    parts = [documents[i::streams] for i in range(streams)]
+
+    async def one_stream(part: list[document_pb2.Document]) -> None:
+        async def requests() -> AsyncIterator[staging_pb2.StageDocumentsRequest]:
+            for start in range(0, len(part), batch):
+                yield staging_pb2.StageDocumentsRequest(
+                    pipeline_id=pipeline_id, documents=part[start : start + batch]
+                )
+
+        staged = 0
+        async for response in stub.StageDocuments(requests()):
+            for result in response.results:
+                if result.outcome != staging_pb2.STAGE_OUTCOME_STAGED:
+                    raise RuntimeError(f"document {result.document_id} not staged: {result.error.message}")
+                staged += 1
+        if staged != len(part):
+            raise RuntimeError(f"staged {staged} of {len(part)} documents")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_stream(part) for part in parts))
+    return time.perf_counter() - started
+
+
+async def baseline_puts(s3: SeaweedS3, bucket: str, documents: list[document_pb2.Document]) -> float:
+    """One object per document (the document's segment), 32 puts in flight; seconds taken."""
+    env = s3.client_env(bucket)
+    settings = S3Settings(
+        endpoint_url=env["S3_ENDPOINT_URL"],
+        access_key_id=env["S3_ACCESS_KEY_ID"],
+        secret_access_key=env["S3_SECRET_ACCESS_KEY"],
+        region=env["S3_REGION"],
+        bucket=bucket,
+    )
+    codec = SegmentCodec("zstd")
+    bodies = [(f"baseline/{d.id}", codec.encode(d)) for d in documents]
+    async with AsyncExitStack() as stack:
+        client = await open_s3_client(settings, stack)
+        limit = asyncio.Semaphore(32)
+
+        async def put(key: str, body: bytes) -> None:
+            async with limit:
+                await client.put_object(Bucket=bucket, Key=key, Body=body)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(put(k, b) for k, b in bodies))
+        return time.perf_counter() - started
+
+
+def codec_figures(documents: list[document_pb2.Document]) -> None:
+    """Bytes per document and encode time per document, zstd vs plain."""
+    for compression in ("none", "zstd"):
+        codec = SegmentCodec(compression)
+        started = time.perf_counter()
+        sizes = [len(codec.encode(d)) for d in documents]
+        elapsed = time.perf_counter() - started
+        segments = [codec.encode(d) for d in documents[:500]]
+        started = time.perf_counter()
+        for segment in segments:
+            codec.decode(segment)
+        decode = (time.perf_counter() - started) / len(segments)
+        print(
+            f"  codec {compression:5s}: {sum(sizes) / len(sizes):7.0f} bytes/document, "
+            f"encode {elapsed / len(documents) * 1e6:5.0f} us, decode {decode * 1e6:5.0f} us per document"
+        )
+
+
+async def run(args: argparse.Namespace) -> None:
+    documents = make_documents(args.documents)
+    warmup = make_documents(200, seed=1, prefix="warm")
+    baseline_docs = make_documents(args.baseline_documents, seed=3, prefix="base")
+    print(
+        f"staging {len(documents)} documents x {CHUNKS_PER_DOCUMENT} chunks x ~{CHUNK_BYTES} bytes, "
+        f"batches of {args.batch} documents, {args.streams} stream(s), compression {args.compression}"
+    )
+    codec_figures(documents[:2000])
+    with running_stack({"GATEWAY_PACK_COMPRESSION": args.compression}) as stack:
+        channel = create_channel(stack.gateway_address)
+        try:
+            await create_pipeline(channel, "bench")
+            await stage_all(channel, "bench", warmup, args.batch, args.streams)
+            before = scrape(stack.gateway_http, "hevlayer_gateway_s3_requests_total")
+            seconds = await stage_all(channel, "bench", documents, args.batch, args.streams)
+            after = scrape(stack.gateway_http, "hevlayer_gateway_s3_requests_total")
+            restage = await stage_all(
+                channel, "bench", documents[: len(documents) // 2], args.batch, args.streams
+            )
+            after_restage = scrape(stack.gateway_http, "hevlayer_gateway_s3_requests_total")
+        finally:
+            await channel.close()
+        base_seconds = await baseline_puts(stack.s3, stack.bucket, baseline_docs)
+
+    chunks = len(documents) * CHUNKS_PER_DOCUMENT
+    rate = chunks / seconds
+    requests = {op: after.get(op, 0) - before.get(op, 0) for op in sorted(after)}
+    restage_requests = {op: after_restage.get(op, 0) - after.get(op, 0) for op in sorted(after_restage)}
+    base_rate = len(baseline_docs) * CHUNKS_PER_DOCUMENT / base_seconds
+    print(
+        f"StageDocuments: {rate:8.0f} chunks/s ({len(documents) / seconds:.0f} documents/s, {seconds:.2f} s)"
+    )
+    print(
+        f"  S3 requests per document: {sum(requests.values()) / len(documents):.4f} "
+        f"({', '.join(f'{op} {int(n)}' for op, n in requests.items() if n)})"
+    )
+    half = len(documents) // 2
+    print(
+        f"  re-staging {half} documents: {half * CHUNKS_PER_DOCUMENT / restage:8.0f} chunks/s, "
+        f"S3 requests per document {sum(restage_requests.values()) / half:.4f} "
+        f"({', '.join(f'{op} {int(n)}' for op, n in restage_requests.items() if n)})"
+    )
+    print(
+        f"baseline, one aiobotocore put per document (32 in flight): {base_rate:8.0f} chunks/s "
+        f"({len(baseline_docs) / base_seconds:.0f} puts/s)"
+    )
+    print(f"ratio StageDocuments / baseline: {rate / base_rate:.1f}x")
+    goal = 5000
+    print(f"goal >= {goal} chunks/s: {'met' if rate >= goal else 'NOT met'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--documents", type=int, default=5000)
+    parser.add_argument("--baseline-documents", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=100, help="documents per StageDocuments message")
+    parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--compression", choices=["zstd", "none"], default="zstd")
+    args = parser.parse_args(argv)
+    asyncio.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""The gateway's client of the claimer (the owner of pipeline and document state).
+
+Thin wrappers over the generated stubs: every failed call is turned back
+into the :class:`~hevlayer.common.errors.ServiceError` the claimer raised
+(details included), so the cores and both transports see one kind of error.
+Pipelines are cached briefly (:class:`PipelineInfo`): staging needs a
+pipeline's namespace on every batch, and its immutable fields never change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from google.protobuf import field_mask_pb2
+from grpc import aio
+
+from hevlayer.api.claimer.v1 import document_state_pb2, document_state_pb2_grpc
+from hevlayer.api.document.v1 import document_pb2
+from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
+from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
+from hevlayer.api.staging.v1 import staging_pb2
+from hevlayer.common.errors import InvalidArgument, ServiceError, service_error_from_rpc_error
+
+T = TypeVar("T")
+
+_METRICS = {
+    pipeline_pb2.DISTANCE_METRIC_UNSPECIFIED: "cosine_distance",
+    pipeline_pb2.DISTANCE_METRIC_COSINE_DISTANCE: "cosine_distance",
+    pipeline_pb2.DISTANCE_METRIC_EUCLIDEAN_SQUARED: "euclidean_squared",
+}
+_SINKS = {
+    pipeline_pb2.SINK_UNSPECIFIED: "",
+    pipeline_pb2.SINK_MILVUS_LITE: "milvus_lite",
+    pipeline_pb2.SINK_MILVUS: "milvus",
+    pipeline_pb2.SINK_TURBOPUFFER: "turbopuffer",
+}
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """What the gateway needs to know about a pipeline."""
+
+    id: str
+    target_namespace: str
+    distance_metric: str
+    sink: str
+    dimension: int
+    incarnation: str
+    """Distinguishes a pipeline from an earlier one with the same id (its
+    creation time in microseconds, hex); part of its pack keys."""
+
+    @classmethod
+    def from_proto(cls, pipeline: pipeline_pb2.Pipeline) -> PipelineInfo:
+        """From a Pipeline message."""
+        return cls(
+            id=pipeline.id,
+            target_namespace=pipeline.target_namespace or pipeline.id.replace("-", "_"),
+            distance_metric=_METRICS.get(pipeline.distance_metric, "cosine_distance"),
+            sink=_SINKS.get(pipeline.sink, ""),
+            dimension=pipeline.dimension,
+            incarnation=f"{pipeline.create_time.ToMicroseconds():x}",
+        )
+
+
+@dataclass(frozen=True)
+class StagedRecord:
+    """A document whose segment is stored, for RecordStaged."""
+
+    document_id: str
+    content_hash: str
+    backing: str
+    chunk_count: int
+
+
+@dataclass(frozen=True)
+class StagedResult:
+    """RecordStaged's answer for one document."""
+
+    document_id: str
+    fencing_token: int
+    previous_backing: str
+    unchanged: bool
+
+
+@dataclass(frozen=True)
+class LeaseCheck:
+    """CheckLeases' answer for one document."""
+
+    document_id: str
+    held: bool
+    found: bool
+    backing: str
+    fencing_token: int
+
+
+@dataclass(frozen=True)
+class Transition:
+    """TransitionDocuments' answer for one document."""
+
+    document_id: str
+    outcome: int
+    fencing_token: int
+
+    @property
+    def moved(self) -> bool:
+        """True if the document moved."""
+        return self.outcome == lease_pb2.TRANSITION_OUTCOME_MOVED
+
+
+async def _call(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except aio.AioRpcError as error:
+        raise service_error_from_rpc_error(error) from None
+
+
+class ClaimerClient:
+    """Calls the claimer's DocumentStateService, PipelineService and LeaseService."""
+
+    def __init__(self, channel: aio.Channel, *, timeout: float = 30.0, pipeline_ttl: float = 30.0) -> None:
+        self.channel = channel
+        self.timeout = timeout
+        self.pipeline_ttl = pipeline_ttl
+        self.documents = document_state_pb2_grpc.DocumentStateServiceStub(channel)
+        self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(channel)
+        self.leases = lease_pb2_grpc.LeaseServiceStub(channel)
+        self._pipeline_cache: dict[str, tuple[float, PipelineInfo]] = {}
+
+    # -- pipelines -------------------------------------------------------------------------
+
+    async def get_pipeline(self, pipeline_id: str) -> pipeline_pb2.Pipeline:
+        """GetPipeline (NOT_FOUND if it does not exist)."""
+        response = await _call(
+            self.pipelines.GetPipeline(
+                pipeline_pb2.GetPipelineRequest(pipeline_id=pipeline_id), timeout=self.timeout
+            )
+        )
+        self._remember(PipelineInfo.from_proto(response.pipeline))
+        pipeline: pipeline_pb2.Pipeline = response.pipeline
+        return pipeline
+
+    async def pipeline(self, pipeline_id: str, *, fresh: bool = False) -> PipelineInfo:
+        """The pipeline's info, from a cache of ``pipeline_ttl`` seconds unless ``fresh``."""
+        if not pipeline_id:
+            raise InvalidArgument.field("pipeline_id", "is required")
+        cached = self._pipeline_cache.get(pipeline_id)
+        if cached is not None and not fresh and time.monotonic() - cached[0] < self.pipeline_ttl:
+            return cached[1]
+        return PipelineInfo.from_proto(await self.get_pipeline(pipeline_id))
+
+    def _remember(self, info: PipelineInfo) -> None:
+        self._pipeline_cache[info.id] = (time.monotonic(), info)
+
+    def forget_pipeline(self, pipeline_id: str) -> None:
+        """Drop a cached pipeline (it was deleted or re-created)."""
+        self._pipeline_cache.pop(pipeline_id, None)
+
+    async def set_dimension(self, pipeline_id: str, dimension: int) -> bool:
+        """Record a pipeline's dimension (fixed by its first write); False if the
+        claimer does not accept ``dimension`` in an update mask."""
+        request = pipeline_pb2.UpdatePipelineRequest(
+            pipeline=pipeline_pb2.Pipeline(id=pipeline_id, dimension=dimension),
+            update_mask=field_mask_pb2.FieldMask(paths=["dimension"]),
+        )
+        try:
+            response = await _call(self.pipelines.UpdatePipeline(request, timeout=self.timeout))
+        except InvalidArgument:
+            return False
+        self._remember(PipelineInfo.from_proto(response.pipeline))
+        return True
+
+    async def list_pipelines(self) -> list[pipeline_pb2.Pipeline]:
+        """Every pipeline (all pages)."""
+        pipelines: list[pipeline_pb2.Pipeline] = []
+        token = ""
+        while True:
+            response = await _call(
+                self.pipelines.ListPipelines(
+                    pipeline_pb2.ListPipelinesRequest(page_size=1000, page_token=token), timeout=self.timeout
+                )
+            )
+            pipelines.extend(response.pipelines)
+            token = response.next_page_token
+            if not token:
+                return pipelines
+
+    async def pipeline_status(self, pipeline_id: str) -> pipeline_pb2.PipelineStatus:
+        """GetPipelineStatus."""
+        response = await _call(
+            self.pipelines.GetPipelineStatus(
+                pipeline_pb2.GetPipelineStatusRequest(pipeline_id=pipeline_id), timeout=self.timeout
+            )
+        )
+        status: pipeline_pb2.PipelineStatus = response.status
+        return status
+
+    # -- documents -------------------------------------------------------------------------
+
+    async def record_staged(
+        self, pipeline_id: str, records: Sequence[StagedRecord], *, skip_unchanged: bool
+    ) -> tuple[list[StagedResult], list[str]]:
+        """RecordStaged: per-record results and the released object keys."""
+        request = document_state_pb2.RecordStagedRequest(
+            pipeline_id=pipeline_id,
+            records=[
+                document_state_pb2.StagedRecord(
+                    document_id=r.document_id,
+                    content_hash=r.content_hash,
+                    backing=r.backing,
+                    chunk_count=r.chunk_count,
+                )
+                for r in records
+            ],
+            skip_unchanged=skip_unchanged,
+        )
+        response = await _call(self.documents.RecordStaged(request, timeout=self.timeout))
+        results = [
+            StagedResult(r.document_id, r.fencing_token, r.previous_backing, r.unchanged)
+            for r in response.results
+        ]
+        return results, list(response.released_objects)
+
+    async def check_leases(
+        self, pipeline_id: str, worker_id: str, stage: str, leases: Sequence[tuple[str, int]]
+    ) -> list[LeaseCheck]:
+        """CheckLeases for (document id, fencing token) pairs, in order."""
+        request = document_state_pb2.CheckLeasesRequest(
+            pipeline_id=pipeline_id,
+            worker_id=worker_id,
+            stage=stage,
+            leases=[document_pb2.LeaseRef(document_id=d, fencing_token=t) for d, t in leases],
+        )
+        response = await _call(self.documents.CheckLeases(request, timeout=self.timeout))
+        return [
+            LeaseCheck(r.document_id, r.held, r.found, r.backing, r.fencing_token) for r in response.results
+        ]
+
+    async def content_hashes(self, pipeline_id: str, document_ids: Sequence[str]) -> dict[str, str]:
+        """GetContentHashes: stored hash per known, non-failed document."""
+        response = await _call(
+            self.documents.GetContentHashes(
+                document_state_pb2.GetContentHashesRequest(
+                    pipeline_id=pipeline_id, document_ids=document_ids
+                ),
+                timeout=self.timeout,
+            )
+        )
+        return dict(response.content_hashes)
+
+    async def forget(self, pipeline_id: str, document_ids: Sequence[str]) -> tuple[list[str], int, list[str]]:
+        """ForgetDocuments: (backings, deleted, released object keys)."""
+        response = await _call(
+            self.documents.ForgetDocuments(
+                document_state_pb2.ForgetDocumentsRequest(pipeline_id=pipeline_id, document_ids=document_ids),
+                timeout=self.timeout,
+            )
+        )
+        return list(response.backings), response.deleted, list(response.released_objects)
+
+    async def describe(self, pipeline_id: str, document_id: str) -> staging_pb2.DocumentState:
+        """DescribeDocument (NOT_FOUND if unknown)."""
+        response = await _call(
+            self.documents.DescribeDocument(
+                document_state_pb2.DescribeDocumentRequest(pipeline_id=pipeline_id, document_id=document_id),
+                timeout=self.timeout,
+            )
+        )
+        document: staging_pb2.DocumentState = response.document
+        return document
+
+    async def scan(
+        self, pipeline_id: str, stage: str, id_prefix: str, *, timeout: float | None = None
+    ) -> AsyncIterator[list[staging_pb2.DocumentState]]:
+        """ScanDocuments, batch by batch."""
+        call = self.documents.ScanDocuments(
+            document_state_pb2.ScanDocumentsRequest(
+                pipeline_id=pipeline_id, stage=stage, id_prefix=id_prefix
+            ),
+            timeout=timeout,
+        )
+        try:
+            async for response in call:
+                yield list(response.documents)
+        except aio.AioRpcError as error:
+            raise service_error_from_rpc_error(error) from None
+        finally:
+            call.cancel()
+
+    async def enqueue(
+        self, batches: AsyncIterator[staging_pb2.EnqueueDocumentsRequest], *, timeout: float | None = None
+    ) -> staging_pb2.EnqueueDocumentsResponse:
+        """EnqueueIds with the caller's batches."""
+
+        async def requests() -> AsyncIterator[document_state_pb2.EnqueueIdsRequest]:
+            async for batch in batches:
+                yield document_state_pb2.EnqueueIdsRequest(batch=batch)
+
+        response = await _call(self.documents.EnqueueIds(requests(), timeout=timeout))
+        result: staging_pb2.EnqueueDocumentsResponse = response.result
+        return result
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def transition(
+        self,
+        pipeline_id: str,
+        documents: Sequence[tuple[str, int]],
+        *,
+        from_stage: str,
+        worker_id: str,
+        to_stage: str,
+        reason: str = "",
+    ) -> list[Transition]:
+        """TransitionDocuments for (document id, fencing token) pairs."""
+        request = lease_pb2.TransitionDocumentsRequest(
+            pipeline_id=pipeline_id,
+            documents=[document_pb2.LeaseRef(document_id=d, fencing_token=t) for d, t in documents],
+            from_stage=from_stage,
+            worker_id=worker_id,
+            to_stage=to_stage,
+            reason=reason,
+        )
+        response = await _call(self.leases.TransitionDocuments(request, timeout=self.timeout))
+        return [Transition(r.document_id, r.outcome, r.fencing_token) for r in response.results]
+
+    async def claim(self, request: lease_pb2.ClaimDocumentsRequest) -> lease_pb2.ClaimDocumentsResponse:
+        """ClaimDocuments."""
+        return await _call(self.leases.ClaimDocuments(request, timeout=self.timeout))
+
+    async def heartbeat(self, request: lease_pb2.HeartbeatLeasesRequest) -> lease_pb2.HeartbeatLeasesResponse:
+        """HeartbeatLeases."""
+        return await _call(self.leases.HeartbeatLeases(request, timeout=self.timeout))
+
+    async def create_pipeline(self, request: pipeline_pb2.CreatePipelineRequest) -> pipeline_pb2.Pipeline:
+        """CreatePipeline."""
+        response = await _call(self.pipelines.CreatePipeline(request, timeout=self.timeout))
+        self._remember(PipelineInfo.from_proto(response.pipeline))
+        pipeline: pipeline_pb2.Pipeline = response.pipeline
+        return pipeline
+
+    async def delete_pipeline(
+        self, request: pipeline_pb2.DeletePipelineRequest
+    ) -> pipeline_pb2.DeletePipelineResponse:
+        """DeletePipeline."""
+        self.forget_pipeline(request.pipeline_id)
+        try:
+            return await _call(self.pipelines.DeletePipeline(request, timeout=self.timeout))
+        finally:
+            self.forget_pipeline(request.pipeline_id)
+
+
+def is_definite_failure(error: ServiceError) -> bool:
+    """True when a failed call surely changed nothing (the claimer rejected it),
+    False when it may have been applied (timeouts, lost connections, internal errors)."""
+    from grpc import StatusCode
+
+    return error.code in (
+        StatusCode.INVALID_ARGUMENT,
+        StatusCode.NOT_FOUND,
+        StatusCode.ALREADY_EXISTS,
+        StatusCode.FAILED_PRECONDITION,
+        StatusCode.PERMISSION_DENIED,
+        StatusCode.UNAUTHENTICATED,
+        StatusCode.OUT_OF_RANGE,
+        StatusCode.UNIMPLEMENTED,
+        StatusCode.RESOURCE_EXHAUSTED,
+    )

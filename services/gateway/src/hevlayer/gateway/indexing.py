@@ -1,0 +1,413 @@
+"""Vector writes and queries: the transport-free core of IndexService and of
+the REST vectors route.
+
+**Writing** (:class:`VectorWriter.write`), for a batch of complete documents:
+
+1. ``CheckLeases``: a document whose lease (worker, stage, fencing token) is
+   not current gets ``stale_lease`` (FAILED_PRECONDITION) and nothing is
+   written for it;
+2. the dimension: the pipeline's, else the existing namespace's, else the
+   first vector's (the first write fixes it; the gateway then records it on
+   the pipeline if the claimer accepts that); every vector is validated
+   with the sink's own rules, and a document with a bad vector gets
+   ``rejected`` (INVALID_ARGUMENT naming ``vectors[i].values``);
+3. one ``replace_documents`` call for the batch (old rows deleted, new rows
+   upserted); a sink failure raises UNAVAILABLE (reason SINK_UNAVAILABLE) and
+   the documents stay in their claim stage;
+4. ``TransitionDocuments`` to ``indexed``, pinned to the fencing tokens the
+   check saw.
+
+**Querying** (:class:`Searcher.query`): text through the embedding service
+(optional) or a vector; ``top_k``; an equality filter.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from grpc import aio
+from prometheus_client import Counter
+
+from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from hevlayer.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unavailable,
+    Violation,
+    service_error_from_rpc_error,
+)
+from hevlayer.common.metrics import REGISTRY
+from hevlayer.gateway.claimer_client import ClaimerClient, PipelineInfo
+from hevlayer.gateway.sinks import Hit, JSONValue, NamespaceSpec, Row, Scalar, Sink, SinkKind, SinkPool
+from hevlayer.gateway.sinks.base import DistanceMetric, prepare_documents
+
+log = logging.getLogger("hevlayer.gateway.indexing")
+
+INDEXED = "indexed"
+DEFAULT_TOP_K = 10
+MAX_TOP_K = 1000
+MAX_VECTORS_PER_DOCUMENT = 100_000
+
+WRITTEN_VECTORS = Counter(
+    "hevlayer_gateway_written_vectors_total", "Vectors written to sinks by WriteVectors.", registry=REGISTRY
+)
+WRITTEN_DOCUMENTS = Counter(
+    "hevlayer_gateway_written_documents_total",
+    "Documents handled by WriteVectors, by outcome (indexed, stale_lease, rejected).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+QUERIES = Counter(
+    "hevlayer_gateway_queries_total", "Queries answered, by kind (text, vector).", ["kind"], registry=REGISTRY
+)
+
+
+@dataclass
+class DocumentVectors:
+    """The vectors of one document, as a writer sends them."""
+
+    document_id: str
+    fencing_token: int
+    worker_id: str
+    from_stage: str
+    rows: list[Row] = field(default_factory=list)
+    problem: ServiceError | None = None
+    """Set when the document is malformed as sent (it is rejected unwritten)."""
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What happened to one document of a write."""
+
+    document_id: str
+    outcome: str
+    """``indexed``, ``stale_lease`` or ``rejected``."""
+    vectors_written: int = 0
+    error: ServiceError | None = None
+
+
+def sink_kind(pipeline: PipelineInfo) -> SinkKind | None:
+    """The pipeline's sink kind (None: the gateway's default)."""
+    return SinkKind(pipeline.sink) if pipeline.sink else None
+
+
+_SINK_PATH = re.compile(r"^documents\[.*?\]\.rows\[(\d+)\]\.?(.*)$", re.S)
+
+
+def _vector_path(path: str) -> str:
+    """A sink validation path (``documents[d].rows[3].chunk_id``) as the API names it
+    (``vectors[3].id``)."""
+    match = _SINK_PATH.match(path)
+    if match is None:
+        return "vectors"
+    index, rest = match.groups()
+    rest = {"chunk_id": "id", "values": "values"}.get(rest, rest)
+    return f"vectors[{index}].{rest}" if rest else f"vectors[{index}]"
+
+
+def as_sink_failure(error: ServiceError) -> ServiceError:
+    if isinstance(error, Unavailable) and error.reason != "SINK_UNAVAILABLE":
+        return Unavailable(
+            error.message,
+            reason="SINK_UNAVAILABLE",
+            retry_after=error.retry_after or 1.0,
+            metadata=error.metadata,
+        )
+    return error
+
+
+class VectorWriter:
+    """Writes documents' vectors into their pipeline's sink (module docstring)."""
+
+    def __init__(self, claimer: ClaimerClient, sinks: SinkPool) -> None:
+        self.claimer = claimer
+        self.sinks = sinks
+
+    async def sink_for(self, pipeline: PipelineInfo) -> Sink:
+        """The pipeline's sink; UNAVAILABLE (SINK_UNAVAILABLE) if it cannot be opened."""
+        try:
+            return await self.sinks.get(sink_kind(pipeline))
+        except ServiceError as error:
+            raise as_sink_failure(error) from None
+
+    async def write(self, pipeline: PipelineInfo, documents: Sequence[DocumentVectors]) -> list[WriteOutcome]:
+        """Write a batch of complete documents; one outcome per document, in order.
+
+        Raises UNAVAILABLE (reason SINK_UNAVAILABLE) when the sink fails; no
+        document of the batch is then moved to indexed.
+        """
+        outcomes: dict[int, WriteOutcome] = {}
+        pending: list[int] = []
+        for index, document in enumerate(documents):
+            if document.problem is not None:
+                outcomes[index] = WriteOutcome(document.document_id, "rejected", error=document.problem)
+            else:
+                pending.append(index)
+
+        # 1. leases, grouped by (worker, stage) (one group in practice).
+        tokens: dict[int, int] = {}
+        groups: dict[tuple[str, str], list[int]] = {}
+        for index in pending:
+            document = documents[index]
+            groups.setdefault((document.worker_id, document.from_stage), []).append(index)
+        for (worker_id, stage), indexes in groups.items():
+            checks = await self.claimer.check_leases(
+                pipeline.id,
+                worker_id,
+                stage,
+                [(documents[i].document_id, documents[i].fencing_token) for i in indexes],
+            )
+            for index, check in zip(indexes, checks, strict=True):
+                document = documents[index]
+                if not check.found:
+                    outcomes[index] = WriteOutcome(
+                        document.document_id,
+                        "rejected",
+                        error=NotFound(
+                            f"document {document.document_id!r} not found in pipeline {pipeline.id!r}",
+                            metadata={"document_id": document.document_id},
+                        ),
+                    )
+                elif not check.held:
+                    outcomes[index] = WriteOutcome(
+                        document.document_id,
+                        "stale_lease",
+                        error=FailedPrecondition(
+                            f"worker {worker_id!r} does not hold a current lease on document "
+                            f"{document.document_id!r} in stage {stage!r} with fencing token "
+                            f"{document.fencing_token} (current token {check.fencing_token}); "
+                            "nothing written",
+                            reason="STALE_LEASE",
+                            metadata={
+                                "document_id": document.document_id,
+                                "fencing_token": str(check.fencing_token),
+                            },
+                        ),
+                    )
+                else:
+                    tokens[index] = check.fencing_token
+        pending = [i for i in pending if i in tokens]
+
+        # 2. dimension and validation with the sink's rules.
+        writable: list[int] = []
+        if pending:
+            sink = await self.sink_for(pipeline)
+            namespace = pipeline.target_namespace
+            metric = DistanceMetric(pipeline.distance_metric)
+            try:
+                existing = await sink.describe_namespace(namespace)
+            except ServiceError as error:
+                raise as_sink_failure(error) from None
+            dimension = pipeline.dimension or (existing.dimension if existing else 0)
+            if not dimension:
+                dimension = next((len(documents[i].rows[0].values) for i in pending if documents[i].rows), 0)
+            spec = NamespaceSpec(dimension, metric) if dimension else None
+            writable = list(pending)
+
+            # 3. the sink: one call for the batch. The sink validates the whole call
+            # before writing anything; when it refuses, the documents at fault are
+            # found one by one, rejected, and the others written.
+            while writable:
+                rows = {documents[i].document_id: documents[i].rows for i in writable}
+                try:
+                    if spec is not None and (existing is None or existing.dimension != dimension):
+                        existing = await sink.ensure_namespace(namespace, dimension, metric)
+                    if spec is not None:
+                        await sink.replace_documents(namespace, rows)
+                    break
+                except InvalidArgument:
+                    culprits = self._culprits(documents, writable, spec)
+                    if not culprits:
+                        raise
+                    for index, problem in culprits.items():
+                        outcomes[index] = WriteOutcome(
+                            documents[index].document_id, "rejected", error=problem
+                        )
+                    writable = [i for i in writable if i not in culprits]
+                except ServiceError as error:
+                    raise as_sink_failure(error) from None
+            if writable and spec is not None and pipeline.dimension == 0:
+                await self._record_dimension(pipeline, dimension)
+
+        # 4. indexed.
+        by_holder: dict[tuple[str, str], list[int]] = {}
+        for index in writable:
+            document = documents[index]
+            by_holder.setdefault((document.worker_id, document.from_stage), []).append(index)
+        for (worker_id, stage), indexes in by_holder.items():
+            moves = await self.claimer.transition(
+                pipeline.id,
+                [(documents[i].document_id, tokens[i]) for i in indexes],
+                from_stage=stage,
+                worker_id=worker_id,
+                to_stage=INDEXED,
+            )
+            gone: list[str] = []
+            for index, move in zip(indexes, moves, strict=True):
+                document = documents[index]
+                if move.moved:
+                    outcomes[index] = WriteOutcome(document.document_id, INDEXED, len(document.rows))
+                    WRITTEN_VECTORS.inc(len(document.rows))
+                elif move.outcome == 3:  # TRANSITION_OUTCOME_NOT_FOUND: deleted meanwhile
+                    gone.append(document.document_id)
+                    outcomes[index] = WriteOutcome(
+                        document.document_id,
+                        "rejected",
+                        error=NotFound(f"document {document.document_id!r} was deleted during the write"),
+                    )
+                else:
+                    outcomes[index] = WriteOutcome(
+                        document.document_id,
+                        "stale_lease",
+                        error=FailedPrecondition(
+                            f"the lease on document {document.document_id!r} was lost during the write; "
+                            "the next holder's write replaces these rows",
+                            reason="STALE_LEASE",
+                        ),
+                    )
+            if gone:
+                try:
+                    sink = await self.sink_for(pipeline)
+                    await sink.delete_documents(pipeline.target_namespace, gone)
+                except ServiceError as error:
+                    log.warning("could not delete rows of deleted documents %s: %s", gone[:5], error.message)
+
+        result = [outcomes[i] for i in range(len(documents))]
+        for outcome in result:
+            WRITTEN_DOCUMENTS.labels(outcome.outcome).inc()
+        return result
+
+    @staticmethod
+    def _culprits(
+        documents: Sequence[DocumentVectors], indexes: list[int], spec: NamespaceSpec | None
+    ) -> dict[int, InvalidArgument]:
+        """The documents among ``indexes`` the sink's validation refuses, with why."""
+        if spec is None:
+            return {}
+        found: dict[int, InvalidArgument] = {}
+        for index in indexes:
+            document = documents[index]
+            try:
+                prepare_documents({document.document_id: document.rows}, spec)
+            except InvalidArgument as error:
+                found[index] = _rename(error)
+        return found
+
+    async def _record_dimension(self, pipeline: PipelineInfo, dimension: int) -> None:
+        try:
+            recorded = await self.claimer.set_dimension(pipeline.id, dimension)
+        except ServiceError as error:
+            log.info(
+                "could not record dimension %d of pipeline %s: %s", dimension, pipeline.id, error.message
+            )
+            return
+        if not recorded:
+            log.debug("the claimer does not record dimensions; the sink namespace holds it")
+
+
+def _rename(error: InvalidArgument) -> InvalidArgument:
+    violations = [Violation(_vector_path(v.field), v.description) for v in error.violations]
+    if not violations:
+        return error
+    first = violations[0]
+    return InvalidArgument(f"{first.field}: {first.description}", violations=violations)
+
+
+# -- queries -----------------------------------------------------------------------------------
+
+
+class Embedder:
+    """The embedding service, for text queries."""
+
+    def __init__(self, channel: aio.Channel, *, timeout: float = 30.0) -> None:
+        self.channel = channel
+        self.timeout = timeout
+        self._stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+
+    async def embed_query(self, text: str) -> list[float]:
+        """The query embedding of ``text``."""
+
+        async def requests() -> object:
+            yield embedding_pb2.EmbedRequest(texts=[text], input_type=embedding_pb2.INPUT_TYPE_QUERY)
+
+        call = self._stub.Embed(requests(), timeout=self.timeout)
+        try:
+            async for response in call:
+                if response.embeddings:
+                    return list(response.embeddings[0].values)
+        except aio.AioRpcError as rpc_error:
+            error = service_error_from_rpc_error(rpc_error)
+            if isinstance(error, Unavailable):
+                raise Unavailable(
+                    f"embedding service: {error.message}", reason="EMBEDDER_UNAVAILABLE", retry_after=1.0
+                ) from None
+            raise error from None
+        finally:
+            call.cancel()
+        raise Unavailable("the embedding service returned no embedding", reason="EMBEDDER_UNAVAILABLE")
+
+
+@dataclass(frozen=True)
+class Query:
+    """A search request."""
+
+    text: str | None = None
+    vector: Sequence[float] | None = None
+    top_k: int = 0
+    filter: Mapping[str, JSONValue] = field(default_factory=dict)
+
+
+class Searcher:
+    """Answers queries against a pipeline's sink."""
+
+    def __init__(self, claimer: ClaimerClient, writer: VectorWriter, embedder: Embedder | None) -> None:
+        self.claimer = claimer
+        self.writer = writer
+        self.embedder = embedder
+
+    async def query(self, pipeline_id: str, query: Query) -> list[Hit]:
+        """Hits, best first (see :meth:`hevlayer.gateway.sinks.Sink.query`)."""
+        if not pipeline_id:
+            raise InvalidArgument.field("pipeline_id", "is required")
+        top_k = query.top_k or DEFAULT_TOP_K
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise InvalidArgument.field(
+                "top_k", f"must be between 1 and {MAX_TOP_K} (0 means {DEFAULT_TOP_K})"
+            )
+        if (query.text is None) == (query.vector is None):
+            raise InvalidArgument.field("query", "set exactly one of text and vector")
+        filter_values: dict[str, Scalar] = {}
+        for key, value in query.filter.items():
+            if isinstance(value, (str, int, float, bool)):
+                filter_values[key] = value
+            else:
+                raise InvalidArgument.field(
+                    f"filter.{key}", "must be a string, a number or a boolean (equality only)"
+                )
+        pipeline = await self.claimer.pipeline(pipeline_id)
+        if query.text is not None:
+            if not query.text:
+                raise InvalidArgument.field("text", "must not be empty")
+            if self.embedder is None:
+                raise FailedPrecondition(
+                    "text: text queries need the embedding service (EMBEDDER_ADDRESS is not set); "
+                    "query by vector instead",
+                    violations=[Violation("text", "no embedding service is configured")],
+                    reason="EMBEDDER_NOT_CONFIGURED",
+                )
+            vector: Sequence[float] = await self.embedder.embed_query(query.text)
+            QUERIES.labels("text").inc()
+        else:
+            assert query.vector is not None
+            vector = query.vector
+            QUERIES.labels("vector").inc()
+        sink = await self.writer.sink_for(pipeline)
+        try:
+            return await sink.query(pipeline.target_namespace, vector, top_k, filter_values or None)
+        except ServiceError as error:
+            raise as_sink_failure(error) from None
