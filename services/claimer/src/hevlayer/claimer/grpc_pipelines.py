@@ -148,8 +148,8 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
     async def DeletePipeline(
         self, request: pb.DeletePipelineRequest, context: aio.ServicerContext
     ) -> pb.DeletePipelineResponse:
-        deleted = await self._store.delete(request.pipeline_id)
-        return pb.DeletePipelineResponse(deleted_documents=deleted)
+        documents, segments = await self._store.delete(request.pipeline_id)
+        return pb.DeletePipelineResponse(deleted_documents=documents, deleted_segments=segments)
 
     async def GetPipelineStatus(
         self, request: pb.GetPipelineStatusRequest, context: aio.ServicerContext

@@ -5,10 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from hevlayer.api.claimer.v1 import document_state_pb2, document_state_pb2_grpc
+from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.claimer.database import Database
+from hevlayer.claimer.documents import DocumentStore
+from hevlayer.claimer.grpc_documents import DocumentStateServicer
+from hevlayer.claimer.grpc_leases import LeaseServicer
 from hevlayer.claimer.grpc_pipelines import PipelineServicer
+from hevlayer.claimer.leases import LeaseStore
+from hevlayer.claimer.manifests import ManifestCache, ObjectStore
+from hevlayer.claimer.metrics import StageCountRefresher
 from hevlayer.claimer.pipelines import PipelineDefaults, PipelineStore
+from hevlayer.claimer.segments import SegmentQueue
 from hevlayer.claimer.settings import GRPC_DEFAULTS, ClaimerSettings
 from hevlayer.claimer.status_watch import StatusNotifier
 from hevlayer.common.config import load_or_exit
@@ -36,16 +45,49 @@ async def build(app: ServiceApp, settings: ClaimerSettings) -> None:
         lease_seconds=settings.default_lease_seconds,
     )
     notifier = StatusNotifier(settings.database_url)
-    store = PipelineStore(db, defaults)
+    objects: ObjectStore | None = None
+    segments: SegmentQueue | None = None
+    if settings.s3_bucket:
+        objects = ObjectStore(
+            bucket=settings.s3_bucket,
+            endpoint_url=settings.s3_endpoint_url,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=settings.s3_secret_access_key,
+            region=settings.s3_region,
+        )
+        segments = SegmentQueue(
+            db, objects, ManifestCache(objects, settings.manifest_cache_ids), settings.segment_size
+        )
+    if segments is None and settings.default_queue_backend == "segment":
+        log.warning(
+            "S3_BUCKET is not set: the segmented queue (PIPELINE_QUEUE_BACKEND=segment) is unavailable"
+        )
+    store = PipelineStore(db, defaults, segments)
+    leases = LeaseStore(db, segments)
+    documents = DocumentStore(db, segments)
+    refresher = StageCountRefresher(db)
     app.add_service(
         pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server,
         PipelineServicer(store, notifier, app.stopping),
     )
+    app.add_service(
+        lease_pb2.DESCRIPTOR.services_by_name["LeaseService"].full_name,
+        lease_pb2_grpc.add_LeaseServiceServicer_to_server,
+        LeaseServicer(leases, notifier, app.stopping),
+    )
+    app.add_service(
+        document_state_pb2.DESCRIPTOR.services_by_name["DocumentStateService"].full_name,
+        document_state_pb2_grpc.add_DocumentStateServiceServicer_to_server,
+        DocumentStateServicer(documents, leases),
+    )
 
     async def connect() -> None:
         if await db.open_with_retry(app.stopping):
             await notifier.start()
+            if segments is not None:
+                segments.start_sweeper()
+            refresher.start()
             await app.set_serving(True)
             log.info("connected to PostgreSQL; serving")
 
@@ -56,14 +98,21 @@ async def build(app: ServiceApp, settings: ClaimerSettings) -> None:
         notifier.wake_all()
 
     async def startup() -> None:
+        if objects is not None:
+            await objects.open()
         tasks.append(asyncio.create_task(connect(), name="db-connect"))
         tasks.append(asyncio.create_task(wake_watchers_on_stop(), name="wake-watchers"))
 
     async def shutdown() -> None:
         for task in tasks:
             task.cancel()
+        await refresher.stop()
+        if segments is not None:
+            await segments.stop_sweeper()
         await notifier.close()
         await db.close()
+        if objects is not None:
+            await objects.close()
 
     async def ready() -> bool:
         return db.ready

@@ -11,10 +11,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from hevlayer.claimer.database import Database
+
+if TYPE_CHECKING:
+    from hevlayer.claimer.segments import SegmentQueue
 from hevlayer.common.errors import AlreadyExists, InvalidArgument, NotFound
 
 PIPELINE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -172,9 +176,12 @@ _COLUMNS = (
 class PipelineStore:
     """CRUD and status of pipelines in PostgreSQL."""
 
-    def __init__(self, db: Database, defaults: PipelineDefaults) -> None:
+    def __init__(
+        self, db: Database, defaults: PipelineDefaults, segments: SegmentQueue | None = None
+    ) -> None:
         self._db = db
         self.defaults = defaults
+        self._segments = segments
 
     async def create(self, spec: PipelineSpec) -> PipelineRecord:
         """Create a pipeline; ALREADY_EXISTS if the id is taken."""
@@ -253,18 +260,32 @@ class PipelineStore:
             raise NotFound(f"pipeline {pipeline_id!r} not found", metadata={"pipeline_id": pipeline_id})
         return _record(row)
 
-    async def delete(self, pipeline_id: str) -> int:
-        """Delete a pipeline and everything it owns; return the documents deleted."""
+    async def delete(self, pipeline_id: str) -> tuple[int, int]:
+        """Delete a pipeline and everything it owns (documents, segments and, after
+        the commit, its segment manifests); return (documents, segments) deleted."""
         validate_pipeline_id(pipeline_id)
+        keys: list[str] = []
+        fence = 0
         async with self._db.transaction() as conn:
-            counted = await conn.fetchval(
-                "SELECT coalesce(sum(count), 0) FROM pipeline_stage_counts WHERE pipeline_id = $1",
+            exists = await conn.fetchval("SELECT 1 FROM pipelines WHERE id = $1 FOR UPDATE", pipeline_id)
+            if exists is None:
+                raise NotFound(f"pipeline {pipeline_id!r} not found", metadata={"pipeline_id": pipeline_id})
+            documents = await conn.fetchval(
+                """WITH gone AS (DELETE FROM documents WHERE pipeline_id = $1 RETURNING 1)
+                   SELECT count(*) FROM gone""",
                 pipeline_id,
             )
-            deleted = await conn.fetchval("DELETE FROM pipelines WHERE id = $1 RETURNING id", pipeline_id)
-        if deleted is None:
-            raise NotFound(f"pipeline {pipeline_id!r} not found", metadata={"pipeline_id": pipeline_id})
-        return int(counted)
+            segments = 0
+            if self._segments is not None:
+                segments, keys, fence = await self._segments.delete_pipeline(conn, pipeline_id)
+            else:
+                segments = await conn.fetchval(
+                    "SELECT count(*) FROM queue_segments WHERE pipeline_id = $1", pipeline_id
+                )
+            await conn.execute("DELETE FROM pipelines WHERE id = $1", pipeline_id)
+        if self._segments is not None:
+            await self._segments.remove_pipeline_objects(pipeline_id, keys, fence)
+        return int(documents), int(segments)
 
     async def status(self, pipeline_id: str) -> PipelineStatus:
         """Per-stage counts from the counter table (no scan of documents)."""

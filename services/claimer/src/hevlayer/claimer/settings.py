@@ -50,6 +50,31 @@ class ClaimerSettings:
         900,
     )
 
+    segment_size: int = setting(
+        "PIPELINE_SEGMENT_SIZE",
+        "Lightweight ids per segment manifest of the segmented queue (1,000,000 ids = 100 rows at 10000).",
+        10000,
+    )
+    manifest_cache_ids: int = setting(
+        "CLAIMER_MANIFEST_CACHE_IDS",
+        "Ids of decoded segment manifests kept in memory (manifests are immutable; 0 disables the cache).",
+        1_000_000,
+    )
+    s3_endpoint_url: str = setting(
+        "S3_ENDPOINT_URL", "S3 endpoint for segment manifests; empty means AWS's default endpoint.", ""
+    )
+    s3_access_key_id: str = setting(
+        "S3_ACCESS_KEY_ID", "S3 access key id; empty uses the default AWS credential chain.", ""
+    )
+    s3_secret_access_key: str = setting("S3_SECRET_ACCESS_KEY", "S3 secret access key.", "")
+    s3_region: str = setting("S3_REGION", "S3 region.", "us-east-1")
+    s3_bucket: str = setting(
+        "S3_BUCKET",
+        "Bucket of the segment manifests (key prefix pipelines/<id>/segments/). Without it, "
+        "enqueueing into a segment-backend pipeline fails FAILED_PRECONDITION.",
+        "",
+    )
+
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid variable."""
         if not self.database_url.startswith(("postgres://", "postgresql://")):
@@ -64,3 +89,9 @@ class ClaimerSettings:
             raise ConfigError("PIPELINE_DEFAULT_MAX_ATTEMPTS: must be >= 1")
         if not 1 <= self.default_lease_seconds <= 86400:
             raise ConfigError("PIPELINE_DEFAULT_LEASE_SECONDS: must be between 1 and 86400")
+        if not 1 <= self.segment_size <= 1_000_000:
+            raise ConfigError("PIPELINE_SEGMENT_SIZE: must be between 1 and 1000000")
+        if self.manifest_cache_ids < 0:
+            raise ConfigError("CLAIMER_MANIFEST_CACHE_IDS: must be >= 0")
+        if self.s3_endpoint_url and not self.s3_endpoint_url.startswith(("http://", "https://")):
+            raise ConfigError("S3_ENDPOINT_URL: expected an http:// or https:// URL")

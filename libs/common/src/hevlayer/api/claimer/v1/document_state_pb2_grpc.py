@@ -81,9 +81,10 @@ class DocumentStateServiceServicer:
 
     def RecordStaged(self, request, context):
         """Records documents whose chunks the gateway has stored: each becomes
-        pending with a new fencing token and its backing pointer. Atomic for the
-        batch. Returns the previous backing of each document so the gateway can
-        delete it.
+        pending with a new fencing token and its backing pointer (any lease on it
+        is lost). Atomic for the batch. Returns the previous backing of each
+        document and the objects no document points into any more.
+        INVALID_ARGUMENT naming records[i].document_id for an id named twice.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,27 +92,39 @@ class DocumentStateServiceServicer:
 
     def CheckLeases(self, request, context):
         """Checks that leases are current and returns each document's backing.
+        Ids leased from the segmented queue are found through their segment's
+        token: found and held only while that lease is live (no backing).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def EnqueueIds(self, request_iterator, context):
-        """Enqueues lightweight ids into the pipeline's queue backend.
+        """Enqueues lightweight ids into the pipeline's queue backend. Row backend:
+        each message is applied atomically (new ids become rows; existing ones
+        are re-queued with a new token unless skip_unchanged and their hash is
+        unchanged). Segment backend: ids go to manifests of PIPELINE_SEGMENT_SIZE
+        ids, each committed when full (partial ones when the stream ends); ids
+        are de-duplicated within a segment only, and skip_unchanged compares
+        with document rows only. A failed stream may have enqueued a prefix of
+        its ids; sending them again is safe (in the segment backend they become
+        duplicate queue entries).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DescribeDocument(self, request, context):
-        """Returns the state of one document. NOT_FOUND if it does not exist.
+        """Returns the state of one document. NOT_FOUND if it does not exist (ids
+        that live only in the segmented queue have no row unless they failed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ScanDocuments(self, request, context):
-        """Streams the pipeline's documents ordered by id.
+        """Streams the pipeline's document rows ordered by id (UTF-8 byte order),
+        up to 1000 per message; ids queued in segments are not listed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

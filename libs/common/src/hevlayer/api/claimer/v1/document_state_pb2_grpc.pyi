@@ -41,18 +41,35 @@ class DocumentStateServiceStub:
     def __new__(cls, channel: _aio.Channel) -> DocumentStateServiceAsyncStub: ...
     RecordStaged: _grpc.UnaryUnaryMultiCallable[_document_state_pb2.RecordStagedRequest, _document_state_pb2.RecordStagedResponse]
     """Records documents whose chunks the gateway has stored: each becomes
-    pending with a new fencing token and its backing pointer. Atomic for the
-    batch. Returns the previous backing of each document so the gateway can
-    delete it.
+    pending with a new fencing token and its backing pointer (any lease on it
+    is lost). Atomic for the batch. Returns the previous backing of each
+    document and the objects no document points into any more.
+    INVALID_ARGUMENT naming records[i].document_id for an id named twice.
     """
     CheckLeases: _grpc.UnaryUnaryMultiCallable[_document_state_pb2.CheckLeasesRequest, _document_state_pb2.CheckLeasesResponse]
-    """Checks that leases are current and returns each document's backing."""
+    """Checks that leases are current and returns each document's backing.
+    Ids leased from the segmented queue are found through their segment's
+    token: found and held only while that lease is live (no backing).
+    """
     EnqueueIds: _grpc.StreamUnaryMultiCallable[_document_state_pb2.EnqueueIdsRequest, _document_state_pb2.EnqueueIdsResponse]
-    """Enqueues lightweight ids into the pipeline's queue backend."""
+    """Enqueues lightweight ids into the pipeline's queue backend. Row backend:
+    each message is applied atomically (new ids become rows; existing ones
+    are re-queued with a new token unless skip_unchanged and their hash is
+    unchanged). Segment backend: ids go to manifests of PIPELINE_SEGMENT_SIZE
+    ids, each committed when full (partial ones when the stream ends); ids
+    are de-duplicated within a segment only, and skip_unchanged compares
+    with document rows only. A failed stream may have enqueued a prefix of
+    its ids; sending them again is safe (in the segment backend they become
+    duplicate queue entries).
+    """
     DescribeDocument: _grpc.UnaryUnaryMultiCallable[_document_state_pb2.DescribeDocumentRequest, _document_state_pb2.DescribeDocumentResponse]
-    """Returns the state of one document. NOT_FOUND if it does not exist."""
+    """Returns the state of one document. NOT_FOUND if it does not exist (ids
+    that live only in the segmented queue have no row unless they failed).
+    """
     ScanDocuments: _grpc.UnaryStreamMultiCallable[_document_state_pb2.ScanDocumentsRequest, _document_state_pb2.ScanDocumentsResponse]
-    """Streams the pipeline's documents ordered by id."""
+    """Streams the pipeline's document rows ordered by id (UTF-8 byte order),
+    up to 1000 per message; ids queued in segments are not listed.
+    """
     ForgetDocuments: _grpc.UnaryUnaryMultiCallable[_document_state_pb2.ForgetDocumentsRequest, _document_state_pb2.ForgetDocumentsResponse]
     """Deletes documents' state and returns their backings for deletion."""
     GetContentHashes: _grpc.UnaryUnaryMultiCallable[_document_state_pb2.GetContentHashesRequest, _document_state_pb2.GetContentHashesResponse]
@@ -67,18 +84,35 @@ class DocumentStateServiceAsyncStub(DocumentStateServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     RecordStaged: _aio.UnaryUnaryMultiCallable[_document_state_pb2.RecordStagedRequest, _document_state_pb2.RecordStagedResponse]  # type: ignore[assignment]
     """Records documents whose chunks the gateway has stored: each becomes
-    pending with a new fencing token and its backing pointer. Atomic for the
-    batch. Returns the previous backing of each document so the gateway can
-    delete it.
+    pending with a new fencing token and its backing pointer (any lease on it
+    is lost). Atomic for the batch. Returns the previous backing of each
+    document and the objects no document points into any more.
+    INVALID_ARGUMENT naming records[i].document_id for an id named twice.
     """
     CheckLeases: _aio.UnaryUnaryMultiCallable[_document_state_pb2.CheckLeasesRequest, _document_state_pb2.CheckLeasesResponse]  # type: ignore[assignment]
-    """Checks that leases are current and returns each document's backing."""
+    """Checks that leases are current and returns each document's backing.
+    Ids leased from the segmented queue are found through their segment's
+    token: found and held only while that lease is live (no backing).
+    """
     EnqueueIds: _aio.StreamUnaryMultiCallable[_document_state_pb2.EnqueueIdsRequest, _document_state_pb2.EnqueueIdsResponse]  # type: ignore[assignment]
-    """Enqueues lightweight ids into the pipeline's queue backend."""
+    """Enqueues lightweight ids into the pipeline's queue backend. Row backend:
+    each message is applied atomically (new ids become rows; existing ones
+    are re-queued with a new token unless skip_unchanged and their hash is
+    unchanged). Segment backend: ids go to manifests of PIPELINE_SEGMENT_SIZE
+    ids, each committed when full (partial ones when the stream ends); ids
+    are de-duplicated within a segment only, and skip_unchanged compares
+    with document rows only. A failed stream may have enqueued a prefix of
+    its ids; sending them again is safe (in the segment backend they become
+    duplicate queue entries).
+    """
     DescribeDocument: _aio.UnaryUnaryMultiCallable[_document_state_pb2.DescribeDocumentRequest, _document_state_pb2.DescribeDocumentResponse]  # type: ignore[assignment]
-    """Returns the state of one document. NOT_FOUND if it does not exist."""
+    """Returns the state of one document. NOT_FOUND if it does not exist (ids
+    that live only in the segmented queue have no row unless they failed).
+    """
     ScanDocuments: _aio.UnaryStreamMultiCallable[_document_state_pb2.ScanDocumentsRequest, _document_state_pb2.ScanDocumentsResponse]  # type: ignore[assignment]
-    """Streams the pipeline's documents ordered by id."""
+    """Streams the pipeline's document rows ordered by id (UTF-8 byte order),
+    up to 1000 per message; ids queued in segments are not listed.
+    """
     ForgetDocuments: _aio.UnaryUnaryMultiCallable[_document_state_pb2.ForgetDocumentsRequest, _document_state_pb2.ForgetDocumentsResponse]  # type: ignore[assignment]
     """Deletes documents' state and returns their backings for deletion."""
     GetContentHashes: _aio.UnaryUnaryMultiCallable[_document_state_pb2.GetContentHashesRequest, _document_state_pb2.GetContentHashesResponse]  # type: ignore[assignment]
@@ -96,9 +130,10 @@ class DocumentStateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_document_state_pb2.RecordStagedResponse, _abc.Awaitable[_document_state_pb2.RecordStagedResponse]]:
         """Records documents whose chunks the gateway has stored: each becomes
-        pending with a new fencing token and its backing pointer. Atomic for the
-        batch. Returns the previous backing of each document so the gateway can
-        delete it.
+        pending with a new fencing token and its backing pointer (any lease on it
+        is lost). Atomic for the batch. Returns the previous backing of each
+        document and the objects no document points into any more.
+        INVALID_ARGUMENT naming records[i].document_id for an id named twice.
         """
 
     @_abc_1.abstractmethod
@@ -107,7 +142,10 @@ class DocumentStateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _document_state_pb2.CheckLeasesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_document_state_pb2.CheckLeasesResponse, _abc.Awaitable[_document_state_pb2.CheckLeasesResponse]]:
-        """Checks that leases are current and returns each document's backing."""
+        """Checks that leases are current and returns each document's backing.
+        Ids leased from the segmented queue are found through their segment's
+        token: found and held only while that lease is live (no backing).
+        """
 
     @_abc_1.abstractmethod
     def EnqueueIds(
@@ -115,7 +153,16 @@ class DocumentStateServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_document_state_pb2.EnqueueIdsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_document_state_pb2.EnqueueIdsResponse, _abc.Awaitable[_document_state_pb2.EnqueueIdsResponse]]:
-        """Enqueues lightweight ids into the pipeline's queue backend."""
+        """Enqueues lightweight ids into the pipeline's queue backend. Row backend:
+        each message is applied atomically (new ids become rows; existing ones
+        are re-queued with a new token unless skip_unchanged and their hash is
+        unchanged). Segment backend: ids go to manifests of PIPELINE_SEGMENT_SIZE
+        ids, each committed when full (partial ones when the stream ends); ids
+        are de-duplicated within a segment only, and skip_unchanged compares
+        with document rows only. A failed stream may have enqueued a prefix of
+        its ids; sending them again is safe (in the segment backend they become
+        duplicate queue entries).
+        """
 
     @_abc_1.abstractmethod
     def DescribeDocument(
@@ -123,7 +170,9 @@ class DocumentStateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _document_state_pb2.DescribeDocumentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_document_state_pb2.DescribeDocumentResponse, _abc.Awaitable[_document_state_pb2.DescribeDocumentResponse]]:
-        """Returns the state of one document. NOT_FOUND if it does not exist."""
+        """Returns the state of one document. NOT_FOUND if it does not exist (ids
+        that live only in the segmented queue have no row unless they failed).
+        """
 
     @_abc_1.abstractmethod
     def ScanDocuments(
@@ -131,7 +180,9 @@ class DocumentStateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _document_state_pb2.ScanDocumentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_document_state_pb2.ScanDocumentsResponse], _abc.AsyncIterator[_document_state_pb2.ScanDocumentsResponse]]:
-        """Streams the pipeline's documents ordered by id."""
+        """Streams the pipeline's document rows ordered by id (UTF-8 byte order),
+        up to 1000 per message; ids queued in segments are not listed.
+        """
 
     @_abc_1.abstractmethod
     def ForgetDocuments(

@@ -37,7 +37,10 @@ class _TransitionOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Tra
     this token (lease lost or expired). Nothing changed.
     """
     TRANSITION_OUTCOME_NOT_FOUND: _TransitionOutcome.ValueType  # 3
-    """The document does not exist."""
+    """The document does not exist. (On a segment-backend pipeline an id with
+    no row and a non-zero token that is not a live segment lease reports
+    NOT_HELD: it may be a lost lease of a queued id.)
+    """
 
 class TransitionOutcome(_TransitionOutcome, metaclass=_TransitionOutcomeEnumTypeWrapper):
     """What happened to one document of a transition."""
@@ -51,7 +54,10 @@ TRANSITION_OUTCOME_NOT_HELD: TransitionOutcome.ValueType  # 2
 this token (lease lost or expired). Nothing changed.
 """
 TRANSITION_OUTCOME_NOT_FOUND: TransitionOutcome.ValueType  # 3
-"""The document does not exist."""
+"""The document does not exist. (On a segment-backend pipeline an id with
+no row and a non-zero token that is not a live segment lease reports
+NOT_HELD: it may be a lost lease of a queued id.)
+"""
 Global___TransitionOutcome: _TypeAlias = TransitionOutcome  # noqa: Y015
 
 @_typing.final
@@ -241,7 +247,10 @@ class TransitionDocumentsRequest(_message.Message):
     to_stage: _builtins.str
     """Target stage: "indexed", "pending" (release), "failed", or a worker stage."""
     reason: _builtins.str
-    """Why, for to_stage "failed" (stored as the document's last_error)."""
+    """Why (stored as the document's last_error when not empty; for "failed"
+    an empty reason stores "marked failed by worker <worker_id>"). At most
+    4096 bytes.
+    """
     @_builtins.property
     def documents(self) -> _containers.RepeatedCompositeFieldContainer[_document_pb2.LeaseRef]:
         """The documents to move, with the tokens of the leases held on them."""
@@ -302,7 +311,10 @@ class TransitionResult(_message.Message):
     outcome: Global___TransitionOutcome.ValueType
     """What happened."""
     fencing_token: _builtins.int
-    """The document's fencing token after the move (bumped when it moved)."""
+    """The document's fencing token after the move (bumped when it moved; ids
+    of one segment moved together share one token). For NOT_HELD, the
+    document's current token when it has a row.
+    """
     def __init__(
         self,
         *,

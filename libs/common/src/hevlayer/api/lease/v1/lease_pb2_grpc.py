@@ -66,8 +66,12 @@ class LeaseServiceServicer:
 
     def ClaimDocuments(self, request, context):
         """Claims up to limit documents in stage (and documents whose lease expired
-        in claim_stage) and moves them to claim_stage under a new lease.
-        Concurrent claimers never receive the same document.
+        in claim_stage, taken first) and moves them to claim_stage under a new
+        lease. Concurrent claimers never receive the same document. Document rows
+        come first, then ids of the segmented queue (whole segments, or a split
+        of one). A document whose lease expired for the pipeline's max_attempts-th
+        time goes to "failed" (last_error says why) instead of being leased; it
+        counts against limit. A paused pipeline answers no leases.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,7 +79,8 @@ class LeaseServiceServicer:
 
     def HeartbeatLeases(self, request, context):
         """Extends leases still held by the worker with the given tokens; reports
-        which were lost.
+        which were lost. A lease past its expiry is lost even if nobody has
+        taken the document back yet.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,7 +88,9 @@ class LeaseServiceServicer:
 
     def TransitionDocuments(self, request, context):
         """Moves held documents to another stage: "indexed", another worker stage,
-        "pending" (release) or "failed" (with a reason). Atomic for the batch.
+        "pending" (release) or "failed" (with a reason). Atomic for the batch. A
+        document named twice is handled at its first occurrence (the others
+        report NOT_HELD, or NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,16 +38,23 @@ class LeaseServiceStub:
     def __new__(cls, channel: _aio.Channel) -> LeaseServiceAsyncStub: ...
     ClaimDocuments: _grpc.UnaryUnaryMultiCallable[_lease_pb2.ClaimDocumentsRequest, _lease_pb2.ClaimDocumentsResponse]
     """Claims up to limit documents in stage (and documents whose lease expired
-    in claim_stage) and moves them to claim_stage under a new lease.
-    Concurrent claimers never receive the same document.
+    in claim_stage, taken first) and moves them to claim_stage under a new
+    lease. Concurrent claimers never receive the same document. Document rows
+    come first, then ids of the segmented queue (whole segments, or a split
+    of one). A document whose lease expired for the pipeline's max_attempts-th
+    time goes to "failed" (last_error says why) instead of being leased; it
+    counts against limit. A paused pipeline answers no leases.
     """
     HeartbeatLeases: _grpc.UnaryUnaryMultiCallable[_lease_pb2.HeartbeatLeasesRequest, _lease_pb2.HeartbeatLeasesResponse]
     """Extends leases still held by the worker with the given tokens; reports
-    which were lost.
+    which were lost. A lease past its expiry is lost even if nobody has
+    taken the document back yet.
     """
     TransitionDocuments: _grpc.UnaryUnaryMultiCallable[_lease_pb2.TransitionDocumentsRequest, _lease_pb2.TransitionDocumentsResponse]
     """Moves held documents to another stage: "indexed", another worker stage,
-    "pending" (release) or "failed" (with a reason). Atomic for the batch.
+    "pending" (release) or "failed" (with a reason). Atomic for the batch. A
+    document named twice is handled at its first occurrence (the others
+    report NOT_HELD, or NOT_FOUND).
     """
     StreamLeases: _grpc.StreamStreamMultiCallable[_lease_pb2.StreamLeasesRequest, _lease_pb2.StreamLeasesResponse]
     """A long-lived claim stream, flow-controlled by credits in the manner of
@@ -64,16 +71,23 @@ class LeaseServiceAsyncStub(LeaseServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ClaimDocuments: _aio.UnaryUnaryMultiCallable[_lease_pb2.ClaimDocumentsRequest, _lease_pb2.ClaimDocumentsResponse]  # type: ignore[assignment]
     """Claims up to limit documents in stage (and documents whose lease expired
-    in claim_stage) and moves them to claim_stage under a new lease.
-    Concurrent claimers never receive the same document.
+    in claim_stage, taken first) and moves them to claim_stage under a new
+    lease. Concurrent claimers never receive the same document. Document rows
+    come first, then ids of the segmented queue (whole segments, or a split
+    of one). A document whose lease expired for the pipeline's max_attempts-th
+    time goes to "failed" (last_error says why) instead of being leased; it
+    counts against limit. A paused pipeline answers no leases.
     """
     HeartbeatLeases: _aio.UnaryUnaryMultiCallable[_lease_pb2.HeartbeatLeasesRequest, _lease_pb2.HeartbeatLeasesResponse]  # type: ignore[assignment]
     """Extends leases still held by the worker with the given tokens; reports
-    which were lost.
+    which were lost. A lease past its expiry is lost even if nobody has
+    taken the document back yet.
     """
     TransitionDocuments: _aio.UnaryUnaryMultiCallable[_lease_pb2.TransitionDocumentsRequest, _lease_pb2.TransitionDocumentsResponse]  # type: ignore[assignment]
     """Moves held documents to another stage: "indexed", another worker stage,
-    "pending" (release) or "failed" (with a reason). Atomic for the batch.
+    "pending" (release) or "failed" (with a reason). Atomic for the batch. A
+    document named twice is handled at its first occurrence (the others
+    report NOT_HELD, or NOT_FOUND).
     """
     StreamLeases: _aio.StreamStreamMultiCallable[_lease_pb2.StreamLeasesRequest, _lease_pb2.StreamLeasesResponse]  # type: ignore[assignment]
     """A long-lived claim stream, flow-controlled by credits in the manner of
@@ -93,8 +107,12 @@ class LeaseServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lease_pb2.ClaimDocumentsResponse, _abc.Awaitable[_lease_pb2.ClaimDocumentsResponse]]:
         """Claims up to limit documents in stage (and documents whose lease expired
-        in claim_stage) and moves them to claim_stage under a new lease.
-        Concurrent claimers never receive the same document.
+        in claim_stage, taken first) and moves them to claim_stage under a new
+        lease. Concurrent claimers never receive the same document. Document rows
+        come first, then ids of the segmented queue (whole segments, or a split
+        of one). A document whose lease expired for the pipeline's max_attempts-th
+        time goes to "failed" (last_error says why) instead of being leased; it
+        counts against limit. A paused pipeline answers no leases.
         """
 
     @_abc_1.abstractmethod
@@ -104,7 +122,8 @@ class LeaseServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lease_pb2.HeartbeatLeasesResponse, _abc.Awaitable[_lease_pb2.HeartbeatLeasesResponse]]:
         """Extends leases still held by the worker with the given tokens; reports
-        which were lost.
+        which were lost. A lease past its expiry is lost even if nobody has
+        taken the document back yet.
         """
 
     @_abc_1.abstractmethod
@@ -114,7 +133,9 @@ class LeaseServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lease_pb2.TransitionDocumentsResponse, _abc.Awaitable[_lease_pb2.TransitionDocumentsResponse]]:
         """Moves held documents to another stage: "indexed", another worker stage,
-        "pending" (release) or "failed" (with a reason). Atomic for the batch.
+        "pending" (release) or "failed" (with a reason). Atomic for the batch. A
+        document named twice is handled at its first occurrence (the others
+        report NOT_HELD, or NOT_FOUND).
         """
 
     @_abc_1.abstractmethod

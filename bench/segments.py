@@ -1,0 +1,194 @@
+"""The segmented queue: lightweight ids enqueued, claimed and completed.
+
+A real claimer process (PIPELINE_SEGMENT_SIZE=10000) on a throwaway
+PostgreSQL and SeaweedFS S3. Clients talk to the claimer's gRPC API directly
+(EnqueueIds is the claimer's internal API; LeaseService is what the gateway
+forwards byte for byte):
+
+1. ``--ids`` ids (default 1,000,000) are streamed to ``EnqueueIds`` (10,000 per
+   message) into a ``segment`` pipeline;
+2. ``--workers`` worker processes claim (``--batch`` = 10,000 per claim, one
+   whole segment) and transition every id to ``indexed``.
+
+A sampler counts the pipeline's PostgreSQL rows (queue_segments + documents
++ segment_garbage) throughout; the peak must stay <= 110. At the end the
+pipeline's S3 prefix must be empty. The same is then done with the ``row``
+backend (``--row-ids`` ids, default 200,000, one row each) and the ratio of
+ids/s is printed. Goal: >= 200,000 ids/s for the segment backend.
+
+    .venv/bin/python bench/segments.py [--ids 1000000] [--row-ids 200000] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+from claims import create_pipeline, run_workers, start_process
+
+from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3
+
+MESSAGE = 10_000
+
+
+async def enqueue(address: str, pipeline_id: str, count: int) -> float:
+    from grpc import aio
+
+    from hevlayer.api.claimer.v1 import document_state_pb2 as dpb
+    from hevlayer.api.claimer.v1 import document_state_pb2_grpc
+
+    async def messages() -> AsyncIterator[dpb.EnqueueIdsRequest]:
+        for start in range(0, count, MESSAGE):
+            request = dpb.EnqueueIdsRequest()
+            request.batch.pipeline_id = pipeline_id
+            add = request.batch.documents.add
+            for n in range(start, min(count, start + MESSAGE)):
+                add(document_id=f"id-{n:09d}")
+            yield request
+
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    started = time.perf_counter()
+    async with aio.insecure_channel(address, options=options) as channel:
+        stub = document_state_pb2_grpc.DocumentStateServiceStub(channel)
+        response = await stub.EnqueueIds(messages())
+    assert response.result.enqueued == count, response
+    return time.perf_counter() - started
+
+
+async def count_rows(dsn: str, pipeline_id: str, stop: asyncio.Event) -> int:
+    conn = await asyncpg.connect(dsn)
+    peak = 0
+    try:
+        while not stop.is_set():
+            rows = await conn.fetchval(
+                """SELECT (SELECT count(*) FROM queue_segments WHERE pipeline_id = $1)
+                        + (SELECT count(*) FROM documents WHERE pipeline_id = $1)
+                        + (SELECT count(*) FROM segment_garbage)""",
+                pipeline_id,
+            )
+            peak = max(peak, int(rows))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.05)
+    finally:
+        await conn.close()
+    return peak
+
+
+def run_phase(
+    address: str, dsn: str, backend: str, count: int, workers: int, batch: int
+) -> tuple[float, float, float, int]:
+    """Enqueue, then claim and complete; return (total s, enqueue s, drain s, peak rows)."""
+    from claims import grpc_worker
+
+    pipeline_id = f"seg-{backend}-{uuid.uuid4().hex[:6]}"
+    asyncio.run(create_pipeline(address, pipeline_id, backend))
+
+    async def enqueue_and_sample() -> tuple[float, asyncio.Event, asyncio.Task[int]]:
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(count_rows(dsn, pipeline_id, stop))
+        seconds = await enqueue(address, pipeline_id, count)
+        return seconds, stop, sampler
+
+    loop = asyncio.new_event_loop()
+    try:
+        enqueue_seconds, stop, sampler = loop.run_until_complete(enqueue_and_sample())
+        drain_started = time.perf_counter()
+        # the sampler keeps running in this loop's thread while workers run
+        future = loop.run_in_executor(
+            None,
+            lambda: run_workers(
+                grpc_worker, [(address, pipeline_id, f"w{n}", batch) for n in range(workers)]
+            ),
+        )
+        drain_seconds, done, _ = loop.run_until_complete(future)
+        drain_seconds = time.perf_counter() - drain_started
+        stop.set()
+        peak = loop.run_until_complete(sampler)
+    finally:
+        loop.close()
+    assert done == count, (done, count)
+    return enqueue_seconds + drain_seconds, enqueue_seconds, drain_seconds, peak
+
+
+async def leftover_objects(s3: SeaweedS3, bucket: str) -> list[str]:
+    from hevlayer.claimer.manifests import ObjectStore
+
+    store = ObjectStore(
+        bucket=bucket,
+        endpoint_url=s3.endpoint_url,
+        access_key_id=s3.access_key,
+        secret_access_key=s3.secret_key,
+        region=s3.region,
+    )
+    await store.open()
+    try:
+        return await store.list_keys("pipelines/")
+    finally:
+        await store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--ids", type=int, default=1_000_000)
+    parser.add_argument("--row-ids", type=int, default=200_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=10_000)
+    args = parser.parse_args()
+
+    logs = Path(tempfile.mkdtemp(prefix="hevlayer-bench-segments-"))
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; logs in {logs}")
+    bucket = "bench"
+    with (
+        PostgresServer(settings={**TEST_SETTINGS, "log_min_duration_statement": "2000"}) as postgres,
+        SeaweedS3(buckets=(bucket,)) as s3,
+    ):
+        dsn = postgres.dsn
+        claimer, address = start_process(
+            "hevlayer-claimer",
+            {
+                "DATABASE_URL": dsn,
+                "PIPELINE_SEGMENT_SIZE": "10000",
+                "CLAIMER_MANIFEST_CACHE_IDS": str(max(args.ids, 1)),
+                **s3.client_env(bucket),
+            },
+            logs,
+        )
+        try:
+            seg_total, seg_enqueue, seg_drain, seg_peak = run_phase(
+                address, dsn, "segment", args.ids, args.workers, args.batch
+            )
+            leftovers = asyncio.run(leftover_objects(s3, bucket))
+            row_total, row_enqueue, row_drain, row_peak = run_phase(
+                address, dsn, "row", args.row_ids, args.workers, min(args.batch, 10_000)
+            )
+        finally:
+            claimer.stop()
+            (logs / "postgres.log").write_text(postgres.log_path.read_text(errors="replace"))
+
+    seg_rate = args.ids / seg_total
+    row_rate = args.row_ids / row_total
+    print(
+        f"segment backend: {args.ids:,} ids in {seg_total:.2f} s = {seg_rate:,.0f} ids/s "
+        f"(enqueue {seg_enqueue:.2f} s = {args.ids / seg_enqueue:,.0f} ids/s; claim+complete "
+        f"{seg_drain:.2f} s = {args.ids / seg_drain:,.0f} ids/s); peak PostgreSQL rows {seg_peak} "
+        f"(goal <= 110); S3 objects left {len(leftovers)}"
+    )
+    print(
+        f"row backend: {args.row_ids:,} ids in {row_total:.2f} s = {row_rate:,.0f} ids/s "
+        f"(enqueue {row_enqueue:.2f} s; claim+complete {row_drain:.2f} s); peak PostgreSQL rows {row_peak}"
+    )
+    print(f"ratio segment / row (ids/s): {seg_rate / row_rate:.1f}; segment goal >= 200,000 ids/s")
+
+
+if __name__ == "__main__":
+    main()

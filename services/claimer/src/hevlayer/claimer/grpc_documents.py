@@ -1,0 +1,127 @@
+"""gRPC adapter of the document store (DocumentStateService, used by the gateway)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from grpc import aio
+
+from hevlayer.api.claimer.v1 import document_state_pb2 as pb
+from hevlayer.api.claimer.v1 import document_state_pb2_grpc
+from hevlayer.api.staging.v1 import staging_pb2
+from hevlayer.claimer.documents import DocumentState, DocumentStore, EnqueueBatch, StagedRecord
+from hevlayer.claimer.leases import LeaseStore
+
+
+def state_to_proto(state: DocumentState) -> staging_pb2.DocumentState:
+    """The API form of a document row."""
+    message = staging_pb2.DocumentState(
+        document_id=state.document_id,
+        stage=state.stage,
+        fencing_token=state.fencing_token,
+        claimed_by=state.claimed_by or "",
+        attempts=state.attempts,
+        last_error=state.last_error,
+        content_hash=state.content_hash,
+        chunk_count=state.chunk_count,
+    )
+    if state.lease_expires_at is not None:
+        message.lease_expires_at.FromDatetime(state.lease_expires_at)
+    message.update_time.FromDatetime(state.update_time)
+    return message
+
+
+class DocumentStateServicer(document_state_pb2_grpc.DocumentStateServiceServicer):
+    """DocumentStateService on top of :class:`DocumentStore` and :class:`LeaseStore`."""
+
+    def __init__(self, documents: DocumentStore, leases: LeaseStore) -> None:
+        self._documents = documents
+        self._leases = leases
+
+    async def RecordStaged(
+        self, request: pb.RecordStagedRequest, context: aio.ServicerContext
+    ) -> pb.RecordStagedResponse:
+        batch = await self._documents.record_staged(
+            request.pipeline_id,
+            [StagedRecord(r.document_id, r.content_hash, r.backing, r.chunk_count) for r in request.records],
+            skip_unchanged=request.skip_unchanged,
+        )
+        return pb.RecordStagedResponse(
+            results=[
+                pb.RecordStagedResult(
+                    document_id=r.document_id,
+                    fencing_token=r.fencing_token,
+                    previous_backing=r.previous_backing,
+                    unchanged=r.unchanged,
+                )
+                for r in batch.results
+            ],
+            released_objects=batch.released_objects,
+        )
+
+    async def CheckLeases(
+        self, request: pb.CheckLeasesRequest, context: aio.ServicerContext
+    ) -> pb.CheckLeasesResponse:
+        ids = [ref.document_id for ref in request.leases]
+        tokens = [ref.fencing_token for ref in request.leases]
+        check = await self._leases.check(request.pipeline_id, request.worker_id, request.stage, ids, tokens)
+        response = pb.CheckLeasesResponse()
+        for i, doc in enumerate(ids):
+            response.results.add(
+                document_id=doc,
+                held=check.held[i],
+                found=check.found[i],
+                backing=check.backings[i],
+                fencing_token=check.fencing_tokens[i],
+            )
+        return response
+
+    async def EnqueueIds(
+        self, request_iterator: AsyncIterator[pb.EnqueueIdsRequest], context: aio.ServicerContext
+    ) -> pb.EnqueueIdsResponse:
+        async def batches() -> AsyncIterator[EnqueueBatch]:
+            async for message in request_iterator:
+                batch = message.batch
+                documents = batch.documents
+                yield EnqueueBatch(
+                    pipeline_id=batch.pipeline_id,
+                    document_ids=[d.document_id for d in documents],
+                    content_hashes=[d.content_hash for d in documents],
+                    stage=batch.stage,
+                    skip_unchanged=batch.skip_unchanged,
+                )
+
+        totals = await self._documents.enqueue(batches())
+        return pb.EnqueueIdsResponse(
+            result=staging_pb2.EnqueueDocumentsResponse(
+                enqueued=totals.enqueued,
+                unchanged=totals.unchanged,
+                segments_created=totals.segments_created,
+            )
+        )
+
+    async def DescribeDocument(
+        self, request: pb.DescribeDocumentRequest, context: aio.ServicerContext
+    ) -> pb.DescribeDocumentResponse:
+        state = await self._documents.describe(request.pipeline_id, request.document_id)
+        return pb.DescribeDocumentResponse(document=state_to_proto(state))
+
+    async def ScanDocuments(
+        self, request: pb.ScanDocumentsRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.ScanDocumentsResponse]:
+        async for batch in self._documents.scan(request.pipeline_id, request.stage, request.id_prefix):
+            yield pb.ScanDocumentsResponse(documents=[state_to_proto(s) for s in batch])
+
+    async def ForgetDocuments(
+        self, request: pb.ForgetDocumentsRequest, context: aio.ServicerContext
+    ) -> pb.ForgetDocumentsResponse:
+        backings, deleted, released = await self._documents.forget(
+            request.pipeline_id, list(request.document_ids)
+        )
+        return pb.ForgetDocumentsResponse(backings=backings, deleted=deleted, released_objects=released)
+
+    async def GetContentHashes(
+        self, request: pb.GetContentHashesRequest, context: aio.ServicerContext
+    ) -> pb.GetContentHashesResponse:
+        hashes = await self._documents.content_hashes(request.pipeline_id, list(request.document_ids))
+        return pb.GetContentHashesResponse(content_hashes=hashes)

@@ -1,0 +1,167 @@
+"""gRPC adapter of the lease store (LeaseService)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from google.protobuf import timestamp_pb2
+from grpc import aio
+
+from hevlayer.api.lease.v1 import lease_pb2 as pb
+from hevlayer.api.lease.v1 import lease_pb2_grpc
+from hevlayer.claimer import validation as v
+from hevlayer.claimer.leases import Claimed, ClaimRequest, LeaseStore
+from hevlayer.claimer.pipelines import validate_pipeline_id
+from hevlayer.claimer.status_watch import StatusNotifier
+from hevlayer.claimer.wire import encode_leases, encode_transition_results
+from hevlayer.common.errors import InvalidArgument
+
+# How often an idle StreamLeases stream looks for expired leases to take back.
+STREAM_POLL_SECONDS = 1.0
+
+
+def claimed_bytes(claimed: Claimed) -> bytes:
+    """The wire form of ``repeated Lease leases = 1`` for a claim result."""
+    return encode_leases(
+        claimed.stage,
+        claimed.worker_id,
+        claimed.expires_at,
+        claimed.document_ids,
+        claimed.fencing_tokens,
+        claimed.attempts,
+        claimed.content_hashes,
+        claimed.chunk_counts,
+    )
+
+
+class LeaseServicer(lease_pb2_grpc.LeaseServiceServicer):
+    """LeaseService on top of :class:`LeaseStore`."""
+
+    def __init__(self, store: LeaseStore, notifier: StatusNotifier, stopping: asyncio.Event) -> None:
+        self._store = store
+        self._notifier = notifier
+        self._stopping = stopping
+
+    async def ClaimDocuments(
+        self, request: pb.ClaimDocumentsRequest, context: aio.ServicerContext
+    ) -> pb.ClaimDocumentsResponse:
+        claimed = await self._store.claim(
+            ClaimRequest(
+                pipeline_id=request.pipeline_id,
+                stage=request.stage,
+                claim_stage=request.claim_stage,
+                limit=request.limit,
+                worker_id=request.worker_id,
+                lease_seconds=request.lease_seconds,
+            )
+        )
+        return pb.ClaimDocumentsResponse.FromString(claimed_bytes(claimed))
+
+    async def HeartbeatLeases(
+        self, request: pb.HeartbeatLeasesRequest, context: aio.ServicerContext
+    ) -> pb.HeartbeatLeasesResponse:
+        ids = [ref.document_id for ref in request.leases]
+        tokens = [ref.fencing_token for ref in request.leases]
+        result = await self._store.heartbeat(
+            request.pipeline_id, request.stage, request.worker_id, ids, tokens, request.lease_seconds
+        )
+        stamp = timestamp_pb2.Timestamp()
+        stamp.FromDatetime(result.expires_at)
+        response = pb.HeartbeatLeasesResponse()
+        for doc, extended in zip(ids, result.extended, strict=True):
+            if extended:
+                response.results.add(document_id=doc, extended=True, expires_at=stamp)
+            else:
+                response.results.add(document_id=doc, extended=False)
+        return response
+
+    async def TransitionDocuments(
+        self, request: pb.TransitionDocumentsRequest, context: aio.ServicerContext
+    ) -> pb.TransitionDocumentsResponse:
+        ids = [ref.document_id for ref in request.documents]
+        tokens = [ref.fencing_token for ref in request.documents]
+        result = await self._store.transition(
+            request.pipeline_id,
+            request.from_stage,
+            request.worker_id,
+            request.to_stage,
+            ids,
+            tokens,
+            request.reason,
+        )
+        return pb.TransitionDocumentsResponse.FromString(
+            encode_transition_results(ids, [int(o) for o in result.outcomes], result.fencing_tokens)
+        )
+
+    async def StreamLeases(
+        self, request_iterator: AsyncIterator[pb.StreamLeasesRequest], context: aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamLeasesResponse]:
+        requests = request_iterator.__aiter__()
+        try:
+            first = await requests.__anext__()
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("kind") != "open":
+            raise InvalidArgument.field("open", "the first message of the stream must be open")
+        opened = first.open
+        validate_pipeline_id(opened.pipeline_id, "open.pipeline_id")
+        v.claimable_stage(opened.stage, "open.stage")
+        v.worker_stage(opened.claim_stage, "open.claim_stage")
+        if opened.claim_stage == opened.stage:
+            raise InvalidArgument.field("open.claim_stage", "must differ from open.stage")
+        v.worker_id(opened.worker_id, "open.worker_id")
+        v.lease_seconds(opened.lease_seconds, "open.lease_seconds")
+        credits = opened.initial_credits
+        wake = asyncio.Event()
+        closed = asyncio.Event()
+
+        async def read() -> None:
+            nonlocal credits
+            try:
+                async for message in requests:
+                    if message.WhichOneof("kind") != "credit":
+                        raise InvalidArgument.field("open", "only the first message may be open")
+                    credits += message.credit.documents
+                    wake.set()
+            finally:
+                closed.set()
+                wake.set()
+
+        reader = asyncio.create_task(read(), name="stream-leases-reader")
+        try:
+            while not self._stopping.is_set() and not closed.is_set():
+                seen = self._notifier.generation(opened.pipeline_id)
+                if credits > 0:
+                    claimed = await self._store.claim(
+                        ClaimRequest(
+                            pipeline_id=opened.pipeline_id,
+                            stage=opened.stage,
+                            claim_stage=opened.claim_stage,
+                            limit=min(credits, v.MAX_LIMIT),
+                            worker_id=opened.worker_id,
+                            lease_seconds=opened.lease_seconds,
+                        )
+                    )
+                    if len(claimed):
+                        credits -= len(claimed)
+                        yield pb.StreamLeasesResponse.FromString(claimed_bytes(claimed))
+                        continue
+                wake.clear()
+                change = asyncio.create_task(
+                    self._notifier.wait_change(opened.pipeline_id, seen, STREAM_POLL_SECONDS)
+                )
+                woken = asyncio.create_task(wake.wait())
+                stop = asyncio.create_task(self._stopping.wait())
+                _, pending = await asyncio.wait(
+                    {change, woken, stop}, timeout=STREAM_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in pending:
+                    task.cancel()
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                raise reader.exception()  # type: ignore[misc]
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader

@@ -1,0 +1,116 @@
+"""Transactions with retries, S3 side effects and the pipeline row they need.
+
+:func:`run` executes a unit of work in one PostgreSQL transaction. Deadlocks
+and serialization failures are retried a few times. Manifests written to S3
+during an attempt that does not commit are deleted again (best effort;
+:class:`~hevlayer.claimer.segments.SegmentQueue` sweeps what remains);
+manifests the committed transaction orphaned (its ``garbage``) are deleted
+after the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeVar
+
+import asyncpg
+
+from hevlayer.claimer.database import Database
+from hevlayer.claimer.pipelines import validate_pipeline_id
+from hevlayer.common.errors import NotFound, Unavailable
+
+if TYPE_CHECKING:
+    from hevlayer.claimer.segments import SegmentQueue
+
+log = logging.getLogger("hevlayer.claimer.txn")
+
+T = TypeVar("T")
+Clock = Callable[[], datetime]
+
+
+class RetryTransaction(Exception):
+    """Raised by a unit of work that lost a race it can only resolve by starting over."""
+
+
+RETRIED_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    RetryTransaction,
+)
+ATTEMPTS = 4
+
+
+def system_clock() -> datetime:
+    """The current time (UTC)."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What lease operations need to know about a pipeline."""
+
+    id: str
+    paused: bool
+    max_attempts: int
+    default_lease_seconds: int
+    queue_backend: str
+
+    @property
+    def segmented(self) -> bool:
+        """True if lightweight ids go to the segmented queue."""
+        return self.queue_backend == "segment"
+
+
+async def pipeline_config(
+    conn: asyncpg.Connection, pipeline_id: str, field_name: str = "pipeline_id"
+) -> PipelineConfig:
+    """The pipeline's settings; NOT_FOUND if it does not exist."""
+    validate_pipeline_id(pipeline_id, field_name)
+    row = await conn.fetchrow(
+        "SELECT id, paused, max_attempts, default_lease_seconds, queue_backend FROM pipelines WHERE id = $1",
+        pipeline_id,
+    )
+    if row is None:
+        raise NotFound(f"pipeline {pipeline_id!r} not found", metadata={"pipeline_id": pipeline_id})
+    return PipelineConfig(**dict(row))
+
+
+@dataclass
+class Work:
+    """Side effects of one transaction attempt."""
+
+    written: list[str] = field(default_factory=list)
+    """Manifests written during the attempt (deleted if it does not commit)."""
+    garbage: list[str] = field(default_factory=list)
+    """Manifests orphaned by the attempt (recorded in segment_garbage; deleted after commit)."""
+
+
+async def run(
+    db: Database,
+    segments: SegmentQueue | None,
+    body: Callable[[asyncpg.Connection, Work], Awaitable[T]],
+) -> T:
+    """Run ``body`` in a transaction, retrying deadlocks; handle S3 side effects."""
+    for attempt in range(ATTEMPTS):
+        work = Work()
+        try:
+            async with db.transaction() as conn:
+                result = await body(conn, work)
+        except BaseException as exc:
+            if work.written and segments is not None:
+                await segments.discard(work.written)
+            if isinstance(exc, RETRIED_ERRORS):
+                if attempt + 1 < ATTEMPTS:
+                    log.info("retrying after %s", type(exc).__name__)
+                    await asyncio.sleep(0.005 * 2**attempt)
+                    continue
+                raise Unavailable(f"PostgreSQL contention: {type(exc).__name__}", retry_after=0.1) from exc
+            raise
+        if work.garbage and segments is not None:
+            await segments.collect(work.garbage)
+        return result
+    raise AssertionError("unreachable")

@@ -1,0 +1,411 @@
+"""The claimer process over real gRPC: LeaseService, DocumentStateService,
+error statuses with their BadRequest field names, StreamLeases credits,
+EnqueueIds into segments, /metrics, and UNAVAILABLE without PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc import aio
+
+from hevlayer.api.claimer.v1 import document_state_pb2 as dpb
+from hevlayer.api.claimer.v1 import document_state_pb2_grpc
+from hevlayer.api.document.v1 import document_pb2
+from hevlayer.api.lease.v1 import lease_pb2 as lpb
+from hevlayer.api.lease.v1 import lease_pb2_grpc
+from hevlayer.api.pipeline.v1 import pipeline_pb2 as ppb
+from hevlayer.api.pipeline.v1 import pipeline_pb2_grpc
+from hevlayer.api.staging.v1 import staging_pb2
+from hevlayer.common.errors import status_from_rpc_error
+from hevlayer.devstack import SeaweedS3, ServiceProcess
+from hevlayer.devstack.ports import free_port
+
+
+class Claimer:
+    def __init__(self, process: ServiceProcess, address: str, http: str) -> None:
+        self.process = process
+        self.address = address
+        self.http = http
+
+
+def start_claimer(env: dict[str, str], tmp: Path) -> tuple[ServiceProcess, str, str]:
+    address = f"127.0.0.1:{free_port()}"
+    http = f"127.0.0.1:{free_port()}"
+    process = ServiceProcess(
+        "hevlayer-claimer",
+        name="claimer",
+        env={"HEVLAYER_GRPC_ADDRESS": address, "HEVLAYER_HTTP_ADDRESS": http, **env},
+        log_path=tmp / f"claimer-{uuid.uuid4().hex[:6]}.log",
+        grpc_address=address,
+    ).start()
+    return process, address, http
+
+
+@pytest.fixture(scope="module")
+def claimer(database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Claimer]:
+    bucket = f"claimer-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(bucket)
+    env = {
+        "DATABASE_URL": database_url,
+        "PIPELINE_SEGMENT_SIZE": "10",
+        "HEVLAYER_SHUTDOWN_GRACE_SECONDS": "2",
+        **s3.client_env(bucket),
+    }
+    process, address, http = start_claimer(env, tmp_path_factory.mktemp("claimer"))
+    try:
+        process.wait_ready(timeout=60)
+        yield Claimer(process, address, http)
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+async def channel(claimer: Claimer) -> AsyncIterator[aio.Channel]:
+    async with aio.insecure_channel(claimer.address) as ch:
+        yield ch
+
+
+def violations(error: aio.AioRpcError) -> list[str]:
+    fields: list[str] = []
+    for detail in status_from_rpc_error(error).details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields.extend(v.field for v in bad.field_violations)
+    return fields
+
+
+def has_retry_info(error: aio.AioRpcError) -> bool:
+    return any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status_from_rpc_error(error).details)
+
+
+async def new_pipeline(channel: aio.Channel, backend: int = ppb.QUEUE_BACKEND_ROW) -> str:
+    pid = f"g-{uuid.uuid4().hex[:10]}"
+    await pipeline_pb2_grpc.PipelineServiceStub(channel).CreatePipeline(
+        ppb.CreatePipelineRequest(pipeline=ppb.Pipeline(id=pid, queue_backend=backend))  # type: ignore[arg-type]
+    )
+    return pid
+
+
+async def stage_docs(channel: aio.Channel, pid: str, ids: list[str]) -> None:
+    stub = document_state_pb2_grpc.DocumentStateServiceStub(channel)
+    await stub.RecordStaged(
+        dpb.RecordStagedRequest(
+            pipeline_id=pid,
+            records=[dpb.StagedRecord(document_id=d, content_hash="h", backing=f"s3://x/{d}") for d in ids],
+        )
+    )
+
+
+async def status(channel: aio.Channel, pid: str) -> ppb.PipelineStatus:
+    stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
+    response: ppb.GetPipelineStatusResponse = await stub.GetPipelineStatus(
+        ppb.GetPipelineStatusRequest(pipeline_id=pid)
+    )
+    return response.status
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 10001}, "limit"),
+        ({"worker_id": ""}, "worker_id"),
+        ({"claim_stage": "pending"}, "claim_stage"),
+        ({"claim_stage": "failed"}, "claim_stage"),
+        ({"stage": "embedding"}, "claim_stage"),
+        ({"stage": "Not A Stage"}, "stage"),
+        ({"lease_seconds": 86401}, "lease_seconds"),
+    ],
+)
+async def test_claim_invalid_argument_names_field(
+    channel: aio.Channel, overrides: dict[str, object], field: str
+) -> None:
+    pid = await new_pipeline(channel)
+    fields: dict[str, object] = {
+        "pipeline_id": pid,
+        "stage": "pending",
+        "claim_stage": "embedding",
+        "limit": 10,
+        "worker_id": "w",
+        **overrides,
+    }
+    with pytest.raises(aio.AioRpcError) as caught:
+        await lease_pb2_grpc.LeaseServiceStub(channel).ClaimDocuments(lpb.ClaimDocumentsRequest(**fields))  # type: ignore[arg-type]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(caught.value) == [field]
+    assert field in (caught.value.details() or "")
+
+
+async def test_unknown_pipeline_is_not_found(channel: aio.Channel) -> None:
+    stub = lease_pb2_grpc.LeaseServiceStub(channel)
+    with pytest.raises(aio.AioRpcError) as caught:
+        await stub.ClaimDocuments(
+            lpb.ClaimDocumentsRequest(
+                pipeline_id="no-such-pipe", stage="pending", claim_stage="embedding", limit=1, worker_id="w"
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    docs = document_state_pb2_grpc.DocumentStateServiceStub(channel)
+    with pytest.raises(aio.AioRpcError) as caught:
+        await docs.DescribeDocument(dpb.DescribeDocumentRequest(pipeline_id="no-such-pipe", document_id="a"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_transition_and_heartbeat_validation(channel: aio.Channel) -> None:
+    pid = await new_pipeline(channel)
+    stub = lease_pb2_grpc.LeaseServiceStub(channel)
+    ref = [document_pb2.LeaseRef(document_id="a", fencing_token=1)]
+    cases = [
+        ({"from_stage": "embedding", "worker_id": "w", "to_stage": "embedding"}, "to_stage"),
+        ({"from_stage": "pending", "worker_id": "w", "to_stage": "indexed"}, "from_stage"),
+        ({"from_stage": "embedding", "worker_id": "", "to_stage": "indexed"}, "worker_id"),
+    ]
+    for fields, field in cases:
+        with pytest.raises(aio.AioRpcError) as caught:
+            await stub.TransitionDocuments(
+                lpb.TransitionDocumentsRequest(pipeline_id=pid, documents=ref, **fields)
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(caught.value) == [field]
+    bad_ref = [document_pb2.LeaseRef(document_id="")]
+    with pytest.raises(aio.AioRpcError) as caught:
+        await stub.HeartbeatLeases(
+            lpb.HeartbeatLeasesRequest(pipeline_id=pid, stage="embedding", worker_id="w", leases=bad_ref)
+        )
+    assert violations(caught.value) == ["leases[0].document_id"]
+    docs = document_state_pb2_grpc.DocumentStateServiceStub(channel)
+    with pytest.raises(aio.AioRpcError) as caught:
+        await docs.RecordStaged(
+            dpb.RecordStagedRequest(
+                pipeline_id=pid,
+                records=[dpb.StagedRecord(document_id="a"), dpb.StagedRecord(document_id="a")],
+            )
+        )
+    assert violations(caught.value) == ["records[1].document_id"]
+
+
+async def test_claim_heartbeat_transition_round_trip(channel: aio.Channel) -> None:
+    pid = await new_pipeline(channel)
+    ids = [f"doc-{i}" for i in range(30)]
+    await stage_docs(channel, pid, ids)
+    stub = lease_pb2_grpc.LeaseServiceStub(channel)
+    claimed = await stub.ClaimDocuments(
+        lpb.ClaimDocumentsRequest(
+            pipeline_id=pid,
+            stage="pending",
+            claim_stage="embedding",
+            limit=20,
+            worker_id="gpu-0",
+            lease_seconds=60,
+        )
+    )
+    assert len(claimed.leases) == 20
+    lease = claimed.leases[0]
+    assert (lease.stage, lease.worker_id, lease.attempts, lease.content_hash) == (
+        "embedding",
+        "gpu-0",
+        1,
+        "h",
+    )
+    assert lease.expires_at.seconds > 0
+    refs = [
+        document_pb2.LeaseRef(document_id=x.document_id, fencing_token=x.fencing_token)
+        for x in claimed.leases
+    ]
+    beat = await stub.HeartbeatLeases(
+        lpb.HeartbeatLeasesRequest(pipeline_id=pid, stage="embedding", worker_id="gpu-0", leases=refs[:3])
+    )
+    assert [r.extended for r in beat.results] == [True] * 3
+    docs = document_state_pb2_grpc.DocumentStateServiceStub(channel)
+    check = await docs.CheckLeases(
+        dpb.CheckLeasesRequest(pipeline_id=pid, worker_id="gpu-0", stage="embedding", leases=refs[:2])
+    )
+    assert [(r.held, r.found, r.backing) for r in check.results] == [
+        (True, True, f"s3://x/{x.document_id}") for x in claimed.leases[:2]
+    ]
+    moved = await stub.TransitionDocuments(
+        lpb.TransitionDocumentsRequest(
+            pipeline_id=pid,
+            documents=[*refs, document_pb2.LeaseRef(document_id="ghost", fencing_token=1)],
+            from_stage="embedding",
+            worker_id="gpu-0",
+            to_stage="indexed",
+        )
+    )
+    outcomes = [r.outcome for r in moved.results]
+    assert outcomes == [lpb.TRANSITION_OUTCOME_MOVED] * 20 + [lpb.TRANSITION_OUTCOME_NOT_FOUND]
+    assert [r.document_id for r in moved.results[:20]] == [x.document_id for x in claimed.leases]
+    assert all(r.fencing_token > x.fencing_token for r, x in zip(moved.results, claimed.leases, strict=False))
+    again = await stub.TransitionDocuments(
+        lpb.TransitionDocumentsRequest(
+            pipeline_id=pid, documents=refs[:1], from_stage="embedding", worker_id="gpu-0", to_stage="indexed"
+        )
+    )
+    assert again.results[0].outcome == lpb.TRANSITION_OUTCOME_NOT_HELD
+    current = await status(channel, pid)
+    assert dict(current.counts) == {"pending": 10, "indexed": 20}
+    assert current.pending_count == 10
+    described = await docs.DescribeDocument(dpb.DescribeDocumentRequest(pipeline_id=pid, document_id=ids[0]))
+    assert described.document.stage in ("pending", "indexed")
+    scanned = [
+        d.document_id
+        async for batch in docs.ScanDocuments(dpb.ScanDocumentsRequest(pipeline_id=pid))
+        for d in batch.documents
+    ]
+    assert scanned == sorted(ids)
+    hashes = await docs.GetContentHashes(dpb.GetContentHashesRequest(pipeline_id=pid, document_ids=ids[:2]))
+    assert dict(hashes.content_hashes) == {ids[0]: "h", ids[1]: "h"}
+    forgot = await docs.ForgetDocuments(dpb.ForgetDocumentsRequest(pipeline_id=pid, document_ids=ids[:2]))
+    assert forgot.deleted == 2
+    assert sorted(forgot.backings) == [f"s3://x/{d}" for d in sorted(ids[:2])]
+
+
+async def test_stream_leases_respects_credits(channel: aio.Channel) -> None:
+    pid = await new_pipeline(channel)
+    await stage_docs(channel, pid, [f"s{i}" for i in range(5)])
+    requests: asyncio.Queue[lpb.StreamLeasesRequest | None] = asyncio.Queue()
+    await requests.put(
+        lpb.StreamLeasesRequest(
+            open=lpb.StreamLeasesOpen(
+                pipeline_id=pid, stage="pending", claim_stage="embedding", worker_id="s", initial_credits=3
+            )
+        )
+    )
+
+    async def outgoing() -> AsyncIterator[lpb.StreamLeasesRequest]:
+        while (item := await requests.get()) is not None:
+            yield item
+
+    call = lease_pb2_grpc.LeaseServiceStub(channel).StreamLeases(outgoing())
+    received: list[str] = []
+    first = await asyncio.wait_for(call.read(), 10)
+    received.extend(x.document_id for x in first.leases)
+    assert len(received) == 3
+    await requests.put(lpb.StreamLeasesRequest(credit=lpb.StreamLeasesCredit(documents=4)))
+    second = await asyncio.wait_for(call.read(), 10)
+    received.extend(x.document_id for x in second.leases)
+    assert len(received) == 5
+    # two credits left and nothing to claim: a newly staged document arrives without polling by the worker
+    await stage_docs(channel, pid, ["late"])
+    third = await asyncio.wait_for(call.read(), 10)
+    assert [x.document_id for x in third.leases] == ["late"]
+    await requests.put(None)
+    call.cancel()
+
+
+async def test_enqueue_ids_into_segments(channel: aio.Channel) -> None:
+    pid = await new_pipeline(channel, ppb.QUEUE_BACKEND_SEGMENT)
+    ids = [f"light-{i}" for i in range(25)]
+
+    async def messages() -> AsyncIterator[dpb.EnqueueIdsRequest]:
+        for start in range(0, 25, 8):
+            yield dpb.EnqueueIdsRequest(
+                batch=staging_pb2.EnqueueDocumentsRequest(
+                    pipeline_id=pid,
+                    documents=[staging_pb2.EnqueuedDocument(document_id=d) for d in ids[start : start + 8]],
+                )
+            )
+
+    docs = document_state_pb2_grpc.DocumentStateServiceStub(channel)
+    result = (await docs.EnqueueIds(messages())).result
+    assert (result.enqueued, result.segments_created) == (25, 3)
+    assert (await status(channel, pid)).pending_count == 25
+    stub = lease_pb2_grpc.LeaseServiceStub(channel)
+    claimed = await stub.ClaimDocuments(
+        lpb.ClaimDocumentsRequest(
+            pipeline_id=pid, stage="pending", claim_stage="embedding", limit=25, worker_id="w"
+        )
+    )
+    assert sorted(x.document_id for x in claimed.leases) == sorted(ids)
+    refs = [
+        document_pb2.LeaseRef(document_id=x.document_id, fencing_token=x.fencing_token)
+        for x in claimed.leases
+    ]
+    moved = await stub.TransitionDocuments(
+        lpb.TransitionDocumentsRequest(
+            pipeline_id=pid, documents=refs, from_stage="embedding", worker_id="w", to_stage="indexed"
+        )
+    )
+    assert {r.outcome for r in moved.results} == {lpb.TRANSITION_OUTCOME_MOVED}
+    deleted = await pipeline_pb2_grpc.PipelineServiceStub(channel).DeletePipeline(
+        ppb.DeletePipelineRequest(pipeline_id=pid)
+    )
+    assert (deleted.deleted_documents, deleted.deleted_segments) == (0, 0)
+
+
+async def test_metrics_export_stage_counts(channel: aio.Channel, claimer: Claimer) -> None:
+    pid = await new_pipeline(channel)
+    await stage_docs(channel, pid, ["m1", "m2"])
+    await lease_pb2_grpc.LeaseServiceStub(channel).ClaimDocuments(
+        lpb.ClaimDocumentsRequest(
+            pipeline_id=pid, stage="pending", claim_stage="embedding", limit=1, worker_id="w"
+        )
+    )
+    wanted = f'layer_pipeline_stage_count{{pipeline_id="{pid}",stage="pending"}} 1.0'
+    text = ""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            async with session.get(f"http://{claimer.http}/metrics") as response:
+                text = await response.text()
+            if wanted in text:
+                break
+            await asyncio.sleep(0.1)
+    assert wanted in text
+    assert f'layer_pipeline_stage_count{{pipeline_id="{pid}",stage="embedding"}} 1.0' in text
+    assert "layer_claim_latency_seconds_bucket" in text
+    assert "layer_lease_expiries_total" in text or "layer_claimed_documents_total" in text
+
+
+async def test_unreachable_postgres_is_unavailable_with_retry_info(tmp_path: Path) -> None:
+    dead = f"postgresql://hevlayer:hevlayer@127.0.0.1:{free_port()}/nothing"
+    process, address, _ = start_claimer(
+        {"DATABASE_URL": dead, "PIPELINE_QUEUE_BACKEND": "row", "HEVLAYER_SHUTDOWN_GRACE_SECONDS": "1"},
+        tmp_path,
+    )
+    try:
+        async with aio.insecure_channel(address) as ch:
+            stub = lease_pb2_grpc.LeaseServiceStub(ch)
+            request = lpb.ClaimDocumentsRequest(
+                pipeline_id="p-a", stage="pending", claim_stage="embedding", limit=1, worker_id="w"
+            )
+            error: aio.AioRpcError | None = None
+            for _ in range(100):
+                try:
+                    await stub.ClaimDocuments(request, timeout=5)
+                except aio.AioRpcError as exc:
+                    error = exc
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE and has_retry_info(exc):
+                        break
+                await asyncio.sleep(0.1)
+            assert error is not None
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert has_retry_info(error)
+    finally:
+        process.stop()
+
+
+async def test_watch_status_follows_claims(channel: aio.Channel) -> None:
+    pid = await new_pipeline(channel)
+    await stage_docs(channel, pid, ["w1", "w2", "w3"])
+    pipelines = pipeline_pb2_grpc.PipelineServiceStub(channel)
+    call = pipelines.WatchPipelineStatus(ppb.WatchPipelineStatusRequest(pipeline_id=pid, min_interval_ms=10))
+    first = await asyncio.wait_for(call.read(), 10)
+    assert dict(first.status.counts) == {"pending": 3}
+    await lease_pb2_grpc.LeaseServiceStub(channel).ClaimDocuments(
+        lpb.ClaimDocumentsRequest(
+            pipeline_id=pid, stage="pending", claim_stage="embedding", limit=2, worker_id="w"
+        )
+    )
+    update = await asyncio.wait_for(call.read(), 10)
+    assert dict(update.status.counts) == {"pending": 1, "embedding": 2}
+    assert update.status.pending_count == 1
+    assert update.status.version > first.status.version
+    call.cancel()

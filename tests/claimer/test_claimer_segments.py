@@ -1,0 +1,220 @@
+"""The segmented queue against real PostgreSQL and real S3 (SeaweedFS):
+segment rows, manifests, splits, expiry, poison, and nothing left behind."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from claimer.support import Stores, counters, full_count, new_pipeline, stage
+
+from hevlayer.claimer.documents import EnqueueBatch
+from hevlayer.claimer.leases import ClaimRequest, Outcome
+from hevlayer.claimer.manifests import decode_manifest, encode_manifest, segments_prefix
+
+
+async def batches(
+    pipeline_id: str,
+    ids: Sequence[str],
+    hashes: Sequence[str] | None = None,
+    *,
+    per_message: int = 7,
+    stage: str = "",
+    skip_unchanged: bool = False,
+) -> AsyncIterator[EnqueueBatch]:
+    """An EnqueueIds stream of ``ids``, ``per_message`` ids per message."""
+    hashes = list(hashes) if hashes is not None else [""] * len(ids)
+    for start in range(0, len(ids), per_message):
+        yield EnqueueBatch(
+            pipeline_id,
+            ids[start : start + per_message],
+            hashes[start : start + per_message],
+            stage=stage,
+            skip_unchanged=skip_unchanged,
+        )
+
+
+async def segment_rows(stores: Stores, pipeline_id: str) -> int:
+    async with stores.db.acquire() as conn:
+        return int(
+            await conn.fetchval("SELECT count(*) FROM queue_segments WHERE pipeline_id = $1", pipeline_id)
+        )
+
+
+async def keys(stores: Stores, pipeline_id: str) -> list[str]:
+    assert stores.objects is not None
+    return await stores.objects.list_keys(segments_prefix(pipeline_id))
+
+
+def test_manifest_roundtrip() -> None:
+    ids = ["a", "é", "b c", "x" * 500]
+    assert decode_manifest(encode_manifest(ids)).ids == ids
+    with_hashes = decode_manifest(encode_manifest(ids, ["1", "", "3", "4"]))
+    assert with_hashes.hashes == ["1", "", "3", "4"]
+    assert decode_manifest(encode_manifest([])).ids == []
+
+
+async def test_enqueue_claim_split_complete_leaves_nothing(seg_stores: Stores) -> None:
+    stores = seg_stores
+    pid = await new_pipeline(stores, backend="segment")
+    ids = [f"id-{i:03d}" for i in range(95)]
+    totals = await stores.documents.enqueue(batches(pid, ids))
+    assert (totals.enqueued, totals.segments_created) == (95, 10)
+    assert await segment_rows(stores, pid) == 10
+    assert len(await keys(stores, pid)) == 10
+    assert await counters(stores.db, pid) == {"pending": 95} == await full_count(stores.db, pid)
+
+    # 25 = two whole segments and a split of the third
+    first = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 25, "w1"))
+    assert len(first) == 25
+    assert len(set(first.fencing_tokens)) == 3
+    assert await segment_rows(stores, pid) == 11  # 10 - 1 split + 2 halves
+    assert len(await keys(stores, pid)) == 11  # the superseded manifest is gone
+    assert (
+        await counters(stores.db, pid) == {"pending": 70, "embedding": 25} == await full_count(stores.db, pid)
+    )
+
+    rest = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 1000, "w2"))
+    assert len(rest) == 70
+    assert sorted(first.document_ids + rest.document_ids) == ids
+
+    # complete in two halves: the first half leaves partially done segments
+    half = len(first) // 2
+    done = await stores.leases.transition(
+        pid, "embedding", "w1", "indexed", first.document_ids[:half], first.fencing_tokens[:half]
+    )
+    assert done.outcomes == [Outcome.MOVED] * half
+    again = await stores.leases.transition(
+        pid, "embedding", "w1", "indexed", first.document_ids[:3], first.fencing_tokens[:3]
+    )
+    assert again.outcomes == [Outcome.NOT_HELD] * 3
+    wrong_worker = await stores.leases.transition(
+        pid, "embedding", "w2", "indexed", first.document_ids[half:], first.fencing_tokens[half:]
+    )
+    assert set(wrong_worker.outcomes) == {Outcome.NOT_HELD}
+    await stores.leases.transition(
+        pid, "embedding", "w1", "indexed", first.document_ids[half:], first.fencing_tokens[half:]
+    )
+    await stores.leases.transition(pid, "embedding", "w2", "indexed", rest.document_ids, rest.fencing_tokens)
+    assert await counters(stores.db, pid) == {"indexed": 95}
+    assert await full_count(stores.db, pid, {"indexed": 95}) == {"indexed": 95}
+    assert await segment_rows(stores, pid) == 0
+    assert await keys(stores, pid) == []
+    async with stores.db.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM segment_garbage") == 0
+        assert await conn.fetchval("SELECT count(*) FROM documents WHERE pipeline_id = $1", pid) == 0
+
+
+async def test_segments_mix_with_rows_and_report_pending(seg_stores: Stores) -> None:
+    stores = seg_stores
+    pid = await new_pipeline(stores, backend="segment")
+    await stage(stores, pid, ["staged-1", "staged-2"])
+    await stores.documents.enqueue(batches(pid, [f"l{i}" for i in range(15)], [f"h{i}" for i in range(15)]))
+    status = await stores.pipelines.status(pid)
+    assert status.pending_count == 17
+    claimed = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 5, "w"))
+    assert claimed.document_ids[:2] == ["staged-1", "staged-2"]  # rows first
+    assert claimed.chunk_counts == [1, 1, 0, 0, 0]
+    assert claimed.content_hashes[2:] == ["h" + doc[1:] for doc in claimed.document_ids[2:]]
+    check = await stores.leases.check(pid, "w", "embedding", claimed.document_ids, claimed.fencing_tokens)
+    assert check.held == [True] * 5
+    assert check.backings[:2] == ["s3://b/staged-1", "s3://b/staged-2"]
+    wrong = await stores.leases.check(pid, "w", "embedding", ["l9"], [claimed.fencing_tokens[-1]])
+    assert wrong.held == [False]
+
+
+async def test_release_fail_and_move_segment_ids(seg_stores: Stores) -> None:
+    stores = seg_stores
+    pid = await new_pipeline(stores, backend="segment")
+    ids = [f"m{i}" for i in range(10)]
+    await stores.documents.enqueue(batches(pid, ids))
+    claimed = await stores.leases.claim(ClaimRequest(pid, "pending", "extract", 10, "cpu"))
+    tokens = claimed.fencing_tokens
+    release = await stores.leases.transition(pid, "extract", "cpu", "pending", ids[:3], tokens[:3], "later")
+    failed = await stores.leases.transition(pid, "extract", "cpu", "failed", ids[3:5], tokens[3:5], "broken")
+    onward = await stores.leases.transition(pid, "extract", "cpu", "embed-ready", ids[5:], tokens[5:])
+    for result in (release, failed, onward):
+        assert set(result.outcomes) == {Outcome.MOVED}
+    assert await counters(stores.db, pid) == {"pending": 3, "failed": 2, "embed-ready": 5}
+    assert await counters(stores.db, pid) == await full_count(stores.db, pid)
+    assert (await stores.documents.describe(pid, "m3")).last_error == "broken"
+    assert await segment_rows(stores, pid) == 2  # the released and the moved ids
+    assert len(await keys(stores, pid)) == 2
+    gpu = await stores.leases.claim(ClaimRequest(pid, "embed-ready", "embedding", 10, "gpu"))
+    assert sorted(gpu.document_ids) == ids[5:]
+
+
+async def test_expired_segment_is_taken_back_then_poisoned(seg_stores: Stores) -> None:
+    stores = seg_stores
+    pid = await new_pipeline(stores, backend="segment", max_attempts=2, lease_seconds=10)
+    ids = [f"e{i}" for i in range(10)]
+    await stores.documents.enqueue(batches(pid, ids))
+    first = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 10, "w1"))
+    await stores.leases.transition(pid, "embedding", "w1", "indexed", ids[:4], first.fencing_tokens[:4])
+    beat = await stores.leases.heartbeat(pid, "embedding", "w1", ids[3:6], first.fencing_tokens[3:6])
+    assert beat.extended == [False, True, True]
+    stores.clock.advance(11)
+    second = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 10, "w2"))
+    assert sorted(second.document_ids) == ids[4:]
+    assert second.expired == 6
+    assert second.attempts == [2] * 6
+    late = await stores.leases.transition(
+        pid, "embedding", "w1", "indexed", ids[4:], first.fencing_tokens[4:]
+    )
+    assert set(late.outcomes) == {Outcome.NOT_HELD}
+    stores.clock.advance(11)
+    third = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 10, "w3"))
+    assert len(third) == 0
+    assert third.poisoned == 6
+    assert await counters(stores.db, pid) == {"indexed": 4, "failed": 6}
+    assert await full_count(stores.db, pid, {"indexed": 4}) == {"indexed": 4, "failed": 6}
+    assert "lease expired 2 times" in (await stores.documents.describe(pid, "e7")).last_error
+    assert await keys(stores, pid) == []
+
+
+async def test_delete_pipeline_removes_prefix(seg_stores: Stores) -> None:
+    stores = seg_stores
+    pid = await new_pipeline(stores, backend="segment")
+    await stores.documents.enqueue(batches(pid, [f"z{i}" for i in range(45)]))
+    await stage(stores, pid, ["row-doc"])
+    await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 13, "w"))
+    assert len(await keys(stores, pid)) == 6
+    documents, segments = await stores.pipelines.delete(pid)
+    assert (documents, segments) == (1, 6)
+    assert await keys(stores, pid) == []
+    async with stores.db.acquire() as conn:
+        assert (
+            await conn.fetchval("SELECT count(*) FROM pipeline_stage_counts WHERE pipeline_id = $1", pid) == 0
+        )
+
+
+async def test_reclaimed_segment_completes_whole(seg_stores: Stores) -> None:
+    stores = seg_stores
+    pid = await new_pipeline(stores, backend="segment", max_attempts=5, lease_seconds=10)
+    ids = [f"r{i}" for i in range(10)]
+    await stores.documents.enqueue(batches(pid, ids))
+    first = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 10, "w1"))
+    await stores.leases.transition(pid, "embedding", "w1", "indexed", ids[2:5], first.fencing_tokens[2:5])
+    stores.clock.advance(11)
+    second = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 10, "w2"))
+    assert second.document_ids == ids[:2] + ids[5:]
+    # all remaining ids, in the order given: moved together
+    done = await stores.leases.transition(
+        pid, "embedding", "w2", "indexed", second.document_ids, second.fencing_tokens
+    )
+    assert set(done.outcomes) == {Outcome.MOVED}
+    assert len(set(done.fencing_tokens)) == 1
+    # the same ids in another order, on a fresh segment: moved one by one
+    await stores.documents.enqueue(batches(pid, ids))
+    third = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 10, "w3"))
+    order = list(reversed(range(10)))
+    moved = await stores.leases.transition(
+        pid,
+        "embedding",
+        "w3",
+        "indexed",
+        [third.document_ids[i] for i in order] + ["not-there"],
+        [third.fencing_tokens[i] for i in order] + [third.fencing_tokens[0]],
+    )
+    assert moved.outcomes == [Outcome.MOVED] * 10 + [Outcome.NOT_HELD]
+    assert await counters(stores.db, pid) == {"indexed": 20}
+    assert await keys(stores, pid) == []
