@@ -72,6 +72,14 @@ class Embedder:
             texts = [prefix + text for text in texts]
         return await self._backend.embed(texts)
 
+    async def embed_documents(self, texts: Sequence[str]) -> Vectors:
+        """Document vectors for the worker: any number of texts (the Triton client cuts
+        them into requests), with the document prefix."""
+        prefix = self._prefixes[InputType.DOCUMENT]
+        if prefix:
+            texts = [prefix + text for text in texts]
+        return await self._backend.embed(texts)
+
     async def describe(self) -> ModelDescription:
         """The model's name and dimension (Unavailable while Triton cannot be reached)."""
         info = await self._backend.model_info()

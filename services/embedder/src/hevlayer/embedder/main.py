@@ -1,7 +1,9 @@
 """Entry point of the embedder (``hevlayer-embedder``).
 
-Today it serves EmbeddingService (query embeddings for the gateway) from the
-Triton model; the worker loop that claims documents is wired in here too.
+One process serves EmbeddingService (query embeddings for the gateway) from
+the Triton model and, when ``EMBEDDER_WORKER_PIPELINES`` (or the operator's
+``HEVLAYER_PIPELINE_ID``) names pipelines, runs the worker loop
+(:mod:`hevlayer.embedder.worker`) that embeds their pending documents.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from hevlayer.common.config import load_or_exit
 from hevlayer.common.errors import ServiceError
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
 from hevlayer.embedder.embedding import Embedder
+from hevlayer.embedder.gateway_client import GatewayClient
 from hevlayer.embedder.grpc_embedding import EmbeddingServicer
-from hevlayer.embedder.settings import GRPC_DEFAULTS, EmbedderSettings
+from hevlayer.embedder.settings import GRPC_DEFAULTS, EmbedderSettings, WorkerSettings
 from hevlayer.embedder.triton_client import RetryPolicy, TritonEmbeddingClient
+from hevlayer.embedder.worker import Worker
 
 log = logging.getLogger("hevlayer.embedder")
 
 
-def make_client(settings: EmbedderSettings) -> TritonEmbeddingClient:
-    """The Triton client the settings describe."""
+def make_client(settings: EmbedderSettings, *, reserved_slots: int = 0) -> TritonEmbeddingClient:
+    """The Triton client the settings describe (``reserved_slots`` more requests in flight:
+    the worker's flushes use EMBEDDER_MAX_IN_FLIGHT, query embeddings never wait for them
+    to get a slot)."""
     return TritonEmbeddingClient(
         settings.triton_url,
         settings.model_name,
@@ -32,7 +38,7 @@ def make_client(settings: EmbedderSettings) -> TritonEmbeddingClient:
         max_batch_size=settings.max_batch_size,
         input_name=settings.input_name,
         output_name=settings.output_name,
-        max_in_flight=settings.max_in_flight,
+        max_in_flight=settings.max_in_flight + reserved_slots,
         timeout=settings.triton_timeout_seconds,
         retry=RetryPolicy(
             attempts=settings.retry_attempts,
@@ -42,14 +48,19 @@ def make_client(settings: EmbedderSettings) -> TritonEmbeddingClient:
     )
 
 
-async def build(app: ServiceApp, settings: EmbedderSettings) -> None:
-    """Wire the Triton client and EmbeddingService into ``app``.
+async def build(
+    app: ServiceApp, settings: EmbedderSettings, worker_settings: WorkerSettings | None = None
+) -> None:
+    """Wire the Triton client, EmbeddingService and the worker loop into ``app``.
 
     The server starts NOT_SERVING and turns SERVING once the Triton model has
     been described (retried with backoff until Triton answers); until then,
-    and whenever Triton is down, calls fail UNAVAILABLE with RetryInfo.
+    and whenever Triton is down, calls fail UNAVAILABLE with RetryInfo. The
+    worker starts then too (its batch size may come from the model), and on
+    SIGTERM it drains (:meth:`Worker.drain`) while the server stops.
     """
-    client = make_client(settings)
+    worker_settings = worker_settings or WorkerSettings()
+    client = make_client(settings, reserved_slots=1 if worker_settings.enabled else 0)
     embedder = Embedder(
         client,
         max_request_texts=settings.max_request_texts,
@@ -76,9 +87,31 @@ async def build(app: ServiceApp, settings: EmbedderSettings) -> None:
                 continue
             await app.set_serving(True)
             log.info("Triton model ready; serving", extra={"model": info.name, "dimension": info.dimension})
+            if worker_settings.enabled:
+                start_worker(info.batch_size)
             return
 
     tasks: list[asyncio.Task[None]] = []
+    drained: list[asyncio.Task[None]] = []
+
+    def start_worker(request_size: int) -> None:
+        batch_size = min(worker_settings.batch_size or request_size, settings.max_request_texts)
+        worker = Worker(
+            worker_settings,
+            GatewayClient.connect(worker_settings.gateway),
+            embedder.embed_documents,
+            batch_size=batch_size,
+            max_in_flight=settings.max_in_flight,
+        )
+        worker.start()
+        drained.append(asyncio.create_task(drain_on_stop(worker), name="worker-drain"))
+
+    async def drain_on_stop(worker: Worker) -> None:
+        await app.stopping.wait()
+        try:
+            await worker.drain()
+        finally:
+            await worker.gateway.close()
 
     async def startup() -> None:
         tasks.append(asyncio.create_task(connect(), name="triton-connect"))
@@ -86,6 +119,9 @@ async def build(app: ServiceApp, settings: EmbedderSettings) -> None:
     async def shutdown() -> None:
         for task in tasks:
             task.cancel()
+        for task in drained:
+            with contextlib.suppress(Exception):
+                await task
         await client.close()
 
     async def ready() -> bool:
@@ -100,9 +136,10 @@ def main() -> None:
     """Run the embedder until SIGTERM."""
     server = load_or_exit(ServerSettings, GRPC_DEFAULTS)
     settings = load_or_exit(EmbedderSettings)
+    worker_settings = load_or_exit(WorkerSettings)
 
     async def wire(app: ServiceApp) -> None:
-        await build(app, settings)
+        await build(app, settings, worker_settings)
 
     run_service("embedder", server, wire, serving_on_start=False)
 

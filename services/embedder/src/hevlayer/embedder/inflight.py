@@ -1,0 +1,137 @@
+"""Documents in flight in the worker, and the items of the chunk queue.
+
+A document is *in flight* from the moment its lease arrives until it is
+*finished* with one :class:`Outcome`. In between, its chunks travel
+through the bounded :class:`~hevlayer.embedder.chunk_queue.ChunkQueue` as
+:class:`ChunkItem` s followed by one :class:`EndOfDocument`, get embedded
+(possibly across several flushes, with chunks of other documents), and the
+complete document is written with WriteVectors.
+
+The document's *owner* (the :class:`~hevlayer.embedder.pipeline_worker.PipelineWorker`
+of its pipeline) writes it and is told how it finished — the success hook
+that also delivers failures.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from hevlayer.api.document.v1 import document_pb2
+
+
+class Outcome(enum.Enum):
+    """How a document's time in the worker ended."""
+
+    INDEXED = "indexed"
+    """Its vectors were written and the gateway moved it to indexed."""
+    LOST = "lost"
+    """Its lease is gone (expired and re-claimed, re-staged, deleted): its work is dropped."""
+    RELEASED = "released"
+    """A retryable failure (Triton or the gateway unavailable, shutdown): moved back to pending."""
+    FAILED = "failed"
+    """A permanent failure (the model or the index refused it): moved to failed with the error."""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The gateway's answer for one document of a WriteVectors call."""
+
+    document_id: str
+    outcome: Outcome
+    """INDEXED, LOST (stale lease or deleted) or FAILED (rejected)."""
+    error: str = ""
+    vectors_written: int = 0
+
+
+class DocumentOwner(Protocol):
+    """Writes its documents and is told how each one finished."""
+
+    @property
+    def pipeline_id(self) -> str: ...
+
+    async def write(self, documents: Sequence[InFlightDocument]) -> list[WriteResult]:
+        """WriteVectors for complete documents; one result per document, in order."""
+        ...
+
+    async def finish(self, documents: Sequence[InFlightDocument], outcome: Outcome, error: str = "") -> None:
+        """Called once per document (later calls for a finished document are ignored)."""
+        ...
+
+
+@dataclass(eq=False)
+class InFlightDocument:
+    """One leased document on its way through the worker."""
+
+    owner: DocumentOwner
+    document_id: str
+    fencing_token: int
+    expires_at: float
+    """``time.monotonic()`` at which the lease runs out unless heartbeated."""
+    attempts: int = 0
+    vectors: list[document_pb2.Vector | None] = field(default_factory=list)
+    queued: int = 0
+    """Chunks put into the chunk queue."""
+    embedded: int = 0
+    """Chunks embedded (their vectors are in ``vectors``)."""
+    total: int | None = None
+    """Number of chunks, known once the :class:`EndOfDocument` has been consumed."""
+    submitted: bool = False
+    """Handed to the writer."""
+    writing: bool = False
+    """A WriteVectors call carrying it is in flight (its result decides the outcome)."""
+    finished: bool = False
+    outcome: Outcome | None = None
+    claimed_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk embedded and the end of the document seen."""
+        return self.total is not None and self.embedded == self.total
+
+    def set_vector(self, index: int, vector: document_pb2.Vector) -> None:
+        if index >= len(self.vectors):
+            self.vectors.extend([None] * (index + 1 - len(self.vectors)))
+        if self.vectors[index] is None:
+            self.embedded += 1
+        self.vectors[index] = vector
+
+    def written_vectors(self) -> list[document_pb2.Vector]:
+        """The vectors in chunk order (the document must be complete)."""
+        out = [v for v in self.vectors[: self.total or 0] if v is not None]
+        if len(out) != (self.total or 0):
+            raise RuntimeError(f"document {self.document_id!r} is not complete")
+        return out
+
+    def drop_vectors(self) -> None:
+        """Free the vectors (the document is finished)."""
+        self.vectors = []
+
+    def __repr__(self) -> str:
+        return (
+            f"InFlightDocument({self.owner.pipeline_id}/{self.document_id}, token={self.fencing_token}, "
+            f"queued={self.queued}, embedded={self.embedded}, total={self.total}, finished={self.finished})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkItem:
+    """One chunk of a document, to be embedded."""
+
+    document: InFlightDocument
+    index: int
+    chunk: document_pb2.Chunk
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfDocument:
+    """Follows the last chunk of a document in the queue; ``total`` chunks preceded it."""
+
+    document: InFlightDocument
+    total: int
+
+
+QueueItem = ChunkItem | EndOfDocument
