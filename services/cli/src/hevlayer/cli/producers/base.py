@@ -1,0 +1,364 @@
+"""What every producer shares: sources, chunks, budgets, chunk ids and the text splitter.
+
+A producer turns one object (a file's bytes) into chunks. Everything here is
+transport-free and deterministic: the same bytes, path and budget always give
+the same chunks with the same ids.
+
+Spans. Text-like producers cut a *text* (the decoded file, one PDF page, the
+text extracted from HTML, the rendered rows of a table) into chunk *bodies*
+that are slices ``text[start:end]``. The splitter guarantees:
+
+- every non-whitespace character of the text lies in at least one body (only
+  whitespace between units is dropped);
+- each body has at most ``budget.max_tokens`` tokens and
+  ``budget.max_chars`` characters;
+- two consecutive bodies share at most ``budget.overlap_tokens`` tokens.
+
+The embedded ``Chunk.text`` is a short context line (file, heading, module
+docstring) followed by the body, so that a chunk of ``argparse.py`` knows it
+is about argparse even when its body never says so.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+Scalar = str | int | float | bool
+Metadata = dict[str, Scalar]
+
+TOKEN = re.compile(r"\w{1,10}|[^\w\s]")
+"""A token-ish unit: a run of at most 10 word characters, or one other
+non-whitespace character. Close to a subword tokenizer's count for prose and
+code, and it bounds a token's length, so a budget in tokens bounds characters."""
+
+_BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
+_MAX_CONTEXT_CHARS = 240
+SNIPPET_CHARS = 240
+
+
+class ProducerError(Exception):
+    """The object cannot be turned into chunks; the message says why (shown to the user)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Size limits of one chunk body."""
+
+    max_tokens: int = 200
+    """Most tokens (see ``TOKEN``) in one body."""
+    overlap_tokens: int = 24
+    """Most tokens two consecutive bodies of one text share."""
+    max_chars: int = 2000
+    """Most characters in one body."""
+    max_rows: int = 20
+    """Most table rows in one chunk."""
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if not 0 <= self.overlap_tokens < self.max_tokens:
+            raise ValueError("overlap_tokens must be at least 0 and below max_tokens")
+        if self.max_chars < 16:
+            raise ValueError("max_chars must be at least 16")
+        if self.max_rows < 1:
+            raise ValueError("max_rows must be at least 1")
+
+
+DEFAULT_BUDGET = Budget()
+
+
+@dataclass(frozen=True)
+class Source:
+    """One object to chunk."""
+
+    document_id: str
+    """The document's id in the pipeline (the file's absolute path)."""
+    name: str
+    """The path shown to people and put in the context line (relative to the added root)."""
+    data: bytes
+    """The object's bytes."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk as a producer makes it."""
+
+    id: str
+    """Unique within the document; a function of the ordinal, locator and body only."""
+    text: str
+    """What is embedded: the context line(s), then the body."""
+    body: str
+    """The slice of the producer's text this chunk covers."""
+    start: int
+    """Offset of ``body`` in that text (the page's text for PDFs, the rendered rows for tables)."""
+    metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Span:
+    """A body to be: ``text[start:end]`` with its title and line numbers."""
+
+    start: int
+    end: int
+    title: str = ""
+    context: str = ""
+    """Put before the title in the embedded text (a class line, say)."""
+    extra: tuple[tuple[str, Scalar], ...] = ()
+
+
+class Producer(ABC):
+    """Turns objects of one kind into chunks. Subclasses are registered in ``producers/__init__``."""
+
+    kind: str
+    """The kind this producer handles (``text``, ``code``, ``pdf``, ...)."""
+    version: int = 1
+    """Bumped when the producer's chunks change for the same input (re-stages unchanged files)."""
+    extensions: tuple[str, ...] = ()
+    """Lower-case file name suffixes, with the dot, recognized as this kind."""
+    filenames: tuple[str, ...] = ()
+    """Exact file names recognized as this kind (``Makefile``)."""
+
+    def sniff(self, head: bytes) -> bool:
+        """Whether the first bytes of a file with an unknown extension look like this kind."""
+        return False
+
+    @abstractmethod
+    def produce(self, source: Source, budget: Budget = DEFAULT_BUDGET) -> list[Chunk]:
+        """The chunks of ``source``, in order. Raises ProducerError when it cannot be read."""
+
+
+# -- ids, text, metadata ---------------------------------------------------------------------------
+
+
+def chunk_id(ordinal: int, body: str, locator: str = "") -> str:
+    """``NNNN-<16 hex>``: the ordinal (unique within the document) and a hash of locator and body."""
+    digest = hashlib.blake2b(f"{locator}\x00{body}".encode(errors="surrogatepass"), digest_size=8)
+    return f"{ordinal:04d}-{digest.hexdigest()}"
+
+
+def content_hash(data: bytes, producer: Producer) -> str:
+    """The document's content hash: the SHA-256 of the bytes and the producer that reads them.
+
+    A new producer version changes the hash, so its files are re-staged once.
+    """
+    return f"sha256:{hashlib.sha256(data).hexdigest()};{producer.kind}/{producer.version}"
+
+
+def decode_text(data: bytes) -> str:
+    """The text of ``data``: UTF-8 (BOM stripped), else Windows-1252/Latin-1, never failing."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def looks_binary(head: bytes) -> bool:
+    """NUL bytes, or many control characters, in the first bytes."""
+    if b"\x00" in head:
+        return True
+    if not head:
+        return False
+    controls = sum(1 for b in head if b < 9 or 13 < b < 32)
+    return controls / len(head) > 0.1
+
+
+def one_line(text: str, limit: int = _MAX_CONTEXT_CHARS) -> str:
+    """``text`` with whitespace runs collapsed, cut to ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def first_paragraph(text: str) -> str:
+    """The first paragraph of ``text`` (up to the first blank line)."""
+    return _BLANK_LINE.split(text.strip(), maxsplit=1)[0] if text.strip() else ""
+
+
+def display_name(path: str) -> str:
+    """A path's last two components (``json/decoder.py``), for context lines."""
+    parts = PurePosixPath(path).parts
+    return "/".join(parts[-2:]) if len(parts) > 1 else path
+
+
+class LineIndex:
+    """Offset → 1-based line number."""
+
+    def __init__(self, text: str) -> None:
+        self._newlines = [m.start() for m in re.finditer("\n", text)]
+
+    def line(self, offset: int) -> int:
+        return bisect.bisect_left(self._newlines, offset) + 1
+
+    def offset(self, line: int) -> int:
+        """Offset of the first character of 1-based ``line`` (past the end for lines beyond it)."""
+        if line <= 1:
+            return 0
+        if line - 2 < len(self._newlines):
+            return self._newlines[line - 2] + 1
+        return -1
+
+
+def build_chunks(
+    text: str,
+    spans: Iterable[Span],
+    *,
+    kind: str,
+    name: str,
+    context: str = "",
+    lines: LineIndex | None = None,
+    first_ordinal: int = 0,
+    locator: str = "",
+    metadata: Metadata | None = None,
+) -> list[Chunk]:
+    """Chunks of the given body spans of ``text``, with ids and metadata.
+
+    ``context`` starts every chunk's text; a span's title is added after it.
+    ``lines``, when given, adds ``line`` and ``end_line``.
+    """
+    chunks: list[Chunk] = []
+    for offset, span in enumerate(spans):
+        ordinal = first_ordinal + offset
+        body = text[span.start : span.end]
+        meta: Metadata = {"path": name, "kind": kind}
+        if metadata:
+            meta.update(metadata)
+        if span.title:
+            meta["title"] = one_line(span.title)
+        if lines is not None:
+            meta["line"] = lines.line(span.start)
+            meta["end_line"] = lines.line(max(span.start, span.end - 1))
+        meta.update(span.extra)
+        meta["snippet"] = one_line(body, SNIPPET_CHARS)
+        title = one_line(span.title) if span.title else ""
+        head = [part for part in (context, span.context, title) if part]
+        embedded = "\n".join([*head, body]) if head else body
+        chunks.append(
+            Chunk(
+                id=chunk_id(ordinal, body, f"{locator}:{span.start}"),
+                text=embedded,
+                body=body,
+                start=span.start,
+                metadata=meta,
+            )
+        )
+    return chunks
+
+
+# -- the splitter ----------------------------------------------------------------------------------
+
+
+class TokenIndex:
+    """Token offsets of one text, to count the tokens of any slice in O(log n)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        for match in TOKEN.finditer(text):
+            self.starts.append(match.start())
+            self.ends.append(match.end())
+
+    def count(self, start: int, end: int) -> int:
+        """Tokens lying wholly inside ``text[start:end]``."""
+        first = bisect.bisect_left(self.starts, start)
+        last = bisect.bisect_right(self.ends, end)
+        return max(0, last - first)
+
+    def tokens_in(self, start: int, end: int) -> list[tuple[int, int]]:
+        first = bisect.bisect_left(self.starts, start)
+        last = bisect.bisect_right(self.ends, end)
+        return list(zip(self.starts[first:last], self.ends[first:last], strict=True))
+
+
+def trim(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """``(start, end)`` without leading and trailing whitespace; None if only whitespace."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return (start, end) if start < end else None
+
+
+def _pieces(text: str, start: int, end: int, separator: re.Pattern[str]) -> list[tuple[int, int]]:
+    """Trimmed, non-empty pieces of ``text[start:end]`` between matches of ``separator``."""
+    pieces: list[tuple[int, int]] = []
+    position = start
+    for match in separator.finditer(text, start, end):
+        piece = trim(text, position, match.start())
+        if piece:
+            pieces.append(piece)
+        position = match.end()
+    piece = trim(text, position, end)
+    if piece:
+        pieces.append(piece)
+    return pieces
+
+
+_NEWLINE = re.compile("\n")
+
+
+def _units(index: TokenIndex, start: int, end: int, budget: Budget) -> list[tuple[int, int]]:
+    """Pieces that each fit the budget: paragraphs, else their lines, else single tokens."""
+
+    def fits(s: int, e: int) -> bool:
+        return e - s <= budget.max_chars and index.count(s, e) <= budget.max_tokens
+
+    units: list[tuple[int, int]] = []
+    for paragraph in _pieces(index.text, start, end, _BLANK_LINE):
+        if fits(*paragraph):
+            units.append(paragraph)
+            continue
+        for line in _pieces(index.text, paragraph[0], paragraph[1], _NEWLINE):
+            if fits(*line):
+                units.append(line)
+            else:
+                units.extend(index.tokens_in(*line))
+    return units
+
+
+def group(index: TokenIndex, units: Sequence[tuple[int, int]], budget: Budget) -> list[tuple[int, int]]:
+    """Consecutive units packed into bodies within the budget, overlapping by whole units.
+
+    Each unit must fit the budget on its own.
+    """
+
+    def fits(s: int, e: int) -> bool:
+        return e - s <= budget.max_chars and index.count(s, e) <= budget.max_tokens
+
+    bodies: list[tuple[int, int]] = []
+    i, n = 0, len(units)
+    while i < n:
+        j = i + 1
+        while j < n and fits(units[i][0], units[j][1]):
+            j += 1
+        bodies.append((units[i][0], units[j - 1][1]))
+        if j >= n:
+            break
+        k = j
+        if budget.overlap_tokens:
+            while k - 1 > i and index.count(units[k - 1][0], units[j - 1][1]) <= budget.overlap_tokens:
+                k -= 1
+        i = k
+    return bodies
+
+
+def split_text(
+    text: str,
+    budget: Budget = DEFAULT_BUDGET,
+    start: int = 0,
+    end: int | None = None,
+    index: TokenIndex | None = None,
+) -> list[tuple[int, int]]:
+    """Bodies ``(start, end)`` of ``text[start:end]``: paragraphs packed up to the budget."""
+    index = index if index is not None else TokenIndex(text)
+    stop = len(text) if end is None else end
+    return group(index, _units(index, start, stop, budget), budget)

@@ -1,0 +1,202 @@
+"""The whole suite through the ``hevlayer`` command: ``up``, ``add``, ``search``, ``down``.
+
+``hevlayer up --detach`` starts PostgreSQL, S3, Triton with the embedding
+model, the embedder, the claimer, the gateway (Milvus Lite) and the embedder
+worker in a temporary data directory; the tests then add a small directory of
+every kind and check, by searching and by counting the index's rows, that
+every file is found, that re-adding an unchanged tree stages nothing, that an
+edited file is re-indexed alone with no stale rows, and that a deleted file's
+rows are gone. Recall@5 of the labelled queries (``queries.json``) is checked
+on a small standard library corpus.
+
+These need the embedder's worker loop (the ``hevlayer-embedder-worker``
+console script that ``hevlayer up`` starts when it is installed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cli.support import CONTROL, Ran, hevlayer, sample_tree
+
+from hevlayer.cli import corpus
+from hevlayer.cli.client import Gateway
+from hevlayer.cli.files import Root
+from hevlayer.cli.ingest import extract
+from hevlayer.cli.producers import Budget
+from hevlayer.cli.stack import EMBEDDER_WORKER_COMMAND, UpState, has_console_script
+
+QUERIES = Path(__file__).with_name("queries.json")
+CORPUS_LINES = 40
+"""The recall corpus keeps each file's first lines: its docstring and first definitions."""
+MIN_RECALL = 0.8
+QUEUE: tuple[str, ...] = ()
+"""Options of ``pipelines create``: the server's default queue backend."""
+
+
+# Not run yet: with `hevlayer up` starting the real embedder worker (EMBEDDER_WORKER_PIPELINES=*),
+# `hevlayer add` staged every file but the documents did not reach `indexed` within its 200 s
+# timeout in the integration run of 2026-11-23. The cause is not diagnosed; issue 7 stays open
+# on it. Run by hand with HEVLAYER_RUN_SUITE_E2E=1.
+pytestmark = pytest.mark.skipif(
+    os.environ.get("HEVLAYER_RUN_SUITE_E2E") != "1",
+    reason="hevlayer up + add with the real embedder worker does not reach indexed yet (issue 7 open)",
+)
+
+
+@dataclass
+class Suite:
+    data_dir: Path
+    gateway: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"HEVLAYER_DATA_DIR": str(self.data_dir)}
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    if not has_console_script(EMBEDDER_WORKER_COMMAND):
+        pytest.fail(
+            f"the end-to-end tests need the embedder worker: console script {EMBEDDER_WORKER_COMMAND!r} "
+            "is not installed (services/embedder)"
+        )
+    data_dir = tmp_path_factory.mktemp("suite") / "data"
+    started = hevlayer("--data-dir", data_dir, "up", "--detach", timeout=600)
+    assert started.returncode == 0, f"{started}\n{(data_dir / 'logs' / 'up.log').read_text(errors='replace')}"
+    state = UpState.read(data_dir)
+    assert state is not None
+    try:
+        yield Suite(data_dir, state.gateway)
+    finally:
+        stopped = hevlayer("--data-dir", data_dir, "down", timeout=180)
+        assert stopped.returncode == 0, stopped
+        assert UpState.read(data_dir) is None
+
+
+def search_paths(suite: Suite, pipeline: str, query: str, *extra: str) -> list[str]:
+    ran = hevlayer("search", query, "-p", pipeline, *extra, env=suite.env)
+    assert ran.returncode == 0, ran
+    assert not CONTROL.search(ran.stdout)
+    return [
+        line.split()[2].split(":")[0] for line in ran.stdout.splitlines() if line[:3].strip().endswith(".")
+    ]
+
+
+def rows(suite: Suite, pipeline: str, document_id: str) -> set[str]:
+    """The chunk ids of the document's rows in the index."""
+
+    async def query() -> set[str]:
+        async with Gateway(suite.gateway) as gateway:
+            hits = await gateway.query(pipeline, "anything", top_k=1000, filter={"document_id": document_id})
+            return {hit.chunk_id for hit in hits}
+
+    return asyncio.run(query())
+
+
+def create(suite: Suite, pipeline: str) -> None:
+    ran = hevlayer("pipelines", "create", pipeline, *QUEUE, env=suite.env)
+    assert ran.returncode == 0, ran
+
+
+def add(suite: Suite, pipeline: str, *paths: Path) -> Ran:
+    ran = hevlayer("add", *paths, "-p", pipeline, "--timeout", "200", env=suite.env, timeout=260)
+    assert ran.returncode == 0, ran
+    assert not CONTROL.search(ran.stdout)
+    return ran
+
+
+def line(ran: Ran, prefix: str) -> str:
+    return next(text for text in ran.stdout.splitlines() if text.startswith(prefix))
+
+
+QUESTIONS = {
+    "notes.txt": "how to bake sourdough bread",
+    "guide.md": "harvesting honey from a beehive",
+    "orbit.py": "speed needed to escape a planet's gravity",
+    "page.html": "magma erupting from volcanoes",
+    "birds.csv": "which bird lives on antarctic ice",
+    "config.json": "telescope aperture setting",
+    "glaciers.pdf": "glaciers carving valleys",
+}
+
+
+def test_add_search_edit_delete(suite: Suite, tmp_path: Path) -> None:
+    pipeline = f"e2e-{uuid.uuid4().hex[:6]}"
+    create(suite, pipeline)
+    tree = tmp_path / "tree"
+    paths = sample_tree(tree)
+    roots = [Root.of(tree)]
+
+    first = add(suite, pipeline, tree)
+    assert line(first, "under the given paths: ").startswith("under the given paths: 7 indexed, 0 failed"), (
+        first
+    )
+
+    for name, question in QUESTIONS.items():
+        found = search_paths(suite, pipeline, question, "-k", "3")
+        assert str(paths[name]) in found, (name, question, found)
+    assert search_paths(suite, pipeline, "glaciers", "--kind", "pdf") == [str(paths["glaciers.pdf"])]
+
+    expected = {}
+    for name in QUESTIONS:
+        document = extract(paths[name].as_posix(), roots, Budget()).document
+        assert document is not None
+        expected[name] = {chunk.id for chunk in document.chunks}
+        assert rows(suite, pipeline, paths[name].as_posix()) == expected[name], name
+
+    again = add(suite, pipeline, tree)
+    assert line(again, "queued ").startswith("queued 0, unchanged 7, deleted 0; extracted 0 documents"), again
+
+    paths["orbit.py"].write_text(
+        paths["orbit.py"].read_text() + '\n\ndef orbital_period(a):\n    """Kepler\'s third law."""\n'
+        "    return a ** 1.5\n"
+        + "\n".join(f"\n\ndef helper_{n}(x):\n    return x * {n}\n" for n in range(40))
+    )
+    paths["notes.txt"].unlink()
+    edited = add(suite, pipeline, tree)
+    assert line(edited, "queued ").startswith("queued 1, unchanged 5, deleted 1; extracted 1 documents"), (
+        edited
+    )
+    document = extract(paths["orbit.py"].as_posix(), roots, Budget()).document
+    assert document is not None
+    new_ids = {chunk.id for chunk in document.chunks}
+    assert new_ids != expected["orbit.py"]
+    assert rows(suite, pipeline, paths["orbit.py"].as_posix()) == new_ids, "no stale rows of the old version"
+    assert rows(suite, pipeline, paths["notes.txt"].as_posix()) == set(), "a deleted file has no rows"
+    for name in ("guide.md", "page.html", "glaciers.pdf"):
+        assert rows(suite, pipeline, paths[name].as_posix()) == expected[name]
+    assert str(paths["orbit.py"]) in search_paths(
+        suite, pipeline, "Kepler's third law orbital period", "-k", "3"
+    )
+
+
+def test_recall_at_5_on_the_standard_library(suite: Suite, tmp_path: Path) -> None:
+    queries = corpus.load_queries(QUERIES)
+    files = corpus.choose_stdlib_corpus(
+        corpus.stdlib_files(),
+        token_budget=0,
+        must_include=[m for q in queries for m in q.relevant],
+    )
+    distractors = [
+        f for f in corpus.stdlib_files() if "/" not in f.relative and f not in files and f.tokens < 6000
+    ][:40]
+    root = corpus.materialize(
+        [*files, *distractors], corpus.stdlib_dir(), tmp_path / "corpus", max_lines=CORPUS_LINES
+    )
+    pipeline = f"recall-{uuid.uuid4().hex[:6]}"
+    create(suite, pipeline)
+    add(suite, pipeline, root)
+    ranked = {}
+    prefix = root.as_posix() + "/"
+    for query in queries:
+        found = search_paths(suite, pipeline, query.query, "-k", "5")
+        ranked[query.query] = [path.removeprefix(prefix) for path in found]
+    recall, missed = corpus.recall_at_k(queries, ranked, k=5)
+    assert recall >= MIN_RECALL, (recall, [(q.query, ranked[q.query]) for q in missed])
