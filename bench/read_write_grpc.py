@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import shutil
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grpc import aio
+from read_write import Workload
 from staging import Stack, create_pipeline, running_stack
 
 from hevlayer.api.document.v1 import document_pb2
@@ -47,49 +47,13 @@ from hevlayer.common.channels import create_channel
 from hevlayer.gateway.chunkstore import Backing, open_s3_client
 from hevlayer.gateway.convert import python_to_struct
 from hevlayer.gateway.settings import S3Settings
-from hevlayer.gateway.sinks import DistanceMetric, JSONValue, Row
+from hevlayer.gateway.sinks import DistanceMetric
 from hevlayer.gateway.sinks.base import NamespaceSpec, prepare_documents
 
 WORKER = "bench-worker"
 METRIC = DistanceMetric.COSINE_DISTANCE
 CLAIM_STAGE = "embedding"
 READ_WINDOW = 100
-
-
-@dataclass(frozen=True)
-class Workload:
-    """The rows written: ``batches`` of ``{document_id: rows}`` (random unit vectors,
-    a ~150-byte ``text`` attribute and a ``page`` number), as ``bench/read_write.py``."""
-
-    dimension: int
-    batches: list[dict[str, list[Row]]]
-
-    @property
-    def vectors(self) -> int:
-        """Number of vectors."""
-        return sum(len(rows) for batch in self.batches for rows in batch.values())
-
-    @classmethod
-    def generate(cls, docs: int, chunks: int, dimension: int, batch_docs: int, seed: int = 7) -> Workload:
-        """Deterministic workload."""
-        rng = random.Random(seed)
-        text = "lorem ipsum dolor sit amet " * 8
-        documents: dict[str, list[Row]] = {}
-        for d in range(docs):
-            document_id = f"doc-{d:07d}"
-            rows = []
-            for c in range(chunks):
-                vector = [rng.gauss(0.0, 1.0) for _ in range(dimension)]
-                norm = sum(x * x for x in vector) ** 0.5 or 1.0
-                attributes: dict[str, JSONValue] = {"text": text[: 150 + c], "page": c}
-                rows.append(Row(f"{document_id}-{c}", [x / norm for x in vector], attributes))
-            documents[document_id] = rows
-        ids = list(documents)
-        batches = [
-            {document_id: documents[document_id] for document_id in ids[start : start + batch_docs]}
-            for start in range(0, len(ids), batch_docs)
-        ]
-        return cls(dimension, batches)
 
 
 @dataclass(frozen=True)
