@@ -93,7 +93,6 @@ class ServiceApp:
         self.stopping = asyncio.Event()
         self.health = health.aio.HealthServicer()
         self._service_names: list[str] = []
-        self._published: list[str] = []
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._routes: list[web.RouteDef] = []
@@ -119,11 +118,6 @@ class ServiceApp:
         ``add_XServicer_to_server``) under ``full_name`` for health and reflection."""
         register(servicer, self.server)
         self._service_names.append(full_name)
-
-    def publish(self, full_name: str) -> None:
-        """List a service in reflection before its handlers exist here (its
-        calls answer UNIMPLEMENTED); health does not report it."""
-        self._published.append(full_name)
 
     def add_routes(self, routes: list[web.RouteDef]) -> None:
         """Serve extra HTTP routes on the HTTP address."""
@@ -159,7 +153,7 @@ class ServiceApp:
         """Start hooks, then the gRPC and HTTP servers; mark every service SERVING."""
         names = [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection([*names, *self._published, reflection.SERVICE_NAME], self.server)
+        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self.server)
         await self.set_serving(self._serving_on_start)
         for hook in self._startup:
             await hook()
