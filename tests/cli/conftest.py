@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from foundation.conftest import start_claimer
+from foundation.conftest import start_claimer, start_gateway
 
 from hevlayer.devstack import SeaweedS3
-from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.processes import ServiceProcess
 
 
@@ -57,24 +56,16 @@ def start_cli_stack(
     gateway: ServiceProcess | None = None
     try:
         claimer.wait_ready(timeout=60)
-        address = f"127.0.0.1:{free_port()}"
-        gateway = ServiceProcess(
-            "hevlayer-gateway",
-            name="gateway",
-            env={
-                **s3_env,
-                "CLAIMER_ADDRESS": claimer_address,
-                "HEVLAYER_GRPC_ADDRESS": address,
-                "HEVLAYER_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
-                "HEVLAYER_LOG_FORMAT": "text",
-                "HEVLAYER_SHUTDOWN_GRACE_SECONDS": "5",
-                "GATEWAY_CACHE_DIR": str(tmp / "cache"),
-                "GATEWAY_MILVUS_LITE_PATH": str(tmp / "vectors.db"),
-                **(gateway_env or {}),
-            },
-            log_path=tmp / f"gateway-{uuid.uuid4().hex[:6]}.log",
-            grpc_address=address,
-        ).start()
+        gateway, address, _ = start_gateway(
+            claimer_address,
+            tmp,
+            tmp / "traces.jsonl",
+            HEVLAYER_LOG_FORMAT="text",
+            GATEWAY_CACHE_DIR=str(tmp / "cache"),
+            GATEWAY_MILVUS_LITE_PATH=str(tmp / "vectors.db"),
+            **s3_env,
+            **(gateway_env or {}),
+        )
         gateway.wait_ready(timeout=90)
     except BaseException:
         if gateway is not None:

@@ -52,8 +52,10 @@ def start_claimer(
     return proc, grpc_address, http_address
 
 
-def start_gateway(claimer_address: str, tmp: Path, traces: Path) -> tuple[ServiceProcess, str, str]:
-    """Start a gateway process in front of ``claimer_address``."""
+def start_gateway(
+    claimer_address: str, tmp: Path, traces: Path, **extra: str
+) -> tuple[ServiceProcess, str, str]:
+    """Start a gateway process in front of ``claimer_address`` (``extra`` env overrides)."""
     grpc_address = f"127.0.0.1:{free_port()}"
     http_address = f"127.0.0.1:{free_port()}"
     proc = ServiceProcess(
@@ -65,6 +67,7 @@ def start_gateway(claimer_address: str, tmp: Path, traces: Path) -> tuple[Servic
             "HEVLAYER_HTTP_ADDRESS": http_address,
             "HEVLAYER_TRACES_EXPORTER": f"file:{traces}",
             "HEVLAYER_SHUTDOWN_GRACE_SECONDS": "5",
+            **extra,
         },
         log_path=tmp / f"gateway-{uuid.uuid4().hex[:6]}.log",
         grpc_address=grpc_address,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from foundation.conftest import start_claimer
+from foundation.conftest import start_claimer, start_gateway
 from grpc import aio
 
 from hevlayer.common.channels import create_channel
@@ -126,29 +126,6 @@ class GatewayStack:
             proc.stop(grace=10)
 
 
-def start_gateway_process(
-    claimer_address: str, tmp: Path, env: dict[str, str]
-) -> tuple[ServiceProcess, str, str]:
-    """Start a gateway in front of ``claimer_address`` with ``env``."""
-    grpc_address = f"127.0.0.1:{free_port()}"
-    http_address = f"127.0.0.1:{free_port()}"
-    proc = ServiceProcess(
-        "hevlayer-gateway",
-        name="gateway",
-        env={
-            "CLAIMER_ADDRESS": claimer_address,
-            "HEVLAYER_GRPC_ADDRESS": grpc_address,
-            "HEVLAYER_HTTP_ADDRESS": http_address,
-            "HEVLAYER_SHUTDOWN_GRACE_SECONDS": "5",
-            "HEVLAYER_LOG_FORMAT": "text",
-            **env,
-        },
-        log_path=tmp / f"gateway-{uuid.uuid4().hex[:6]}.log",
-        grpc_address=grpc_address,
-    ).start()
-    return proc, grpc_address, http_address
-
-
 def start_stack(
     database_url: str, s3: SeaweedS3, tmp: Path, gateway_env: dict[str, str] | None = None
 ) -> GatewayStack:
@@ -170,7 +147,9 @@ def start_stack(
             "GATEWAY_ORPHAN_RETRY_SECONDS": "1",
             **(gateway_env or {}),
         }
-        gateway, gateway_address, gateway_http = start_gateway_process(claimer_address, tmp, env)
+        gateway, gateway_address, gateway_http = start_gateway(
+            claimer_address, tmp, traces, HEVLAYER_LOG_FORMAT="text", **env
+        )
         gateway.wait_ready(timeout=60)
     except BaseException:
         if gateway is not None:

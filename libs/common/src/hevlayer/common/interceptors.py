@@ -241,45 +241,43 @@ class _ClientTracing:
         finally:
             otel_context.detach(token)
 
+    async def _traced(self, continuation: Any, details: Any, request: Any) -> Any:
+        """Start the call under a CLIENT span that ends with the call's status.
+
+        grpc.aio files each interceptor under one call kind only, hence one
+        class per kind below, all sharing this body."""
+        span, details = self._start(details)
+        call = await continuation(details, request)
+        _end_span_when_done(span, call)
+        return call
+
 
 class UnaryUnaryTracing(_ClientTracing, aio.UnaryUnaryClientInterceptor):
     """CLIENT span + trace context for unary calls."""
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        span, details = self._start(details)
-        call = await continuation(details, request)
-        _end_span_when_done(span, call)
-        return call
+        return await self._traced(continuation, details, request)
 
 
 class UnaryStreamTracing(_ClientTracing, aio.UnaryStreamClientInterceptor):
     """CLIENT span + trace context for server-streaming calls."""
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        span, details = self._start(details)
-        call = await continuation(details, request)
-        _end_span_when_done(span, call)
-        return call
+        return await self._traced(continuation, details, request)
 
 
 class StreamUnaryTracing(_ClientTracing, aio.StreamUnaryClientInterceptor):
     """CLIENT span + trace context for client-streaming calls."""
 
     async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        span, details = self._start(details)
-        call = await continuation(details, request_iterator)
-        _end_span_when_done(span, call)
-        return call
+        return await self._traced(continuation, details, request_iterator)
 
 
 class StreamStreamTracing(_ClientTracing, aio.StreamStreamClientInterceptor):
     """CLIENT span + trace context for bidirectional calls."""
 
     async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        span, details = self._start(details)
-        call = await continuation(details, request_iterator)
-        _end_span_when_done(span, call)
-        return call
+        return await self._traced(continuation, details, request_iterator)
 
 
 def client_interceptors() -> list[aio.ClientInterceptor]:
