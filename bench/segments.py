@@ -8,7 +8,9 @@ forwards byte for byte):
 1. ``--ids`` ids (default 1,000,000) are streamed to ``EnqueueIds`` (10,000 per
    message) into a ``segment`` pipeline;
 2. ``--workers`` worker processes claim (``--batch`` = 10,000 per claim, one
-   whole segment) and transition every id to ``indexed``.
+   whole segment) and transition every id to ``indexed``: by lease token
+   (``TransitionDocuments.segment_leases``, no per-id message), or with
+   ``--per-document`` one ``LeaseRef`` per id.
 
 A sampler counts the pipeline's PostgreSQL rows (queue_segments + documents
 + segment_garbage) throughout; the peak must stay <= 110. At the end the
@@ -30,6 +32,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from claims import create_pipeline, run_workers, start_process
@@ -82,11 +85,84 @@ async def count_rows(dsn: str, pipeline_id: str, stop: asyncio.Event) -> int:
     return peak
 
 
+def lease_worker(address: str, pipeline_id: str, worker: str, batch: int, ready: Any, out: Any) -> None:
+    """Claim, then complete whole segment leases by token (``segment_leases``); leases
+    the claimer does not hold as segment leases (document rows) go through ``documents``."""
+
+    async def main() -> tuple[int, list[float]]:
+        from grpc import aio
+
+        from hevlayer.api.document.v1 import document_pb2
+        from hevlayer.api.lease.v1 import lease_pb2 as lpb
+        from hevlayer.api.lease.v1 import lease_pb2_grpc
+
+        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        done = 0
+        latencies: list[float] = []
+        async with aio.insecure_channel(address, options=options) as channel:
+            stub = lease_pb2_grpc.LeaseServiceStub(channel)
+            claim = lpb.ClaimDocumentsRequest(
+                pipeline_id=pipeline_id,
+                stage="pending",
+                claim_stage="embedding",
+                limit=batch,
+                worker_id=worker,
+            )
+            await channel.channel_ready()
+            await asyncio.to_thread(ready.wait)
+            empty = 0
+            while empty < 2:
+                started = time.perf_counter()
+                claimed = await stub.ClaimDocuments(claim)
+                latencies.append(time.perf_counter() - started)
+                if not claimed.leases:
+                    empty += 1
+                    continue
+                empty = 0
+                tokens = list(dict.fromkeys(lease.fencing_token for lease in claimed.leases))
+                result = await stub.TransitionDocuments(
+                    lpb.TransitionDocumentsRequest(
+                        pipeline_id=pipeline_id,
+                        from_stage="embedding",
+                        worker_id=worker,
+                        to_stage="indexed",
+                        segment_leases=tokens,
+                    )
+                )
+                moved = sum(r.moved for r in result.segment_lease_results)
+                rows = {r.fencing_token for r in result.segment_lease_results if not r.moved}
+                if rows:
+                    refs = [
+                        document_pb2.LeaseRef(
+                            document_id=lease.document_id, fencing_token=lease.fencing_token
+                        )
+                        for lease in claimed.leases
+                        if lease.fencing_token in rows
+                    ]
+                    per_document = await stub.TransitionDocuments(
+                        lpb.TransitionDocumentsRequest(
+                            pipeline_id=pipeline_id,
+                            from_stage="embedding",
+                            worker_id=worker,
+                            to_stage="indexed",
+                            documents=refs,
+                        )
+                    )
+                    moved += sum(1 for r in per_document.results if r.outcome == lpb.TRANSITION_OUTCOME_MOVED)
+                assert moved == len(claimed.leases), (moved, len(claimed.leases))
+                done += moved
+        return done, latencies
+
+    out.put(asyncio.run(main()))
+
+
 def run_phase(
-    address: str, dsn: str, backend: str, count: int, workers: int, batch: int
+    address: str, dsn: str, backend: str, count: int, workers: int, batch: int, *, per_document: bool = False
 ) -> tuple[float, float, float, int]:
     """Enqueue, then claim and complete; return (total s, enqueue s, drain s, peak rows)."""
     from claims import grpc_worker
+
+    worker_body = grpc_worker if per_document or backend == "row" else lease_worker
 
     pipeline_id = f"seg-{backend}-{uuid.uuid4().hex[:6]}"
     asyncio.run(create_pipeline(address, pipeline_id, backend))
@@ -105,7 +181,7 @@ def run_phase(
         future = loop.run_in_executor(
             None,
             lambda: run_workers(
-                grpc_worker, [(address, pipeline_id, f"w{n}", batch) for n in range(workers)]
+                worker_body, [(address, pipeline_id, f"w{n}", batch) for n in range(workers)]
             ),
         )
         drain_seconds, done, _ = loop.run_until_complete(future)
@@ -143,6 +219,11 @@ def main() -> None:
     parser.add_argument("--row-ids", type=int, default=200_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument(
+        "--per-document",
+        action="store_true",
+        help="complete segment ids one LeaseRef each (TransitionDocuments.documents), not by lease token",
+    )
     args = parser.parse_args()
 
     logs = Path(tempfile.mkdtemp(prefix="hevlayer-bench-segments-"))
@@ -165,7 +246,7 @@ def main() -> None:
         )
         try:
             seg_total, seg_enqueue, seg_drain, seg_peak = run_phase(
-                address, dsn, "segment", args.ids, args.workers, args.batch
+                address, dsn, "segment", args.ids, args.workers, args.batch, per_document=args.per_document
             )
             leftovers = asyncio.run(leftover_objects(s3, bucket))
             row_total, row_enqueue, row_drain, row_peak = run_phase(
@@ -177,8 +258,9 @@ def main() -> None:
 
     seg_rate = args.ids / seg_total
     row_rate = args.row_ids / row_total
+    mode = "one LeaseRef per id" if args.per_document else "whole segment leases by token"
     print(
-        f"segment backend: {args.ids:,} ids in {seg_total:.2f} s = {seg_rate:,.0f} ids/s "
+        f"segment backend ({mode}): {args.ids:,} ids in {seg_total:.2f} s = {seg_rate:,.0f} ids/s "
         f"(enqueue {seg_enqueue:.2f} s = {args.ids / seg_enqueue:,.0f} ids/s; claim+complete "
         f"{seg_drain:.2f} s = {args.ids / seg_drain:,.0f} ids/s); peak PostgreSQL rows {seg_peak} "
         f"(goal <= 110); S3 objects left {len(leftovers)}"

@@ -325,9 +325,12 @@ async def test_enqueue_ids_into_segments(channel: aio.Channel) -> None:
         )
     )
     assert sorted(x.document_id for x in claimed.leases) == sorted(ids)
+    tokens = list(dict.fromkeys(x.fencing_token for x in claimed.leases))
+    assert len(tokens) == 3  # one lease per segment
     refs = [
         document_pb2.LeaseRef(document_id=x.document_id, fencing_token=x.fencing_token)
         for x in claimed.leases
+        if x.fencing_token == tokens[0]
     ]
     moved = await stub.TransitionDocuments(
         lpb.TransitionDocumentsRequest(
@@ -335,6 +338,42 @@ async def test_enqueue_ids_into_segments(channel: aio.Channel) -> None:
         )
     )
     assert {r.outcome for r in moved.results} == {lpb.TRANSITION_OUTCOME_MOVED}
+
+    # the other two leases whole, by token
+    for bad, field in (
+        (lpb.TransitionDocumentsRequest(documents=refs[:1], segment_leases=tokens[1:]), "segment_leases"),
+        (lpb.TransitionDocumentsRequest(segment_leases=[tokens[1], 0]), "segment_leases[1]"),
+    ):
+        bad.MergeFrom(
+            lpb.TransitionDocumentsRequest(
+                pipeline_id=pid, from_stage="embedding", worker_id="w", to_stage="indexed"
+            )
+        )
+        with pytest.raises(aio.AioRpcError) as caught:
+            await stub.TransitionDocuments(bad)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(caught.value) == [field]
+    whole = await stub.TransitionDocuments(
+        lpb.TransitionDocumentsRequest(
+            pipeline_id=pid,
+            segment_leases=[*tokens[1:], tokens[0]],
+            from_stage="embedding",
+            worker_id="w",
+            to_stage="indexed",
+        )
+    )
+    assert not whole.results
+    assert [(r.fencing_token, r.outcome) for r in whole.segment_lease_results] == [
+        (tokens[1], lpb.TRANSITION_OUTCOME_MOVED),
+        (tokens[2], lpb.TRANSITION_OUTCOME_MOVED),
+        (tokens[0], lpb.TRANSITION_OUTCOME_NOT_HELD),
+    ]
+    assert sum(r.moved for r in whole.segment_lease_results) == 25 - len(refs)
+    assert (
+        whole.segment_lease_results[0].new_fencing_token == whole.segment_lease_results[1].new_fencing_token
+    )
+    assert whole.segment_lease_results[2].new_fencing_token == 0
+    assert dict((await status(channel, pid)).counts) == {"indexed": 25}
     deleted = await pipeline_pb2_grpc.PipelineServiceStub(channel).DeletePipeline(
         ppb.DeletePipelineRequest(pipeline_id=pid)
     )

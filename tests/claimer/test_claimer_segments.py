@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from claimer.support import Stores, counters, full_count, new_pipeline, stage
 
-from hevlayer.claimer.documents import EnqueueBatch
+from hevlayer.claimer.documents import EnqueueBatch, StagedRecord
 from hevlayer.claimer.leases import ClaimRequest, Outcome
 from hevlayer.claimer.manifests import decode_manifest, encode_manifest, segments_prefix
 
@@ -218,3 +218,109 @@ async def test_reclaimed_segment_completes_whole(seg_stores: Stores) -> None:
     assert moved.outcomes == [Outcome.MOVED] * 10 + [Outcome.NOT_HELD]
     assert await counters(stores.db, pid) == {"indexed": 20}
     assert await keys(stores, pid) == []
+
+
+async def test_staging_ends_segment_leases(seg_stores: Stores) -> None:
+    """The Object Lane: ids enqueued into ``extract``, claimed, then staged with
+    their lease tokens leave their segments (counted once, never claimed again)."""
+    stores = seg_stores
+    pid = await new_pipeline(stores, backend="segment")
+    ids = [f"s{i}" for i in range(14)]
+    await stores.documents.enqueue(batches(pid, ids, stage="extract", per_message=14))
+    assert await segment_rows(stores, pid) == 2
+    claimed = await stores.leases.claim(ClaimRequest(pid, "extract", "extracting", 12, "cpu"))
+    assert len(claimed) == 12  # one whole segment and a split of the other
+    assert len(set(claimed.fencing_tokens)) == 2
+    token = dict(zip(claimed.document_ids, claimed.fencing_tokens, strict=True))
+    first = [doc for doc in claimed.document_ids if token[doc] == claimed.fencing_tokens[0]]
+    second = [doc for doc in claimed.document_ids if token[doc] != claimed.fencing_tokens[0]]
+
+    def records(names: Sequence[str], *, with_tokens: bool = True) -> list[StagedRecord]:
+        return [
+            StagedRecord(doc, f"h-{doc}", f"s3://b/{doc}", 1, token[doc] if with_tokens else 0)
+            for doc in names
+        ]
+
+    # part of the first segment, then the rest of it and the other segment's ids in one batch
+    await stores.documents.record_staged(pid, records(first[:4]))
+    assert await counters(stores.db, pid) == {"extract": 2, "extracting": 8, "pending": 4}
+    assert await counters(stores.db, pid) == await full_count(stores.db, pid)
+    await stores.documents.record_staged(pid, records(first[4:] + second))
+    assert await counters(stores.db, pid) == {"extract": 2, "pending": 12}
+    assert await counters(stores.db, pid) == await full_count(stores.db, pid)
+    assert await segment_rows(stores, pid) == 1  # only the unclaimed half is left
+    assert len(await keys(stores, pid)) == 1
+
+    # a token that names no current lease (its lease already ended) is ignored
+    again = await stores.documents.record_staged(pid, records(first[:2]), skip_unchanged=True)
+    assert [r.unchanged for r in again.results] == [True, True]
+    assert await counters(stores.db, pid) == {"extract": 2, "pending": 12}
+
+    rest = await stores.leases.claim(ClaimRequest(pid, "extract", "extracting", 10, "cpu"))
+    token.update(zip(rest.document_ids, rest.fencing_tokens, strict=True))
+    assert sorted(rest.document_ids + claimed.document_ids) == sorted(ids)
+    # staged without its token: the row is pending, and the claimed slot stays until it is ended
+    await stores.documents.record_staged(pid, records(rest.document_ids[:1], with_tokens=False))
+    assert await counters(stores.db, pid) == {"extracting": 2, "pending": 13}
+    # an unchanged document staged with its token still ends its lease
+    await stores.documents.record_staged(pid, records(rest.document_ids), skip_unchanged=True)
+    assert await counters(stores.db, pid) == {"pending": 14} == await full_count(stores.db, pid)
+    assert await segment_rows(stores, pid) == 0
+    assert await keys(stores, pid) == []
+    embed = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 100, "gpu"))
+    assert sorted(embed.document_ids) == sorted(ids)
+
+
+async def test_whole_segment_leases_move_by_token(seg_stores: Stores) -> None:
+    """TransitionDocuments.segment_leases: one token moves every id still held under it."""
+    stores = seg_stores
+    pid = await new_pipeline(stores, backend="segment", lease_seconds=10)
+    ids = [f"t{i:02d}" for i in range(30)]
+    await stores.documents.enqueue(batches(pid, ids, per_message=30))
+    claimed = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 25, "w1"))
+    tokens = list(dict.fromkeys(claimed.fencing_tokens))
+    assert len(tokens) == 3  # two whole segments and a split of the third
+    first = [d for d, t in zip(claimed.document_ids, claimed.fencing_tokens, strict=True) if t == tokens[0]]
+
+    # one id of the first lease moved on its own; the lease then moves the other nine
+    one = await stores.leases.transition(pid, "embedding", "w1", "indexed", first[:1], [tokens[0]] * 1)
+    assert one.outcomes == [Outcome.MOVED]
+    # another worker, the wrong stage, a made-up token and a repeated token move nothing
+    assert (
+        await stores.leases.transition_segment_leases(pid, "embedding", "w2", "indexed", tokens)
+    ).moved == [
+        0,
+        0,
+        0,
+    ]
+    assert (await stores.leases.transition_segment_leases(pid, "other", "w1", "indexed", tokens)).moved == [
+        0
+    ] * 3
+    result = await stores.leases.transition_segment_leases(
+        pid, "embedding", "w1", "indexed", [tokens[0], 999_999_999, tokens[1], tokens[0]]
+    )
+    assert result.moved == [9, 0, 10, 0]
+    assert result.new_fencing_token > max(tokens)
+    assert await counters(stores.db, pid) == {"pending": 5, "embedding": 5, "indexed": 20}
+    assert await counters(stores.db, pid) == await full_count(stores.db, pid, {"indexed": 20})
+
+    # to a worker stage: a new queued segment holding exactly the lease's ids
+    onward = await stores.leases.transition_segment_leases(pid, "embedding", "w1", "review", [tokens[2]])
+    assert onward.moved == [5]
+    review = await stores.leases.claim(ClaimRequest(pid, "review", "reviewing", 100, "w3"))
+    split = [d for d, t in zip(claimed.document_ids, claimed.fencing_tokens, strict=True) if t == tokens[2]]
+    assert sorted(review.document_ids) == sorted(split)
+    failed = await stores.leases.transition_segment_leases(
+        pid, "reviewing", "w3", "failed", review.fencing_tokens[:1], "bad batch"
+    )
+    assert failed.moved == [5]
+    assert (await stores.documents.describe(pid, split[0])).last_error == "bad batch"
+
+    # an expired lease is not held any more
+    rest = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 100, "w1"))
+    stores.clock.advance(11)
+    late = await stores.leases.transition_segment_leases(
+        pid, "embedding", "w1", "indexed", rest.fencing_tokens[:1]
+    )
+    assert late.moved == [0] and late.new_fencing_token == 0
+    assert await counters(stores.db, pid) == {"embedding": 5, "indexed": 20, "failed": 5}

@@ -25,6 +25,7 @@ from gateway.helpers import (
 from grpc import aio
 
 from hevlayer.api.document.v1 import document_pb2
+from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2 as st
 from hevlayer.api.staging.v1 import staging_pb2_grpc
@@ -341,3 +342,69 @@ def test_documents_proto_paths_match_the_api() -> None:
     assert "documents" in request.DESCRIPTOR.fields_by_name
     assert {"id", "chunks", "content_hash"} <= set(document_pb2.Document.DESCRIPTOR.fields_by_name)
     assert {"id", "text", "metadata"} <= set(document_pb2.Chunk.DESCRIPTOR.fields_by_name)
+
+
+async def test_staging_with_leases_ends_segment_claims(
+    channel: aio.Channel, gateway_stack: GatewayStack
+) -> None:
+    """A CPU worker's loop over the segmented queue: enqueue ids into ``extract``,
+    claim them, stage their chunks with the claims' tokens; every id is counted
+    once (pending), none is left in the claim stage or claimed again."""
+    pid = await create_pipeline(channel, queue_backend=pipeline_pb2.QUEUE_BACKEND_SEGMENT)
+    staging = staging_pb2_grpc.StagingServiceStub(channel)
+    leases_stub = lease_pb2_grpc.LeaseServiceStub(channel)
+    pipelines = pipeline_pb2_grpc.PipelineServiceStub(channel)
+    ids = [f"obj-{i}" for i in range(5)]
+
+    async def enqueue() -> AsyncIterator[st.EnqueueDocumentsRequest]:
+        yield st.EnqueueDocumentsRequest(
+            pipeline_id=pid, stage="extract", documents=[st.EnqueuedDocument(document_id=d) for d in ids]
+        )
+
+    assert (await staging.EnqueueDocuments(enqueue())).enqueued == 5
+    claimed = await leases_stub.ClaimDocuments(
+        lease_pb2.ClaimDocumentsRequest(
+            pipeline_id=pid, stage="extract", claim_stage="extracting", limit=10, worker_id="cpu-1"
+        )
+    )
+    tokens = {lease.document_id: lease.fencing_token for lease in claimed.leases}
+    assert sorted(tokens) == ids
+
+    async def one(request: st.StageDocumentsRequest) -> list[st.StageResult]:
+        async def requests() -> AsyncIterator[st.StageDocumentsRequest]:
+            yield request
+
+        results: list[st.StageResult] = []
+        async for response in staging.StageDocuments(requests()):
+            results.extend(response.results)
+        return results
+
+    def refs(pairs: list[tuple[str, int]]) -> list[document_pb2.LeaseRef]:
+        return [document_pb2.LeaseRef(document_id=d, fencing_token=t) for d, t in pairs]
+
+    # a lease naming a document outside the message, twice, or with no token: nothing is staged
+    for bad, field in (
+        ([("elsewhere", 7)], "leases[0].document_id"),
+        ([(ids[0], tokens[ids[0]]), (ids[0], tokens[ids[0]])], "leases[1].document_id"),
+        ([(ids[0], 0)], "leases[0].fencing_token"),
+    ):
+        with pytest.raises(aio.AioRpcError) as caught:
+            await one(
+                st.StageDocumentsRequest(pipeline_id=pid, documents=[document(ids[0])], leases=refs(bad))
+            )
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(caught.value) == [field]
+    assert pack_keys(gateway_stack.s3, gateway_stack.bucket, pid) == []
+
+    docs = [document(d) for d in ids]
+    docs[4].chunks.add(id=docs[4].chunks[0].id, text="a duplicate chunk id: this document is rejected")
+    results = await one(
+        st.StageDocumentsRequest(pipeline_id=pid, documents=docs, leases=refs(sorted(tokens.items())))
+    )
+    assert [r.outcome for r in results] == [STAGED] * 4 + [REJECTED]
+    status = await pipelines.GetPipelineStatus(pipeline_pb2.GetPipelineStatusRequest(pipeline_id=pid))
+    counts = {stage: n for stage, n in status.status.counts.items() if n}
+    # the rejected document keeps its claim (its worker fails or releases it)
+    assert counts == {"pending": 4, "extracting": 1}
+    embedding = await claim(channel, pid, limit=100)
+    assert sorted(embedding) == ids[:4]

@@ -70,6 +70,8 @@ class StagedRecord:
     content_hash: str = ""
     backing: str = ""
     chunk_count: int = 0
+    lease_token: int = 0
+    """A lease the stager holds on the document (0: none); staging ends it."""
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,9 @@ class DocumentStore:
     ) -> StagedBatch:
         """Make each document pending with a new token and its backing (atomic);
         with ``skip_unchanged`` a document whose stored hash equals the
-        record's (and that is not failed) is left as it is."""
+        record's (and that is not failed) is left as it is. A record's
+        ``lease_token`` ends that lease: an id leased from the segmented queue
+        leaves its segment (see :meth:`SegmentQueue.release_staged`)."""
         v.batch_size(len(records), "records")
         seen: set[str] = set()
         for i, record in enumerate(records):
@@ -270,6 +274,11 @@ class DocumentStore:
                 [r.backing for r in todo],
                 [previous[r.document_id]["backing"] for r in todo if r.document_id in previous],
             )
+            leased = [r for r in records if r.lease_token > 0]
+            if leased and self._segments is not None:
+                await self._segments.release_staged(
+                    conn, work, cfg.id, [r.document_id for r in leased], [r.lease_token for r in leased]
+                )
             results = [
                 StagedResult(doc, int(previous[doc]["fencing_token"]), "", unchanged=True)
                 if doc in unchanged

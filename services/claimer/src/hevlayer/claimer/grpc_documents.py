@@ -43,7 +43,10 @@ class DocumentStateServicer(document_state_pb2_grpc.DocumentStateServiceServicer
     ) -> pb.RecordStagedResponse:
         batch = await self._documents.record_staged(
             request.pipeline_id,
-            [StagedRecord(r.document_id, r.content_hash, r.backing, r.chunk_count) for r in request.records],
+            [
+                StagedRecord(r.document_id, r.content_hash, r.backing, r.chunk_count, r.lease_token)
+                for r in request.records
+            ],
             skip_unchanged=request.skip_unchanged,
         )
         return pb.RecordStagedResponse(

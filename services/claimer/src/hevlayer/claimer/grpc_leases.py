@@ -80,6 +80,29 @@ class LeaseServicer(lease_pb2_grpc.LeaseServiceServicer):
     async def TransitionDocuments(
         self, request: pb.TransitionDocumentsRequest, context: aio.ServicerContext
     ) -> pb.TransitionDocumentsResponse:
+        if request.segment_leases:
+            if request.documents:
+                raise InvalidArgument.field("segment_leases", "cannot be combined with documents")
+            tokens = list(request.segment_leases)
+            moved = await self._store.transition_segment_leases(
+                request.pipeline_id,
+                request.from_stage,
+                request.worker_id,
+                request.to_stage,
+                tokens,
+                request.reason,
+            )
+            return pb.TransitionDocumentsResponse(
+                segment_lease_results=[
+                    pb.SegmentLeaseResult(
+                        fencing_token=token,
+                        outcome=pb.TRANSITION_OUTCOME_MOVED if count else pb.TRANSITION_OUTCOME_NOT_HELD,
+                        moved=count,
+                        new_fencing_token=moved.new_fencing_token if count else 0,
+                    )
+                    for token, count in zip(tokens, moved.moved, strict=True)
+                ]
+            )
         ids = [ref.document_id for ref in request.documents]
         tokens = [ref.fencing_token for ref in request.documents]
         result = await self._store.transition(

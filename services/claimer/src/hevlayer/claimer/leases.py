@@ -223,6 +223,14 @@ class TransitionResult:
 
 
 @dataclass
+class SegmentLeaseTransition:
+    """Per requested segment lease: ids moved (0: not held); the moved ids' new token."""
+
+    moved: list[int]
+    new_fencing_token: int
+
+
+@dataclass
 class LeaseCheck:
     """Per requested lease (see LeaseCheck in the claimer API)."""
 
@@ -462,6 +470,46 @@ class LeaseStore:
 
         result = await run(self._db, self._segments, body)
         metrics.observe_transition(pipeline_id, to_stage, result.outcomes)
+        return result
+
+    async def transition_segment_leases(
+        self,
+        pipeline_id: str,
+        from_stage: str,
+        worker_id: str,
+        to_stage: str,
+        tokens: Sequence[int],
+        reason: str = "",
+    ) -> SegmentLeaseTransition:
+        """Move whole segment leases the worker holds in from_stage (every id still held
+        under each token) to to_stage, atomically; per token, how many ids moved."""
+        v.worker_stage(from_stage, "from_stage")
+        v.worker_id(worker_id)
+        v.stage_name(to_stage, "to_stage")
+        if to_stage == from_stage:
+            raise InvalidArgument.field("to_stage", "must differ from from_stage")
+        v.max_bytes(reason, v.MAX_REASON_BYTES, "reason")
+        v.batch_size(len(tokens), "segment_leases")
+        for i, token in enumerate(tokens):
+            if token <= 0:
+                raise InvalidArgument.field(f"segment_leases[{i}]", "must be a fencing token (> 0)")
+        if to_stage == v.FAILED and not reason:
+            reason = f"marked failed by worker {worker_id}"
+
+        async def body(conn: asyncpg.Connection, work: Work) -> SegmentLeaseTransition:
+            cfg = await pipeline_config(conn, pipeline_id)
+            segments = self._segment_queue(cfg)
+            if segments is None or not tokens:
+                return SegmentLeaseTransition([0] * len(tokens), 0)
+            now = self.clock()
+            moves, moved = await segments.prepare_lease_transition(
+                conn, work, cfg, from_stage, worker_id, to_stage, now, tokens
+            )
+            await segments.apply_transition(conn, work, cfg, to_stage, reason, now, moves)
+            return SegmentLeaseTransition(moved, moves.new_token if moves.count else 0)
+
+        result = await run(self._db, self._segments, body)
+        metrics.observe_segment_lease_transition(pipeline_id, to_stage, result.moved)
         return result
 
     async def _not_moved(

@@ -90,6 +90,17 @@ def observe_transition(pipeline_id: str, to_stage: str, outcomes: Sequence[Outco
         TRANSITIONS.labels(pipeline_id, target, outcome.name.lower()).inc(count)
 
 
+def observe_segment_lease_transition(pipeline_id: str, to_stage: str, moved: Sequence[int]) -> None:
+    """Record a transition of whole segment leases: ids moved, and leases not held."""
+    target = to_stage if to_stage in ("pending", "indexed", "failed") else "stage"
+    total = sum(moved)
+    if total:
+        TRANSITIONS.labels(pipeline_id, target, "moved").inc(total)
+    not_held = sum(1 for count in moved if not count)
+    if not_held:
+        TRANSITIONS.labels(pipeline_id, target, "not_held").inc(not_held)
+
+
 class StageCountCollector(Collector):
     """``layer_pipeline_stage_count`` from a snapshot of the counter table."""
 

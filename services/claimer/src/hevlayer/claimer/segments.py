@@ -173,6 +173,8 @@ class SegmentMoves:
     moved_hashes: list[str] = field(default_factory=list)
     new_segment: tuple[int, str] | None = None
     new_token: int = 0
+    count: int = 0
+    """Ids moved (``moved_ids`` may stay empty when only the count matters: to indexed)."""
 
 
 class SegmentQueue:
@@ -625,13 +627,63 @@ class SegmentQueue:
             manifest = await self.cache.get(moves.segments[segment_id].manifest_key)
             moves.moved_ids.extend(manifest.ids[p] for p in moving)
             moves.moved_hashes.extend(manifest.hash_at(p) for p in moving)
+        moves.count = len(moves.moved_ids)
+        await self._destination(conn, work, cfg, to_stage, moves)
+        return moves
+
+    async def _destination(
+        self, conn: asyncpg.Connection, work: Work, cfg: PipelineConfig, to_stage: str, moves: SegmentMoves
+    ) -> None:
+        """The moved ids' new token, and the manifest of their new segment when they go
+        to pending or a worker stage."""
         moves.new_token = int(await conn.fetchval("SELECT nextval('fencing_token_seq')"))
         if to_stage not in (INDEXED, FAILED):
             (segment_id,) = await self.new_segment_ids(conn, 1)
             hashes = moves.moved_hashes if any(moves.moved_hashes) else None
             key = await self.write_manifest(work, cfg.id, segment_id, moves.moved_ids, hashes)
             moves.new_segment = (segment_id, key)
-        return moves
+
+    async def prepare_lease_transition(
+        self,
+        conn: asyncpg.Connection,
+        work: Work,
+        cfg: PipelineConfig,
+        from_stage: str,
+        worker_id: str,
+        to_stage: str,
+        now: datetime,
+        tokens: Sequence[int],
+    ) -> tuple[SegmentMoves, list[int]]:
+        """Whole segment leases: lock the segments the tokens name; every remaining id
+        of each one the worker holds in ``from_stage`` moves. Returns the moves and, per
+        token, how many ids move (0: not held, or named before). Manifests are read
+        only when the ids go somewhere other than indexed."""
+        moves = SegmentMoves()
+        segments = await self.by_tokens(conn, cfg.id, tokens, lock=True)
+        moved: list[int] = []
+        for token in tokens:
+            segment = segments.get(token)
+            if (
+                segment is None
+                or segment.segment_id in moves.segments
+                or not segment.held_by(from_stage, worker_id, now)
+            ):
+                moved.append(0)
+                continue
+            positions = remaining_positions(segment.done, segment.id_count)
+            moves.per_segment[segment.segment_id] = positions
+            moves.segments[segment.segment_id] = segment
+            moved.append(len(positions))
+        if not moves.segments:
+            return moves, moved
+        if to_stage != INDEXED:
+            for segment_id, positions in moves.per_segment.items():
+                manifest = await self.cache.get(moves.segments[segment_id].manifest_key)
+                moves.moved_ids.extend(manifest.ids[p] for p in positions)
+                moves.moved_hashes.extend(manifest.hash_at(p) for p in positions)
+        moves.count = sum(moved)
+        await self._destination(conn, work, cfg, to_stage, moves)
+        return moves, moved
 
     async def apply_transition(
         self,
@@ -646,31 +698,8 @@ class SegmentQueue:
         """Write a prepared transition: bitmaps, completed segments, destination."""
         if not moves.segments:
             return
-        finished: list[Segment] = []
-        update_ids: list[int] = []
-        update_done: list[bytes] = []
-        update_remaining: list[int] = []
-        for segment_id, positions in moves.per_segment.items():
-            segment = moves.segments[segment_id]
-            remaining = segment.remaining - len(positions)
-            if remaining <= 0:
-                finished.append(segment)
-            else:
-                update_ids.append(segment_id)
-                update_done.append(mark_done(segment.done, segment.id_count, positions))
-                update_remaining.append(remaining)
-        if update_ids:
-            await conn.execute(
-                """UPDATE queue_segments AS s SET done = u.done, remaining = u.remaining
-                   FROM unnest($1::bigint[], $2::bytea[], $3::int[]) AS u(segment_id, done, remaining)
-                   WHERE s.segment_id = u.segment_id""",
-                update_ids,
-                update_done,
-                update_remaining,
-            )
-        if finished:
-            await self._drop(conn, work, finished)
-        count = len(moves.moved_ids)
+        await self._take_out(conn, work, moves.segments, moves.per_segment)
+        count = moves.count
         if to_stage == INDEXED:
             await conn.execute("SELECT bump_stage_count($1, 'indexed', $2)", cfg.id, count)
         elif to_stage == FAILED:
@@ -691,6 +720,75 @@ class SegmentQueue:
             await self.insert_segments(
                 conn, cfg.id, [(segment_id, to_stage, key, count, None, None, None, 0, 0)]
             )
+
+    async def _take_out(
+        self,
+        conn: asyncpg.Connection,
+        work: Work,
+        segments: dict[int, Segment],
+        per_segment: dict[int, list[int]],
+    ) -> None:
+        """Mark positions (not yet done, none twice) done in locked segments; a
+        segment left with nothing remaining is deleted with its manifest. The
+        stage counters follow ``remaining`` through the table's triggers."""
+        finished: list[Segment] = []
+        update_ids: list[int] = []
+        update_done: list[bytes] = []
+        update_remaining: list[int] = []
+        for segment_id, positions in per_segment.items():
+            segment = segments[segment_id]
+            remaining = segment.remaining - len(positions)
+            if remaining <= 0:
+                finished.append(segment)
+            else:
+                update_ids.append(segment_id)
+                update_done.append(mark_done(segment.done, segment.id_count, positions))
+                update_remaining.append(remaining)
+        if update_ids:
+            await conn.execute(
+                """UPDATE queue_segments AS s SET done = u.done, remaining = u.remaining
+                   FROM unnest($1::bigint[], $2::bytea[], $3::int[]) AS u(segment_id, done, remaining)
+                   WHERE s.segment_id = u.segment_id""",
+                update_ids,
+                update_done,
+                update_remaining,
+            )
+        if finished:
+            await self._drop(conn, work, finished)
+
+    async def release_staged(
+        self,
+        conn: asyncpg.Connection,
+        work: Work,
+        pipeline_id: str,
+        ids: Sequence[str],
+        tokens: Sequence[int],
+    ) -> int:
+        """Staging ended these leases: each id still remaining in the segment its
+        token names (whoever holds it now) leaves that segment, because the
+        id now has a document row. Returns how many ids left a segment."""
+        segments = await self.by_tokens(conn, pipeline_id, tokens, lock=True)
+        if not segments:
+            return 0
+        named_by_token: dict[int, set[str]] = {}
+        for doc, token in zip(ids, tokens, strict=True):
+            if token in segments:
+                named_by_token.setdefault(token, set()).add(doc)
+        per_segment: dict[int, list[int]] = {}
+        by_id: dict[int, Segment] = {}
+        for token, named in named_by_token.items():
+            segment = segments[token]
+            manifest = await self.cache.get(segment.manifest_key)
+            lookup = manifest.positions()
+            positions = sorted(
+                {lookup[doc] for doc in named if doc in lookup and not is_done(segment.done, lookup[doc])}
+            )
+            if positions:
+                per_segment[segment.segment_id] = positions
+                by_id[segment.segment_id] = segment
+        if per_segment:
+            await self._take_out(conn, work, by_id, per_segment)
+        return sum(len(p) for p in per_segment.values())
 
     async def extend(self, conn: asyncpg.Connection, segment_ids: Sequence[int], expires: datetime) -> None:
         """Extend the leases of locked, held segments."""

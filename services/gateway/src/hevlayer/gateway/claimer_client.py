@@ -73,6 +73,8 @@ class StagedRecord:
     content_hash: str
     backing: str
     chunk_count: int
+    lease_token: int = 0
+    """A lease the stager holds on the document (0: none); staging ends it."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,7 @@ class ClaimerClient:
                     content_hash=r.content_hash,
                     backing=r.backing,
                     chunk_count=r.chunk_count,
+                    lease_token=r.lease_token,
                 )
                 for r in records
             ],

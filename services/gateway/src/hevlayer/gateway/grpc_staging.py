@@ -54,7 +54,10 @@ class StagingServicer(staging_pb2_grpc.StagingServiceServicer):
         if not request.pipeline_id:
             raise InvalidArgument.field("pipeline_id", "is required")
         outcomes = await self.stager.stage(
-            request.pipeline_id, request.documents, skip_unchanged=request.skip_unchanged
+            request.pipeline_id,
+            request.documents,
+            skip_unchanged=request.skip_unchanged,
+            leases=[(lease.document_id, lease.fencing_token) for lease in request.leases],
         )
         response = staging_pb2.StageDocumentsResponse()
         for outcome in outcomes:

@@ -231,6 +231,32 @@ def validate_document(document: document_pb2.Document, limits: Limits) -> list[V
     return violations
 
 
+def lease_tokens(
+    documents: Sequence[document_pb2.Document], leases: Sequence[tuple[str, int]]
+) -> dict[str, int]:
+    """Document id -> token of the leases a StageDocuments message carries.
+
+    Each lease must name a document of the message, once, with a non-zero
+    token; otherwise the whole message is refused (INVALID_ARGUMENT naming
+    ``leases[i]``) before anything is stored.
+    """
+    if not leases:
+        return {}
+    names = {document.id for document in documents}
+    tokens: dict[str, int] = {}
+    for i, (document_id, token) in enumerate(leases):
+        if document_id not in names:
+            raise InvalidArgument.field(
+                f"leases[{i}].document_id", f"{document_id!r} is not a document of this request"
+            )
+        if document_id in tokens:
+            raise InvalidArgument.field(f"leases[{i}].document_id", f"{document_id!r} appears twice")
+        if token <= 0:
+            raise InvalidArgument.field(f"leases[{i}].fencing_token", "must be > 0")
+        tokens[document_id] = token
+    return tokens
+
+
 def rejection(violations: Sequence[Violation], prefix: str = "") -> InvalidArgument:
     """An InvalidArgument for a document's violations, paths prefixed with ``prefix``."""
     moved = [Violation(prefix + v.field, v.description) for v in violations]
@@ -264,6 +290,7 @@ class _Item:
     segment: bytes
     content_hash: str
     chunk_count: int
+    lease_token: int = 0
 
 
 @dataclass
@@ -340,14 +367,20 @@ class Stager:
 
     # -- staging ---------------------------------------------------------------------------
 
-    def prepare(self, document: document_pb2.Document) -> _Item:
+    def prepare(self, document: document_pb2.Document, lease_token: int = 0) -> _Item:
         """Encode a valid document into a segment (content hash included)."""
         payload = document.SerializeToString(deterministic=True)
         content_hash = document.content_hash
         if not content_hash:
             content_hash = "sha256:" + hashlib.sha256(payload).hexdigest()
             payload += _hash_field(content_hash)
-        return _Item(document.id, self.codec.encode_serialized(payload), content_hash, len(document.chunks))
+        return _Item(
+            document.id,
+            self.codec.encode_serialized(payload),
+            content_hash,
+            len(document.chunks),
+            lease_token,
+        )
 
     async def stage(
         self,
@@ -355,15 +388,19 @@ class Stager:
         documents: Sequence[document_pb2.Document],
         *,
         skip_unchanged: bool = False,
+        leases: Sequence[tuple[str, int]] = (),
         path_prefix: Callable[[int], str] = lambda i: f"documents[{i}].",
     ) -> list[StageOutcome]:
         """Stage ``documents`` into ``pipeline_id``; one outcome per document, in order.
 
         Invalid documents are rejected (INVALID_ARGUMENT naming the field,
         paths prefixed by ``path_prefix(i)``) without affecting the others.
+        ``leases`` (document id, fencing token) are leases the caller holds on
+        documents of the batch; staging ends them (see ``lease_tokens``).
         Raises (NOT_FOUND, UNAVAILABLE, ...) when the batch cannot be staged
         at all; then none of its documents was staged.
         """
+        tokens = lease_tokens(documents, leases)
         pipeline = await self.claimer.pipeline(pipeline_id)
         outcomes: list[StageOutcome | None] = [None] * len(documents)
         valid: list[tuple[int, _Item]] = []
@@ -380,13 +417,16 @@ class Stager:
                 )
                 continue
             first_seen[document.id] = i
-            valid.append((i, self.prepare(document)))
+            valid.append((i, self.prepare(document, tokens.get(document.id, 0))))
 
         if skip_unchanged and valid:
-            stored = await self.claimer.content_hashes(pipeline.id, [item.document_id for _, item in valid])
+            # Documents with a lease go to the claimer even when unchanged: it ends their lease.
+            stored = await self.claimer.content_hashes(
+                pipeline.id, [item.document_id for _, item in valid if not item.lease_token]
+            )
             remaining = []
             for i, item in valid:
-                if stored.get(item.document_id) == item.content_hash:
+                if not item.lease_token and stored.get(item.document_id) == item.content_hash:
                     outcomes[i] = StageOutcome(item.document_id, "unchanged", chunk_count=item.chunk_count)
                 else:
                     remaining.append((i, item))
@@ -527,7 +567,9 @@ class Stager:
         backings = await self.store.write_pack(key, [(item.document_id, item.segment) for item in items])
         PACK_DOCUMENTS.observe(len(items))
         records = [
-            StagedRecord(item.document_id, item.content_hash, str(backing), item.chunk_count)
+            StagedRecord(
+                item.document_id, item.content_hash, str(backing), item.chunk_count, item.lease_token
+            )
             for item, backing in zip(items, backings, strict=True)
         ]
         try:

@@ -27,7 +27,7 @@ from hevlayer.api.document.v1 import document_pb2 as hevlayer_dot_api_dot_docume
 from hevlayer.api.staging.v1 import staging_pb2 as hevlayer_dot_api_dot_staging_dot_v1_dot_staging__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,hevlayer/api/claimer/v1/document_state.proto\x12\x17hevlayer.api.claimer.v1\x1a\'hevlayer/api/document/v1/document.proto\x1a%hevlayer/api/staging/v1/staging.proto\"_\n\x0cStagedRecord\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63king\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\"z\n\x13RecordStagedRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x36\n\x07records\x18\x02 \x03(\x0b\x32%.hevlayer.api.claimer.v1.StagedRecord\x12\x16\n\x0eskip_unchanged\x18\x03 \x01(\x08\"n\n\x14RecordStagedResponse\x12<\n\x07results\x18\x01 \x03(\x0b\x32+.hevlayer.api.claimer.v1.RecordStagedResult\x12\x18\n\x10released_objects\x18\x02 \x03(\t\"m\n\x12RecordStagedResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x18\n\x10previous_backing\x18\x03 \x01(\t\x12\x11\n\tunchanged\x18\x04 \x01(\x08\"\x7f\n\x12\x43heckLeasesRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x32\n\x06leases\x18\x04 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\"K\n\x13\x43heckLeasesResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.hevlayer.api.claimer.v1.LeaseCheck\"f\n\nLeaseCheck\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x0c\n\x04held\x18\x02 \x01(\x08\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x12\x0f\n\x07\x62\x61\x63king\x18\x04 \x01(\t\x12\x15\n\rfencing_token\x18\x05 \x01(\x04\"C\n\x16\x46orgetDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"V\n\x17\x46orgetDocumentsResponse\x12\x10\n\x08\x62\x61\x63kings\x18\x01 \x03(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x03\x12\x18\n\x10released_objects\x18\x03 \x03(\t\"D\n\x17GetContentHashesRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"\xae\x01\n\x18GetContentHashesResponse\x12\\\n\x0e\x63ontent_hashes\x18\x01 \x03(\x0b\x32\x44.hevlayer.api.claimer.v1.GetContentHashesResponse.ContentHashesEntry\x1a\x34\n\x12\x43ontentHashesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x11\x45nqueueIdsRequest\x12?\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x30.hevlayer.api.staging.v1.EnqueueDocumentsRequest\"W\n\x12\x45nqueueIdsResponse\x12\x41\n\x06result\x18\x01 \x01(\x0b\x32\x31.hevlayer.api.staging.v1.EnqueueDocumentsResponse\"C\n\x17\x44\x65scribeDocumentRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\"T\n\x18\x44\x65scribeDocumentResponse\x12\x38\n\x08\x64ocument\x18\x01 \x01(\x0b\x32&.hevlayer.api.staging.v1.DocumentState\"M\n\x14ScanDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tid_prefix\x18\x03 \x01(\t\"R\n\x15ScanDocumentsResponse\x12\x39\n\tdocuments\x18\x01 \x03(\x0b\x32&.hevlayer.api.staging.v1.DocumentState2\xb0\x06\n\x14\x44ocumentStateService\x12k\n\x0cRecordStaged\x12,.hevlayer.api.claimer.v1.RecordStagedRequest\x1a-.hevlayer.api.claimer.v1.RecordStagedResponse\x12h\n\x0b\x43heckLeases\x12+.hevlayer.api.claimer.v1.CheckLeasesRequest\x1a,.hevlayer.api.claimer.v1.CheckLeasesResponse\x12g\n\nEnqueueIds\x12*.hevlayer.api.claimer.v1.EnqueueIdsRequest\x1a+.hevlayer.api.claimer.v1.EnqueueIdsResponse(\x01\x12w\n\x10\x44\x65scribeDocument\x12\x30.hevlayer.api.claimer.v1.DescribeDocumentRequest\x1a\x31.hevlayer.api.claimer.v1.DescribeDocumentResponse\x12p\n\rScanDocuments\x12-.hevlayer.api.claimer.v1.ScanDocumentsRequest\x1a..hevlayer.api.claimer.v1.ScanDocumentsResponse0\x01\x12t\n\x0f\x46orgetDocuments\x12/.hevlayer.api.claimer.v1.ForgetDocumentsRequest\x1a\x30.hevlayer.api.claimer.v1.ForgetDocumentsResponse\x12w\n\x10GetContentHashes\x12\x30.hevlayer.api.claimer.v1.GetContentHashesRequest\x1a\x31.hevlayer.api.claimer.v1.GetContentHashesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,hevlayer/api/claimer/v1/document_state.proto\x12\x17hevlayer.api.claimer.v1\x1a\'hevlayer/api/document/v1/document.proto\x1a%hevlayer/api/staging/v1/staging.proto\"t\n\x0cStagedRecord\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63king\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\x12\x13\n\x0blease_token\x18\x05 \x01(\x04\"z\n\x13RecordStagedRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x36\n\x07records\x18\x02 \x03(\x0b\x32%.hevlayer.api.claimer.v1.StagedRecord\x12\x16\n\x0eskip_unchanged\x18\x03 \x01(\x08\"n\n\x14RecordStagedResponse\x12<\n\x07results\x18\x01 \x03(\x0b\x32+.hevlayer.api.claimer.v1.RecordStagedResult\x12\x18\n\x10released_objects\x18\x02 \x03(\t\"m\n\x12RecordStagedResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x18\n\x10previous_backing\x18\x03 \x01(\t\x12\x11\n\tunchanged\x18\x04 \x01(\x08\"\x7f\n\x12\x43heckLeasesRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x32\n\x06leases\x18\x04 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\"K\n\x13\x43heckLeasesResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.hevlayer.api.claimer.v1.LeaseCheck\"f\n\nLeaseCheck\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x0c\n\x04held\x18\x02 \x01(\x08\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x12\x0f\n\x07\x62\x61\x63king\x18\x04 \x01(\t\x12\x15\n\rfencing_token\x18\x05 \x01(\x04\"C\n\x16\x46orgetDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"V\n\x17\x46orgetDocumentsResponse\x12\x10\n\x08\x62\x61\x63kings\x18\x01 \x03(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x03\x12\x18\n\x10released_objects\x18\x03 \x03(\t\"D\n\x17GetContentHashesRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"\xae\x01\n\x18GetContentHashesResponse\x12\\\n\x0e\x63ontent_hashes\x18\x01 \x03(\x0b\x32\x44.hevlayer.api.claimer.v1.GetContentHashesResponse.ContentHashesEntry\x1a\x34\n\x12\x43ontentHashesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x11\x45nqueueIdsRequest\x12?\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x30.hevlayer.api.staging.v1.EnqueueDocumentsRequest\"W\n\x12\x45nqueueIdsResponse\x12\x41\n\x06result\x18\x01 \x01(\x0b\x32\x31.hevlayer.api.staging.v1.EnqueueDocumentsResponse\"C\n\x17\x44\x65scribeDocumentRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\"T\n\x18\x44\x65scribeDocumentResponse\x12\x38\n\x08\x64ocument\x18\x01 \x01(\x0b\x32&.hevlayer.api.staging.v1.DocumentState\"M\n\x14ScanDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tid_prefix\x18\x03 \x01(\t\"R\n\x15ScanDocumentsResponse\x12\x39\n\tdocuments\x18\x01 \x03(\x0b\x32&.hevlayer.api.staging.v1.DocumentState2\xb0\x06\n\x14\x44ocumentStateService\x12k\n\x0cRecordStaged\x12,.hevlayer.api.claimer.v1.RecordStagedRequest\x1a-.hevlayer.api.claimer.v1.RecordStagedResponse\x12h\n\x0b\x43heckLeases\x12+.hevlayer.api.claimer.v1.CheckLeasesRequest\x1a,.hevlayer.api.claimer.v1.CheckLeasesResponse\x12g\n\nEnqueueIds\x12*.hevlayer.api.claimer.v1.EnqueueIdsRequest\x1a+.hevlayer.api.claimer.v1.EnqueueIdsResponse(\x01\x12w\n\x10\x44\x65scribeDocument\x12\x30.hevlayer.api.claimer.v1.DescribeDocumentRequest\x1a\x31.hevlayer.api.claimer.v1.DescribeDocumentResponse\x12p\n\rScanDocuments\x12-.hevlayer.api.claimer.v1.ScanDocumentsRequest\x1a..hevlayer.api.claimer.v1.ScanDocumentsResponse0\x01\x12t\n\x0f\x46orgetDocuments\x12/.hevlayer.api.claimer.v1.ForgetDocumentsRequest\x1a\x30.hevlayer.api.claimer.v1.ForgetDocumentsResponse\x12w\n\x10GetContentHashes\x12\x30.hevlayer.api.claimer.v1.GetContentHashesRequest\x1a\x31.hevlayer.api.claimer.v1.GetContentHashesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,41 +37,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCONTENTHASHESRESPONSE_CONTENTHASHESENTRY']._loaded_options = None
   _globals['_GETCONTENTHASHESRESPONSE_CONTENTHASHESENTRY']._serialized_options = b'8\001'
   _globals['_STAGEDRECORD']._serialized_start=153
-  _globals['_STAGEDRECORD']._serialized_end=248
-  _globals['_RECORDSTAGEDREQUEST']._serialized_start=250
-  _globals['_RECORDSTAGEDREQUEST']._serialized_end=372
-  _globals['_RECORDSTAGEDRESPONSE']._serialized_start=374
-  _globals['_RECORDSTAGEDRESPONSE']._serialized_end=484
-  _globals['_RECORDSTAGEDRESULT']._serialized_start=486
-  _globals['_RECORDSTAGEDRESULT']._serialized_end=595
-  _globals['_CHECKLEASESREQUEST']._serialized_start=597
-  _globals['_CHECKLEASESREQUEST']._serialized_end=724
-  _globals['_CHECKLEASESRESPONSE']._serialized_start=726
-  _globals['_CHECKLEASESRESPONSE']._serialized_end=801
-  _globals['_LEASECHECK']._serialized_start=803
-  _globals['_LEASECHECK']._serialized_end=905
-  _globals['_FORGETDOCUMENTSREQUEST']._serialized_start=907
-  _globals['_FORGETDOCUMENTSREQUEST']._serialized_end=974
-  _globals['_FORGETDOCUMENTSRESPONSE']._serialized_start=976
-  _globals['_FORGETDOCUMENTSRESPONSE']._serialized_end=1062
-  _globals['_GETCONTENTHASHESREQUEST']._serialized_start=1064
-  _globals['_GETCONTENTHASHESREQUEST']._serialized_end=1132
-  _globals['_GETCONTENTHASHESRESPONSE']._serialized_start=1135
-  _globals['_GETCONTENTHASHESRESPONSE']._serialized_end=1309
-  _globals['_GETCONTENTHASHESRESPONSE_CONTENTHASHESENTRY']._serialized_start=1257
-  _globals['_GETCONTENTHASHESRESPONSE_CONTENTHASHESENTRY']._serialized_end=1309
-  _globals['_ENQUEUEIDSREQUEST']._serialized_start=1311
-  _globals['_ENQUEUEIDSREQUEST']._serialized_end=1395
-  _globals['_ENQUEUEIDSRESPONSE']._serialized_start=1397
-  _globals['_ENQUEUEIDSRESPONSE']._serialized_end=1484
-  _globals['_DESCRIBEDOCUMENTREQUEST']._serialized_start=1486
-  _globals['_DESCRIBEDOCUMENTREQUEST']._serialized_end=1553
-  _globals['_DESCRIBEDOCUMENTRESPONSE']._serialized_start=1555
-  _globals['_DESCRIBEDOCUMENTRESPONSE']._serialized_end=1639
-  _globals['_SCANDOCUMENTSREQUEST']._serialized_start=1641
-  _globals['_SCANDOCUMENTSREQUEST']._serialized_end=1718
-  _globals['_SCANDOCUMENTSRESPONSE']._serialized_start=1720
-  _globals['_SCANDOCUMENTSRESPONSE']._serialized_end=1802
-  _globals['_DOCUMENTSTATESERVICE']._serialized_start=1805
-  _globals['_DOCUMENTSTATESERVICE']._serialized_end=2621
+  _globals['_STAGEDRECORD']._serialized_end=269
+  _globals['_RECORDSTAGEDREQUEST']._serialized_start=271
+  _globals['_RECORDSTAGEDREQUEST']._serialized_end=393
+  _globals['_RECORDSTAGEDRESPONSE']._serialized_start=395
+  _globals['_RECORDSTAGEDRESPONSE']._serialized_end=505
+  _globals['_RECORDSTAGEDRESULT']._serialized_start=507
+  _globals['_RECORDSTAGEDRESULT']._serialized_end=616
+  _globals['_CHECKLEASESREQUEST']._serialized_start=618
+  _globals['_CHECKLEASESREQUEST']._serialized_end=745
+  _globals['_CHECKLEASESRESPONSE']._serialized_start=747
+  _globals['_CHECKLEASESRESPONSE']._serialized_end=822
+  _globals['_LEASECHECK']._serialized_start=824
+  _globals['_LEASECHECK']._serialized_end=926
+  _globals['_FORGETDOCUMENTSREQUEST']._serialized_start=928
+  _globals['_FORGETDOCUMENTSREQUEST']._serialized_end=995
+  _globals['_FORGETDOCUMENTSRESPONSE']._serialized_start=997
+  _globals['_FORGETDOCUMENTSRESPONSE']._serialized_end=1083
+  _globals['_GETCONTENTHASHESREQUEST']._serialized_start=1085
+  _globals['_GETCONTENTHASHESREQUEST']._serialized_end=1153
+  _globals['_GETCONTENTHASHESRESPONSE']._serialized_start=1156
+  _globals['_GETCONTENTHASHESRESPONSE']._serialized_end=1330
+  _globals['_GETCONTENTHASHESRESPONSE_CONTENTHASHESENTRY']._serialized_start=1278
+  _globals['_GETCONTENTHASHESRESPONSE_CONTENTHASHESENTRY']._serialized_end=1330
+  _globals['_ENQUEUEIDSREQUEST']._serialized_start=1332
+  _globals['_ENQUEUEIDSREQUEST']._serialized_end=1416
+  _globals['_ENQUEUEIDSRESPONSE']._serialized_start=1418
+  _globals['_ENQUEUEIDSRESPONSE']._serialized_end=1505
+  _globals['_DESCRIBEDOCUMENTREQUEST']._serialized_start=1507
+  _globals['_DESCRIBEDOCUMENTREQUEST']._serialized_end=1574
+  _globals['_DESCRIBEDOCUMENTRESPONSE']._serialized_start=1576
+  _globals['_DESCRIBEDOCUMENTRESPONSE']._serialized_end=1660
+  _globals['_SCANDOCUMENTSREQUEST']._serialized_start=1662
+  _globals['_SCANDOCUMENTSREQUEST']._serialized_end=1739
+  _globals['_SCANDOCUMENTSRESPONSE']._serialized_start=1741
+  _globals['_SCANDOCUMENTSRESPONSE']._serialized_end=1823
+  _globals['_DOCUMENTSTATESERVICE']._serialized_start=1826
+  _globals['_DOCUMENTSTATESERVICE']._serialized_end=2642
 # @@protoc_insertion_point(module_scope)

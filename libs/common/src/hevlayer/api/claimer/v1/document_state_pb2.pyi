@@ -34,6 +34,7 @@ class StagedRecord(_message.Message):
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
     BACKING_FIELD_NUMBER: _builtins.int
     CHUNK_COUNT_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
     """The document."""
     content_hash: _builtins.str
@@ -47,6 +48,13 @@ class StagedRecord(_message.Message):
     """
     chunk_count: _builtins.int
     """Number of chunks."""
+    lease_token: _builtins.int
+    """Fencing token of a lease the stager holds on the document, for example
+    from a claim in an extract stage; 0 if none. Staging ends that lease: a
+    document row is re-staged anyway, and an id leased from the segmented
+    queue leaves its segment (so it is not claimed or counted again). Applied
+    to unchanged records too. A token that names no current lease is ignored.
+    """
     def __init__(
         self,
         *,
@@ -54,10 +62,11 @@ class StagedRecord(_message.Message):
         content_hash: _builtins.str = ...,
         backing: _builtins.str = ...,
         chunk_count: _builtins.int = ...,
+        lease_token: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backing", b"backing", "chunk_count", b"chunk_count", "content_hash", b"content_hash", "document_id", b"document_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backing", b"backing", "chunk_count", b"chunk_count", "content_hash", b"content_hash", "document_id", b"document_id", "lease_token", b"lease_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

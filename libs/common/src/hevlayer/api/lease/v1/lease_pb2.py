@@ -27,15 +27,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hevlayer.api.document.v1 import document_pb2 as hevlayer_dot_api_dot_document_dot_v1_dot_document__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hevlayer/api/lease/v1/lease.proto\x12\x15hevlayer.api.lease.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'hevlayer/api/document/v1/document.proto\"\x89\x01\n\x15\x43laimDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x13\n\x0b\x63laim_stage\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x15\n\rlease_seconds\x18\x06 \x01(\r\"I\n\x16\x43laimDocumentsResponse\x12/\n\x06leases\x18\x01 \x03(\x0b\x32\x1f.hevlayer.api.document.v1.Lease\"\x9a\x01\n\x16HeartbeatLeasesRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x32\n\x06leases\x18\x04 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\x12\x15\n\rlease_seconds\x18\x05 \x01(\r\"R\n\x17HeartbeatLeasesResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.hevlayer.api.lease.v1.HeartbeatResult\"h\n\x0fHeartbeatResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xtended\x18\x02 \x01(\x08\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb1\x01\n\x1aTransitionDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x35\n\tdocuments\x18\x02 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\x12\x12\n\nfrom_stage\x18\x03 \x01(\t\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\x10\n\x08to_stage\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"W\n\x1bTransitionDocumentsResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.hevlayer.api.lease.v1.TransitionResult\"y\n\x10TransitionResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x39\n\x07outcome\x18\x02 \x01(\x0e\x32(.hevlayer.api.lease.v1.TransitionOutcome\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\"\x93\x01\n\x13StreamLeasesRequest\x12\x37\n\x04open\x18\x01 \x01(\x0b\x32\'.hevlayer.api.lease.v1.StreamLeasesOpenH\x00\x12;\n\x06\x63redit\x18\x02 \x01(\x0b\x32).hevlayer.api.lease.v1.StreamLeasesCreditH\x00\x42\x06\n\x04kind\"\x8e\x01\n\x10StreamLeasesOpen\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x13\n\x0b\x63laim_stage\x18\x03 \x01(\t\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\x15\n\rlease_seconds\x18\x05 \x01(\r\x12\x17\n\x0finitial_credits\x18\x06 \x01(\r\"\'\n\x12StreamLeasesCredit\x12\x11\n\tdocuments\x18\x01 \x01(\r\"G\n\x14StreamLeasesResponse\x12/\n\x06leases\x18\x01 \x03(\x0b\x32\x1f.hevlayer.api.document.v1.Lease*\x98\x01\n\x11TransitionOutcome\x12\"\n\x1eTRANSITION_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSITION_OUTCOME_MOVED\x10\x01\x12\x1f\n\x1bTRANSITION_OUTCOME_NOT_HELD\x10\x02\x12 \n\x1cTRANSITION_OUTCOME_NOT_FOUND\x10\x03\x32\xda\x03\n\x0cLeaseService\x12m\n\x0e\x43laimDocuments\x12,.hevlayer.api.lease.v1.ClaimDocumentsRequest\x1a-.hevlayer.api.lease.v1.ClaimDocumentsResponse\x12p\n\x0fHeartbeatLeases\x12-.hevlayer.api.lease.v1.HeartbeatLeasesRequest\x1a..hevlayer.api.lease.v1.HeartbeatLeasesResponse\x12|\n\x13TransitionDocuments\x12\x31.hevlayer.api.lease.v1.TransitionDocumentsRequest\x1a\x32.hevlayer.api.lease.v1.TransitionDocumentsResponse\x12k\n\x0cStreamLeases\x12*.hevlayer.api.lease.v1.StreamLeasesRequest\x1a+.hevlayer.api.lease.v1.StreamLeasesResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hevlayer/api/lease/v1/lease.proto\x12\x15hevlayer.api.lease.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'hevlayer/api/document/v1/document.proto\"\x89\x01\n\x15\x43laimDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x13\n\x0b\x63laim_stage\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x15\n\rlease_seconds\x18\x06 \x01(\r\"I\n\x16\x43laimDocumentsResponse\x12/\n\x06leases\x18\x01 \x03(\x0b\x32\x1f.hevlayer.api.document.v1.Lease\"\x9a\x01\n\x16HeartbeatLeasesRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x32\n\x06leases\x18\x04 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\x12\x15\n\rlease_seconds\x18\x05 \x01(\r\"R\n\x17HeartbeatLeasesResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.hevlayer.api.lease.v1.HeartbeatResult\"h\n\x0fHeartbeatResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xtended\x18\x02 \x01(\x08\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc9\x01\n\x1aTransitionDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x35\n\tdocuments\x18\x02 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\x12\x12\n\nfrom_stage\x18\x03 \x01(\t\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\x10\n\x08to_stage\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x16\n\x0esegment_leases\x18\x07 \x03(\x04\"\xa1\x01\n\x1bTransitionDocumentsResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.hevlayer.api.lease.v1.TransitionResult\x12H\n\x15segment_lease_results\x18\x02 \x03(\x0b\x32).hevlayer.api.lease.v1.SegmentLeaseResult\"\x90\x01\n\x12SegmentLeaseResult\x12\x15\n\rfencing_token\x18\x01 \x01(\x04\x12\x39\n\x07outcome\x18\x02 \x01(\x0e\x32(.hevlayer.api.lease.v1.TransitionOutcome\x12\r\n\x05moved\x18\x03 \x01(\r\x12\x19\n\x11new_fencing_token\x18\x04 \x01(\x04\"y\n\x10TransitionResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x39\n\x07outcome\x18\x02 \x01(\x0e\x32(.hevlayer.api.lease.v1.TransitionOutcome\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\"\x93\x01\n\x13StreamLeasesRequest\x12\x37\n\x04open\x18\x01 \x01(\x0b\x32\'.hevlayer.api.lease.v1.StreamLeasesOpenH\x00\x12;\n\x06\x63redit\x18\x02 \x01(\x0b\x32).hevlayer.api.lease.v1.StreamLeasesCreditH\x00\x42\x06\n\x04kind\"\x8e\x01\n\x10StreamLeasesOpen\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x13\n\x0b\x63laim_stage\x18\x03 \x01(\t\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\x15\n\rlease_seconds\x18\x05 \x01(\r\x12\x17\n\x0finitial_credits\x18\x06 \x01(\r\"\'\n\x12StreamLeasesCredit\x12\x11\n\tdocuments\x18\x01 \x01(\r\"G\n\x14StreamLeasesResponse\x12/\n\x06leases\x18\x01 \x03(\x0b\x32\x1f.hevlayer.api.document.v1.Lease*\x98\x01\n\x11TransitionOutcome\x12\"\n\x1eTRANSITION_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSITION_OUTCOME_MOVED\x10\x01\x12\x1f\n\x1bTRANSITION_OUTCOME_NOT_HELD\x10\x02\x12 \n\x1cTRANSITION_OUTCOME_NOT_FOUND\x10\x03\x32\xda\x03\n\x0cLeaseService\x12m\n\x0e\x43laimDocuments\x12,.hevlayer.api.lease.v1.ClaimDocumentsRequest\x1a-.hevlayer.api.lease.v1.ClaimDocumentsResponse\x12p\n\x0fHeartbeatLeases\x12-.hevlayer.api.lease.v1.HeartbeatLeasesRequest\x1a..hevlayer.api.lease.v1.HeartbeatLeasesResponse\x12|\n\x13TransitionDocuments\x12\x31.hevlayer.api.lease.v1.TransitionDocumentsRequest\x1a\x32.hevlayer.api.lease.v1.TransitionDocumentsResponse\x12k\n\x0cStreamLeases\x12*.hevlayer.api.lease.v1.StreamLeasesRequest\x1a+.hevlayer.api.lease.v1.StreamLeasesResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hevlayer.api.lease.v1.lease_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSITIONOUTCOME']._serialized_start=1498
-  _globals['_TRANSITIONOUTCOME']._serialized_end=1650
+  _globals['_TRANSITIONOUTCOME']._serialized_start=1744
+  _globals['_TRANSITIONOUTCOME']._serialized_end=1896
   _globals['_CLAIMDOCUMENTSREQUEST']._serialized_start=135
   _globals['_CLAIMDOCUMENTSREQUEST']._serialized_end=272
   _globals['_CLAIMDOCUMENTSRESPONSE']._serialized_start=274
@@ -47,19 +47,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATRESULT']._serialized_start=590
   _globals['_HEARTBEATRESULT']._serialized_end=694
   _globals['_TRANSITIONDOCUMENTSREQUEST']._serialized_start=697
-  _globals['_TRANSITIONDOCUMENTSREQUEST']._serialized_end=874
-  _globals['_TRANSITIONDOCUMENTSRESPONSE']._serialized_start=876
-  _globals['_TRANSITIONDOCUMENTSRESPONSE']._serialized_end=963
-  _globals['_TRANSITIONRESULT']._serialized_start=965
-  _globals['_TRANSITIONRESULT']._serialized_end=1086
-  _globals['_STREAMLEASESREQUEST']._serialized_start=1089
-  _globals['_STREAMLEASESREQUEST']._serialized_end=1236
-  _globals['_STREAMLEASESOPEN']._serialized_start=1239
-  _globals['_STREAMLEASESOPEN']._serialized_end=1381
-  _globals['_STREAMLEASESCREDIT']._serialized_start=1383
-  _globals['_STREAMLEASESCREDIT']._serialized_end=1422
-  _globals['_STREAMLEASESRESPONSE']._serialized_start=1424
-  _globals['_STREAMLEASESRESPONSE']._serialized_end=1495
-  _globals['_LEASESERVICE']._serialized_start=1653
-  _globals['_LEASESERVICE']._serialized_end=2127
+  _globals['_TRANSITIONDOCUMENTSREQUEST']._serialized_end=898
+  _globals['_TRANSITIONDOCUMENTSRESPONSE']._serialized_start=901
+  _globals['_TRANSITIONDOCUMENTSRESPONSE']._serialized_end=1062
+  _globals['_SEGMENTLEASERESULT']._serialized_start=1065
+  _globals['_SEGMENTLEASERESULT']._serialized_end=1209
+  _globals['_TRANSITIONRESULT']._serialized_start=1211
+  _globals['_TRANSITIONRESULT']._serialized_end=1332
+  _globals['_STREAMLEASESREQUEST']._serialized_start=1335
+  _globals['_STREAMLEASESREQUEST']._serialized_end=1482
+  _globals['_STREAMLEASESOPEN']._serialized_start=1485
+  _globals['_STREAMLEASESOPEN']._serialized_end=1627
+  _globals['_STREAMLEASESCREDIT']._serialized_start=1629
+  _globals['_STREAMLEASESCREDIT']._serialized_end=1668
+  _globals['_STREAMLEASESRESPONSE']._serialized_start=1670
+  _globals['_STREAMLEASESRESPONSE']._serialized_end=1741
+  _globals['_LEASESERVICE']._serialized_start=1899
+  _globals['_LEASESERVICE']._serialized_end=2373
 # @@protoc_insertion_point(module_scope)

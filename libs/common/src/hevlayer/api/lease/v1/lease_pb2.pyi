@@ -238,6 +238,7 @@ class TransitionDocumentsRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     TO_STAGE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    SEGMENT_LEASES_FIELD_NUMBER: _builtins.int
     pipeline_id: _builtins.str
     """The pipeline."""
     from_stage: _builtins.str
@@ -255,6 +256,15 @@ class TransitionDocumentsRequest(_message.Message):
     def documents(self) -> _containers.RepeatedCompositeFieldContainer[_document_pb2.LeaseRef]:
         """The documents to move, with the tokens of the leases held on them."""
 
+    @_builtins.property
+    def segment_leases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Fencing tokens of segment leases to move whole: every id still held under
+        each token moves (ids of one segment lease share its token in a claim's
+        answer). Cannot be combined with documents (INVALID_ARGUMENT). A token
+        that names no segment lease of this worker in from_stage, live, reports
+        NOT_HELD; document (row) leases are moved through documents.
+        """
+
     def __init__(
         self,
         *,
@@ -264,10 +274,11 @@ class TransitionDocumentsRequest(_message.Message):
         worker_id: _builtins.str = ...,
         to_stage: _builtins.str = ...,
         reason: _builtins.str = ...,
+        segment_leases: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "from_stage", b"from_stage", "pipeline_id", b"pipeline_id", "reason", b"reason", "to_stage", b"to_stage", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "from_stage", b"from_stage", "pipeline_id", b"pipeline_id", "reason", b"reason", "segment_leases", b"segment_leases", "to_stage", b"to_stage", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -280,22 +291,64 @@ class TransitionDocumentsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
+    SEGMENT_LEASE_RESULTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransitionResult]:
         """One result per requested document, in request order."""
+
+    @_builtins.property
+    def segment_lease_results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SegmentLeaseResult]:
+        """One result per requested segment lease, in request order."""
 
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___TransitionResult] | None = ...,
+        segment_lease_results: _abc.Iterable[Global___SegmentLeaseResult] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "segment_lease_results", b"segment_lease_results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TransitionDocumentsResponse: _TypeAlias = TransitionDocumentsResponse  # noqa: Y015
+
+@_typing.final
+class SegmentLeaseResult(_message.Message):
+    """The result of moving one whole segment lease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FENCING_TOKEN_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    MOVED_FIELD_NUMBER: _builtins.int
+    NEW_FENCING_TOKEN_FIELD_NUMBER: _builtins.int
+    fencing_token: _builtins.int
+    """The token named in the request."""
+    outcome: Global___TransitionOutcome.ValueType
+    """MOVED, or NOT_HELD (no live segment lease of this worker in from_stage)."""
+    moved: _builtins.int
+    """Ids moved."""
+    new_fencing_token: _builtins.int
+    """The token the moved ids carry after the move (shared by every lease of
+    the request); 0 when nothing moved.
+    """
+    def __init__(
+        self,
+        *,
+        fencing_token: _builtins.int = ...,
+        outcome: Global___TransitionOutcome.ValueType = ...,
+        moved: _builtins.int = ...,
+        new_fencing_token: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fencing_token", b"fencing_token", "moved", b"moved", "new_fencing_token", b"new_fencing_token", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentLeaseResult: _TypeAlias = SegmentLeaseResult  # noqa: Y015
 
 @_typing.final
 class TransitionResult(_message.Message):

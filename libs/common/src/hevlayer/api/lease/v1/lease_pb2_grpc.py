@@ -90,7 +90,9 @@ class LeaseServiceServicer:
         """Moves held documents to another stage: "indexed", another worker stage,
         "pending" (release) or "failed" (with a reason). Atomic for the batch. A
         document named twice is handled at its first occurrence (the others
-        report NOT_HELD, or NOT_FOUND).
+        report NOT_HELD, or NOT_FOUND). Ids leased from the segmented queue can
+        instead be moved a whole lease at a time by naming the lease's token
+        (segment_leases), with no per-document message either way.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

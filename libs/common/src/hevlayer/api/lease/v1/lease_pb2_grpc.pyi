@@ -54,7 +54,9 @@ class LeaseServiceStub:
     """Moves held documents to another stage: "indexed", another worker stage,
     "pending" (release) or "failed" (with a reason). Atomic for the batch. A
     document named twice is handled at its first occurrence (the others
-    report NOT_HELD, or NOT_FOUND).
+    report NOT_HELD, or NOT_FOUND). Ids leased from the segmented queue can
+    instead be moved a whole lease at a time by naming the lease's token
+    (segment_leases), with no per-document message either way.
     """
     StreamLeases: _grpc.StreamStreamMultiCallable[_lease_pb2.StreamLeasesRequest, _lease_pb2.StreamLeasesResponse]
     """A long-lived claim stream, flow-controlled by credits in the manner of
@@ -87,7 +89,9 @@ class LeaseServiceAsyncStub(LeaseServiceStub):
     """Moves held documents to another stage: "indexed", another worker stage,
     "pending" (release) or "failed" (with a reason). Atomic for the batch. A
     document named twice is handled at its first occurrence (the others
-    report NOT_HELD, or NOT_FOUND).
+    report NOT_HELD, or NOT_FOUND). Ids leased from the segmented queue can
+    instead be moved a whole lease at a time by naming the lease's token
+    (segment_leases), with no per-document message either way.
     """
     StreamLeases: _aio.StreamStreamMultiCallable[_lease_pb2.StreamLeasesRequest, _lease_pb2.StreamLeasesResponse]  # type: ignore[assignment]
     """A long-lived claim stream, flow-controlled by credits in the manner of
@@ -135,7 +139,9 @@ class LeaseServiceServicer(metaclass=_abc_1.ABCMeta):
         """Moves held documents to another stage: "indexed", another worker stage,
         "pending" (release) or "failed" (with a reason). Atomic for the batch. A
         document named twice is handled at its first occurrence (the others
-        report NOT_HELD, or NOT_FOUND).
+        report NOT_HELD, or NOT_FOUND). Ids leased from the segmented queue can
+        instead be moved a whole lease at a time by naming the lease's token
+        (segment_leases), with no per-document message either way.
         """
 
     @_abc_1.abstractmethod

@@ -27,45 +27,45 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hevlayer.api.document.v1 import document_pb2 as hevlayer_dot_api_dot_document_dot_v1_dot_document__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%hevlayer/api/staging/v1/staging.proto\x12\x17hevlayer.api.staging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'hevlayer/api/document/v1/document.proto\"\x96\x02\n\rDocumentState\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x12\n\nclaimed_by\x18\x04 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x08 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\t \x01(\r\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"{\n\x15StageDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x35\n\tdocuments\x18\x02 \x03(\x0b\x32\".hevlayer.api.document.v1.Document\x12\x16\n\x0eskip_unchanged\x18\x03 \x01(\x08\"O\n\x16StageDocumentsResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.hevlayer.api.staging.v1.StageResult\"\xbe\x01\n\x0bStageResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x36\n\x07outcome\x18\x02 \x01(\x0e\x32%.hevlayer.api.staging.v1.StageOutcome\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\x12\x36\n\x05\x65rror\x18\x05 \x01(\x0b\x32\'.hevlayer.api.document.v1.DocumentError\"\x93\x01\n\x17\x45nqueueDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12<\n\tdocuments\x18\x02 \x03(\x0b\x32).hevlayer.api.staging.v1.EnqueuedDocument\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x16\n\x0eskip_unchanged\x18\x04 \x01(\x08\"=\n\x10\x45nqueuedDocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\"Y\n\x18\x45nqueueDocumentsResponse\x12\x10\n\x08\x65nqueued\x18\x01 \x01(\x03\x12\x11\n\tunchanged\x18\x02 \x01(\x03\x12\x18\n\x10segments_created\x18\x03 \x01(\x03\"~\n\x11ReadChunksRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x32\n\x06leases\x18\x04 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\"\xab\x01\n\x12ReadChunksResponse\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12/\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x1f.hevlayer.api.document.v1.Chunk\x12\x17\n\x0f\x65nd_of_document\x18\x03 \x01(\x08\x12\x36\n\x05\x65rror\x18\x04 \x01(\x0b\x32\'.hevlayer.api.document.v1.DocumentError\">\n\x12GetDocumentRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\"O\n\x13GetDocumentResponse\x12\x38\n\x08\x64ocument\x18\x01 \x01(\x0b\x32&.hevlayer.api.staging.v1.DocumentState\"M\n\x14ListDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tid_prefix\x18\x03 \x01(\t\"R\n\x15ListDocumentsResponse\x12\x39\n\tdocuments\x18\x01 \x03(\x0b\x32&.hevlayer.api.staging.v1.DocumentState\"C\n\x16\x44\x65leteDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"*\n\x17\x44\x65leteDocumentsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03*\x80\x01\n\x0cStageOutcome\x12\x1d\n\x19STAGE_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14STAGE_OUTCOME_STAGED\x10\x01\x12\x1b\n\x17STAGE_OUTCOME_UNCHANGED\x10\x02\x12\x1a\n\x16STAGE_OUTCOME_REJECTED\x10\x03\x32\xbd\x05\n\x0eStagingService\x12u\n\x0eStageDocuments\x12..hevlayer.api.staging.v1.StageDocumentsRequest\x1a/.hevlayer.api.staging.v1.StageDocumentsResponse(\x01\x30\x01\x12y\n\x10\x45nqueueDocuments\x12\x30.hevlayer.api.staging.v1.EnqueueDocumentsRequest\x1a\x31.hevlayer.api.staging.v1.EnqueueDocumentsResponse(\x01\x12g\n\nReadChunks\x12*.hevlayer.api.staging.v1.ReadChunksRequest\x1a+.hevlayer.api.staging.v1.ReadChunksResponse0\x01\x12h\n\x0bGetDocument\x12+.hevlayer.api.staging.v1.GetDocumentRequest\x1a,.hevlayer.api.staging.v1.GetDocumentResponse\x12p\n\rListDocuments\x12-.hevlayer.api.staging.v1.ListDocumentsRequest\x1a..hevlayer.api.staging.v1.ListDocumentsResponse0\x01\x12t\n\x0f\x44\x65leteDocuments\x12/.hevlayer.api.staging.v1.DeleteDocumentsRequest\x1a\x30.hevlayer.api.staging.v1.DeleteDocumentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%hevlayer/api/staging/v1/staging.proto\x12\x17hevlayer.api.staging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'hevlayer/api/document/v1/document.proto\"\x96\x02\n\rDocumentState\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x12\n\nclaimed_by\x18\x04 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x08 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\t \x01(\r\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaf\x01\n\x15StageDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x35\n\tdocuments\x18\x02 \x03(\x0b\x32\".hevlayer.api.document.v1.Document\x12\x16\n\x0eskip_unchanged\x18\x03 \x01(\x08\x12\x32\n\x06leases\x18\x04 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\"O\n\x16StageDocumentsResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.hevlayer.api.staging.v1.StageResult\"\xbe\x01\n\x0bStageResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x36\n\x07outcome\x18\x02 \x01(\x0e\x32%.hevlayer.api.staging.v1.StageOutcome\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\x12\x36\n\x05\x65rror\x18\x05 \x01(\x0b\x32\'.hevlayer.api.document.v1.DocumentError\"\x93\x01\n\x17\x45nqueueDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12<\n\tdocuments\x18\x02 \x03(\x0b\x32).hevlayer.api.staging.v1.EnqueuedDocument\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x16\n\x0eskip_unchanged\x18\x04 \x01(\x08\"=\n\x10\x45nqueuedDocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\"Y\n\x18\x45nqueueDocumentsResponse\x12\x10\n\x08\x65nqueued\x18\x01 \x01(\x03\x12\x11\n\tunchanged\x18\x02 \x01(\x03\x12\x18\n\x10segments_created\x18\x03 \x01(\x03\"~\n\x11ReadChunksRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x32\n\x06leases\x18\x04 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\"\xab\x01\n\x12ReadChunksResponse\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12/\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x1f.hevlayer.api.document.v1.Chunk\x12\x17\n\x0f\x65nd_of_document\x18\x03 \x01(\x08\x12\x36\n\x05\x65rror\x18\x04 \x01(\x0b\x32\'.hevlayer.api.document.v1.DocumentError\">\n\x12GetDocumentRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\"O\n\x13GetDocumentResponse\x12\x38\n\x08\x64ocument\x18\x01 \x01(\x0b\x32&.hevlayer.api.staging.v1.DocumentState\"M\n\x14ListDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tid_prefix\x18\x03 \x01(\t\"R\n\x15ListDocumentsResponse\x12\x39\n\tdocuments\x18\x01 \x03(\x0b\x32&.hevlayer.api.staging.v1.DocumentState\"C\n\x16\x44\x65leteDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"*\n\x17\x44\x65leteDocumentsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03*\x80\x01\n\x0cStageOutcome\x12\x1d\n\x19STAGE_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14STAGE_OUTCOME_STAGED\x10\x01\x12\x1b\n\x17STAGE_OUTCOME_UNCHANGED\x10\x02\x12\x1a\n\x16STAGE_OUTCOME_REJECTED\x10\x03\x32\xbd\x05\n\x0eStagingService\x12u\n\x0eStageDocuments\x12..hevlayer.api.staging.v1.StageDocumentsRequest\x1a/.hevlayer.api.staging.v1.StageDocumentsResponse(\x01\x30\x01\x12y\n\x10\x45nqueueDocuments\x12\x30.hevlayer.api.staging.v1.EnqueueDocumentsRequest\x1a\x31.hevlayer.api.staging.v1.EnqueueDocumentsResponse(\x01\x12g\n\nReadChunks\x12*.hevlayer.api.staging.v1.ReadChunksRequest\x1a+.hevlayer.api.staging.v1.ReadChunksResponse0\x01\x12h\n\x0bGetDocument\x12+.hevlayer.api.staging.v1.GetDocumentRequest\x1a,.hevlayer.api.staging.v1.GetDocumentResponse\x12p\n\rListDocuments\x12-.hevlayer.api.staging.v1.ListDocumentsRequest\x1a..hevlayer.api.staging.v1.ListDocumentsResponse0\x01\x12t\n\x0f\x44\x65leteDocuments\x12/.hevlayer.api.staging.v1.DeleteDocumentsRequest\x1a\x30.hevlayer.api.staging.v1.DeleteDocumentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hevlayer.api.staging.v1.staging_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STAGEOUTCOME']._serialized_start=1848
-  _globals['_STAGEOUTCOME']._serialized_end=1976
+  _globals['_STAGEOUTCOME']._serialized_start=1901
+  _globals['_STAGEOUTCOME']._serialized_end=2029
   _globals['_DOCUMENTSTATE']._serialized_start=141
   _globals['_DOCUMENTSTATE']._serialized_end=419
-  _globals['_STAGEDOCUMENTSREQUEST']._serialized_start=421
-  _globals['_STAGEDOCUMENTSREQUEST']._serialized_end=544
-  _globals['_STAGEDOCUMENTSRESPONSE']._serialized_start=546
-  _globals['_STAGEDOCUMENTSRESPONSE']._serialized_end=625
-  _globals['_STAGERESULT']._serialized_start=628
-  _globals['_STAGERESULT']._serialized_end=818
-  _globals['_ENQUEUEDOCUMENTSREQUEST']._serialized_start=821
-  _globals['_ENQUEUEDOCUMENTSREQUEST']._serialized_end=968
-  _globals['_ENQUEUEDDOCUMENT']._serialized_start=970
-  _globals['_ENQUEUEDDOCUMENT']._serialized_end=1031
-  _globals['_ENQUEUEDOCUMENTSRESPONSE']._serialized_start=1033
-  _globals['_ENQUEUEDOCUMENTSRESPONSE']._serialized_end=1122
-  _globals['_READCHUNKSREQUEST']._serialized_start=1124
-  _globals['_READCHUNKSREQUEST']._serialized_end=1250
-  _globals['_READCHUNKSRESPONSE']._serialized_start=1253
-  _globals['_READCHUNKSRESPONSE']._serialized_end=1424
-  _globals['_GETDOCUMENTREQUEST']._serialized_start=1426
-  _globals['_GETDOCUMENTREQUEST']._serialized_end=1488
-  _globals['_GETDOCUMENTRESPONSE']._serialized_start=1490
-  _globals['_GETDOCUMENTRESPONSE']._serialized_end=1569
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=1571
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=1648
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=1650
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=1732
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=1734
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=1801
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=1803
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=1845
-  _globals['_STAGINGSERVICE']._serialized_start=1979
-  _globals['_STAGINGSERVICE']._serialized_end=2680
+  _globals['_STAGEDOCUMENTSREQUEST']._serialized_start=422
+  _globals['_STAGEDOCUMENTSREQUEST']._serialized_end=597
+  _globals['_STAGEDOCUMENTSRESPONSE']._serialized_start=599
+  _globals['_STAGEDOCUMENTSRESPONSE']._serialized_end=678
+  _globals['_STAGERESULT']._serialized_start=681
+  _globals['_STAGERESULT']._serialized_end=871
+  _globals['_ENQUEUEDOCUMENTSREQUEST']._serialized_start=874
+  _globals['_ENQUEUEDOCUMENTSREQUEST']._serialized_end=1021
+  _globals['_ENQUEUEDDOCUMENT']._serialized_start=1023
+  _globals['_ENQUEUEDDOCUMENT']._serialized_end=1084
+  _globals['_ENQUEUEDOCUMENTSRESPONSE']._serialized_start=1086
+  _globals['_ENQUEUEDOCUMENTSRESPONSE']._serialized_end=1175
+  _globals['_READCHUNKSREQUEST']._serialized_start=1177
+  _globals['_READCHUNKSREQUEST']._serialized_end=1303
+  _globals['_READCHUNKSRESPONSE']._serialized_start=1306
+  _globals['_READCHUNKSRESPONSE']._serialized_end=1477
+  _globals['_GETDOCUMENTREQUEST']._serialized_start=1479
+  _globals['_GETDOCUMENTREQUEST']._serialized_end=1541
+  _globals['_GETDOCUMENTRESPONSE']._serialized_start=1543
+  _globals['_GETDOCUMENTRESPONSE']._serialized_end=1622
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=1624
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=1701
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=1703
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=1785
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=1787
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=1854
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=1856
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=1898
+  _globals['_STAGINGSERVICE']._serialized_start=2032
+  _globals['_STAGINGSERVICE']._serialized_end=2733
 # @@protoc_insertion_point(module_scope)

@@ -127,6 +127,7 @@ class StageDocumentsRequest(_message.Message):
     PIPELINE_ID_FIELD_NUMBER: _builtins.int
     DOCUMENTS_FIELD_NUMBER: _builtins.int
     SKIP_UNCHANGED_FIELD_NUMBER: _builtins.int
+    LEASES_FIELD_NUMBER: _builtins.int
     pipeline_id: _builtins.str
     """The pipeline to stage into."""
     skip_unchanged: _builtins.bool
@@ -137,16 +138,28 @@ class StageDocumentsRequest(_message.Message):
     def documents(self) -> _containers.RepeatedCompositeFieldContainer[_document_pb2.Document]:
         """The documents of this batch."""
 
+    @_builtins.property
+    def leases(self) -> _containers.RepeatedCompositeFieldContainer[_document_pb2.LeaseRef]:
+        """Leases the caller holds on documents of this batch (for example claimed
+        from an extract stage by a CPU worker): staging a document ends its lease.
+        An id claimed from the segmented queue leaves its segment, so it is
+        neither claimed again nor counted twice; for ids with a document row the
+        staging itself ends the lease. Each entry must name a document of this
+        message, once, with a non-zero token (INVALID_ARGUMENT naming
+        leases[i]). Leases of rejected documents are left as they are.
+        """
+
     def __init__(
         self,
         *,
         pipeline_id: _builtins.str = ...,
         documents: _abc.Iterable[_document_pb2.Document] | None = ...,
         skip_unchanged: _builtins.bool = ...,
+        leases: _abc.Iterable[_document_pb2.LeaseRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "pipeline_id", b"pipeline_id", "skip_unchanged", b"skip_unchanged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "leases", b"leases", "pipeline_id", b"pipeline_id", "skip_unchanged", b"skip_unchanged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
