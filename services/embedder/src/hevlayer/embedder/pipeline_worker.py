@@ -1,13 +1,17 @@
 """The worker of one pipeline: claims, reads, heartbeats, and the finish hook.
 
 A :class:`PipelineWorker` holds at most ``max_documents`` documents of its
-pipeline. It
+pipeline, and fewer when documents have many chunks: it aims at holding about
+``chunk_budget`` chunks (the chunk queue, every flush and one more batch),
+using the mean chunk count of the documents it has read, so that one worker
+does not lease a whole backlog that other workers (or a scaled-out replica)
+could be embedding. It
 
 * **claims** through ``LeaseService.StreamLeases`` (the gateway relays it to
   the claimer): the stream is opened with as many credits as free document
   slots, and one credit goes back each time a document finishes, so leases
   arrive as documents become pending, without polling, and never more than
-  the worker can hold. If the gateway does not implement the stream
+  the worker wants to hold. If the gateway does not implement the stream
   (UNIMPLEMENTED) it falls back to ``ClaimDocuments`` batches;
 * **reads** the chunks of claimed documents with ``StagingService.ReadChunks``
   (``read_concurrency`` streams of up to ``read_documents`` documents) into
@@ -116,6 +120,7 @@ class PipelineWorker:
         queue: ChunkQueue,
         *,
         max_documents: int,
+        chunk_budget: int | None = None,
         read_concurrency: int = 2,
         read_documents: int = 64,
         backoff: Backoff | None = None,
@@ -124,6 +129,12 @@ class PipelineWorker:
         self._gateway = gateway
         self._queue = queue
         self.max_documents = max_documents
+        self.chunk_budget = chunk_budget if chunk_budget is not None else max_documents
+        """Chunks the worker aims to hold (``max_documents`` stays the hard cap)."""
+        self.chunks_per_document: float | None = None
+        """Running mean of the chunk counts of the documents leased (None before the first)."""
+        self._outstanding = 0
+        """Credits given to the claim stream that no lease has used yet."""
         self._read_concurrency = read_concurrency
         self._read_documents = read_documents
         self._backoff = backoff or Backoff()
@@ -253,7 +264,7 @@ class PipelineWorker:
                 del self.held[document.document_id]
             live.append(document)
         if live:
-            self._credits.grant(len(live))
+            self._refill()
             metrics.DOCUMENTS.labels(outcome.value).inc(len(live))
             metrics.IN_FLIGHT.dec(len(live))
         if not self.held:
@@ -262,8 +273,31 @@ class PipelineWorker:
 
     # -- claiming ---------------------------------------------------------------------------
 
+    @property
+    def target_documents(self) -> int:
+        """Documents to hold now: ``chunk_budget`` chunks at the mean chunk count (before
+        any lease, a sixteenth of the budget, to learn the mean without leasing a whole
+        backlog), at least two (one read while another is embedded), at most ``max_documents``."""
+        mean = self.chunks_per_document
+        wanted = self.chunk_budget // 16 if mean is None else -(-self.chunk_budget // max(1, round(mean)))
+        return max(1, min(self.max_documents, max(2, wanted)))
+
+    def _observe_chunks(self, counts: Sequence[int]) -> None:
+        """Leases arrived for documents of ``counts`` chunks: update the mean (EWMA, 1/16)."""
+        for count in counts:
+            count = max(1, count)  # a lightweight id (no chunks) still costs a slot
+            mean = self.chunks_per_document
+            self.chunks_per_document = float(count) if mean is None else mean + (count - mean) / 16
+
     def _free_slots(self) -> int:
-        return max(0, self.max_documents - len(self.held))
+        return max(0, self.target_documents - len(self.held))
+
+    def _refill(self) -> None:
+        """Grant the claim stream the credits that bring held + outstanding up to the target."""
+        wanted = self._free_slots() - self._outstanding
+        if wanted > 0:
+            self._outstanding += wanted
+            self._credits.grant(wanted)
 
     def _accept(self, leases: list[Lease]) -> None:
         now = time.monotonic()
@@ -281,6 +315,10 @@ class PipelineWorker:
             self.held[lease.document_id] = document
             self._to_read.put_nowait(document)
             self._lease_length = max(lease.expires_at - now, 0.3)
+        self._outstanding = max(0, self._outstanding - len(leases))
+        if leases:
+            self._observe_chunks([lease.chunk_count for lease in leases])
+            self._refill()
         if leases:
             if self.held:
                 self._idle.clear()
@@ -293,8 +331,9 @@ class PipelineWorker:
             try:
                 if self.streaming:
                     self._credits.reset()
+                    self._outstanding = self._free_slots()
                     async for leases in self._gateway.stream_leases(
-                        self.claim, self._credits.stream(), self._free_slots()
+                        self.claim, self._credits.stream(), self._outstanding
                     ):
                         self._accept(leases)
                         attempt = 0
@@ -307,6 +346,7 @@ class PipelineWorker:
                     )
                 else:
                     self._credits.reset()
+                    self._outstanding = 0
                     free = self._free_slots()
                     if free:
                         leases = await self._gateway.claim(self.claim, min(free, MAX_BATCH))

@@ -177,9 +177,10 @@ class WorkerSettings:
     )
     max_documents: int = setting(
         "EMBEDDER_WORKER_MAX_DOCUMENTS",
-        "Documents held (leased) at once per pipeline: the StreamLeases credits. 0: the batch size x "
-        "(EMBEDDER_WORKER_QUEUE_BATCHES + EMBEDDER_MAX_IN_FLIGHT + 2), enough one-chunk documents to fill "
-        "the queue and every flush.",
+        "Most documents held (leased) at once per pipeline: the cap on StreamLeases credits. 0: the chunk "
+        "budget, batch size x (EMBEDDER_WORKER_QUEUE_BATCHES + EMBEDDER_MAX_IN_FLIGHT + 2), enough one-chunk "
+        "documents to fill the queue and every flush. Below the cap the worker holds about the chunk budget "
+        "in chunks (budget / mean chunks per document read so far), leaving the rest to other workers.",
         0,
     )
     read_concurrency: int = setting(
@@ -221,8 +222,9 @@ class WorkerSettings:
     )
     refresh_seconds: float = setting(
         "EMBEDDER_WORKER_REFRESH_SECONDS",
-        "With EMBEDDER_WORKER_PIPELINES=*: interval between ListPipelines calls.",
-        30.0,
+        "With EMBEDDER_WORKER_PIPELINES=*: interval between ListPipelines calls (a new pipeline "
+        "waits at most this long for its first claim).",
+        2.0,
     )
 
     @property

@@ -51,12 +51,18 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()[:200]}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+def chunk_budget(settings: WorkerSettings, batch_size: int, max_in_flight: int) -> int:
+    """Chunks a pipeline worker aims to hold: enough to fill the chunk queue, every
+    flush slot and one more batch."""
+    return min(10_000, batch_size * (settings.queue_batches + max_in_flight + 2))
+
+
 def max_documents(settings: WorkerSettings, batch_size: int, max_in_flight: int) -> int:
-    """Documents held per pipeline: the setting, else enough one-chunk documents to fill
-    the chunk queue, every flush slot and one more batch."""
+    """Most documents held per pipeline: the setting, else the chunk budget in
+    one-chunk documents (documents with more chunks are held fewer at a time)."""
     if settings.max_documents:
         return settings.max_documents
-    return min(10_000, batch_size * (settings.queue_batches + max_in_flight + 2))
+    return chunk_budget(settings, batch_size, max_in_flight)
 
 
 class Worker:
@@ -77,6 +83,7 @@ class Worker:
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
         self.max_documents = max_documents(settings, batch_size, max_in_flight)
+        self.chunk_budget = chunk_budget(settings, batch_size, max_in_flight)
         self.backoff = Backoff(
             attempts=settings.retry_attempts, initial=0.5, maximum=settings.retry_max_backoff_seconds
         )
@@ -137,6 +144,7 @@ class Worker:
             self.gateway,
             self.queue,
             max_documents=self.max_documents,
+            chunk_budget=self.chunk_budget,
             read_concurrency=self.settings.read_concurrency,
             read_documents=self.settings.read_documents,
             backoff=self.backoff,
