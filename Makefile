@@ -1,6 +1,7 @@
 # hevlayer developer entry points. On a fresh clone, with nothing but python3
 # (and pip) and the machine's PostgreSQL:
-#   make run    start PostgreSQL, S3 and the services locally (Ctrl-C stops them)
+#   make run    start the whole suite locally, ingest a real corpus (the standard library)
+#               and search it; stays up until Ctrl-C
 #   make test   protos check, lint, and the whole test suite (what CI runs)
 # `make help` lists the other targets.
 
@@ -18,6 +19,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.hevlayer-synced
 DATA_DIR ?= .hevlayer
 PYTEST_ARGS ?=
+# `make run CORPUS=path/to/docs` ingests that instead of the standard library corpus;
+# RUN_ARGS are more `hevlayer demo` options (e.g. --exit to stop after the searches).
+CORPUS ?=
+RUN_ARGS ?=
 # `make run` installs from uv.lock as it is; `make test` (CI) fails on a stale lock.
 UV_SYNC_FLAGS ?= --frozen
 
@@ -33,7 +38,7 @@ MYPY_TARGETS = $(wildcard libs/common/src/hevlayer/common libs/devstack/src/hevl
 .PHONY: help bootstrap system-deps lock-check protos check-protos docs-config lint format test run clean
 
 help:
-	@echo "make run           start PostgreSQL, S3 and the services (data in $(DATA_DIR)/)"
+	@echo "make run           the suite up, a real corpus ingested and searched (data in $(DATA_DIR)/)"
 	@echo "make test          bootstrap + check-protos + lint + pytest (what CI runs)"
 	@echo "make bootstrap     install uv into $(TOOLS)/ and the workspace into $(VENV)/"
 	@echo "make protos        regenerate libs/common/src/hevlayer/api from protos/"
@@ -93,7 +98,8 @@ test: lock-check bootstrap system-deps check-protos lint
 	$(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 run: bootstrap
-	$(BIN)/hevlayer-devstack up --data-dir $(DATA_DIR)
+	$(BIN)/hevlayer --data-dir $(DATA_DIR) demo --queries tests/cli/queries.json \
+		$(if $(CORPUS),--corpus $(CORPUS)) $(RUN_ARGS)
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis

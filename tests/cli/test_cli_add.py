@@ -41,17 +41,7 @@ def summary_line(ran: Ran, prefix: str) -> str:
     return next(line for line in ran.stdout.splitlines() if line.startswith(prefix))
 
 
-SEGMENT_STAGING_BUG = (
-    "claimer: staging an id that is queued in a segment leaves its segment slot held in the "
-    "claim stage (counted twice, re-claimed after the lease); RecordStaged must mark the slot "
-    "done. Open in issue 4's follow-up; the CLI creates row-queue pipelines by default."
-)
-
-
-@pytest.mark.parametrize(
-    "queue",
-    ["row", pytest.param("segment", marks=pytest.mark.xfail(strict=True, reason=SEGMENT_STAGING_BUG))],
-)
+@pytest.mark.parametrize("queue", ["row", "segment"])
 def test_add_stages_changed_files_only_and_removes_deleted_ones(
     cli_stack: CliStack, tmp_path: Path, queue: str
 ) -> None:

@@ -9,14 +9,15 @@ edited file is re-indexed alone with no stale rows, and that a deleted file's
 rows are gone. Recall@5 of the labelled queries (``queries.json``) is checked
 on a small standard library corpus.
 
-These need the embedder's worker loop (the ``hevlayer-embedder-worker``
-console script that ``hevlayer up`` starts when it is installed).
+The pipelines use the server's default queue backend (segments): the
+extract workers of ``add`` claim ids from segments and stage them with their
+claims' tokens. The embedder's worker loop is the second ``hevlayer-embedder``
+process that ``hevlayer up`` starts with ``EMBEDDER_WORKER_PIPELINES=*``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,16 +39,6 @@ CORPUS_LINES = 40
 MIN_RECALL = 0.8
 QUEUE: tuple[str, ...] = ()
 """Options of ``pipelines create``: the server's default queue backend."""
-
-
-# Not run yet: with `hevlayer up` starting the real embedder worker (EMBEDDER_WORKER_PIPELINES=*),
-# `hevlayer add` staged every file but the documents did not reach `indexed` within its 200 s
-# timeout in the integration run of 2026-11-23. The cause is not diagnosed; issue 7 stays open
-# on it. Run by hand with HEVLAYER_RUN_SUITE_E2E=1.
-pytestmark = pytest.mark.skipif(
-    os.environ.get("HEVLAYER_RUN_SUITE_E2E") != "1",
-    reason="hevlayer up + add with the real embedder worker does not reach indexed yet (issue 7 open)",
-)
 
 
 @dataclass

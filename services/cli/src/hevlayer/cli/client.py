@@ -150,13 +150,22 @@ class Gateway:
         return response
 
     async def stage(
-        self, pipeline_id: str, documents: Sequence[document_pb2.Document], *, skip_unchanged: bool = False
+        self,
+        pipeline_id: str,
+        documents: Sequence[document_pb2.Document],
+        *,
+        skip_unchanged: bool = False,
+        leases: Sequence[tuple[str, int]] = (),
     ) -> list[staging_pb2.StageResult]:
-        """StageDocuments of one batch; a result per document, in order."""
+        """StageDocuments of one batch; a result per document, in order. ``leases``
+        (document id, fencing token): the claims that staging these documents ends."""
 
         async def requests() -> AsyncIterator[staging_pb2.StageDocumentsRequest]:
             yield staging_pb2.StageDocumentsRequest(
-                pipeline_id=pipeline_id, documents=list(documents), skip_unchanged=skip_unchanged
+                pipeline_id=pipeline_id,
+                documents=list(documents),
+                skip_unchanged=skip_unchanged,
+                leases=[document_pb2.LeaseRef(document_id=d, fencing_token=t) for d, t in leases],
             )
 
         results: list[staging_pb2.StageResult] = []

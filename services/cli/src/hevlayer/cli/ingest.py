@@ -502,7 +502,9 @@ class Ingest:
         failed = [(e.document_id, e.reason) for e in extractions if not e.missing and e.document is None]
         documents = [e.document for e in extractions if e.document is not None]
         if documents:
-            results = await self.gateway.stage(self.pipeline_id, documents)
+            results = await self.gateway.stage(
+                self.pipeline_id, documents, leases=[(d.id, held[d.id]) for d in documents]
+            )
             for result, document in zip(results, documents, strict=False):
                 if result.outcome == staging_pb2.STAGE_OUTCOME_REJECTED:
                     failed.append((result.document_id, f"rejected: {result.error.message}"))

@@ -281,11 +281,10 @@ def print_summary(output: Output, summary: AddSummary) -> None:
 @click.option(
     "--queue",
     type=click.Choice(list(_QUEUES)),
-    default="row",
-    show_default=True,
-    help="Queue backend of the pipeline if add creates it. Object tasks are files: the row queue "
-    "keeps per-file state (content hashes for skipping unchanged files); segment is for "
-    "millions of lightweight ids.",
+    default=None,
+    help="Queue backend of the pipeline if add creates it (default: the server's, PIPELINE_QUEUE_BACKEND, "
+    "segment unless set): segment keeps queued file ids in S3 manifests, a few PostgreSQL rows for "
+    "millions of files; row keeps one row per queued file.",
 )
 @click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
 @pass_settings
@@ -581,8 +580,7 @@ def pipelines_delete(settings: Settings, pipeline_id: str, yes: bool) -> None:
 @click.option(
     "--queue",
     type=click.Choice(list(_QUEUES)),
-    default="row",
-    show_default=True,
+    default=None,
     help="Queue backend of the pipeline if it is created (see `add --queue`).",
 )
 @click.option("--exit", "exit_after", is_flag=True, help="Stop the suite after the searches.")
