@@ -171,7 +171,13 @@ async def test_transition_and_heartbeat_validation(channel: aio.Channel) -> None
     for fields, field in cases:
         with pytest.raises(aio.AioRpcError) as caught:
             await stub.TransitionDocuments(
-                lpb.TransitionDocumentsRequest(pipeline_id=pid, documents=ref, **fields)
+                lpb.TransitionDocumentsRequest(
+                    pipeline_id=pid,
+                    documents=ref,
+                    from_stage=fields["from_stage"],
+                    worker_id=fields["worker_id"],
+                    to_stage=fields["to_stage"],
+                )
             )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert violations(caught.value) == [field]

@@ -322,5 +322,6 @@ async def test_whole_segment_leases_move_by_token(seg_stores: Stores) -> None:
     late = await stores.leases.transition_segment_leases(
         pid, "embedding", "w1", "indexed", rest.fencing_tokens[:1]
     )
-    assert late.moved == [0] and late.new_fencing_token == 0
+    assert late.moved == [0]
+    assert late.new_fencing_token == 0
     assert await counters(stores.db, pid) == {"embedding": 5, "indexed": 20, "failed": 5}

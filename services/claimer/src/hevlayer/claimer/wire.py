@@ -45,10 +45,17 @@ def _varints_class() -> Any:
 _Varints = _varints_class()
 
 
+_SMALL = [bytes([value]) for value in range(128)]
+"""Varints of 0..127: one byte each (lengths, attempts and chunk counts are mostly here)."""
+
+
 def varints(values: Sequence[int]) -> list[bytes]:
     """The varint encoding of each value."""
     if not values:
         return []
+    if min(values) >= 0 and max(values) < 128:
+        small = _SMALL
+        return [small[value] for value in values]
     data: bytes = _Varints(values=values).SerializeToString()
     # skip the tag (1 byte) and the length varint of the packed field
     start = _VARINT.match(data, 1)

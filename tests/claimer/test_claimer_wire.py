@@ -1,0 +1,53 @@
+"""The claimer's hand-rolled protobuf encoding against the protobuf library (hypothesis)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hevlayer.api.document.v1 import document_pb2
+from hevlayer.api.lease.v1 import lease_pb2
+from hevlayer.claimer.wire import encode_leases, encode_transition_results, varints
+
+UINT64 = st.integers(min_value=0, max_value=2**64 - 1)
+IDS = st.text(min_size=1, max_size=40)
+
+
+@given(st.lists(UINT64, max_size=50) | st.lists(st.integers(0, 127), max_size=50))
+def test_varints_match_protobuf(values: list[int]) -> None:
+    for value, encoded in zip(values, varints(values), strict=True):
+        expected = document_pb2.Lease(fencing_token=value).SerializeToString()
+        assert (b"\x20" + encoded if value else b"") == expected
+
+
+@given(
+    st.lists(
+        st.tuples(
+            IDS, st.integers(1, 2**63 - 1), st.integers(0, 300), st.text(max_size=20), st.integers(0, 10**6)
+        ),
+        max_size=30,
+    )
+)
+def test_encoded_leases_parse_to_the_same_messages(rows: list[tuple[str, int, int, str, int]]) -> None:
+    expires = datetime(2026, 11, 23, 12, 0, 0, 123456, tzinfo=UTC)
+    ids, tokens, attempts, hashes, counts = (
+        (list(column) for column in zip(*rows, strict=True)) if rows else ([],) * 5
+    )
+    data = encode_leases("embedding", "w-1", expires, ids, tokens, attempts, hashes, counts)
+    parsed = lease_pb2.ClaimDocumentsResponse.FromString(data)
+    assert [
+        (lease.document_id, lease.fencing_token, lease.attempts, lease.content_hash, lease.chunk_count)
+        for lease in parsed.leases
+    ] == rows
+    assert all(lease.stage == "embedding" and lease.worker_id == "w-1" for lease in parsed.leases)
+    assert all(lease.expires_at.ToDatetime(tzinfo=UTC) == expires for lease in parsed.leases)
+
+
+@given(st.lists(st.tuples(IDS, st.sampled_from([1, 2, 3]), st.integers(0, 2**63 - 1)), max_size=30))
+def test_encoded_transition_results_parse_back(rows: list[tuple[str, int, int]]) -> None:
+    ids = [row[0] for row in rows]
+    data = encode_transition_results(ids, [row[1] for row in rows], [row[2] for row in rows])
+    parsed = lease_pb2.TransitionDocumentsResponse.FromString(data)
+    assert [(r.document_id, r.outcome, r.fencing_token) for r in parsed.results] == rows
