@@ -8,7 +8,7 @@ from claimer.support import Stores, counters, full_count, new_pipeline, stage
 
 from hevlayer.claimer.documents import StagedRecord
 from hevlayer.claimer.leases import ClaimRequest, Outcome
-from hevlayer.common.errors import InvalidArgument, NotFound
+from hevlayer.common.errors import FailedPrecondition, InvalidArgument, NotFound
 
 
 async def test_claim_transition_and_counters(stores: Stores) -> None:
@@ -230,3 +230,18 @@ async def test_released_objects_and_skip_unchanged(stores: Stores) -> None:
     assert kept.held == [True]
     backings, deleted, released = await docs.forget(pid, ["a", "b"])
     assert (sorted(backings), deleted, released) == (["p2#0:5", "p3#5:5"], 2, ["p2", "p3"])
+
+
+async def test_dimension_is_set_once(stores: Stores) -> None:
+    pid = await new_pipeline(stores)
+    with pytest.raises(InvalidArgument) as invalid:
+        await stores.pipelines.update(pid, {"dimension": 0})
+    assert [v.field for v in invalid.value.violations] == ["pipeline.dimension"]
+    assert (await stores.pipelines.update(pid, {"dimension": 384})).dimension == 384
+    assert (await stores.pipelines.update(pid, {"dimension": 384, "paused": True})).paused
+    with pytest.raises(FailedPrecondition) as fixed:
+        await stores.pipelines.update(pid, {"dimension": 768, "paused": False})
+    assert "already has dimension 384" in fixed.value.message
+    assert (await stores.pipelines.get(pid)).paused, "a refused update changes nothing"
+    with pytest.raises(NotFound):
+        await stores.pipelines.update("no-such-pipeline", {"dimension": 8})

@@ -16,6 +16,7 @@ import grpc
 import pytest
 from gateway.conftest import GatewayStack, start_stack
 from gateway.helpers import claim, create_pipeline, document, get_document, stage, violations
+from google.protobuf import field_mask_pb2
 from grpc import aio
 
 from hevlayer.api.document.v1 import document_pb2
@@ -23,7 +24,7 @@ from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from hevlayer.api.index.v1 import index_pb2 as ix
 from hevlayer.api.index.v1 import index_pb2_grpc
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
-from hevlayer.api.pipeline.v1 import pipeline_pb2
+from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.ports import free_port
 
@@ -216,6 +217,24 @@ async def test_dimension_is_fixed_by_the_first_write(channel: aio.Channel) -> No
     assert [r.outcome for r in results] == [ix.WRITE_OUTCOME_REJECTED, ix.WRITE_OUTCOME_INDEXED]
     assert [v.field for v in results[0].error.field_violations] == ["vectors[0].values"]
     assert (await get_document(channel, pid, "second")).stage == "embedding"
+
+    # the first write recorded the dimension on the pipeline; it is set once
+    pipelines = pipeline_pb2_grpc.PipelineServiceStub(channel)
+    got = await pipelines.GetPipeline(pipeline_pb2.GetPipelineRequest(pipeline_id=pid))
+    assert got.pipeline.dimension == DIM
+    same = pipeline_pb2.UpdatePipelineRequest(
+        pipeline=pipeline_pb2.Pipeline(id=pid, dimension=DIM),
+        update_mask=field_mask_pb2.FieldMask(paths=["dimension"]),
+    )
+    assert (await pipelines.UpdatePipeline(same)).pipeline.dimension == DIM
+    other = pipeline_pb2.UpdatePipelineRequest(
+        pipeline=pipeline_pb2.Pipeline(id=pid, dimension=DIM + 2),
+        update_mask=field_mask_pb2.FieldMask(paths=["dimension"]),
+    )
+    with pytest.raises(aio.AioRpcError) as caught:
+        await pipelines.UpdatePipeline(other)
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert violations(caught.value) == ["pipeline.dimension"]
 
     duplicate = vectors_of(docs[1])
     duplicate[2].id = duplicate[0].id

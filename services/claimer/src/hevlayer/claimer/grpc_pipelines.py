@@ -13,6 +13,7 @@ from grpc import aio
 from hevlayer.api.pipeline.v1 import pipeline_pb2 as pb
 from hevlayer.api.pipeline.v1 import pipeline_pb2_grpc
 from hevlayer.claimer.pipelines import (
+    UPDATABLE_FIELDS,
     PipelineRecord,
     PipelineSpec,
     PipelineStatus,
@@ -136,10 +137,9 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
             raise InvalidArgument.field("pipeline", "is required")
         changes: dict[str, object] = {}
         for path in request.update_mask.paths:
-            if path not in ("paused", "max_attempts", "default_lease_seconds"):
+            if path not in UPDATABLE_FIELDS:
                 raise InvalidArgument.field(
-                    "update_mask",
-                    f"{path!r} cannot be updated; updatable: paused, max_attempts, default_lease_seconds",
+                    "update_mask", f"{path!r} cannot be updated; updatable: {', '.join(UPDATABLE_FIELDS)}"
                 )
             changes[path] = getattr(request.pipeline, path)
         record = await self._store.update(request.pipeline.id, changes)

@@ -19,7 +19,7 @@ from hevlayer.claimer.database import Database
 
 if TYPE_CHECKING:
     from hevlayer.claimer.segments import SegmentQueue
-from hevlayer.common.errors import AlreadyExists, InvalidArgument, NotFound
+from hevlayer.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Violation
 
 PIPELINE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 NAMESPACE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
@@ -28,7 +28,7 @@ QUEUE_BACKENDS = ("segment", "row")
 SINKS = ("milvus_lite", "milvus", "turbopuffer")
 RESERVED_STAGES = ("pending", "indexed", "failed")
 PENDING = "pending"
-UPDATABLE_FIELDS = ("paused", "max_attempts", "default_lease_seconds")
+UPDATABLE_FIELDS = ("paused", "max_attempts", "default_lease_seconds", "dimension")
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 
@@ -249,15 +249,28 @@ class PipelineStore:
                 _check_range(int(value), 1, 1000, "pipeline.max_attempts")  # type: ignore[call-overload]
             if name == "default_lease_seconds":
                 _check_range(int(value), 1, 86400, "pipeline.default_lease_seconds")  # type: ignore[call-overload]
+            if name == "dimension":
+                _check_range(int(value), 1, 65536, "pipeline.dimension")  # type: ignore[call-overload]
         assignments = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(changes))
-        async with self._db.acquire() as conn:
+        async with self._db.transaction() as conn:
+            current = await conn.fetchval(
+                "SELECT dimension FROM pipelines WHERE id = $1 FOR UPDATE", pipeline_id
+            )
+            if current is None:
+                raise NotFound(f"pipeline {pipeline_id!r} not found", metadata={"pipeline_id": pipeline_id})
+            wanted = changes.get("dimension")
+            if wanted is not None and current not in (0, wanted):
+                raise FailedPrecondition(
+                    f"pipeline.dimension: pipeline {pipeline_id!r} already has dimension {current}; "
+                    "it is set once (by the first write) and cannot change",
+                    violations=[Violation("pipeline.dimension", f"is already {current}")],
+                    reason="DIMENSION_FIXED",
+                )
             row = await conn.fetchrow(
                 f"UPDATE pipelines SET {assignments}, update_time = now() WHERE id = $1 RETURNING {_COLUMNS}",
                 pipeline_id,
                 *changes.values(),
             )
-        if row is None:
-            raise NotFound(f"pipeline {pipeline_id!r} not found", metadata={"pipeline_id": pipeline_id})
         return _record(row)
 
     async def delete(self, pipeline_id: str) -> tuple[int, int]:

@@ -402,7 +402,9 @@ class UpdatePipelineRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to update: any of "paused", "max_attempts", "default_lease_seconds"."""
+        """Fields to update: any of "paused", "max_attempts", "default_lease_seconds",
+        "dimension" (only while the pipeline's dimension is 0, or to its value).
+        """
 
     def __init__(
         self,

@@ -48,7 +48,9 @@ class PipelineServiceStub:
     """Lists pipelines ordered by id, a page at a time."""
     UpdatePipeline: _grpc.UnaryUnaryMultiCallable[_pipeline_pb2.UpdatePipelineRequest, _pipeline_pb2.UpdatePipelineResponse]
     """Updates the mutable fields named in update_mask (paused, max_attempts,
-    default_lease_seconds). NOT_FOUND if the pipeline does not exist.
+    default_lease_seconds, and dimension while it is 0: it is set once, by
+    the first write, and FAILED_PRECONDITION once set to another value).
+    NOT_FOUND if the pipeline does not exist.
     """
     DeletePipeline: _grpc.UnaryUnaryMultiCallable[_pipeline_pb2.DeletePipelineRequest, _pipeline_pb2.DeletePipelineResponse]
     """Deletes a pipeline with its documents, leases and segment manifests.
@@ -78,7 +80,9 @@ class PipelineServiceAsyncStub(PipelineServiceStub):
     """Lists pipelines ordered by id, a page at a time."""
     UpdatePipeline: _aio.UnaryUnaryMultiCallable[_pipeline_pb2.UpdatePipelineRequest, _pipeline_pb2.UpdatePipelineResponse]  # type: ignore[assignment]
     """Updates the mutable fields named in update_mask (paused, max_attempts,
-    default_lease_seconds). NOT_FOUND if the pipeline does not exist.
+    default_lease_seconds, and dimension while it is 0: it is set once, by
+    the first write, and FAILED_PRECONDITION once set to another value).
+    NOT_FOUND if the pipeline does not exist.
     """
     DeletePipeline: _aio.UnaryUnaryMultiCallable[_pipeline_pb2.DeletePipelineRequest, _pipeline_pb2.DeletePipelineResponse]  # type: ignore[assignment]
     """Deletes a pipeline with its documents, leases and segment manifests.
@@ -129,7 +133,9 @@ class PipelineServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_pipeline_pb2.UpdatePipelineResponse, _abc.Awaitable[_pipeline_pb2.UpdatePipelineResponse]]:
         """Updates the mutable fields named in update_mask (paused, max_attempts,
-        default_lease_seconds). NOT_FOUND if the pipeline does not exist.
+        default_lease_seconds, and dimension while it is 0: it is set once, by
+        the first write, and FAILED_PRECONDITION once set to another value).
+        NOT_FOUND if the pipeline does not exist.
         """
 
     @_abc_1.abstractmethod
