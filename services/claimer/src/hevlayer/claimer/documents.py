@@ -363,6 +363,24 @@ class DocumentStore:
             )
         return {r[0]: r[1] for r in rows}
 
+    async def live_objects(self, pipeline_id: str, object_keys: Sequence[str]) -> list[str]:
+        """The keys among ``object_keys`` that some live document's backing points into."""
+        v.batch_size(len(object_keys), "object_keys")
+        for i, key in enumerate(object_keys):
+            if not key:
+                raise InvalidArgument.field(f"object_keys[{i}]", "must not be empty")
+            v.max_bytes(key, v.MAX_BACKING_BYTES, f"object_keys[{i}]")
+        async with self._db.acquire() as conn:
+            cfg = await pipeline_config(conn, pipeline_id)
+            rows = await conn.fetch(
+                """SELECT object_key FROM backing_objects
+                   WHERE pipeline_id = $1 AND object_key = ANY($2::text[]) AND documents > 0""",
+                cfg.id,
+                list(object_keys),
+            )
+        live = {r[0] for r in rows}
+        return [key for key in dict.fromkeys(object_keys) if key in live]
+
     # -- deletion -----------------------------------------------------------------------
 
     async def forget(self, pipeline_id: str, document_ids: Sequence[str]) -> tuple[list[str], int, list[str]]:

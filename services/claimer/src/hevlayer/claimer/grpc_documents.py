@@ -128,3 +128,9 @@ class DocumentStateServicer(document_state_pb2_grpc.DocumentStateServiceServicer
     ) -> pb.GetContentHashesResponse:
         hashes = await self._documents.content_hashes(request.pipeline_id, list(request.document_ids))
         return pb.GetContentHashesResponse(content_hashes=hashes)
+
+    async def GetLiveObjects(
+        self, request: pb.GetLiveObjectsRequest, context: aio.ServicerContext
+    ) -> pb.GetLiveObjectsResponse:
+        live = await self._documents.live_objects(request.pipeline_id, list(request.object_keys))
+        return pb.GetLiveObjectsResponse(live_object_keys=live)

@@ -253,6 +253,16 @@ class ClaimerClient:
         )
         return dict(response.content_hashes)
 
+    async def live_objects(self, pipeline_id: str, object_keys: Sequence[str]) -> set[str]:
+        """GetLiveObjects: the keys some live document points into."""
+        response = await _call(
+            self.documents.GetLiveObjects(
+                document_state_pb2.GetLiveObjectsRequest(pipeline_id=pipeline_id, object_keys=object_keys),
+                timeout=self.timeout,
+            )
+        )
+        return set(response.live_object_keys)
+
     async def forget(self, pipeline_id: str, document_ids: Sequence[str]) -> tuple[list[str], int, list[str]]:
         """ForgetDocuments: (backings, deleted, released object keys)."""
         response = await _call(

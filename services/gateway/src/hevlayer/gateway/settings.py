@@ -111,6 +111,19 @@ class StagingSettings:
         "(deleted once the claimer confirms no document points into them).",
         30.0,
     )
+    pack_sweep_seconds: float = setting(
+        "GATEWAY_PACK_SWEEP_SECONDS",
+        "Interval of the sweep that deletes pack objects older than GATEWAY_PACK_ORPHAN_AGE_SECONDS that no "
+        "live document points into (left by a gateway that died between writing a pack and recording it). "
+        "0 disables it.",
+        3600.0,
+    )
+    pack_orphan_age_seconds: float = setting(
+        "GATEWAY_PACK_ORPHAN_AGE_SECONDS",
+        "How old (by the time in its key) a pack must be before the sweep may delete it; far longer than "
+        "any staging call, so a pack whose RecordStaged is still in flight is never touched.",
+        3600.0,
+    )
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid variable."""
@@ -129,6 +142,10 @@ class StagingSettings:
             raise ConfigError(f"GATEWAY_PACK_COMPRESSION: expected one of {', '.join(PACK_COMPRESSIONS)}")
         if self.orphan_retry_seconds <= 0:
             raise ConfigError("GATEWAY_ORPHAN_RETRY_SECONDS: must be > 0")
+        if self.pack_sweep_seconds < 0:
+            raise ConfigError("GATEWAY_PACK_SWEEP_SECONDS: must be >= 0 (0 disables the sweep)")
+        if self.pack_orphan_age_seconds < 60:
+            raise ConfigError("GATEWAY_PACK_ORPHAN_AGE_SECONDS: must be >= 60")
 
 
 @dataclass(frozen=True)

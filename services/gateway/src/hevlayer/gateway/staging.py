@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -104,7 +105,8 @@ ORPHANS = Counter(
     "hevlayer_gateway_pack_cleanup_total",
     "Pack objects deleted because no document points into them, by cause: released (the claimer "
     "said so), failed (RecordStaged rejected the batch), unchanged (every document was unchanged), "
-    "unknown (checked after an ambiguous failure); and 'kept' when a check found them in use.",
+    "unknown (checked after an ambiguous failure), swept (old packs no live document points into, "
+    "found by the periodic sweep); and 'kept' when a check found them in use.",
     ["cause"],
     registry=REGISTRY,
 )
@@ -231,6 +233,17 @@ def validate_document(document: document_pb2.Document, limits: Limits) -> list[V
     return violations
 
 
+_LIVE_OBJECTS_BATCH = 1000
+_PACK_NAME = re.compile(r"/([0-9a-f]{16})-[0-9a-f]+\.pack$")
+
+
+def pack_created_ns(key: str) -> int | None:
+    """When a pack was created (the time its key carries, see ``new_pack_key``); None for
+    a key that is not a pack's."""
+    match = _PACK_NAME.search(key)
+    return int(match.group(1), 16) if match else None
+
+
 def lease_tokens(
     documents: Sequence[document_pb2.Document], leases: Sequence[tuple[str, int]]
 ) -> dict[str, int]:
@@ -342,23 +355,30 @@ class Stager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._suspects: dict[str, _Suspect] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._orphan_sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the background check of packs whose staging outcome was unknown."""
+        """Start the background checks: packs whose staging outcome was unknown, and the
+        periodic sweep of old orphan packs (``GATEWAY_PACK_SWEEP_SECONDS``)."""
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="pack-sweeper")
+        if self._orphan_sweeper is None and self.settings.pack_sweep_seconds > 0:
+            self._orphan_sweeper = asyncio.get_running_loop().create_task(
+                self._sweep_orphans_forever(), name="orphan-pack-sweeper"
+            )
 
     async def close(self) -> None:
         """Wait for in-flight flushes; stop the sweeper."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        for task in (self._sweeper, self._orphan_sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._sweeper = self._orphan_sweeper = None
 
     @property
     def suspects(self) -> list[str]:
@@ -676,6 +696,62 @@ class Stager:
             pipeline_id, PROBE_WORKER, PROBE_STAGE, [(doc, 0) for doc in document_ids]
         )
         return any(object_key_of(check.backing) == key for check in checks if check.found)
+
+    async def sweep_orphan_packs(self, pipeline: PipelineInfo, *, min_age_seconds: float) -> int:
+        """Delete the pipeline's pack objects older than ``min_age_seconds`` (by the creation
+        time in their key) that no live document points into; return how many.
+
+        Such a pack is left when the gateway stops between writing it and recording its
+        documents (or loses a deletion); packs awaiting a check in memory are left to it.
+        """
+        cutoff_ns = time.time_ns() - int(min_age_seconds * 1e9)
+        old = [
+            key
+            for key in await self.store.list_keys(pack_prefix(pipeline.id, pipeline.incarnation))
+            if (created := pack_created_ns(key)) is not None
+            and created < cutoff_ns
+            and key not in self._suspects
+        ]
+        deleted = 0
+        for start in range(0, len(old), _LIVE_OBJECTS_BATCH):
+            keys = old[start : start + _LIVE_OBJECTS_BATCH]
+            live = await self.claimer.live_objects(pipeline.id, keys)
+            doomed = [key for key in keys if key not in live]
+            if doomed:
+                await self.store.delete_objects(doomed)
+                ORPHANS.labels("swept").inc(len(doomed))
+                deleted += len(doomed)
+        if deleted:
+            log.info(
+                "deleted %d orphan pack objects of pipeline %s",
+                deleted,
+                pipeline.id,
+                extra={"pipeline_id": pipeline.id, "objects": deleted},
+            )
+        return deleted
+
+    async def sweep_all_orphan_packs(self) -> int:
+        """:meth:`sweep_orphan_packs` over every pipeline (``GATEWAY_PACK_ORPHAN_AGE_SECONDS``)."""
+        deleted = 0
+        for proto in await self.claimer.list_pipelines():
+            pipeline = PipelineInfo.from_proto(proto)
+            try:
+                deleted += await self.sweep_orphan_packs(
+                    pipeline, min_age_seconds=self.settings.pack_orphan_age_seconds
+                )
+            except NotFound:
+                continue  # deleted meanwhile: its deletion removes its packs
+        return deleted
+
+    async def _sweep_orphans_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.pack_sweep_seconds)
+            try:
+                await self.sweep_all_orphan_packs()
+            except ServiceError as error:
+                log.warning("orphan pack sweep failed: %s", error.message)
+            except Exception:
+                log.exception("orphan pack sweep failed")
 
     async def _sweep_forever(self) -> None:
         while True:

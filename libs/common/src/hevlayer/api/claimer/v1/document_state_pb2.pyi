@@ -409,6 +409,60 @@ class GetContentHashesResponse(_message.Message):
 Global___GetContentHashesResponse: _TypeAlias = GetContentHashesResponse  # noqa: Y015
 
 @_typing.final
+class GetLiveObjectsRequest(_message.Message):
+    """Request of GetLiveObjects."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PIPELINE_ID_FIELD_NUMBER: _builtins.int
+    OBJECT_KEYS_FIELD_NUMBER: _builtins.int
+    pipeline_id: _builtins.str
+    """The pipeline."""
+    @_builtins.property
+    def object_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Object keys (the part of a backing before '#'), at most 10000."""
+
+    def __init__(
+        self,
+        *,
+        pipeline_id: _builtins.str = ...,
+        object_keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object_keys", b"object_keys", "pipeline_id", b"pipeline_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLiveObjectsRequest: _TypeAlias = GetLiveObjectsRequest  # noqa: Y015
+
+@_typing.final
+class GetLiveObjectsResponse(_message.Message):
+    """Response of GetLiveObjects."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIVE_OBJECT_KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def live_object_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The requested keys that at least one live document points into, in
+        request order.
+        """
+
+    def __init__(
+        self,
+        *,
+        live_object_keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["live_object_keys", b"live_object_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLiveObjectsResponse: _TypeAlias = GetLiveObjectsResponse  # noqa: Y015
+
+@_typing.final
 class EnqueueIdsRequest(_message.Message):
     """One batch of EnqueueIds."""
 

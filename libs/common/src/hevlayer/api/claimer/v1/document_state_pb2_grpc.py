@@ -72,6 +72,11 @@ class DocumentStateServiceStub:
                 request_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetContentHashesRequest.SerializeToString,
                 response_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetContentHashesResponse.FromString,
                 _registered_method=True)
+        self.GetLiveObjects = channel.unary_unary(
+                '/hevlayer.api.claimer.v1.DocumentStateService/GetLiveObjects',
+                request_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsRequest.SerializeToString,
+                response_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsResponse.FromString,
+                _registered_method=True)
 
 
 class DocumentStateServiceServicer:
@@ -144,6 +149,15 @@ class DocumentStateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLiveObjects(self, request, context):
+        """Returns which of the given objects some live document's backing points
+        into (the gateway's sweep deletes old pack objects that none does).
+        INVALID_ARGUMENT for more than 10000 keys or an empty key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DocumentStateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +195,11 @@ def add_DocumentStateServiceServicer_to_server(servicer, server):
                     servicer.GetContentHashes,
                     request_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetContentHashesRequest.FromString,
                     response_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetContentHashesResponse.SerializeToString,
+            ),
+            'GetLiveObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLiveObjects,
+                    request_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsRequest.FromString,
+                    response_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -374,6 +393,33 @@ class DocumentStateService:
             '/hevlayer.api.claimer.v1.DocumentStateService/GetContentHashes',
             hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetContentHashesRequest.SerializeToString,
             hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetContentHashesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLiveObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hevlayer.api.claimer.v1.DocumentStateService/GetLiveObjects',
+            hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsRequest.SerializeToString,
+            hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,

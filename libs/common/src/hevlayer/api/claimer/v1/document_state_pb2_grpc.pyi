@@ -74,6 +74,11 @@ class DocumentStateServiceStub:
     """Deletes documents' state and returns their backings for deletion."""
     GetContentHashes: _grpc.UnaryUnaryMultiCallable[_document_state_pb2.GetContentHashesRequest, _document_state_pb2.GetContentHashesResponse]
     """Returns the stored content hashes of documents (for skip_unchanged)."""
+    GetLiveObjects: _grpc.UnaryUnaryMultiCallable[_document_state_pb2.GetLiveObjectsRequest, _document_state_pb2.GetLiveObjectsResponse]
+    """Returns which of the given objects some live document's backing points
+    into (the gateway's sweep deletes old pack objects that none does).
+    INVALID_ARGUMENT for more than 10000 keys or an empty key.
+    """
 
 @_typing.type_check_only
 class DocumentStateServiceAsyncStub(DocumentStateServiceStub):
@@ -117,6 +122,11 @@ class DocumentStateServiceAsyncStub(DocumentStateServiceStub):
     """Deletes documents' state and returns their backings for deletion."""
     GetContentHashes: _aio.UnaryUnaryMultiCallable[_document_state_pb2.GetContentHashesRequest, _document_state_pb2.GetContentHashesResponse]  # type: ignore[assignment]
     """Returns the stored content hashes of documents (for skip_unchanged)."""
+    GetLiveObjects: _aio.UnaryUnaryMultiCallable[_document_state_pb2.GetLiveObjectsRequest, _document_state_pb2.GetLiveObjectsResponse]  # type: ignore[assignment]
+    """Returns which of the given objects some live document's backing points
+    into (the gateway's sweep deletes old pack objects that none does).
+    INVALID_ARGUMENT for more than 10000 keys or an empty key.
+    """
 
 class DocumentStateServiceServicer(metaclass=_abc_1.ABCMeta):
     """Document state operations used by the gateway while staging, reading,
@@ -199,5 +209,16 @@ class DocumentStateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_document_state_pb2.GetContentHashesResponse, _abc.Awaitable[_document_state_pb2.GetContentHashesResponse]]:
         """Returns the stored content hashes of documents (for skip_unchanged)."""
+
+    @_abc_1.abstractmethod
+    def GetLiveObjects(
+        self,
+        request: _document_state_pb2.GetLiveObjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_document_state_pb2.GetLiveObjectsResponse, _abc.Awaitable[_document_state_pb2.GetLiveObjectsResponse]]:
+        """Returns which of the given objects some live document's backing points
+        into (the gateway's sweep deletes old pack objects that none does).
+        INVALID_ARGUMENT for more than 10000 keys or an empty key.
+        """
 
 def add_DocumentStateServiceServicer_to_server(servicer: DocumentStateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
