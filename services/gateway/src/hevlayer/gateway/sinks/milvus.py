@@ -2,14 +2,19 @@
 
 One implementation, two constructors:
 
-* :meth:`MilvusSink.open_lite` opens a Milvus Lite database through pymilvus
-  (``MilvusClient("path.db")`` starts Milvus Lite's gRPC server inside this
-  process). One process owns a file, so the sink is the only writer: it
-  keeps, per namespace, the vector ids of every document and replaces a
-  document by deleting its stale ids (primary-key delete) and upserting the
-  new rows. Milvus Lite evaluates a delete *by filter* by scanning every row
-  (hundreds of milliseconds per call even on small collections), which would
-  dominate the write path.
+* :meth:`MilvusSink.open_lite` opens a Milvus Lite database: it starts Milvus
+  Lite's engine and gRPC server inside this process
+  (``milvus_lite.adapter.grpc.server.start_server_in_thread``, what pymilvus
+  itself does for a ``.db`` URI) and talks to it with pymilvus, except for
+  the write hot path: rows are upserted straight into the engine
+  (``Collection.upsert``), skipping pymilvus's row-to-protobuf conversion, the
+  gRPC round trip in one process and the server's protobuf-to-record
+  conversion, which cost more than the engine's own work. One process owns a
+  file, so the sink is the only writer: it keeps, per namespace, the vector
+  ids of every document and replaces a document by deleting its stale ids
+  (primary-key delete) and upserting the new rows. Milvus Lite evaluates a
+  delete *by filter* by scanning every row (hundreds of milliseconds per call
+  even on small collections), which would dominate the write path.
 * :meth:`MilvusSink.open` connects to a Milvus or Zilliz endpoint shared with
   other writers: a document is replaced by ``delete(filter='document_id in
   [...]')`` then an upsert, both evaluated by the server.
@@ -37,6 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
+from milvus_lite.adapter.grpc.server import start_server_in_thread
+from milvus_lite.exceptions import CollectionNotFoundError, MilvusLiteError, SchemaValidationError
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import (
     CollectionNotExistException,
@@ -154,6 +161,20 @@ def milvus_row(row: PreparedRow) -> dict[str, Any]:
     }
 
 
+def engine_record(row: PreparedRow) -> dict[str, Any]:
+    """The record Milvus Lite's engine stores for a row: what its gRPC adapter decodes
+    from pymilvus's upsert (the JSON field as the parsed value)."""
+    values = row.values if isinstance(row.values, list) else list(row.values)
+    return {
+        ID_FIELD: row.id,
+        DOCUMENT_FIELD: row.document_id,
+        CHUNK_FIELD: row.chunk_id,
+        VECTOR_FIELD: values,
+        ATTRIBUTES_FIELD: row.attributes,
+        TAGS_FIELD: row.filter_tags,
+    }
+
+
 class MilvusSink(Sink):
     """A sink on Milvus Lite, Milvus or Zilliz (see the module docstring)."""
 
@@ -165,9 +186,14 @@ class MilvusSink(Sink):
         timeout: float,
         executor: ThreadPoolExecutor,
         lite_path: str | None = None,
+        lite_engine: Any = None,
+        lite_server: Any = None,
     ) -> None:
         super().__init__(kind)
         self._client = client
+        self._engine = lite_engine
+        """Milvus Lite's engine (``milvus_lite.db.MilvusLite``) for direct upserts; None on Milvus."""
+        self._server = lite_server
         self._timeout = timeout
         self._executor = executor
         self._lite_path = lite_path
@@ -186,23 +212,32 @@ class MilvusSink(Sink):
             raise InvalidArgument.field("path", "a Milvus Lite database path must end in .db")
         executor = _executor()
         try:
-            client, absolute = await asyncio.get_running_loop().run_in_executor(
+            opened, absolute = await asyncio.get_running_loop().run_in_executor(
                 executor, functools.partial(_open_lite_client, path, timeout)
             )
-        except MilvusException as exc:
+        except (MilvusException, MilvusLiteError) as exc:
             executor.shutdown(wait=False)
-            raise Unavailable(f"cannot open Milvus Lite database {path}: {exc.message}") from exc
+            raise Unavailable(f"cannot open Milvus Lite database {path}: {exc}") from exc
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        if client is None:
+        if opened is None:
             executor.shutdown(wait=False)
             raise FailedPrecondition(
                 f"Milvus Lite database {absolute} is already open in this process: share its sink",
                 violations=[Violation("path", "already open")],
                 reason="ALREADY_OPEN",
             )
-        return cls(client, kind=SinkKind.MILVUS_LITE, timeout=timeout, executor=executor, lite_path=absolute)
+        client, server, engine = opened
+        return cls(
+            client,
+            kind=SinkKind.MILVUS_LITE,
+            timeout=timeout,
+            executor=executor,
+            lite_path=absolute,
+            lite_engine=engine,
+            lite_server=server,
+        )
 
     @classmethod
     async def open(cls, uri: str, *, token: str = "", db_name: str = "", timeout: float = 30.0) -> MilvusSink:
@@ -229,12 +264,10 @@ class MilvusSink(Sink):
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor, self._client.close)
-            if self._lite_path is not None:
-                from milvus_lite.server_manager import server_manager_instance
-
-                await loop.run_in_executor(
-                    self._executor, server_manager_instance.release_server, self._lite_path
-                )
+            if self._server is not None:
+                await loop.run_in_executor(self._executor, functools.partial(self._server.stop, grace=2))
+            if self._engine is not None:
+                await loop.run_in_executor(self._executor, self._engine.close)
         finally:
             if self._lite_path is not None:
                 with _open_lite_lock:
@@ -457,8 +490,19 @@ class MilvusSink(Sink):
             await self._call(namespace, "delete", self._client.delete, namespace, filter=expression)
 
     async def _upsert(self, namespace: str, spec: NamespaceSpec, documents: list[PreparedDocument]) -> None:
+        if self._engine is not None:
+            for batch in _batches(documents, spec.dimension, engine=True):
+                await self._call(namespace, "upsert", self._engine_upsert, namespace, batch)
+            return
         for batch in _batches(documents, spec.dimension):
             await self._call(namespace, "upsert", self._client.upsert, namespace, batch)
+
+    def _engine_upsert(
+        self, namespace: str, rows: list[dict[str, Any]], timeout: float | None = None
+    ) -> None:
+        """Milvus Lite: upsert records straight into the engine (the rows' fields as the
+        engine's gRPC adapter would have decoded them)."""
+        self._engine.get_collection(namespace).upsert(rows)
 
     async def _call(
         self, namespace: str, what: str, function: Callable[..., T], *args: Any, **kwargs: Any
@@ -469,12 +513,14 @@ class MilvusSink(Sink):
         call = functools.partial(function, *args, timeout=self._timeout, **kwargs)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-        except (MilvusException, grpc.RpcError) as exc:
+        except (MilvusException, MilvusLiteError, grpc.RpcError) as exc:
             raise self._translate(exc, namespace, what) from exc
 
     def _translate(self, exc: BaseException, namespace: str, what: str) -> ServiceError:
         message = exc.message if isinstance(exc, MilvusException) else str(exc)
-        if isinstance(exc, CollectionNotExistException) or (
+        if isinstance(exc, SchemaValidationError):
+            return InvalidArgument(f"Milvus Lite rejected the {what} of namespace {namespace!r}: {message}")
+        if isinstance(exc, CollectionNotExistException | CollectionNotFoundError) or (
             isinstance(exc, MilvusException) and exc.code == 100
         ):
             self._forget(namespace)
@@ -507,8 +553,9 @@ disagree on which rows each document has (and closing one would stop the
 other's server), so a second open is refused."""
 
 
-def _open_lite_client(path: str, timeout: float) -> tuple[MilvusClient | None, str]:
-    """Create the database's directory and open it (starts Milvus Lite in this process).
+def _open_lite_client(path: str, timeout: float) -> tuple[tuple[MilvusClient, Any, Any] | None, str]:
+    """Create the database's directory and open it: Milvus Lite's engine and its gRPC
+    server on a loopback port in this process, and a pymilvus client of that server.
 
     ``None`` when this process already has the database open.
     """
@@ -517,10 +564,18 @@ def _open_lite_client(path: str, timeout: float) -> tuple[MilvusClient | None, s
         if absolute in _open_lite_paths:
             return None, absolute
         _open_lite_paths.add(absolute)
+    server: Any = None
+    engine: Any = None
     try:
         os.makedirs(os.path.dirname(absolute), exist_ok=True)
-        return MilvusClient(absolute, timeout=timeout), absolute
+        server, engine, port = start_server_in_thread(data_dir=absolute, host="127.0.0.1", port=0)
+        client = MilvusClient(uri=f"http://127.0.0.1:{port}", timeout=timeout)
+        return (client, server, engine), absolute
     except BaseException:
+        if server is not None:
+            server.stop(grace=0)
+        if engine is not None:
+            engine.close()
         with _open_lite_lock:
             _open_lite_paths.discard(absolute)
         raise
@@ -530,16 +585,20 @@ def _executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=4, thread_name_prefix="milvus-sink")
 
 
-def _batches(documents: list[PreparedDocument], dimension: int) -> Iterator[list[dict[str, Any]]]:
-    """Upsert batches that keep a document whole unless it alone exceeds a batch."""
+def _batches(
+    documents: list[PreparedDocument], dimension: int, *, engine: bool = False
+) -> Iterator[list[dict[str, Any]]]:
+    """Upsert batches that keep a document whole unless it alone exceeds a batch
+    (rows for pymilvus, or ``engine`` records for Milvus Lite's engine)."""
     limit = max(1, min(_MAX_ROWS_PER_UPSERT, _MAX_VALUES_PER_UPSERT // dimension))
+    convert = engine_record if engine else milvus_row
     batch: list[dict[str, Any]] = []
     for document in documents:
         if batch and len(batch) + len(document.rows) > limit:
             yield batch
             batch = []
         for row in document.rows:
-            batch.append(milvus_row(row))
+            batch.append(convert(row))
             if len(batch) >= limit:
                 yield batch
                 batch = []
