@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -118,53 +119,62 @@ def start_process(command: str, env: dict[str, str], logs: Path) -> tuple[Servic
 # -- workers (run in spawned processes) ------------------------------------------------
 
 
-def grpc_worker(address: str, pipeline_id: str, worker: str, batch: int, ready: Any, out: Any) -> None:
-    """Claim and complete through gRPC until the pipeline is empty."""
+Complete = Callable[[Any, str, str, Sequence[Any]], Awaitable[int]]
+"""Moves claimed leases to indexed: (LeaseService stub, pipeline, worker, leases) -> ids moved."""
 
-    async def main() -> tuple[int, list[float]]:
-        from grpc import aio
 
-        from hevlayer.api.document.v1 import document_pb2
-        from hevlayer.api.lease.v1 import lease_pb2 as lpb
-        from hevlayer.api.lease.v1 import lease_pb2_grpc
+async def complete_per_document(stub: Any, pipeline_id: str, worker: str, leases: Sequence[Any]) -> int:
+    """TransitionDocuments naming every lease (document id + fencing token)."""
+    from hevlayer.api.lease.v1 import lease_pb2 as lpb
 
-        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-        done = 0
-        latencies: list[float] = []
-        async with aio.insecure_channel(address, options=options) as channel:
-            stub = lease_pb2_grpc.LeaseServiceStub(channel)
-            claim = lpb.ClaimDocumentsRequest(
-                pipeline_id=pipeline_id,
-                stage="pending",
-                claim_stage="embedding",
-                limit=batch,
-                worker_id=worker,
-            )
-            await channel.channel_ready()
-            await asyncio.to_thread(ready.wait)
+    request = lpb.TransitionDocumentsRequest(
+        pipeline_id=pipeline_id, from_stage="embedding", worker_id=worker, to_stage="indexed"
+    )
+    add = request.documents.add
+    for lease in leases:
+        add(document_id=lease.document_id, fencing_token=lease.fencing_token)
+    result = await stub.TransitionDocuments(request)
+    return sum(1 for r in result.results if r.outcome == lpb.TRANSITION_OUTCOME_MOVED)
+
+
+async def grpc_claim_loop(
+    address: str, pipeline_id: str, worker: str, batch: int, ready: Any, complete: Complete
+) -> tuple[int, list[float]]:
+    """Claim ``batch`` at a time through gRPC and ``complete`` them until the pipeline is empty;
+    (ids moved, claim latencies)."""
+    from grpc import aio
+
+    from hevlayer.api.lease.v1 import lease_pb2 as lpb
+    from hevlayer.api.lease.v1 import lease_pb2_grpc
+
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    done = 0
+    latencies: list[float] = []
+    async with aio.insecure_channel(address, options=options) as channel:
+        stub = lease_pb2_grpc.LeaseServiceStub(channel)
+        claim = lpb.ClaimDocumentsRequest(
+            pipeline_id=pipeline_id, stage="pending", claim_stage="embedding", limit=batch, worker_id=worker
+        )
+        await channel.channel_ready()
+        await asyncio.to_thread(ready.wait)
+        empty = 0
+        while empty < 2:
+            started = time.perf_counter()
+            claimed = await stub.ClaimDocuments(claim)
+            latencies.append(time.perf_counter() - started)
+            if not claimed.leases:
+                empty += 1
+                continue
             empty = 0
-            while empty < 2:
-                started = time.perf_counter()
-                claimed = await stub.ClaimDocuments(claim)
-                latencies.append(time.perf_counter() - started)
-                if not claimed.leases:
-                    empty += 1
-                    continue
-                empty = 0
-                request = lpb.TransitionDocumentsRequest(
-                    pipeline_id=pipeline_id, from_stage="embedding", worker_id=worker, to_stage="indexed"
-                )
-                add = request.documents.add
-                for lease in claimed.leases:
-                    add(document_id=lease.document_id, fencing_token=lease.fencing_token)
-                result = await stub.TransitionDocuments(request)
-                moved = sum(1 for r in result.results if r.outcome == lpb.TRANSITION_OUTCOME_MOVED)
-                assert moved == len(claimed.leases), (moved, len(claimed.leases))
-                done += moved
-                _ = document_pb2
-        return done, latencies
+            moved = await complete(stub, pipeline_id, worker, claimed.leases)
+            assert moved == len(claimed.leases), (moved, len(claimed.leases))
+            done += moved
+    return done, latencies
 
-    out.put(asyncio.run(main()))
+
+def grpc_worker(address: str, pipeline_id: str, worker: str, batch: int, ready: Any, out: Any) -> None:
+    """Claim and complete through gRPC (one LeaseRef per document) until the pipeline is empty."""
+    out.put(asyncio.run(grpc_claim_loop(address, pipeline_id, worker, batch, ready, complete_per_document)))
 
 
 def bare_worker(dsn: str, pipeline_id: str, worker: str, batch: int, ready: Any, out: Any) -> None:

@@ -30,12 +30,12 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from claims import create_pipeline, run_workers, start_process
+from claims import complete_per_document, create_pipeline, grpc_claim_loop, run_workers, start_process
 
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3
 
@@ -85,75 +85,35 @@ async def count_rows(dsn: str, pipeline_id: str, stop: asyncio.Event) -> int:
     return peak
 
 
+async def complete_by_segment_lease(stub: Any, pipeline_id: str, worker: str, leases: Sequence[Any]) -> int:
+    """TransitionDocuments naming each distinct token once (``segment_leases``); leases the
+    claimer does not hold as segment leases (document rows) are completed one by one."""
+    from hevlayer.api.lease.v1 import lease_pb2 as lpb
+
+    tokens = list(dict.fromkeys(lease.fencing_token for lease in leases))
+    result = await stub.TransitionDocuments(
+        lpb.TransitionDocumentsRequest(
+            pipeline_id=pipeline_id,
+            from_stage="embedding",
+            worker_id=worker,
+            to_stage="indexed",
+            segment_leases=tokens,
+        )
+    )
+    moved = sum(r.moved for r in result.segment_lease_results)
+    rows = {r.fencing_token for r in result.segment_lease_results if not r.moved}
+    if rows:
+        moved += await complete_per_document(
+            stub, pipeline_id, worker, [lease for lease in leases if lease.fencing_token in rows]
+        )
+    return int(moved)
+
+
 def lease_worker(address: str, pipeline_id: str, worker: str, batch: int, ready: Any, out: Any) -> None:
-    """Claim, then complete whole segment leases by token (``segment_leases``); leases
-    the claimer does not hold as segment leases (document rows) go through ``documents``."""
-
-    async def main() -> tuple[int, list[float]]:
-        from grpc import aio
-
-        from hevlayer.api.document.v1 import document_pb2
-        from hevlayer.api.lease.v1 import lease_pb2 as lpb
-        from hevlayer.api.lease.v1 import lease_pb2_grpc
-
-        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-        done = 0
-        latencies: list[float] = []
-        async with aio.insecure_channel(address, options=options) as channel:
-            stub = lease_pb2_grpc.LeaseServiceStub(channel)
-            claim = lpb.ClaimDocumentsRequest(
-                pipeline_id=pipeline_id,
-                stage="pending",
-                claim_stage="embedding",
-                limit=batch,
-                worker_id=worker,
-            )
-            await channel.channel_ready()
-            await asyncio.to_thread(ready.wait)
-            empty = 0
-            while empty < 2:
-                started = time.perf_counter()
-                claimed = await stub.ClaimDocuments(claim)
-                latencies.append(time.perf_counter() - started)
-                if not claimed.leases:
-                    empty += 1
-                    continue
-                empty = 0
-                tokens = list(dict.fromkeys(lease.fencing_token for lease in claimed.leases))
-                result = await stub.TransitionDocuments(
-                    lpb.TransitionDocumentsRequest(
-                        pipeline_id=pipeline_id,
-                        from_stage="embedding",
-                        worker_id=worker,
-                        to_stage="indexed",
-                        segment_leases=tokens,
-                    )
-                )
-                moved = sum(r.moved for r in result.segment_lease_results)
-                rows = {r.fencing_token for r in result.segment_lease_results if not r.moved}
-                if rows:
-                    refs = [
-                        document_pb2.LeaseRef(
-                            document_id=lease.document_id, fencing_token=lease.fencing_token
-                        )
-                        for lease in claimed.leases
-                        if lease.fencing_token in rows
-                    ]
-                    per_document = await stub.TransitionDocuments(
-                        lpb.TransitionDocumentsRequest(
-                            pipeline_id=pipeline_id,
-                            from_stage="embedding",
-                            worker_id=worker,
-                            to_stage="indexed",
-                            documents=refs,
-                        )
-                    )
-                    moved += sum(1 for r in per_document.results if r.outcome == lpb.TRANSITION_OUTCOME_MOVED)
-                assert moved == len(claimed.leases), (moved, len(claimed.leases))
-                done += moved
-        return done, latencies
-
-    out.put(asyncio.run(main()))
+    """Claim, then complete whole segment leases by token until the pipeline is empty."""
+    out.put(
+        asyncio.run(grpc_claim_loop(address, pipeline_id, worker, batch, ready, complete_by_segment_lease))
+    )
 
 
 def run_phase(

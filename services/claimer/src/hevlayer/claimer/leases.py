@@ -253,6 +253,20 @@ def _check_refs(ids: Sequence[str], tokens: Sequence[int], field: str) -> None:
         raise InvalidArgument.field(field, "ids and tokens differ in length")
 
 
+def _transition_reason(from_stage: str, worker_id: str, to_stage: str, reason: str) -> str:
+    """Check a transition's stages, worker and reason; the reason to store (a move to
+    failed without one stores "marked failed by worker <worker_id>")."""
+    v.worker_stage(from_stage, "from_stage")
+    v.worker_id(worker_id)
+    v.stage_name(to_stage, "to_stage")
+    if to_stage == from_stage:
+        raise InvalidArgument.field("to_stage", "must differ from from_stage")
+    v.max_bytes(reason, v.MAX_REASON_BYTES, "reason")
+    if to_stage == v.FAILED and not reason:
+        return f"marked failed by worker {worker_id}"
+    return reason
+
+
 class LeaseStore:
     """Leases on documents (rows) and on segments of lightweight ids."""
 
@@ -396,15 +410,8 @@ class LeaseStore:
         reason: str = "",
     ) -> TransitionResult:
         """Move documents the worker holds in from_stage to to_stage, atomically."""
-        v.worker_stage(from_stage, "from_stage")
-        v.worker_id(worker_id)
-        v.stage_name(to_stage, "to_stage")
-        if to_stage == from_stage:
-            raise InvalidArgument.field("to_stage", "must differ from from_stage")
-        v.max_bytes(reason, v.MAX_REASON_BYTES, "reason")
+        reason = _transition_reason(from_stage, worker_id, to_stage, reason)
         _check_refs(ids, tokens, "documents")
-        if to_stage == v.FAILED and not reason:
-            reason = f"marked failed by worker {worker_id}"
 
         async def body(conn: asyncpg.Connection, work: Work) -> TransitionResult:
             cfg = await pipeline_config(conn, pipeline_id)
@@ -483,18 +490,11 @@ class LeaseStore:
     ) -> SegmentLeaseTransition:
         """Move whole segment leases the worker holds in from_stage (every id still held
         under each token) to to_stage, atomically; per token, how many ids moved."""
-        v.worker_stage(from_stage, "from_stage")
-        v.worker_id(worker_id)
-        v.stage_name(to_stage, "to_stage")
-        if to_stage == from_stage:
-            raise InvalidArgument.field("to_stage", "must differ from from_stage")
-        v.max_bytes(reason, v.MAX_REASON_BYTES, "reason")
+        reason = _transition_reason(from_stage, worker_id, to_stage, reason)
         v.batch_size(len(tokens), "segment_leases")
         for i, token in enumerate(tokens):
             if token <= 0:
                 raise InvalidArgument.field(f"segment_leases[{i}]", "must be a fencing token (> 0)")
-        if to_stage == v.FAILED and not reason:
-            reason = f"marked failed by worker {worker_id}"
 
         async def body(conn: asyncpg.Connection, work: Work) -> SegmentLeaseTransition:
             cfg = await pipeline_config(conn, pipeline_id)

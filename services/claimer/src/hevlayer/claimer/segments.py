@@ -623,13 +623,17 @@ class SegmentQueue:
                 moves.segments[segment.segment_id] = segment
         if not moves.segments:
             return moves
-        for segment_id, moving in moves.per_segment.items():
-            manifest = await self.cache.get(moves.segments[segment_id].manifest_key)
-            moves.moved_ids.extend(manifest.ids[p] for p in moving)
-            moves.moved_hashes.extend(manifest.hash_at(p) for p in moving)
+        await self._read_moved(moves)
         moves.count = len(moves.moved_ids)
         await self._destination(conn, work, cfg, to_stage, moves)
         return moves
+
+    async def _read_moved(self, moves: SegmentMoves) -> None:
+        """Fill ``moved_ids`` and ``moved_hashes`` from the manifests, in move order."""
+        for segment_id, positions in moves.per_segment.items():
+            manifest = await self.cache.get(moves.segments[segment_id].manifest_key)
+            moves.moved_ids.extend(manifest.ids[p] for p in positions)
+            moves.moved_hashes.extend(manifest.hash_at(p) for p in positions)
 
     async def _destination(
         self, conn: asyncpg.Connection, work: Work, cfg: PipelineConfig, to_stage: str, moves: SegmentMoves
@@ -677,10 +681,7 @@ class SegmentQueue:
         if not moves.segments:
             return moves, moved
         if to_stage != INDEXED:
-            for segment_id, positions in moves.per_segment.items():
-                manifest = await self.cache.get(moves.segments[segment_id].manifest_key)
-                moves.moved_ids.extend(manifest.ids[p] for p in positions)
-                moves.moved_hashes.extend(manifest.hash_at(p) for p in positions)
+            await self._read_moved(moves)
         moves.count = sum(moved)
         await self._destination(conn, work, cfg, to_stage, moves)
         return moves, moved
