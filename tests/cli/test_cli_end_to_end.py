@@ -191,3 +191,25 @@ def test_recall_at_5_on_the_standard_library(suite: Suite, tmp_path: Path) -> No
         ranked[query.query] = [path.removeprefix(prefix) for path in found]
     recall, missed = corpus.recall_at_k(queries, ranked, k=5)
     assert recall >= MIN_RECALL, (recall, [(q.query, ranked[q.query]) for q in missed])
+
+
+def test_down_then_a_second_up_reuses_the_data(suite: Suite, tmp_path: Path) -> None:
+    """``down`` stops everything; ``up`` on the same data directory finds the pipelines,
+    their document states and their vectors again (PostgreSQL, S3 and Milvus Lite files)."""
+    pipeline = f"again-{uuid.uuid4().hex[:6]}"
+    create(suite, pipeline)
+    tree = tmp_path / "tree"
+    paths = sample_tree(tree)
+    add(suite, pipeline, tree)
+    honey = "harvesting honey from a beehive"
+    assert str(paths["guide.md"]) in search_paths(suite, pipeline, honey, "-k", "3")
+
+    stopped = hevlayer("--data-dir", suite.data_dir, "down", timeout=180)
+    assert stopped.returncode == 0, stopped
+    assert UpState.read(suite.data_dir) is None
+    started = hevlayer("--data-dir", suite.data_dir, "up", "--detach", timeout=600)
+    assert started.returncode == 0, started
+
+    assert str(paths["guide.md"]) in search_paths(suite, pipeline, honey, "-k", "3")
+    again = add(suite, pipeline, tree)
+    assert line(again, "queued ").startswith("queued 0, unchanged 7, deleted 0"), again
