@@ -3,7 +3,8 @@
 A :class:`PipelineWorker` holds at most ``max_documents`` documents of its
 pipeline, and fewer when documents have many chunks: it aims at holding about
 ``chunk_budget`` chunks (the chunk queue, every flush and one more batch),
-using the mean chunk count of the documents it has read, so that one worker
+using the mean chunk count of the documents it has leased (a lease carries
+its document's chunk count), so that one worker
 does not lease a whole backlog that other workers (or a scaled-out replica)
 could be embedding. It
 
@@ -319,7 +320,6 @@ class PipelineWorker:
         if leases:
             self._observe_chunks([lease.chunk_count for lease in leases])
             self._refill()
-        if leases:
             if self.held:
                 self._idle.clear()
             metrics.LEASES.inc(len(leases))
