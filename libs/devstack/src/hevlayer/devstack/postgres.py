@@ -28,11 +28,11 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
-from hevlayer.devstack._util import log_tail
+from hevlayer.common.processes import log_tail
 from hevlayer.devstack.errors import DevstackError, ServerNotFoundError
+from hevlayer.devstack.lifecycle import Lifecycle
 from hevlayer.devstack.ports import LOOPBACK, free_port, port_is_free
 
 SYSTEM_USER = "hevlayer-pg"
@@ -157,7 +157,7 @@ def _conf_value(value: SettingValue) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-class PostgresServer:
+class PostgresServer(Lifecycle):
     """A PostgreSQL server on 127.0.0.1 for development and tests.
 
     ``data_dir=None`` makes a throwaway cluster in a temporary directory that
@@ -283,17 +283,6 @@ class PostgresServer:
                 file=sys.stderr,
             )
         self._cleanup()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- SQL through psql ------------------------------------------------------------
 

@@ -12,14 +12,14 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hevlayer.devstack._util import kill_group, log_tail, terminate_group
+from hevlayer.common.processes import kill_group, log_tail, terminate_group
 from hevlayer.devstack.errors import DevstackError, ServerNotFoundError, ServiceStartError
+from hevlayer.devstack.lifecycle import Lifecycle
 
 _CHANNEL_OPTIONS = [
     ("grpc.enable_http_proxy", 0),
@@ -73,7 +73,7 @@ def _check(stub: health_pb2_grpc.HealthStub, service: str, timeout: float) -> st
     return name
 
 
-class ServiceProcess:
+class ServiceProcess(Lifecycle):
     """One service process in its own process group, logging to ``log_path``.
 
     ``command`` is a console-script name (``"hevlayer-claimer"``, looked up
@@ -215,17 +215,6 @@ class ServiceProcess:
         if self._proc is None:
             raise DevstackError(f"{self.name} has not been started")
         return self._proc.wait(timeout)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"ServiceProcess({self.name!r}, pid={self.pid}, returncode={self.returncode})"

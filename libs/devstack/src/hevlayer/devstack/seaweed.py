@@ -28,12 +28,12 @@ import urllib.parse
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Self
 from xml.etree import ElementTree
 
-from hevlayer.devstack._util import log_tail, terminate_group
+from hevlayer.common.processes import log_tail, terminate_group
 from hevlayer.devstack.errors import DevstackError, ServerNotFoundError, ServiceStartError
+from hevlayer.devstack.lifecycle import Lifecycle
 from hevlayer.devstack.ports import LOOPBACK, free_port, port_is_free
 
 DEFAULT_ACCESS_KEY = "hevlayer"
@@ -78,7 +78,7 @@ class S3Error(DevstackError):
         self.body = body
 
 
-class SeaweedS3:
+class SeaweedS3(Lifecycle):
     """SeaweedFS serving S3 at ``endpoint_url`` with a fixed access/secret key.
 
     ``data_dir=None`` uses a temporary directory that ``stop()`` removes; a
@@ -207,17 +207,6 @@ class SeaweedS3:
             self._log_handle = None
         if self._temp_root is not None:
             shutil.rmtree(self._temp_root, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- a few S3 calls (stdlib only) -------------------------------------------------
 

@@ -22,9 +22,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Self, TextIO
 
+from hevlayer.devstack.lifecycle import Lifecycle
 from hevlayer.devstack.ports import LOOPBACK, free_port, port_is_free
 from hevlayer.devstack.postgres import PostgresServer
 from hevlayer.devstack.processes import ServiceProcess
@@ -79,7 +79,7 @@ class RunningService:
     http_address: str
 
 
-class DevStack:
+class DevStack(Lifecycle):
     """Start and stop PostgreSQL, S3 and ``services`` under ``data_dir``.
 
     Layout: ``DATA_DIR/postgres`` (persistent cluster), ``DATA_DIR/s3``
@@ -203,17 +203,6 @@ class DevStack:
             lines.append(f"{entry.spec.name}: {entry.grpc_address}")
             lines.append(f"try:  {_grpcurl(rel)} -plaintext {entry.grpc_address} list")
         return "\n".join(lines)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _grpcurl(rel: Callable[[Path], str]) -> str:

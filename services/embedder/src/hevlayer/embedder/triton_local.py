@@ -52,6 +52,7 @@ from typing import IO, Self
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
+from hevlayer.common.processes import kill_group, log_tail, terminate_group
 from hevlayer.embedder.onnx_model import ModelFiles, RuntimeOptions, minilm_files
 
 DEFAULT_MODEL_NAME = "minilm"
@@ -213,11 +214,7 @@ class LocalTriton:
         return self._proc is not None and self._proc.poll() is None
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_bytes()[-65536:].decode("utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         """The argv and environment of the server (prepares the backend directory)."""
@@ -326,12 +323,7 @@ class LocalTriton:
         if proc is None:
             return None
         atexit.unregister(self.kill)
-        if proc.poll() is None and grace > 0:
-            _signal_group(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=grace)
-        _signal_group(proc.pid, signal.SIGKILL)
-        code = proc.wait()
+        code = terminate_group(proc, grace) if grace > 0 else kill_group(proc)
         self._proc = None
         if self._log is not None:
             self._log.close()
@@ -363,11 +355,6 @@ class LocalTriton:
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,6 @@
-"""Small helpers shared by the server wrappers."""
+"""Child processes in their own process group, with a log file: ending them and
+reading the log's tail (the development servers of ``hevlayer.devstack`` and the
+embedder's local Triton)."""
 
 from __future__ import annotations
 
