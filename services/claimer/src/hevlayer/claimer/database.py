@@ -80,6 +80,15 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     return applied
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset: nothing beyond asyncpg's own (roll back an open transaction,
+    drop listeners). The claimer's pooled connections never change session state
+    (no SET, LISTEN, cursors or advisory locks: the status listener and migrations
+    use connections of their own), so the default reset query (``RESET ALL``,
+    ``UNLISTEN *``, ``CLOSE ALL``, ``pg_advisory_unlock_all()``) would be a round trip
+    per call that changes nothing."""
+
+
 class Database:
     """The claimer's connection pool. ``acquire`` maps connection failures to
     :class:`Unavailable` (with RetryInfo) so callers never see half a batch."""
@@ -110,6 +119,7 @@ class Database:
             timeout=self._timeout,
             command_timeout=self._timeout,
             server_settings=SERVER_SETTINGS,
+            reset=keep_session,
         )
 
     async def open_with_retry(self, stopping: asyncio.Event, max_delay: float = 5.0) -> bool:
