@@ -22,30 +22,41 @@ def test_varints_match_protobuf(values: list[int]) -> None:
         assert (b"\x20" + encoded if value else b"") == expected
 
 
-@given(
-    st.lists(
-        st.tuples(
-            IDS, st.integers(1, 2**63 - 1), st.integers(0, 300), st.text(max_size=20), st.integers(0, 10**6)
-        ),
-        max_size=30,
-    )
+TOKENS = st.integers(1, 2**63 - 1)
+ROWS = st.lists(
+    st.tuples(IDS, TOKENS, st.integers(0, 300), st.text(max_size=20), st.integers(0, 10**6)), max_size=30
 )
-def test_encoded_leases_parse_to_the_same_messages(rows: list[tuple[str, int, int, str, int]]) -> None:
-    expires = datetime(2026, 11, 23, 12, 0, 0, 123456, tzinfo=UTC)
+# every hash present and every count set, or none: the shapes that take the template path
+UNIFORM_ROWS = st.lists(
+    st.tuples(IDS, TOKENS, st.integers(1, 300), st.text(min_size=1), st.integers(1, 10**6)), max_size=30
+) | st.lists(st.tuples(IDS, TOKENS, st.integers(1, 300), st.just(""), st.just(0)), max_size=30)
+
+
+@given(
+    ROWS | UNIFORM_ROWS,
+    st.text(min_size=1, max_size=300),  # '%' and long workers must not break the template
+    st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 1, 1), timezones=st.just(UTC)),
+)
+def test_encoded_leases_parse_to_the_same_messages(
+    rows: list[tuple[str, int, int, str, int]], worker: str, expires: datetime
+) -> None:
     ids, tokens, attempts, hashes, counts = (
         (list(column) for column in zip(*rows, strict=True)) if rows else ([],) * 5
     )
-    data = encode_leases("embedding", "w-1", expires, ids, tokens, attempts, hashes, counts)
+    data = encode_leases("embedding", worker, expires, ids, tokens, attempts, hashes, counts)
     parsed = lease_pb2.ClaimDocumentsResponse.FromString(data)
     assert [
         (lease.document_id, lease.fencing_token, lease.attempts, lease.content_hash, lease.chunk_count)
         for lease in parsed.leases
     ] == rows
-    assert all(lease.stage == "embedding" and lease.worker_id == "w-1" for lease in parsed.leases)
+    assert all(lease.stage == "embedding" and lease.worker_id == worker for lease in parsed.leases)
     assert all(lease.expires_at.ToDatetime(tzinfo=UTC) == expires for lease in parsed.leases)
 
 
-@given(st.lists(st.tuples(IDS, st.sampled_from([1, 2, 3]), st.integers(0, 2**63 - 1)), max_size=30))
+@given(
+    st.lists(st.tuples(IDS, st.sampled_from([1, 2, 3]), st.integers(0, 2**63 - 1)), max_size=30)
+    | st.lists(st.tuples(IDS, st.just(1), st.integers(1, 2**63 - 1)), max_size=30)
+)
 def test_encoded_transition_results_parse_back(rows: list[tuple[str, int, int]]) -> None:
     ids = [row[0] for row in rows]
     data = encode_transition_results(ids, [row[1] for row in rows], [row[2] for row in rows])

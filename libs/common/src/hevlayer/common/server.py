@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -20,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hevlayer.common import metrics
+from hevlayer.common import encoded, metrics
 from hevlayer.common.channels import MAX_MESSAGE_BYTES
 from hevlayer.common.config import ConfigError, setting, split_address
 from hevlayer.common.interceptors import ServerInterceptor
@@ -118,6 +120,12 @@ class ServiceApp:
         ``add_XServicer_to_server``) under ``full_name`` for health and reflection."""
         register(servicer, self.server)
         self._service_names.append(full_name)
+
+    def add_servicer(self, service: ServiceDescriptor, servicer: object) -> None:
+        """Register ``servicer`` for every method of ``service``; its methods may answer
+        with :class:`~hevlayer.common.encoded.Encoded` wire bytes instead of messages."""
+        encoded.add_servicer(self.server, service, servicer)
+        self._service_names.append(service.full_name)
 
     def add_routes(self, routes: list[web.RouteDef]) -> None:
         """Serve extra HTTP routes on the HTTP address."""
@@ -227,6 +235,11 @@ class ServiceApp:
             loop.add_signal_handler(sig, signalled.set)
         try:
             await self.start()
+            # What exists now (modules, descriptors, pools, servers) lives as long as the
+            # process: take it out of the collector's generations, so that the collections
+            # request garbage triggers do not traverse it again and again.
+            gc.collect()
+            gc.freeze()
             await signalled.wait()
         finally:
             await self.stop()

@@ -4,40 +4,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 from collections.abc import AsyncIterator
 
 from google.protobuf import timestamp_pb2
 from grpc import aio
 
 from hevlayer.api.lease.v1 import lease_pb2 as pb
-from hevlayer.api.lease.v1 import lease_pb2_grpc
 from hevlayer.claimer import validation as v
 from hevlayer.claimer.leases import Claimed, ClaimRequest, LeaseStore
 from hevlayer.claimer.pipelines import validate_pipeline_id
 from hevlayer.claimer.status_watch import StatusNotifier
 from hevlayer.claimer.wire import encode_leases, encode_transition_results
+from hevlayer.common.encoded import Encoded
 from hevlayer.common.errors import InvalidArgument
+
+_DOCUMENT_ID = operator.attrgetter("document_id")
+_FENCING_TOKEN = operator.attrgetter("fencing_token")
 
 # How often an idle StreamLeases stream looks for expired leases to take back.
 STREAM_POLL_SECONDS = 1.0
 
 
-def claimed_bytes(claimed: Claimed) -> bytes:
-    """The wire form of ``repeated Lease leases = 1`` for a claim result."""
-    return encode_leases(
-        claimed.stage,
-        claimed.worker_id,
-        claimed.expires_at,
-        claimed.document_ids,
-        claimed.fencing_tokens,
-        claimed.attempts,
-        claimed.content_hashes,
-        claimed.chunk_counts,
+def claimed_bytes(claimed: Claimed) -> Encoded:
+    """The wire form of ``repeated Lease leases = 1`` for a claim result: a whole
+    ClaimDocumentsResponse or StreamLeasesResponse."""
+    return Encoded(
+        encode_leases(
+            claimed.stage,
+            claimed.worker_id,
+            claimed.expires_at,
+            claimed.document_ids,
+            claimed.fencing_tokens,
+            claimed.attempts,
+            claimed.content_hashes,
+            claimed.chunk_counts,
+        )
     )
 
 
-class LeaseServicer(lease_pb2_grpc.LeaseServiceServicer):
-    """LeaseService on top of :class:`LeaseStore`."""
+class LeaseServicer:
+    """LeaseService on top of :class:`LeaseStore` (registered with
+    :meth:`ServiceApp.add_servicer`: claims and per-document transitions answer
+    with wire bytes from :mod:`hevlayer.claimer.wire`)."""
 
     def __init__(self, store: LeaseStore, notifier: StatusNotifier, stopping: asyncio.Event) -> None:
         self._store = store
@@ -46,7 +55,7 @@ class LeaseServicer(lease_pb2_grpc.LeaseServiceServicer):
 
     async def ClaimDocuments(
         self, request: pb.ClaimDocumentsRequest, context: aio.ServicerContext
-    ) -> pb.ClaimDocumentsResponse:
+    ) -> Encoded:
         claimed = await self._store.claim(
             ClaimRequest(
                 pipeline_id=request.pipeline_id,
@@ -57,7 +66,7 @@ class LeaseServicer(lease_pb2_grpc.LeaseServiceServicer):
                 lease_seconds=request.lease_seconds,
             )
         )
-        return pb.ClaimDocumentsResponse.FromString(claimed_bytes(claimed))
+        return claimed_bytes(claimed)
 
     async def HeartbeatLeases(
         self, request: pb.HeartbeatLeasesRequest, context: aio.ServicerContext
@@ -79,7 +88,7 @@ class LeaseServicer(lease_pb2_grpc.LeaseServiceServicer):
 
     async def TransitionDocuments(
         self, request: pb.TransitionDocumentsRequest, context: aio.ServicerContext
-    ) -> pb.TransitionDocumentsResponse:
+    ) -> pb.TransitionDocumentsResponse | Encoded:
         if request.segment_leases:
             if request.documents:
                 raise InvalidArgument.field("segment_leases", "cannot be combined with documents")
@@ -103,8 +112,9 @@ class LeaseServicer(lease_pb2_grpc.LeaseServiceServicer):
                     for token, count in zip(tokens, moved.moved, strict=True)
                 ]
             )
-        ids = [ref.document_id for ref in request.documents]
-        tokens = [ref.fencing_token for ref in request.documents]
+        refs = list(request.documents)
+        ids = list(map(_DOCUMENT_ID, refs))
+        tokens = list(map(_FENCING_TOKEN, refs))
         result = await self._store.transition(
             request.pipeline_id,
             request.from_stage,
@@ -114,13 +124,11 @@ class LeaseServicer(lease_pb2_grpc.LeaseServiceServicer):
             tokens,
             request.reason,
         )
-        return pb.TransitionDocumentsResponse.FromString(
-            encode_transition_results(ids, [int(o) for o in result.outcomes], result.fencing_tokens)
-        )
+        return Encoded(encode_transition_results(ids, result.outcomes, result.fencing_tokens))
 
     async def StreamLeases(
         self, request_iterator: AsyncIterator[pb.StreamLeasesRequest], context: aio.ServicerContext
-    ) -> AsyncIterator[pb.StreamLeasesResponse]:
+    ) -> AsyncIterator[Encoded]:
         requests = request_iterator.__aiter__()
         try:
             first = await requests.__anext__()
@@ -169,7 +177,7 @@ class LeaseServicer(lease_pb2_grpc.LeaseServiceServicer):
                     )
                     if len(claimed):
                         credits -= len(claimed)
-                        yield pb.StreamLeasesResponse.FromString(claimed_bytes(claimed))
+                        yield claimed_bytes(claimed)
                         continue
                 wake.clear()
                 change = asyncio.create_task(

@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from hevlayer.api.claimer.v1 import document_state_pb2, document_state_pb2_grpc
-from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
+from hevlayer.api.lease.v1 import lease_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.claimer.database import Database
 from hevlayer.claimer.documents import DocumentStore
@@ -71,10 +71,8 @@ async def build(app: ServiceApp, settings: ClaimerSettings) -> None:
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server,
         PipelineServicer(store, notifier, app.stopping),
     )
-    app.add_service(
-        lease_pb2.DESCRIPTOR.services_by_name["LeaseService"].full_name,
-        lease_pb2_grpc.add_LeaseServiceServicer_to_server,
-        LeaseServicer(leases, notifier, app.stopping),
+    app.add_servicer(
+        lease_pb2.DESCRIPTOR.services_by_name["LeaseService"], LeaseServicer(leases, notifier, app.stopping)
     )
     app.add_service(
         document_state_pb2.DESCRIPTOR.services_by_name["DocumentStateService"].full_name,

@@ -74,7 +74,8 @@ def observe_claim(pipeline_id: str, claimed: Claimed, seconds: float) -> None:
     CLAIM_LATENCY.labels(pipeline_id).observe(seconds)
     if claimed.document_ids:
         CLAIMED.labels(pipeline_id).inc(len(claimed.document_ids))
-        retried = sum(1 for a in claimed.attempts if a > 1)
+        attempts = claimed.attempts
+        retried = len(attempts) - attempts.count(1) - attempts.count(0)  # leases with attempts > 1
         if retried:
             RETRIES.labels(pipeline_id).inc(retried)
     if claimed.expired:
@@ -86,7 +87,13 @@ def observe_claim(pipeline_id: str, claimed: Claimed, seconds: float) -> None:
 def observe_transition(pipeline_id: str, to_stage: str, outcomes: Sequence[Outcome]) -> None:
     """Record one transition (worker stage names are folded into "stage")."""
     target = to_stage if to_stage in ("pending", "indexed", "failed") else "stage"
-    for outcome, count in Tally(outcomes).items():
+    if not outcomes:
+        return
+    # one kind (all moved) in the common case: a C-level count instead of a tally
+    first = outcomes[0]
+    uniform = outcomes.count(first) == len(outcomes)
+    tally = {first: len(outcomes)} if uniform else Tally(outcomes)
+    for outcome, count in tally.items():
         TRANSITIONS.labels(pipeline_id, target, outcome.name.lower()).inc(count)
 
 

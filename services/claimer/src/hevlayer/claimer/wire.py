@@ -4,10 +4,11 @@ A claim of 10,000 documents answers 10,000 ``Lease`` messages whose stage,
 worker and expiry are identical. Building them one by one with the Python
 protobuf API costs about 1.7 µs each; here the shared fields are serialized
 once, every varint of a batch is encoded by one ``SerializeToString`` of a
-packed ``repeated uint64`` and split with a regular expression, and the wire
-bytes are concatenated (about 0.8 µs each). The caller parses the bytes back
-into the response message (C parser, ~0.15 µs per lease), so the output is
-an ordinary message and the encoding is checked by the parser.
+packed ``repeated uint64`` and split with a regular expression, and each
+message is one ``%`` format of a template (about 0.35 µs each). The bytes go
+to the wire as they are (:class:`hevlayer.common.encoded.Encoded`); the
+hypothesis tests in ``tests/claimer/test_claimer_wire.py`` check that the
+protobuf parser reads them back to the same messages.
 """
 
 from __future__ import annotations
@@ -66,8 +67,20 @@ def varints(values: Sequence[int]) -> list[bytes]:
 
 
 def _length_delimited(tag: bytes, bodies: Sequence[bytes]) -> bytes:
+    """``tag`` + length + body for every body, concatenated."""
+    if bodies and max(map(len, bodies)) < 128:
+        small = _SMALL
+        return b"".join([tag + small[len(body)] + body for body in bodies])
     lengths = varints([len(b) for b in bodies])
     return b"".join([tag + length + body for length, body in zip(lengths, bodies, strict=True)])
+
+
+def _encoded(values: Sequence[str]) -> list[bytes]:
+    return [value.encode() for value in values]
+
+
+def _lengths(values: Sequence[bytes]) -> list[bytes]:
+    return varints([len(value) for value in values])
 
 
 def encode_leases(
@@ -81,56 +94,58 @@ def encode_leases(
     chunk_counts: Sequence[int],
 ) -> bytes:
     """Wire bytes of ``repeated Lease leases = 1`` (ClaimDocumentsResponse and
-    StreamLeasesResponse share that layout)."""
+    StreamLeasesResponse share that layout).
+
+    Each lease is one ``%`` format of its varying fields into a template that
+    holds the shared stage, worker and expiry; a field that is empty in every
+    lease is left out of the template, one that is empty in some leases is
+    formatted per lease."""
     if not ids:
         return b""
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(expires_at)
     common = document_pb2.Lease(stage=stage, worker_id=worker_id, expires_at=stamp).SerializeToString()
-    encoded = [doc.encode() for doc in ids]
-    id_lengths = varints([len(e) for e in encoded])
-    token_bytes = varints(tokens)
-    attempt_bytes = varints(attempts)
-    extras: list[bytes] | None = None
-    if any(hashes) or any(chunk_counts):
-        hash_encoded = [h.encode() for h in hashes]
-        hash_lengths = varints([len(h) for h in hash_encoded])
-        counts = varints(chunk_counts)
-        extras = [
-            (b"\x3a" + hash_lengths[i] + hash_encoded[i] if hash_encoded[i] else b"")
-            + (b"\x40" + counts[i] if chunk_counts[i] else b"")
-            for i in range(len(ids))
-        ]
-    bodies = [
-        b"\x0a" + id_lengths[i] + encoded[i] + common + b"\x20" + token_bytes[i] + b"\x30" + attempt_bytes[i]
-        for i in range(len(ids))
-    ]
-    if extras is not None:
-        bodies = [body + extras[i] for i, body in enumerate(bodies)]
-    return _length_delimited(b"\x0a", bodies)
+    encoded = _encoded(ids)
+    # document_id = 1, (stage, worker_id, expires_at), fencing_token = 4, attempts = 6
+    template = b"\x0a%b%b" + common.replace(b"%", b"%%") + b"\x20%b\x30%b"
+    columns: list[Sequence[bytes]] = [_lengths(encoded), encoded, varints(tokens), varints(attempts)]
+    hash_bytes = _encoded(hashes)
+    if all(hash_bytes):  # content_hash = 7
+        template += b"\x3a%b%b"
+        columns += [_lengths(hash_bytes), hash_bytes]
+    elif any(hash_bytes):
+        template += b"%b"
+        lengths = _lengths(hash_bytes)
+        columns.append([b"\x3a%b%b" % (n, h) if h else b"" for n, h in zip(lengths, hash_bytes, strict=True)])
+    counts = varints(chunk_counts)
+    if all(chunk_counts):  # chunk_count = 8
+        template += b"\x40%b"
+        columns.append(counts)
+    elif any(chunk_counts):
+        template += b"%b"
+        columns.append([b"\x40" + c if n else b"" for n, c in zip(chunk_counts, counts, strict=True)])
+    return _length_delimited(b"\x0a", [template % row for row in zip(*columns, strict=True)])
 
 
 def encode_transition_results(ids: Sequence[str], outcomes: Sequence[int], tokens: Sequence[int]) -> bytes:
     """Wire bytes of ``repeated TransitionResult results = 1``."""
     if not ids:
         return b""
-    encoded = [doc.encode() for doc in ids]
-    id_lengths = varints([len(e) for e in encoded])
-    if len(set(outcomes)) == 1 and len(set(tokens)) == 1:
-        # one outcome and one token for all (a segment moved whole): a shared suffix
-        suffix = b"\x10" + bytes([outcomes[0]]) + (b"\x18" + varints(tokens[:1])[0] if tokens[0] else b"")
-        return _length_delimited(
-            b"\x0a",
-            [b"\x0a" + length + doc + suffix for length, doc in zip(id_lengths, encoded, strict=True)],
-        )
-    outcome_bytes = {value: b"\x10" + bytes([value]) for value in set(outcomes)}
+    encoded = _encoded(ids)
+    # document_id = 1, outcome = 2, fencing_token = 3
+    template = b"\x0a%b%b"
+    columns: list[Sequence[bytes]] = [_lengths(encoded), encoded]
+    kinds = set(outcomes)
+    if len(kinds) == 1:
+        template += b"\x10" + varints([outcomes[0]])[0].replace(b"%", b"%%")
+    else:
+        template += b"\x10%b"
+        columns.append(varints(outcomes))
     token_bytes = varints(tokens)
-    bodies = [
-        b"\x0a"
-        + id_lengths[i]
-        + encoded[i]
-        + outcome_bytes[outcomes[i]]
-        + (b"\x18" + token_bytes[i] if tokens[i] else b"")
-        for i in range(len(ids))
-    ]
-    return _length_delimited(b"\x0a", bodies)
+    if all(tokens):
+        template += b"\x18%b"
+        columns.append(token_bytes)
+    elif any(tokens):
+        template += b"%b"
+        columns.append([b"\x18" + t if n else b"" for n, t in zip(tokens, token_bytes, strict=True)])
+    return _length_delimited(b"\x0a", [template % row for row in zip(*columns, strict=True)])
