@@ -49,8 +49,13 @@ def create_channel(
     *,
     retry_services: Sequence[str] = (),
     max_attempts: int = 5,
+    traced: bool = True,
 ) -> aio.Channel:
-    """An insecure aio channel to ``target`` (``host:port``) with tracing and retries."""
+    """An insecure aio channel to ``target`` (``host:port``) with tracing and retries.
+
+    ``traced=False`` leaves out the tracing interceptors (grpc.aio runs each
+    intercepted call through extra tasks): for callers that start their CLIENT
+    spans themselves (:func:`hevlayer.common.interceptors.start_client_span`)."""
     options = [
         ("grpc.enable_retries", 1),
         ("grpc.service_config", retry_service_config(retry_services, max_attempts=max_attempts)),
@@ -61,4 +66,5 @@ def create_channel(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
-    return aio.insecure_channel(target, options=options, interceptors=client_interceptors())
+    interceptors = client_interceptors() if traced else None
+    return aio.insecure_channel(target, options=options, interceptors=interceptors)

@@ -18,12 +18,12 @@ from typing import Any
 import grpc
 from grpc import aio
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from hevlayer.common import metrics
 from hevlayer.common.errors import ServiceError
-from hevlayer.common.telemetry import extract_context, inject_metadata
+from hevlayer.common.telemetry import extract_context
 
 log = logging.getLogger("hevlayer.rpc")
 _tracer = trace.get_tracer("hevlayer.grpc")
@@ -35,48 +35,64 @@ def _split_method(full: str) -> tuple[str, str]:
     return service, method
 
 
+class _Method:
+    """What every call of one method shares: its names, span attributes and metric series."""
+
+    def __init__(self, full_method: str, rpc_type: str) -> None:
+        self.full_method = full_method
+        self.span_name = full_method.lstrip("/")
+        self.service, self.method = _split_method(full_method)
+        self.rpc_type = rpc_type
+        self.attributes = {"rpc.system": "grpc", "rpc.service": self.service, "rpc.method": self.method}
+        self.started = metrics.GRPC_STARTED.labels(self.service, self.method, rpc_type)
+        self.latency = metrics.GRPC_LATENCY.labels(self.service, self.method, rpc_type)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+
+    def handled(self, code: grpc.StatusCode) -> Any:
+        """The ``grpc_server_handled_total`` series of ``code``."""
+        series = self._handled.get(code)
+        if series is None:
+            series = self._handled[code] = metrics.GRPC_HANDLED.labels(
+                self.service, self.method, self.rpc_type, code.name
+            )
+        return series
+
+
 class _Observation:
     """Span, metrics and access log of one server-side RPC."""
 
-    def __init__(self, full_method: str, rpc_type: str, metadata: Any) -> None:
-        self.service, self.method = _split_method(full_method)
-        self.full_method = full_method
-        self.rpc_type = rpc_type
+    def __init__(self, method: _Method, metadata: Any) -> None:
+        self.rpc = method
+        self.full_method = method.full_method
         self.parent = extract_context(metadata)
         self.start = time.perf_counter()
         self.span = _tracer.start_span(
-            full_method.lstrip("/"),
-            context=self.parent,
-            kind=SpanKind.SERVER,
-            attributes={
-                "rpc.system": "grpc",
-                "rpc.service": self.service,
-                "rpc.method": self.method,
-            },
+            method.span_name, context=self.parent, kind=SpanKind.SERVER, attributes=method.attributes
         )
         self.token = otel_context.attach(trace.set_span_in_context(self.span, self.parent))
-        metrics.GRPC_STARTED.labels(self.service, self.method, rpc_type).inc()
+        method.started.inc()
 
     def finish(self, code: grpc.StatusCode, message: str = "") -> None:
         elapsed = time.perf_counter() - self.start
-        metrics.GRPC_HANDLED.labels(self.service, self.method, self.rpc_type, code.name).inc()
-        metrics.GRPC_LATENCY.labels(self.service, self.method, self.rpc_type).observe(elapsed)
+        self.rpc.handled(code).inc()
+        self.rpc.latency.observe(elapsed)
         self.span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code is not grpc.StatusCode.OK:
             self.span.set_status(Status(StatusCode.ERROR, message or code.name))
         level = logging.ERROR if code in _SERVER_FAULTS else logging.INFO
-        log.log(
-            level,
-            "rpc %s %s",
-            self.full_method,
-            code.name,
-            extra={
-                "rpc_method": self.full_method,
-                "grpc_code": code.name,
-                "duration_ms": round(elapsed * 1000, 3),
-                **({"error": message} if message else {}),
-            },
-        )
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "rpc %s %s",
+                self.full_method,
+                code.name,
+                extra={
+                    "rpc_method": self.full_method,
+                    "grpc_code": code.name,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    **({"error": message} if message else {}),
+                },
+            )
         otel_context.detach(self.token)
         self.span.end()
 
@@ -108,6 +124,9 @@ class ServerInterceptor(aio.ServerInterceptor):
     context), Prometheus metrics, an access log line and the mapping of
     :class:`ServiceError` to a rich gRPC status (anything else is INTERNAL)."""
 
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -117,97 +136,114 @@ class ServerInterceptor(aio.ServerInterceptor):
         if handler is None:
             return handler
         method: str = handler_call_details.method
-        metadata = handler_call_details.invocation_metadata
         if method.startswith(("/grpc.health.", "/grpc.reflection.")):
             return handler
-
-        def response_unary(inner: Any, rpc_type: str) -> Any:
-            async def call(request: Any, context: aio.ServicerContext) -> Any:
-                obs = _Observation(method, rpc_type, metadata)
-                try:
-                    response = await inner(request, context)
-                except aio.AbortError:
-                    obs.finish(_code_of(context), context.details() or "")
-                    raise
-                except BaseException as exc:
-                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                        raise
-                    if isinstance(exc, asyncio.CancelledError):
-                        obs.finish(grpc.StatusCode.CANCELLED)
-                        raise
-                    await _fail(context, obs, exc)
-                    raise
-                obs.finish(_code_of(context))
-                return response
-
-            return call
-
-        def response_stream(inner: Any, rpc_type: str) -> Any:
-            async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-                obs = _Observation(method, rpc_type, metadata)
-                try:
-                    result = inner(request, context)
-                    if inspect.isasyncgen(result):
-                        async for item in result:
-                            yield item
-                    else:
-                        await result
-                except aio.AbortError:
-                    obs.finish(_code_of(context), context.details() or "")
-                    raise
-                except BaseException as exc:
-                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                        raise
-                    if isinstance(exc, asyncio.CancelledError):
-                        obs.finish(grpc.StatusCode.CANCELLED)
-                        raise
-                    await _fail(context, obs, exc)
-                    raise
-                obs.finish(_code_of(context))
-
-            return call
-
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(response_unary(handler.unary_unary, "unary"), **kwargs)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                response_unary(handler.stream_unary, "client_stream"), **kwargs
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                response_stream(handler.unary_stream, "server_stream"), **kwargs
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                response_stream(handler.stream_stream, "bidi_stream"), **kwargs
-            )
-        return handler
+        # Generic handlers hand out the same handler object per method: wrap it once.
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _observed(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
 
-def _with_trace_metadata(details: aio.ClientCallDetails) -> aio.ClientCallDetails:
-    existing = [(k, v) for k, v in (details.metadata or ()) if k not in ("traceparent", "tracestate")]
-    merged = aio.Metadata(*existing, *inject_metadata())
-    return aio.ClientCallDetails(
-        method=details.method,
-        timeout=details.timeout,
-        metadata=merged,
-        credentials=details.credentials,
-        wait_for_ready=details.wait_for_ready,
-    )
+def _response_unary(rpc: _Method, inner: Any) -> Any:
+    async def call(request: Any, context: aio.ServicerContext) -> Any:
+        obs = _Observation(rpc, context.invocation_metadata())
+        try:
+            response = await inner(request, context)
+        except aio.AbortError:
+            obs.finish(_code_of(context), context.details() or "")
+            raise
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                obs.finish(grpc.StatusCode.CANCELLED)
+                raise
+            await _fail(context, obs, exc)
+            raise
+        obs.finish(_code_of(context))
+        return response
+
+    return call
 
 
-def _client_span(details: aio.ClientCallDetails) -> trace.Span:
-    method = details.method.decode() if isinstance(details.method, bytes) else details.method
-    service, name = _split_method(method)
-    return _tracer.start_span(
-        method.lstrip("/"),
+def _response_stream(rpc: _Method, inner: Any) -> Any:
+    async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        obs = _Observation(rpc, context.invocation_metadata())
+        try:
+            result = inner(request, context)
+            if inspect.isasyncgen(result):
+                async for item in result:
+                    yield item
+            else:
+                await result
+        except aio.AbortError:
+            obs.finish(_code_of(context), context.details() or "")
+            raise
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                obs.finish(grpc.StatusCode.CANCELLED)
+                raise
+            await _fail(context, obs, exc)
+            raise
+        obs.finish(_code_of(context))
+
+    return call
+
+
+def _observed(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` with every call observed (span, metrics, access log, error mapping)."""
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            _response_unary(_Method(method, "unary"), handler.unary_unary), **kwargs
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            _response_unary(_Method(method, "client_stream"), handler.stream_unary), **kwargs
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            _response_stream(_Method(method, "server_stream"), handler.unary_stream), **kwargs
+        )
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(
+            _response_stream(_Method(method, "bidi_stream"), handler.stream_stream), **kwargs
+        )
+    return handler
+
+
+def start_client_span(method: str | bytes) -> tuple[trace.Span, list[tuple[str, str]]]:
+    """A CLIENT span for a call of ``method`` (``/pkg.Service/Method``), child of the
+    current span, and the metadata entries that carry it to the server. For calls
+    made without the channel interceptors (the gateway's byte-level forwarding);
+    end it with :func:`end_client_span`."""
+    name = method.decode() if isinstance(method, bytes) else method
+    service, rpc = _split_method(name)
+    span = _tracer.start_span(
+        name.lstrip("/"),
         kind=SpanKind.CLIENT,
-        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc},
     )
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return span, list(carrier.items())
+
+
+def end_client_span(span: trace.Span, code: grpc.StatusCode | None) -> None:
+    """End a CLIENT span with the call's status code."""
+    if isinstance(code, grpc.StatusCode):
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code is not grpc.StatusCode.OK:
+            span.set_status(Status(StatusCode.ERROR, code.name))
+    span.end()
 
 
 _pending_spans: set[asyncio.Task[None]] = set()
@@ -221,11 +257,7 @@ def _end_span_when_done(span: trace.Span, call: Any) -> None:
             code = await call.code()
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
-        if isinstance(code, grpc.StatusCode):
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code is not grpc.StatusCode.OK:
-                span.set_status(Status(StatusCode.ERROR, code.name))
-        span.end()
+        end_client_span(span, code)
 
     task = asyncio.get_running_loop().create_task(finish())
     _pending_spans.add(task)
@@ -233,20 +265,20 @@ def _end_span_when_done(span: trace.Span, call: Any) -> None:
 
 
 class _ClientTracing:
-    def _start(self, details: aio.ClientCallDetails) -> tuple[trace.Span, aio.ClientCallDetails]:
-        span = _client_span(details)
-        token = otel_context.attach(trace.set_span_in_context(span))
-        try:
-            return span, _with_trace_metadata(details)
-        finally:
-            otel_context.detach(token)
-
     async def _traced(self, continuation: Any, details: Any, request: Any) -> Any:
         """Start the call under a CLIENT span that ends with the call's status.
 
         grpc.aio files each interceptor under one call kind only, hence one
         class per kind below, all sharing this body."""
-        span, details = self._start(details)
+        span, carrier = start_client_span(details.method)
+        existing = [(k, v) for k, v in (details.metadata or ()) if k not in ("traceparent", "tracestate")]
+        details = aio.ClientCallDetails(
+            method=details.method,
+            timeout=details.timeout,
+            metadata=aio.Metadata(*existing, *carrier),
+            credentials=details.credentials,
+            wait_for_ready=details.wait_for_ready,
+        )
         call = await continuation(details, request)
         _end_span_when_done(span, call)
         return call

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from opentelemetry import context as otel_context
@@ -96,10 +96,3 @@ def extract_context(metadata: Iterable[tuple[str, str | bytes]] | None) -> otel_
         if isinstance(value, str):
             carrier[key.lower()] = value
     return propagate.extract(carrier)
-
-
-def inject_metadata(metadata: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
-    """Metadata entries carrying the current trace context (plus ``metadata``)."""
-    carrier: dict[str, str] = dict(metadata or {})
-    propagate.inject(carrier)
-    return list(carrier.items())

@@ -2,13 +2,19 @@
 
 The gateway is the one public address, but pipeline and lease state belong
 to the claimer. Forwarded calls are relayed as serialized bytes (no decode,
-no re-encode), with the caller's deadline, the trace context (through the
-channel's interceptors) and, on failure, the backend's exact status: code,
-message and ``grpc-status-details-bin`` rich details.
+no re-encode), with the caller's deadline, the trace context and, on failure,
+the backend's exact status: code, message and ``grpc-status-details-bin``
+rich details.
+
+The forwarding channel has no client interceptors (grpc.aio runs every
+intercepted call through extra tasks, which cost more than the relay itself):
+each handler starts its CLIENT span and puts the trace context into the
+call's metadata itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,11 +22,22 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 
+from hevlayer.common.interceptors import end_client_span, start_client_span
+
 _FORWARDED_TRAILERS = ("grpc-status-details-bin",)
 
 
 def _trailers(error: aio.AioRpcError) -> tuple[tuple[str, str | bytes], ...]:
     return tuple((k, v) for k, v in (error.trailing_metadata() or ()) if k in _FORWARDED_TRAILERS)
+
+
+async def _final_code(call: Any) -> grpc.StatusCode:
+    """The status a finished (or cancelled) streaming call ended with."""
+    try:
+        code: grpc.StatusCode = await call.code()
+    except asyncio.CancelledError:
+        return grpc.StatusCode.CANCELLED
+    return code
 
 
 class Forwarder:
@@ -47,10 +64,18 @@ class Forwarder:
             method_uu = channel.unary_unary(path)
 
             async def unary_unary(request: bytes, context: aio.ServicerContext) -> Any:
+                span, metadata = start_client_span(path)
+                code = grpc.StatusCode.OK
                 try:
-                    return await method_uu(request, timeout=self._timeout(context, False))
+                    return await method_uu(request, timeout=self._timeout(context, False), metadata=metadata)
                 except aio.AioRpcError as error:
+                    code = error.code()
                     await self._abort(context, error)
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                finally:
+                    end_client_span(span, code)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary)
 
@@ -58,7 +83,8 @@ class Forwarder:
             method_us = channel.unary_stream(path)
 
             async def unary_stream(request: bytes, context: aio.ServicerContext) -> AsyncIterator[Any]:
-                call = method_us(request, timeout=self._timeout(context, True))
+                span, metadata = start_client_span(path)
+                call = method_us(request, timeout=self._timeout(context, True), metadata=metadata)
                 try:
                     async for response in call:
                         yield response
@@ -66,6 +92,7 @@ class Forwarder:
                     await self._abort(context, error)
                 finally:
                     call.cancel()
+                    end_client_span(span, await _final_code(call))
 
             return grpc.unary_stream_rpc_method_handler(unary_stream)
 
@@ -73,10 +100,18 @@ class Forwarder:
             method_su = channel.stream_unary(path)
 
             async def stream_unary(requests: AsyncIterator[bytes], context: aio.ServicerContext) -> Any:
+                span, metadata = start_client_span(path)
+                code = grpc.StatusCode.OK
                 try:
-                    return await method_su(requests, timeout=self._timeout(context, True))
+                    return await method_su(requests, timeout=self._timeout(context, True), metadata=metadata)
                 except aio.AioRpcError as error:
+                    code = error.code()
                     await self._abort(context, error)
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                finally:
+                    end_client_span(span, code)
 
             return grpc.stream_unary_rpc_method_handler(stream_unary)
 
@@ -85,7 +120,8 @@ class Forwarder:
         async def stream_stream(
             requests: AsyncIterator[bytes], context: aio.ServicerContext
         ) -> AsyncIterator[Any]:
-            call = method_ss(requests, timeout=self._timeout(context, True))
+            span, metadata = start_client_span(path)
+            call = method_ss(requests, timeout=self._timeout(context, True), metadata=metadata)
             try:
                 async for response in call:
                     yield response
@@ -93,6 +129,7 @@ class Forwarder:
                 await self._abort(context, error)
             finally:
                 call.cancel()
+                end_client_span(span, await _final_code(call))
 
         return grpc.stream_stream_rpc_method_handler(stream_stream)
 

@@ -144,7 +144,12 @@ async def build(app: ServiceApp, settings: Settings) -> None:
         embedder = Embedder(embedder_channel, timeout=settings.gateway.forward_timeout_seconds)
     searcher = Searcher(claimer, writer, embedder)
 
-    forwarder = Forwarder(channel, settings.gateway.forward_timeout_seconds)
+    forward_channel = create_channel(
+        settings.gateway.claimer_address,
+        retry_services=[s.full_name for s in FORWARDED_SERVICES],
+        traced=False,  # the forwarder starts its CLIENT spans itself
+    )
+    forwarder = Forwarder(forward_channel, settings.gateway.forward_timeout_seconds)
     _register_generic(app, PIPELINE_SERVICE.full_name, _pipeline_handler(forwarder, claimer, store))
     _register_generic(app, LEASE_SERVICE.full_name, forwarder.service_handler(LEASE_SERVICE))
     app.add_service(
@@ -165,6 +170,7 @@ async def build(app: ServiceApp, settings: Settings) -> None:
         await sinks.close()
         await stack.aclose()
         await channel.close()
+        await forward_channel.close()
         if embedder_channel is not None:
             await embedder_channel.close()
 
