@@ -50,6 +50,24 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def postgres_cpu_seconds(data_dir: Path) -> float:
+    """CPU seconds of a PostgreSQL server: the postmaster, its live backends, and the
+    backends that have exited (counted in the postmaster's children's time)."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            child = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(child[1]) == postmaster:
+            ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int | None) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     if pid is None:
@@ -93,6 +111,18 @@ async def load_documents(dsn: str, pipeline_id: str, count: int) -> None:
             pipeline_id,
             count,
         )
+    finally:
+        await conn.close()
+    await vacuum(dsn)
+
+
+async def vacuum(dsn: str) -> None:
+    """VACUUM ANALYZE the documents table, with autovacuum off for it: every phase starts
+    on a table without the dead rows of the phases before it, and no autovacuum run lands
+    in the middle of one path's phase and not another's."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("ALTER TABLE documents SET (autovacuum_enabled = off)")
         await conn.execute("VACUUM ANALYZE documents")
     finally:
         await conn.close()
@@ -139,9 +169,9 @@ async def complete_per_document(stub: Any, pipeline_id: str, worker: str, leases
 
 async def grpc_claim_loop(
     address: str, pipeline_id: str, worker: str, batch: int, ready: Any, complete: Complete
-) -> tuple[int, list[float]]:
+) -> tuple[int, list[float], float]:
     """Claim ``batch`` at a time through gRPC and ``complete`` them until the pipeline is empty;
-    (ids moved, claim latencies)."""
+    (ids moved, claim latencies, this process's CPU seconds in the loop)."""
     from grpc import aio
 
     from hevlayer.api.lease.v1 import lease_pb2 as lpb
@@ -157,6 +187,7 @@ async def grpc_claim_loop(
         )
         await channel.channel_ready()
         await asyncio.to_thread(ready.wait)
+        cpu = time.process_time()
         empty = 0
         while empty < 2:
             started = time.perf_counter()
@@ -169,7 +200,83 @@ async def grpc_claim_loop(
             moved = await complete(stub, pipeline_id, worker, claimed.leases)
             assert moved == len(claimed.leases), (moved, len(claimed.leases))
             done += moved
-    return done, latencies
+    return done, latencies, time.process_time() - cpu
+
+
+async def grpc_stream_loop(
+    address: str, pipeline_id: str, worker: str, batch: int, total: int, moved_so_far: Any, ready: Any
+) -> tuple[int, list[float], float]:
+    """Take leases from one ``StreamLeases`` stream, ``batch`` credits at a time, and move
+    each message's leases to indexed (TransitionDocuments, one LeaseRef per document)
+    until every worker together has moved ``total``; (ids moved, credit-to-leases
+    latencies, this process's CPU seconds in the loop)."""
+    from grpc import aio
+
+    from hevlayer.api.lease.v1 import lease_pb2 as lpb
+    from hevlayer.api.lease.v1 import lease_pb2_grpc
+
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    credits: asyncio.Queue[int] = asyncio.Queue()
+    done = 0
+    latencies: list[float] = []
+
+    async def requests() -> Any:
+        yield lpb.StreamLeasesRequest(
+            open=lpb.StreamLeasesOpen(
+                pipeline_id=pipeline_id,
+                stage="pending",
+                claim_stage="embedding",
+                worker_id=worker,
+                initial_credits=batch,
+            )
+        )
+        while True:
+            yield lpb.StreamLeasesRequest(credit=lpb.StreamLeasesCredit(documents=await credits.get()))
+
+    async with aio.insecure_channel(address, options=options) as channel:
+        stub = lease_pb2_grpc.LeaseServiceStub(channel)
+        await channel.channel_ready()
+        await asyncio.to_thread(ready.wait)
+        cpu = time.process_time()
+        granted = time.perf_counter()
+        call = stub.StreamLeases(requests())
+        try:
+            reading: asyncio.Future[Any] | None = None
+            while moved_so_far.value < total:
+                # a read is never cancelled (that would cancel the call): it stays pending
+                # across the checks of the shared count
+                reading = reading or asyncio.ensure_future(call.read())
+                await asyncio.wait({reading}, timeout=0.05)
+                if not reading.done():
+                    continue
+                response, reading = reading.result(), None
+                if response is aio.EOF:
+                    raise RuntimeError("StreamLeases ended early")
+                latencies.append(time.perf_counter() - granted)
+                moved = await complete_per_document(stub, pipeline_id, worker, response.leases)
+                assert moved == len(response.leases), (moved, len(response.leases))
+                done += moved
+                with moved_so_far.get_lock():
+                    moved_so_far.value += moved
+                granted = time.perf_counter()
+                credits.put_nowait(moved)
+        finally:
+            call.cancel()
+    return done, latencies, time.process_time() - cpu
+
+
+def grpc_stream_worker(
+    address: str,
+    pipeline_id: str,
+    worker: str,
+    batch: int,
+    total: int,
+    moved_so_far: Any,
+    ready: Any,
+    out: Any,
+) -> None:
+    """Take leases from StreamLeases and complete them until ``total`` documents are indexed."""
+    out.put(asyncio.run(grpc_stream_loop(address, pipeline_id, worker, batch, total, moved_so_far, ready)))
 
 
 def grpc_worker(address: str, pipeline_id: str, worker: str, batch: int, ready: Any, out: Any) -> None:
@@ -182,9 +289,10 @@ def bare_worker(dsn: str, pipeline_id: str, worker: str, batch: int, ready: Any,
     from hevlayer.claimer.database import SERVER_SETTINGS
     from hevlayer.claimer.leases import CLAIM_SQL, TRANSITION_SQL
 
-    async def main() -> tuple[int, list[float]]:
+    async def main() -> tuple[int, list[float], float]:
         conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
         await asyncio.to_thread(ready.wait)
+        cpu = time.process_time()
         done = 0
         latencies: list[float] = []
         try:
@@ -225,14 +333,14 @@ def bare_worker(dsn: str, pipeline_id: str, worker: str, batch: int, ready: Any,
                 done += len(moved)
         finally:
             await conn.close()
-        return done, latencies
+        return done, latencies, time.process_time() - cpu
 
     out.put(asyncio.run(main()))
 
 
-def run_workers(target: Any, args_for: list[tuple[Any, ...]]) -> tuple[float, int, list[float]]:
+def run_workers(target: Any, args_for: list[tuple[Any, ...]]) -> tuple[float, int, list[float], float]:
     """Start one process per args tuple and time them from when all are connected;
-    return (seconds, documents, latencies)."""
+    return (seconds, documents, latencies, the workers' CPU seconds)."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     ready = context.Barrier(len(args_for) + 1)
@@ -247,7 +355,12 @@ def run_workers(target: Any, args_for: list[tuple[Any, ...]]) -> tuple[float, in
         process.join(30)
         if process.exitcode != 0:
             raise SystemExit(f"a worker failed with exit code {process.exitcode}")
-    return elapsed, sum(r[0] for r in results), [x for r in results for x in r[1]]
+    return (
+        elapsed,
+        sum(r[0] for r in results),
+        [x for r in results for x in r[1]],
+        sum(r[2] for r in results),
+    )
 
 
 # -- procrastinate ---------------------------------------------------------------------
@@ -279,7 +392,7 @@ def procrastinate_worker(dsn: str, concurrency: int, ready: Any, out: Any) -> No
             )
         return 0
 
-    out.put((asyncio.run(main()), []))
+    out.put((asyncio.run(main()), [], 0.0))
 
 
 async def procrastinate_setup(dsn: str, jobs: int) -> None:
@@ -298,11 +411,18 @@ def procrastinate_rate(dsn: str, workers: int) -> float | None:
         print("procrastinate is not installed: baseline skipped (pip install procrastinate)")
         return None
     asyncio.run(procrastinate_setup(dsn, PROCRASTINATE_JOBS))
-    elapsed, _, _ = run_workers(procrastinate_worker, [(dsn, 8) for _ in range(workers)])
+    elapsed, _, _, _ = run_workers(procrastinate_worker, [(dsn, 8) for _ in range(workers)])
     return PROCRASTINATE_JOBS / elapsed
 
 
 # -- main ------------------------------------------------------------------------------
+
+
+PATHS = {
+    "unary": "gRPC ClaimDocuments (client -> gateway -> claimer -> PostgreSQL)",
+    "stream": "gRPC StreamLeases (client -> gateway -> claimer -> PostgreSQL)",
+    "bare": "bare asyncpg (same two statements)",
+}
 
 
 def main() -> None:
@@ -311,13 +431,20 @@ def main() -> None:
     )
     parser.add_argument("--docs", type=int, default=100_000, help="documents per measured phase")
     parser.add_argument("--workers", type=int, default=4, help="worker processes per phase")
-    parser.add_argument("--batch", type=int, default=2000, help="claim limit")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved gRPC / bare rounds (medians)")
+    parser.add_argument("--batch", type=int, default=2000, help="claim limit (StreamLeases credits)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every path (medians)")
+    parser.add_argument(
+        "--paths", default="unary,stream,bare", help="comma-separated: unary, stream, bare (the baseline)"
+    )
     parser.add_argument("--no-procrastinate", action="store_true")
     args = parser.parse_args()
+    paths = [p for p in args.paths.split(",") if p]
+    if "bare" not in paths or any(p not in PATHS for p in paths):
+        raise SystemExit(f"--paths: choose from {sorted(PATHS)}, bare included")
 
     logs = Path(tempfile.mkdtemp(prefix="hevlayer-bench-claims-"))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; logs in {logs}")
+    context = multiprocessing.get_context("spawn")
     with PostgresServer(settings=TEST_SETTINGS) as postgres:
         claimer_db = postgres.create_database("claims")
         procrastinate_db = postgres.create_database("procrastinate")
@@ -328,69 +455,85 @@ def main() -> None:
             "hevlayer-gateway", {"CLAIMER_ADDRESS": claimer_address}, logs
         )
         try:
-            grpc_rates: list[float] = []
-            bare_rates: list[float] = []
-            grpc_latencies: list[float] = []
-            bare_latencies: list[float] = []
-            service_cpu = {"claimer": 0.0, "gateway": 0.0}
-            grpc_seconds = 0.0
-            # interleaved rounds, so that a change of machine load hits both paths alike
-            for _ in range(args.rounds):
-                grpc_pipeline = f"bench-grpc-{uuid.uuid4().hex[:6]}"
-                bare_pipeline = f"bench-bare-{uuid.uuid4().hex[:6]}"
-                for pipeline in (grpc_pipeline, bare_pipeline):
+            rates: dict[str, list[float]] = {path: [] for path in paths}
+            latencies: dict[str, list[float]] = {path: [] for path in paths}
+            # CPU seconds per path, per part (the machine is shared with other work, so the
+            # parts are measured one by one, not as the machine's busy time)
+            cpu: dict[str, dict[str, float]] = {
+                path: {"PostgreSQL": 0.0, "workers": 0.0, "claimer": 0.0, "gateway": 0.0} for path in paths
+            }
+            # interleaved rounds, so that a change of machine load hits every path alike; the
+            # order rotates, so that no path is always the first after the load
+            for round_number in range(args.rounds):
+                pipelines = {path: f"bench-{path}-{uuid.uuid4().hex[:6]}" for path in paths}
+                for pipeline in pipelines.values():
                     asyncio.run(create_pipeline(claimer_address, pipeline))
                     asyncio.run(load_documents(claimer_db, pipeline, args.docs))
-                before = {"claimer": cpu_seconds(claimer.pid), "gateway": cpu_seconds(gateway.pid)}
-                elapsed, done, latencies = run_workers(
-                    grpc_worker,
-                    [(gateway_address, grpc_pipeline, f"w{n}", args.batch) for n in range(args.workers)],
-                )
-                service_cpu["claimer"] += cpu_seconds(claimer.pid) - before["claimer"]
-                service_cpu["gateway"] += cpu_seconds(gateway.pid) - before["gateway"]
-                assert done == args.docs, (done, args.docs)
-                grpc_rates.append(done / elapsed)
-                grpc_seconds += elapsed
-                grpc_latencies.extend(latencies)
-                elapsed, done, latencies = run_workers(
-                    bare_worker,
-                    [(claimer_db, bare_pipeline, f"w{n}", args.batch) for n in range(args.workers)],
-                )
-                assert done == args.docs, (done, args.docs)
-                bare_rates.append(done / elapsed)
-                bare_latencies.extend(latencies)
+                shift = round_number % len(paths)
+                for path in paths[shift:] + paths[:shift]:
+                    asyncio.run(vacuum(claimer_db))
+                    pipeline = pipelines[path]
+                    workers = [f"w{n}" for n in range(args.workers)]
+                    target: Callable[..., None]
+                    worker_args: list[tuple[Any, ...]]
+                    if path == "unary":
+                        target = grpc_worker
+                        worker_args = [(gateway_address, pipeline, w, args.batch) for w in workers]
+                    elif path == "stream":
+                        target = grpc_stream_worker
+                        moved = context.Value("q", 0)
+                        worker_args = [
+                            (gateway_address, pipeline, w, args.batch, args.docs, moved) for w in workers
+                        ]
+                    else:
+                        target = bare_worker
+                        worker_args = [(claimer_db, pipeline, w, args.batch) for w in workers]
+                    before = (
+                        postgres_cpu_seconds(postgres.data_dir),
+                        cpu_seconds(claimer.pid),
+                        cpu_seconds(gateway.pid),
+                    )
+                    elapsed, done, phase_latencies, worker_cpu = run_workers(target, worker_args)
+                    assert done == args.docs, (path, done, args.docs)
+                    cpu[path]["PostgreSQL"] += postgres_cpu_seconds(postgres.data_dir) - before[0]
+                    cpu[path]["claimer"] += cpu_seconds(claimer.pid) - before[1]
+                    cpu[path]["gateway"] += cpu_seconds(gateway.pid) - before[2]
+                    cpu[path]["workers"] += worker_cpu
+                    rates[path].append(done / elapsed)
+                    latencies[path].extend(x for x in phase_latencies if x > 0)
                 print(
-                    f"round: gRPC {grpc_rates[-1]:,.0f} docs/s, bare {bare_rates[-1]:,.0f} docs/s", flush=True
+                    "round: " + ", ".join(f"{path} {rates[path][-1]:,.0f} docs/s" for path in paths),
+                    flush=True,
                 )
-            grpc_rate = statistics.median(grpc_rates)
-            bare_rate = statistics.median(bare_rates)
         finally:
             gateway.stop()
             claimer.stop()
         jobs_rate = None if args.no_procrastinate else procrastinate_rate(procrastinate_db, args.workers)
 
-    grpc_latencies = [x for x in grpc_latencies if x > 0]
     print(
         f"documents per phase: {args.docs}, batch {args.batch}, {args.workers} worker processes, "
         f"{args.rounds} interleaved rounds (medians)"
     )
-    for label, rate, latencies in (
-        ("gRPC (client -> gateway -> claimer -> PostgreSQL)", grpc_rate, grpc_latencies),
-        ("bare asyncpg (same two statements)", bare_rate, bare_latencies),
-    ):
-        p50 = _percentile(latencies, 0.5) * 1000
-        p99 = _percentile(latencies, 0.99) * 1000
-        print(f"{label}: {rate:,.0f} docs/s; claim latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-    print(f"ratio gRPC / bare: {grpc_rate / bare_rate:.2f} (goal >= 0.8)")
-    print(
-        "CPU seconds during the gRPC phase: "
-        + ", ".join(f"{name} {seconds:.1f}" for name, seconds in service_cpu.items())
-        + f" (of {2 * grpc_seconds:.1f} core-seconds on 2 cores)"
-    )
+    median = {path: statistics.median(values) for path, values in rates.items()}
+    for path in paths:
+        p50 = _percentile(latencies[path], 0.5) * 1000
+        p99 = _percentile(latencies[path], 0.99) * 1000
+        print(f"{PATHS[path]}: {median[path]:,.0f} docs/s; claim latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    for path in paths:
+        if path != "bare":
+            print(f"ratio {path} / bare: {median[path] / median['bare']:.2f} (goal >= 0.8)")
+    documents = args.docs * args.rounds
+    print("CPU per document (core-microseconds):")
+    for path, parts in cpu.items():
+        print(
+            f"  {path}: {sum(parts.values()) / documents * 1e6:.1f} = "
+            + " + ".join(f"{name} {seconds / documents * 1e6:.1f}" for name, seconds in parts.items())
+        )
     if jobs_rate is not None:
         print(f"procrastinate ({PROCRASTINATE_JOBS} no-op jobs): {jobs_rate:,.0f} jobs/s")
-        print(f"ratio gRPC / procrastinate: {grpc_rate / jobs_rate:.1f} (goal >= 50)")
-    print(f"mean claim latency gRPC {statistics.fmean(grpc_latencies) * 1000:.1f} ms")
+        for path in paths:
+            if path != "bare":
+                print(f"ratio {path} / procrastinate: {median[path] / jobs_rate:.1f} (goal >= 50)")
     sys.stdout.flush()
 
 

@@ -144,7 +144,7 @@ def run_phase(
                 worker_body, [(address, pipeline_id, f"w{n}", batch) for n in range(workers)]
             ),
         )
-        drain_seconds, done, _ = loop.run_until_complete(future)
+        drain_seconds, done, _, _ = loop.run_until_complete(future)
         drain_seconds = time.perf_counter() - drain_started
         stop.set()
         peak = loop.run_until_complete(sampler)
