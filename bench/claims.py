@@ -98,6 +98,19 @@ async def create_pipeline(address: str, pipeline_id: str, backend: str = "row") 
         )
 
 
+async def delete_pipelines(address: str, pipeline_ids: Sequence[str]) -> None:
+    """DeletePipeline on the claimer for each pipeline (documents included)."""
+    from grpc import aio
+
+    from hevlayer.api.pipeline.v1 import pipeline_pb2 as ppb
+    from hevlayer.api.pipeline.v1 import pipeline_pb2_grpc
+
+    async with aio.insecure_channel(address) as channel:
+        stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
+        for pipeline_id in pipeline_ids:
+            await stub.DeletePipeline(ppb.DeletePipelineRequest(pipeline_id=pipeline_id))
+
+
 async def load_documents(dsn: str, pipeline_id: str, count: int) -> None:
     """``count`` pending documents (as RecordStaged would leave them), loaded in SQL."""
     conn = await asyncpg.connect(dsn)
@@ -119,7 +132,8 @@ async def load_documents(dsn: str, pipeline_id: str, count: int) -> None:
 async def vacuum(dsn: str) -> None:
     """VACUUM ANALYZE the documents table, with autovacuum off for it: every phase starts
     on a table without the dead rows of the phases before it, and no autovacuum run lands
-    in the middle of one path's phase and not another's."""
+    in the middle of one path's phase and not another's. (Each round deletes its pipelines,
+    so every round also starts on a table of the same size.)"""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("ALTER TABLE documents SET (autovacuum_enabled = off)")
@@ -505,6 +519,8 @@ def main() -> None:
                     "round: " + ", ".join(f"{path} {rates[path][-1]:,.0f} docs/s" for path in paths),
                     flush=True,
                 )
+                # every round starts on a table of the same size
+                asyncio.run(delete_pipelines(claimer_address, list(pipelines.values())))
         finally:
             gateway.stop()
             claimer.stop()
