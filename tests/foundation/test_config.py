@@ -86,6 +86,9 @@ def test_server_settings_validate() -> None:
         load_settings(ServerSettings, {"HEVLAYER_GRPC_ADDRESS": "nohostport"})
     with pytest.raises(ConfigError, match=r"^HEVLAYER_LOG_FORMAT:"):
         load_settings(ServerSettings, {"HEVLAYER_LOG_FORMAT": "xml"})
+    with pytest.raises(ConfigError, match=r"^HEVLAYER_EVENT_LOOP:"):
+        load_settings(ServerSettings, {"HEVLAYER_EVENT_LOOP": "trio"})
+    assert load_settings(ServerSettings, {}).event_loop == "uvloop"
     defaults = load_settings(ServerSettings, {}, defaults={"HEVLAYER_GRPC_ADDRESS": "0.0.0.0:1"})
     assert defaults.grpc_address == "0.0.0.0:1"
     explicit = load_settings(

@@ -69,6 +69,12 @@ class ServerSettings:
         "Time in-flight calls get to finish after SIGTERM.",
         10.0,
     )
+    event_loop: str = setting(
+        "HEVLAYER_EVENT_LOOP",
+        "The asyncio event loop: uvloop (libuv; less CPU per PostgreSQL round trip and gRPC "
+        "call) or asyncio (the standard library's).",
+        "uvloop",
+    )
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid variable."""
@@ -83,6 +89,8 @@ class ServerSettings:
             raise ConfigError("HEVLAYER_HTTP_MAX_BODY_BYTES: must be >= 1024")
         if self.shutdown_grace_seconds < 0:
             raise ConfigError("HEVLAYER_SHUTDOWN_GRACE_SECONDS: must be >= 0")
+        if self.event_loop not in ("uvloop", "asyncio"):
+            raise ConfigError(f"HEVLAYER_EVENT_LOOP: expected uvloop or asyncio, got {self.event_loop!r}")
 
 
 class ServiceApp:
@@ -262,4 +270,9 @@ def run_service(
         await app.run()
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        if settings.event_loop == "uvloop":
+            import uvloop
+
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
