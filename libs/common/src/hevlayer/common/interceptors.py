@@ -147,76 +147,70 @@ class ServerInterceptor(aio.ServerInterceptor):
         return wrapped
 
 
+class _Observed:
+    """``async with`` around one call's work: finishes its observation with the outcome
+    (OK, the code it aborted with, CANCELLED) and maps any other exception to a status."""
+
+    def __init__(self, rpc: _Method, context: aio.ServicerContext) -> None:
+        self.context = context
+        self.obs = _Observation(rpc, context.invocation_metadata())
+
+    async def __aenter__(self) -> _Observed:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        context, obs = self.context, self.obs
+        if exc is None:
+            obs.finish(_code_of(context))
+        elif isinstance(exc, aio.AbortError):
+            obs.finish(_code_of(context), context.details() or "")
+        elif isinstance(exc, asyncio.CancelledError):
+            obs.finish(grpc.StatusCode.CANCELLED)
+        elif not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            await _fail(context, obs, exc)  # aborts: raises AbortError in place of exc
+
+
 def _response_unary(rpc: _Method, inner: Any) -> Any:
     async def call(request: Any, context: aio.ServicerContext) -> Any:
-        obs = _Observation(rpc, context.invocation_metadata())
-        try:
-            response = await inner(request, context)
-        except aio.AbortError:
-            obs.finish(_code_of(context), context.details() or "")
-            raise
-        except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            if isinstance(exc, asyncio.CancelledError):
-                obs.finish(grpc.StatusCode.CANCELLED)
-                raise
-            await _fail(context, obs, exc)
-            raise
-        obs.finish(_code_of(context))
-        return response
+        async with _Observed(rpc, context):
+            return await inner(request, context)
 
     return call
 
 
 def _response_stream(rpc: _Method, inner: Any) -> Any:
     async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-        obs = _Observation(rpc, context.invocation_metadata())
-        try:
+        async with _Observed(rpc, context):
             result = inner(request, context)
             if inspect.isasyncgen(result):
                 async for item in result:
                     yield item
             else:
                 await result
-        except aio.AbortError:
-            obs.finish(_code_of(context), context.details() or "")
-            raise
-        except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            if isinstance(exc, asyncio.CancelledError):
-                obs.finish(grpc.StatusCode.CANCELLED)
-                raise
-            await _fail(context, obs, exc)
-            raise
-        obs.finish(_code_of(context))
 
     return call
 
 
+# (handler attribute, rpc type label, wrapper, handler factory) per call kind
+_CallKind = tuple[str, str, Callable[[_Method, Any], Any], Callable[..., grpc.RpcMethodHandler]]
+_CALL_KINDS: tuple[_CallKind, ...] = (
+    ("unary_unary", "unary", _response_unary, grpc.unary_unary_rpc_method_handler),
+    ("stream_unary", "client_stream", _response_unary, grpc.stream_unary_rpc_method_handler),
+    ("unary_stream", "server_stream", _response_stream, grpc.unary_stream_rpc_method_handler),
+    ("stream_stream", "bidi_stream", _response_stream, grpc.stream_stream_rpc_method_handler),
+)
+
+
 def _observed(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """``handler`` with every call observed (span, metrics, access log, error mapping)."""
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            _response_unary(_Method(method, "unary"), handler.unary_unary), **kwargs
-        )
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            _response_unary(_Method(method, "client_stream"), handler.stream_unary), **kwargs
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            _response_stream(_Method(method, "server_stream"), handler.unary_stream), **kwargs
-        )
-    if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(
-            _response_stream(_Method(method, "bidi_stream"), handler.stream_stream), **kwargs
-        )
+    for attribute, rpc_type, wrap, build in _CALL_KINDS:
+        inner = getattr(handler, attribute)
+        if inner:
+            return build(
+                wrap(_Method(method, rpc_type), inner),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
     return handler
 
 

@@ -83,6 +83,21 @@ def _lengths(values: Sequence[bytes]) -> list[bytes]:
     return varints([len(value) for value in values])
 
 
+def _optional_varint(
+    tag: bytes, values: Sequence[int], template: bytes, columns: list[Sequence[bytes]]
+) -> bytes:
+    """Add a varint field that is left out where it is 0 to a message template and its
+    columns: in the template when every value is set, formatted per message when some are."""
+    encoded = varints(values)
+    if all(values):
+        columns.append(encoded)
+        return template + tag + b"%b"
+    if any(values):
+        columns.append([tag + e if v else b"" for v, e in zip(values, encoded, strict=True)])
+        return template + b"%b"
+    return template
+
+
 def encode_leases(
     stage: str,
     worker_id: str,
@@ -117,13 +132,7 @@ def encode_leases(
         template += b"%b"
         lengths = _lengths(hash_bytes)
         columns.append([b"\x3a%b%b" % (n, h) if h else b"" for n, h in zip(lengths, hash_bytes, strict=True)])
-    counts = varints(chunk_counts)
-    if all(chunk_counts):  # chunk_count = 8
-        template += b"\x40%b"
-        columns.append(counts)
-    elif any(chunk_counts):
-        template += b"%b"
-        columns.append([b"\x40" + c if n else b"" for n, c in zip(chunk_counts, counts, strict=True)])
+    template = _optional_varint(b"\x40", chunk_counts, template, columns)  # chunk_count = 8
     return _length_delimited(b"\x0a", [template % row for row in zip(*columns, strict=True)])
 
 
@@ -141,11 +150,5 @@ def encode_transition_results(ids: Sequence[str], outcomes: Sequence[int], token
     else:
         template += b"\x10%b"
         columns.append(varints(outcomes))
-    token_bytes = varints(tokens)
-    if all(tokens):
-        template += b"\x18%b"
-        columns.append(token_bytes)
-    elif any(tokens):
-        template += b"%b"
-        columns.append([b"\x18" + t if n else b"" for n, t in zip(tokens, token_bytes, strict=True)])
+    template = _optional_varint(b"\x18", tokens, template, columns)
     return _length_delimited(b"\x0a", [template % row for row in zip(*columns, strict=True)])
