@@ -9,6 +9,7 @@ forwarded through an intercepted stream.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
@@ -35,15 +36,21 @@ def _split_method(full: str) -> tuple[str, str]:
     return service, method
 
 
+@functools.lru_cache(maxsize=1024)
+def _span_shape(full_method: str) -> tuple[str, dict[str, str]]:
+    """Span name and attributes of a call of ``full_method`` (``/pkg.Service/Method``)."""
+    service, method = _split_method(full_method)
+    return full_method.lstrip("/"), {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+
+
 class _Method:
     """What every call of one method shares: its names, span attributes and metric series."""
 
     def __init__(self, full_method: str, rpc_type: str) -> None:
         self.full_method = full_method
-        self.span_name = full_method.lstrip("/")
-        self.service, self.method = _split_method(full_method)
+        self.span_name, self.attributes = _span_shape(full_method)
+        self.service, self.method = self.attributes["rpc.service"], self.attributes["rpc.method"]
         self.rpc_type = rpc_type
-        self.attributes = {"rpc.system": "grpc", "rpc.service": self.service, "rpc.method": self.method}
         self.started = metrics.GRPC_STARTED.labels(self.service, self.method, rpc_type)
         self.latency = metrics.GRPC_LATENCY.labels(self.service, self.method, rpc_type)
         self._handled: dict[grpc.StatusCode, Any] = {}
@@ -219,13 +226,8 @@ def start_client_span(method: str | bytes) -> tuple[trace.Span, list[tuple[str, 
     current span, and the metadata entries that carry it to the server. For calls
     made without the channel interceptors (the gateway's byte-level forwarding);
     end it with :func:`end_client_span`."""
-    name = method.decode() if isinstance(method, bytes) else method
-    service, rpc = _split_method(name)
-    span = _tracer.start_span(
-        name.lstrip("/"),
-        kind=SpanKind.CLIENT,
-        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc},
-    )
+    name, attributes = _span_shape(method.decode() if isinstance(method, bytes) else method)
+    span = _tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=trace.set_span_in_context(span))
     return span, list(carrier.items())

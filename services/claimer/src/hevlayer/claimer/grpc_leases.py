@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import operator
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from google.protobuf import timestamp_pb2
 from grpc import aio
 
+from hevlayer.api.document.v1.document_pb2 import LeaseRef
 from hevlayer.api.lease.v1 import lease_pb2 as pb
 from hevlayer.claimer import validation as v
 from hevlayer.claimer.leases import Claimed, ClaimRequest, LeaseStore
@@ -21,6 +22,13 @@ from hevlayer.common.errors import InvalidArgument
 
 _DOCUMENT_ID = operator.attrgetter("document_id")
 _FENCING_TOKEN = operator.attrgetter("fencing_token")
+
+
+def _refs(refs: Iterable[LeaseRef]) -> tuple[list[str], list[int]]:
+    """Document ids and fencing tokens of a request's LeaseRefs."""
+    listed = list(refs)
+    return list(map(_DOCUMENT_ID, listed)), list(map(_FENCING_TOKEN, listed))
+
 
 # How often an idle StreamLeases stream looks for expired leases to take back.
 STREAM_POLL_SECONDS = 1.0
@@ -71,8 +79,7 @@ class LeaseServicer:
     async def HeartbeatLeases(
         self, request: pb.HeartbeatLeasesRequest, context: aio.ServicerContext
     ) -> pb.HeartbeatLeasesResponse:
-        ids = [ref.document_id for ref in request.leases]
-        tokens = [ref.fencing_token for ref in request.leases]
+        ids, tokens = _refs(request.leases)
         result = await self._store.heartbeat(
             request.pipeline_id, request.stage, request.worker_id, ids, tokens, request.lease_seconds
         )
@@ -112,9 +119,7 @@ class LeaseServicer:
                     for token, count in zip(tokens, moved.moved, strict=True)
                 ]
             )
-        refs = list(request.documents)
-        ids = list(map(_DOCUMENT_ID, refs))
-        tokens = list(map(_FENCING_TOKEN, refs))
+        ids, tokens = _refs(request.documents)
         result = await self._store.transition(
             request.pipeline_id,
             request.from_stage,

@@ -56,82 +56,61 @@ class Forwarder:
     async def _abort(self, context: aio.ServicerContext, error: aio.AioRpcError) -> None:
         await context.abort(error.code(), error.details() or "", _trailers(error))
 
+    async def _relay_unary(
+        self, path: str, method: Any, request: Any, context: aio.ServicerContext, streaming: bool
+    ) -> Any:
+        """One call with a single response (``request``: bytes, or an iterator of them)."""
+        span, metadata = start_client_span(path)
+        code = grpc.StatusCode.OK
+        try:
+            return await method(request, timeout=self._timeout(context, streaming), metadata=metadata)
+        except aio.AioRpcError as error:
+            code = error.code()
+            await self._abort(context, error)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            end_client_span(span, code)
+
+    async def _relay_stream(
+        self, path: str, method: Any, request: Any, context: aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """One call with a stream of responses (``request``: bytes, or an iterator of them)."""
+        span, metadata = start_client_span(path)
+        call = method(request, timeout=self._timeout(context, True), metadata=metadata)
+        try:
+            async for response in call:
+                yield response
+        except aio.AioRpcError as error:
+            await self._abort(context, error)
+        finally:
+            call.cancel()
+            end_client_span(span, await _final_code(call))
+
     def handler(self, path: str, client_streaming: bool, server_streaming: bool) -> grpc.RpcMethodHandler:
         """A method handler forwarding ``path`` (``/pkg.Service/Method``)."""
         channel = self._channel
 
-        if not client_streaming and not server_streaming:
-            method_uu = channel.unary_unary(path)
-
-            async def unary_unary(request: bytes, context: aio.ServicerContext) -> Any:
-                span, metadata = start_client_span(path)
-                code = grpc.StatusCode.OK
-                try:
-                    return await method_uu(request, timeout=self._timeout(context, False), metadata=metadata)
-                except aio.AioRpcError as error:
-                    code = error.code()
-                    await self._abort(context, error)
-                except asyncio.CancelledError:
-                    code = grpc.StatusCode.CANCELLED
-                    raise
-                finally:
-                    end_client_span(span, code)
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary)
-
-        if not client_streaming:
-            method_us = channel.unary_stream(path)
-
-            async def unary_stream(request: bytes, context: aio.ServicerContext) -> AsyncIterator[Any]:
-                span, metadata = start_client_span(path)
-                call = method_us(request, timeout=self._timeout(context, True), metadata=metadata)
-                try:
-                    async for response in call:
-                        yield response
-                except aio.AioRpcError as error:
-                    await self._abort(context, error)
-                finally:
-                    call.cancel()
-                    end_client_span(span, await _final_code(call))
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream)
-
         if not server_streaming:
-            method_su = channel.stream_unary(path)
+            method = channel.stream_unary(path) if client_streaming else channel.unary_unary(path)
 
-            async def stream_unary(requests: AsyncIterator[bytes], context: aio.ServicerContext) -> Any:
-                span, metadata = start_client_span(path)
-                code = grpc.StatusCode.OK
-                try:
-                    return await method_su(requests, timeout=self._timeout(context, True), metadata=metadata)
-                except aio.AioRpcError as error:
-                    code = error.code()
-                    await self._abort(context, error)
-                except asyncio.CancelledError:
-                    code = grpc.StatusCode.CANCELLED
-                    raise
-                finally:
-                    end_client_span(span, code)
+            async def unary(request: Any, context: aio.ServicerContext) -> Any:
+                return await self._relay_unary(path, method, request, context, client_streaming)
 
-            return grpc.stream_unary_rpc_method_handler(stream_unary)
+            if client_streaming:
+                return grpc.stream_unary_rpc_method_handler(unary)
+            return grpc.unary_unary_rpc_method_handler(unary)
 
-        method_ss = channel.stream_stream(path)
+        streamed = channel.stream_stream(path) if client_streaming else channel.unary_stream(path)
 
-        async def stream_stream(
-            requests: AsyncIterator[bytes], context: aio.ServicerContext
-        ) -> AsyncIterator[Any]:
-            span, metadata = start_client_span(path)
-            call = method_ss(requests, timeout=self._timeout(context, True), metadata=metadata)
-            try:
-                async for response in call:
-                    yield response
-            except aio.AioRpcError as error:
-                await self._abort(context, error)
-            finally:
-                call.cancel()
-                end_client_span(span, await _final_code(call))
+        async def stream(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            async for response in self._relay_stream(path, streamed, request, context):
+                yield response
 
-        return grpc.stream_stream_rpc_method_handler(stream_stream)
+        if client_streaming:
+            return grpc.stream_stream_rpc_method_handler(stream)
+        return grpc.unary_stream_rpc_method_handler(stream)
 
     def service_handler(self, service: ServiceDescriptor) -> grpc.GenericRpcHandler:
         """A generic handler forwarding every method of ``service``."""
