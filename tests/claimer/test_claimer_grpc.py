@@ -307,6 +307,252 @@ async def test_stream_leases_respects_credits(channel: aio.Channel) -> None:
     call.cancel()
 
 
+def claim_request(
+    pid: str, limit: int, worker: str, layout: int = lpb.LEASE_LAYOUT_COLUMNS
+) -> lpb.ClaimDocumentsRequest:
+    return lpb.ClaimDocumentsRequest(
+        pipeline_id=pid,
+        stage="pending",
+        claim_stage="embedding",
+        limit=limit,
+        worker_id=worker,
+        lease_seconds=60,
+        layout=layout,  # type: ignore[arg-type]
+    )
+
+
+async def test_columnar_layout_round_trip(channel: aio.Channel) -> None:
+    pid = await new_pipeline(channel)
+    ids = [f"col-{i}" for i in range(30)]
+    await stage_docs(channel, pid, ids)
+    stub = lease_pb2_grpc.LeaseServiceStub(channel)
+    as_messages = await stub.ClaimDocuments(claim_request(pid, 10, "gpu-0", lpb.LEASE_LAYOUT_UNSPECIFIED))
+    claimed = await stub.ClaimDocuments(claim_request(pid, 10, "gpu-0"))
+    # one layout per answer, and the columns say what the messages say
+    assert len(as_messages.leases) == 10
+    assert not as_messages.HasField("lease_columns")
+    assert not claimed.leases
+    columns = claimed.lease_columns
+    assert (columns.stage, columns.worker_id) == ("embedding", "gpu-0")
+    assert columns.expires_at.seconds >= as_messages.leases[0].expires_at.seconds
+    assert len(columns.document_ids) == 10
+    assert not set(columns.document_ids) & {x.document_id for x in as_messages.leases}
+    assert list(columns.attempts) == [1] * 10
+    assert list(columns.content_hashes) == ["h"] * 10
+    assert list(columns.chunk_counts) == [x.chunk_count for x in as_messages.leases]
+    assert min(columns.fencing_tokens) > max(x.fencing_token for x in as_messages.leases)
+
+    held = lpb.LeaseRefColumns(
+        document_ids=[*columns.document_ids, as_messages.leases[0].document_id],
+        fencing_tokens=[*columns.fencing_tokens, 1],  # a stale token on the last one
+    )
+    beat = await stub.HeartbeatLeases(
+        lpb.HeartbeatLeasesRequest(pipeline_id=pid, stage="embedding", worker_id="gpu-0", lease_columns=held)
+    )
+    assert not beat.results
+    assert list(beat.result_columns.extended) == [True] * 10 + [False]
+    assert beat.result_columns.expires_at.seconds >= columns.expires_at.seconds
+
+    held.document_ids.append("ghost")
+    held.fencing_tokens.append(7)
+    moved = await stub.TransitionDocuments(
+        lpb.TransitionDocumentsRequest(
+            pipeline_id=pid,
+            document_columns=held,
+            from_stage="embedding",
+            worker_id="gpu-0",
+            to_stage="indexed",
+        )
+    )
+    assert not moved.results
+    assert list(moved.result_columns.outcomes) == [lpb.TRANSITION_OUTCOME_MOVED] * 10 + [
+        lpb.TRANSITION_OUTCOME_NOT_HELD,
+        lpb.TRANSITION_OUTCOME_NOT_FOUND,
+    ]
+    tokens = list(moved.result_columns.fencing_tokens)
+    assert all(new > old for new, old in zip(tokens[:10], columns.fencing_tokens, strict=True))
+    assert tokens[10] == as_messages.leases[0].fencing_token  # NOT_HELD reports the current token
+    assert tokens[11] == 0
+    again = await stub.TransitionDocuments(
+        lpb.TransitionDocumentsRequest(
+            pipeline_id=pid,
+            document_columns=lpb.LeaseRefColumns(
+                document_ids=columns.document_ids[:1], fencing_tokens=columns.fencing_tokens[:1]
+            ),
+            from_stage="embedding",
+            worker_id="gpu-0",
+            to_stage="indexed",
+        )
+    )
+    assert list(again.result_columns.outcomes) == [lpb.TRANSITION_OUTCOME_NOT_HELD]
+    assert dict((await status(channel, pid)).counts) == {"pending": 10, "embedding": 10, "indexed": 10}
+    # an empty batch still answers in columns; a claim of nothing has no columns
+    empty = await stub.TransitionDocuments(
+        lpb.TransitionDocumentsRequest(
+            pipeline_id=pid,
+            document_columns=lpb.LeaseRefColumns(),
+            from_stage="embedding",
+            worker_id="gpu-0",
+            to_stage="indexed",
+        )
+    )
+    assert empty.HasField("result_columns")
+    assert not empty.result_columns.outcomes
+    await stub.ClaimDocuments(claim_request(pid, 10, "gpu-1"))
+    nothing = await stub.ClaimDocuments(claim_request(pid, 10, "gpu-1"))
+    assert not nothing.HasField("lease_columns")
+    assert not nothing.leases
+
+
+async def test_columnar_stream_leases(channel: aio.Channel) -> None:
+    pid = await new_pipeline(channel)
+    await stage_docs(channel, pid, [f"cs{i}" for i in range(5)])
+    opened = lpb.StreamLeasesOpen(
+        pipeline_id=pid,
+        stage="pending",
+        claim_stage="embedding",
+        worker_id="s",
+        initial_credits=3,
+        layout=lpb.LEASE_LAYOUT_COLUMNS,
+    )
+    call = lease_pb2_grpc.LeaseServiceStub(channel).StreamLeases(iter([lpb.StreamLeasesRequest(open=opened)]))
+    first = await asyncio.wait_for(call.read(), 10)
+    assert not first.leases
+    assert len(first.lease_columns.document_ids) == 3
+    assert first.lease_columns.worker_id == "s"
+    call.cancel()
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        (
+            {"document_columns": {"document_ids": ["a", "b"], "fencing_tokens": [1]}},
+            "document_columns.fencing_tokens",
+        ),
+        (
+            {"document_columns": {"document_ids": ["a", ""], "fencing_tokens": [1, 2]}},
+            "document_columns.document_ids[1]",
+        ),
+        (
+            {
+                "document_columns": {"document_ids": ["a"], "fencing_tokens": [1]},
+                "documents": [{"document_id": "a"}],
+            },
+            "document_columns",
+        ),
+        (
+            {"document_columns": {"document_ids": ["a"], "fencing_tokens": [1]}, "segment_leases": [5]},
+            "segment_leases",
+        ),
+    ],
+)
+async def test_columnar_transition_validation_loses_nothing(
+    channel: aio.Channel, request_fields: dict[str, object], field: str
+) -> None:
+    pid = await new_pipeline(channel)
+    await stage_docs(channel, pid, ["a", "b"])
+    stub = lease_pb2_grpc.LeaseServiceStub(channel)
+    claimed = (await stub.ClaimDocuments(claim_request(pid, 2, "w"))).lease_columns
+    tokens = dict(zip(claimed.document_ids, claimed.fencing_tokens, strict=True))
+    request = lpb.TransitionDocumentsRequest(
+        pipeline_id=pid,
+        from_stage="embedding",
+        worker_id="w",
+        to_stage="indexed",
+        **request_fields,  # type: ignore[arg-type]
+    )
+    # the real tokens, so that only the named field is wrong
+    request.document_columns.fencing_tokens[:] = [
+        tokens.get(d, 1) for d in request.document_columns.document_ids
+    ][: len(request.document_columns.fencing_tokens)]
+    with pytest.raises(aio.AioRpcError) as caught:
+        await stub.TransitionDocuments(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(caught.value) == [field]
+    assert field in (caught.value.details() or "")
+    assert dict((await status(channel, pid)).counts) == {"embedding": 2}
+
+
+async def test_columnar_heartbeat_and_layout_validation(channel: aio.Channel) -> None:
+    pid = await new_pipeline(channel)
+    stub = lease_pb2_grpc.LeaseServiceStub(channel)
+    cases = [
+        (
+            lpb.HeartbeatLeasesRequest(
+                lease_columns=lpb.LeaseRefColumns(document_ids=["a"], fencing_tokens=[1]),
+                leases=[document_pb2.LeaseRef(document_id="a")],
+            ),
+            "lease_columns",
+        ),
+        (
+            lpb.HeartbeatLeasesRequest(
+                lease_columns=lpb.LeaseRefColumns(document_ids=["ok", ""], fencing_tokens=[1, 1])
+            ),
+            "lease_columns.document_ids[1]",
+        ),
+        (
+            lpb.HeartbeatLeasesRequest(lease_columns=lpb.LeaseRefColumns(document_ids=["a"])),
+            "lease_columns.fencing_tokens",
+        ),
+    ]
+    for request, field in cases:
+        request.MergeFrom(lpb.HeartbeatLeasesRequest(pipeline_id=pid, stage="embedding", worker_id="w"))
+        with pytest.raises(aio.AioRpcError) as caught:
+            await stub.HeartbeatLeases(request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(caught.value) == [field]
+    with pytest.raises(aio.AioRpcError) as caught:
+        await stub.ClaimDocuments(claim_request(pid, 1, "w", 7))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(caught.value) == ["layout"]
+    opened = lpb.StreamLeasesOpen(
+        pipeline_id=pid,
+        stage="pending",
+        claim_stage="embedding",
+        worker_id="s",
+        initial_credits=1,
+        layout=7,  # type: ignore[arg-type]
+    )
+    call = stub.StreamLeases(iter([lpb.StreamLeasesRequest(open=opened)]))
+    with pytest.raises(aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(caught.value) == ["open.layout"]
+
+
+async def test_columnar_claim_from_segments(channel: aio.Channel) -> None:
+    pid = await new_pipeline(channel, ppb.QUEUE_BACKEND_SEGMENT)
+    ids = [f"seg-col-{i}" for i in range(12)]
+
+    async def messages() -> AsyncIterator[dpb.EnqueueIdsRequest]:
+        yield dpb.EnqueueIdsRequest(
+            batch=staging_pb2.EnqueueDocumentsRequest(
+                pipeline_id=pid, documents=[staging_pb2.EnqueuedDocument(document_id=d) for d in ids]
+            )
+        )
+
+    await document_state_pb2_grpc.DocumentStateServiceStub(channel).EnqueueIds(messages())
+    stub = lease_pb2_grpc.LeaseServiceStub(channel)
+    columns = (await stub.ClaimDocuments(claim_request(pid, 12, "w"))).lease_columns
+    assert sorted(columns.document_ids) == sorted(ids)
+    assert len(columns.fencing_tokens) == len(columns.attempts) == len(columns.chunk_counts) == 12
+    assert len(columns.content_hashes) == 12
+    moved = await stub.TransitionDocuments(
+        lpb.TransitionDocumentsRequest(
+            pipeline_id=pid,
+            document_columns=lpb.LeaseRefColumns(
+                document_ids=columns.document_ids, fencing_tokens=columns.fencing_tokens
+            ),
+            from_stage="embedding",
+            worker_id="w",
+            to_stage="indexed",
+        )
+    )
+    assert set(moved.result_columns.outcomes) == {lpb.TRANSITION_OUTCOME_MOVED}
+    assert dict((await status(channel, pid)).counts) == {"indexed": 12}
+
+
 async def test_enqueue_ids_into_segments(channel: aio.Channel) -> None:
     pid = await new_pipeline(channel, ppb.QUEUE_BACKEND_SEGMENT)
     ids = [f"light-{i}" for i in range(25)]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import operator
 from collections.abc import AsyncIterator, Iterable
+from typing import cast
 
 from google.protobuf import timestamp_pb2
 from grpc import aio
@@ -32,6 +33,37 @@ def _refs(refs: Iterable[LeaseRef]) -> tuple[list[str], list[int]]:
 
 # How often an idle StreamLeases stream looks for expired leases to take back.
 STREAM_POLL_SECONDS = 1.0
+
+
+_LAYOUTS = frozenset(pb.LeaseLayout.values())
+
+
+def layout(value: int, field: str = "layout") -> int:
+    """A requested LeaseLayout; INVALID_ARGUMENT naming ``field`` if unknown."""
+    if value not in _LAYOUTS:
+        raise InvalidArgument.field(field, f"unknown LeaseLayout {value}")
+    return value
+
+
+def claimed_columns(claimed: Claimed) -> pb.LeaseColumns:
+    """A claim result as LeaseColumns (every column is extended from a list in C)."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(claimed.expires_at)
+    return pb.LeaseColumns(
+        stage=claimed.stage,
+        worker_id=claimed.worker_id,
+        expires_at=stamp,
+        document_ids=claimed.document_ids,
+        fencing_tokens=claimed.fencing_tokens,
+        attempts=claimed.attempts,
+        content_hashes=claimed.content_hashes,
+        chunk_counts=claimed.chunk_counts,
+    )
+
+
+def _ref_columns(columns: pb.LeaseRefColumns) -> tuple[list[str], list[int]]:
+    """Document ids and fencing tokens of a request's LeaseRefColumns."""
+    return list(columns.document_ids), list(columns.fencing_tokens)
 
 
 def claimed_bytes(claimed: Claimed) -> Encoded:
@@ -63,7 +95,8 @@ class LeaseServicer:
 
     async def ClaimDocuments(
         self, request: pb.ClaimDocumentsRequest, context: aio.ServicerContext
-    ) -> Encoded:
+    ) -> pb.ClaimDocumentsResponse | Encoded:
+        columns = layout(request.layout) == pb.LEASE_LAYOUT_COLUMNS
         claimed = await self._store.claim(
             ClaimRequest(
                 pipeline_id=request.pipeline_id,
@@ -74,17 +107,38 @@ class LeaseServicer:
                 lease_seconds=request.lease_seconds,
             )
         )
+        if columns:
+            if not len(claimed):
+                return pb.ClaimDocumentsResponse()
+            return pb.ClaimDocumentsResponse(lease_columns=claimed_columns(claimed))
         return claimed_bytes(claimed)
 
     async def HeartbeatLeases(
         self, request: pb.HeartbeatLeasesRequest, context: aio.ServicerContext
     ) -> pb.HeartbeatLeasesResponse:
-        ids, tokens = _refs(request.leases)
+        columns = request.HasField("lease_columns")
+        if columns:
+            if request.leases:
+                raise InvalidArgument.field("lease_columns", "cannot be combined with leases")
+            ids, tokens = _ref_columns(request.lease_columns)
+        else:
+            ids, tokens = _refs(request.leases)
         result = await self._store.heartbeat(
-            request.pipeline_id, request.stage, request.worker_id, ids, tokens, request.lease_seconds
+            request.pipeline_id,
+            request.stage,
+            request.worker_id,
+            ids,
+            tokens,
+            request.lease_seconds,
+            refs_field="lease_columns" if columns else "leases",
         )
         stamp = timestamp_pb2.Timestamp()
         stamp.FromDatetime(result.expires_at)
+        if columns:
+            answer = pb.HeartbeatResultColumns(extended=result.extended)
+            if any(result.extended):
+                answer.expires_at.CopyFrom(stamp)
+            return pb.HeartbeatLeasesResponse(result_columns=answer)
         response = pb.HeartbeatLeasesResponse()
         for doc, extended in zip(ids, result.extended, strict=True):
             if extended:
@@ -96,9 +150,14 @@ class LeaseServicer:
     async def TransitionDocuments(
         self, request: pb.TransitionDocumentsRequest, context: aio.ServicerContext
     ) -> pb.TransitionDocumentsResponse | Encoded:
+        columns = request.HasField("document_columns")
+        if columns and request.documents:
+            raise InvalidArgument.field("document_columns", "cannot be combined with documents")
         if request.segment_leases:
             if request.documents:
                 raise InvalidArgument.field("segment_leases", "cannot be combined with documents")
+            if columns:
+                raise InvalidArgument.field("segment_leases", "cannot be combined with document_columns")
             tokens = list(request.segment_leases)
             moved = await self._store.transition_segment_leases(
                 request.pipeline_id,
@@ -119,7 +178,10 @@ class LeaseServicer:
                     for token, count in zip(tokens, moved.moved, strict=True)
                 ]
             )
-        ids, tokens = _refs(request.documents)
+        if columns:
+            ids, tokens = _ref_columns(request.document_columns)
+        else:
+            ids, tokens = _refs(request.documents)
         result = await self._store.transition(
             request.pipeline_id,
             request.from_stage,
@@ -128,12 +190,20 @@ class LeaseServicer:
             ids,
             tokens,
             request.reason,
+            refs_field="document_columns" if columns else "documents",
         )
+        if columns:
+            return pb.TransitionDocumentsResponse(
+                result_columns=pb.TransitionResultColumns(
+                    outcomes=cast("list[pb.TransitionOutcome.ValueType]", result.outcomes),
+                    fencing_tokens=result.fencing_tokens,
+                )
+            )
         return Encoded(encode_transition_results(ids, result.outcomes, result.fencing_tokens))
 
     async def StreamLeases(
         self, request_iterator: AsyncIterator[pb.StreamLeasesRequest], context: aio.ServicerContext
-    ) -> AsyncIterator[Encoded]:
+    ) -> AsyncIterator[pb.StreamLeasesResponse | Encoded]:
         requests = request_iterator.__aiter__()
         try:
             first = await requests.__anext__()
@@ -149,6 +219,7 @@ class LeaseServicer:
             raise InvalidArgument.field("open.claim_stage", "must differ from open.stage")
         v.worker_id(opened.worker_id, "open.worker_id")
         v.lease_seconds(opened.lease_seconds, "open.lease_seconds")
+        columns = layout(opened.layout, "open.layout") == pb.LEASE_LAYOUT_COLUMNS
         credits = opened.initial_credits
         wake = asyncio.Event()
         closed = asyncio.Event()
@@ -182,7 +253,10 @@ class LeaseServicer:
                     )
                     if len(claimed):
                         credits -= len(claimed)
-                        yield claimed_bytes(claimed)
+                        if columns:
+                            yield pb.StreamLeasesResponse(lease_columns=claimed_columns(claimed))
+                        else:
+                            yield claimed_bytes(claimed)
                         continue
                 wake.clear()
                 change = asyncio.create_task(

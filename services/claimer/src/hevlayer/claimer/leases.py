@@ -241,16 +241,25 @@ class LeaseCheck:
 
 
 def _check_refs(ids: Sequence[str], tokens: Sequence[int], field: str) -> None:
-    v.batch_size(len(ids), field)
+    """Check the documents of a heartbeat or transition. ``field`` names them in
+    errors: a repeated LeaseRef (``documents``: ``documents[3].document_id``) or
+    LeaseRefColumns (``document_columns``: ``document_columns.document_ids[3]``)."""
+    columns = field.endswith("_columns")
+    v.batch_size(len(ids), f"{field}.document_ids" if columns else field)
+    if len(ids) != len(tokens):
+        if columns:
+            raise InvalidArgument.field(
+                f"{field}.fencing_tokens",
+                f"must have as many entries as document_ids ({len(ids)}), got {len(tokens)}",
+            )
+        raise InvalidArgument.field(field, "ids and tokens differ in length")
     if not ids:
         return
     lengths = list(map(len, ids))
     if min(lengths) == 0 or max(lengths) > v.MAX_DOCUMENT_ID_BYTES // 4 or "\x00" in "".join(ids):
         for i, doc in enumerate(ids):
             if not doc or len(doc) > v.MAX_DOCUMENT_ID_BYTES // 4 or "\x00" in doc:
-                v.document_id(doc, f"{field}[{i}].document_id")
-    if len(ids) != len(tokens):
-        raise InvalidArgument.field(field, "ids and tokens differ in length")
+                v.document_id(doc, f"{field}.document_ids[{i}]" if columns else f"{field}[{i}].document_id")
 
 
 def _transition_reason(from_stage: str, worker_id: str, to_stage: str, reason: str) -> str:
@@ -354,12 +363,14 @@ class LeaseStore:
         ids: Sequence[str],
         tokens: Sequence[int],
         lease_seconds: int = 0,
+        refs_field: str = "leases",
     ) -> HeartbeatResult:
-        """Extend the leases the worker still holds; report the lost ones."""
+        """Extend the leases the worker still holds; report the lost ones.
+        ``refs_field`` names ``ids`` and ``tokens`` in errors (see :func:`_check_refs`)."""
         v.worker_stage(stage, "stage")
         v.worker_id(worker_id)
         v.lease_seconds(lease_seconds)
-        _check_refs(ids, tokens, "leases")
+        _check_refs(ids, tokens, refs_field)
 
         async def body(conn: asyncpg.Connection, work: Work) -> HeartbeatResult:
             cfg = await pipeline_config(conn, pipeline_id)
@@ -408,10 +419,12 @@ class LeaseStore:
         ids: Sequence[str],
         tokens: Sequence[int],
         reason: str = "",
+        refs_field: str = "documents",
     ) -> TransitionResult:
-        """Move documents the worker holds in from_stage to to_stage, atomically."""
+        """Move documents the worker holds in from_stage to to_stage, atomically.
+        ``refs_field`` names ``ids`` and ``tokens`` in errors (see :func:`_check_refs`)."""
         reason = _transition_reason(from_stage, worker_id, to_stage, reason)
-        _check_refs(ids, tokens, "documents")
+        _check_refs(ids, tokens, refs_field)
 
         async def body(conn: asyncpg.Connection, work: Work) -> TransitionResult:
             cfg = await pipeline_config(conn, pipeline_id)

@@ -60,6 +60,132 @@ NOT_HELD: it may be a lost lease of a queued id.)
 """
 Global___TransitionOutcome: _TypeAlias = TransitionOutcome  # noqa: Y015
 
+class _LeaseLayout:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LeaseLayoutEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeaseLayout.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LEASE_LAYOUT_UNSPECIFIED: _LeaseLayout.ValueType  # 0
+    """One Lease message per document (leases)."""
+    LEASE_LAYOUT_COLUMNS: _LeaseLayout.ValueType  # 1
+    """One LeaseColumns message for the whole batch (lease_columns): shared
+    fields once, per-document fields as parallel packed columns. Smaller on
+    the wire and far cheaper to build and read for large batches.
+    """
+
+class LeaseLayout(_LeaseLayout, metaclass=_LeaseLayoutEnumTypeWrapper):
+    """How a batch of leases is laid out in an answer."""
+
+LEASE_LAYOUT_UNSPECIFIED: LeaseLayout.ValueType  # 0
+"""One Lease message per document (leases)."""
+LEASE_LAYOUT_COLUMNS: LeaseLayout.ValueType  # 1
+"""One LeaseColumns message for the whole batch (lease_columns): shared
+fields once, per-document fields as parallel packed columns. Smaller on
+the wire and far cheaper to build and read for large batches.
+"""
+Global___LeaseLayout: _TypeAlias = LeaseLayout  # noqa: Y015
+
+@_typing.final
+class LeaseColumns(_message.Message):
+    """A batch of leases as parallel columns: entry i of every repeated field
+    belongs to the document document_ids[i]. Every repeated field has as many
+    entries as document_ids. All leases of one claim share stage, worker and
+    expiry.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    DOCUMENT_IDS_FIELD_NUMBER: _builtins.int
+    FENCING_TOKENS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CONTENT_HASHES_FIELD_NUMBER: _builtins.int
+    CHUNK_COUNTS_FIELD_NUMBER: _builtins.int
+    stage: _builtins.str
+    """Stage the documents are held in (the claim's claim_stage)."""
+    worker_id: _builtins.str
+    """The worker holding the leases."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the leases expire unless extended."""
+
+    @_builtins.property
+    def document_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The leased documents."""
+
+    @_builtins.property
+    def fencing_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Fencing token of each lease."""
+
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """How many times each document has been claimed, this claim included."""
+
+    @_builtins.property
+    def content_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Content hash of each document ("" when none was recorded)."""
+
+    @_builtins.property
+    def chunk_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Number of staged chunks of each document (0 when none are staged)."""
+
+    def __init__(
+        self,
+        *,
+        stage: _builtins.str = ...,
+        worker_id: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        document_ids: _abc.Iterable[_builtins.str] | None = ...,
+        fencing_tokens: _abc.Iterable[_builtins.int] | None = ...,
+        attempts: _abc.Iterable[_builtins.int] | None = ...,
+        content_hashes: _abc.Iterable[_builtins.str] | None = ...,
+        chunk_counts: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "chunk_counts", b"chunk_counts", "content_hashes", b"content_hashes", "document_ids", b"document_ids", "expires_at", b"expires_at", "fencing_tokens", b"fencing_tokens", "stage", b"stage", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseColumns: _TypeAlias = LeaseColumns  # noqa: Y015
+
+@_typing.final
+class LeaseRefColumns(_message.Message):
+    """Leases named by document and fencing token, as two parallel columns
+    (the columnar form of repeated LeaseRef).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_IDS_FIELD_NUMBER: _builtins.int
+    FENCING_TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def document_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The documents."""
+
+    @_builtins.property
+    def fencing_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The fencing token of the lease held on each document (0 means any
+        lease the worker holds on it); as many entries as document_ids.
+        """
+
+    def __init__(
+        self,
+        *,
+        document_ids: _abc.Iterable[_builtins.str] | None = ...,
+        fencing_tokens: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_ids", b"document_ids", "fencing_tokens", b"fencing_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseRefColumns: _TypeAlias = LeaseRefColumns  # noqa: Y015
+
 @_typing.final
 class ClaimDocumentsRequest(_message.Message):
     """Request of ClaimDocuments (the seed's POST .../claim)."""
@@ -72,6 +198,7 @@ class ClaimDocumentsRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    LAYOUT_FIELD_NUMBER: _builtins.int
     pipeline_id: _builtins.str
     """The pipeline."""
     stage: _builtins.str
@@ -86,6 +213,10 @@ class ClaimDocumentsRequest(_message.Message):
     """Identifier of the claiming worker (1 to 256 bytes)."""
     lease_seconds: _builtins.int
     """Lease length in seconds (1 to 86400; 0 means the pipeline default)."""
+    layout: Global___LeaseLayout.ValueType
+    """How the answer lays out the leases: leases (the default) or
+    lease_columns.
+    """
     def __init__(
         self,
         *,
@@ -95,10 +226,11 @@ class ClaimDocumentsRequest(_message.Message):
         limit: _builtins.int = ...,
         worker_id: _builtins.str = ...,
         lease_seconds: _builtins.int = ...,
+        layout: Global___LeaseLayout.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_stage", b"claim_stage", "lease_seconds", b"lease_seconds", "limit", b"limit", "pipeline_id", b"pipeline_id", "stage", b"stage", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_stage", b"claim_stage", "layout", b"layout", "lease_seconds", b"lease_seconds", "limit", b"limit", "pipeline_id", b"pipeline_id", "stage", b"stage", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -111,18 +243,28 @@ class ClaimDocumentsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LEASES_FIELD_NUMBER: _builtins.int
+    LEASE_COLUMNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def leases(self) -> _containers.RepeatedCompositeFieldContainer[_document_pb2.Lease]:
-        """The leases granted, possibly fewer than limit (or none)."""
+        """The leases granted, possibly fewer than limit (or none), when the
+        request's layout is LEASE_LAYOUT_UNSPECIFIED.
+        """
+
+    @_builtins.property
+    def lease_columns(self) -> Global___LeaseColumns:
+        """The leases granted, when the request's layout is LEASE_LAYOUT_COLUMNS
+        (absent when none were granted).
+        """
 
     def __init__(
         self,
         *,
         leases: _abc.Iterable[_document_pb2.Lease] | None = ...,
+        lease_columns: Global___LeaseColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_columns", b"lease_columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["leases", b"leases"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_columns", b"lease_columns", "leases", b"leases"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -139,6 +281,7 @@ class HeartbeatLeasesRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     LEASES_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    LEASE_COLUMNS_FIELD_NUMBER: _builtins.int
     pipeline_id: _builtins.str
     """The pipeline."""
     stage: _builtins.str
@@ -151,6 +294,12 @@ class HeartbeatLeasesRequest(_message.Message):
     def leases(self) -> _containers.RepeatedCompositeFieldContainer[_document_pb2.LeaseRef]:
         """The leases to extend."""
 
+    @_builtins.property
+    def lease_columns(self) -> Global___LeaseRefColumns:
+        """The leases to extend as columns, instead of leases (setting both is
+        INVALID_ARGUMENT). The answer then carries result_columns.
+        """
+
     def __init__(
         self,
         *,
@@ -159,10 +308,11 @@ class HeartbeatLeasesRequest(_message.Message):
         worker_id: _builtins.str = ...,
         leases: _abc.Iterable[_document_pb2.LeaseRef] | None = ...,
         lease_seconds: _builtins.int = ...,
+        lease_columns: Global___LeaseRefColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_columns", b"lease_columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_seconds", b"lease_seconds", "leases", b"leases", "pipeline_id", b"pipeline_id", "stage", b"stage", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_columns", b"lease_columns", "lease_seconds", b"lease_seconds", "leases", b"leases", "pipeline_id", b"pipeline_id", "stage", b"stage", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -175,22 +325,60 @@ class HeartbeatLeasesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
+    RESULT_COLUMNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeartbeatResult]:
-        """One result per requested lease, in request order."""
+        """One result per requested lease, in request order (when the request
+        named leases).
+        """
+
+    @_builtins.property
+    def result_columns(self) -> Global___HeartbeatResultColumns:
+        """The results as columns (when the request named lease_columns)."""
 
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___HeartbeatResult] | None = ...,
+        result_columns: Global___HeartbeatResultColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result_columns", b"result_columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result_columns", b"result_columns", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeartbeatLeasesResponse: _TypeAlias = HeartbeatLeasesResponse  # noqa: Y015
+
+@_typing.final
+class HeartbeatResultColumns(_message.Message):
+    """The results of a heartbeat as columns, in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXTENDED_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def extended(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """Per requested lease: true if it was extended, false if it is lost."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """New expiry of every extended lease (absent when none was extended)."""
+
+    def __init__(
+        self,
+        *,
+        extended: _abc.Iterable[_builtins.bool] | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "extended", b"extended"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatResultColumns: _TypeAlias = HeartbeatResultColumns  # noqa: Y015
 
 @_typing.final
 class HeartbeatResult(_message.Message):
@@ -239,6 +427,7 @@ class TransitionDocumentsRequest(_message.Message):
     TO_STAGE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     SEGMENT_LEASES_FIELD_NUMBER: _builtins.int
+    DOCUMENT_COLUMNS_FIELD_NUMBER: _builtins.int
     pipeline_id: _builtins.str
     """The pipeline."""
     from_stage: _builtins.str
@@ -265,6 +454,13 @@ class TransitionDocumentsRequest(_message.Message):
         NOT_HELD; document (row) leases are moved through documents.
         """
 
+    @_builtins.property
+    def document_columns(self) -> Global___LeaseRefColumns:
+        """The documents to move as columns, instead of documents (setting both,
+        or either with segment_leases, is INVALID_ARGUMENT). The answer then
+        carries result_columns.
+        """
+
     def __init__(
         self,
         *,
@@ -275,10 +471,11 @@ class TransitionDocumentsRequest(_message.Message):
         to_stage: _builtins.str = ...,
         reason: _builtins.str = ...,
         segment_leases: _abc.Iterable[_builtins.int] | None = ...,
+        document_columns: Global___LeaseRefColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["document_columns", b"document_columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "from_stage", b"from_stage", "pipeline_id", b"pipeline_id", "reason", b"reason", "segment_leases", b"segment_leases", "to_stage", b"to_stage", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_columns", b"document_columns", "documents", b"documents", "from_stage", b"from_stage", "pipeline_id", b"pipeline_id", "reason", b"reason", "segment_leases", b"segment_leases", "to_stage", b"to_stage", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -292,27 +489,71 @@ class TransitionDocumentsResponse(_message.Message):
 
     RESULTS_FIELD_NUMBER: _builtins.int
     SEGMENT_LEASE_RESULTS_FIELD_NUMBER: _builtins.int
+    RESULT_COLUMNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransitionResult]:
-        """One result per requested document, in request order."""
+        """One result per requested document, in request order (when the request
+        named documents).
+        """
 
     @_builtins.property
     def segment_lease_results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SegmentLeaseResult]:
         """One result per requested segment lease, in request order."""
+
+    @_builtins.property
+    def result_columns(self) -> Global___TransitionResultColumns:
+        """The per-document results as columns (when the request named
+        document_columns).
+        """
 
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___TransitionResult] | None = ...,
         segment_lease_results: _abc.Iterable[Global___SegmentLeaseResult] | None = ...,
+        result_columns: Global___TransitionResultColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result_columns", b"result_columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "segment_lease_results", b"segment_lease_results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result_columns", b"result_columns", "results", b"results", "segment_lease_results", b"segment_lease_results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TransitionDocumentsResponse: _TypeAlias = TransitionDocumentsResponse  # noqa: Y015
+
+@_typing.final
+class TransitionResultColumns(_message.Message):
+    """The per-document results of a transition as parallel columns, in request
+    order (entry i is the result for document_columns.document_ids[i]).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    FENCING_TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedScalarFieldContainer[Global___TransitionOutcome.ValueType]:
+        """What happened to each document."""
+
+    @_builtins.property
+    def fencing_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Each document's fencing token after the move (see
+        TransitionResult.fencing_token).
+        """
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___TransitionOutcome.ValueType] | None = ...,
+        fencing_tokens: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fencing_tokens", b"fencing_tokens", "outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransitionResultColumns: _TypeAlias = TransitionResultColumns  # noqa: Y015
 
 @_typing.final
 class SegmentLeaseResult(_message.Message):
@@ -427,6 +668,7 @@ class StreamLeasesOpen(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     INITIAL_CREDITS_FIELD_NUMBER: _builtins.int
+    LAYOUT_FIELD_NUMBER: _builtins.int
     pipeline_id: _builtins.str
     """The pipeline."""
     stage: _builtins.str
@@ -439,6 +681,10 @@ class StreamLeasesOpen(_message.Message):
     """Lease length in seconds (0 means the pipeline default)."""
     initial_credits: _builtins.int
     """Initial credits: how many documents the worker can take now."""
+    layout: Global___LeaseLayout.ValueType
+    """How the stream's answers lay out the leases: leases (the default) or
+    lease_columns.
+    """
     def __init__(
         self,
         *,
@@ -448,10 +694,11 @@ class StreamLeasesOpen(_message.Message):
         worker_id: _builtins.str = ...,
         lease_seconds: _builtins.int = ...,
         initial_credits: _builtins.int = ...,
+        layout: Global___LeaseLayout.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_stage", b"claim_stage", "initial_credits", b"initial_credits", "lease_seconds", b"lease_seconds", "pipeline_id", b"pipeline_id", "stage", b"stage", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_stage", b"claim_stage", "initial_credits", b"initial_credits", "layout", b"layout", "lease_seconds", b"lease_seconds", "pipeline_id", b"pipeline_id", "stage", b"stage", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -486,18 +733,28 @@ class StreamLeasesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LEASES_FIELD_NUMBER: _builtins.int
+    LEASE_COLUMNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def leases(self) -> _containers.RepeatedCompositeFieldContainer[_document_pb2.Lease]:
-        """Newly granted leases; never more than the outstanding credits."""
+        """Newly granted leases; never more than the outstanding credits (when
+        the stream was opened with layout LEASE_LAYOUT_UNSPECIFIED).
+        """
+
+    @_builtins.property
+    def lease_columns(self) -> Global___LeaseColumns:
+        """Newly granted leases, when the stream was opened with layout
+        LEASE_LAYOUT_COLUMNS.
+        """
 
     def __init__(
         self,
         *,
         leases: _abc.Iterable[_document_pb2.Lease] | None = ...,
+        lease_columns: Global___LeaseColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_columns", b"lease_columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["leases", b"leases"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_columns", b"lease_columns", "leases", b"leases"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
