@@ -6,6 +6,12 @@ IndexService, PipelineService) that turn failed calls into
 ErrorInfo) and protos into the worker's values. The channel comes from
 :func:`hevlayer.common.channels.create_channel`, so UNAVAILABLE is retried
 by gRPC itself (with backoff) before it reaches the worker.
+
+Leases travel in the columnar layout (``LeaseColumns``, ``LeaseRefColumns``,
+``*ResultColumns``): one message per batch instead of one per document. A
+server that predates it answers claims with per-lease messages (read as
+well) and heartbeats or transitions without result columns; those calls are
+then sent again, and from then on, with per-document messages.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import datetime
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import grpc
 from grpc import aio
@@ -79,10 +86,35 @@ def lease_of(lease: document_pb2.Lease) -> Lease:
     )
 
 
+def leases_of(response: lease_pb2.ClaimDocumentsResponse | lease_pb2.StreamLeasesResponse) -> list[Lease]:
+    """The leases of a claim's answer, in either layout."""
+    if not response.HasField("lease_columns"):
+        return [lease_of(lease) for lease in response.leases]
+    columns = response.lease_columns
+    deadline = monotonic_deadline(columns.expires_at.ToDatetime(tzinfo=datetime.UTC))
+    return list(
+        map(
+            Lease,
+            columns.document_ids,
+            columns.fencing_tokens,
+            repeat(deadline),
+            columns.attempts,
+            columns.chunk_counts,
+        )
+    )
+
+
 def refs(documents: Sequence[InFlightDocument]) -> list[document_pb2.LeaseRef]:
     return [
         document_pb2.LeaseRef(document_id=d.document_id, fencing_token=d.fencing_token) for d in documents
     ]
+
+
+def ref_columns(documents: Sequence[InFlightDocument]) -> lease_pb2.LeaseRefColumns:
+    return lease_pb2.LeaseRefColumns(
+        document_ids=[d.document_id for d in documents],
+        fencing_tokens=[d.fencing_token for d in documents],
+    )
 
 
 def error_message(error: document_pb2.DocumentError) -> str:
@@ -98,6 +130,8 @@ class GatewayClient:
         self._staging = staging_pb2_grpc.StagingServiceStub(channel)
         self._index = index_pb2_grpc.IndexServiceStub(channel)
         self._pipelines = pipeline_pb2_grpc.PipelineServiceStub(channel)
+        self.columns = True
+        """False once the server answered a columnar heartbeat or transition without columns."""
 
     @classmethod
     def connect(cls, address: str) -> GatewayClient:
@@ -142,6 +176,7 @@ class GatewayClient:
                     worker_id=claim.worker_id,
                     lease_seconds=claim.lease_seconds,
                     initial_credits=initial_credits,
+                    layout=lease_pb2.LEASE_LAYOUT_COLUMNS,
                 )
             )
             async for granted in credits:
@@ -150,7 +185,7 @@ class GatewayClient:
         call = self._leases.StreamLeases(requests())
         try:
             async for response in call:
-                yield [lease_of(lease) for lease in response.leases]
+                yield leases_of(response)
         except aio.AioRpcError as error:
             raise service_error_from_rpc_error(error) from None
         finally:
@@ -167,28 +202,38 @@ class GatewayClient:
                     limit=limit,
                     worker_id=claim.worker_id,
                     lease_seconds=claim.lease_seconds,
+                    layout=lease_pb2.LEASE_LAYOUT_COLUMNS,
                 ),
                 timeout=UNARY_TIMEOUT,
             )
         except aio.AioRpcError as error:
             raise service_error_from_rpc_error(error) from None
-        return [lease_of(lease) for lease in response.leases]
+        return leases_of(response)
 
     async def heartbeat(self, claim: Claim, documents: Sequence[InFlightDocument]) -> list[float | None]:
         """HeartbeatLeases: per document the new monotonic deadline, or None if the lease is lost."""
+        request = lease_pb2.HeartbeatLeasesRequest(
+            pipeline_id=claim.pipeline_id,
+            stage=claim.claim_stage,
+            worker_id=claim.worker_id,
+            lease_seconds=claim.lease_seconds,
+        )
+        columns = self.columns and bool(documents)
+        if columns:
+            request.lease_columns.CopyFrom(ref_columns(documents))
+        else:
+            request.leases.extend(refs(documents))
         try:
-            response = await self._leases.HeartbeatLeases(
-                lease_pb2.HeartbeatLeasesRequest(
-                    pipeline_id=claim.pipeline_id,
-                    stage=claim.claim_stage,
-                    worker_id=claim.worker_id,
-                    leases=refs(documents),
-                    lease_seconds=claim.lease_seconds,
-                ),
-                timeout=UNARY_TIMEOUT,
-            )
+            response = await self._leases.HeartbeatLeases(request, timeout=UNARY_TIMEOUT)
         except aio.AioRpcError as error:
             raise service_error_from_rpc_error(error) from None
+        if columns and not response.HasField("result_columns"):
+            self.columns = False  # a server without columns saw an empty request
+            return await self.heartbeat(claim, documents)
+        if columns:
+            results = response.result_columns
+            deadline = monotonic_deadline(results.expires_at.ToDatetime(tzinfo=datetime.UTC))
+            return [deadline if extended else None for extended in results.extended]
         return [
             monotonic_deadline(r.expires_at.ToDatetime(tzinfo=datetime.UTC)) if r.extended else None
             for r in response.results
@@ -198,21 +243,29 @@ class GatewayClient:
         self, claim: Claim, documents: Sequence[InFlightDocument], to_stage: str, reason: str = ""
     ) -> list[bool]:
         """TransitionDocuments out of the claim stage; per document whether it moved."""
+        request = lease_pb2.TransitionDocumentsRequest(
+            pipeline_id=claim.pipeline_id,
+            from_stage=claim.claim_stage,
+            worker_id=claim.worker_id,
+            to_stage=to_stage,
+            reason=reason,
+        )
+        columns = self.columns and bool(documents)
+        if columns:
+            request.document_columns.CopyFrom(ref_columns(documents))
+        else:
+            request.documents.extend(refs(documents))
         try:
-            response = await self._leases.TransitionDocuments(
-                lease_pb2.TransitionDocumentsRequest(
-                    pipeline_id=claim.pipeline_id,
-                    documents=refs(documents),
-                    from_stage=claim.claim_stage,
-                    worker_id=claim.worker_id,
-                    to_stage=to_stage,
-                    reason=reason,
-                ),
-                timeout=UNARY_TIMEOUT,
-            )
+            response = await self._leases.TransitionDocuments(request, timeout=UNARY_TIMEOUT)
         except aio.AioRpcError as error:
             raise service_error_from_rpc_error(error) from None
-        return [r.outcome == lease_pb2.TRANSITION_OUTCOME_MOVED for r in response.results]
+        if columns and not response.HasField("result_columns"):
+            self.columns = False  # a server without columns saw an empty request
+            return await self.transition(claim, documents, to_stage, reason)
+        moved = lease_pb2.TRANSITION_OUTCOME_MOVED
+        if columns:
+            return [outcome == moved for outcome in response.result_columns.outcomes]
+        return [r.outcome == moved for r in response.results]
 
     # -- chunks and vectors ----------------------------------------------------------------
 

@@ -129,6 +129,8 @@ class ClaimerClient:
         self.documents = document_state_pb2_grpc.DocumentStateServiceStub(channel)
         self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(channel)
         self.leases = lease_pb2_grpc.LeaseServiceStub(channel)
+        self.columns = True
+        """False once the claimer answered a columnar transition without columns (it predates them)."""
         self._pipeline_cache: dict[str, tuple[float, PipelineInfo]] = {}
 
     # -- pipelines -------------------------------------------------------------------------
@@ -327,16 +329,38 @@ class ClaimerClient:
         to_stage: str,
         reason: str = "",
     ) -> list[Transition]:
-        """TransitionDocuments for (document id, fencing token) pairs."""
+        """TransitionDocuments for (document id, fencing token) pairs (sent as
+        LeaseRefColumns; as LeaseRefs to a claimer that answers without columns)."""
         request = lease_pb2.TransitionDocumentsRequest(
             pipeline_id=pipeline_id,
-            documents=[document_pb2.LeaseRef(document_id=d, fencing_token=t) for d, t in documents],
             from_stage=from_stage,
             worker_id=worker_id,
             to_stage=to_stage,
             reason=reason,
         )
+        ids = [d for d, _ in documents]
+        columns = self.columns and bool(ids)
+        if columns:
+            request.document_columns.document_ids.extend(ids)
+            request.document_columns.fencing_tokens.extend([t for _, t in documents])
+        else:
+            request.documents.extend(
+                document_pb2.LeaseRef(document_id=d, fencing_token=t) for d, t in documents
+            )
         response = await _call(self.leases.TransitionDocuments(request, timeout=self.timeout))
+        if columns and not response.HasField("result_columns"):
+            self.columns = False  # a claimer without columns saw an empty request
+            return await self.transition(
+                pipeline_id,
+                documents,
+                from_stage=from_stage,
+                worker_id=worker_id,
+                to_stage=to_stage,
+                reason=reason,
+            )
+        if columns:
+            results = response.result_columns
+            return list(map(Transition, ids, results.outcomes, results.fencing_tokens))
         return [Transition(r.document_id, r.outcome, r.fencing_token) for r in response.results]
 
     async def claim(self, request: lease_pb2.ClaimDocumentsRequest) -> lease_pb2.ClaimDocumentsResponse:
