@@ -4,7 +4,11 @@ baselines on the same PostgreSQL in the same run.
 1. **gRPC**: worker processes call ``LeaseService.ClaimDocuments`` (batches of
    ``--batch``) and ``TransitionDocuments`` (to ``indexed``) on a real gateway
    process, which forwards to a real claimer process, which runs the claim and
-   transition statements on PostgreSQL.
+   transition statements on PostgreSQL. Paths ``unary`` and ``stream``
+   (``StreamLeases`` with credits instead of ClaimDocuments) use the columnar
+   batch layout the embedder worker uses (``LeaseColumns``,
+   ``LeaseRefColumns``); ``unary-messages`` and ``stream-messages`` the same
+   calls with one message per document (``Lease``, ``LeaseRef``).
 2. **bare asyncpg**: the same number of worker processes run the claimer's
    own two statements (``CLAIM_SQL`` and ``TRANSITION_SQL``, the same
    parameters, the same schema and triggers) on asyncpg directly, without
@@ -33,6 +37,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import asyncpg
@@ -163,29 +168,60 @@ def start_process(command: str, env: dict[str, str], logs: Path) -> tuple[Servic
 # -- workers (run in spawned processes) ------------------------------------------------
 
 
-Complete = Callable[[Any, str, str, Sequence[Any]], Awaitable[int]]
-"""Moves claimed leases to indexed: (LeaseService stub, pipeline, worker, leases) -> ids moved."""
+Complete = Callable[[Any, str, str, Sequence[str], Sequence[int]], Awaitable[int]]
+"""Moves claimed leases to indexed: (LeaseService stub, pipeline, worker, document ids,
+fencing tokens) -> ids moved."""
 
 
-async def complete_per_document(stub: Any, pipeline_id: str, worker: str, leases: Sequence[Any]) -> int:
-    """TransitionDocuments naming every lease (document id + fencing token)."""
+async def complete_per_document(
+    stub: Any, pipeline_id: str, worker: str, ids: Sequence[str], tokens: Sequence[int]
+) -> int:
+    """TransitionDocuments naming every lease as a LeaseRef (document id + fencing token)."""
     from hevlayer.api.lease.v1 import lease_pb2 as lpb
 
     request = lpb.TransitionDocumentsRequest(
         pipeline_id=pipeline_id, from_stage="embedding", worker_id=worker, to_stage="indexed"
     )
     add = request.documents.add
-    for lease in leases:
-        add(document_id=lease.document_id, fencing_token=lease.fencing_token)
+    for document_id, token in zip(ids, tokens, strict=True):
+        add(document_id=document_id, fencing_token=token)
     result = await stub.TransitionDocuments(request)
     return sum(1 for r in result.results if r.outcome == lpb.TRANSITION_OUTCOME_MOVED)
 
 
+async def complete_by_columns(
+    stub: Any, pipeline_id: str, worker: str, ids: Sequence[str], tokens: Sequence[int]
+) -> int:
+    """TransitionDocuments naming the leases as LeaseRefColumns (the embedder's layout)."""
+    from hevlayer.api.lease.v1 import lease_pb2 as lpb
+
+    result = await stub.TransitionDocuments(
+        lpb.TransitionDocumentsRequest(
+            pipeline_id=pipeline_id,
+            from_stage="embedding",
+            worker_id=worker,
+            to_stage="indexed",
+            document_columns=lpb.LeaseRefColumns(document_ids=ids, fencing_tokens=tokens),
+        )
+    )
+    return list(result.result_columns.outcomes).count(lpb.TRANSITION_OUTCOME_MOVED)
+
+
+def lease_refs(response: Any) -> tuple[list[str], list[int]]:
+    """Document ids and fencing tokens of a claim's answer, in either layout."""
+    if response.HasField("lease_columns"):
+        return list(response.lease_columns.document_ids), list(response.lease_columns.fencing_tokens)
+    return [lease.document_id for lease in response.leases], [
+        lease.fencing_token for lease in response.leases
+    ]
+
+
 async def grpc_claim_loop(
-    address: str, pipeline_id: str, worker: str, batch: int, ready: Any, complete: Complete
+    address: str, pipeline_id: str, worker: str, batch: int, ready: Any, complete: Complete, columns: bool
 ) -> tuple[int, list[float], float]:
-    """Claim ``batch`` at a time through gRPC and ``complete`` them until the pipeline is empty;
-    (ids moved, claim latencies, this process's CPU seconds in the loop)."""
+    """Claim ``batch`` at a time through gRPC (in the columnar layout if ``columns``) and
+    ``complete`` them until the pipeline is empty; (ids moved, claim latencies, this
+    process's CPU seconds in the loop)."""
     from grpc import aio
 
     from hevlayer.api.lease.v1 import lease_pb2 as lpb
@@ -197,7 +233,12 @@ async def grpc_claim_loop(
     async with aio.insecure_channel(address, options=options) as channel:
         stub = lease_pb2_grpc.LeaseServiceStub(channel)
         claim = lpb.ClaimDocumentsRequest(
-            pipeline_id=pipeline_id, stage="pending", claim_stage="embedding", limit=batch, worker_id=worker
+            pipeline_id=pipeline_id,
+            stage="pending",
+            claim_stage="embedding",
+            limit=batch,
+            worker_id=worker,
+            layout=lpb.LEASE_LAYOUT_COLUMNS if columns else lpb.LEASE_LAYOUT_UNSPECIFIED,
         )
         await channel.channel_ready()
         await asyncio.to_thread(ready.wait)
@@ -205,23 +246,30 @@ async def grpc_claim_loop(
         empty = 0
         while empty < 2:
             started = time.perf_counter()
-            claimed = await stub.ClaimDocuments(claim)
+            ids, tokens = lease_refs(await stub.ClaimDocuments(claim))
             latencies.append(time.perf_counter() - started)
-            if not claimed.leases:
+            if not ids:
                 empty += 1
                 continue
             empty = 0
-            moved = await complete(stub, pipeline_id, worker, claimed.leases)
-            assert moved == len(claimed.leases), (moved, len(claimed.leases))
+            moved = await complete(stub, pipeline_id, worker, ids, tokens)
+            assert moved == len(ids), (moved, len(ids))
             done += moved
     return done, latencies, time.process_time() - cpu
 
 
 async def grpc_stream_loop(
-    address: str, pipeline_id: str, worker: str, batch: int, total: int, moved_so_far: Any, ready: Any
+    address: str,
+    pipeline_id: str,
+    worker: str,
+    batch: int,
+    columns: bool,
+    total: int,
+    moved_so_far: Any,
+    ready: Any,
 ) -> tuple[int, list[float], float]:
     """Take leases from one ``StreamLeases`` stream, ``batch`` credits at a time, and move
-    each message's leases to indexed (TransitionDocuments, one LeaseRef per document)
+    each message's leases to indexed (TransitionDocuments; columnar layout if ``columns``)
     until every worker together has moved ``total``; (ids moved, credit-to-leases
     latencies, this process's CPU seconds in the loop)."""
     from grpc import aio
@@ -230,6 +278,7 @@ async def grpc_stream_loop(
     from hevlayer.api.lease.v1 import lease_pb2_grpc
 
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    complete = complete_by_columns if columns else complete_per_document
     credits: asyncio.Queue[int] = asyncio.Queue()
     done = 0
     latencies: list[float] = []
@@ -242,6 +291,7 @@ async def grpc_stream_loop(
                 claim_stage="embedding",
                 worker_id=worker,
                 initial_credits=batch,
+                layout=lpb.LEASE_LAYOUT_COLUMNS if columns else lpb.LEASE_LAYOUT_UNSPECIFIED,
             )
         )
         while True:
@@ -267,8 +317,9 @@ async def grpc_stream_loop(
                 if response is aio.EOF:
                     raise RuntimeError("StreamLeases ended early")
                 latencies.append(time.perf_counter() - granted)
-                moved = await complete_per_document(stub, pipeline_id, worker, response.leases)
-                assert moved == len(response.leases), (moved, len(response.leases))
+                ids, tokens = lease_refs(response)
+                moved = await complete(stub, pipeline_id, worker, ids, tokens)
+                assert moved == len(ids), (moved, len(ids))
                 done += moved
                 with moved_so_far.get_lock():
                     moved_so_far.value += moved
@@ -284,18 +335,27 @@ def grpc_stream_worker(
     pipeline_id: str,
     worker: str,
     batch: int,
+    columns: bool,
     total: int,
     moved_so_far: Any,
     ready: Any,
     out: Any,
 ) -> None:
     """Take leases from StreamLeases and complete them until ``total`` documents are indexed."""
-    out.put(asyncio.run(grpc_stream_loop(address, pipeline_id, worker, batch, total, moved_so_far, ready)))
+    out.put(
+        asyncio.run(
+            grpc_stream_loop(address, pipeline_id, worker, batch, columns, total, moved_so_far, ready)
+        )
+    )
 
 
-def grpc_worker(address: str, pipeline_id: str, worker: str, batch: int, ready: Any, out: Any) -> None:
-    """Claim and complete through gRPC (one LeaseRef per document) until the pipeline is empty."""
-    out.put(asyncio.run(grpc_claim_loop(address, pipeline_id, worker, batch, ready, complete_per_document)))
+def grpc_worker(
+    address: str, pipeline_id: str, worker: str, batch: int, columns: bool, ready: Any, out: Any
+) -> None:
+    """Claim and complete through gRPC (columnar layout if ``columns``, else one message per
+    document) until the pipeline is empty."""
+    complete = complete_by_columns if columns else complete_per_document
+    out.put(asyncio.run(grpc_claim_loop(address, pipeline_id, worker, batch, ready, complete, columns)))
 
 
 def bare_worker(dsn: str, pipeline_id: str, worker: str, batch: int, ready: Any, out: Any) -> None:
@@ -363,7 +423,17 @@ def run_workers(target: Any, args_for: list[tuple[Any, ...]]) -> tuple[float, in
         process.start()
     ready.wait(120)  # every worker has started and connected: the clock starts now
     started = time.perf_counter()
-    results = [queue.get(timeout=900) for _ in processes]
+    results: list[tuple[int, list[float], float]] = []
+    while len(results) < len(processes):
+        try:
+            results.append(queue.get(timeout=1))
+        except Empty:
+            # a worker that died (its traceback is on stderr) never reports: stop waiting
+            failed = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+            if failed:
+                for process in processes:
+                    process.kill()
+                raise SystemExit(f"a worker failed with exit code {failed[0]}") from None
     elapsed = time.perf_counter() - started
     for process in processes:
         process.join(30)
@@ -433,8 +503,10 @@ def procrastinate_rate(dsn: str, workers: int) -> float | None:
 
 
 PATHS = {
-    "unary": "gRPC ClaimDocuments (client -> gateway -> claimer -> PostgreSQL)",
-    "stream": "gRPC StreamLeases (client -> gateway -> claimer -> PostgreSQL)",
+    "unary": "gRPC ClaimDocuments, columns (client -> gateway -> claimer -> PostgreSQL)",
+    "stream": "gRPC StreamLeases, columns (client -> gateway -> claimer -> PostgreSQL)",
+    "unary-messages": "gRPC ClaimDocuments, a message per document",
+    "stream-messages": "gRPC StreamLeases, a message per document",
     "bare": "bare asyncpg (same two statements)",
 }
 
@@ -448,7 +520,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2000, help="claim limit (StreamLeases credits)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every path (medians)")
     parser.add_argument(
-        "--paths", default="unary,stream,bare", help="comma-separated: unary, stream, bare (the baseline)"
+        "--paths",
+        default="unary,stream,bare",
+        help="comma-separated: unary, stream, unary-messages, stream-messages, bare (the baseline)",
     )
     parser.add_argument("--no-procrastinate", action="store_true")
     args = parser.parse_args()
@@ -490,14 +564,16 @@ def main() -> None:
                     workers = [f"w{n}" for n in range(args.workers)]
                     target: Callable[..., None]
                     worker_args: list[tuple[Any, ...]]
-                    if path == "unary":
+                    columns = not path.endswith("-messages")
+                    if path.startswith("unary"):
                         target = grpc_worker
-                        worker_args = [(gateway_address, pipeline, w, args.batch) for w in workers]
-                    elif path == "stream":
+                        worker_args = [(gateway_address, pipeline, w, args.batch, columns) for w in workers]
+                    elif path.startswith("stream"):
                         target = grpc_stream_worker
                         moved = context.Value("q", 0)
                         worker_args = [
-                            (gateway_address, pipeline, w, args.batch, args.docs, moved) for w in workers
+                            (gateway_address, pipeline, w, args.batch, columns, args.docs, moved)
+                            for w in workers
                         ]
                     else:
                         target = bare_worker

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from claims import complete_per_document, create_pipeline, grpc_claim_loop, run_workers, start_process
+from claims import complete_by_columns, create_pipeline, grpc_claim_loop, run_workers, start_process
 
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3
 
@@ -85,26 +85,28 @@ async def count_rows(dsn: str, pipeline_id: str, stop: asyncio.Event) -> int:
     return peak
 
 
-async def complete_by_segment_lease(stub: Any, pipeline_id: str, worker: str, leases: Sequence[Any]) -> int:
+async def complete_by_segment_lease(
+    stub: Any, pipeline_id: str, worker: str, ids: Sequence[str], tokens: Sequence[int]
+) -> int:
     """TransitionDocuments naming each distinct token once (``segment_leases``); leases the
     claimer does not hold as segment leases (document rows) are completed one by one."""
     from hevlayer.api.lease.v1 import lease_pb2 as lpb
 
-    tokens = list(dict.fromkeys(lease.fencing_token for lease in leases))
     result = await stub.TransitionDocuments(
         lpb.TransitionDocumentsRequest(
             pipeline_id=pipeline_id,
             from_stage="embedding",
             worker_id=worker,
             to_stage="indexed",
-            segment_leases=tokens,
+            segment_leases=list(dict.fromkeys(tokens)),
         )
     )
     moved = sum(r.moved for r in result.segment_lease_results)
     rows = {r.fencing_token for r in result.segment_lease_results if not r.moved}
     if rows:
-        moved += await complete_per_document(
-            stub, pipeline_id, worker, [lease for lease in leases if lease.fencing_token in rows]
+        pairs = [(i, t) for i, t in zip(ids, tokens, strict=True) if t in rows]
+        moved += await complete_by_columns(
+            stub, pipeline_id, worker, [i for i, _ in pairs], [t for _, t in pairs]
         )
     return int(moved)
 
@@ -112,7 +114,9 @@ async def complete_by_segment_lease(stub: Any, pipeline_id: str, worker: str, le
 def lease_worker(address: str, pipeline_id: str, worker: str, batch: int, ready: Any, out: Any) -> None:
     """Claim, then complete whole segment leases by token until the pipeline is empty."""
     out.put(
-        asyncio.run(grpc_claim_loop(address, pipeline_id, worker, batch, ready, complete_by_segment_lease))
+        asyncio.run(
+            grpc_claim_loop(address, pipeline_id, worker, batch, ready, complete_by_segment_lease, True)
+        )
     )
 
 
@@ -123,6 +127,7 @@ def run_phase(
     from claims import grpc_worker
 
     worker_body = grpc_worker if per_document or backend == "row" else lease_worker
+    extra = (True,) if worker_body is grpc_worker else ()  # grpc_worker: columnar layout
 
     pipeline_id = f"seg-{backend}-{uuid.uuid4().hex[:6]}"
     asyncio.run(create_pipeline(address, pipeline_id, backend))
@@ -141,7 +146,8 @@ def run_phase(
         future = loop.run_in_executor(
             None,
             lambda: run_workers(
-                worker_body, [(address, pipeline_id, f"w{n}", batch) for n in range(workers)]
+                worker_body,
+                [(address, pipeline_id, f"w{n}", batch, *extra) for n in range(workers)],
             ),
         )
         drain_seconds, done, _, _ = loop.run_until_complete(future)
