@@ -10,7 +10,7 @@ forwards byte for byte):
 2. ``--workers`` worker processes claim (``--batch`` = 10,000 per claim, one
    whole segment) and transition every id to ``indexed``: by lease token
    (``TransitionDocuments.segment_leases``, no per-id message), or with
-   ``--per-document`` one ``LeaseRef`` per id.
+   ``--per-document`` every id named (``LeaseRefColumns``).
 
 A sampler counts the pipeline's PostgreSQL rows (queue_segments + documents
 + segment_garbage) throughout; the peak must stay <= 110. At the end the
@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument(
         "--per-document",
         action="store_true",
-        help="complete segment ids one LeaseRef each (TransitionDocuments.documents), not by lease token",
+        help="complete segment ids by name (TransitionDocuments.document_columns), not by lease token",
     )
     args = parser.parse_args()
 
@@ -224,7 +224,7 @@ def main() -> None:
 
     seg_rate = args.ids / seg_total
     row_rate = args.row_ids / row_total
-    mode = "one LeaseRef per id" if args.per_document else "whole segment leases by token"
+    mode = "every id named (LeaseRefColumns)" if args.per_document else "whole segment leases by token"
     print(
         f"segment backend ({mode}): {args.ids:,} ids in {seg_total:.2f} s = {seg_rate:,.0f} ids/s "
         f"(enqueue {seg_enqueue:.2f} s = {args.ids / seg_enqueue:,.0f} ids/s; claim+complete "
