@@ -258,14 +258,26 @@ class LeaseServicer:
                         else:
                             yield claimed_bytes(claimed)
                         continue
+                # No await since the credit check when credits == 0, so no credit can have
+                # been granted unseen between the check and the clear.
                 wake.clear()
-                change = asyncio.create_task(
-                    self._notifier.wait_change(opened.pipeline_id, seen, STREAM_POLL_SECONDS)
-                )
-                woken = asyncio.create_task(wake.wait())
-                stop = asyncio.create_task(self._stopping.wait())
+                waits: set[asyncio.Task[object]] = {
+                    asyncio.create_task(wake.wait()),
+                    asyncio.create_task(self._stopping.wait()),
+                }
+                if credits > 0:
+                    # credits but nothing claimable: a status change (or a lease expiring,
+                    # polled) can make something claimable. Without credits only a credit
+                    # can: the stream does not wake for every change of the pipeline.
+                    waits.add(
+                        asyncio.create_task(
+                            self._notifier.wait_change(opened.pipeline_id, seen, STREAM_POLL_SECONDS)
+                        )
+                    )
                 _, pending = await asyncio.wait(
-                    {change, woken, stop}, timeout=STREAM_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                    waits,
+                    timeout=STREAM_POLL_SECONDS if credits > 0 else None,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 for task in pending:
                     task.cancel()
