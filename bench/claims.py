@@ -18,7 +18,12 @@ baselines on the same PostgreSQL in the same run.
    jobs/s. Skipped when procrastinate is not installed.
 
 Prints docs/s, the ratios (goals: gRPC >= 0.8 x bare, >= 50 x procrastinate)
-and the client-side claim latency p50/p99.
+and the client-side claim latency p50/p99. Next to the ratio of the median
+rates it prints two less noisy views of the same comparison: the median of
+the rounds' own ratios (the paths of a round run back to back, so a change in
+the machine's other load hits them alike), and the ratio of CPU per document
+(bare / gRPC; every phase keeps both cores busy, so this is what the rate
+ratio tends to on a machine of its own).
 
     .venv/bin/python bench/claims.py [--docs 100000] [--workers 4] [--batch 2000] [--rounds 3]
 """
@@ -611,14 +616,20 @@ def main() -> None:
         p50 = _percentile(latencies[path], 0.5) * 1000
         p99 = _percentile(latencies[path], 0.99) * 1000
         print(f"{PATHS[path]}: {median[path]:,.0f} docs/s; claim latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    documents = args.docs * args.rounds
+    per_document = {path: sum(parts.values()) / documents for path, parts in cpu.items()}
     for path in paths:
         if path != "bare":
-            print(f"ratio {path} / bare: {median[path] / median['bare']:.2f} (goal >= 0.8)")
-    documents = args.docs * args.rounds
+            paired = statistics.median(x / y for x, y in zip(rates[path], rates["bare"], strict=True))
+            print(
+                f"ratio {path} / bare: {median[path] / median['bare']:.2f} (goal >= 0.8); "
+                f"median of the rounds' ratios {paired:.2f}; "
+                f"CPU per document, bare / {path}: {per_document['bare'] / per_document[path]:.2f}"
+            )
     print("CPU per document (core-microseconds):")
     for path, parts in cpu.items():
         print(
-            f"  {path}: {sum(parts.values()) / documents * 1e6:.1f} = "
+            f"  {path}: {per_document[path] * 1e6:.1f} = "
             + " + ".join(f"{name} {seconds / documents * 1e6:.1f}" for name, seconds in parts.items())
         )
     if jobs_rate is not None:
