@@ -321,6 +321,19 @@ def claim_request(
     )
 
 
+def open_stream(pid: str, credits: int, layout: int = lpb.LEASE_LAYOUT_COLUMNS) -> lpb.StreamLeasesRequest:
+    return lpb.StreamLeasesRequest(
+        open=lpb.StreamLeasesOpen(
+            pipeline_id=pid,
+            stage="pending",
+            claim_stage="embedding",
+            worker_id="s",
+            initial_credits=credits,
+            layout=layout,  # type: ignore[arg-type]
+        )
+    )
+
+
 async def test_columnar_layout_round_trip(channel: aio.Channel) -> None:
     pid = await new_pipeline(channel)
     ids = [f"col-{i}" for i in range(30)]
@@ -407,15 +420,7 @@ async def test_columnar_layout_round_trip(channel: aio.Channel) -> None:
 async def test_columnar_stream_leases(channel: aio.Channel) -> None:
     pid = await new_pipeline(channel)
     await stage_docs(channel, pid, [f"cs{i}" for i in range(5)])
-    opened = lpb.StreamLeasesOpen(
-        pipeline_id=pid,
-        stage="pending",
-        claim_stage="embedding",
-        worker_id="s",
-        initial_credits=3,
-        layout=lpb.LEASE_LAYOUT_COLUMNS,
-    )
-    call = lease_pb2_grpc.LeaseServiceStub(channel).StreamLeases(iter([lpb.StreamLeasesRequest(open=opened)]))
+    call = lease_pb2_grpc.LeaseServiceStub(channel).StreamLeases(iter([open_stream(pid, 3)]))
     first = await asyncio.wait_for(call.read(), 10)
     assert not first.leases
     assert len(first.lease_columns.document_ids) == 3
@@ -506,15 +511,7 @@ async def test_columnar_heartbeat_and_layout_validation(channel: aio.Channel) ->
         await stub.ClaimDocuments(claim_request(pid, 1, "w", 7))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violations(caught.value) == ["layout"]
-    opened = lpb.StreamLeasesOpen(
-        pipeline_id=pid,
-        stage="pending",
-        claim_stage="embedding",
-        worker_id="s",
-        initial_credits=1,
-        layout=7,  # type: ignore[arg-type]
-    )
-    call = stub.StreamLeases(iter([lpb.StreamLeasesRequest(open=opened)]))
+    call = stub.StreamLeases(iter([open_stream(pid, 1, 7)]))
     with pytest.raises(aio.AioRpcError) as caught:
         await call.read()
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
