@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import cast
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 from grpc import aio
 
 from hevlayer.api.document.v1.document_pb2 import LeaseRef
@@ -61,9 +62,19 @@ def claimed_columns(claimed: Claimed) -> pb.LeaseColumns:
     )
 
 
-def _ref_columns(columns: pb.LeaseRefColumns) -> tuple[list[str], list[int]]:
-    """Document ids and fencing tokens of a request's LeaseRefColumns."""
-    return list(columns.document_ids), list(columns.fencing_tokens)
+def _request_refs(
+    request: Message, columns_field: str, messages_field: str
+) -> tuple[list[str], list[int], str]:
+    """Document ids and fencing tokens a heartbeat or transition names, as LeaseRefColumns
+    (``columns_field``) or LeaseRefs (``messages_field``), and the field that named them;
+    INVALID_ARGUMENT if both are set."""
+    if request.HasField(columns_field):
+        if getattr(request, messages_field):
+            raise InvalidArgument.field(columns_field, f"cannot be combined with {messages_field}")
+        columns: pb.LeaseRefColumns = getattr(request, columns_field)
+        return list(columns.document_ids), list(columns.fencing_tokens), columns_field
+    ids, tokens = _refs(getattr(request, messages_field))
+    return ids, tokens, messages_field
 
 
 def claimed_bytes(claimed: Claimed) -> Encoded:
@@ -116,13 +127,7 @@ class LeaseServicer:
     async def HeartbeatLeases(
         self, request: pb.HeartbeatLeasesRequest, context: aio.ServicerContext
     ) -> pb.HeartbeatLeasesResponse:
-        columns = request.HasField("lease_columns")
-        if columns:
-            if request.leases:
-                raise InvalidArgument.field("lease_columns", "cannot be combined with leases")
-            ids, tokens = _ref_columns(request.lease_columns)
-        else:
-            ids, tokens = _refs(request.leases)
+        ids, tokens, refs_field = _request_refs(request, "lease_columns", "leases")
         result = await self._store.heartbeat(
             request.pipeline_id,
             request.stage,
@@ -130,11 +135,11 @@ class LeaseServicer:
             ids,
             tokens,
             request.lease_seconds,
-            refs_field="lease_columns" if columns else "leases",
+            refs_field=refs_field,
         )
         stamp = timestamp_pb2.Timestamp()
         stamp.FromDatetime(result.expires_at)
-        if columns:
+        if refs_field == "lease_columns":
             answer = pb.HeartbeatResultColumns(extended=result.extended)
             if any(result.extended):
                 answer.expires_at.CopyFrom(stamp)
@@ -150,21 +155,20 @@ class LeaseServicer:
     async def TransitionDocuments(
         self, request: pb.TransitionDocumentsRequest, context: aio.ServicerContext
     ) -> pb.TransitionDocumentsResponse | Encoded:
-        columns = request.HasField("document_columns")
-        if columns and request.documents:
-            raise InvalidArgument.field("document_columns", "cannot be combined with documents")
+        ids, tokens, refs_field = _request_refs(request, "document_columns", "documents")
+        columns = refs_field == "document_columns"
         if request.segment_leases:
             if request.documents:
                 raise InvalidArgument.field("segment_leases", "cannot be combined with documents")
             if columns:
                 raise InvalidArgument.field("segment_leases", "cannot be combined with document_columns")
-            tokens = list(request.segment_leases)
+            segment_tokens = list(request.segment_leases)
             moved = await self._store.transition_segment_leases(
                 request.pipeline_id,
                 request.from_stage,
                 request.worker_id,
                 request.to_stage,
-                tokens,
+                segment_tokens,
                 request.reason,
             )
             return pb.TransitionDocumentsResponse(
@@ -175,13 +179,9 @@ class LeaseServicer:
                         moved=count,
                         new_fencing_token=moved.new_fencing_token if count else 0,
                     )
-                    for token, count in zip(tokens, moved.moved, strict=True)
+                    for token, count in zip(segment_tokens, moved.moved, strict=True)
                 ]
             )
-        if columns:
-            ids, tokens = _ref_columns(request.document_columns)
-        else:
-            ids, tokens = _refs(request.documents)
         result = await self._store.transition(
             request.pipeline_id,
             request.from_stage,
@@ -190,7 +190,7 @@ class LeaseServicer:
             ids,
             tokens,
             request.reason,
-            refs_field="document_columns" if columns else "documents",
+            refs_field=refs_field,
         )
         if columns:
             return pb.TransitionDocumentsResponse(

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -137,6 +138,26 @@ class GatewayClient:
     def connect(cls, address: str) -> GatewayClient:
         return cls(create_channel(address))
 
+    def _name_documents(
+        self, columns: lease_pb2.LeaseRefColumns, messages: Any, documents: Sequence[InFlightDocument]
+    ) -> bool:
+        """Name ``documents`` in a heartbeat or transition request: in its ``columns`` field,
+        or its repeated LeaseRef ``messages`` once this client fell back to them (or when
+        there are none). True if as columns."""
+        if self.columns and documents:
+            columns.CopyFrom(ref_columns(documents))
+            return True
+        messages.extend(refs(documents))
+        return False
+
+    def _server_predates_columns(self, as_columns: bool, response: Any) -> bool:
+        """True, and per-document messages from now on, if a request sent as columns was
+        answered without result columns (a server from before the layout saw an empty batch)."""
+        if as_columns and not response.HasField("result_columns"):
+            self.columns = False
+            return True
+        return False
+
     async def close(self) -> None:
         await self.channel.close()
 
@@ -218,17 +239,12 @@ class GatewayClient:
             worker_id=claim.worker_id,
             lease_seconds=claim.lease_seconds,
         )
-        columns = self.columns and bool(documents)
-        if columns:
-            request.lease_columns.CopyFrom(ref_columns(documents))
-        else:
-            request.leases.extend(refs(documents))
+        columns = self._name_documents(request.lease_columns, request.leases, documents)
         try:
             response = await self._leases.HeartbeatLeases(request, timeout=UNARY_TIMEOUT)
         except aio.AioRpcError as error:
             raise service_error_from_rpc_error(error) from None
-        if columns and not response.HasField("result_columns"):
-            self.columns = False  # a server without columns saw an empty request
+        if self._server_predates_columns(columns, response):
             return await self.heartbeat(claim, documents)
         if columns:
             results = response.result_columns
@@ -250,17 +266,12 @@ class GatewayClient:
             to_stage=to_stage,
             reason=reason,
         )
-        columns = self.columns and bool(documents)
-        if columns:
-            request.document_columns.CopyFrom(ref_columns(documents))
-        else:
-            request.documents.extend(refs(documents))
+        columns = self._name_documents(request.document_columns, request.documents, documents)
         try:
             response = await self._leases.TransitionDocuments(request, timeout=UNARY_TIMEOUT)
         except aio.AioRpcError as error:
             raise service_error_from_rpc_error(error) from None
-        if columns and not response.HasField("result_columns"):
-            self.columns = False  # a server without columns saw an empty request
+        if self._server_predates_columns(columns, response):
             return await self.transition(claim, documents, to_stage, reason)
         moved = lease_pb2.TRANSITION_OUTCOME_MOVED
         if columns:
