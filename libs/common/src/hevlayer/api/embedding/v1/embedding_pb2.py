@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)hevlayer/api/embedding/v1/embedding.proto\x12\x19hevlayer.api.embedding.v1\"W\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x38\n\ninput_type\x18\x02 \x01(\x0e\x32$.hevlayer.api.embedding.v1.InputType\"I\n\rEmbedResponse\x12\x38\n\nembeddings\x18\x01 \x03(\x0b\x32$.hevlayer.api.embedding.v1.Embedding\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x16\n\x14\x44\x65scribeModelRequest\"e\n\x15\x44\x65scribeModelResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\r\x12\x12\n\nnormalized\x18\x04 \x01(\x08*V\n\tInputType\x12\x1a\n\x16INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13INPUT_TYPE_DOCUMENT\x10\x01\x12\x14\n\x10INPUT_TYPE_QUERY\x10\x02\x32\xe6\x01\n\x10\x45mbeddingService\x12^\n\x05\x45mbed\x12\'.hevlayer.api.embedding.v1.EmbedRequest\x1a(.hevlayer.api.embedding.v1.EmbedResponse(\x01\x30\x01\x12r\n\rDescribeModel\x12/.hevlayer.api.embedding.v1.DescribeModelRequest\x1a\x30.hevlayer.api.embedding.v1.DescribeModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)hevlayer/api/embedding/v1/embedding.proto\x12\x19hevlayer.api.embedding.v1\"W\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x38\n\ninput_type\x18\x02 \x01(\x0e\x32$.hevlayer.api.embedding.v1.InputType\"I\n\rEmbedResponse\x12\x38\n\nembeddings\x18\x01 \x03(\x0b\x32$.hevlayer.api.embedding.v1.Embedding\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x16\n\x14\x44\x65scribeModelRequest\"e\n\x15\x44\x65scribeModelResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\r\x12\x12\n\nnormalized\x18\x04 \x01(\x08*V\n\tInputType\x12\x1a\n\x16INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13INPUT_TYPE_DOCUMENT\x10\x01\x12\x14\n\x10INPUT_TYPE_QUERY\x10\x02\x32\xe6\x01\n\x10\x45mbeddingService\x12^\n\x05\x45mbed\x12\'.hevlayer.api.embedding.v1.EmbedRequest\x1a(.hevlayer.api.embedding.v1.EmbedResponse(\x01\x30\x01\x12r\n\rDescribeModel\x12/.hevlayer.api.embedding.v1.DescribeModelRequest\x1a\x30.hevlayer.api.embedding.v1.DescribeModelResponseBl\n\x1d\x64\x65v.hevlayer.api.embedding.v1P\x01ZIgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/embedding/v1;embeddingv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hevlayer.api.embedding.v1.embedding_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\035dev.hevlayer.api.embedding.v1P\001ZIgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/embedding/v1;embeddingv1'
   _globals['_INPUTTYPE']._serialized_start=392
   _globals['_INPUTTYPE']._serialized_end=478
   _globals['_EMBEDREQUEST']._serialized_start=72
