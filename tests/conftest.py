@@ -8,6 +8,9 @@
 - ``service_factory``: a ``hevlayer.devstack.testing.ServiceFactory`` that
   starts ``ServiceProcess`` instances (waiting until SERVING), stops them all
   at teardown, and prints their log tails when the test failed.
+- ``live_suite`` (session): the whole suite up (``hevlayer up --detach``), for
+  tests that drive it as a user would: other languages' clients, grpcurl
+  recipes, dashboards against live metrics, traces across processes.
 
 Helpers live in ``hevlayer.devstack.testing`` rather than here, so that test
 modules never import ``conftest`` (there is more than one).
@@ -18,7 +21,12 @@ in hevlayer.devstack stop whatever an aborted run left behind.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -78,3 +86,78 @@ def service_factory(
         if _phase_failed(request):
             print(factory.report())
         factory.stop_all()
+
+
+@dataclass(frozen=True)
+class LiveSuite:
+    """The whole suite as ``hevlayer up --detach`` runs it (shared by the tests of one session).
+
+    Every service writes its spans to ``traces`` (JSON lines; see
+    ``hevlayer.common.telemetry``). Tests on it make their own pipelines
+    (unique names) and leave the other tests' pipelines alone.
+    """
+
+    data_dir: Path
+    gateway: str
+    """The gateway's gRPC address."""
+    services: dict[str, str]
+    """Each service's gRPC address."""
+    http: dict[str, str]
+    """Each service's HTTP address (``/metrics``, ``/healthz``; the gateway's REST)."""
+    traces: Path
+
+    @property
+    def gateway_http(self) -> str:
+        """The gateway's REST base URL."""
+        return f"http://{self.http['gateway']}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment pointing the ``hevlayer`` command at this suite."""
+        return {"HEVLAYER_DATA_DIR": str(self.data_dir), "HEVLAYER_GATEWAY": self.gateway}
+
+    def log(self, service: str, lines: int = 80) -> str:
+        """The last ``lines`` lines of a service's log."""
+        path = self.data_dir / "logs" / f"{service}.log"
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"({path}: {exc})"
+
+
+def _hevlayer(
+    *args: str | os.PathLike[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hevlayer.cli", *[str(a) for a in args]],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HEVLAYER_GATEWAY": "", **env},
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def live_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSuite]:
+    """PostgreSQL, S3, Triton with the model, the embedder, the claimer, the gateway (Milvus Lite),
+    and the embedder's worker loop, started once per session by ``hevlayer up``."""
+    from hevlayer.cli.stack import UpState
+
+    data_dir = tmp_path_factory.mktemp("live-suite") / "data"
+    traces = data_dir.parent / "traces.jsonl"
+    env = {"HEVLAYER_TRACES_EXPORTER": f"file:{traces}"}
+    started = _hevlayer("--data-dir", data_dir, "up", "--detach", env=env, timeout=600)
+    if started.returncode != 0:
+        up_log = data_dir / "logs" / "up.log"
+        pytest.fail(
+            f"hevlayer up failed: {started}\n{up_log.read_text(errors='replace') if up_log.exists() else ''}"
+        )
+    state = UpState.read(data_dir)
+    assert state is not None, "hevlayer up --detach returned, but no live state was recorded"
+    try:
+        yield LiveSuite(data_dir, state.gateway, dict(state.services), dict(state.http), traces)
+    finally:
+        stopped = _hevlayer("--data-dir", data_dir, "down", env={}, timeout=180)
+        assert stopped.returncode == 0, stopped

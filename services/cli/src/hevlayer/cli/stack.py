@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -143,6 +143,8 @@ class UpState:
     gateway: str
     services: dict[str, str]
     data_dir: str
+    http: dict[str, str] = field(default_factory=dict)
+    """Each service's HTTP address (``/metrics``, ``/healthz``; the gateway's REST)."""
 
     @classmethod
     def read(cls, data_dir: str | os.PathLike[str]) -> UpState | None:
@@ -151,7 +153,11 @@ class UpState:
         try:
             raw: dict[str, Any] = json.loads(path.read_text())
             state = cls(
-                int(raw["pid"]), str(raw["gateway"]), dict(raw.get("services", {})), str(raw["data_dir"])
+                int(raw["pid"]),
+                str(raw["gateway"]),
+                dict(raw.get("services", {})),
+                str(raw["data_dir"]),
+                dict(raw.get("http", {})),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -221,7 +227,13 @@ def up(
             print(f"hevlayer up: {exc}", file=sys.stderr, flush=True)
             return 1
         gateway = next((r.grpc_address for r in stack.running if r.spec.public), "")
-        UpState(os.getpid(), gateway, {r.spec.name: r.grpc_address for r in stack.running}, str(data)).write()
+        UpState(
+            os.getpid(),
+            gateway,
+            {r.spec.name: r.grpc_address for r in stack.running},
+            str(data),
+            {r.spec.name: r.http_address for r in stack.running},
+        ).write()
         print("", file=stream, flush=True)
         print(stack.summary(), file=stream, flush=True)
         if ready is None:
