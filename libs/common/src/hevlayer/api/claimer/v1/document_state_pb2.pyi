@@ -35,6 +35,7 @@ class StagedRecord(_message.Message):
     BACKING_FIELD_NUMBER: _builtins.int
     CHUNK_COUNT_FIELD_NUMBER: _builtins.int
     LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    TRACE_PARENT_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
     """The document."""
     content_hash: _builtins.str
@@ -55,6 +56,12 @@ class StagedRecord(_message.Message):
     queue leaves its segment (so it is not claimed or counted again). Applied
     to unchanged records too. A token that names no current lease is ignored.
     """
+    trace_parent: _builtins.str
+    """W3C trace context ("traceparent" header value) of the span that staged
+    the document, stored with it and handed to workers in its leases
+    (Lease.trace_parent), so that the document's journey is one trace.
+    Empty: none is stored. Not stored for unchanged records.
+    """
     def __init__(
         self,
         *,
@@ -63,10 +70,11 @@ class StagedRecord(_message.Message):
         backing: _builtins.str = ...,
         chunk_count: _builtins.int = ...,
         lease_token: _builtins.int = ...,
+        trace_parent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backing", b"backing", "chunk_count", b"chunk_count", "content_hash", b"content_hash", "document_id", b"document_id", "lease_token", b"lease_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backing", b"backing", "chunk_count", b"chunk_count", "content_hash", b"content_hash", "document_id", b"document_id", "lease_token", b"lease_token", "trace_parent", b"trace_parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

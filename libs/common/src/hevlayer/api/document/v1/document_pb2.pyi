@@ -182,6 +182,7 @@ class Lease(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
     CHUNK_COUNT_FIELD_NUMBER: _builtins.int
+    TRACE_PARENT_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
     """The leased document."""
     stage: _builtins.str
@@ -200,6 +201,14 @@ class Lease(_message.Message):
     """Content hash of the staged chunks, if any."""
     chunk_count: _builtins.int
     """Number of chunks staged for the document (zero for lightweight ids)."""
+    trace_parent: _builtins.str
+    """W3C trace context ("traceparent" header value) recorded when the
+    document was staged: the staging span. A worker starts its spans for
+    the document as children of it, so that staging, claim, chunk read,
+    embedding, vector write and the move to "indexed" form one trace. Empty
+    when none was recorded (ids of the segmented queue, documents staged
+    before the claimer recorded trace context).
+    """
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the lease expires unless it is heartbeated."""
@@ -215,10 +224,11 @@ class Lease(_message.Message):
         attempts: _builtins.int = ...,
         content_hash: _builtins.str = ...,
         chunk_count: _builtins.int = ...,
+        trace_parent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "chunk_count", b"chunk_count", "content_hash", b"content_hash", "document_id", b"document_id", "expires_at", b"expires_at", "fencing_token", b"fencing_token", "stage", b"stage", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "chunk_count", b"chunk_count", "content_hash", b"content_hash", "document_id", b"document_id", "expires_at", b"expires_at", "fencing_token", b"fencing_token", "stage", b"stage", "trace_parent", b"trace_parent", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hevlayer.api.document.v1 import document_pb2 as hevlayer_dot_api_dot_document_dot_v1_dot_document__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hevlayer/api/lease/v1/lease.proto\x12\x15hevlayer.api.lease.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'hevlayer/api/document/v1/document.proto\"\xce\x01\n\x0cLeaseColumns\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x64ocument_ids\x18\x04 \x03(\t\x12\x16\n\x0e\x66\x65ncing_tokens\x18\x05 \x03(\x04\x12\x10\n\x08\x61ttempts\x18\x06 \x03(\r\x12\x16\n\x0e\x63ontent_hashes\x18\x07 \x03(\t\x12\x14\n\x0c\x63hunk_counts\x18\x08 \x03(\r\"?\n\x0fLeaseRefColumns\x12\x14\n\x0c\x64ocument_ids\x18\x01 \x03(\t\x12\x16\n\x0e\x66\x65ncing_tokens\x18\x02 \x03(\x04\"\xbd\x01\n\x15\x43laimDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x13\n\x0b\x63laim_stage\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x15\n\rlease_seconds\x18\x06 \x01(\r\x12\x32\n\x06layout\x18\x07 \x01(\x0e\x32\".hevlayer.api.lease.v1.LeaseLayout\"\x85\x01\n\x16\x43laimDocumentsResponse\x12/\n\x06leases\x18\x01 \x03(\x0b\x32\x1f.hevlayer.api.document.v1.Lease\x12:\n\rlease_columns\x18\x02 \x01(\x0b\x32#.hevlayer.api.lease.v1.LeaseColumns\"\xd9\x01\n\x16HeartbeatLeasesRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x32\n\x06leases\x18\x04 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\x12\x15\n\rlease_seconds\x18\x05 \x01(\r\x12=\n\rlease_columns\x18\x06 \x01(\x0b\x32&.hevlayer.api.lease.v1.LeaseRefColumns\"\x99\x01\n\x17HeartbeatLeasesResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.hevlayer.api.lease.v1.HeartbeatResult\x12\x45\n\x0eresult_columns\x18\x02 \x01(\x0b\x32-.hevlayer.api.lease.v1.HeartbeatResultColumns\"Z\n\x16HeartbeatResultColumns\x12\x10\n\x08\x65xtended\x18\x01 \x03(\x08\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x0fHeartbeatResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xtended\x18\x02 \x01(\x08\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8b\x02\n\x1aTransitionDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x35\n\tdocuments\x18\x02 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\x12\x12\n\nfrom_stage\x18\x03 \x01(\t\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\x10\n\x08to_stage\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x16\n\x0esegment_leases\x18\x07 \x03(\x04\x12@\n\x10\x64ocument_columns\x18\x08 \x01(\x0b\x32&.hevlayer.api.lease.v1.LeaseRefColumns\"\xe9\x01\n\x1bTransitionDocumentsResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.hevlayer.api.lease.v1.TransitionResult\x12H\n\x15segment_lease_results\x18\x02 \x03(\x0b\x32).hevlayer.api.lease.v1.SegmentLeaseResult\x12\x46\n\x0eresult_columns\x18\x03 \x01(\x0b\x32..hevlayer.api.lease.v1.TransitionResultColumns\"m\n\x17TransitionResultColumns\x12:\n\x08outcomes\x18\x01 \x03(\x0e\x32(.hevlayer.api.lease.v1.TransitionOutcome\x12\x16\n\x0e\x66\x65ncing_tokens\x18\x02 \x03(\x04\"\x90\x01\n\x12SegmentLeaseResult\x12\x15\n\rfencing_token\x18\x01 \x01(\x04\x12\x39\n\x07outcome\x18\x02 \x01(\x0e\x32(.hevlayer.api.lease.v1.TransitionOutcome\x12\r\n\x05moved\x18\x03 \x01(\r\x12\x19\n\x11new_fencing_token\x18\x04 \x01(\x04\"y\n\x10TransitionResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x39\n\x07outcome\x18\x02 \x01(\x0e\x32(.hevlayer.api.lease.v1.TransitionOutcome\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\"\x93\x01\n\x13StreamLeasesRequest\x12\x37\n\x04open\x18\x01 \x01(\x0b\x32\'.hevlayer.api.lease.v1.StreamLeasesOpenH\x00\x12;\n\x06\x63redit\x18\x02 \x01(\x0b\x32).hevlayer.api.lease.v1.StreamLeasesCreditH\x00\x42\x06\n\x04kind\"\xc2\x01\n\x10StreamLeasesOpen\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x13\n\x0b\x63laim_stage\x18\x03 \x01(\t\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\x15\n\rlease_seconds\x18\x05 \x01(\r\x12\x17\n\x0finitial_credits\x18\x06 \x01(\r\x12\x32\n\x06layout\x18\x07 \x01(\x0e\x32\".hevlayer.api.lease.v1.LeaseLayout\"\'\n\x12StreamLeasesCredit\x12\x11\n\tdocuments\x18\x01 \x01(\r\"\x83\x01\n\x14StreamLeasesResponse\x12/\n\x06leases\x18\x01 \x03(\x0b\x32\x1f.hevlayer.api.document.v1.Lease\x12:\n\rlease_columns\x18\x02 \x01(\x0b\x32#.hevlayer.api.lease.v1.LeaseColumns*\x98\x01\n\x11TransitionOutcome\x12\"\n\x1eTRANSITION_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSITION_OUTCOME_MOVED\x10\x01\x12\x1f\n\x1bTRANSITION_OUTCOME_NOT_HELD\x10\x02\x12 \n\x1cTRANSITION_OUTCOME_NOT_FOUND\x10\x03*E\n\x0bLeaseLayout\x12\x1c\n\x18LEASE_LAYOUT_UNSPECIFIED\x10\x00\x12\x18\n\x14LEASE_LAYOUT_COLUMNS\x10\x01\x32\xda\x03\n\x0cLeaseService\x12m\n\x0e\x43laimDocuments\x12,.hevlayer.api.lease.v1.ClaimDocumentsRequest\x1a-.hevlayer.api.lease.v1.ClaimDocumentsResponse\x12p\n\x0fHeartbeatLeases\x12-.hevlayer.api.lease.v1.HeartbeatLeasesRequest\x1a..hevlayer.api.lease.v1.HeartbeatLeasesResponse\x12|\n\x13TransitionDocuments\x12\x31.hevlayer.api.lease.v1.TransitionDocumentsRequest\x1a\x32.hevlayer.api.lease.v1.TransitionDocumentsResponse\x12k\n\x0cStreamLeases\x12*.hevlayer.api.lease.v1.StreamLeasesRequest\x1a+.hevlayer.api.lease.v1.StreamLeasesResponse(\x01\x30\x01\x42`\n\x19\x64\x65v.hevlayer.api.lease.v1P\x01ZAgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/lease/v1;leasev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hevlayer/api/lease/v1/lease.proto\x12\x15hevlayer.api.lease.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'hevlayer/api/document/v1/document.proto\"\xe5\x01\n\x0cLeaseColumns\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x64ocument_ids\x18\x04 \x03(\t\x12\x16\n\x0e\x66\x65ncing_tokens\x18\x05 \x03(\x04\x12\x10\n\x08\x61ttempts\x18\x06 \x03(\r\x12\x16\n\x0e\x63ontent_hashes\x18\x07 \x03(\t\x12\x14\n\x0c\x63hunk_counts\x18\x08 \x03(\r\x12\x15\n\rtrace_parents\x18\t \x03(\t\"V\n\x0fLeaseRefColumns\x12\x14\n\x0c\x64ocument_ids\x18\x01 \x03(\t\x12\x16\n\x0e\x66\x65ncing_tokens\x18\x02 \x03(\x04\x12\x15\n\rtrace_parents\x18\x03 \x03(\t\"\xbd\x01\n\x15\x43laimDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x13\n\x0b\x63laim_stage\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x15\n\rlease_seconds\x18\x06 \x01(\r\x12\x32\n\x06layout\x18\x07 \x01(\x0e\x32\".hevlayer.api.lease.v1.LeaseLayout\"\x85\x01\n\x16\x43laimDocumentsResponse\x12/\n\x06leases\x18\x01 \x03(\x0b\x32\x1f.hevlayer.api.document.v1.Lease\x12:\n\rlease_columns\x18\x02 \x01(\x0b\x32#.hevlayer.api.lease.v1.LeaseColumns\"\xd9\x01\n\x16HeartbeatLeasesRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x32\n\x06leases\x18\x04 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\x12\x15\n\rlease_seconds\x18\x05 \x01(\r\x12=\n\rlease_columns\x18\x06 \x01(\x0b\x32&.hevlayer.api.lease.v1.LeaseRefColumns\"\x99\x01\n\x17HeartbeatLeasesResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.hevlayer.api.lease.v1.HeartbeatResult\x12\x45\n\x0eresult_columns\x18\x02 \x01(\x0b\x32-.hevlayer.api.lease.v1.HeartbeatResultColumns\"Z\n\x16HeartbeatResultColumns\x12\x10\n\x08\x65xtended\x18\x01 \x03(\x08\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x0fHeartbeatResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xtended\x18\x02 \x01(\x08\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8b\x02\n\x1aTransitionDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x35\n\tdocuments\x18\x02 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\x12\x12\n\nfrom_stage\x18\x03 \x01(\t\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\x10\n\x08to_stage\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x16\n\x0esegment_leases\x18\x07 \x03(\x04\x12@\n\x10\x64ocument_columns\x18\x08 \x01(\x0b\x32&.hevlayer.api.lease.v1.LeaseRefColumns\"\xe9\x01\n\x1bTransitionDocumentsResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.hevlayer.api.lease.v1.TransitionResult\x12H\n\x15segment_lease_results\x18\x02 \x03(\x0b\x32).hevlayer.api.lease.v1.SegmentLeaseResult\x12\x46\n\x0eresult_columns\x18\x03 \x01(\x0b\x32..hevlayer.api.lease.v1.TransitionResultColumns\"m\n\x17TransitionResultColumns\x12:\n\x08outcomes\x18\x01 \x03(\x0e\x32(.hevlayer.api.lease.v1.TransitionOutcome\x12\x16\n\x0e\x66\x65ncing_tokens\x18\x02 \x03(\x04\"\x90\x01\n\x12SegmentLeaseResult\x12\x15\n\rfencing_token\x18\x01 \x01(\x04\x12\x39\n\x07outcome\x18\x02 \x01(\x0e\x32(.hevlayer.api.lease.v1.TransitionOutcome\x12\r\n\x05moved\x18\x03 \x01(\r\x12\x19\n\x11new_fencing_token\x18\x04 \x01(\x04\"y\n\x10TransitionResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x39\n\x07outcome\x18\x02 \x01(\x0e\x32(.hevlayer.api.lease.v1.TransitionOutcome\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\"\x93\x01\n\x13StreamLeasesRequest\x12\x37\n\x04open\x18\x01 \x01(\x0b\x32\'.hevlayer.api.lease.v1.StreamLeasesOpenH\x00\x12;\n\x06\x63redit\x18\x02 \x01(\x0b\x32).hevlayer.api.lease.v1.StreamLeasesCreditH\x00\x42\x06\n\x04kind\"\xc2\x01\n\x10StreamLeasesOpen\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x13\n\x0b\x63laim_stage\x18\x03 \x01(\t\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\x15\n\rlease_seconds\x18\x05 \x01(\r\x12\x17\n\x0finitial_credits\x18\x06 \x01(\r\x12\x32\n\x06layout\x18\x07 \x01(\x0e\x32\".hevlayer.api.lease.v1.LeaseLayout\"\'\n\x12StreamLeasesCredit\x12\x11\n\tdocuments\x18\x01 \x01(\r\"\x83\x01\n\x14StreamLeasesResponse\x12/\n\x06leases\x18\x01 \x03(\x0b\x32\x1f.hevlayer.api.document.v1.Lease\x12:\n\rlease_columns\x18\x02 \x01(\x0b\x32#.hevlayer.api.lease.v1.LeaseColumns*\x98\x01\n\x11TransitionOutcome\x12\"\n\x1eTRANSITION_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSITION_OUTCOME_MOVED\x10\x01\x12\x1f\n\x1bTRANSITION_OUTCOME_NOT_HELD\x10\x02\x12 \n\x1cTRANSITION_OUTCOME_NOT_FOUND\x10\x03*E\n\x0bLeaseLayout\x12\x1c\n\x18LEASE_LAYOUT_UNSPECIFIED\x10\x00\x12\x18\n\x14LEASE_LAYOUT_COLUMNS\x10\x01\x32\xda\x03\n\x0cLeaseService\x12m\n\x0e\x43laimDocuments\x12,.hevlayer.api.lease.v1.ClaimDocumentsRequest\x1a-.hevlayer.api.lease.v1.ClaimDocumentsResponse\x12p\n\x0fHeartbeatLeases\x12-.hevlayer.api.lease.v1.HeartbeatLeasesRequest\x1a..hevlayer.api.lease.v1.HeartbeatLeasesResponse\x12|\n\x13TransitionDocuments\x12\x31.hevlayer.api.lease.v1.TransitionDocumentsRequest\x1a\x32.hevlayer.api.lease.v1.TransitionDocumentsResponse\x12k\n\x0cStreamLeases\x12*.hevlayer.api.lease.v1.StreamLeasesRequest\x1a+.hevlayer.api.lease.v1.StreamLeasesResponse(\x01\x30\x01\x42`\n\x19\x64\x65v.hevlayer.api.lease.v1P\x01ZAgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/lease/v1;leasev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,44 +35,44 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hevlayer.api.lease.v1.lease
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\031dev.hevlayer.api.lease.v1P\001ZAgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/lease/v1;leasev1'
-  _globals['_TRANSITIONOUTCOME']._serialized_start=2720
-  _globals['_TRANSITIONOUTCOME']._serialized_end=2872
-  _globals['_LEASELAYOUT']._serialized_start=2874
-  _globals['_LEASELAYOUT']._serialized_end=2943
+  _globals['_TRANSITIONOUTCOME']._serialized_start=2766
+  _globals['_TRANSITIONOUTCOME']._serialized_end=2918
+  _globals['_LEASELAYOUT']._serialized_start=2920
+  _globals['_LEASELAYOUT']._serialized_end=2989
   _globals['_LEASECOLUMNS']._serialized_start=135
-  _globals['_LEASECOLUMNS']._serialized_end=341
-  _globals['_LEASEREFCOLUMNS']._serialized_start=343
-  _globals['_LEASEREFCOLUMNS']._serialized_end=406
-  _globals['_CLAIMDOCUMENTSREQUEST']._serialized_start=409
-  _globals['_CLAIMDOCUMENTSREQUEST']._serialized_end=598
-  _globals['_CLAIMDOCUMENTSRESPONSE']._serialized_start=601
-  _globals['_CLAIMDOCUMENTSRESPONSE']._serialized_end=734
-  _globals['_HEARTBEATLEASESREQUEST']._serialized_start=737
-  _globals['_HEARTBEATLEASESREQUEST']._serialized_end=954
-  _globals['_HEARTBEATLEASESRESPONSE']._serialized_start=957
-  _globals['_HEARTBEATLEASESRESPONSE']._serialized_end=1110
-  _globals['_HEARTBEATRESULTCOLUMNS']._serialized_start=1112
-  _globals['_HEARTBEATRESULTCOLUMNS']._serialized_end=1202
-  _globals['_HEARTBEATRESULT']._serialized_start=1204
-  _globals['_HEARTBEATRESULT']._serialized_end=1308
-  _globals['_TRANSITIONDOCUMENTSREQUEST']._serialized_start=1311
-  _globals['_TRANSITIONDOCUMENTSREQUEST']._serialized_end=1578
-  _globals['_TRANSITIONDOCUMENTSRESPONSE']._serialized_start=1581
-  _globals['_TRANSITIONDOCUMENTSRESPONSE']._serialized_end=1814
-  _globals['_TRANSITIONRESULTCOLUMNS']._serialized_start=1816
-  _globals['_TRANSITIONRESULTCOLUMNS']._serialized_end=1925
-  _globals['_SEGMENTLEASERESULT']._serialized_start=1928
-  _globals['_SEGMENTLEASERESULT']._serialized_end=2072
-  _globals['_TRANSITIONRESULT']._serialized_start=2074
-  _globals['_TRANSITIONRESULT']._serialized_end=2195
-  _globals['_STREAMLEASESREQUEST']._serialized_start=2198
-  _globals['_STREAMLEASESREQUEST']._serialized_end=2345
-  _globals['_STREAMLEASESOPEN']._serialized_start=2348
-  _globals['_STREAMLEASESOPEN']._serialized_end=2542
-  _globals['_STREAMLEASESCREDIT']._serialized_start=2544
-  _globals['_STREAMLEASESCREDIT']._serialized_end=2583
-  _globals['_STREAMLEASESRESPONSE']._serialized_start=2586
-  _globals['_STREAMLEASESRESPONSE']._serialized_end=2717
-  _globals['_LEASESERVICE']._serialized_start=2946
-  _globals['_LEASESERVICE']._serialized_end=3420
+  _globals['_LEASECOLUMNS']._serialized_end=364
+  _globals['_LEASEREFCOLUMNS']._serialized_start=366
+  _globals['_LEASEREFCOLUMNS']._serialized_end=452
+  _globals['_CLAIMDOCUMENTSREQUEST']._serialized_start=455
+  _globals['_CLAIMDOCUMENTSREQUEST']._serialized_end=644
+  _globals['_CLAIMDOCUMENTSRESPONSE']._serialized_start=647
+  _globals['_CLAIMDOCUMENTSRESPONSE']._serialized_end=780
+  _globals['_HEARTBEATLEASESREQUEST']._serialized_start=783
+  _globals['_HEARTBEATLEASESREQUEST']._serialized_end=1000
+  _globals['_HEARTBEATLEASESRESPONSE']._serialized_start=1003
+  _globals['_HEARTBEATLEASESRESPONSE']._serialized_end=1156
+  _globals['_HEARTBEATRESULTCOLUMNS']._serialized_start=1158
+  _globals['_HEARTBEATRESULTCOLUMNS']._serialized_end=1248
+  _globals['_HEARTBEATRESULT']._serialized_start=1250
+  _globals['_HEARTBEATRESULT']._serialized_end=1354
+  _globals['_TRANSITIONDOCUMENTSREQUEST']._serialized_start=1357
+  _globals['_TRANSITIONDOCUMENTSREQUEST']._serialized_end=1624
+  _globals['_TRANSITIONDOCUMENTSRESPONSE']._serialized_start=1627
+  _globals['_TRANSITIONDOCUMENTSRESPONSE']._serialized_end=1860
+  _globals['_TRANSITIONRESULTCOLUMNS']._serialized_start=1862
+  _globals['_TRANSITIONRESULTCOLUMNS']._serialized_end=1971
+  _globals['_SEGMENTLEASERESULT']._serialized_start=1974
+  _globals['_SEGMENTLEASERESULT']._serialized_end=2118
+  _globals['_TRANSITIONRESULT']._serialized_start=2120
+  _globals['_TRANSITIONRESULT']._serialized_end=2241
+  _globals['_STREAMLEASESREQUEST']._serialized_start=2244
+  _globals['_STREAMLEASESREQUEST']._serialized_end=2391
+  _globals['_STREAMLEASESOPEN']._serialized_start=2394
+  _globals['_STREAMLEASESOPEN']._serialized_end=2588
+  _globals['_STREAMLEASESCREDIT']._serialized_start=2590
+  _globals['_STREAMLEASESCREDIT']._serialized_end=2629
+  _globals['_STREAMLEASESRESPONSE']._serialized_start=2632
+  _globals['_STREAMLEASESRESPONSE']._serialized_end=2763
+  _globals['_LEASESERVICE']._serialized_start=2992
+  _globals['_LEASESERVICE']._serialized_end=3466
 # @@protoc_insertion_point(module_scope)

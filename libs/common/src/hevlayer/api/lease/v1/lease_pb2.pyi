@@ -104,6 +104,7 @@ class LeaseColumns(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     CONTENT_HASHES_FIELD_NUMBER: _builtins.int
     CHUNK_COUNTS_FIELD_NUMBER: _builtins.int
+    TRACE_PARENTS_FIELD_NUMBER: _builtins.int
     stage: _builtins.str
     """Stage the documents are held in (the claim's claim_stage)."""
     worker_id: _builtins.str
@@ -132,6 +133,13 @@ class LeaseColumns(_message.Message):
     def chunk_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Number of staged chunks of each document (0 when none are staged)."""
 
+    @_builtins.property
+    def trace_parents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """W3C trace context of each document's staging (see Lease.trace_parent;
+        "" when none was recorded). Empty (no entries) when no document of the
+        batch has one.
+        """
+
     def __init__(
         self,
         *,
@@ -143,10 +151,11 @@ class LeaseColumns(_message.Message):
         attempts: _abc.Iterable[_builtins.int] | None = ...,
         content_hashes: _abc.Iterable[_builtins.str] | None = ...,
         chunk_counts: _abc.Iterable[_builtins.int] | None = ...,
+        trace_parents: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "chunk_counts", b"chunk_counts", "content_hashes", b"content_hashes", "document_ids", b"document_ids", "expires_at", b"expires_at", "fencing_tokens", b"fencing_tokens", "stage", b"stage", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "chunk_counts", b"chunk_counts", "content_hashes", b"content_hashes", "document_ids", b"document_ids", "expires_at", b"expires_at", "fencing_tokens", b"fencing_tokens", "stage", b"stage", "trace_parents", b"trace_parents", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -162,6 +171,7 @@ class LeaseRefColumns(_message.Message):
 
     DOCUMENT_IDS_FIELD_NUMBER: _builtins.int
     FENCING_TOKENS_FIELD_NUMBER: _builtins.int
+    TRACE_PARENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def document_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The documents."""
@@ -172,15 +182,23 @@ class LeaseRefColumns(_message.Message):
         lease the worker holds on it); as many entries as document_ids.
         """
 
+    @_builtins.property
+    def trace_parents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional W3C trace context of each document's trace (see
+        LeaseRef.trace_parent; "" for none): as many entries as document_ids,
+        or none at all.
+        """
+
     def __init__(
         self,
         *,
         document_ids: _abc.Iterable[_builtins.str] | None = ...,
         fencing_tokens: _abc.Iterable[_builtins.int] | None = ...,
+        trace_parents: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_ids", b"document_ids", "fencing_tokens", b"fencing_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_ids", b"document_ids", "fencing_tokens", b"fencing_tokens", "trace_parents", b"trace_parents"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
