@@ -649,7 +649,10 @@ async def test_metrics_export_stage_counts(channel: aio.Channel, claimer: Claime
     assert wanted in text
     assert f'layer_pipeline_stage_count{{pipeline_id="{pid}",stage="embedding"}} 1.0' in text
     assert "layer_claim_latency_seconds_bucket" in text
-    assert "layer_lease_expiries_total" in text or "layer_claimed_documents_total" in text
+    assert f'layer_claimed_documents_total{{pipeline_id="{pid}"}} 1.0' in text
+    # present at 0 from the first claim, so that alerts on increase() see the first expiry
+    assert f'layer_lease_expiries_total{{pipeline_id="{pid}"}} 0.0' in text
+    assert f'layer_poisoned_documents_total{{pipeline_id="{pid}"}} 0.0' in text
 
 
 async def test_unreachable_postgres_is_unavailable_with_retry_info(tmp_path: Path) -> None:

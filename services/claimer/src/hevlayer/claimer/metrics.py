@@ -7,8 +7,8 @@
 - ``layer_claim_latency_seconds{pipeline_id}``: time of one claim.
 - ``layer_claimed_documents_total``, ``layer_claim_retries_total`` (documents
   claimed again, attempts > 1), ``layer_lease_expiries_total`` (expired
-  leases taken back or failed), ``layer_poisoned_documents_total`` and
-  ``layer_transitions_total{pipeline_id,to_stage,outcome}``.
+  leases taken back or failed), ``layer_poisoned_documents_total`` (both present at 0 from a
+  pipeline's first claim) and ``layer_transitions_total{pipeline_id,to_stage,outcome}``.
 """
 
 from __future__ import annotations
@@ -78,10 +78,10 @@ def observe_claim(pipeline_id: str, claimed: Claimed, seconds: float) -> None:
         retried = len(attempts) - attempts.count(1) - attempts.count(0)  # leases with attempts > 1
         if retried:
             RETRIES.labels(pipeline_id).inc(retried)
-    if claimed.expired:
-        EXPIRIES.labels(pipeline_id).inc(claimed.expired)
-    if claimed.poisoned:
-        POISONED.labels(pipeline_id).inc(claimed.poisoned)
+    # Always touched, so that a pipeline's series exist at 0 from its first claim: an alert on
+    # increase() then sees the first expiry (a series born at 1 shows no increase).
+    EXPIRIES.labels(pipeline_id).inc(claimed.expired)
+    POISONED.labels(pipeline_id).inc(claimed.poisoned)
 
 
 def observe_transition(pipeline_id: str, to_stage: str, outcomes: Sequence[Outcome]) -> None:
