@@ -29,7 +29,7 @@ from pathlib import Path
 from pipeline_efficiency import Suite, create_pipelines, indexed_count, running_suite, stage_documents
 
 from hevlayer.api.document.v1 import document_pb2
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
 from hevlayer.embedder.triton_local import LocalModel
 
 WORDS = [
@@ -85,7 +85,7 @@ async def stage_all(gateway_address: str, pipeline_id: str, count: int, streams:
     documents = tiny_documents(count, pipeline_id)
     parts = [documents[i::streams] for i in range(streams)]
     started = time.perf_counter()
-    async with create_channel(gateway_address) as channel:
+    async with open_channel(gateway_address) as channel:
         await asyncio.gather(*(stage_documents(channel, pipeline_id, part, batch=500) for part in parts))
     return time.perf_counter() - started
 
@@ -100,7 +100,7 @@ async def run_case(suite: Suite, env: dict[str, str], pipeline_id: str, pending:
     next_checkpoint = 0
     started = time.perf_counter()
     last = 0
-    async with create_channel(suite.gateway_address) as channel:
+    async with open_channel(suite.gateway_address) as channel:
         while True:
             await asyncio.sleep(0.1)
             last = status_kib(pid)["VmRSS"]

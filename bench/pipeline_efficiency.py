@@ -58,7 +58,7 @@ from triton_serving import RawTriton, make_workloads, run_in_process
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3, ServiceProcess
 from hevlayer.devstack.ports import free_port
 from hevlayer.embedder.onnx_model import OnnxEmbedder, RuntimeOptions, minilm_files
@@ -360,7 +360,7 @@ async def run_pipeline(
         v for k, v in before.items() if k.startswith("hevlayer_embedder_worker_flushes_total")
     )
     cpu_before = cpu_seconds(suite.roots)
-    async with create_channel(suite.gateway_address) as channel:
+    async with open_channel(suite.gateway_address) as channel:
         watch = pipeline_pb2_grpc.PipelineServiceStub(channel).WatchPipelineStatus(
             pipeline_pb2.WatchPipelineStatusRequest(pipeline_id=pipeline_id, min_interval_ms=20)
         )

@@ -43,7 +43,7 @@ from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
 from hevlayer.gateway.chunkstore import Backing, open_s3_client
 from hevlayer.gateway.convert import python_to_struct
 from hevlayer.gateway.settings import S3Settings
@@ -223,7 +223,7 @@ async def backings_of(stack: Stack, channel: aio.Channel, pipeline_id: str, ids:
     from hevlayer.gateway.claimer_client import ClaimerClient
     from hevlayer.gateway.staging import PROBE_STAGE, PROBE_WORKER
 
-    claimer_channel = create_channel(stack.claimer.grpc_address or "")
+    claimer_channel = open_channel(stack.claimer.grpc_address or "")
     try:
         client = ClaimerClient(claimer_channel)
         checks = []
@@ -344,7 +344,7 @@ async def run(args: argparse.Namespace) -> None:
         tempfile.TemporaryDirectory(prefix="hevlayer-bench-cache-") as cache_dir,
         running_stack({"GATEWAY_CACHE_DIR": cache_dir}) as stack,
     ):
-        channel = create_channel(stack.gateway_address)
+        channel = open_channel(stack.gateway_address)
         try:
             # ReadChunks.
             read_docs = documents_of(Workload.generate(args.read_docs, args.chunks, 4, 100, seed=11))

@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3, ServiceProcess
 from hevlayer.devstack.ports import free_port
 from hevlayer.gateway.chunkstore import SegmentCodec, open_s3_client
@@ -306,7 +306,7 @@ async def run(args: argparse.Namespace) -> None:
     )
     codec_figures(documents[:2000])
     with running_stack({"GATEWAY_PACK_COMPRESSION": args.compression}) as stack:
-        channel = create_channel(stack.gateway_address)
+        channel = open_channel(stack.gateway_address)
         try:
             await create_pipeline(channel, "bench")
             await stage_all(channel, "bench", warmup, args.batch, args.streams)

@@ -18,15 +18,15 @@ from cli.conftest import CliStack
 from cli.support import CONTROL, Ran, hevlayer, sample_tree
 
 from hevlayer.api.staging.v1 import staging_pb2
-from hevlayer.cli.client import Gateway
+from hevlayer.client import Client
 
 SUPPORTED = ["birds.csv", "config.json", "glaciers.pdf", "guide.md", "notes.txt", "orbit.py", "page.html"]
 
 
 def documents(stack: CliStack, pipeline: str) -> dict[str, staging_pb2.DocumentState]:
     async def collect() -> dict[str, staging_pb2.DocumentState]:
-        async with Gateway(stack.gateway_address) as gateway:
-            return {Path(d.document_id).name: d async for d in gateway.list_documents(pipeline)}
+        async with Client.connect(stack.gateway_address) as gateway:
+            return {Path(d.document_id).name: d async for d in gateway.staging.list_documents(pipeline)}
 
     return asyncio.run(collect())
 

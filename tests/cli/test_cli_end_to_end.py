@@ -27,11 +27,11 @@ import pytest
 from cli.support import CONTROL, Ran, hevlayer, sample_tree
 
 from hevlayer.cli import corpus
-from hevlayer.cli.client import Gateway
 from hevlayer.cli.files import Root
 from hevlayer.cli.ingest import extract
 from hevlayer.cli.producers import Budget
 from hevlayer.cli.stack import EMBEDDER_WORKER_COMMAND, UpState, has_console_script
+from hevlayer.client import Client
 
 QUERIES = Path(__file__).with_name("queries.json")
 CORPUS_LINES = 40
@@ -84,8 +84,10 @@ def rows(suite: Suite, pipeline: str, document_id: str) -> set[str]:
     """The chunk ids of the document's rows in the index."""
 
     async def query() -> set[str]:
-        async with Gateway(suite.gateway) as gateway:
-            hits = await gateway.query(pipeline, "anything", top_k=1000, filter={"document_id": document_id})
+        async with Client.connect(suite.gateway) as gateway:
+            hits = await gateway.index.query(
+                pipeline, "anything", top_k=1000, filter={"document_id": document_id}
+            )
             return {hit.chunk_id for hit in hits}
 
     return asyncio.run(query())

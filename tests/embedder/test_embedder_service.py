@@ -13,7 +13,7 @@ from grpc import aio
 from grpc_status import rpc_status
 
 from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
 from hevlayer.common.errors import service_error_from_rpc_error
 from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.processes import health_status
@@ -29,7 +29,7 @@ def vectors(response: embedding_pb2.EmbedResponse) -> npt.NDArray[np.float32]:
 
 
 async def test_describe_model(embedder_address: str) -> None:
-    async with create_channel(embedder_address) as channel:
+    async with open_channel(embedder_address) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         response = await stub.DescribeModel(embedding_pb2.DescribeModelRequest())
     assert response.model == "minilm"
@@ -51,7 +51,7 @@ async def test_embed_stream_answers_every_request_in_order(embedder_address: str
             input_type = embedding_pb2.INPUT_TYPE_QUERY if i == 2 else embedding_pb2.INPUT_TYPE_DOCUMENT
             yield embedding_pb2.EmbedRequest(texts=texts, input_type=input_type)
 
-    async with create_channel(embedder_address) as channel:
+    async with open_channel(embedder_address) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         responses = [r async for r in stub.Embed(requests())]
     assert [len(r.embeddings) for r in responses] == [len(b) for b in batches]
@@ -70,7 +70,7 @@ async def test_an_empty_request_is_invalid(embedder_address: str) -> None:
     async def requests() -> AsyncIterator[embedding_pb2.EmbedRequest]:
         yield embedding_pb2.EmbedRequest(texts=[])
 
-    async with create_channel(embedder_address) as channel:
+    async with open_channel(embedder_address) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         with pytest.raises(aio.AioRpcError) as raised:
             _ = [r async for r in stub.Embed(requests())]

@@ -32,7 +32,7 @@ from embedder.worker_support import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.processes import ServiceProcess
 from hevlayer.devstack.testing import ServiceFactory
@@ -78,7 +78,7 @@ async def test_sigkill_mid_batch_then_a_new_embedder_leaves_every_chunk_exactly_
 ) -> None:
     stack = start_stack(database_url, s3, tmp_path)
     try:
-        async with create_channel(stack.gateway_address) as channel:
+        async with open_channel(stack.gateway_address) as channel:
             pipeline_id = unique("crash")
             await create_pipeline(channel, pipeline_id)
             # ~70-token chunks: the embedder needs seconds for them, so the kill lands mid-run.
@@ -132,7 +132,7 @@ async def test_a_triton_outage_mid_run_is_retried_and_loses_nothing(
     triton = LocalTriton([LocalModel(max_batch_size=8)], workdir=tmp_path / "triton")
     try:
         triton.start().wait_ready()
-        async with create_channel(stack.gateway_address) as channel:
+        async with open_channel(stack.gateway_address) as channel:
             pipeline_id = unique("outage")
             await create_pipeline(channel, pipeline_id)
             # ~100-token chunks: Triton needs a few seconds for them, so the outage hits mid-run.

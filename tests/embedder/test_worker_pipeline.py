@@ -28,7 +28,7 @@ from embedder.worker_support import (
 from grpc import aio
 
 from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.testing import ServiceFactory
 from hevlayer.embedder.triton_local import LocalTriton
@@ -49,7 +49,7 @@ def stack(
 
 @pytest.fixture
 async def channel(stack: WorkerStack) -> AsyncIterator[aio.Channel]:
-    chan = create_channel(stack.gateway_address)
+    chan = open_channel(stack.gateway_address)
     try:
         yield chan
     finally:

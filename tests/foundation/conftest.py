@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from grpc import aio
 
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
 from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.processes import ServiceProcess
 
@@ -105,7 +105,7 @@ def slice_stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture
 async def gateway_channel(slice_stack: SliceStack) -> AsyncIterator[aio.Channel]:
     """A client channel to the gateway."""
-    channel = create_channel(slice_stack.gateway_address)
+    channel = open_channel(slice_stack.gateway_address)
     try:
         yield channel
     finally:

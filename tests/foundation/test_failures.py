@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2 as pb
 from hevlayer.api.pipeline.v1 import pipeline_pb2_grpc
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
 from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack.ports import free_port
 
@@ -56,7 +56,7 @@ async def test_postgres_unreachable_is_unavailable_with_retry_info(tmp_path: Pat
         await _wait_health(claimer_address, health_pb2.HealthCheckResponse.NOT_SERVING)
         gateway.wait_ready(timeout=30)
         for address in (claimer_address, gateway_address):
-            async with create_channel(address) as channel:
+            async with open_channel(address) as channel:
                 stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
                 with pytest.raises(aio.AioRpcError) as caught:
                     await stub.CreatePipeline(
@@ -77,7 +77,7 @@ async def test_gateway_without_claimer_is_unavailable(tmp_path: Path) -> None:
     gateway, gateway_address, _ = start_gateway(f"127.0.0.1:{free_port()}", tmp_path, tmp_path / "t.jsonl")
     try:
         gateway.wait_ready(timeout=30)
-        async with create_channel(gateway_address) as channel:
+        async with open_channel(gateway_address) as channel:
             stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
             with pytest.raises(aio.AioRpcError) as caught:
                 await stub.GetPipeline(pb.GetPipelineRequest(pipeline_id="anything"), timeout=20)
@@ -102,7 +102,7 @@ async def test_claimer_recovers_when_postgres_appears_later(tmp_path: Path, slic
         finally:
             await conn.close()
         await _wait_health(claimer_address, health_pb2.HealthCheckResponse.SERVING, timeout=30)
-        async with create_channel(claimer_address) as channel:
+        async with open_channel(claimer_address) as channel:
             stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
             created = await stub.CreatePipeline(pb.CreatePipelineRequest(pipeline=pb.Pipeline(id="late")))
             assert created.pipeline.id == "late"
@@ -115,7 +115,7 @@ async def test_sigterm_drains_open_streams_and_exits_cleanly(tmp_path: Path, sli
     claimer, claimer_address, _ = start_claimer(slice_stack.database_url, tmp_path, traces)
     try:
         claimer.wait_ready(timeout=60)
-        async with create_channel(claimer_address) as channel:
+        async with open_channel(claimer_address) as channel:
             stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
             pid = f"drain-{uuid.uuid4().hex[:8]}"
             await stub.CreatePipeline(pb.CreatePipelineRequest(pipeline=pb.Pipeline(id=pid)))

@@ -27,7 +27,7 @@ import pytest
 from foundation.conftest import start_claimer, start_gateway
 from grpc import aio
 
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.processes import ServiceProcess
@@ -190,7 +190,7 @@ def gateway_stack(
 @pytest.fixture
 async def channel(gateway_stack: GatewayStack) -> AsyncIterator[aio.Channel]:
     """A client channel to the stack's gateway."""
-    chan = create_channel(gateway_stack.gateway_address)
+    chan = open_channel(gateway_stack.gateway_address)
     try:
         yield chan
     finally:

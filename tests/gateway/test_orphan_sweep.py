@@ -22,7 +22,7 @@ from gateway.test_chunkstore import s3_settings
 from grpc import aio
 
 from hevlayer.api.claimer.v1 import document_state_pb2, document_state_pb2_grpc
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
 from hevlayer.common.config import ConfigError, load_settings
 from hevlayer.gateway.cache import NoCache, ResilientCache
 from hevlayer.gateway.chunkstore import ChunkStore, new_pack_key, open_s3_client
@@ -37,7 +37,7 @@ HOUR_NS = 3600 * 10**9
 async def stager(gateway_stack: GatewayStack) -> AsyncIterator[Stager]:
     async with AsyncExitStack() as stack:
         client = await open_s3_client(s3_settings(gateway_stack.s3, gateway_stack.bucket), stack)
-        channel = create_channel(gateway_stack.claimer_address)
+        channel = open_channel(gateway_stack.claimer_address)
         stack.push_async_callback(channel.close)
         yield Stager(
             ClaimerClient(channel),
@@ -83,7 +83,7 @@ async def test_get_live_objects_validates_and_answers_in_order(
     pid = await create_pipeline(channel)
     await stage(channel, pid, [document("x")])
     [live] = pack_keys(gateway_stack.s3, gateway_stack.bucket, pid)
-    direct = create_channel(gateway_stack.claimer_address)
+    direct = open_channel(gateway_stack.claimer_address)
     try:
         stub = document_state_pb2_grpc.DocumentStateServiceStub(direct)
         answer = await stub.GetLiveObjects(

@@ -12,7 +12,7 @@ from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
 from hevlayer.api.summary.v1 import summary_pb2 as pb
 from hevlayer.api.summary.v1 import summary_pb2_grpc
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.processes import ServiceProcess
 from hevlayer.devstack.testing import ServiceFactory
@@ -48,7 +48,7 @@ def _summarizer(factory: ServiceFactory, gateway: ServiceProcess, cache_dir: Pat
 
 async def _run_job(summarizer: ServiceProcess, pipeline_id: str, job_id: str) -> pb.Job:
     assert summarizer.grpc_address is not None
-    async with create_channel(summarizer.grpc_address) as channel:
+    async with open_channel(summarizer.grpc_address) as channel:
         stub = summary_pb2_grpc.SummaryServiceStub(channel)
         request = pb.SubmitJobRequest(
             pipeline_id=pipeline_id, job_id=job_id, objects=_objects(PATHS), enumeration_complete=True
@@ -81,7 +81,7 @@ async def test_summaries_land_in_the_gateway_and_survive_a_restart(
     )
     assert gateway.grpc_address is not None
     pipeline_id = f"sum-{uuid.uuid4().hex[:8]}"
-    async with create_channel(gateway.grpc_address) as channel:
+    async with open_channel(gateway.grpc_address) as channel:
         pipelines = pipeline_pb2_grpc.PipelineServiceStub(channel)
         await pipelines.CreatePipeline(
             pipeline_pb2.CreatePipelineRequest(pipeline=pipeline_pb2.Pipeline(id=pipeline_id)), timeout=GUARD
@@ -92,7 +92,7 @@ async def test_summaries_land_in_the_gateway_and_survive_a_restart(
     assert job.state == pb.JOB_STATE_SUCCEEDED
     assert job.summarized_directories == 4
 
-    async with create_channel(gateway.grpc_address) as channel:
+    async with open_channel(gateway.grpc_address) as channel:
         staging = staging_pb2_grpc.StagingServiceStub(channel)
         listed = [
             d

@@ -19,7 +19,7 @@ from summarizer.fakes import FakeLLM, FakeStaging
 
 from hevlayer.api.summary.v1 import summary_pb2 as pb
 from hevlayer.api.summary.v1 import summary_pb2_grpc
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
 from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack.processes import ServiceProcess
 from hevlayer.devstack.testing import ServiceFactory
@@ -60,7 +60,7 @@ def summarizer(staging: FakeStaging, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture
 async def stub(summarizer: ServiceProcess) -> AsyncIterator[summary_pb2_grpc.SummaryServiceStub]:
     assert summarizer.grpc_address is not None
-    async with create_channel(summarizer.grpc_address) as channel:
+    async with open_channel(summarizer.grpc_address) as channel:
         yield summary_pb2_grpc.SummaryServiceStub(channel)
 
 
@@ -249,7 +249,7 @@ async def test_llm_provider_through_the_process(
     )
     fake_llm.api_key = "sk-e2e"
     assert process.grpc_address is not None
-    async with create_channel(process.grpc_address) as channel:
+    async with open_channel(process.grpc_address) as channel:
         stub = summary_pb2_grpc.SummaryServiceStub(channel)
         batch = pb.SubmitJobRequest(
             pipeline_id="code",

@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hevlayer.common import encoded, metrics
-from hevlayer.common.channels import MAX_MESSAGE_BYTES
+from hevlayer.common.limits import MAX_MESSAGE_BYTES
 from hevlayer.common.config import ConfigError, setting, split_address
 from hevlayer.common.interceptors import ServerInterceptor
 from hevlayer.common.logging import configure_logging

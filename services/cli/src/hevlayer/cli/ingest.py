@@ -33,7 +33,6 @@ from typing import Protocol
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.api.staging.v1 import staging_pb2
-from hevlayer.cli.client import Gateway
 from hevlayer.cli.files import DEFAULT_MAX_FILE_BYTES, FileEntry, Root, Skipped, display_name, examine, walk
 from hevlayer.cli.producers import (
     DEFAULT_BUDGET,
@@ -46,7 +45,8 @@ from hevlayer.cli.producers import (
     select_producer,
     unsupported_reason,
 )
-from hevlayer.common.errors import NotFound, ServiceError
+from hevlayer.client import Claim, Client, Lease, LeaseRef
+from hevlayer.client.errors import NotFound, ServiceError
 
 EXTRACT_STAGE = "extract"
 EXTRACTING_STAGE = "extracting"
@@ -175,18 +175,18 @@ def worker_id(number: int) -> str:
 
 
 async def ensure_pipeline(
-    gateway: Gateway,
+    gateway: Client,
     pipeline_id: str,
     queue_backend: pipeline_pb2.QueueBackend.ValueType = pipeline_pb2.QUEUE_BACKEND_UNSPECIFIED,
 ) -> bool:
     """Create the pipeline if it does not exist; whether it was created."""
     try:
-        await gateway.get_pipeline(pipeline_id)
+        await gateway.pipelines.get(pipeline_id)
         return False
     except NotFound:
         pass
     try:
-        await gateway.create_pipeline(pipeline_pb2.Pipeline(id=pipeline_id, queue_backend=queue_backend))
+        await gateway.pipelines.create(pipeline_pb2.Pipeline(id=pipeline_id, queue_backend=queue_backend))
     except ServiceError as error:
         if error.reason == "ALREADY_EXISTS":
             return False
@@ -249,7 +249,7 @@ class Ingest:
 
     def __init__(
         self,
-        gateway: Gateway,
+        gateway: Client,
         pipeline_id: str,
         paths: Sequence[str | os.PathLike[str]],
         reporter: Reporter,
@@ -282,14 +282,14 @@ class Ingest:
         )
         if self.summary.created_pipeline:
             self.reporter.note(f"created pipeline {self.pipeline_id!r}")
-        first = await self.gateway.pipeline_status(self.pipeline_id)
+        first = await self.gateway.pipelines.status(self.pipeline_id)
         self._set_counts(dict(first.counts))
         self._before = outstanding(self._counts)
         stop = asyncio.Event()
         watcher = asyncio.create_task(self._watch(stop))
         workers = [asyncio.create_task(self._worker(n, stop)) for n in range(self.options.workers)]
         try:
-            response = await self.gateway.enqueue(
+            response = await self.gateway.staging.enqueue(
                 self.pipeline_id, self._batches(), stage=EXTRACT_STAGE, skip_unchanged=True
             )
             self._enqueued = int(response.enqueued)
@@ -365,7 +365,7 @@ class Ingest:
         )
         if waiting:
             return False
-        status = await self.gateway.pipeline_status(self.pipeline_id)
+        status = await self.gateway.pipelines.status(self.pipeline_id)
         self._set_counts(dict(status.counts))
         if self.options.wait:
             return outstanding(self._counts) == 0
@@ -419,17 +419,19 @@ class Ingest:
         gone: list[str] = []
         for root in self.roots:
             if root.is_dir:
-                async for document in self.gateway.list_documents(self.pipeline_id, id_prefix=root.id_prefix):
+                async for document in self.gateway.staging.list_documents(
+                    self.pipeline_id, id_prefix=root.id_prefix
+                ):
                     if document.document_id not in self._present:
                         gone.append(document.document_id)
             elif not root.path.exists():
                 with contextlib.suppress(NotFound):
-                    await self.gateway.get_document(self.pipeline_id, root.id_prefix)
+                    await self.gateway.staging.get_document(self.pipeline_id, root.id_prefix)
                     gone.append(root.id_prefix)
         deleted = 0
         unique = sorted(set(gone))
         for offset in range(0, len(unique), _DELETE_BATCH):
-            deleted += await self.gateway.delete_documents(
+            deleted += await self.gateway.staging.delete_documents(
                 self.pipeline_id, unique[offset : offset + _DELETE_BATCH]
             )
         if deleted:
@@ -442,14 +444,7 @@ class Ingest:
         worker = worker_id(number)
         idle = self.options.poll_seconds / 4
         while not stop.is_set():
-            leases = await self.gateway.claim(
-                self.pipeline_id,
-                stage=EXTRACT_STAGE,
-                claim_stage=EXTRACTING_STAGE,
-                limit=self.options.claim_limit,
-                worker_id=worker,
-                lease_seconds=self.options.lease_seconds,
-            )
+            leases = await self.gateway.leases.claim(self._claim(worker), self.options.claim_limit)
             if not leases:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=idle)
@@ -463,7 +458,16 @@ class Ingest:
                 self._in_flight -= len(leases)
                 self._publish()
 
-    async def _process(self, worker: str, leases: Sequence[document_pb2.Lease]) -> None:
+    def _claim(self, worker: str) -> Claim:
+        return Claim(
+            self.pipeline_id,
+            worker,
+            EXTRACT_STAGE,
+            EXTRACTING_STAGE,
+            lease_seconds=self.options.lease_seconds,
+        )
+
+    async def _process(self, worker: str, leases: Sequence[Lease]) -> None:
         held = {lease.document_id: lease.fencing_token for lease in leases}
         try:
             await self._extract_and_stage(worker, held)
@@ -471,12 +475,10 @@ class Ingest:
             # Interrupted: hand the documents back to ``extract`` now rather than when the leases expire.
             with contextlib.suppress(ServiceError, asyncio.CancelledError):
                 await asyncio.wait_for(
-                    self.gateway.transition(
-                        self.pipeline_id,
-                        from_stage=EXTRACTING_STAGE,
-                        to_stage=EXTRACT_STAGE,
-                        worker_id=worker,
-                        leases=list(held.items()),
+                    self.gateway.leases.transition_claimed(
+                        self._claim(worker),
+                        [LeaseRef(d, t) for d, t in held.items()],
+                        EXTRACT_STAGE,
                         reason="add was interrupted",
                     ),
                     timeout=5,
@@ -502,8 +504,8 @@ class Ingest:
         failed = [(e.document_id, e.reason) for e in extractions if not e.missing and e.document is None]
         documents = [e.document for e in extractions if e.document is not None]
         if documents:
-            results = await self.gateway.stage(
-                self.pipeline_id, documents, leases=[(d.id, held[d.id]) for d in documents]
+            results = await self.gateway.staging.stage(
+                self.pipeline_id, documents, leases=[LeaseRef(d.id, held[d.id]) for d in documents]
             )
             for result, document in zip(results, documents, strict=False):
                 if result.outcome == staging_pb2.STAGE_OUTCOME_REJECTED:
@@ -515,28 +517,19 @@ class Ingest:
         for document_id, reason in failed:
             reason = reason[:MAX_REASON_CHARS] or "extraction failed"
             self._extract_failures[document_id] = Failure(document_id, reason, EXTRACT_STAGE)
-            await self.gateway.transition(
-                self.pipeline_id,
-                from_stage=EXTRACTING_STAGE,
-                to_stage=FAILED_STAGE,
-                worker_id=worker,
-                leases=[(document_id, held[document_id])],
-                reason=reason,
+            await self.gateway.leases.transition_claimed(
+                self._claim(worker), [LeaseRef(document_id, held[document_id])], FAILED_STAGE, reason=reason
             )
         if missing:
-            self.summary.deleted += await self.gateway.delete_documents(self.pipeline_id, missing)
+            self.summary.deleted += await self.gateway.staging.delete_documents(self.pipeline_id, missing)
 
     async def _heartbeat(self, worker: str, held: dict[str, int]) -> None:
         interval = max(1.0, self.options.lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(ServiceError):
-                await self.gateway.heartbeat(
-                    self.pipeline_id,
-                    stage=EXTRACTING_STAGE,
-                    worker_id=worker,
-                    leases=list(held.items()),
-                    lease_seconds=self.options.lease_seconds,
+                await self.gateway.leases.heartbeat(
+                    self._claim(worker), [LeaseRef(d, t) for d, t in held.items()]
                 )
 
     # -- status -----------------------------------------------------------------------------------
@@ -545,14 +538,16 @@ class Ingest:
         """Follow the pipeline's status: WatchPipelineStatus, or polling when the stream fails."""
         while not stop.is_set():
             try:
-                async for status in self.gateway.watch_status(self.pipeline_id, min_interval_ms=200):
+                async for status in self.gateway.pipelines.watch_status(
+                    self.pipeline_id, min_interval_ms=200
+                ):
                     self._set_counts(dict(status.counts))
                     if stop.is_set():
                         return
             except ServiceError:
                 pass
             with contextlib.suppress(ServiceError):
-                status = await self.gateway.pipeline_status(self.pipeline_id)
+                status = await self.gateway.pipelines.status(self.pipeline_id)
                 self._set_counts(dict(status.counts))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.options.poll_seconds)
@@ -587,7 +582,9 @@ class Ingest:
         stages: dict[str, int] = {}
         seen: set[str] = set()
         for root in self.roots:
-            async for document in self.gateway.list_documents(self.pipeline_id, id_prefix=root.id_prefix):
+            async for document in self.gateway.staging.list_documents(
+                self.pipeline_id, id_prefix=root.id_prefix
+            ):
                 if document.document_id in seen:
                     continue
                 seen.add(document.document_id)

@@ -19,13 +19,12 @@ from rich.table import Table
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.cli import corpus as corpus_module
-from hevlayer.cli.client import DEFAULT_GATEWAY, Gateway
 from hevlayer.cli.ingest import AddOptions, AddSummary, Ingest, Reporter
 from hevlayer.cli.producers import Budget, kinds
 from hevlayer.cli.progress import PlainReporter, RichReporter, is_terminal
 from hevlayer.cli.search import Result, search
 from hevlayer.cli.stack import DEFAULT_DATA_DIR, UpState, down, suite_services, up, up_detached
-from hevlayer.common.errors import ServiceError
+from hevlayer.client import DEFAULT_GATEWAY, Client, ServiceError
 
 T = TypeVar("T")
 
@@ -118,12 +117,12 @@ class Settings:
         return DEFAULT_GATEWAY
 
 
-def run_async(settings: Settings, body: Callable[[Gateway], Awaitable[T]]) -> T:
+def run_async(settings: Settings, body: Callable[[Client], Awaitable[T]]) -> T:
     """Run ``body`` with a gateway client; server errors are printed (field named) and exit 1."""
     address = settings.gateway
 
     async def main() -> T:
-        async with Gateway(address) as gateway:
+        async with Client.connect(address) as gateway:
             return await body(gateway)
 
     try:
@@ -337,7 +336,7 @@ def add_paths(
 ) -> AddSummary:
     out = output or Output()
 
-    async def body(gateway: Gateway) -> AddSummary:
+    async def body(gateway: Client) -> AddSummary:
         reporter = make_reporter(out, plain)
         try:
             return await Ingest(gateway, pipeline, paths, reporter, options).run()
@@ -422,22 +421,22 @@ def status_command(settings: Settings, pipeline: str | None, watch: bool) -> Non
     """Documents per stage: extract, pending (for the embedder), embedding, indexed, failed."""
     output = Output()
 
-    async def once(gateway: Gateway) -> None:
-        ids = [pipeline] if pipeline else [p.id for p in await gateway.list_pipelines()]
-        statuses = [await gateway.pipeline_status(pid) for pid in ids]
+    async def once(gateway: Client) -> None:
+        ids = [pipeline] if pipeline else [p.id for p in await gateway.pipelines.list()]
+        statuses = [await gateway.pipelines.status(pid) for pid in ids]
         if not statuses:
             output.line("no pipelines")
             return
         output.table(STATUS_HEADERS, [_counts_row(s) for s in statuses])
 
-    async def follow(gateway: Gateway) -> None:
+    async def follow(gateway: Client) -> None:
         pid = pipeline or DEFAULT_PIPELINE
         if output.plain:
-            async for status in gateway.watch_status(pid, min_interval_ms=500):
+            async for status in gateway.pipelines.watch_status(pid, min_interval_ms=500):
                 output.line(status_line(status))
             return
         with Live(console=output.console, auto_refresh=False) as live:
-            async for status in gateway.watch_status(pid, min_interval_ms=250):
+            async for status in gateway.pipelines.watch_status(pid, min_interval_ms=250):
                 table = Table(*STATUS_HEADERS, box=None, header_style="bold")
                 table.add_row(*_counts_row(status))
                 live.update(table, refresh=True)
@@ -504,7 +503,7 @@ def pipelines_create(
         request.sink = _SINKS[sink]
     if queue:
         request.queue_backend = _QUEUES[queue]
-    created = run_async(settings, lambda gateway: gateway.create_pipeline(request))
+    created = run_async(settings, lambda gateway: gateway.pipelines.create(request))
     Output().line(
         f"created pipeline {created.id} (namespace {created.target_namespace}, "
         f"sink {_enum_name(created.sink, _SINKS)}, queue {_enum_name(created.queue_backend, _QUEUES)})"
@@ -516,7 +515,7 @@ def pipelines_create(
 def pipelines_list(settings: Settings) -> None:
     """List the pipelines."""
     output = Output()
-    pipelines = run_async(settings, lambda gateway: gateway.list_pipelines())
+    pipelines = run_async(settings, lambda gateway: gateway.pipelines.list())
     if not pipelines:
         output.line("no pipelines")
         return
@@ -545,7 +544,7 @@ def pipelines_delete(settings: Settings, pipeline_id: str, yes: bool) -> None:
         if not is_terminal(sys.stdin):
             fail(f"refusing to delete pipeline {pipeline_id!r} without --yes (standard input is not a tty)")
         click.confirm(f"Delete pipeline {pipeline_id!r} with all its documents and vectors?", abort=True)
-    response = run_async(settings, lambda gateway: gateway.delete_pipeline(pipeline_id))
+    response = run_async(settings, lambda gateway: gateway.pipelines.delete(pipeline_id))
     Output().line(
         f"deleted pipeline {pipeline_id} ({response.deleted_documents} documents, "
         f"{response.deleted_segments} queue segments)"
@@ -647,8 +646,8 @@ def demo_command(
     sys.exit(up(settings.data_dir, suite_services(settings.data_dir), ready=ready))
 
 
-def _searcher(pipeline: str, text: str, k: int) -> Callable[[Gateway], Awaitable[list[Result]]]:
-    async def body(gateway: Gateway) -> list[Result]:
+def _searcher(pipeline: str, text: str, k: int) -> Callable[[Client], Awaitable[list[Result]]]:
+    async def body(gateway: Client) -> list[Result]:
         return await search(gateway, pipeline, text, k=k)
 
     return body

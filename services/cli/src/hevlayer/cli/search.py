@@ -10,8 +10,8 @@ from typing import Any
 from google.protobuf import json_format
 
 from hevlayer.api.index.v1 import index_pb2
-from hevlayer.cli.client import Gateway
 from hevlayer.cli.producers.base import SNIPPET_CHARS, one_line
+from hevlayer.client import Client
 
 MAX_TOP_K = 1000
 CHUNKS_PER_RESULT = 10
@@ -94,10 +94,10 @@ def best_per_document(hits: Sequence[index_pb2.QueryHit], k: int) -> list[Result
 
 
 async def search(
-    gateway: Gateway, pipeline_id: str, query: str, *, k: int = 5, kind: str | None = None
+    gateway: Client, pipeline_id: str, query: str, *, k: int = 5, kind: str | None = None
 ) -> list[Result]:
     """The ``k`` best files for ``query`` (optionally of one kind)."""
-    hits = await gateway.query(
+    hits = await gateway.index.query(
         pipeline_id,
         query,
         top_k=min(MAX_TOP_K, max(1, k) * CHUNKS_PER_RESULT),

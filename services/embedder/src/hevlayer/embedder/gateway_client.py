@@ -31,7 +31,7 @@ from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
 from hevlayer.common.errors import ServiceError, service_error_from_rpc_error
 from hevlayer.embedder.inflight import InFlightDocument, Outcome, WriteResult
 
@@ -136,7 +136,7 @@ class GatewayClient:
 
     @classmethod
     def connect(cls, address: str) -> GatewayClient:
-        return cls(create_channel(address))
+        return cls(open_channel(address))
 
     def _name_documents(
         self, columns: lease_pb2.LeaseRefColumns, messages: Any, documents: Sequence[InFlightDocument]

@@ -14,7 +14,8 @@ from hevlayer.api.index.v1 import index_pb2
 from hevlayer.api.lease.v1 import lease_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
+from hevlayer.client.options import ClientOptions
 from hevlayer.common.config import load_or_exit
 from hevlayer.common.errors import NotFound, ServiceError
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
@@ -125,10 +126,7 @@ async def build(app: ServiceApp, settings: Settings) -> None:
     """Wire the gateway: staging, chunk reads, vector writes and queries over gRPC
     and REST; pipeline and lease calls forwarded to the claimer."""
     stack = AsyncExitStack()
-    channel = create_channel(
-        settings.gateway.claimer_address,
-        retry_services=[s.full_name for s in (*FORWARDED_SERVICES, DOCUMENT_STATE_SERVICE)],
-    )
+    channel = open_channel(settings.gateway.claimer_address)
     claimer = ClaimerClient(channel, timeout=settings.gateway.forward_timeout_seconds)
     s3_client = await open_s3_client(settings.s3, stack)
     store = ChunkStore(s3_client, settings.s3.bucket)
@@ -140,15 +138,13 @@ async def build(app: ServiceApp, settings: Settings) -> None:
     embedder_channel: aio.Channel | None = None
     embedder: Embedder | None = None
     if settings.gateway.embedder_address:
-        embedder_channel = create_channel(settings.gateway.embedder_address)
+        embedder_channel = open_channel(settings.gateway.embedder_address)
         embedder = Embedder(embedder_channel, timeout=settings.gateway.forward_timeout_seconds)
     searcher = Searcher(claimer, writer, embedder)
 
-    forward_channel = create_channel(
-        settings.gateway.claimer_address,
-        retry_services=[s.full_name for s in FORWARDED_SERVICES],
-        traced=False,  # the forwarder starts its CLIENT spans itself
-    )
+    # Forwarded calls are retried as the client library retries them (idempotent
+    # methods only); the forwarder starts its CLIENT spans itself.
+    forward_channel = open_channel(settings.gateway.claimer_address, ClientOptions(traced=False))
     forwarder = Forwarder(forward_channel, settings.gateway.forward_timeout_seconds)
     _register_generic(app, PIPELINE_SERVICE.full_name, _pipeline_handler(forwarder, claimer, store))
     _register_generic(app, LEASE_SERVICE.full_name, forwarder.service_handler(LEASE_SERVICE))
@@ -158,7 +154,7 @@ async def build(app: ServiceApp, settings: Settings) -> None:
         StagingServicer(claimer, stager, reader, store, cache, writer),
     )
     _register_generic(app, INDEX_SERVICE.full_name, index_handler(IndexServicer(claimer, writer, searcher)))
-    app.add_routes(RestApi(claimer, stager, reader, writer).routes())
+    app.add_routes(RestApi(claimer, stager, reader, writer, searcher).routes())
 
     async def startup() -> None:
         await cache.start()

@@ -29,7 +29,7 @@ from grpc import aio
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
-from hevlayer.common.channels import create_channel
+from hevlayer.client.channel import open_channel
 from hevlayer.common.errors import GOOGLE_RPC_CODE_NAMES
 
 log = logging.getLogger("hevlayer.summarizer.staging")
@@ -133,7 +133,7 @@ class GrpcStager(Stager):
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        self._channel: aio.Channel = create_channel(address, retry_services=[STAGING_SERVICE])
+        self._channel: aio.Channel = open_channel(address)
         self._stub = staging_pb2_grpc.StagingServiceStub(self._channel)
 
     async def stage(self, summary: StagedSummary) -> None:

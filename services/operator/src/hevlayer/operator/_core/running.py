@@ -9,8 +9,8 @@ from typing import Any
 
 import kopf
 
-from hevlayer.common.channels import create_channel
-from hevlayer.operator._cogs.gateway import SERVICE, GatewayClient
+from hevlayer.client.channel import open_channel
+from hevlayer.operator._cogs.gateway import GatewayClient
 from hevlayer.operator._cogs.kube import KubeClient, login
 from hevlayer.operator._core.handlers import build_registry, kopf_settings
 from hevlayer.operator._core.reconcile import Reconciler
@@ -46,7 +46,7 @@ async def run_operator(
     """
     credentials = functools.partial(login, settings.kubeconfig)
     credentials()  # fail at start, with a clear message, when there are no credentials
-    channel = create_channel(settings.gateway_address, retry_services=[SERVICE])
+    channel = open_channel(settings.gateway_address)
     try:
         async with KubeClient(credentials, timeout=settings.kube_timeout_seconds) as kube:
             gateway = GatewayClient(channel, timeout=settings.gateway_timeout_seconds)

@@ -1,0 +1,26 @@
+"""Opening a channel to a hevlayer service with :class:`~hevlayer.client.options.ClientOptions`."""
+
+from __future__ import annotations
+
+import grpc
+from grpc import aio
+
+from hevlayer.client.options import ClientOptions
+from hevlayer.common.interceptors import client_interceptors
+
+
+def open_channel(target: str, options: ClientOptions | None = None) -> aio.Channel:
+    """An aio channel to ``target`` (``host:port``): TLS when ``options.tls`` is set
+    (with ``call_credentials`` composed in), plaintext otherwise; the retry policy,
+    keepalive and message limits of ``options``; client spans unless ``traced`` is off."""
+    options = options or ClientOptions()
+    interceptors = client_interceptors() if options.traced else None
+    args = options.channel_args()
+    if options.tls is not None:
+        credentials = options.tls.credentials()
+        if options.call_credentials is not None:
+            credentials = grpc.composite_channel_credentials(credentials, options.call_credentials)
+        return aio.secure_channel(target, credentials, options=args, interceptors=interceptors)
+    if options.call_credentials is not None:
+        raise ValueError("ClientOptions.call_credentials needs TLS (set ClientOptions.tls)")
+    return aio.insecure_channel(target, options=args, interceptors=interceptors)

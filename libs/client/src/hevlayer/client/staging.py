@@ -1,0 +1,182 @@
+"""StagingService: stage documents (results in order), enqueue ids, read chunks, inspect and delete."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+
+from grpc import aio
+
+from hevlayer.api.document.v1 import document_pb2
+from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
+from hevlayer.client._base import ServiceClient
+from hevlayer.client.methods import STAGING_SERVICE, method
+from hevlayer.client.options import ClientOptions
+from hevlayer.client.types import HasLease
+
+_STAGE = method(STAGING_SERVICE, "StageDocuments")
+_ENQUEUE = method(STAGING_SERVICE, "EnqueueDocuments")
+_READ = method(STAGING_SERVICE, "ReadChunks")
+_GET = method(STAGING_SERVICE, "GetDocument")
+_LIST = method(STAGING_SERVICE, "ListDocuments")
+_DELETE = method(STAGING_SERVICE, "DeleteDocuments")
+
+STAGE_BATCH = 64
+"""Documents per StageDocuments message when the caller streams single documents."""
+
+
+def lease_refs(leases: Iterable[HasLease]) -> list[document_pb2.LeaseRef]:
+    """LeaseRef messages of held documents."""
+    return [document_pb2.LeaseRef(document_id=d.document_id, fencing_token=d.fencing_token) for d in leases]
+
+
+async def _batches(
+    documents: Iterable[document_pb2.Document] | AsyncIterable[document_pb2.Document], size: int
+) -> AsyncIterator[list[document_pb2.Document]]:
+    batch: list[document_pb2.Document] = []
+    if isinstance(documents, AsyncIterable):
+        async for document in documents:
+            batch.append(document)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    else:
+        for document in documents:
+            batch.append(document)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+                await asyncio.sleep(0)
+    if batch:
+        yield batch
+
+
+class StagingClient(ServiceClient):
+    """Calls of StagingService."""
+
+    def __init__(self, channel: aio.Channel, options: ClientOptions | None = None) -> None:
+        super().__init__(channel, options)
+        self._stub = staging_pb2_grpc.StagingServiceStub(channel)
+
+    async def stage_stream(
+        self,
+        pipeline_id: str,
+        documents: Iterable[document_pb2.Document] | AsyncIterable[document_pb2.Document],
+        *,
+        skip_unchanged: bool = False,
+        leases: Iterable[HasLease] = (),
+        batch_size: int = STAGE_BATCH,
+        timeout: float | None = None,
+    ) -> AsyncIterator[staging_pb2.StageResult]:
+        """Stage ``documents`` through one StageDocuments stream, ``batch_size`` to a
+        message; yields one result per document, in order, as the gateway answers.
+
+        ``leases``: claims the stager holds on some of the documents (the extract
+        stage's leases); staging a document ends its lease. A rejected document
+        comes back as a ``STAGE_OUTCOME_REJECTED`` result with its error; the
+        stream goes on."""
+        held = {lease.document_id: lease for lease in leases}
+
+        async def requests() -> AsyncIterator[staging_pb2.StageDocumentsRequest]:
+            async for batch in _batches(documents, batch_size):
+                mine = [held[d.id] for d in batch if d.id in held]
+                yield staging_pb2.StageDocumentsRequest(
+                    pipeline_id=pipeline_id,
+                    documents=batch,
+                    skip_unchanged=skip_unchanged,
+                    leases=lease_refs(mine),
+                )
+
+        async for response in self._stream(_STAGE, self._stub.StageDocuments, requests(), timeout):
+            for result in response.results:
+                yield result
+
+    async def stage(
+        self,
+        pipeline_id: str,
+        documents: Iterable[document_pb2.Document] | AsyncIterable[document_pb2.Document],
+        *,
+        skip_unchanged: bool = False,
+        leases: Iterable[HasLease] = (),
+        batch_size: int = STAGE_BATCH,
+        timeout: float | None = None,
+    ) -> list[staging_pb2.StageResult]:
+        """:meth:`stage_stream`, collected: one result per document, in order."""
+        return [
+            result
+            async for result in self.stage_stream(
+                pipeline_id,
+                documents,
+                skip_unchanged=skip_unchanged,
+                leases=leases,
+                batch_size=batch_size,
+                timeout=timeout,
+            )
+        ]
+
+    async def enqueue(
+        self,
+        pipeline_id: str,
+        batches: AsyncIterable[Sequence[tuple[str, str]]],
+        *,
+        stage: str,
+        skip_unchanged: bool,
+        timeout: float | None = None,
+    ) -> staging_pb2.EnqueueDocumentsResponse:
+        """EnqueueDocuments: batches of ``(document id, content hash)`` into ``stage``, one stream."""
+
+        async def requests() -> AsyncIterator[staging_pb2.EnqueueDocumentsRequest]:
+            async for batch in batches:
+                yield staging_pb2.EnqueueDocumentsRequest(
+                    pipeline_id=pipeline_id,
+                    stage=stage,
+                    skip_unchanged=skip_unchanged,
+                    documents=[staging_pb2.EnqueuedDocument(document_id=d, content_hash=h) for d, h in batch],
+                )
+
+        response: staging_pb2.EnqueueDocumentsResponse = await self._unary(
+            _ENQUEUE, self._stub.EnqueueDocuments, requests(), timeout
+        )
+        return response
+
+    async def read_chunks(
+        self,
+        pipeline_id: str,
+        *,
+        worker_id: str,
+        stage: str,
+        leases: Sequence[HasLease],
+        timeout: float | None = None,
+    ) -> AsyncIterator[staging_pb2.ReadChunksResponse]:
+        """ReadChunks of documents held in ``stage``, response by response."""
+        request = staging_pb2.ReadChunksRequest(
+            pipeline_id=pipeline_id, worker_id=worker_id, stage=stage, leases=lease_refs(leases)
+        )
+        async for response in self._stream(_READ, self._stub.ReadChunks, request, timeout):
+            yield response
+
+    async def get_document(
+        self, pipeline_id: str, document_id: str, *, timeout: float | None = None
+    ) -> staging_pb2.DocumentState:
+        """A document's state (NOT_FOUND if unknown)."""
+        request = staging_pb2.GetDocumentRequest(pipeline_id=pipeline_id, document_id=document_id)
+        response = await self._unary(_GET, self._stub.GetDocument, request, timeout)
+        document: staging_pb2.DocumentState = response.document
+        return document
+
+    async def list_documents(
+        self, pipeline_id: str, *, id_prefix: str = "", stage: str = "", timeout: float | None = None
+    ) -> AsyncIterator[staging_pb2.DocumentState]:
+        """Documents of the pipeline, optionally by id prefix and stage."""
+        request = staging_pb2.ListDocumentsRequest(pipeline_id=pipeline_id, id_prefix=id_prefix, stage=stage)
+        async for response in self._stream(_LIST, self._stub.ListDocuments, request, timeout):
+            for document in response.documents:
+                yield document
+
+    async def delete_documents(
+        self, pipeline_id: str, document_ids: Iterable[str], *, timeout: float | None = None
+    ) -> int:
+        """Delete documents with their chunks and vectors; how many existed."""
+        request = staging_pb2.DeleteDocumentsRequest(pipeline_id=pipeline_id, document_ids=list(document_ids))
+        response = await self._unary(_DELETE, self._stub.DeleteDocuments, request, timeout)
+        return int(response.deleted)
