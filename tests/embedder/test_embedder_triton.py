@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hevlayer.common.errors import FailedPrecondition, Unavailable
+from hevlayer.common.metrics import REGISTRY
 from hevlayer.devstack.ports import free_port
 from hevlayer.embedder.onnx_model import OnnxEmbedder
 from hevlayer.embedder.triton_client import RetryPolicy, TritonEmbeddingClient
@@ -65,6 +66,28 @@ async def test_requests_are_cut_to_the_batch_size_and_keep_the_order(triton: Loc
         await whole.close()
     assert batched.shape == (45, 384)
     assert np.min(np.sum(batched * reversed_order[::-1], axis=1)) > 0.99
+
+
+def triton_requests(model: str) -> float:
+    """Requests recorded by ``hevlayer_embedder_triton_request_seconds`` for ``model`` so far."""
+    return (
+        REGISTRY.get_sample_value("hevlayer_embedder_triton_request_seconds_count", {"model": model}) or 0.0
+    )
+
+
+async def test_every_triton_request_is_timed_once(triton: LocalTriton) -> None:
+    client = TritonEmbeddingClient(triton.url, "minilm", max_batch_size=8, max_in_flight=3)
+    try:
+        await client.model_info()
+        before = triton_requests("minilm")
+        await client.embed([f"text {i}" for i in range(20)])  # requests of 8, 8 and 4 texts
+        after = triton_requests("minilm")
+    finally:
+        await client.close()
+    assert after - before == 3
+    total = REGISTRY.get_sample_value("hevlayer_embedder_triton_request_seconds_sum", {"model": "minilm"})
+    assert total is not None
+    assert total > 0
 
 
 async def test_a_dimension_that_does_not_match_the_model_is_refused(triton: LocalTriton) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,9 +25,11 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc.aio as triton_aio
+from prometheus_client import Histogram
 from tritonclient.utils import InferenceServerException
 
 from hevlayer.common.errors import FailedPrecondition, Internal, InvalidArgument, ServiceError, Unavailable
+from hevlayer.common.metrics import REGISTRY
 
 log = logging.getLogger("hevlayer.embedder.triton")
 
@@ -38,6 +41,15 @@ DEFAULT_BATCH_SIZE = 64
 
 _RETRIED = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+TRITON_REQUEST_SECONDS = Histogram(
+    "hevlayer_embedder_triton_request_seconds",
+    "Duration of one Triton infer request (one attempt, at most the batch size of texts; time "
+    "waiting for a free request slot and retry backoff excluded), by model.",
+    ["model"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
 
 
 @dataclass(frozen=True)
@@ -245,13 +257,17 @@ class TritonEmbeddingClient:
 
         async def infer() -> Vectors:
             async with self._slots:
-                result = await self._client.infer(
-                    info.name,
-                    [tensor],
-                    model_version=info.version,
-                    outputs=outputs,
-                    client_timeout=self._timeout,
-                )
+                started = time.perf_counter()
+                try:
+                    result = await self._client.infer(
+                        info.name,
+                        [tensor],
+                        model_version=info.version,
+                        outputs=outputs,
+                        client_timeout=self._timeout,
+                    )
+                finally:
+                    TRITON_REQUEST_SECONDS.labels(info.name).observe(time.perf_counter() - started)
             array = result.as_numpy(info.output_name)
             if array is None:
                 raise Internal(f"Triton model {info.name!r} returned no {info.output_name!r} output")
