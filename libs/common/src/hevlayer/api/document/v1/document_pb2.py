@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'hevlayer/api/document/v1/document.proto\x12\x18hevlayer.api.document.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"L\n\x05\x43hunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"]\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x1f.hevlayer.api.document.v1.Chunk\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\"Q\n\x06Vector\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12+\n\nattributes\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"6\n\x08LeaseRef\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\"\xd8\x01\n\x05Lease\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x15\n\rfencing_token\x18\x04 \x01(\x04\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r\x12\x14\n\x0c\x63ontent_hash\x18\x07 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x08 \x01(\r\x12\x14\n\x0ctrace_parent\x18\t \x01(\t\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"r\n\rDocumentError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x42\n\x10\x66ield_violations\x18\x03 \x03(\x0b\x32(.hevlayer.api.document.v1.FieldViolationBi\n\x1c\x64\x65v.hevlayer.api.document.v1P\x01ZGgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/document/v1;documentv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'hevlayer/api/document/v1/document.proto\x12\x18hevlayer.api.document.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"L\n\x05\x43hunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"]\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x1f.hevlayer.api.document.v1.Chunk\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\"Q\n\x06Vector\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12+\n\nattributes\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"L\n\x08LeaseRef\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x14\n\x0ctrace_parent\x18\x03 \x01(\t\"\xd8\x01\n\x05Lease\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x15\n\rfencing_token\x18\x04 \x01(\x04\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r\x12\x14\n\x0c\x63ontent_hash\x18\x07 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x08 \x01(\r\x12\x14\n\x0ctrace_parent\x18\t \x01(\t\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"r\n\rDocumentError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x42\n\x10\x66ield_violations\x18\x03 \x03(\x0b\x32(.hevlayer.api.document.v1.FieldViolationBi\n\x1c\x64\x65v.hevlayer.api.document.v1P\x01ZGgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/document/v1;documentv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,11 +42,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VECTOR']._serialized_start=305
   _globals['_VECTOR']._serialized_end=386
   _globals['_LEASEREF']._serialized_start=388
-  _globals['_LEASEREF']._serialized_end=442
-  _globals['_LEASE']._serialized_start=445
-  _globals['_LEASE']._serialized_end=661
-  _globals['_FIELDVIOLATION']._serialized_start=663
-  _globals['_FIELDVIOLATION']._serialized_end=715
-  _globals['_DOCUMENTERROR']._serialized_start=717
-  _globals['_DOCUMENTERROR']._serialized_end=831
+  _globals['_LEASEREF']._serialized_end=464
+  _globals['_LEASE']._serialized_start=467
+  _globals['_LEASE']._serialized_end=683
+  _globals['_FIELDVIOLATION']._serialized_start=685
+  _globals['_FIELDVIOLATION']._serialized_end=737
+  _globals['_DOCUMENTERROR']._serialized_start=739
+  _globals['_DOCUMENTERROR']._serialized_end=853
 # @@protoc_insertion_point(module_scope)

@@ -145,6 +145,7 @@ class LeaseRef(_message.Message):
 
     DOCUMENT_ID_FIELD_NUMBER: _builtins.int
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
+    TRACE_PARENT_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
     """The leased document."""
     fencing_token: _builtins.int
@@ -152,15 +153,24 @@ class LeaseRef(_message.Message):
     worker holds" and exists only for the seed's REST routes, which carry no
     token; gRPC clients should always send the token.
     """
+    trace_parent: _builtins.str
+    """Optional W3C trace context ("traceparent" header value, for example
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") of the
+    document's trace, as the worker continues it (see Lease.trace_parent).
+    WriteVectors and TransitionDocuments record their per-document spans as
+    children of it, so that one document's journey is one trace. Empty: the
+    spans belong to the call's trace only.
+    """
     def __init__(
         self,
         *,
         document_id: _builtins.str = ...,
         fencing_token: _builtins.int = ...,
+        trace_parent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_id", b"document_id", "fencing_token", b"fencing_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_id", b"document_id", "fencing_token", b"fencing_token", "trace_parent", b"trace_parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
