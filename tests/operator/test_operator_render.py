@@ -16,8 +16,8 @@ from hevlayer.common.errors import InvalidArgument
 from hevlayer.operator import (
     Condition,
     OperatorSettings,
-    Outcome,
     PipelineRef,
+    Reconciliation,
     RenderContext,
     ScalingMode,
     desired_status,
@@ -311,7 +311,7 @@ def test_ready_names_the_first_failure() -> None:
 
 def test_status_is_only_patched_when_it_changes() -> None:
     ref = PipelineRef("p", "n", "u", generation=4)
-    outcome = Outcome(
+    outcome = Reconciliation(
         conditions=(Condition("GatewaySynced", True, "Synced"), Condition("Ready", True, "Ready")),
         pending_count=3,
     )
@@ -320,7 +320,7 @@ def test_status_is_only_patched_when_it_changes() -> None:
     assert desired["observedGeneration"] == 4
     assert desired["pipelineId"] == "p"
     assert status_changes(desired, desired_status(desired, outcome, ref=ref, now="T2")) == {}
-    moved = Outcome(conditions=outcome.conditions, pending_count=4)
+    moved = Reconciliation(conditions=outcome.conditions, pending_count=4)
     assert status_changes(desired, desired_status(desired, moved, ref=ref, now="T3")) == {"pendingCount": 4}
 
 

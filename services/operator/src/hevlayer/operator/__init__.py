@@ -14,7 +14,7 @@ it are ``_cogs`` (clients: the Kubernetes API and the gateway) and ``_core``
 from hevlayer.operator._cogs.gateway import GatewayClient, GatewayPipeline, GatewayStatus
 from hevlayer.operator._cogs.kube import Applied, KubeClient, KubeError, LoginError, login
 from hevlayer.operator._core.handlers import FINALIZER, build_registry, kopf_settings
-from hevlayer.operator._core.reconcile import Outcome, Reconciler, desired_status, status_changes
+from hevlayer.operator._core.reconcile import Reconciler, Reconciliation, desired_status, status_changes
 from hevlayer.operator._core.running import render_context, run_operator
 from hevlayer.operator.conditions import Condition, merge_conditions
 from hevlayer.operator.render import (
@@ -49,11 +49,11 @@ __all__ = [
     "KubeError",
     "LoginError",
     "OperatorSettings",
-    "Outcome",
     "Pipeline",
     "PipelineRef",
     "PipelineSpec",
     "Reconciler",
+    "Reconciliation",
     "RenderContext",
     "ScalingMode",
     "ScalingSpec",

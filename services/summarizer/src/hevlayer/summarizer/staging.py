@@ -20,21 +20,17 @@ import abc
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf import struct_pb2
-from grpc import aio
 
 from hevlayer.api.document.v1 import document_pb2
-from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
-from hevlayer.client.channel import open_channel
+from hevlayer.client import Client, ServiceError, StageOutcome
 from hevlayer.common.errors import GOOGLE_RPC_CODE_NAMES
 
 log = logging.getLogger("hevlayer.summarizer.staging")
 
-STAGING_SERVICE = staging_pb2.DESCRIPTOR.services_by_name["StagingService"].full_name
 CHUNK_KIND = "directory_summary"
 CHUNK_ID = "summary"
 MAX_DOCUMENT_ID_BYTES = 512
@@ -105,18 +101,15 @@ class MemoryStager(Stager):
         self.order.append(summary.document_id)
 
 
-async def _single(
-    request: staging_pb2.StageDocumentsRequest,
-) -> AsyncIterator[staging_pb2.StageDocumentsRequest]:
-    yield request
-
-
 class GrpcStager(Stager):
-    """Stages through the gateway's StagingService over a hevlayer client channel.
+    """Stages through the gateway's StagingService with :class:`hevlayer.client.StagingClient`.
 
-    UNAVAILABLE and DEADLINE_EXCEEDED are retried (after the channel's own
-    retries) up to ``max_attempts`` times with backoff; staging the same id
-    again is safe, the gateway replaces the document.
+    StageDocuments is not retried by the client library (a stream's outcome is
+    unknown when it fails); here it is safe to retry, because a summary is staged
+    without a lease and with ``skip_unchanged``: staging the same summary again
+    leaves the gateway's document as it is. UNAVAILABLE and DEADLINE_EXCEEDED are
+    retried up to ``max_attempts`` times with jittered exponential backoff (or
+    the server's RetryInfo delay, when longer).
     """
 
     def __init__(
@@ -133,23 +126,21 @@ class GrpcStager(Stager):
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        self._channel: aio.Channel = open_channel(address)
-        self._stub = staging_pb2_grpc.StagingServiceStub(self._channel)
+        self._client = Client.connect(address)
 
     async def stage(self, summary: StagedSummary) -> None:
-        request = staging_pb2.StageDocumentsRequest(
-            pipeline_id=summary.pipeline_id, documents=[summary.to_document()], skip_unchanged=True
-        )
         for attempt in range(1, self.max_attempts + 1):
             try:
-                result = await self._stage_once(request)
-            except aio.AioRpcError as exc:
-                code = exc.code()
-                message = f"StageDocuments to {self.address} failed: {code.name}: {exc.details()}"
-                if code not in _RETRYABLE or attempt == self.max_attempts:
+                results = await self._client.staging.stage(
+                    summary.pipeline_id, [summary.to_document()], skip_unchanged=True, timeout=self.timeout
+                )
+            except ServiceError as exc:
+                message = f"StageDocuments to {self.address} failed: {exc.code.name}: {exc.message}"
+                if exc.code not in _RETRYABLE or attempt == self.max_attempts:
                     raise StageError(message) from None
                 delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
                 delay *= 0.5 + random.random() / 2
+                delay = max(delay, exc.retry_after or 0.0)
                 log.warning(
                     "staging failed; retrying",
                     extra={
@@ -160,7 +151,10 @@ class GrpcStager(Stager):
                 )
                 await asyncio.sleep(delay)
                 continue
-            if result.outcome == staging_pb2.STAGE_OUTCOME_REJECTED:
+            if len(results) != 1:
+                raise StageError(f"StageDocuments answered {len(results)} results for 1 document")
+            result = results[0]
+            if StageOutcome(result.outcome) is StageOutcome.REJECTED:
                 code_name = GOOGLE_RPC_CODE_NAMES.get(result.error.code, str(result.error.code))
                 raise StageError(
                     f"the gateway rejected {summary.document_id!r}: {code_name}: {result.error.message}"
@@ -168,14 +162,5 @@ class GrpcStager(Stager):
             return
         raise StageError(f"StageDocuments to {self.address}: no attempt made")  # max_attempts < 1
 
-    async def _stage_once(self, request: staging_pb2.StageDocumentsRequest) -> staging_pb2.StageResult:
-        call = self._stub.StageDocuments(_single(request), timeout=self.timeout)
-        results: list[staging_pb2.StageResult] = []
-        async for response in call:
-            results.extend(response.results)
-        if len(results) != 1:
-            raise StageError(f"StageDocuments answered {len(results)} results for 1 document")
-        return results[0]
-
     async def close(self) -> None:
-        await self._channel.close()
+        await self._client.close()

@@ -22,13 +22,13 @@ from typing import Any
 
 import kopf
 
+from hevlayer.client import is_transient
 from hevlayer.common.errors import InvalidArgument, ServiceError
 from hevlayer.operator import conditions as cond
-from hevlayer.operator._cogs.gateway import is_retryable
 from hevlayer.operator._cogs.kube import KubeError
 from hevlayer.operator._core.reconcile import (
-    Outcome,
     Reconciler,
+    Reconciliation,
     desired_status,
     invalid_outcome,
     status_changes,
@@ -97,13 +97,15 @@ def build_registry(
         claims: kopf.Index[str, tuple[str, str]] = kwargs[CLAIMS_INDEX]
         return claim_owner(claims.get(ref.name, ()), ref.namespace)
 
-    def write_status(body: kopf.Body, patch: kopf.Patch, outcome: Outcome, ref: PipelineRef | None) -> None:
+    def write_status(
+        body: kopf.Body, patch: kopf.Patch, outcome: Reconciliation, ref: PipelineRef | None
+    ) -> None:
         current: Mapping[str, Any] = body.get("status") or {}
         desired = desired_status(current, outcome, ref=ref, now=cond.now_rfc3339())
         for key, value in status_changes(current, desired).items():
             patch.status[key] = value
 
-    async def run(body: kopf.Body, patch: kopf.Patch, kwargs: Mapping[str, Any]) -> Outcome:
+    async def run(body: kopf.Body, patch: kopf.Patch, kwargs: Mapping[str, Any]) -> Reconciliation:
         try:
             pipeline: Pipeline = parse_pipeline(body)
         except InvalidArgument as exc:
@@ -192,7 +194,7 @@ def build_registry(
                 raise kopf.TemporaryError(str(exc), delay=backoff(retry)) from exc
             raise kopf.PermanentError(str(exc)) from exc
         except ServiceError as exc:
-            if is_retryable(exc):
+            if is_transient(exc):
                 raise kopf.TemporaryError(f"{exc.code.name}: {exc.message}", delay=backoff(retry)) from exc
             logger.error("gateway refused to delete pipeline %s: %s", ref.pipeline_id, exc.message)
 

@@ -1,7 +1,7 @@
 """One reconciliation of a Pipeline: gateway pipeline, worker objects, status.
 
 Independent of kopf: :class:`Reconciler` takes parsed :class:`Pipeline`
-values and returns an :class:`Outcome` (conditions, pending count, whether a
+values and returns a :class:`Reconciliation` (conditions, pending count, whether a
 retry is due); :func:`status_changes` turns it into a status patch. The kopf
 handlers (:mod:`hevlayer.operator._core.handlers`) only glue these to events.
 """
@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from hevlayer.client import is_transient
 from hevlayer.common.errors import AlreadyExists, NotFound, ServiceError
 from hevlayer.operator import conditions as cond
-from hevlayer.operator._cogs.gateway import GatewayPipeline, GatewayStatus, is_retryable
+from hevlayer.operator._cogs.gateway import GatewayPipeline, GatewayStatus
 from hevlayer.operator._cogs.kube import Applied, KubeError
 from hevlayer.operator.render import (
     DEPLOYMENT_API,
@@ -58,7 +59,7 @@ class Kube(Protocol):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Reconciliation:
     """The result of one reconciliation."""
 
     conditions: tuple[cond.Condition, ...]
@@ -104,7 +105,7 @@ class Reconciler:
         self.gateway = gateway
         self.ctx = ctx
 
-    async def reconcile(self, pipeline: Pipeline, *, refresh_status: bool = True) -> Outcome:
+    async def reconcile(self, pipeline: Pipeline, *, refresh_status: bool = True) -> Reconciliation:
         """Sync the gateway pipeline, then apply (or remove) the worker objects."""
         synced, gateway_retry = await self._sync_gateway(pipeline)
         if not synced.status and synced.reason == cond.PIPELINE_CONFLICT:
@@ -122,13 +123,13 @@ class Reconciler:
                     extra={"pipeline": pipeline.ref.pipeline_id, "namespace": pipeline.ref.namespace},
                 )
         found = (synced, workers)
-        return Outcome(
+        return Reconciliation(
             conditions=(*found, cond.ready_condition(found)),
             retry=gateway_retry or kube_retry,
             pending_count=pending,
         )
 
-    async def conflict(self, ref: PipelineRef, owner: str) -> Outcome:
+    async def conflict(self, ref: PipelineRef, owner: str) -> Reconciliation:
         """Another Pipeline of the same name owns the gateway pipeline: run no workers."""
         message = (
             f"pipeline id {ref.pipeline_id!r} belongs to Pipeline {owner}/{ref.name} "
@@ -136,7 +137,9 @@ class Reconciler:
         )
         synced = cond.Condition(cond.GATEWAY_SYNCED, False, cond.PIPELINE_CONFLICT, message)
         workers, retry = await self._remove_workers(ref, message)
-        return Outcome(conditions=(synced, workers, cond.ready_condition((synced, workers))), retry=retry)
+        return Reconciliation(
+            conditions=(synced, workers, cond.ready_condition((synced, workers))), retry=retry
+        )
 
     async def finalize(self, ref: PipelineRef, *, delete_gateway_pipeline: bool) -> None:
         """Remove the worker objects and (when this Pipeline owns it) the gateway pipeline.
@@ -188,7 +191,7 @@ class Reconciler:
                 cond.GATEWAY_SYNCED, True, cond.SYNCED, f"gateway pipeline {pipeline_id!r} is {state}"
             ), False
         except ServiceError as exc:
-            retry = is_retryable(exc)
+            retry = is_transient(exc)
             reason = cond.GATEWAY_UNAVAILABLE if retry else cond.GATEWAY_REJECTED
             message = f"{exc.code.name}: {exc.message}"
             return cond.Condition(cond.GATEWAY_SYNCED, False, reason, message), retry
@@ -234,9 +237,9 @@ class Reconciler:
             )
 
 
-def invalid_outcome(message: str) -> Outcome:
+def invalid_outcome(message: str) -> Reconciliation:
     """The spec is invalid: Ready is False and nothing else is touched."""
-    return Outcome(conditions=(cond.Condition(cond.READY, False, cond.INVALID_SPEC, message),))
+    return Reconciliation(conditions=(cond.Condition(cond.READY, False, cond.INVALID_SPEC, message),))
 
 
 def _describe(spec: PipelineSpec) -> str:
@@ -252,7 +255,7 @@ def _describe(spec: PipelineSpec) -> str:
 
 def desired_status(
     current: Mapping[str, Any],
-    outcome: Outcome,
+    outcome: Reconciliation,
     *,
     ref: PipelineRef | None,
     now: str,
