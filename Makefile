@@ -35,7 +35,8 @@ MYPY_TARGETS = $(wildcard libs/common/src/hevlayer/common libs/client/src/hevlay
 	services/*/src/hevlayer/*) $(if $(wildcard tests/*.py tests/*/*.py),tests) \
 	$(if $(wildcard bench/*.py bench/*/*.py),bench)
 
-.PHONY: help bootstrap system-deps lock-check protos check-protos docs-config docs-api docs lint format test run clean
+.PHONY: help bootstrap system-deps lock-check protos check-protos docs-config docs-api docs lint format test run clean \
+	go-client
 
 help:
 	@echo "make run           the suite up, a real corpus ingested and searched (data in $(DATA_DIR)/)"
@@ -44,6 +45,7 @@ help:
 	@echo "make protos        regenerate libs/common/src/hevlayer/api and docs/reference/ from protos/"
 	@echo "make check-protos  buf lint, generated code up to date, buf breaking vs HEAD~1"
 	@echo "make docs-config   regenerate docs/configuration.md from the settings classes"
+	@echo "make go-client     build the Go example client into $(GO_DIR)/bin (examples/go-client)"
 	@echo "make docs-api      regenerate docs/reference/ (API reference) from the protos' comments"
 	@echo "make docs          build the documentation site (mkdocs --strict) into site/"
 	@echo "make lint          ruff check, ruff format --check, mypy"
@@ -60,7 +62,11 @@ $(STAMP): $(UV) uv.lock $(PYPROJECTS)
 	@touch $@
 
 # System packages the tests need: redis-server (the gateway's Redis chunk cache
-# runs against a real server). Installed with apt-get when missing and root.
+# runs against a real server) and Debian's Go 1.19, grpc-go, protobuf and protoc
+# plugins (the Go example client; the protobuf 1.5 shim, not 1.3, is required).
+# Installed with apt-get when missing and root.
+GO_DEB_PACKAGES := golang-go golang-google-grpc-dev golang-google-protobuf-dev \
+	golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc protobuf-compiler
 system-deps:
 	@if ! command -v redis-server >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -69,6 +75,16 @@ system-deps:
 			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 		else \
 			echo "redis-server is missing: install it (e.g. apt-get install redis-server)" >&2; exit 1; \
+		fi; \
+	fi
+	@if ! dpkg -s $(GO_DEB_PACKAGES) >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Go and the Go gRPC packages (apt-get)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+				$(GO_DEB_PACKAGES) >/dev/null; \
+		else \
+			echo "Go packages are missing: apt-get install $(GO_DEB_PACKAGES)" >&2; exit 1; \
 		fi; \
 	fi
 
@@ -86,6 +102,16 @@ check-protos: bootstrap
 
 docs-config: bootstrap
 	$(BIN)/python scripts/gen_config_docs.py
+
+# The Go example client: stubs from `buf generate` (buf.gen.yaml, local plugins) into the
+# GOPATH $(GO_DIR), built in GOPATH mode against Debian's packages (no module proxy).
+GO_DIR := build/go
+go-client: | $(STAMP)
+	@for tool in go protoc-gen-go protoc-gen-go-grpc; do command -v $$tool >/dev/null || \
+		{ echo "go-client: $$tool is missing: run 'make system-deps' (as root)" >&2; exit 1; }; done
+	$(BIN)/buf generate
+	GO111MODULE=off GOFLAGS= CGO_ENABLED=0 GOPATH=$(CURDIR)/$(GO_DIR):/usr/share/gocode \
+		GOCACHE=$(CURDIR)/$(GO_DIR)/cache go build -o $(GO_DIR)/bin/go-client ./examples/go-client
 
 docs-api: bootstrap
 	$(BIN)/python scripts/gen_api_reference.py
