@@ -8,7 +8,7 @@ from hevlayer.common.errors import InvalidArgument, ServiceError
 from hevlayer.gateway.cache import ResilientCache
 from hevlayer.gateway.chunkstore import ChunkStore
 from hevlayer.gateway.claimer_client import ClaimerClient
-from hevlayer.gateway.indexing import VectorWriter, as_sink_failure
+from hevlayer.gateway.indexing import VectorWriter
 from hevlayer.gateway.staging import forget_documents
 
 MAX_DELETE = 10_000
@@ -46,5 +46,5 @@ async def delete_documents(
     try:
         await sink.delete_documents(pipeline.target_namespace, ids)
     except ServiceError as error:
-        raise as_sink_failure(error) from None
+        raise writer.sink_failure(pipeline, "delete", error) from None
     return deleted

@@ -65,6 +65,14 @@ WRITTEN_DOCUMENTS = Counter(
 QUERIES = Counter(
     "hevlayer_gateway_queries_total", "Queries answered, by kind (text, vector).", ["kind"], registry=REGISTRY
 )
+SINK_OPERATIONS = ("open", "describe", "write", "delete", "query")
+SINK_ERRORS = Counter(
+    "hevlayer_gateway_sink_errors_total",
+    "Failed sink calls, by sink kind and operation (open, describe, write, delete, query); sink "
+    "refusals of invalid input (INVALID_ARGUMENT) are not counted.",
+    ["sink", "operation"],
+    registry=REGISTRY,
+)
 
 
 @dataclass
@@ -127,13 +135,24 @@ class VectorWriter:
     def __init__(self, claimer: ClaimerClient, sinks: SinkPool) -> None:
         self.claimer = claimer
         self.sinks = sinks
+        # The default sink's error series exist at 0 from the start, so that an alert on
+        # increase() sees the first failure.
+        for operation in SINK_OPERATIONS:
+            SINK_ERRORS.labels(sinks.resolve().value, operation)
+
+    def sink_failure(self, pipeline: PipelineInfo, operation: str, error: ServiceError) -> ServiceError:
+        """The error to raise for a failed sink call (see :func:`as_sink_failure`), counted in
+        ``hevlayer_gateway_sink_errors_total`` unless it refuses invalid input."""
+        if not isinstance(error, InvalidArgument):
+            SINK_ERRORS.labels(self.sinks.resolve(sink_kind(pipeline)).value, operation).inc()
+        return as_sink_failure(error)
 
     async def sink_for(self, pipeline: PipelineInfo) -> Sink:
         """The pipeline's sink; UNAVAILABLE (SINK_UNAVAILABLE) if it cannot be opened."""
         try:
             return await self.sinks.get(sink_kind(pipeline))
         except ServiceError as error:
-            raise as_sink_failure(error) from None
+            raise self.sink_failure(pipeline, "open", error) from None
 
     async def write(self, pipeline: PipelineInfo, documents: Sequence[DocumentVectors]) -> list[WriteOutcome]:
         """Write a batch of complete documents; one outcome per document, in order.
@@ -202,7 +221,7 @@ class VectorWriter:
             try:
                 existing = await sink.describe_namespace(namespace)
             except ServiceError as error:
-                raise as_sink_failure(error) from None
+                raise self.sink_failure(pipeline, "describe", error) from None
             dimension = pipeline.dimension or (existing.dimension if existing else 0)
             if not dimension:
                 dimension = next((len(documents[i].rows[0].values) for i in pending if documents[i].rows), 0)
@@ -230,7 +249,7 @@ class VectorWriter:
                         )
                     writable = [i for i in writable if i not in culprits]
                 except ServiceError as error:
-                    raise as_sink_failure(error) from None
+                    raise self.sink_failure(pipeline, "write", error) from None
             if writable and spec is not None and pipeline.dimension == 0:
                 await self._record_dimension(pipeline, dimension)
 
@@ -275,6 +294,7 @@ class VectorWriter:
                     sink = await self.sink_for(pipeline)
                     await sink.delete_documents(pipeline.target_namespace, gone)
                 except ServiceError as error:
+                    self.sink_failure(pipeline, "delete", error)
                     log.warning("could not delete rows of deleted documents %s: %s", gone[:5], error.message)
 
         result = [outcomes[i] for i in range(len(documents))]
@@ -410,4 +430,4 @@ class Searcher:
         try:
             return await sink.query(pipeline.target_namespace, vector, top_k, filter_values or None)
         except ServiceError as error:
-            raise as_sink_failure(error) from None
+            raise self.writer.sink_failure(pipeline, "query", error) from None

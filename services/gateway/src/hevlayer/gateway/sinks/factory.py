@@ -49,9 +49,13 @@ class SinkPool:
         self._sinks: dict[SinkKind, Sink] = {}
         self._lock = asyncio.Lock()
 
+    def resolve(self, kind: SinkKind | None = None) -> SinkKind:
+        """``kind``, or the default sink's kind for ``None``."""
+        return kind or self._settings.default_sink
+
     async def get(self, kind: SinkKind | None = None) -> Sink:
         """The sink of ``kind`` (``None``: the default), opening it if needed."""
-        kind = kind or self._settings.default_sink
+        kind = self.resolve(kind)
         sink = self._sinks.get(kind)
         if sink is not None:
             return sink
