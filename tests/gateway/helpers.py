@@ -3,28 +3,78 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
+import math
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from concurrent import futures
 from typing import Any
 from xml.etree import ElementTree
 
+import grpc
 from google.rpc import error_details_pb2
 from grpc import aio
 from prometheus_client.parser import text_string_to_metric_families
 
 from hevlayer.api.document.v1 import document_pb2
+from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
 from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack import SeaweedS3
+from hevlayer.devstack.ports import free_port
 
 WORKER = "gpu-worker-0"
 CLAIM_STAGE = "embedding"
+DIM = 4
+"""The dimension of the stand-in embedding service's vectors."""
+
+
+def embed(text: str) -> list[float]:
+    """A deterministic unit vector for ``text`` (what :class:`FakeEmbedder` answers)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    values = [digest[i] - 127.5 for i in range(DIM)]
+    norm = math.sqrt(sum(v * v for v in values))
+    return [v / norm for v in values]
+
+
+class FakeEmbedder(embedding_pb2_grpc.EmbeddingServiceServicer):
+    """A stand-in EmbeddingService: ``embed`` of each text."""
+
+    def Embed(
+        self, request_iterator: Iterator[embedding_pb2.EmbedRequest], context: grpc.ServicerContext
+    ) -> Iterator[embedding_pb2.EmbedResponse]:
+        for request in request_iterator:
+            yield embedding_pb2.EmbedResponse(
+                embeddings=[embedding_pb2.Embedding(values=embed(text)) for text in request.texts]
+            )
+
+    def DescribeModel(
+        self, request: embedding_pb2.DescribeModelRequest, context: grpc.ServicerContext
+    ) -> embedding_pb2.DescribeModelResponse:
+        return embedding_pb2.DescribeModelResponse(
+            model="fake", dimension=DIM, max_batch_size=64, normalized=True
+        )
+
+
+@contextlib.contextmanager
+def fake_embedder() -> Iterator[str]:
+    """A :class:`FakeEmbedder` gRPC server on a free port; its address."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(FakeEmbedder(), server)
+    address = f"127.0.0.1:{free_port()}"
+    server.add_insecure_port(address)
+    server.start()
+    try:
+        yield address
+    finally:
+        server.stop(0)
 
 
 def unique(prefix: str = "p") -> str:

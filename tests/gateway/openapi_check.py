@@ -32,10 +32,11 @@ def errors(value: Any, schema: dict[str, Any], document: dict[str, Any], path: s
     if "$ref" in schema:
         name = schema["$ref"].rsplit("/", 1)[-1]
         return errors(value, document["components"]["schemas"][name], document, path)
+    found: list[str] = []
     if "oneOf" in schema:
         matching = [s for s in schema["oneOf"] if not errors(value, s, document, path)]
-        return [] if len(matching) == 1 else [f"{path}: matches {len(matching)} of oneOf, not exactly 1"]
-    found: list[str] = []
+        if len(matching) != 1:
+            found.append(f"{path}: matches {len(matching)} of oneOf, not exactly 1")
     kinds = schema.get("type")
     if kinds is not None:
         names = kinds if isinstance(kinds, list) else [kinds]
@@ -73,6 +74,14 @@ def response_schema(document: dict[str, Any], path: str, method: str, status: in
     answer = operation["responses"][str(status)]
     content = answer["content"]
     schema: dict[str, Any] = content.get("application/json", content.get("text/plain"))["schema"]
+    return schema
+
+
+def request_schema(document: dict[str, Any], path: str, method: str) -> dict[str, Any]:
+    """The JSON schema of a documented request body."""
+    schema: dict[str, Any] = document["paths"][path][method.lower()]["requestBody"]["content"][
+        "application/json"
+    ]["schema"]
     return schema
 
 

@@ -5,22 +5,28 @@ text (through a stand-in embedding service)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import math
 import time
 from collections.abc import AsyncIterator, Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
 import pytest
 from gateway.conftest import GatewayStack, start_stack
-from gateway.helpers import claim, create_pipeline, document, get_document, stage, violations
+from gateway.helpers import (
+    DIM,
+    claim,
+    create_pipeline,
+    document,
+    embed,
+    fake_embedder,
+    get_document,
+    stage,
+    violations,
+)
 from google.protobuf import field_mask_pb2
 from grpc import aio
 
 from hevlayer.api.document.v1 import document_pb2
-from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from hevlayer.api.index.v1 import index_pb2 as ix
 from hevlayer.api.index.v1 import index_pb2_grpc
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
@@ -28,47 +34,11 @@ from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.ports import free_port
 
-DIM = 4
-
-
-def embed(text: str) -> list[float]:
-    """A deterministic unit vector for ``text``."""
-    digest = hashlib.sha256(text.encode()).digest()
-    values = [digest[i] - 127.5 for i in range(DIM)]
-    norm = math.sqrt(sum(v * v for v in values))
-    return [v / norm for v in values]
-
-
-class FakeEmbedder(embedding_pb2_grpc.EmbeddingServiceServicer):
-    """A stand-in EmbeddingService: ``embed`` of each text."""
-
-    def Embed(
-        self, request_iterator: Iterator[embedding_pb2.EmbedRequest], context: grpc.ServicerContext
-    ) -> Iterator[embedding_pb2.EmbedResponse]:
-        for request in request_iterator:
-            yield embedding_pb2.EmbedResponse(
-                embeddings=[embedding_pb2.Embedding(values=embed(text)) for text in request.texts]
-            )
-
-    def DescribeModel(
-        self, request: embedding_pb2.DescribeModelRequest, context: grpc.ServicerContext
-    ) -> embedding_pb2.DescribeModelResponse:
-        return embedding_pb2.DescribeModelResponse(
-            model="fake", dimension=DIM, max_batch_size=64, normalized=True
-        )
-
 
 @pytest.fixture(scope="module")
 def embedder_address() -> Iterator[str]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(FakeEmbedder(), server)
-    address = f"127.0.0.1:{free_port()}"
-    server.add_insecure_port(address)
-    server.start()
-    try:
+    with fake_embedder() as address:
         yield address
-    finally:
-        server.stop(0)
 
 
 @pytest.fixture(scope="module")

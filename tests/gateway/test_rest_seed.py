@@ -371,7 +371,7 @@ def test_openapi_document(gateway_stack: GatewayStack, spec: dict[str, Any]) -> 
 
     routes = {
         (route.method.lower(), route.path)
-        for route in RestApi(None, None, None, None).routes()  # type: ignore[arg-type]
+        for route in RestApi(None, None, None, None, None).routes()  # type: ignore[arg-type]
     }
     documented = {(method, path) for path, item in spec["paths"].items() for method in item}
     assert routes == documented

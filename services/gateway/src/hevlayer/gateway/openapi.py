@@ -260,6 +260,50 @@ SCHEMAS: dict[str, Any] = {
         },
         ["pipeline_id", "document_id", "outcome", "vectors_written"],
     ),
+    "QueryRequest": _obj(
+        {
+            "text": {
+                **STR,
+                "description": "Text, embedded by the embedding service before searching. Exactly one of "
+                "text and vector.",
+            },
+            "vector": {
+                "type": "array",
+                "items": {"type": "number"},
+                "description": "A query vector of the pipeline's dimension. Exactly one of text and vector.",
+            },
+            "top_k": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 1000,
+                "default": 10,
+                "description": "Number of hits, 1 to 1000 (0 or absent: 10).",
+            },
+            "filter": {
+                "type": "object",
+                "additionalProperties": {"type": ["string", "number", "boolean"]},
+                "description": "Equality filter on attributes: every key must equal its value (AND).",
+            },
+        },
+        additionalProperties=False,
+        oneOf=[{"required": ["text"]}, {"required": ["vector"]}],
+    ),
+    "QueryHit": _obj(
+        {
+            "document_id": STR,
+            "chunk_id": STR,
+            "score": {"type": "number", "description": "Higher is better (1 - distance for cosine)."},
+            "attributes": {
+                **JSON_OBJECT,
+                "description": "Stored beside the vector: text, the chunk's metadata, document_id, chunk_id.",
+            },
+        },
+        ["document_id", "chunk_id", "score", "attributes"],
+    ),
+    "QueryResponse": _obj(
+        {"pipeline_id": STR, "hits": {"type": "array", "items": _ref("QueryHit")}},
+        ["pipeline_id", "hits"],
+    ),
 }
 
 _ERRORS = {
@@ -271,9 +315,14 @@ _ERRORS = {
 }
 
 
-def _errors(*codes: str) -> dict[str, Any]:
+def _errors(*codes: str, **descriptions: str) -> dict[str, Any]:
+    """Error answers; ``descriptions`` (``e409=...``) replace the generic ones."""
     return {
-        code: {"description": _ERRORS[code], "content": {JSON: {"schema": _ref("Error")}}} for code in codes
+        code: {
+            "description": descriptions.get(f"e{code}", _ERRORS[code]),
+            "content": {JSON: {"schema": _ref("Error")}},
+        }
+        for code in codes
     }
 
 
@@ -398,6 +447,28 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {
                     "200": _json("The document is indexed.", _ref("VectorsResponse")),
                     **_errors("400", "404", "409", "500", "502"),
+                },
+            }
+        },
+        p + "/query": {
+            "post": {
+                "operationId": "query",
+                "summary": "Search the pipeline's index by text or by vector (IndexService.Query).",
+                "parameters": [PIPELINE_ID],
+                "requestBody": _body(_ref("QueryRequest")),
+                "responses": {
+                    "200": _json("Hits, best first (possibly none).", _ref("QueryResponse")),
+                    **_errors(
+                        "400",
+                        "404",
+                        "409",
+                        "500",
+                        "502",
+                        e400="Invalid query (the body names the field: text, vector, top_k, filter.<key>).",
+                        e404="Pipeline not found.",
+                        e409="A text query, but the gateway has no embedding service (EMBEDDER_ADDRESS).",
+                        e502="The sink or the embedding service failed; retry with backoff.",
+                    ),
                 },
             }
         },

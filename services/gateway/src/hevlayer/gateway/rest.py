@@ -16,6 +16,7 @@ HTTP statuses in one place (:func:`http_status`).
 |                                             | (create_missing) DocumentState.EnqueueIds |
 | ``GET /v2/pipelines/{id}/documents/{doc_id}/chunks`` | staging: ChunkReader.read |
 | ``PUT /v2/pipelines/{id}/documents/{doc_id}/vectors`` | indexing: VectorWriter.write |
+| ``POST /v2/pipelines/{id}/query`` | indexing: Searcher.query (IndexService.Query) |
 | ``GET /v2/metrics`` | the gateway's metrics + ``layer_pipeline_stage_count`` |
 """
 
@@ -56,7 +57,7 @@ from hevlayer.gateway.convert import (
     python_to_struct,
     timestamp_json,
 )
-from hevlayer.gateway.indexing import DocumentVectors, VectorWriter
+from hevlayer.gateway.indexing import DocumentVectors, Query, Searcher, VectorWriter
 from hevlayer.gateway.openapi import openapi_document
 from hevlayer.gateway.sinks import JSONValue, Row
 from hevlayer.gateway.staging import ChunkReader, Stager
@@ -286,12 +287,18 @@ class RestApi:
     """The REST routes of the gateway."""
 
     def __init__(
-        self, claimer: ClaimerClient, stager: Stager, reader: ChunkReader, writer: VectorWriter
+        self,
+        claimer: ClaimerClient,
+        stager: Stager,
+        reader: ChunkReader,
+        writer: VectorWriter,
+        searcher: Searcher,
     ) -> None:
         self.claimer = claimer
         self.stager = stager
         self.reader = reader
         self.writer = writer
+        self.searcher = searcher
 
     def routes(self) -> list[web.RouteDef]:
         """Every route, for :meth:`hevlayer.common.server.ServiceApp.add_routes`."""
@@ -305,6 +312,7 @@ class RestApi:
             web.put(p + "/documents/{document_id}", _handler(self.stage_document)),
             web.get(p + "/documents/{document_id}/chunks", _handler(self.chunks)),
             web.put(p + "/documents/{document_id}/vectors", _handler(self.vectors)),
+            web.post(p + "/query", _handler(self.query)),
             web.get("/v2/metrics", _handler(self.metrics)),
             web.get("/v2/openapi.json", _handler(self.openapi)),
         ]
@@ -584,6 +592,61 @@ class RestApi:
             }
         )
 
+    async def query(self, request: web.Request) -> web.Response:
+        """POST .../query: search the pipeline's index by ``text`` or by ``vector``.
+
+        The same core as IndexService.Query: ``top_k`` 1 to 1000 (0 or
+        absent: 10), ``filter`` an equality filter on attributes; hits best
+        first with the attributes stored beside each vector (``text``, the
+        chunk's metadata, ``document_id``, ``chunk_id``).
+        """
+        body = await json_body(request)
+        pipeline_id = request.match_info["pipeline_id"]
+        unknown = sorted(set(body) - QUERY_FIELDS)
+        if unknown:
+            raise InvalidArgument.field(
+                unknown[0], f"is not a query field (expected {', '.join(sorted(QUERY_FIELDS))})"
+            )
+        text = body.get("text")
+        if text is not None and not isinstance(text, str):
+            raise InvalidArgument.field("text", f"must be a string, got {type(text).__name__}")
+        vector = body.get("vector")
+        if vector is not None:
+            if not isinstance(vector, list):
+                raise InvalidArgument.field("vector", "must be a list of numbers")
+            for index, value in enumerate(vector):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise InvalidArgument.field(f"vector[{index}]", f"must be a number, got {value!r}")
+        filter_values = body.get("filter")
+        if filter_values is None:
+            filter_values = {}
+        elif not isinstance(filter_values, dict):
+            raise InvalidArgument.field("filter", "must be a JSON object of attribute: value")
+        query = Query(
+            text=text,
+            vector=[float(v) for v in vector] if vector is not None else None,
+            top_k=get_int(body, "top_k"),
+            filter=filter_values,
+        )
+        try:
+            hits = await self.searcher.query(pipeline_id, query)
+        except InvalidArgument as error:
+            raise _query_paths(error) from None
+        return web.json_response(
+            {
+                "pipeline_id": pipeline_id,
+                "hits": [
+                    {
+                        "document_id": hit.document_id,
+                        "chunk_id": hit.chunk_id,
+                        "score": hit.score,
+                        "attributes": hit.attributes,
+                    }
+                    for hit in hits
+                ],
+            }
+        )
+
     async def metrics(self, request: web.Request) -> web.Response:
         """GET /v2/metrics: the gateway's metrics and every pipeline's stage counts."""
         registry = CollectorRegistry(auto_describe=False)
@@ -601,6 +664,24 @@ def _string(body: Mapping[str, Any], key: str, path: str) -> str:
     if not isinstance(value, str):
         raise InvalidArgument.field(f"{path}.{key}", f"must be a string, got {type(value).__name__}")
     return value
+
+
+QUERY_FIELDS = frozenset({"text", "vector", "top_k", "filter"})
+
+
+def _query_paths(error: InvalidArgument) -> InvalidArgument:
+    """Name the REST body's fields for the core's ``query`` (the gRPC oneof): ``text`` and ``vector``."""
+    if not any(v.field == "query" for v in error.violations):
+        return error
+    renamed: list[Violation] = []
+    for violation in error.violations:
+        if violation.field == "query":
+            renamed += [Violation("text", violation.description), Violation("vector", violation.description)]
+        else:
+            renamed.append(violation)
+    first = renamed[0]
+    fields = ", ".join(v.field for v in renamed if v.description == first.description)
+    return InvalidArgument(f"{fields}: {first.description}", violations=renamed, reason=error.reason)
 
 
 def _rest_paths(error: ServiceError) -> ServiceError:
