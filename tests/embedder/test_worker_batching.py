@@ -264,3 +264,19 @@ def test_worker_settings() -> None:
     ):
         with pytest.raises(ConfigError, match=variable):
             load_settings(WorkerSettings, env)
+
+
+def test_worker_exclude_pipelines() -> None:
+    env = {
+        "EMBEDDER_GATEWAY_ADDRESS": "127.0.0.1:50051",
+        "EMBEDDER_WORKER_PIPELINES": "*",
+        "EMBEDDER_WORKER_EXCLUDE_PIPELINES": "solo, external-*",
+    }
+    settings = load_settings(WorkerSettings, env)
+    assert settings.exclude_pipelines == ("solo", "external-*")
+    names = ("solo", "solo-2", "external-node-1", "external", "products")
+    assert [p for p in names if settings.works(p)] == ["solo-2", "external", "products"]
+    assert load_settings(WorkerSettings, {**env, "EMBEDDER_WORKER_EXCLUDE_PIPELINES": ""}).works("solo")
+    for bad in ("*", "Bad_Id", "ext*-", "-x*"):
+        with pytest.raises(ConfigError, match="EMBEDDER_WORKER_EXCLUDE_PIPELINES"):
+            load_settings(WorkerSettings, {**env, "EMBEDDER_WORKER_EXCLUDE_PIPELINES": bad})

@@ -132,3 +132,30 @@ async def test_sigterm_finishes_or_releases_what_is_held_and_exits_0(
     start_embedder(service_factory, triton.url, stack.gateway_address, "*")
     await all_indexed(channel, pipeline_id, len(staged))
     assert actual_rows(await index_rows(channel, pipeline_id)) == expected_rows(staged)
+
+
+async def test_every_pipeline_but_the_excluded_ones(
+    stack: WorkerStack, channel: aio.Channel, triton: LocalTriton, service_factory: ServiceFactory
+) -> None:
+    """EMBEDDER_WORKER_PIPELINES=* leaves the pipelines of EMBEDDER_WORKER_EXCLUDE_PIPELINES
+    (ids, or prefixes ending in *) to other workers: their documents are never claimed."""
+    worked, solo, external = unique("worked"), unique("solo"), unique("external")
+    for pipeline_id in (worked, solo, external):
+        await create_pipeline(channel, pipeline_id)
+        await stage(channel, pipeline_id, [document(f"doc-{i}", chunks=2) for i in range(3)])
+    embedder = start_embedder(
+        service_factory,
+        triton.url,
+        stack.gateway_address,
+        "*",
+        EMBEDDER_WORKER_EXCLUDE_PIPELINES=f"{solo},external-*",
+        EMBEDDER_WORKER_REFRESH_SECONDS="0.2",
+    )
+    await all_indexed(channel, worked, 3)
+    # The three pipelines were listed together: the excluded ones were skipped.
+    log = embedder.log_path.read_text(errors="replace")
+    assert f"working a new pipeline: {worked}" in log
+    for pipeline_id in (solo, external):
+        assert f"working a new pipeline: {pipeline_id}" not in log
+        states = await documents(channel, pipeline_id)
+        assert [(s.stage, s.attempts) for s in states] == [("pending", 0)] * 3, pipeline_id

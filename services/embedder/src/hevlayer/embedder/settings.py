@@ -119,6 +119,7 @@ MAX_WORKER_ID_BYTES = 256
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _RESERVED_STAGES = ("pending", "indexed", "failed")
 _PIPELINE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+_PIPELINE_PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,61}\*$")
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,13 @@ class WorkerSettings:
         "Pipelines whose documents this embedder embeds: comma-separated ids, or * for every pipeline "
         "(listed with ListPipelines, re-listed every EMBEDDER_WORKER_REFRESH_SECONDS). Empty: "
         "HEVLAYER_PIPELINE_ID if set, else no worker (the process only serves EmbeddingService).",
+        (),
+    )
+    exclude_pipelines: tuple[str, ...] = setting(
+        "EMBEDDER_WORKER_EXCLUDE_PIPELINES",
+        "With EMBEDDER_WORKER_PIPELINES=*: pipelines this worker leaves to other workers (for example "
+        "workers written in another language): comma-separated ids, or id prefixes ending in * "
+        "(external-*). Ignored when EMBEDDER_WORKER_PIPELINES names pipelines.",
         (),
     )
     operator_pipeline_id: str = setting(
@@ -243,6 +251,16 @@ class WorkerSettings:
     def all_pipelines(self) -> bool:
         return self.pipeline_ids == (ALL_PIPELINES,)
 
+    def works(self, pipeline_id: str) -> bool:
+        """With ``*``: whether ``pipeline_id`` is worked (not named by EMBEDDER_WORKER_EXCLUDE_PIPELINES)."""
+        for pattern in self.exclude_pipelines:
+            if pattern.endswith("*"):
+                if pipeline_id.startswith(pattern[:-1]):
+                    return False
+            elif pipeline_id == pattern:
+                return False
+        return True
+
     @property
     def gateway(self) -> str:
         """The gateway address in effect."""
@@ -255,6 +273,12 @@ class WorkerSettings:
         for pipeline_id in self.pipelines:
             if pipeline_id != ALL_PIPELINES and not _PIPELINE_ID.match(pipeline_id):
                 raise ConfigError(f"EMBEDDER_WORKER_PIPELINES: {pipeline_id!r} is not a valid pipeline id")
+        for pattern in self.exclude_pipelines:
+            if not (_PIPELINE_ID.match(pattern) or _PIPELINE_PREFIX.match(pattern)):
+                raise ConfigError(
+                    f"EMBEDDER_WORKER_EXCLUDE_PIPELINES: {pattern!r} is neither a pipeline id nor an id "
+                    "prefix ending in * (such as external-*)"
+                )
         if self.operator_pipeline_id and not _PIPELINE_ID.match(self.operator_pipeline_id):
             raise ConfigError(
                 f"HEVLAYER_PIPELINE_ID: {self.operator_pipeline_id!r} is not a valid pipeline id"

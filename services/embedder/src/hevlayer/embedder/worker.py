@@ -153,10 +153,11 @@ class Worker:
         worker.start()
 
     async def _follow_pipelines(self) -> None:
-        """EMBEDDER_WORKER_PIPELINES=*: work every pipeline, re-listed periodically."""
+        """EMBEDDER_WORKER_PIPELINES=*: work every pipeline (but those of
+        EMBEDDER_WORKER_EXCLUDE_PIPELINES), re-listed periodically."""
         while not self._draining:
             try:
-                listed = set(await self.gateway.pipeline_ids())
+                listed = {p for p in await self.gateway.pipeline_ids() if self.settings.works(p)}
             except ServiceError as error:
                 log.warning(
                     "ListPipelines failed (%s); retrying", error.message, extra={"error": error.message}
