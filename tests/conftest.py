@@ -34,6 +34,10 @@ import pytest
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3
 from hevlayer.devstack.testing import ServiceFactory, fresh_database
 
+EXTERNAL_PIPELINES = "external-"
+"""Prefix of the pipeline ids that ``live_suite``'s embedder worker leaves alone
+(``EMBEDDER_WORKER_EXCLUDE_PIPELINES``): a test that runs its own worker names its pipelines so."""
+
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
@@ -94,7 +98,9 @@ class LiveSuite:
 
     Every service writes its spans to ``traces`` (JSON lines; see
     ``hevlayer.common.telemetry``). Tests on it make their own pipelines
-    (unique names) and leave the other tests' pipelines alone.
+    (unique names) and leave the other tests' pipelines alone. The embedder
+    worker embeds every pipeline's pending documents except those of
+    pipelines named ``external-*``, which are left to workers a test runs itself.
     """
 
     data_dir: Path
@@ -105,6 +111,11 @@ class LiveSuite:
     http: dict[str, str]
     """Each service's HTTP address (``/metrics``, ``/healthz``; the gateway's REST)."""
     traces: Path
+
+    @property
+    def external_prefix(self) -> str:
+        """Prefix of the pipeline ids the suite's embedder worker leaves to a worker the test runs."""
+        return EXTERNAL_PIPELINES
 
     @property
     def gateway_http(self) -> str:
@@ -147,7 +158,12 @@ def live_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSuite]:
 
     data_dir = tmp_path_factory.mktemp("live-suite") / "data"
     traces = data_dir.parent / "traces.jsonl"
-    env = {"HEVLAYER_TRACES_EXPORTER": f"file:{traces}"}
+    env = {
+        "HEVLAYER_TRACES_EXPORTER": f"file:{traces}",
+        # The suite's embedder worker embeds every pipeline but these: tests of workers written in
+        # other languages (tests/clients) run their own worker on pipelines named external-*.
+        "EMBEDDER_WORKER_EXCLUDE_PIPELINES": f"{EXTERNAL_PIPELINES}*",
+    }
     started = _hevlayer("--data-dir", data_dir, "up", "--detach", env=env, timeout=600)
     if started.returncode != 0:
         up_log = data_dir / "logs" / "up.log"
