@@ -33,7 +33,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 MYPY_TARGETS = $(wildcard libs/common/src/hevlayer/common libs/client/src/hevlayer/client libs/devstack/src/hevlayer/devstack \
 	services/*/src/hevlayer/*) $(if $(wildcard tests/*.py tests/*/*.py),tests) \
-	$(if $(wildcard bench/*.py bench/*/*.py),bench)
+	$(if $(wildcard bench/*.py bench/*/*.py),bench) $(wildcard examples/*/*.py)
 
 .PHONY: help bootstrap system-deps lock-check protos check-protos docs-config docs-api docs lint format test run clean \
 	go-client

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from grpc import aio
@@ -35,7 +35,7 @@ class ServiceClient:
 
     async def _stream(
         self, method: Method, stub: Any, request: Any, timeout: float | None = None
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """Responses of a server- or bidi-streaming call; the call is cancelled when the caller stops."""
         call = stub(request, **self._call_kwargs(method, timeout))
         try:

@@ -11,7 +11,7 @@ every later call, with per-document messages (:class:`LayoutFallback`).
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
 from itertools import repeat
 from typing import Any
 
@@ -118,7 +118,7 @@ class LeasesClient(ServiceClient):
 
     async def stream_leases(
         self, claim: Claim, credits: AsyncIterable[int], initial_credits: int
-    ) -> AsyncIterator[list[Lease]]:
+    ) -> AsyncGenerator[list[Lease], None]:
         """StreamLeases: open with ``initial_credits``, then one credit message per value
         of ``credits``; yields each batch of granted leases. When ``credits`` ends the
         stream is half-closed and ends once the server has finished."""

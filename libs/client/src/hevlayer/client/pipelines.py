@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from google.protobuf import field_mask_pb2
 from grpc import aio
@@ -104,7 +104,7 @@ class PipelinesClient(ServiceClient):
 
     async def watch_status(
         self, pipeline_id: str, *, min_interval_ms: int = 250, timeout: float | None = None
-    ) -> AsyncIterator[pipeline_pb2.PipelineStatus]:
+    ) -> AsyncGenerator[pipeline_pb2.PipelineStatus, None]:
         """The status now, then on every change (at most every ``min_interval_ms``)."""
         request = pipeline_pb2.WatchPipelineStatusRequest(
             pipeline_id=pipeline_id, min_interval_ms=min_interval_ms

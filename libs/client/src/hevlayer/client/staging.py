@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
 
 from grpc import aio
 
@@ -67,7 +67,7 @@ class StagingClient(ServiceClient):
         leases: Iterable[HasLease] = (),
         batch_size: int = STAGE_BATCH,
         timeout: float | None = None,
-    ) -> AsyncIterator[staging_pb2.StageResult]:
+    ) -> AsyncGenerator[staging_pb2.StageResult, None]:
         """Stage ``documents`` through one StageDocuments stream, ``batch_size`` to a
         message; yields one result per document, in order, as the gateway answers.
 
@@ -147,7 +147,7 @@ class StagingClient(ServiceClient):
         stage: str,
         leases: Sequence[HasLease],
         timeout: float | None = None,
-    ) -> AsyncIterator[staging_pb2.ReadChunksResponse]:
+    ) -> AsyncGenerator[staging_pb2.ReadChunksResponse, None]:
         """ReadChunks of documents held in ``stage``, response by response."""
         request = staging_pb2.ReadChunksRequest(
             pipeline_id=pipeline_id, worker_id=worker_id, stage=stage, leases=lease_refs(leases)
@@ -166,7 +166,7 @@ class StagingClient(ServiceClient):
 
     async def list_documents(
         self, pipeline_id: str, *, id_prefix: str = "", stage: str = "", timeout: float | None = None
-    ) -> AsyncIterator[staging_pb2.DocumentState]:
+    ) -> AsyncGenerator[staging_pb2.DocumentState, None]:
         """Documents of the pipeline, optionally by id prefix and stage."""
         request = staging_pb2.ListDocumentsRequest(pipeline_id=pipeline_id, id_prefix=id_prefix, stage=stage)
         async for response in self._stream(_LIST, self._stub.ListDocuments, request, timeout):

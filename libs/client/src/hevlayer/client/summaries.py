@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
 
 from grpc import aio
 
@@ -60,7 +60,7 @@ class SummariesClient(ServiceClient):
 
     async def watch_job(
         self, job_id: str, *, timeout: float | None = None
-    ) -> AsyncIterator[summary_pb2.WatchJobResponse]:
+    ) -> AsyncGenerator[summary_pb2.WatchJobResponse, None]:
         """The job now, then an update per completed directory, until it ends."""
         request = summary_pb2.WatchJobRequest(job_id=job_id)
         async for response in self._stream(_WATCH, self._stub.WatchJob, request, timeout):
