@@ -67,6 +67,10 @@ $(STAMP): $(UV) uv.lock $(PYPROJECTS)
 # Installed with apt-get when missing and root.
 GO_DEB_PACKAGES := golang-go golang-google-grpc-dev golang-google-protobuf-dev \
 	golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc protobuf-compiler
+# promtool (checks and unit-tests deploy/prometheus/ in tests/deploy): a promtool on PATH, else
+# the one in Debian's prometheus package, taken out with apt-get download + dpkg-deb into
+# $(PROMTOOL), never installed (installing the package would start a Prometheus server on :9090).
+PROMTOOL := $(TOOLS)/prometheus/promtool
 system-deps:
 	@if ! command -v redis-server >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -85,6 +89,21 @@ system-deps:
 				$(GO_DEB_PACKAGES) >/dev/null; \
 		else \
 			echo "Go packages are missing: apt-get install $(GO_DEB_PACKAGES)" >&2; exit 1; \
+		fi; \
+	fi
+	@if ! command -v promtool >/dev/null 2>&1 && [ ! -x $(PROMTOOL) ]; then \
+		if command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1; then \
+			echo "extracting promtool from Debian's prometheus package (apt-get download)"; \
+			tmp=$$(mktemp -d); \
+			( cd $$tmp && apt-get download -qq -o APT::Sandbox::User=root prometheus ) 2>/dev/null || \
+			{ [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+				( cd $$tmp && apt-get download -qq -o APT::Sandbox::User=root prometheus ); } || \
+			{ rm -rf $$tmp; echo "promtool is missing and apt-get download prometheus failed" >&2; exit 1; }; \
+			dpkg-deb -x $$tmp/prometheus_*.deb $$tmp/root && \
+			install -D -m 0755 $$tmp/root/usr/bin/promtool $(PROMTOOL); \
+			rm -rf $$tmp; \
+		else \
+			echo "promtool is missing: install Prometheus' promtool on PATH" >&2; exit 1; \
 		fi; \
 	fi
 
