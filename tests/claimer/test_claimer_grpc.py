@@ -700,3 +700,101 @@ async def test_watch_status_follows_claims(channel: aio.Channel) -> None:
     assert update.status.pending_count == 1
     assert update.status.version > first.status.version
     call.cancel()
+
+
+TRACE_A = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TRACE_B = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def test_leases_carry_the_staging_trace_parent(channel: aio.Channel) -> None:
+    """RecordStaged stores each record's trace context; every lease of the document hands it
+    back (both layouts) until the document is staged again or re-enqueued without one."""
+    pid = await new_pipeline(channel)
+    docs = document_state_pb2_grpc.DocumentStateServiceStub(channel)
+    await docs.RecordStaged(
+        dpb.RecordStagedRequest(
+            pipeline_id=pid,
+            records=[
+                dpb.StagedRecord(document_id="a", backing="s3://x/a", trace_parent=TRACE_A),
+                dpb.StagedRecord(document_id="b", backing="s3://x/b", trace_parent=TRACE_B),
+                dpb.StagedRecord(document_id="c", backing="s3://x/c"),
+            ],
+        )
+    )
+    stub = lease_pb2_grpc.LeaseServiceStub(channel)
+    columns = (await stub.ClaimDocuments(claim_request(pid, 10, "w"))).lease_columns
+    by_id = dict(zip(columns.document_ids, columns.trace_parents, strict=True))
+    assert by_id == {"a": TRACE_A, "b": TRACE_B, "c": ""}
+
+    # released and claimed again: still the staging trace (one journey), in the message layout
+    await stub.TransitionDocuments(
+        lpb.TransitionDocumentsRequest(
+            pipeline_id=pid,
+            document_columns=lpb.LeaseRefColumns(
+                document_ids=columns.document_ids, fencing_tokens=columns.fencing_tokens
+            ),
+            from_stage="embedding",
+            worker_id="w",
+            to_stage="pending",
+        )
+    )
+    leases = (await stub.ClaimDocuments(claim_request(pid, 10, "w", lpb.LEASE_LAYOUT_UNSPECIFIED))).leases
+    assert {x.document_id: x.trace_parent for x in leases} == {"a": TRACE_A, "b": TRACE_B, "c": ""}
+
+    # re-staged with another context, or re-enqueued as a lightweight id: the old one is gone
+    await docs.RecordStaged(
+        dpb.RecordStagedRequest(
+            pipeline_id=pid,
+            records=[dpb.StagedRecord(document_id="a", backing="s3://x/a2", trace_parent=TRACE_B)],
+        )
+    )
+
+    async def enqueue() -> AsyncIterator[dpb.EnqueueIdsRequest]:
+        yield dpb.EnqueueIdsRequest(
+            batch=staging_pb2.EnqueueDocumentsRequest(
+                pipeline_id=pid, documents=[staging_pb2.EnqueuedDocument(document_id="b")]
+            )
+        )
+
+    await docs.EnqueueIds(enqueue())
+    columns = (await stub.ClaimDocuments(claim_request(pid, 10, "w"))).lease_columns
+    assert dict(zip(columns.document_ids, columns.trace_parents, strict=True)) == {"a": TRACE_B, "b": ""}
+
+    # no document with a trace context: no column at all
+    pid = await new_pipeline(channel)
+    await stage_docs(channel, pid, ["x", "y"])
+    columns = (await stub.ClaimDocuments(claim_request(pid, 10, "w"))).lease_columns
+    assert len(columns.document_ids) == 2
+    assert not columns.trace_parents
+
+
+async def test_trace_parents_are_validated(channel: aio.Channel) -> None:
+    pid = await new_pipeline(channel)
+    docs = document_state_pb2_grpc.DocumentStateServiceStub(channel)
+    with pytest.raises(aio.AioRpcError) as caught:
+        await docs.RecordStaged(
+            dpb.RecordStagedRequest(
+                pipeline_id=pid,
+                records=[
+                    dpb.StagedRecord(document_id="a"),
+                    dpb.StagedRecord(document_id="b", trace_parent="0" * 600),
+                ],
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(caught.value) == ["records[1].trace_parent"]
+    stub = lease_pb2_grpc.LeaseServiceStub(channel)
+    with pytest.raises(aio.AioRpcError) as caught:
+        await stub.TransitionDocuments(
+            lpb.TransitionDocumentsRequest(
+                pipeline_id=pid,
+                document_columns=lpb.LeaseRefColumns(
+                    document_ids=["a", "b"], fencing_tokens=[1, 2], trace_parents=[TRACE_A]
+                ),
+                from_stage="embedding",
+                worker_id="w",
+                to_stage="indexed",
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(caught.value) == ["document_columns.trace_parents"]

@@ -62,3 +62,30 @@ def test_encoded_transition_results_parse_back(rows: list[tuple[str, int, int]])
     data = encode_transition_results(ids, [row[1] for row in rows], [row[2] for row in rows])
     parsed = lease_pb2.TransitionDocumentsResponse.FromString(data)
     assert [(r.document_id, r.outcome, r.fencing_token) for r in parsed.results] == rows
+
+
+TRACE_PARENTS = st.sampled_from(
+    ["", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "00-%d-%%-00", "x" * 200]
+)
+
+
+@given(
+    st.lists(st.tuples(IDS, TOKENS, st.text(max_size=5), TRACE_PARENTS), max_size=30)
+    | st.lists(st.tuples(IDS, TOKENS, st.just("h"), TRACE_PARENTS.filter(bool)), max_size=30)
+)
+def test_encoded_leases_carry_trace_parents(rows: list[tuple[str, int, str, str]]) -> None:
+    ids, tokens, hashes, parents = (list(column) for column in zip(*rows, strict=True)) if rows else ([],) * 4
+    expires = datetime(2030, 1, 1, tzinfo=UTC)
+    data = encode_leases(
+        "embedding", "w", expires, ids, tokens, [1] * len(ids), hashes, [0] * len(ids), parents
+    )
+    parsed = lease_pb2.ClaimDocumentsResponse.FromString(data)
+    assert [
+        (lease.document_id, lease.fencing_token, lease.content_hash, lease.trace_parent)
+        for lease in parsed.leases
+    ] == rows
+    # without the column every lease's trace_parent is empty
+    bare = lease_pb2.ClaimDocumentsResponse.FromString(
+        encode_leases("embedding", "w", expires, ids, tokens, [1] * len(ids), hashes, [0] * len(ids))
+    )
+    assert [lease.trace_parent for lease in bare.leases] == [""] * len(ids)

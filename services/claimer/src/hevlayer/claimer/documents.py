@@ -24,6 +24,7 @@ from hevlayer.claimer.leases import require_segments
 from hevlayer.claimer.segments import SegmentQueue
 from hevlayer.claimer.txn import Clock, RetryTransaction, Work, pipeline_config, run, system_clock
 from hevlayer.common.errors import InvalidArgument, NotFound
+from hevlayer.common.telemetry import MAX_TRACE_PARENT_BYTES
 
 SCAN_BATCH = 1000
 
@@ -32,18 +33,20 @@ _STATE_COLUMNS = (
     "content_hash, chunk_count, update_time"
 )
 
+# $7: the trace context of each record ('' stores NULL).
 RECORD_STAGED_SQL = """
 INSERT INTO documents AS d (pipeline_id, document_id, stage, fencing_token, content_hash, backing,
-                            chunk_count, update_time)
+                            chunk_count, update_time, trace_parent)
 SELECT $1, u.document_id, 'pending', nextval('fencing_token_seq'), u.content_hash, u.backing,
-       u.chunk_count, $6
-FROM unnest($2::text[], $3::text[], $4::text[], $5::int[])
-     AS u(document_id, content_hash, backing, chunk_count)
+       u.chunk_count, $6, NULLIF(u.trace_parent, '')
+FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $7::text[])
+     AS u(document_id, content_hash, backing, chunk_count, trace_parent)
 ON CONFLICT (pipeline_id, document_id) DO UPDATE SET
     stage = 'pending', claimed_by = NULL, claimed_at = NULL, lease_expires_at = NULL,
     fencing_token = EXCLUDED.fencing_token, attempts = 0, lease_expiries = 0, last_error = '',
     content_hash = EXCLUDED.content_hash, backing = EXCLUDED.backing,
-    chunk_count = EXCLUDED.chunk_count, update_time = EXCLUDED.update_time
+    chunk_count = EXCLUDED.chunk_count, update_time = EXCLUDED.update_time,
+    trace_parent = EXCLUDED.trace_parent
 RETURNING d.document_id, d.fencing_token, (d.xmax = 0) AS inserted
 """
 
@@ -55,7 +58,7 @@ ON CONFLICT (pipeline_id, document_id) DO UPDATE SET
     stage = EXCLUDED.stage, claimed_by = NULL, claimed_at = NULL, lease_expires_at = NULL,
     fencing_token = EXCLUDED.fencing_token, attempts = 0, lease_expiries = 0, last_error = '',
     content_hash = CASE WHEN EXCLUDED.content_hash <> '' THEN EXCLUDED.content_hash ELSE d.content_hash END,
-    update_time = EXCLUDED.update_time
+    update_time = EXCLUDED.update_time, trace_parent = NULL
 WHERE NOT ($6 AND EXCLUDED.content_hash <> '' AND d.content_hash = EXCLUDED.content_hash
            AND d.stage <> 'failed')
 RETURNING 1
@@ -72,6 +75,8 @@ class StagedRecord:
     chunk_count: int = 0
     lease_token: int = 0
     """A lease the stager holds on the document (0: none); staging ends it."""
+    trace_parent: str = ""
+    """W3C trace context of the staging span ("": none), handed to workers with its leases."""
 
 
 @dataclass(frozen=True)
@@ -227,6 +232,7 @@ class DocumentStore:
             v.max_bytes(record.backing, v.MAX_BACKING_BYTES, f"records[{i}].backing")
             if record.chunk_count < 0:
                 raise InvalidArgument.field(f"records[{i}].chunk_count", "must be >= 0")
+            v.max_bytes(record.trace_parent, MAX_TRACE_PARENT_BYTES, f"records[{i}].trace_parent")
         ids = [r.document_id for r in records]
 
         async def body(conn: asyncpg.Connection, work: Work) -> StagedBatch:
@@ -263,6 +269,7 @@ class DocumentStore:
                     [r.backing for r in todo],
                     [r.chunk_count for r in todo],
                     self.clock(),
+                    [r.trace_parent for r in todo],
                 )
                 for doc, token, inserted in rows:
                     if not inserted and doc not in previous:

@@ -44,7 +44,9 @@ class DocumentStateServicer(document_state_pb2_grpc.DocumentStateServiceServicer
         batch = await self._documents.record_staged(
             request.pipeline_id,
             [
-                StagedRecord(r.document_id, r.content_hash, r.backing, r.chunk_count, r.lease_token)
+                StagedRecord(
+                    r.document_id, r.content_hash, r.backing, r.chunk_count, r.lease_token, r.trace_parent
+                )
                 for r in request.records
             ],
             skip_unchanged=request.skip_unchanged,

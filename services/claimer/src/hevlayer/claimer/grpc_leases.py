@@ -5,25 +5,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import operator
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import cast
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from grpc import aio
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from hevlayer.api.document.v1.document_pb2 import LeaseRef
 from hevlayer.api.lease.v1 import lease_pb2 as pb
 from hevlayer.claimer import validation as v
-from hevlayer.claimer.leases import Claimed, ClaimRequest, LeaseStore
+from hevlayer.claimer.leases import Claimed, ClaimRequest, LeaseStore, Outcome
 from hevlayer.claimer.pipelines import validate_pipeline_id
 from hevlayer.claimer.status_watch import StatusNotifier
 from hevlayer.claimer.wire import encode_leases, encode_transition_results
 from hevlayer.common.encoded import Encoded
 from hevlayer.common.errors import InvalidArgument
+from hevlayer.common.telemetry import DOCUMENT_TRANSITION_SPAN, MAX_TRACE_PARENT_BYTES, context_of
 
 _DOCUMENT_ID = operator.attrgetter("document_id")
 _FENCING_TOKEN = operator.attrgetter("fencing_token")
+_TRACE_PARENT = operator.attrgetter("trace_parent")
+_tracer = trace.get_tracer("hevlayer.claimer")
 
 
 def _refs(refs: Iterable[LeaseRef]) -> tuple[list[str], list[int]]:
@@ -59,6 +65,7 @@ def claimed_columns(claimed: Claimed) -> pb.LeaseColumns:
         attempts=claimed.attempts,
         content_hashes=claimed.content_hashes,
         chunk_counts=claimed.chunk_counts,
+        trace_parents=claimed.trace_parents if any(claimed.trace_parents) else (),
     )
 
 
@@ -77,6 +84,67 @@ def _request_refs(
     return ids, tokens, messages_field
 
 
+def _request_trace_parents(request: pb.TransitionDocumentsRequest, refs_field: str, count: int) -> list[str]:
+    """The trace contexts a transition names per document (``[]`` when none): the
+    ``trace_parents`` column, or each LeaseRef's ``trace_parent``; INVALID_ARGUMENT if the
+    column has neither zero nor one entry per document."""
+    if refs_field == "document_columns":
+        parents = list(request.document_columns.trace_parents)
+        if parents and len(parents) != count:
+            raise InvalidArgument.field(
+                "document_columns.trace_parents",
+                f"must have as many entries as document_ids ({count}) or none, got {len(parents)}",
+            )
+    else:
+        parents = list(map(_TRACE_PARENT, request.documents))
+    if not any(parents):
+        return []
+    for i, parent in enumerate(parents):
+        field = (
+            f"document_columns.trace_parents[{i}]"
+            if refs_field == "document_columns"
+            else (f"documents[{i}].trace_parent")
+        )
+        v.max_bytes(parent, MAX_TRACE_PARENT_BYTES, field)
+    return parents
+
+
+def record_transitions(
+    request: pb.TransitionDocumentsRequest,
+    ids: list[str],
+    parents: list[str],
+    outcomes: list[Outcome],
+    start_ns: int,
+) -> None:
+    """One ``document.transition`` span per document that names its trace (a child of
+    that trace context, linked to this call's span), for the trace of the document's
+    journey (docs/operations.md). Only callers that send trace contexts (the gateway
+    writing vectors) pay for these spans."""
+    call = trace.get_current_span().get_span_context()
+    links = [trace.Link(call)] if call.is_valid else None
+    end_ns = time.time_ns()
+    for document_id, parent, outcome in zip(ids, parents, outcomes, strict=True):
+        if not parent:
+            continue
+        span = _tracer.start_span(
+            DOCUMENT_TRANSITION_SPAN,
+            context=context_of(parent),
+            links=links,
+            start_time=start_ns,
+            attributes={
+                "hevlayer.pipeline_id": request.pipeline_id,
+                "hevlayer.document_id": document_id,
+                "hevlayer.from_stage": request.from_stage,
+                "hevlayer.to_stage": request.to_stage,
+                "hevlayer.worker_id": request.worker_id,
+                "hevlayer.outcome": outcome.name.lower(),
+            },
+        )
+        if outcome is not Outcome.MOVED:
+            span.set_status(Status(StatusCode.ERROR, f"not moved: {outcome.name}"))
+        span.end(end_time=end_ns)
+
+
 def claimed_bytes(claimed: Claimed) -> Encoded:
     """The wire form of ``repeated Lease leases = 1`` for a claim result: a whole
     ClaimDocumentsResponse or StreamLeasesResponse."""
@@ -90,6 +158,7 @@ def claimed_bytes(claimed: Claimed) -> Encoded:
             claimed.attempts,
             claimed.content_hashes,
             claimed.chunk_counts,
+            claimed.trace_parents if any(claimed.trace_parents) else (),
         )
     )
 
@@ -182,6 +251,8 @@ class LeaseServicer:
                     for token, count in zip(segment_tokens, moved.moved, strict=True)
                 ]
             )
+        parents = _request_trace_parents(request, refs_field, len(ids))
+        start_ns = time.time_ns()
         result = await self._store.transition(
             request.pipeline_id,
             request.from_stage,
@@ -192,6 +263,8 @@ class LeaseServicer:
             request.reason,
             refs_field=refs_field,
         )
+        if parents:
+            record_transitions(request, ids, parents, result.outcomes, start_ns)
         if columns:
             return pb.TransitionDocumentsResponse(
                 result_columns=pb.TransitionResultColumns(

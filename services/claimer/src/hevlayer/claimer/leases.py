@@ -70,7 +70,7 @@ UPDATE documents d SET
 WHERE d.pipeline_id = $1
   AND d.document_id = ANY (ARRAY(SELECT document_id FROM expired UNION ALL SELECT document_id FROM fresh))
 RETURNING d.document_id, d.stage, d.fencing_token, d.attempts, d.content_hash, d.chunk_count,
-          (SELECT count(*) FROM expired) AS expired
+          (SELECT count(*) FROM expired) AS expired, coalesce(d.trace_parent, '')
 """
 
 # The documents of a request that the worker holds, found by primary key one
@@ -197,6 +197,8 @@ class Claimed:
     attempts: list[int] = field(default_factory=list)
     content_hashes: list[str] = field(default_factory=list)
     chunk_counts: list[int] = field(default_factory=list)
+    trace_parents: list[str] = field(default_factory=list)
+    """W3C trace context of each document's staging ("" when none was recorded)."""
     expired: int = 0
     """Documents taken back after their lease expired."""
     poisoned: int = 0
@@ -327,12 +329,13 @@ class LeaseStore:
                 if columns[1].count(claim_stage) != len(rows):  # some went to failed
                     leased = [r for r in rows if r[1] == claim_stage]
                     claimed.poisoned = len(rows) - len(leased)
-                    columns = list(zip(*leased, strict=True)) if leased else [()] * 7
+                    columns = list(zip(*leased, strict=True)) if leased else [()] * 8
                 claimed.document_ids = list(columns[0])
                 claimed.fencing_tokens = list(columns[2])
                 claimed.attempts = list(columns[3])
                 claimed.content_hashes = list(columns[4])
                 claimed.chunk_counts = list(columns[5])
+                claimed.trace_parents = list(columns[7])
             segments = self._segment_queue(cfg)
             want = request.limit - len(rows)
             if segments is not None and want > 0:
@@ -345,6 +348,7 @@ class LeaseStore:
                     claimed.attempts.extend(got.attempts)
                     claimed.content_hashes.extend(got.hashes)
                     claimed.chunk_counts.extend([0] * len(got.ids))
+                    claimed.trace_parents.extend([""] * len(got.ids))
                     claimed.expired += got.expired + got.poisoned
                     claimed.poisoned += got.poisoned
             return claimed

@@ -98,6 +98,22 @@ def _optional_varint(
     return template
 
 
+def _optional_string(
+    tag: bytes, values: Sequence[str], template: bytes, columns: list[Sequence[bytes]]
+) -> bytes:
+    """Add a string field that is left out where it is empty to a message template and its
+    columns: in the template when every value is set, formatted per message when some are."""
+    encoded = _encoded(values)
+    if all(encoded):
+        columns += [_lengths(encoded), encoded]
+        return template + tag + b"%b%b"
+    if any(encoded):
+        lengths = _lengths(encoded)
+        columns.append([tag + n + e if e else b"" for n, e in zip(lengths, encoded, strict=True)])
+        return template + b"%b"
+    return template
+
+
 def encode_leases(
     stage: str,
     worker_id: str,
@@ -107,6 +123,7 @@ def encode_leases(
     attempts: Sequence[int],
     hashes: Sequence[str],
     chunk_counts: Sequence[int],
+    trace_parents: Sequence[str] = (),
 ) -> bytes:
     """Wire bytes of ``repeated Lease leases = 1`` (ClaimDocumentsResponse and
     StreamLeasesResponse share that layout).
@@ -114,7 +131,7 @@ def encode_leases(
     Each lease is one ``%`` format of its varying fields into a template that
     holds the shared stage, worker and expiry; a field that is empty in every
     lease is left out of the template, one that is empty in some leases is
-    formatted per lease."""
+    formatted per lease. ``trace_parents`` may be empty (no lease carries one)."""
     if not ids:
         return b""
     stamp = timestamp_pb2.Timestamp()
@@ -124,15 +141,10 @@ def encode_leases(
     # document_id = 1, (stage, worker_id, expires_at), fencing_token = 4, attempts = 6
     template = b"\x0a%b%b" + common.replace(b"%", b"%%") + b"\x20%b\x30%b"
     columns: list[Sequence[bytes]] = [_lengths(encoded), encoded, varints(tokens), varints(attempts)]
-    hash_bytes = _encoded(hashes)
-    if all(hash_bytes):  # content_hash = 7
-        template += b"\x3a%b%b"
-        columns += [_lengths(hash_bytes), hash_bytes]
-    elif any(hash_bytes):
-        template += b"%b"
-        lengths = _lengths(hash_bytes)
-        columns.append([b"\x3a%b%b" % (n, h) if h else b"" for n, h in zip(lengths, hash_bytes, strict=True)])
+    template = _optional_string(b"\x3a", hashes, template, columns)  # content_hash = 7
     template = _optional_varint(b"\x40", chunk_counts, template, columns)  # chunk_count = 8
+    if trace_parents:  # trace_parent = 9 ("" or no list at all: left out)
+        template = _optional_string(b"\x4a", trace_parents, template, columns)
     return _length_delimited(b"\x0a", [template % row for row in zip(*columns, strict=True)])
 
 
