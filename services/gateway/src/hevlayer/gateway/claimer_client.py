@@ -75,6 +75,8 @@ class StagedRecord:
     chunk_count: int
     lease_token: int = 0
     """A lease the stager holds on the document (0: none); staging ends it."""
+    trace_parent: str = ""
+    """W3C trace context of the staging span ("": none): the document's trace starts there."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,7 @@ class ClaimerClient:
                     backing=r.backing,
                     chunk_count=r.chunk_count,
                     lease_token=r.lease_token,
+                    trace_parent=r.trace_parent,
                 )
                 for r in records
             ],
@@ -328,9 +331,12 @@ class ClaimerClient:
         worker_id: str,
         to_stage: str,
         reason: str = "",
+        trace_parents: Sequence[str] = (),
     ) -> list[Transition]:
         """TransitionDocuments for (document id, fencing token) pairs (sent as
-        LeaseRefColumns; as LeaseRefs to a claimer that answers without columns)."""
+        LeaseRefColumns; as LeaseRefs to a claimer that answers without columns).
+        ``trace_parents``: none, or each document's trace context ("" for none), under
+        which the claimer records the document's move (``document.transition``)."""
         request = lease_pb2.TransitionDocumentsRequest(
             pipeline_id=pipeline_id,
             from_stage=from_stage,
@@ -340,9 +346,17 @@ class ClaimerClient:
         )
         ids = [d for d, _ in documents]
         columns = self.columns and bool(ids)
+        traced = any(trace_parents)
         if columns:
             request.document_columns.document_ids.extend(ids)
             request.document_columns.fencing_tokens.extend([t for _, t in documents])
+            if traced:
+                request.document_columns.trace_parents.extend(trace_parents)
+        elif traced:
+            request.documents.extend(
+                document_pb2.LeaseRef(document_id=d, fencing_token=t, trace_parent=p)
+                for (d, t), p in zip(documents, trace_parents, strict=True)
+            )
         else:
             request.documents.extend(
                 document_pb2.LeaseRef(document_id=d, fencing_token=t) for d, t in documents
@@ -357,6 +371,7 @@ class ClaimerClient:
                 worker_id=worker_id,
                 to_stage=to_stage,
                 reason=reason,
+                trace_parents=trace_parents,
             )
         if columns:
             results = response.result_columns

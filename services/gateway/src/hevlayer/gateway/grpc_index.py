@@ -102,7 +102,11 @@ class IndexServicer(index_pb2_grpc.IndexServiceServicer):
                     )
                 if current is None:
                     current = DocumentVectors(
-                        document_id, request.lease.fencing_token, request.worker_id, request.from_stage
+                        document_id,
+                        request.lease.fencing_token,
+                        request.worker_id,
+                        request.from_stage,
+                        trace_parent=request.lease.trace_parent,
                     )
                     if not request.worker_id:
                         current.problem = InvalidArgument.field("worker_id", "is required")

@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from grpc import aio
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from prometheus_client import Counter
 
 from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
@@ -42,11 +44,13 @@ from hevlayer.common.errors import (
     service_error_from_rpc_error,
 )
 from hevlayer.common.metrics import REGISTRY
+from hevlayer.common.telemetry import DOCUMENT_INDEX_SPAN, context_of, traceparent
 from hevlayer.gateway.claimer_client import ClaimerClient, PipelineInfo
 from hevlayer.gateway.sinks import Hit, JSONValue, NamespaceSpec, Row, Scalar, Sink, SinkKind, SinkPool
 from hevlayer.gateway.sinks.base import DistanceMetric, prepare_documents
 
 log = logging.getLogger("hevlayer.gateway.indexing")
+_tracer = trace.get_tracer("hevlayer.gateway")
 
 INDEXED = "indexed"
 DEFAULT_TOP_K = 10
@@ -86,6 +90,9 @@ class DocumentVectors:
     rows: list[Row] = field(default_factory=list)
     problem: ServiceError | None = None
     """Set when the document is malformed as sent (it is rejected unwritten)."""
+    trace_parent: str = ""
+    """The document's trace context as the writer sent it ("": none); its write is
+    recorded there as a ``document.index`` span (docs/operations.md)."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +166,33 @@ class VectorWriter:
 
         Raises UNAVAILABLE (reason SINK_UNAVAILABLE) when the sink fails; no
         document of the batch is then moved to indexed.
+
+        A document sent with a trace context gets a ``document.index`` span in its
+        trace (linked to the calling span), ended with its outcome; its move to
+        indexed is recorded by the claimer as a child of that span.
         """
+        spans = _start_document_spans(pipeline, documents)
+        if not spans:
+            return await self._write(pipeline, documents, {})
+        try:
+            result = await self._write(pipeline, documents, spans)
+        except BaseException as exc:
+            for span in spans.values():
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                span.end()
+            raise
+        for index, span in spans.items():
+            outcome = result[index]
+            span.set_attribute("hevlayer.outcome", outcome.outcome)
+            span.set_attribute("hevlayer.vectors_written", outcome.vectors_written)
+            if outcome.error is not None:
+                span.set_status(Status(StatusCode.ERROR, outcome.error.message))
+            span.end()
+        return result
+
+    async def _write(
+        self, pipeline: PipelineInfo, documents: Sequence[DocumentVectors], spans: Mapping[int, trace.Span]
+    ) -> list[WriteOutcome]:
         outcomes: dict[int, WriteOutcome] = {}
         pending: list[int] = []
         for index, document in enumerate(documents):
@@ -265,6 +298,7 @@ class VectorWriter:
                 from_stage=stage,
                 worker_id=worker_id,
                 to_stage=INDEXED,
+                trace_parents=[traceparent(spans[i]) if i in spans else "" for i in indexes] if spans else (),
             )
             gone: list[str] = []
             for index, move in zip(indexes, moves, strict=True):
@@ -328,6 +362,31 @@ class VectorWriter:
             return
         if not recorded:
             log.debug("the claimer does not record dimensions; the sink namespace holds it")
+
+
+def _start_document_spans(
+    pipeline: PipelineInfo, documents: Sequence[DocumentVectors]
+) -> dict[int, trace.Span]:
+    """A ``document.index`` span per document sent with a trace context (by index), a
+    child of that context, linked to the current span (the WriteVectors call)."""
+    call = trace.get_current_span().get_span_context()
+    links = [trace.Link(call)] if call.is_valid else None
+    return {
+        index: _tracer.start_span(
+            DOCUMENT_INDEX_SPAN,
+            context=context_of(document.trace_parent),
+            links=links,
+            attributes={
+                "hevlayer.pipeline_id": pipeline.id,
+                "hevlayer.document_id": document.document_id,
+                "hevlayer.fencing_token": document.fencing_token,
+                "hevlayer.worker_id": document.worker_id,
+                "hevlayer.vectors": len(document.rows),
+            },
+        )
+        for index, document in enumerate(documents)
+        if document.trace_parent
+    }
 
 
 def _rename(error: InvalidArgument) -> InvalidArgument:

@@ -56,6 +56,7 @@ from hevlayer.common.errors import (
     Violation,
 )
 from hevlayer.common.metrics import REGISTRY
+from hevlayer.common.telemetry import traceparent
 from hevlayer.gateway.cache import ResilientCache
 from hevlayer.gateway.chunkstore import (
     Backing,
@@ -304,6 +305,7 @@ class _Item:
     content_hash: str
     chunk_count: int
     lease_token: int = 0
+    trace_parent: str = ""
 
 
 @dataclass
@@ -387,8 +389,9 @@ class Stager:
 
     # -- staging ---------------------------------------------------------------------------
 
-    def prepare(self, document: document_pb2.Document, lease_token: int = 0) -> _Item:
-        """Encode a valid document into a segment (content hash included)."""
+    def prepare(self, document: document_pb2.Document, lease_token: int = 0, trace_parent: str = "") -> _Item:
+        """Encode a valid document into a segment (content hash included). ``trace_parent``:
+        the staging span's trace context, stored with the document (its journey's trace)."""
         payload = document.SerializeToString(deterministic=True)
         content_hash = document.content_hash
         if not content_hash:
@@ -400,6 +403,7 @@ class Stager:
             content_hash,
             len(document.chunks),
             lease_token,
+            trace_parent,
         )
 
     async def stage(
@@ -421,6 +425,9 @@ class Stager:
         at all; then none of its documents was staged.
         """
         tokens = lease_tokens(documents, leases)
+        # The staging span (the caller's: StageDocuments or the REST route) starts the trace
+        # of each document's journey; the claimer stores it and leases hand it on.
+        trace_parent = traceparent()
         pipeline = await self.claimer.pipeline(pipeline_id)
         outcomes: list[StageOutcome | None] = [None] * len(documents)
         valid: list[tuple[int, _Item]] = []
@@ -437,7 +444,7 @@ class Stager:
                 )
                 continue
             first_seen[document.id] = i
-            valid.append((i, self.prepare(document, tokens.get(document.id, 0))))
+            valid.append((i, self.prepare(document, tokens.get(document.id, 0), trace_parent)))
 
         if skip_unchanged and valid:
             # Documents with a lease go to the claimer even when unchanged: it ends their lease.
@@ -588,7 +595,12 @@ class Stager:
         PACK_DOCUMENTS.observe(len(items))
         records = [
             StagedRecord(
-                item.document_id, item.content_hash, str(backing), item.chunk_count, item.lease_token
+                item.document_id,
+                item.content_hash,
+                str(backing),
+                item.chunk_count,
+                item.lease_token,
+                item.trace_parent,
             )
             for item, backing in zip(items, backings, strict=True)
         ]

@@ -35,6 +35,7 @@ def _classes() -> tuple[Any, Any]:
     lease = file.message_type.add(name="LeaseRef")
     lease.field.add(name="document_id", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
     lease.field.add(name="fencing_token", number=2, type=_F.TYPE_UINT64, label=_F.LABEL_OPTIONAL)
+    lease.field.add(name="trace_parent", number=3, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
     vector = file.message_type.add(name="Vector")
     vector.field.add(name="id", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
     vector.field.add(name="values", number=2, type=_F.TYPE_BYTES, label=_F.LABEL_OPTIONAL)
