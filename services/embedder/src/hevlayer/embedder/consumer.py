@@ -43,11 +43,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from opentelemetry.trace import Span
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.common.errors import FailedPrecondition, NotFound, ServiceError, Unavailable
+from hevlayer.common.telemetry import DOCUMENT_WRITE_SPAN, traceparent
 from hevlayer.embedder import worker_metrics as metrics
 from hevlayer.embedder.chunk_queue import ChunkQueue, take_or_cancel
+from hevlayer.embedder.document_trace import (
+    WRITE_BATCH_SPAN,
+    DocumentTrace,
+    batch_links,
+    batch_span,
+    embed_spans,
+    end_span,
+)
 from hevlayer.embedder.inflight import (
     ChunkItem,
     DocumentOwner,
@@ -55,6 +65,7 @@ from hevlayer.embedder.inflight import (
     InFlightDocument,
     Outcome,
     QueueItem,
+    WriteResult,
 )
 
 log = logging.getLogger("hevlayer.embedder.worker")
@@ -202,7 +213,7 @@ class DocumentWriter:
                 document.writing = True
             started = time.perf_counter()
             try:
-                results = await owner.write(live)
+                results = await _traced_write(owner, live, attempt)
             except ServiceError as error:
                 if isinstance(error, NotFound):
                     await finish(live, Outcome.LOST, error.message)
@@ -237,6 +248,53 @@ class DocumentWriter:
             for (outcome, message), group in groups.items():
                 await finish(group, outcome, message)
             return
+
+
+async def _traced_write(
+    owner: DocumentOwner, documents: list[InFlightDocument], attempt: int
+) -> list[WriteResult]:
+    """``owner.write(documents)`` under a batch span, with a ``document.write_vectors`` span
+    per document whose context goes along with the document's vectors."""
+    with batch_span(WRITE_BATCH_SPAN, len(documents)):
+        links = batch_links()
+        spans: dict[int, Span] = {}
+        for document in documents:
+            if document.trace is not None:
+                span = document.trace.child(DOCUMENT_WRITE_SPAN, {"hevlayer.attempt": attempt}, links)
+                spans[id(document)] = span
+                document.trace_parent = traceparent(span)
+        try:
+            results = await owner.write(documents)
+        except BaseException as exc:
+            message = exc.message if isinstance(exc, ServiceError) else type(exc).__name__
+            _end_spans(spans.values(), f"WriteVectors: {message}")
+            raise
+        finally:
+            for document in documents:
+                document.trace_parent = ""
+        for document, result in zip(documents, results, strict=True):
+            written = spans.get(id(document))
+            if written is not None:
+                written.set_attribute("hevlayer.outcome", result.outcome.value)
+                end_span(
+                    written, "" if result.outcome is Outcome.INDEXED else result.error or result.outcome.value
+                )
+        return results
+
+
+def _embed_spans(items: Sequence[ChunkItem]) -> list[Span]:
+    """A ``document.embed`` span per document with chunks among ``items`` (one Triton call)."""
+    chunks: dict[DocumentTrace, int] = {}
+    for item in items:
+        document_trace = item.document.trace
+        if document_trace is not None:
+            chunks[document_trace] = chunks.get(document_trace, 0) + 1
+    return embed_spans(chunks, len(items)) if chunks else []
+
+
+def _end_spans(spans: Iterable[Span], error: str = "") -> None:
+    for span in spans:
+        end_span(span, error)
 
 
 class EmbedConsumer:
@@ -383,9 +441,11 @@ class EmbedConsumer:
                 return
             attempt += 1
             started = time.perf_counter()
+            spans = _embed_spans(live)
             try:
                 vectors = await self._embed([item.chunk.text for item in live])
             except ServiceError as error:
+                _end_spans(spans, f"embedding: {error.message}")
                 if systemic(error):
                     if attempt < self._backoff.attempts:
                         metrics.FLUSH_RETRIES.labels("embed").inc()
@@ -410,8 +470,12 @@ class EmbedConsumer:
                     return
                 await self._isolate(live, error)
                 return
+            except BaseException as exc:
+                _end_spans(spans, f"embedding: {type(exc).__name__}")
+                raise
             finally:
                 metrics.STAGE_SECONDS.labels("embed").observe(time.perf_counter() - started)
+            _end_spans(spans)
             self._failures = 0
             self._attach(live, vectors)
             return
@@ -429,12 +493,18 @@ class EmbedConsumer:
             document = group[0].document
             if document.finished:
                 continue
+            spans = _embed_spans(group)
             try:
                 vectors = await self._embed([item.chunk.text for item in group])
             except ServiceError as alone:
+                _end_spans(spans, f"embedding: {alone.message}")
                 outcome = Outcome.RELEASED if systemic(alone) else Outcome.FAILED
                 await finish([document], outcome, f"embedding: {alone.message}")
                 continue
+            except BaseException as exc:
+                _end_spans(spans, f"embedding: {type(exc).__name__}")
+                raise
+            _end_spans(spans)
             self._attach(group, vectors)
 
     def _attach(self, items: list[ChunkItem], vectors: Vectors) -> None:

@@ -68,6 +68,8 @@ class Lease:
     expires_at: float
     attempts: int
     chunk_count: int
+    trace_parent: str = ""
+    """W3C trace context of the document's staging ("": none); its spans continue that trace."""
 
 
 def monotonic_deadline(stamp: datetime.datetime) -> float:
@@ -84,6 +86,7 @@ def lease_of(lease: document_pb2.Lease) -> Lease:
         monotonic_deadline(expires),
         lease.attempts,
         lease.chunk_count,
+        lease.trace_parent,
     )
 
 
@@ -101,6 +104,7 @@ def leases_of(response: lease_pb2.ClaimDocumentsResponse | lease_pb2.StreamLease
             repeat(deadline),
             columns.attempts,
             columns.chunk_counts,
+            columns.trace_parents if len(columns.trace_parents) == len(columns.document_ids) else repeat(""),
         )
     )
 
@@ -307,7 +311,9 @@ class GatewayClient:
             messages: list[index_pb2.WriteVectorsRequest] = []
             for document in documents:
                 lease = document_pb2.LeaseRef(
-                    document_id=document.document_id, fencing_token=document.fencing_token
+                    document_id=document.document_id,
+                    fencing_token=document.fencing_token,
+                    trace_parent=document.trace_parent,
                 )
                 vectors = document.written_vectors()
                 start = 0

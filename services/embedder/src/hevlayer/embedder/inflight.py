@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from hevlayer.api.document.v1 import document_pb2
+from hevlayer.embedder.document_trace import DocumentTrace
 
 
 class Outcome(enum.Enum):
@@ -86,6 +87,10 @@ class InFlightDocument:
     finished: bool = False
     outcome: Outcome | None = None
     claimed_at: float = field(default_factory=time.perf_counter)
+    trace: DocumentTrace | None = None
+    """The document's spans in the worker (its journey's trace), when it came with a lease."""
+    trace_parent: str = ""
+    """The trace context its WriteVectors sends (the current ``document.write_vectors`` span)."""
 
     @property
     def complete(self) -> bool:

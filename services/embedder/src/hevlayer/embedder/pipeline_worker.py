@@ -37,11 +37,14 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
+from opentelemetry.trace import Span
 
 from hevlayer.common.errors import NotFound, ServiceError
+from hevlayer.common.telemetry import DOCUMENT_READ_SPAN
 from hevlayer.embedder import worker_metrics as metrics
 from hevlayer.embedder.chunk_queue import ChunkQueue
 from hevlayer.embedder.consumer import Backoff, cut_utf8
+from hevlayer.embedder.document_trace import READ_BATCH_SPAN, DocumentTrace, batch_links, batch_span, end_span
 from hevlayer.embedder.gateway_client import Claim, GatewayClient, Lease
 from hevlayer.embedder.inflight import ChunkItem, EndOfDocument, InFlightDocument, Outcome, WriteResult
 
@@ -209,7 +212,7 @@ class PipelineWorker:
 
     async def finish(self, documents: Sequence[InFlightDocument], outcome: Outcome, error: str = "") -> None:
         """The hook: bookkeeping, a credit per document, and the transition a failure needs."""
-        live = self._mark_finished(documents, outcome)
+        live = self._mark_finished(documents, outcome, error)
         if not live:
             return
         if outcome is Outcome.FAILED:
@@ -252,7 +255,7 @@ class PipelineWorker:
             metrics.STAGE_SECONDS.labels("transition").observe(time.perf_counter() - started)
 
     def _mark_finished(
-        self, documents: Sequence[InFlightDocument], outcome: Outcome
+        self, documents: Sequence[InFlightDocument], outcome: Outcome, error: str = ""
     ) -> list[InFlightDocument]:
         live: list[InFlightDocument] = []
         for document in documents:
@@ -261,6 +264,8 @@ class PipelineWorker:
             document.finished = True
             document.outcome = outcome
             document.drop_vectors()
+            if document.trace is not None:
+                document.trace.end(outcome.value, error)
             if self.held.get(document.document_id) is document:
                 del self.held[document.document_id]
             live.append(document)
@@ -305,13 +310,23 @@ class PipelineWorker:
         for lease in leases:
             old = self.held.get(lease.document_id)
             if old is not None:  # our previous lease on it expired and we claimed it again
-                self._mark_finished([old], Outcome.LOST)
+                self._mark_finished([old], Outcome.LOST, "claimed again after the lease expired")
             document = InFlightDocument(
                 owner=self,
                 document_id=lease.document_id,
                 fencing_token=lease.fencing_token,
                 expires_at=lease.expires_at,
                 attempts=lease.attempts,
+                trace=DocumentTrace(
+                    lease.trace_parent,
+                    pipeline_id=self.claim.pipeline_id,
+                    document_id=lease.document_id,
+                    worker_id=self.claim.worker_id,
+                    stage=self.claim.claim_stage,
+                    fencing_token=lease.fencing_token,
+                    attempts=lease.attempts,
+                    chunk_count=lease.chunk_count,
+                ),
             )
             self.held[lease.document_id] = document
             self._to_read.put_nowait(document)
@@ -391,6 +406,27 @@ class PipelineWorker:
         by_id = {d.document_id: d for d in documents}
         unread = dict(by_id)
         started = time.perf_counter()
+        with batch_span(READ_BATCH_SPAN, len(documents)):
+            links = batch_links()
+            spans = {
+                d.document_id: d.trace.child(DOCUMENT_READ_SPAN, {}, links)
+                for d in documents
+                if d.trace is not None
+            }
+            try:
+                await self._read_batch(documents, by_id, unread, spans, started)
+            finally:
+                for span in spans.values():
+                    end_span(span, "the read ended before the document's last chunk")
+
+    async def _read_batch(
+        self,
+        documents: list[InFlightDocument],
+        by_id: dict[str, InFlightDocument],
+        unread: dict[str, InFlightDocument],
+        spans: dict[str, Span],
+        started: float,
+    ) -> None:
         try:
             async for response in self._gateway.read_chunks(self.claim, documents):
                 document = by_id.get(response.document_id)
@@ -404,7 +440,11 @@ class PipelineWorker:
                         if code in (_CODE_FAILED_PRECONDITION, _CODE_NOT_FOUND)
                         else Outcome.RELEASED
                     )
-                    await self.finish([document], outcome, f"ReadChunks: {response.error.message}")
+                    message = f"ReadChunks: {response.error.message}"
+                    span = spans.pop(document.document_id, None)
+                    if span is not None:
+                        end_span(span, message)
+                    await self.finish([document], outcome, message)
                     continue
                 for chunk in response.chunks:
                     if document.finished:
@@ -413,6 +453,10 @@ class PipelineWorker:
                     document.queued += 1
                 if response.end_of_document:
                     unread.pop(document.document_id, None)
+                    span = spans.pop(document.document_id, None)
+                    if span is not None:
+                        span.set_attribute("hevlayer.chunks", document.queued)
+                        end_span(span)
                     if not document.finished:
                         await self._queue.put(EndOfDocument(document, document.queued))
         except ServiceError as error:
