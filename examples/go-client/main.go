@@ -263,7 +263,7 @@ func (c *client) waitIndexed(ctx context.Context, ids []string) error {
 
 	remaining := make(map[string]string, len(ids)) // id -> last seen stage
 	for _, id := range ids {
-		remaining[id] = "unknown"
+		remaining[id] = "not read yet"
 	}
 	ticker := time.NewTicker(pollInterval)
 	defer ticker.Stop()
@@ -439,7 +439,7 @@ func formatStages(remaining map[string]string) string {
 	sort.Strings(ids)
 	parts := make([]string, len(ids))
 	for i, id := range ids {
-		parts[i] = fmt.Sprintf("%s is %s", id, remaining[id])
+		parts[i] = fmt.Sprintf("%s (%s)", id, remaining[id])
 	}
 	return strings.Join(parts, ", ")
 }
