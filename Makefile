@@ -62,8 +62,9 @@ $(STAMP): $(UV) uv.lock $(PYPROJECTS)
 	@touch $@
 
 # System packages the tests need: redis-server (the gateway's Redis chunk cache
-# runs against a real server) and Debian's Go 1.19, grpc-go, protobuf and protoc
-# plugins (the Go example client; the protobuf 1.5 shim, not 1.3, is required).
+# runs against a real server), jq (the grpcurl recipes of docs/grpcurl.md) and
+# Debian's Go 1.19, grpc-go, protobuf and protoc plugins (the Go example client;
+# the protobuf 1.5 shim, not 1.3, is required).
 # Installed with apt-get when missing and root.
 GO_DEB_PACKAGES := golang-go golang-google-grpc-dev golang-google-protobuf-dev \
 	golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc protobuf-compiler
@@ -72,13 +73,13 @@ GO_DEB_PACKAGES := golang-go golang-google-grpc-dev golang-google-protobuf-dev \
 # $(PROMTOOL), never installed (installing the package would start a Prometheus server on :9090).
 PROMTOOL := $(TOOLS)/prometheus/promtool
 system-deps:
-	@if ! command -v redis-server >/dev/null 2>&1; then \
+	@if ! command -v redis-server >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing redis-server (apt-get)"; \
+			echo "installing redis-server and jq (apt-get)"; \
 			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server jq >/dev/null; \
 		else \
-			echo "redis-server is missing: install it (e.g. apt-get install redis-server)" >&2; exit 1; \
+			echo "redis-server or jq is missing: install them (e.g. apt-get install redis-server jq)" >&2; exit 1; \
 		fi; \
 	fi
 	@if ! dpkg -s $(GO_DEB_PACKAGES) >/dev/null 2>&1; then \
