@@ -425,7 +425,7 @@ class Stager:
         at all; then none of its documents was staged.
         """
         tokens = lease_tokens(documents, leases)
-        # The staging span (the caller's: StageDocuments or the REST route) starts the trace
+        # The staging span (StageDocuments'; the REST routes have none: "") starts the trace
         # of each document's journey; the claimer stores it and leases hand it on.
         trace_parent = traceparent()
         pipeline = await self.claimer.pipeline(pipeline_id)
