@@ -128,7 +128,8 @@ async function workCommand(args: string[]): Promise<number> {
   if (["pending", "indexed", "failed"].includes(claimStage) || claimStage === fromStage) {
     throw new UsageError(`--claim-stage: must be a worker stage other than --from-stage, not ${claimStage}`);
   }
-  const workerId = values["worker-id"] ?? `node-${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
+  const suffix = randomBytes(3).toString("hex");
+  const workerId = values["worker-id"] ?? `node-${hostname()}-${process.pid}-${suffix}`;
   if (!workerId || Buffer.byteLength(workerId) > 256) {
     throw new UsageError("--worker-id: 1 to 256 bytes");
   }

@@ -93,7 +93,8 @@ export async function stage(options: StageOptions): Promise<StageSummary> {
           case StageOutcome.STAGED:
             summary.staged++;
             console.log(
-              `staged ${result.documentId}: ${result.chunkCount} chunks, fencing token ${result.fencingToken}`,
+              `staged ${result.documentId}: ${result.chunkCount} chunks, ` +
+                `fencing token ${result.fencingToken}`,
             );
             break;
           case StageOutcome.UNCHANGED:
