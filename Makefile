@@ -68,7 +68,7 @@ $(STAMP): $(UV) uv.lock $(PYPROJECTS)
 # Installed with apt-get when missing and root.
 GO_DEB_PACKAGES := golang-go golang-google-grpc-dev golang-google-protobuf-dev \
 	golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc protobuf-compiler
-# promtool (checks and unit-tests deploy/prometheus/ in tests/deploy): a promtool on PATH, else
+# promtool (checks and unit-tests deploy/prometheus/ in tests/observability): a promtool on PATH, else
 # the one in Debian's prometheus package, taken out with apt-get download + dpkg-deb into
 # $(PROMTOOL), never installed (installing the package would start a Prometheus server on :9090).
 PROMTOOL := $(TOOLS)/prometheus/promtool
