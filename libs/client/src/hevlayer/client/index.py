@@ -15,7 +15,7 @@ from hevlayer.client.enums import WriteOutcome
 from hevlayer.client.errors import ServiceError
 from hevlayer.client.methods import INDEX_SERVICE, method
 from hevlayer.client.options import ClientOptions
-from hevlayer.client.types import DocumentVectors, WriteResult
+from hevlayer.client.types import DocumentVectors, WriteResult, trace_parent_of
 
 _WRITE = method(INDEX_SERVICE, "WriteVectors")
 _QUERY = method(INDEX_SERVICE, "Query")
@@ -37,7 +37,9 @@ def write_requests(
     messages: list[index_pb2.WriteVectorsRequest] = []
     for document in documents:
         lease = document_pb2.LeaseRef(
-            document_id=document.lease.document_id, fencing_token=document.lease.fencing_token
+            document_id=document.lease.document_id,
+            fencing_token=document.lease.fencing_token,
+            trace_parent=trace_parent_of(document.lease),
         )
         vectors = document.vectors
         start = 0

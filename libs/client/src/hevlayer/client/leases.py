@@ -24,7 +24,7 @@ from hevlayer.client.enums import TransitionOutcome
 from hevlayer.client.methods import LEASE_SERVICE, method
 from hevlayer.client.options import ClientOptions
 from hevlayer.client.staging import lease_refs
-from hevlayer.client.types import Claim, HasLease, Lease, Transition, monotonic_deadline
+from hevlayer.client.types import Claim, HasLease, Lease, Transition, monotonic_deadline, trace_parent_of
 
 _CLAIM = method(LEASE_SERVICE, "ClaimDocuments")
 _HEARTBEAT = method(LEASE_SERVICE, "HeartbeatLeases")
@@ -39,15 +39,22 @@ def _deadline(stamp: Any) -> float:
 def lease_of(lease: document_pb2.Lease) -> Lease:
     """A Lease message as a value."""
     return Lease(
-        lease.document_id, lease.fencing_token, _deadline(lease.expires_at), lease.attempts, lease.chunk_count
+        lease.document_id,
+        lease.fencing_token,
+        _deadline(lease.expires_at),
+        lease.attempts,
+        lease.chunk_count,
+        lease.trace_parent,
     )
 
 
 def leases_of(response: lease_pb2.ClaimDocumentsResponse | lease_pb2.StreamLeasesResponse) -> list[Lease]:
-    """The leases of a claim's answer, in either layout."""
+    """The leases of a claim's answer, in either layout (``trace_parents`` is left out of
+    the columns when no document of the batch has a trace context)."""
     if not response.HasField("lease_columns"):
         return [lease_of(lease) for lease in response.leases]
     columns = response.lease_columns
+    traced = len(columns.trace_parents) == len(columns.document_ids)
     return list(
         map(
             Lease,
@@ -56,16 +63,23 @@ def leases_of(response: lease_pb2.ClaimDocumentsResponse | lease_pb2.StreamLease
             repeat(_deadline(columns.expires_at)),
             columns.attempts,
             columns.chunk_counts,
+            columns.trace_parents if traced else repeat(""),
         )
     )
 
 
-def ref_columns(documents: Sequence[HasLease]) -> lease_pb2.LeaseRefColumns:
-    """Held documents as LeaseRefColumns."""
-    return lease_pb2.LeaseRefColumns(
+def ref_columns(documents: Sequence[HasLease], *, traced: bool = False) -> lease_pb2.LeaseRefColumns:
+    """Held documents as LeaseRefColumns; with ``traced``, their trace contexts too (when
+    some document has one)."""
+    columns = lease_pb2.LeaseRefColumns(
         document_ids=[d.document_id for d in documents],
         fencing_tokens=[d.fencing_token for d in documents],
     )
+    if traced:
+        parents = [trace_parent_of(d) for d in documents]
+        if any(parents):
+            columns.trace_parents.extend(parents)
+    return columns
 
 
 class LayoutFallback:
@@ -77,13 +91,21 @@ class LayoutFallback:
     def __init__(self) -> None:
         self.columns = True
 
-    def name(self, columns: lease_pb2.LeaseRefColumns, messages: Any, documents: Sequence[HasLease]) -> bool:
+    def name(
+        self,
+        columns: lease_pb2.LeaseRefColumns,
+        messages: Any,
+        documents: Sequence[HasLease],
+        *,
+        traced: bool = False,
+    ) -> bool:
         """Name ``documents`` in a request: in its ``columns`` field, or in its repeated
-        LeaseRef ``messages`` once fallen back (or when there are none). True if as columns."""
+        LeaseRef ``messages`` once fallen back (or when there are none); with ``traced``,
+        with their trace contexts. True if as columns."""
         if self.columns and documents:
-            columns.CopyFrom(ref_columns(documents))
+            columns.CopyFrom(ref_columns(documents, traced=traced))
             return True
-        messages.extend(lease_refs(documents))
+        messages.extend(lease_refs(documents, traced=traced))
         return False
 
     def server_predates_columns(self, as_columns: bool, response: Any) -> bool:
@@ -173,7 +195,9 @@ class LeasesClient(ServiceClient):
         reason: str = "",
         timeout: float | None = None,
     ) -> list[Transition]:
-        """TransitionDocuments of documents held in ``from_stage``; one result per document, in order."""
+        """TransitionDocuments of documents held in ``from_stage``; one result per document, in order.
+        Documents that carry a trace context (``trace_parent``) have their move recorded as a
+        span of their own trace by the claimer."""
         request = lease_pb2.TransitionDocumentsRequest(
             pipeline_id=pipeline_id,
             from_stage=from_stage,
@@ -181,7 +205,7 @@ class LeasesClient(ServiceClient):
             to_stage=to_stage,
             reason=reason,
         )
-        columns = self.layout.name(request.document_columns, request.documents, documents)
+        columns = self.layout.name(request.document_columns, request.documents, documents, traced=True)
         response = await self._unary(_TRANSITION, self._stub.TransitionDocuments, request, timeout)
         if self.layout.server_predates_columns(columns, response):
             return await self.transition(

@@ -12,7 +12,7 @@ from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
 from hevlayer.client._base import ServiceClient
 from hevlayer.client.methods import STAGING_SERVICE, method
 from hevlayer.client.options import ClientOptions
-from hevlayer.client.types import HasLease
+from hevlayer.client.types import HasLease, trace_parent_of
 
 _STAGE = method(STAGING_SERVICE, "StageDocuments")
 _ENQUEUE = method(STAGING_SERVICE, "EnqueueDocuments")
@@ -25,8 +25,15 @@ STAGE_BATCH = 64
 """Documents per StageDocuments message when the caller streams single documents."""
 
 
-def lease_refs(leases: Iterable[HasLease]) -> list[document_pb2.LeaseRef]:
-    """LeaseRef messages of held documents."""
+def lease_refs(leases: Iterable[HasLease], *, traced: bool = False) -> list[document_pb2.LeaseRef]:
+    """LeaseRef messages of held documents; with ``traced``, each with its trace context."""
+    if traced:
+        return [
+            document_pb2.LeaseRef(
+                document_id=d.document_id, fencing_token=d.fencing_token, trace_parent=trace_parent_of(d)
+            )
+            for d in leases
+        ]
     return [document_pb2.LeaseRef(document_id=d.document_id, fencing_token=d.fencing_token) for d in leases]
 
 

@@ -19,7 +19,11 @@ from hevlayer.client.enums import TransitionOutcome, WriteOutcome
 
 
 class HasLease(Protocol):
-    """Anything that names a held document: a :class:`LeaseRef`, a :class:`Lease`, a worker's own record."""
+    """Anything that names a held document: a :class:`LeaseRef`, a :class:`Lease`, a worker's own record.
+
+    A value that also has a ``trace_parent`` attribute (a W3C ``traceparent``) carries the
+    document's trace context into the calls that record per-document spans (WriteVectors,
+    TransitionDocuments)."""
 
     @property
     def document_id(self) -> str: ...
@@ -33,6 +37,14 @@ class LeaseRef(NamedTuple):
 
     document_id: str
     fencing_token: int
+    trace_parent: str = ""
+    """W3C trace context of the document's journey ("": none); calls naming the lease record
+    their per-document spans under it."""
+
+
+def trace_parent_of(lease: HasLease) -> str:
+    """The trace context a lease-like value carries ("" when it has none)."""
+    return str(getattr(lease, "trace_parent", "") or "")
 
 
 @dataclass(frozen=True)
@@ -58,11 +70,14 @@ class Lease:
     expires_at: float
     attempts: int
     chunk_count: int
+    trace_parent: str = ""
+    """W3C trace context recorded when the document was staged ("": none): spans for the
+    document continue that trace."""
 
     @property
     def ref(self) -> LeaseRef:
         """The lease as a reference."""
-        return LeaseRef(self.document_id, self.fencing_token)
+        return LeaseRef(self.document_id, self.fencing_token, self.trace_parent)
 
 
 def monotonic_deadline(stamp: datetime.datetime) -> float:
@@ -117,6 +132,8 @@ class StagedRecord:
     chunk_count: int = 0
     lease_token: int = 0
     """A lease the stager holds on the document (0: none); staging ends it."""
+    trace_parent: str = ""
+    """W3C trace context of the staging span ("": none), handed to workers with its leases."""
 
 
 @dataclass(frozen=True)

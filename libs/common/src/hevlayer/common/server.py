@@ -27,9 +27,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hevlayer.common import encoded, metrics
-from hevlayer.common.limits import MAX_MESSAGE_BYTES
 from hevlayer.common.config import ConfigError, setting, split_address
 from hevlayer.common.interceptors import ServerInterceptor
+from hevlayer.common.limits import MAX_MESSAGE_BYTES
 from hevlayer.common.logging import configure_logging
 from hevlayer.common.telemetry import configure_tracing
 
@@ -115,7 +115,7 @@ class ServiceApp:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
-                # Clients (hevlayer.common.channels) ping every 30 s even when
+                # Clients (hevlayer.client) ping every 30 s even when
                 # idle; accept that instead of answering GOAWAY too_many_pings.
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
