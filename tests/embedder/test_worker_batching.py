@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 from hevlayer.api.document.v1 import document_pb2
+from hevlayer.client import WriteOutcome, WriteResult
 from hevlayer.common.config import ConfigError, load_settings
 from hevlayer.common.errors import InvalidArgument, Unavailable
 from hevlayer.embedder.chunk_queue import ChunkQueue
 from hevlayer.embedder.consumer import Backoff, DocumentWriter, EmbedConsumer, Vectors, cut_utf8, make_vector
-from hevlayer.embedder.inflight import ChunkItem, EndOfDocument, InFlightDocument, Outcome, WriteResult
+from hevlayer.embedder.inflight import ChunkItem, EndOfDocument, Fate, InFlightDocument
 from hevlayer.embedder.settings import WorkerSettings
 
 NO_WAIT = Backoff(attempts=3, initial=0.001, maximum=0.002)
@@ -34,7 +35,7 @@ class FakeOwner:
     pipeline_id: str = "p"
     writes: list[list[str]] = field(default_factory=list)
     written: dict[str, list[document_pb2.Vector]] = field(default_factory=dict)
-    outcomes: dict[str, tuple[Outcome, str]] = field(default_factory=dict)
+    outcomes: dict[str, tuple[Fate, str]] = field(default_factory=dict)
     write_failures: list[Exception] = field(default_factory=list)
     stale: set[str] = field(default_factory=set)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -47,13 +48,13 @@ class FakeOwner:
         results = []
         for d in documents:
             if d.document_id in self.stale:
-                results.append(WriteResult(d.document_id, Outcome.LOST, "stale lease"))
+                results.append(WriteResult(d.document_id, WriteOutcome.STALE_LEASE, 0, 9, "stale lease"))
             else:
                 self.written[d.document_id] = d.written_vectors()
-                results.append(WriteResult(d.document_id, Outcome.INDEXED, "", len(d.written_vectors())))
+                results.append(WriteResult(d.document_id, WriteOutcome.INDEXED, len(d.written_vectors())))
         return results
 
-    async def finish(self, documents: Sequence[InFlightDocument], outcome: Outcome, error: str = "") -> None:
+    async def finish(self, documents: Sequence[InFlightDocument], outcome: Fate, error: str = "") -> None:
         for d in documents:
             if not d.finished:
                 d.finished = True
@@ -135,7 +136,7 @@ async def test_batches_span_documents_and_every_document_is_written_whole_once()
     async with running(model, await prefilled(owner, texts), batch_size=4, in_flight=1):
         await asyncio.wait_for(owner.done.wait(), 30)
     assert [len(b) for b in model.batches] == [4, 4, 4, 4, 2]  # 18 chunks, full batches across documents
-    assert owner.outcomes == dict.fromkeys(texts, (Outcome.INDEXED, ""))
+    assert owner.outcomes == dict.fromkeys(texts, (Fate.INDEXED, ""))
     assert sorted(d for w in owner.writes for d in w) == sorted(texts)  # each document written once
     for document_id, document_texts in texts.items():
         vectors = owner.written[document_id]
@@ -152,7 +153,7 @@ async def test_a_partial_batch_is_flushed_after_the_idle_timeout() -> None:
     async with running(model, await prefilled(owner, {"a": ["one", "two"], "empty": []}), batch_size=100):
         await asyncio.wait_for(owner.done.wait(), 30)
     assert model.batches == [["one", "two"]]
-    assert owner.outcomes == {"a": (Outcome.INDEXED, ""), "empty": (Outcome.INDEXED, "")}
+    assert owner.outcomes == {"a": (Fate.INDEXED, ""), "empty": (Fate.INDEXED, "")}
     assert owner.written["empty"] == []
 
 
@@ -176,7 +177,7 @@ async def test_readers_block_when_the_queue_is_full() -> None:
         model.gate.set()
         await asyncio.wait_for(producer, 30)
         await asyncio.wait_for(owner.done.wait(), 30)
-    assert owner.outcomes["big"][0] is Outcome.INDEXED
+    assert owner.outcomes["big"][0] is Fate.INDEXED
     assert len(owner.written["big"]) == 40
     assert max(len(b) for b in model.batches) == 2
 
@@ -190,8 +191,8 @@ async def test_unavailable_is_retried_with_backoff_then_released_through_the_hoo
         await asyncio.wait_for(owner.done.wait(), 30)
     assert len(model.batches) == 3
     assert owner.outcomes == {
-        "a": (Outcome.RELEASED, "embedding: Triton down"),
-        "b": (Outcome.RELEASED, "embedding: Triton down"),
+        "a": (Fate.RELEASED, "embedding: Triton down"),
+        "b": (Fate.RELEASED, "embedding: Triton down"),
     }
     assert owner.writes == []
 
@@ -203,9 +204,9 @@ async def test_a_refused_text_fails_only_its_document() -> None:
     queue = await prefilled(owner, {"a": ["fine", "also fine"], "bad": ["ok", "poison"], "c": ["good"]})
     async with running(model, queue, batch_size=8):
         await asyncio.wait_for(owner.done.wait(), 30)
-    assert owner.outcomes["a"] == (Outcome.INDEXED, "")
-    assert owner.outcomes["c"] == (Outcome.INDEXED, "")
-    assert owner.outcomes["bad"][0] is Outcome.FAILED
+    assert owner.outcomes["a"] == (Fate.INDEXED, "")
+    assert owner.outcomes["c"] == (Fate.INDEXED, "")
+    assert owner.outcomes["bad"][0] is Fate.FAILED
     assert "poison" in owner.outcomes["bad"][1]
 
 
@@ -216,7 +217,7 @@ async def test_chunks_of_finished_documents_are_dropped() -> None:
     queue = ChunkQueue(16)
     await produce(queue, lost, ["never embedded"])
     await produce(queue, doc(owner, "kept"), ["embedded"])
-    await owner.finish([lost], Outcome.LOST)  # e.g. a heartbeat reported its lease lost
+    await owner.finish([lost], Fate.LOST)  # e.g. a heartbeat reported its lease lost
     async with running(model, queue, batch_size=4):
         await asyncio.wait_for(owner.done.wait(), 30)
     assert model.batches == [["embedded"]]
@@ -228,8 +229,8 @@ async def test_writes_are_retried_and_stale_leases_are_reported_lost() -> None:
     model = FakeModel()
     async with running(model, await prefilled(owner, {"s": ["x"], "w": ["y"]}), batch_size=4):
         await asyncio.wait_for(owner.done.wait(), 30)
-    assert owner.outcomes["s"][0] is Outcome.LOST
-    assert owner.outcomes["w"] == (Outcome.INDEXED, "")
+    assert owner.outcomes["s"][0] is Fate.LOST
+    assert owner.outcomes["w"] == (Fate.INDEXED, "")
 
 
 def test_make_vector_keeps_metadata_and_cuts_long_text() -> None:

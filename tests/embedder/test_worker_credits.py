@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.staging.v1 import staging_pb2
+from hevlayer.client import Claim, Client, Lease
 from hevlayer.embedder.chunk_queue import ChunkQueue
-from hevlayer.embedder.gateway_client import Claim, GatewayClient, Lease
-from hevlayer.embedder.inflight import ChunkItem, EndOfDocument, InFlightDocument, Outcome
+from hevlayer.embedder.inflight import ChunkItem, EndOfDocument, Fate, InFlightDocument
 from hevlayer.embedder.pipeline_worker import PipelineWorker
 
 
@@ -32,6 +32,15 @@ class FakeGateway:
     credits: list[int] = field(default_factory=list)
     held: list[int] = field(default_factory=list)
     """Documents the worker held after each batch of leases."""
+
+    @property
+    def leases(self) -> FakeGateway:
+        """LeaseService and StagingService are both this fake."""
+        return self
+
+    @property
+    def staging(self) -> FakeGateway:
+        return self
 
     async def stream_leases(
         self, claim: Claim, credits: AsyncIterable[int], initial_credits: int
@@ -54,9 +63,9 @@ class FakeGateway:
             granted += more
 
     async def read_chunks(
-        self, claim: Claim, documents: Sequence[InFlightDocument]
+        self, pipeline_id: str, *, worker_id: str, stage: str, leases: Sequence[InFlightDocument]
     ) -> AsyncIterator[staging_pb2.ReadChunksResponse]:
-        for document in documents:
+        for document in leases:
             chunks = [document_pb2.Chunk(id=f"c{i}", text="t") for i in range(self.chunks)]
             yield staging_pb2.ReadChunksResponse(
                 document_id=document.document_id, chunks=chunks, end_of_document=True
@@ -71,7 +80,7 @@ async def run_worker(chunks: int, documents: int, *, budget: int, max_documents:
     queue = ChunkQueue(budget)
     worker = PipelineWorker(
         Claim("p", "w", "pending", "embedding", 60),
-        GatewayClient.__new__(GatewayClient),
+        Client.__new__(Client),
         queue,
         max_documents=max_documents,
         chunk_budget=budget,
@@ -87,7 +96,7 @@ async def run_worker(chunks: int, documents: int, *, budget: int, max_documents:
         while finished < documents:
             item = await asyncio.wait_for(queue.get(), 10)
             if isinstance(item, EndOfDocument):
-                await worker.finish([item.document], Outcome.INDEXED)
+                await worker.finish([item.document], Fate.INDEXED)
                 finished += 1
             else:
                 assert isinstance(item, ChunkItem)

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from hevlayer.api.document.v1 import document_pb2
+from hevlayer.client import WriteOutcome, WriteResult
 from hevlayer.common.errors import InvalidArgument
 from hevlayer.common.telemetry import (
     DOCUMENT_CLAIM_SPAN,
@@ -32,7 +33,7 @@ from hevlayer.embedder import document_trace
 from hevlayer.embedder.chunk_queue import ChunkQueue
 from hevlayer.embedder.consumer import Backoff, DocumentWriter, EmbedConsumer, Vectors
 from hevlayer.embedder.document_trace import WRITE_BATCH_SPAN, DocumentTrace
-from hevlayer.embedder.inflight import ChunkItem, EndOfDocument, InFlightDocument, Outcome, WriteResult
+from hevlayer.embedder.inflight import ChunkItem, EndOfDocument, Fate, InFlightDocument
 
 STAGING = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 NO_WAIT = Backoff(attempts=2, initial=0.001, maximum=0.002)
@@ -75,7 +76,7 @@ def parent_id(span: ReadableSpan) -> int | None:
 
 def test_the_process_span_continues_the_leases_trace(spans: InMemorySpanExporter) -> None:
     traced = new_trace("a")
-    traced.end(Outcome.INDEXED.value)
+    traced.end(Fate.INDEXED.value)
     (process,) = named(spans, DOCUMENT_PROCESS_SPAN, "a")
     assert format(process.context.trace_id, "032x") == STAGING.split("-")[1]
     assert parent_id(process) == int(STAGING.split("-")[2], 16), "the staging span is the parent"
@@ -87,7 +88,7 @@ def test_the_process_span_continues_the_leases_trace(spans: InMemorySpanExporter
 
     # a lease without context (an id of the segmented queue): a new trace of its own
     untraced = new_trace("b", trace_parent="")
-    untraced.end(Outcome.LOST.value, "heartbeat: the lease is no longer held")
+    untraced.end(Fate.LOST.value, "heartbeat: the lease is no longer held")
     (root,) = named(spans, DOCUMENT_PROCESS_SPAN, "b")
     assert root.parent is None
     assert root.context.trace_id != process.context.trace_id
@@ -101,14 +102,14 @@ class Owner:
 
     pipeline_id: str = "p"
     sent: dict[str, str] = field(default_factory=dict)
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    outcomes: dict[str, Fate] = field(default_factory=dict)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def write(self, documents: Sequence[InFlightDocument]) -> list[WriteResult]:
         self.sent.update({d.document_id: d.trace_parent for d in documents})
-        return [WriteResult(d.document_id, Outcome.INDEXED, "", len(d.written_vectors())) for d in documents]
+        return [WriteResult(d.document_id, WriteOutcome.INDEXED, len(d.written_vectors())) for d in documents]
 
-    async def finish(self, documents: Sequence[InFlightDocument], outcome: Outcome, error: str = "") -> None:
+    async def finish(self, documents: Sequence[InFlightDocument], outcome: Fate, error: str = "") -> None:
         for document in documents:
             document.finished = True
             self.outcomes[document.document_id] = outcome
@@ -146,7 +147,7 @@ async def test_embed_and_write_spans_and_the_context_each_write_carries(spans: I
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    assert owner.outcomes == {"good": Outcome.INDEXED, "bad": Outcome.FAILED}
+    assert owner.outcomes == {"good": Fate.INDEXED, "bad": Fate.FAILED}
 
     good = documents["good"].trace
     assert good is not None

@@ -46,6 +46,7 @@ import numpy.typing as npt
 from opentelemetry.trace import Span
 
 from hevlayer.api.document.v1 import document_pb2
+from hevlayer.client import WriteResult
 from hevlayer.common.errors import FailedPrecondition, NotFound, ServiceError, Unavailable
 from hevlayer.common.telemetry import DOCUMENT_WRITE_SPAN, traceparent
 from hevlayer.embedder import worker_metrics as metrics
@@ -62,10 +63,10 @@ from hevlayer.embedder.inflight import (
     ChunkItem,
     DocumentOwner,
     EndOfDocument,
+    Fate,
     InFlightDocument,
-    Outcome,
     QueueItem,
-    WriteResult,
+    fate_of,
 )
 
 log = logging.getLogger("hevlayer.embedder.worker")
@@ -125,7 +126,7 @@ def by_owner(documents: Iterable[InFlightDocument]) -> dict[DocumentOwner, list[
     return groups
 
 
-async def finish(documents: Iterable[InFlightDocument], outcome: Outcome, error: str = "") -> None:
+async def finish(documents: Iterable[InFlightDocument], outcome: Fate, error: str = "") -> None:
     """Tell each document's owner how it finished (the success/failure hook)."""
     for owner, group in by_owner(d for d in documents if not d.finished).items():
         try:
@@ -216,7 +217,7 @@ class DocumentWriter:
                 results = await _traced_write(owner, live, attempt)
             except ServiceError as error:
                 if isinstance(error, NotFound):
-                    await finish(live, Outcome.LOST, error.message)
+                    await finish(live, Fate.LOST, error.message)
                     return
                 if systemic(error) and attempt < self._backoff.attempts:
                     metrics.FLUSH_RETRIES.labels("write").inc()
@@ -235,15 +236,16 @@ class DocumentWriter:
                     len(live),
                     extra={"documents": len(live), "error": error.message},
                 )
-                await finish(live, Outcome.RELEASED, f"WriteVectors failed: {error.message}")
+                await finish(live, Fate.RELEASED, f"WriteVectors failed: {error.message}")
                 return
             finally:
                 for document in live:
                     document.writing = False
                 metrics.STAGE_SECONDS.labels("write").observe(time.perf_counter() - started)
-            groups: dict[tuple[Outcome, str], list[InFlightDocument]] = {}
+            groups: dict[tuple[Fate, str], list[InFlightDocument]] = {}
             for document, result in zip(live, results, strict=True):
-                key = (result.outcome, result.error if result.outcome is Outcome.FAILED else "")
+                fate = fate_of(result)
+                key = (fate, result.error if fate is Fate.FAILED else "")
                 groups.setdefault(key, []).append(document)
             for (outcome, message), group in groups.items():
                 await finish(group, outcome, message)
@@ -275,10 +277,9 @@ async def _traced_write(
         for document, result in zip(documents, results, strict=True):
             written = spans.get(id(document))
             if written is not None:
-                written.set_attribute("hevlayer.outcome", result.outcome.value)
-                end_span(
-                    written, "" if result.outcome is Outcome.INDEXED else result.error or result.outcome.value
-                )
+                fate = fate_of(result)
+                written.set_attribute("hevlayer.outcome", fate.value)
+                end_span(written, "" if fate is Fate.INDEXED else result.error or fate.value)
         return results
 
 
@@ -425,7 +426,7 @@ class EmbedConsumer:
             await self._embed_items(batch)
         except Exception:
             log.exception("embedding flush failed unexpectedly; releasing its documents")
-            await finish((item.document for item in batch), Outcome.RELEASED, "embedding flush failed (bug)")
+            await finish((item.document for item in batch), Fate.RELEASED, "embedding flush failed (bug)")
         finally:
             self._running -= 1
             metrics.FLUSHES_IN_FLIGHT.set(self._running)
@@ -465,7 +466,7 @@ class EmbedConsumer:
                     )
                     self._failures += 1
                     await finish(
-                        (item.document for item in live), Outcome.RELEASED, f"embedding: {error.message}"
+                        (item.document for item in live), Fate.RELEASED, f"embedding: {error.message}"
                     )
                     return
                 await self._isolate(live, error)
@@ -487,7 +488,7 @@ class EmbedConsumer:
             groups.setdefault(id(item.document), []).append(item)
         if len(groups) == 1:
             log.warning("embedding refused a document: %s", error.message, extra={"error": error.message})
-            await finish([items[0].document], Outcome.FAILED, f"embedding: {error.message}")
+            await finish([items[0].document], Fate.FAILED, f"embedding: {error.message}")
             return
         for group in groups.values():
             document = group[0].document
@@ -498,7 +499,7 @@ class EmbedConsumer:
                 vectors = await self._embed([item.chunk.text for item in group])
             except ServiceError as alone:
                 _end_spans(spans, f"embedding: {alone.message}")
-                outcome = Outcome.RELEASED if systemic(alone) else Outcome.FAILED
+                outcome = Fate.RELEASED if systemic(alone) else Fate.FAILED
                 await finish([document], outcome, f"embedding: {alone.message}")
                 continue
             except BaseException as exc:

@@ -1,7 +1,7 @@
 """Documents in flight in the worker, and the items of the chunk queue.
 
 A document is *in flight* from the moment its lease arrives until it is
-*finished* with one :class:`Outcome`. In between, its chunks travel
+*finished* with one :class:`Fate`. In between, its chunks travel
 through the bounded :class:`~hevlayer.embedder.chunk_queue.ChunkQueue` as
 :class:`ChunkItem` s followed by one :class:`EndOfDocument`, get embedded
 (possibly across several flushes, with chunks of other documents), and the
@@ -20,12 +20,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import grpc
+
 from hevlayer.api.document.v1 import document_pb2
+from hevlayer.client import WriteOutcome, WriteResult
 from hevlayer.embedder.document_trace import DocumentTrace
 
+_NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]
 
-class Outcome(enum.Enum):
-    """How a document's time in the worker ended."""
+
+class Fate(enum.Enum):
+    """How a document's time in the worker ended (its fate, not an API outcome)."""
 
     INDEXED = "indexed"
     """Its vectors were written and the gateway moved it to indexed."""
@@ -37,15 +42,14 @@ class Outcome(enum.Enum):
     """A permanent failure (the model or the index refused it): moved to failed with the error."""
 
 
-@dataclass(frozen=True)
-class WriteResult:
-    """The gateway's answer for one document of a WriteVectors call."""
-
-    document_id: str
-    outcome: Outcome
-    """INDEXED, LOST (stale lease or deleted) or FAILED (rejected)."""
-    error: str = ""
-    vectors_written: int = 0
+def fate_of(result: WriteResult) -> Fate:
+    """How a WriteVectors result ends a document: written, lost (the lease is stale, or the
+    document was deleted meanwhile: NOT_FOUND) or failed (the gateway refused it)."""
+    if result.outcome is WriteOutcome.INDEXED:
+        return Fate.INDEXED
+    if result.outcome is WriteOutcome.STALE_LEASE or result.error_code == _NOT_FOUND:
+        return Fate.LOST
+    return Fate.FAILED
 
 
 class DocumentOwner(Protocol):
@@ -55,10 +59,11 @@ class DocumentOwner(Protocol):
     def pipeline_id(self) -> str: ...
 
     async def write(self, documents: Sequence[InFlightDocument]) -> list[WriteResult]:
-        """WriteVectors for complete documents; one result per document, in order."""
+        """WriteVectors for complete documents; one result per document, in order (its
+        :func:`fate_of` says how it ends the document)."""
         ...
 
-    async def finish(self, documents: Sequence[InFlightDocument], outcome: Outcome, error: str = "") -> None:
+    async def finish(self, documents: Sequence[InFlightDocument], outcome: Fate, error: str = "") -> None:
         """Called once per document (later calls for a finished document are ignored)."""
         ...
 
@@ -85,7 +90,7 @@ class InFlightDocument:
     writing: bool = False
     """A WriteVectors call carrying it is in flight (its result decides the outcome)."""
     finished: bool = False
-    outcome: Outcome | None = None
+    outcome: Fate | None = None
     claimed_at: float = field(default_factory=time.perf_counter)
     trace: DocumentTrace | None = None
     """The document's spans in the worker (its journey's trace), when it came with a lease."""

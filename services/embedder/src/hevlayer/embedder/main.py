@@ -13,11 +13,11 @@ import contextlib
 import logging
 
 from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from hevlayer.client import Client
 from hevlayer.common.config import load_or_exit
 from hevlayer.common.errors import ServiceError
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
 from hevlayer.embedder.embedding import Embedder
-from hevlayer.embedder.gateway_client import GatewayClient
 from hevlayer.embedder.grpc_embedding import EmbeddingServicer
 from hevlayer.embedder.settings import GRPC_DEFAULTS, EmbedderSettings, WorkerSettings
 from hevlayer.embedder.triton_client import RetryPolicy, TritonEmbeddingClient
@@ -98,7 +98,7 @@ async def build(
         batch_size = min(worker_settings.batch_size or request_size, settings.max_request_texts)
         worker = Worker(
             worker_settings,
-            GatewayClient.connect(worker_settings.gateway),
+            Client.connect(worker_settings.gateway),
             embedder.embed_documents,
             batch_size=batch_size,
             max_in_flight=settings.max_in_flight,

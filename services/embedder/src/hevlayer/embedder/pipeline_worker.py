@@ -39,14 +39,13 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 from opentelemetry.trace import Span
 
-from hevlayer.common.errors import NotFound, ServiceError
+from hevlayer.client import Claim, Client, DocumentVectors, Lease, NotFound, ServiceError, WriteResult
 from hevlayer.common.telemetry import DOCUMENT_READ_SPAN
 from hevlayer.embedder import worker_metrics as metrics
 from hevlayer.embedder.chunk_queue import ChunkQueue
 from hevlayer.embedder.consumer import Backoff, cut_utf8
 from hevlayer.embedder.document_trace import READ_BATCH_SPAN, DocumentTrace, batch_links, batch_span, end_span
-from hevlayer.embedder.gateway_client import Claim, GatewayClient, Lease
-from hevlayer.embedder.inflight import ChunkItem, EndOfDocument, InFlightDocument, Outcome, WriteResult
+from hevlayer.embedder.inflight import ChunkItem, EndOfDocument, Fate, InFlightDocument
 
 log = logging.getLogger("hevlayer.embedder.worker")
 
@@ -120,7 +119,7 @@ class PipelineWorker:
     def __init__(
         self,
         claim: Claim,
-        gateway: GatewayClient,
+        gateway: Client,
         queue: ChunkQueue,
         *,
         max_documents: int,
@@ -179,7 +178,7 @@ class PipelineWorker:
         unread: list[InFlightDocument] = []
         while not self._to_read.empty():
             unread.append(self._to_read.get_nowait())
-        await self.finish(unread, Outcome.RELEASED, reason)
+        await self.finish(unread, Fate.RELEASED, reason)
 
     async def wait_idle(self) -> None:
         """Until no document is held."""
@@ -203,19 +202,24 @@ class PipelineWorker:
                 reason,
                 extra={"pipeline_id": self.pipeline_id, "documents": len(remaining), "reason": reason},
             )
-            await self.finish(remaining, Outcome.RELEASED, reason)
+            await self.finish(remaining, Fate.RELEASED, reason)
 
     # -- the owner's side -------------------------------------------------------------------
 
     async def write(self, documents: Sequence[InFlightDocument]) -> list[WriteResult]:
-        return await self._gateway.write_vectors(self.claim, documents)
+        return await self._gateway.index.write_vectors(
+            self.claim.pipeline_id,
+            [DocumentVectors(d, d.written_vectors()) for d in documents],
+            worker_id=self.claim.worker_id,
+            from_stage=self.claim.claim_stage,
+        )
 
-    async def finish(self, documents: Sequence[InFlightDocument], outcome: Outcome, error: str = "") -> None:
+    async def finish(self, documents: Sequence[InFlightDocument], outcome: Fate, error: str = "") -> None:
         """The hook: bookkeeping, a credit per document, and the transition a failure needs."""
         live = self._mark_finished(documents, outcome, error)
         if not live:
             return
-        if outcome is Outcome.FAILED:
+        if outcome is Fate.FAILED:
             log.warning(
                 "%s: %d documents failed: %s",
                 self.pipeline_id,
@@ -227,7 +231,7 @@ class PipelineWorker:
                     "error": error,
                 },
             )
-        elif outcome is Outcome.LOST:
+        elif outcome is Fate.LOST:
             log.info(
                 "%s: %d leases lost, their work dropped (%s)",
                 self.pipeline_id,
@@ -235,14 +239,16 @@ class PipelineWorker:
                 error,
                 extra={"pipeline_id": self.pipeline_id, "documents": len(live), "reason": error},
             )
-        if outcome not in (Outcome.RELEASED, Outcome.FAILED):
+        if outcome not in (Fate.RELEASED, Fate.FAILED):
             return
-        to_stage = FAILED_STAGE if outcome is Outcome.FAILED else self.claim.from_stage
+        to_stage = FAILED_STAGE if outcome is Fate.FAILED else self.claim.from_stage
         reason = cut_utf8(error, MAX_REASON_BYTES)
         started = time.perf_counter()
         try:
             for start in range(0, len(live), MAX_BATCH):
-                await self._gateway.transition(self.claim, live[start : start + MAX_BATCH], to_stage, reason)
+                await self._gateway.leases.transition_claimed(
+                    self.claim, live[start : start + MAX_BATCH], to_stage, reason
+                )
         except ServiceError as exc:
             log.warning(
                 "%s: could not move documents to %s (%s); their leases expire and they are claimed again",
@@ -255,7 +261,7 @@ class PipelineWorker:
             metrics.STAGE_SECONDS.labels("transition").observe(time.perf_counter() - started)
 
     def _mark_finished(
-        self, documents: Sequence[InFlightDocument], outcome: Outcome, error: str = ""
+        self, documents: Sequence[InFlightDocument], outcome: Fate, error: str = ""
     ) -> list[InFlightDocument]:
         live: list[InFlightDocument] = []
         for document in documents:
@@ -310,7 +316,7 @@ class PipelineWorker:
         for lease in leases:
             old = self.held.get(lease.document_id)
             if old is not None:  # our previous lease on it expired and we claimed it again
-                self._mark_finished([old], Outcome.LOST, "claimed again after the lease expired")
+                self._mark_finished([old], Fate.LOST, "claimed again after the lease expired")
             document = InFlightDocument(
                 owner=self,
                 document_id=lease.document_id,
@@ -347,7 +353,7 @@ class PipelineWorker:
                 if self.streaming:
                     self._credits.reset()
                     self._outstanding = self._free_slots()
-                    async for leases in self._gateway.stream_leases(
+                    async for leases in self._gateway.leases.stream_leases(
                         self.claim, self._credits.stream(), self._outstanding
                     ):
                         self._accept(leases)
@@ -364,7 +370,7 @@ class PipelineWorker:
                     self._outstanding = 0
                     free = self._free_slots()
                     if free:
-                        leases = await self._gateway.claim(self.claim, min(free, MAX_BATCH))
+                        leases = await self._gateway.leases.claim(self.claim, min(free, MAX_BATCH))
                         self._accept(leases)
                         attempt = 0
                         if leases:
@@ -428,7 +434,12 @@ class PipelineWorker:
         started: float,
     ) -> None:
         try:
-            async for response in self._gateway.read_chunks(self.claim, documents):
+            async for response in self._gateway.staging.read_chunks(
+                self.claim.pipeline_id,
+                worker_id=self.claim.worker_id,
+                stage=self.claim.claim_stage,
+                leases=documents,
+            ):
                 document = by_id.get(response.document_id)
                 if document is None:
                     continue
@@ -436,9 +447,7 @@ class PipelineWorker:
                     unread.pop(document.document_id, None)
                     code = response.error.code
                     outcome = (
-                        Outcome.LOST
-                        if code in (_CODE_FAILED_PRECONDITION, _CODE_NOT_FOUND)
-                        else Outcome.RELEASED
+                        Fate.LOST if code in (_CODE_FAILED_PRECONDITION, _CODE_NOT_FOUND) else Fate.RELEASED
                     )
                     message = f"ReadChunks: {response.error.message}"
                     span = spans.pop(document.document_id, None)
@@ -467,14 +476,14 @@ class PipelineWorker:
                 len(unread),
                 extra={"pipeline_id": self.pipeline_id, "documents": len(unread), "error": error.message},
             )
-            await self.finish(list(unread.values()), Outcome.RELEASED, f"ReadChunks failed: {error.message}")
+            await self.finish(list(unread.values()), Fate.RELEASED, f"ReadChunks failed: {error.message}")
             await asyncio.sleep(self._backoff.delay(1))
             return
         finally:
             metrics.STAGE_SECONDS.labels("read").observe(time.perf_counter() - started)
         if unread:
             await self.finish(
-                list(unread.values()), Outcome.RELEASED, "ReadChunks returned nothing for the document"
+                list(unread.values()), Fate.RELEASED, "ReadChunks returned nothing for the document"
             )
 
     # -- heartbeats -------------------------------------------------------------------------
@@ -495,7 +504,7 @@ class PipelineWorker:
     async def _heartbeat(self, documents: list[InFlightDocument]) -> None:
         started = time.perf_counter()
         try:
-            deadlines = await self._gateway.heartbeat(self.claim, documents)
+            deadlines = await self._gateway.leases.heartbeat(self.claim, documents)
         except ServiceError as error:
             log.warning(
                 "%s: heartbeat failed (%s); retrying at the next beat",
@@ -514,4 +523,4 @@ class PipelineWorker:
                 # (A document being written may just have been indexed: its write result decides.)
                 lost.append(document)
         if lost:
-            await self.finish(lost, Outcome.LOST, "heartbeat: the lease is no longer held")
+            await self.finish(lost, Fate.LOST, "heartbeat: the lease is no longer held")

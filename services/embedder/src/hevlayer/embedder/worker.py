@@ -33,11 +33,10 @@ import os
 import secrets
 import socket
 
-from hevlayer.common.errors import ServiceError
+from hevlayer.client import Claim, Client, ServiceError
 from hevlayer.embedder import worker_metrics as metrics
 from hevlayer.embedder.chunk_queue import ChunkQueue
 from hevlayer.embedder.consumer import Backoff, DocumentWriter, EmbedConsumer, EmbedTexts
-from hevlayer.embedder.gateway_client import Claim, GatewayClient
 from hevlayer.embedder.pipeline_worker import PipelineWorker
 from hevlayer.embedder.settings import WorkerSettings
 
@@ -71,7 +70,7 @@ class Worker:
     def __init__(
         self,
         settings: WorkerSettings,
-        gateway: GatewayClient,
+        gateway: Client,
         embed: EmbedTexts,
         *,
         batch_size: int,
@@ -157,7 +156,7 @@ class Worker:
         EMBEDDER_WORKER_EXCLUDE_PIPELINES), re-listed periodically."""
         while not self._draining:
             try:
-                listed = {p for p in await self.gateway.pipeline_ids() if self.settings.works(p)}
+                listed = {p.id for p in await self.gateway.pipelines.list() if self.settings.works(p.id)}
             except ServiceError as error:
                 log.warning(
                     "ListPipelines failed (%s); retrying", error.message, extra={"error": error.message}
