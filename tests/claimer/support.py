@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from hevlayer.claimer.database import Database
-from hevlayer.claimer.documents import DocumentStore, StagedRecord
+from hevlayer.claimer.documents import DocumentStore
 from hevlayer.claimer.leases import LeaseStore
 from hevlayer.claimer.manifests import ManifestCache, ObjectStore
 from hevlayer.claimer.pipelines import PipelineDefaults, PipelineSpec, PipelineStore
 from hevlayer.claimer.segments import SegmentQueue
+from hevlayer.client.types import StagedRecord
 
 
 class FakeClock:

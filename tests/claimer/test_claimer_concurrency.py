@@ -11,7 +11,8 @@ from typing import Any
 from claimer.support import counters, full_count, make_stores, new_pipeline, stage
 
 from hevlayer.claimer.database import Database
-from hevlayer.claimer.leases import ClaimRequest, LeaseStore, Outcome
+from hevlayer.claimer.leases import ClaimRequest, LeaseStore
+from hevlayer.client.enums import TransitionOutcome
 
 PROCESSES = 3
 DOCUMENTS = 3000
@@ -38,7 +39,7 @@ def _claim_until_empty(dsn: str, pipeline_id: str, worker: str, start: Any, queu
                 result = await store.transition(
                     pipeline_id, "embedding", worker, "indexed", claimed.document_ids, claimed.fencing_tokens
                 )
-                assert set(result.outcomes) == {Outcome.MOVED}
+                assert set(result.outcomes) == {TransitionOutcome.MOVED}
         finally:
             await db.close()
         return got

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from claimer.support import Stores, counters, full_count, new_pipeline, stage
 
-from hevlayer.claimer.documents import StagedRecord
-from hevlayer.claimer.leases import ClaimRequest, Outcome
+from hevlayer.claimer.leases import ClaimRequest
+from hevlayer.client.enums import TransitionOutcome
+from hevlayer.client.types import StagedRecord
 from hevlayer.common.errors import FailedPrecondition, InvalidArgument, NotFound
 
 
@@ -34,13 +35,13 @@ async def test_claim_transition_and_counters(stores: Stores) -> None:
     result = await stores.leases.transition(
         pid, "embedding", "w1", "indexed", [*claimed.document_ids, "nope"], [*claimed.fencing_tokens, 7]
     )
-    assert result.outcomes == [Outcome.MOVED] * 4 + [Outcome.NOT_FOUND]
+    assert result.outcomes == [TransitionOutcome.MOVED] * 4 + [TransitionOutcome.NOT_FOUND]
     assert all(new > old for new, old in zip(result.fencing_tokens[:4], claimed.fencing_tokens, strict=True))
     # w2's documents are not w1's to move
     wrong = await stores.leases.transition(
         pid, "embedding", "w1", "indexed", other.document_ids[:2], other.fencing_tokens[:2]
     )
-    assert wrong.outcomes == [Outcome.NOT_HELD] * 2
+    assert wrong.outcomes == [TransitionOutcome.NOT_HELD] * 2
     assert (
         await counters(stores.db, pid) == {"embedding": 6, "indexed": 4} == await full_count(stores.db, pid)
     )
@@ -86,11 +87,11 @@ async def test_stale_lease_recovery_and_fencing(stores: Stores) -> None:
     assert second.attempts == [2]
     # the crashed worker comes back: every write with its token is rejected
     late = await stores.leases.transition(pid, "embedding", "crashed", "indexed", ["x"], first.fencing_tokens)
-    assert late.outcomes == [Outcome.NOT_HELD]
+    assert late.outcomes == [TransitionOutcome.NOT_HELD]
     stale = await stores.leases.transition(pid, "embedding", "alive", "indexed", ["x"], first.fencing_tokens)
-    assert stale.outcomes == [Outcome.NOT_HELD]
+    assert stale.outcomes == [TransitionOutcome.NOT_HELD]
     done = await stores.leases.transition(pid, "embedding", "alive", "indexed", ["x"], second.fencing_tokens)
-    assert done.outcomes == [Outcome.MOVED]
+    assert done.outcomes == [TransitionOutcome.MOVED]
 
 
 async def test_poison_document_goes_to_failed(stores: Stores) -> None:
@@ -119,7 +120,7 @@ async def test_restage_resets_and_returns_previous_backing(stores: Stores) -> No
     assert results[0].previous_backing == "s3://b/r"
     assert results[0].fencing_token > claimed.fencing_tokens[0] > tokens["r"]
     lost = await stores.leases.transition(pid, "embedding", "w", "indexed", ["r"], claimed.fencing_tokens)
-    assert lost.outcomes == [Outcome.NOT_HELD]
+    assert lost.outcomes == [TransitionOutcome.NOT_HELD]
     state = await stores.documents.describe(pid, "r")
     assert (state.stage, state.attempts, state.chunk_count, state.claimed_by) == ("pending", 0, 3, None)
     assert await counters(stores.db, pid) == {"pending": 1}
@@ -133,7 +134,7 @@ async def test_release_failed_and_worker_stages(stores: Stores) -> None:
     released = await stores.leases.transition(pid, "extract", "cpu", "pending", ["a"], [tok["a"]], "busy")
     failed = await stores.leases.transition(pid, "extract", "cpu", "failed", ["b"], [tok["b"]], "bad pdf")
     moved = await stores.leases.transition(pid, "extract", "cpu", "embed-ready", ["c"], [0])
-    assert [r.outcomes[0] for r in (released, failed, moved)] == [Outcome.MOVED] * 3
+    assert [r.outcomes[0] for r in (released, failed, moved)] == [TransitionOutcome.MOVED] * 3
     assert (await stores.documents.describe(pid, "b")).last_error == "bad pdf"
     gpu = await stores.leases.claim(ClaimRequest(pid, "embed-ready", "embedding", 10, "gpu"))
     assert gpu.document_ids == ["c"]

@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator, Sequence
 
 from claimer.support import Stores, counters, full_count, new_pipeline, stage
 
-from hevlayer.claimer.documents import EnqueueBatch, StagedRecord
-from hevlayer.claimer.leases import ClaimRequest, Outcome
+from hevlayer.claimer.documents import EnqueueBatch
+from hevlayer.claimer.leases import ClaimRequest
 from hevlayer.claimer.manifests import decode_manifest, encode_manifest, segments_prefix
+from hevlayer.client.enums import TransitionOutcome
+from hevlayer.client.types import StagedRecord
 
 
 async def batches(
@@ -82,15 +84,15 @@ async def test_enqueue_claim_split_complete_leaves_nothing(seg_stores: Stores) -
     done = await stores.leases.transition(
         pid, "embedding", "w1", "indexed", first.document_ids[:half], first.fencing_tokens[:half]
     )
-    assert done.outcomes == [Outcome.MOVED] * half
+    assert done.outcomes == [TransitionOutcome.MOVED] * half
     again = await stores.leases.transition(
         pid, "embedding", "w1", "indexed", first.document_ids[:3], first.fencing_tokens[:3]
     )
-    assert again.outcomes == [Outcome.NOT_HELD] * 3
+    assert again.outcomes == [TransitionOutcome.NOT_HELD] * 3
     wrong_worker = await stores.leases.transition(
         pid, "embedding", "w2", "indexed", first.document_ids[half:], first.fencing_tokens[half:]
     )
-    assert set(wrong_worker.outcomes) == {Outcome.NOT_HELD}
+    assert set(wrong_worker.outcomes) == {TransitionOutcome.NOT_HELD}
     await stores.leases.transition(
         pid, "embedding", "w1", "indexed", first.document_ids[half:], first.fencing_tokens[half:]
     )
@@ -133,7 +135,7 @@ async def test_release_fail_and_move_segment_ids(seg_stores: Stores) -> None:
     failed = await stores.leases.transition(pid, "extract", "cpu", "failed", ids[3:5], tokens[3:5], "broken")
     onward = await stores.leases.transition(pid, "extract", "cpu", "embed-ready", ids[5:], tokens[5:])
     for result in (release, failed, onward):
-        assert set(result.outcomes) == {Outcome.MOVED}
+        assert set(result.outcomes) == {TransitionOutcome.MOVED}
     assert await counters(stores.db, pid) == {"pending": 3, "failed": 2, "embed-ready": 5}
     assert await counters(stores.db, pid) == await full_count(stores.db, pid)
     assert (await stores.documents.describe(pid, "m3")).last_error == "broken"
@@ -160,7 +162,7 @@ async def test_expired_segment_is_taken_back_then_poisoned(seg_stores: Stores) -
     late = await stores.leases.transition(
         pid, "embedding", "w1", "indexed", ids[4:], first.fencing_tokens[4:]
     )
-    assert set(late.outcomes) == {Outcome.NOT_HELD}
+    assert set(late.outcomes) == {TransitionOutcome.NOT_HELD}
     stores.clock.advance(11)
     third = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 10, "w3"))
     assert len(third) == 0
@@ -201,7 +203,7 @@ async def test_reclaimed_segment_completes_whole(seg_stores: Stores) -> None:
     done = await stores.leases.transition(
         pid, "embedding", "w2", "indexed", second.document_ids, second.fencing_tokens
     )
-    assert set(done.outcomes) == {Outcome.MOVED}
+    assert set(done.outcomes) == {TransitionOutcome.MOVED}
     assert len(set(done.fencing_tokens)) == 1
     # the same ids in another order, on a fresh segment: moved one by one
     await stores.documents.enqueue(batches(pid, ids))
@@ -215,7 +217,7 @@ async def test_reclaimed_segment_completes_whole(seg_stores: Stores) -> None:
         [third.document_ids[i] for i in order] + ["not-there"],
         [third.fencing_tokens[i] for i in order] + [third.fencing_tokens[0]],
     )
-    assert moved.outcomes == [Outcome.MOVED] * 10 + [Outcome.NOT_HELD]
+    assert moved.outcomes == [TransitionOutcome.MOVED] * 10 + [TransitionOutcome.NOT_HELD]
     assert await counters(stores.db, pid) == {"indexed": 20}
     assert await keys(stores, pid) == []
 
@@ -284,7 +286,7 @@ async def test_whole_segment_leases_move_by_token(seg_stores: Stores) -> None:
 
     # one id of the first lease moved on its own; the lease then moves the other nine
     one = await stores.leases.transition(pid, "embedding", "w1", "indexed", first[:1], [tokens[0]] * 1)
-    assert one.outcomes == [Outcome.MOVED]
+    assert one.outcomes == [TransitionOutcome.MOVED]
     # another worker, the wrong stage, a made-up token and a repeated token move nothing
     assert (
         await stores.leases.transition_segment_leases(pid, "embedding", "w2", "indexed", tokens)

@@ -23,9 +23,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from hevlayer.claimer.database import Database
-from hevlayer.claimer.documents import StagedRecord
-from hevlayer.claimer.leases import ClaimRequest, Outcome
+from hevlayer.claimer.leases import ClaimRequest
 from hevlayer.claimer.pipelines import PipelineSpec
+from hevlayer.client.enums import TransitionOutcome
+from hevlayer.client.types import StagedRecord
 
 T = TypeVar("T")
 DOCS = [f"d{i}" for i in range(7)]
@@ -184,20 +185,20 @@ class LeaseMachine(RuleBasedStateMachine):
     def transition(self, worker: str, picks: list[tuple[str, int]], to_stage: str) -> None:
         ids = [d for d, _ in picks]
         tokens = [self.pick_token(d, c) for d, c in picks]
-        expected: list[Outcome] = []
+        expected: list[TransitionOutcome] = []
         named: set[str] = set()
         for d, t in zip(ids, tokens, strict=True):
             if d not in self.docs:
-                expected.append(Outcome.NOT_FOUND)
+                expected.append(TransitionOutcome.NOT_FOUND)
             elif d not in named and self.held(d, worker, t):
-                expected.append(Outcome.MOVED)
+                expected.append(TransitionOutcome.MOVED)
             else:  # not held, or named twice (only the first occurrence counts)
-                expected.append(Outcome.NOT_HELD)
+                expected.append(TransitionOutcome.NOT_HELD)
             named.add(d)
         result = self.run(self.stores.leases.transition(self.pid, WORK, worker, to_stage, ids, tokens, "why"))
         assert result.outcomes == expected
         for d, outcome, token in zip(ids, result.outcomes, result.fencing_tokens, strict=True):
-            if outcome is Outcome.MOVED:
+            if outcome is TransitionOutcome.MOVED:
                 doc = self.docs[d]
                 self.retoken(doc, token)
                 doc.stage, doc.holder, doc.expires = to_stage, None, None

@@ -23,6 +23,7 @@ from hevlayer.claimer.database import Database
 from hevlayer.claimer.leases import require_segments
 from hevlayer.claimer.segments import SegmentQueue
 from hevlayer.claimer.txn import Clock, RetryTransaction, Work, pipeline_config, run, system_clock
+from hevlayer.client.types import StagedRecord, StagedResult
 from hevlayer.common.errors import InvalidArgument, NotFound
 from hevlayer.common.telemetry import MAX_TRACE_PARENT_BYTES
 
@@ -63,30 +64,6 @@ WHERE NOT ($6 AND EXCLUDED.content_hash <> '' AND d.content_hash = EXCLUDED.cont
            AND d.stage <> 'failed')
 RETURNING 1
 """
-
-
-@dataclass(frozen=True)
-class StagedRecord:
-    """A document whose chunks the gateway stored."""
-
-    document_id: str
-    content_hash: str = ""
-    backing: str = ""
-    chunk_count: int = 0
-    lease_token: int = 0
-    """A lease the stager holds on the document (0: none); staging ends it."""
-    trace_parent: str = ""
-    """W3C trace context of the staging span ("": none), handed to workers with its leases."""
-
-
-@dataclass(frozen=True)
-class StagedResult:
-    """Its new token and the backing it replaced ("" for a new document)."""
-
-    document_id: str
-    fencing_token: int
-    previous_backing: str
-    unchanged: bool = False
 
 
 @dataclass(frozen=True)

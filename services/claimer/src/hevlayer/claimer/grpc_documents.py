@@ -9,8 +9,9 @@ from grpc import aio
 from hevlayer.api.claimer.v1 import document_state_pb2 as pb
 from hevlayer.api.claimer.v1 import document_state_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2
-from hevlayer.claimer.documents import DocumentState, DocumentStore, EnqueueBatch, StagedRecord
+from hevlayer.claimer.documents import DocumentState, DocumentStore, EnqueueBatch
 from hevlayer.claimer.leases import LeaseStore
+from hevlayer.client.types import StagedRecord
 
 
 def state_to_proto(state: DocumentState) -> staging_pb2.DocumentState:

@@ -18,10 +18,11 @@ from opentelemetry.trace import Status, StatusCode
 from hevlayer.api.document.v1.document_pb2 import LeaseRef
 from hevlayer.api.lease.v1 import lease_pb2 as pb
 from hevlayer.claimer import validation as v
-from hevlayer.claimer.leases import Claimed, ClaimRequest, LeaseStore, Outcome
+from hevlayer.claimer.leases import Claimed, ClaimRequest, LeaseStore
 from hevlayer.claimer.pipelines import validate_pipeline_id
 from hevlayer.claimer.status_watch import StatusNotifier
 from hevlayer.claimer.wire import encode_leases, encode_transition_results
+from hevlayer.client.enums import TransitionOutcome
 from hevlayer.common.encoded import Encoded
 from hevlayer.common.errors import InvalidArgument
 from hevlayer.common.telemetry import DOCUMENT_TRANSITION_SPAN, MAX_TRACE_PARENT_BYTES, context_of
@@ -113,7 +114,7 @@ def record_transitions(
     request: pb.TransitionDocumentsRequest,
     ids: list[str],
     parents: list[str],
-    outcomes: list[Outcome],
+    outcomes: list[TransitionOutcome],
     start_ns: int,
 ) -> None:
     """One ``document.transition`` span per document that names its trace (a child of
@@ -140,7 +141,7 @@ def record_transitions(
                 "hevlayer.outcome": outcome.name.lower(),
             },
         )
-        if outcome is not Outcome.MOVED:
+        if outcome is not TransitionOutcome.MOVED:
             span.set_status(Status(StatusCode.ERROR, f"not moved: {outcome.name}"))
         span.end(end_time=end_ns)
 

@@ -18,7 +18,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import IntEnum
 
 import asyncpg
 
@@ -27,6 +26,7 @@ from hevlayer.claimer import validation as v
 from hevlayer.claimer.database import Database
 from hevlayer.claimer.segments import SegmentQueue
 from hevlayer.claimer.txn import Clock, PipelineConfig, Work, pipeline_config, run, system_clock
+from hevlayer.client.enums import TransitionOutcome
 from hevlayer.common.errors import FailedPrecondition, InvalidArgument
 
 # The claim: documents whose lease expired in claim_stage first, then
@@ -165,14 +165,6 @@ FROM documents WHERE pipeline_id = $1 AND document_id = ANY($2::text[])
 """
 
 
-class Outcome(IntEnum):
-    """What happened to one document of a transition (values of the proto enum)."""
-
-    MOVED = 1
-    NOT_HELD = 2
-    NOT_FOUND = 3
-
-
 @dataclass(frozen=True)
 class ClaimRequest:
     """A claim (see ClaimDocumentsRequest)."""
@@ -220,7 +212,7 @@ class HeartbeatResult:
 class TransitionResult:
     """Per requested document: outcome and token after the move."""
 
-    outcomes: list[Outcome]
+    outcomes: list[TransitionOutcome]
     fencing_tokens: list[int]
 
 
@@ -433,7 +425,7 @@ class LeaseStore:
         async def body(conn: asyncpg.Connection, work: Work) -> TransitionResult:
             cfg = await pipeline_config(conn, pipeline_id)
             now = self.clock()
-            outcomes = [Outcome.NOT_HELD] * len(ids)
+            outcomes = [TransitionOutcome.NOT_HELD] * len(ids)
             new_tokens = [0] * len(ids)
             rest = list(range(len(ids)))
             segments = self._segment_queue(cfg)
@@ -445,7 +437,7 @@ class LeaseStore:
                 if moves.outcomes:
                     for index, moved in moves.outcomes.items():
                         if moved:
-                            outcomes[index] = Outcome.MOVED
+                            outcomes[index] = TransitionOutcome.MOVED
                             new_tokens[index] = moves.new_token
                     rest = [i for i in rest if i not in moves.outcomes]
             if rest:
@@ -471,13 +463,13 @@ class LeaseStore:
                 )
                 missing: list[int] = []
                 if len(moved_rows) == len(ids):  # the common case: everything moved
-                    outcomes = [Outcome.MOVED] * len(ids)
+                    outcomes = [TransitionOutcome.MOVED] * len(ids)
                     new_tokens = [moved_rows[doc] for doc in ids]
                 else:
                     for i in rest:
                         token = moved_rows.pop(ids[i], None)
                         if token is not None:
-                            outcomes[i] = Outcome.MOVED
+                            outcomes[i] = TransitionOutcome.MOVED
                             new_tokens[i] = token
                         else:
                             missing.append(i)
@@ -486,8 +478,8 @@ class LeaseStore:
                 if len(rest) != len(ids) and len(set(ids)) != len(ids):
                     first_outcome = {ids[i]: outcomes[i] for i in rest}
                     for i, doc in enumerate(ids):
-                        if first_outcome.get(doc) is Outcome.NOT_FOUND:
-                            outcomes[i] = Outcome.NOT_FOUND
+                        if first_outcome.get(doc) is TransitionOutcome.NOT_FOUND:
+                            outcomes[i] = TransitionOutcome.NOT_FOUND
             if segments is not None and moves is not None:
                 await segments.apply_transition(conn, work, cfg, to_stage, reason, now, moves)
             return TransitionResult(outcomes, new_tokens)
@@ -536,7 +528,7 @@ class LeaseStore:
         ids: Sequence[str],
         tokens: Sequence[int],
         missing: list[int],
-        outcomes: list[Outcome],
+        outcomes: list[TransitionOutcome],
         new_tokens: list[int],
     ) -> None:
         """NOT_HELD for documents that exist, NOT_FOUND for the others (a
@@ -552,12 +544,12 @@ class LeaseStore:
         for i in missing:
             token = current.get(ids[i])
             if token is not None:
-                outcomes[i] = Outcome.NOT_HELD
+                outcomes[i] = TransitionOutcome.NOT_HELD
                 new_tokens[i] = token
             elif cfg.segmented and tokens[i] != 0:
-                outcomes[i] = Outcome.NOT_HELD
+                outcomes[i] = TransitionOutcome.NOT_HELD
             else:
-                outcomes[i] = Outcome.NOT_FOUND
+                outcomes[i] = TransitionOutcome.NOT_FOUND
 
     # -- checks ----------------------------------------------------------------------
 

@@ -25,11 +25,12 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hevlayer.claimer.database import Database
+from hevlayer.client.enums import TransitionOutcome
 from hevlayer.common.errors import ServiceError
 from hevlayer.common.metrics import REGISTRY
 
 if TYPE_CHECKING:
-    from hevlayer.claimer.leases import Claimed, Outcome
+    from hevlayer.claimer.leases import Claimed
 
 log = logging.getLogger("hevlayer.claimer.metrics")
 
@@ -84,7 +85,7 @@ def observe_claim(pipeline_id: str, claimed: Claimed, seconds: float) -> None:
     POISONED.labels(pipeline_id).inc(claimed.poisoned)
 
 
-def observe_transition(pipeline_id: str, to_stage: str, outcomes: Sequence[Outcome]) -> None:
+def observe_transition(pipeline_id: str, to_stage: str, outcomes: Sequence[TransitionOutcome]) -> None:
     """Record one transition (worker stage names are folded into "stage")."""
     target = to_stage if to_stage in ("pending", "indexed", "failed") else "stage"
     if not outcomes:
