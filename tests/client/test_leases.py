@@ -1,18 +1,18 @@
-"""Clients of the columnar lease layout against a server that predates it.
+"""hevlayer.client.LeasesClient against a server that predates the columnar lease layout.
 
-The embedder's GatewayClient and the gateway's ClaimerClient send heartbeats
-and transitions as LeaseRefColumns and ask for LeaseColumns. A server from
-before the columnar layout (here: a LeaseService that reads only the
-per-document fields, as the old generated code would, the new fields being
-unknown to it) sees an empty batch and answers without columns: the clients
-must notice, send the same call again with per-document messages, and stay
-with them. Through a real server and a real channel.
+The client sends heartbeats and transitions as LeaseRefColumns and asks for
+LeaseColumns. A server from before the columnar layout (here: a LeaseService
+that reads only the per-document fields, as the old generated code would, the
+new fields being unknown to it) sees an empty batch and answers without
+columns: the client must notice, send the same call again with per-document
+messages, and stay with them. The gateway's transitions to the claimer go
+through the same client (``ClaimerClient.transition``). Through a real server
+and a real channel.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from google.protobuf import timestamp_pb2
 from grpc import aio
@@ -20,8 +20,8 @@ from grpc import aio
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.lease.v1 import lease_pb2 as pb
 from hevlayer.api.lease.v1 import lease_pb2_grpc
-from hevlayer.embedder.gateway_client import Claim, GatewayClient
-from hevlayer.embedder.inflight import InFlightDocument
+from hevlayer.client import Claim, LeaseRef, LeasesClient, TransitionOutcome
+from hevlayer.client.channel import open_channel
 from hevlayer.gateway.claimer_client import ClaimerClient
 
 
@@ -100,15 +100,11 @@ async def _serve(servicer: OldLeaseService) -> tuple[aio.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
-def _document(document_id: str, token: int) -> InFlightDocument:
-    owner: Any = None  # heartbeats and transitions read only the id and the token
-    return InFlightDocument(owner, document_id, token, expires_at=0.0)
-
-
-async def test_embedder_client_falls_back_to_messages() -> None:
+async def test_the_client_falls_back_to_messages_and_stays_there() -> None:
     servicer = OldLeaseService()
     server, address = await _serve(servicer)
-    client = GatewayClient(aio.insecure_channel(address))
+    channel = open_channel(address)
+    client = LeasesClient(channel)
     claim = Claim("p", "gpu-0", "pending", "embedding")
     try:
         leases = await client.claim(claim, 2)  # LeaseLayout is ignored: leases come as messages
@@ -118,36 +114,38 @@ async def test_embedder_client_falls_back_to_messages() -> None:
         ]
         streamed = [batch async for batch in client.stream_leases(claim, _no_credits(), 1)]
         assert [[x.document_id for x in batch] for batch in streamed] == [["streamed"]]
-        documents = [_document("doc-0", 100), _document("doc-1", 0)]
-        assert client.columns
-        assert await client.transition(claim, documents, "indexed") == [True, False]
-        assert not client.columns
+        documents = [LeaseRef("doc-0", 100), LeaseRef("doc-1", 0)]
+        assert client.layout.columns
+        moves = await client.transition_claimed(claim, documents, "indexed")
+        assert [m.outcome for m in moves] == [TransitionOutcome.MOVED, TransitionOutcome.NOT_HELD]
+        assert not client.layout.columns
         assert servicer.batches[-2:] == [("transition", 0), ("transition", 2)]
         deadlines = await client.heartbeat(claim, documents)
         assert deadlines[0] is not None
         assert deadlines[1] is None
         assert servicer.batches[-1] == ("heartbeat", 2)  # straight to messages now
     finally:
-        await client.close()
+        await channel.close()
         await server.stop(None)
 
 
-async def test_embedder_client_heartbeat_falls_back_to_messages() -> None:
+async def test_a_heartbeat_falls_back_to_messages() -> None:
     servicer = OldLeaseService()
     server, address = await _serve(servicer)
-    client = GatewayClient(aio.insecure_channel(address))
+    channel = open_channel(address)
+    client = LeasesClient(channel)
     try:
-        deadlines = await client.heartbeat(Claim("p", "gpu-0", "pending", "embedding"), [_document("a", 5)])
+        deadlines = await client.heartbeat(Claim("p", "gpu-0", "pending", "embedding"), [LeaseRef("a", 5)])
         assert len(deadlines) == 1
         assert deadlines[0] is not None
         assert servicer.batches == [("heartbeat", 0), ("heartbeat", 1)]
-        assert not client.columns
+        assert not client.layout.columns
     finally:
-        await client.close()
+        await channel.close()
         await server.stop(None)
 
 
-async def test_gateway_claimer_client_falls_back_to_messages() -> None:
+async def test_the_gateways_transitions_fall_back_too() -> None:
     servicer = OldLeaseService()
     server, address = await _serve(servicer)
     client = ClaimerClient(aio.insecure_channel(address))
@@ -161,7 +159,6 @@ async def test_gateway_claimer_client_falls_back_to_messages() -> None:
                 ("b", False, 1),
             ]
         assert servicer.batches == [("transition", 0), ("transition", 2), ("transition", 2)]
-        assert not client.columns
     finally:
         await client.channel.close()
         await server.stop(None)

@@ -1,7 +1,9 @@
 """The gateway's client of the claimer (the owner of pipeline and document state).
 
-Thin wrappers over the generated stubs: every failed call is turned back
-into the :class:`~hevlayer.common.errors.ServiceError` the claimer raised
+Pipeline and lease calls go through :mod:`hevlayer.client` (its
+PipelinesClient and LeasesClient, with their value types); the claimer's
+internal DocumentStateService is wrapped here. Every failed call is turned
+back into the :class:`~hevlayer.common.errors.ServiceError` the claimer raised
 (details included), so the cores and both transports see one kind of error.
 Pipelines are cached briefly (:class:`PipelineInfo`): staging needs a
 pipeline's namespace on every batch, and its immutable fields never change.
@@ -14,15 +16,16 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from google.protobuf import field_mask_pb2
 from grpc import aio
 
 from hevlayer.api.claimer.v1 import document_state_pb2, document_state_pb2_grpc
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
-from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
+from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.api.staging.v1 import staging_pb2
-from hevlayer.common.errors import InvalidArgument, ServiceError, service_error_from_rpc_error
+from hevlayer.client import LeaseRef, LeasesClient, PipelinesClient
+from hevlayer.client.types import StagedRecord, StagedResult, Transition
+from hevlayer.common.errors import InvalidArgument, service_error_from_rpc_error
 
 T = TypeVar("T")
 
@@ -66,30 +69,6 @@ class PipelineInfo:
 
 
 @dataclass(frozen=True)
-class StagedRecord:
-    """A document whose segment is stored, for RecordStaged."""
-
-    document_id: str
-    content_hash: str
-    backing: str
-    chunk_count: int
-    lease_token: int = 0
-    """A lease the stager holds on the document (0: none); staging ends it."""
-    trace_parent: str = ""
-    """W3C trace context of the staging span ("": none): the document's trace starts there."""
-
-
-@dataclass(frozen=True)
-class StagedResult:
-    """RecordStaged's answer for one document."""
-
-    document_id: str
-    fencing_token: int
-    previous_backing: str
-    unchanged: bool
-
-
-@dataclass(frozen=True)
 class LeaseCheck:
     """CheckLeases' answer for one document."""
 
@@ -98,20 +77,6 @@ class LeaseCheck:
     found: bool
     backing: str
     fencing_token: int
-
-
-@dataclass(frozen=True)
-class Transition:
-    """TransitionDocuments' answer for one document."""
-
-    document_id: str
-    outcome: int
-    fencing_token: int
-
-    @property
-    def moved(self) -> bool:
-        """True if the document moved."""
-        return self.outcome == lease_pb2.TRANSITION_OUTCOME_MOVED
 
 
 async def _call(call: Awaitable[T]) -> T:
@@ -129,23 +94,17 @@ class ClaimerClient:
         self.timeout = timeout
         self.pipeline_ttl = pipeline_ttl
         self.documents = document_state_pb2_grpc.DocumentStateServiceStub(channel)
-        self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(channel)
         self.leases = lease_pb2_grpc.LeaseServiceStub(channel)
-        self.columns = True
-        """False once the claimer answered a columnar transition without columns (it predates them)."""
+        self._pipelines = PipelinesClient(channel)
+        self._leases = LeasesClient(channel)
         self._pipeline_cache: dict[str, tuple[float, PipelineInfo]] = {}
 
     # -- pipelines -------------------------------------------------------------------------
 
     async def get_pipeline(self, pipeline_id: str) -> pipeline_pb2.Pipeline:
         """GetPipeline (NOT_FOUND if it does not exist)."""
-        response = await _call(
-            self.pipelines.GetPipeline(
-                pipeline_pb2.GetPipelineRequest(pipeline_id=pipeline_id), timeout=self.timeout
-            )
-        )
-        self._remember(PipelineInfo.from_proto(response.pipeline))
-        pipeline: pipeline_pb2.Pipeline = response.pipeline
+        pipeline = await self._pipelines.get(pipeline_id, timeout=self.timeout)
+        self._remember(PipelineInfo.from_proto(pipeline))
         return pipeline
 
     async def pipeline(self, pipeline_id: str, *, fresh: bool = False) -> PipelineInfo:
@@ -167,41 +126,24 @@ class ClaimerClient:
     async def set_dimension(self, pipeline_id: str, dimension: int) -> bool:
         """Record a pipeline's dimension (fixed by its first write); False if the
         claimer does not accept ``dimension`` in an update mask."""
-        request = pipeline_pb2.UpdatePipelineRequest(
-            pipeline=pipeline_pb2.Pipeline(id=pipeline_id, dimension=dimension),
-            update_mask=field_mask_pb2.FieldMask(paths=["dimension"]),
-        )
         try:
-            response = await _call(self.pipelines.UpdatePipeline(request, timeout=self.timeout))
+            pipeline = await self._pipelines.update(
+                pipeline_pb2.Pipeline(id=pipeline_id, dimension=dimension),
+                ["dimension"],
+                timeout=self.timeout,
+            )
         except InvalidArgument:
             return False
-        self._remember(PipelineInfo.from_proto(response.pipeline))
+        self._remember(PipelineInfo.from_proto(pipeline))
         return True
 
     async def list_pipelines(self) -> list[pipeline_pb2.Pipeline]:
         """Every pipeline (all pages)."""
-        pipelines: list[pipeline_pb2.Pipeline] = []
-        token = ""
-        while True:
-            response = await _call(
-                self.pipelines.ListPipelines(
-                    pipeline_pb2.ListPipelinesRequest(page_size=1000, page_token=token), timeout=self.timeout
-                )
-            )
-            pipelines.extend(response.pipelines)
-            token = response.next_page_token
-            if not token:
-                return pipelines
+        return await self._pipelines.list(timeout=self.timeout)
 
     async def pipeline_status(self, pipeline_id: str) -> pipeline_pb2.PipelineStatus:
         """GetPipelineStatus."""
-        response = await _call(
-            self.pipelines.GetPipelineStatus(
-                pipeline_pb2.GetPipelineStatusRequest(pipeline_id=pipeline_id), timeout=self.timeout
-            )
-        )
-        status: pipeline_pb2.PipelineStatus = response.status
-        return status
+        return await self._pipelines.status(pipeline_id, timeout=self.timeout)
 
     # -- documents -------------------------------------------------------------------------
 
@@ -333,50 +275,21 @@ class ClaimerClient:
         reason: str = "",
         trace_parents: Sequence[str] = (),
     ) -> list[Transition]:
-        """TransitionDocuments for (document id, fencing token) pairs (sent as
-        LeaseRefColumns; as LeaseRefs to a claimer that answers without columns).
-        ``trace_parents``: none, or each document's trace context ("" for none), under
-        which the claimer records the document's move (``document.transition``)."""
-        request = lease_pb2.TransitionDocumentsRequest(
-            pipeline_id=pipeline_id,
+        """TransitionDocuments for (document id, fencing token) pairs, through
+        :class:`hevlayer.client.LeasesClient` (columns, or LeaseRefs to a claimer that
+        predates them). ``trace_parents``: none, or each document's trace context ("" for
+        none), under which the claimer records the document's move (``document.transition``)."""
+        parents = trace_parents or [""] * len(documents)
+        refs = [LeaseRef(d, t, p) for (d, t), p in zip(documents, parents, strict=True)]
+        return await self._leases.transition(
+            pipeline_id,
+            refs,
             from_stage=from_stage,
             worker_id=worker_id,
             to_stage=to_stage,
             reason=reason,
+            timeout=self.timeout,
         )
-        ids = [d for d, _ in documents]
-        columns = self.columns and bool(ids)
-        traced = any(trace_parents)
-        if columns:
-            request.document_columns.document_ids.extend(ids)
-            request.document_columns.fencing_tokens.extend([t for _, t in documents])
-            if traced:
-                request.document_columns.trace_parents.extend(trace_parents)
-        elif traced:
-            request.documents.extend(
-                document_pb2.LeaseRef(document_id=d, fencing_token=t, trace_parent=p)
-                for (d, t), p in zip(documents, trace_parents, strict=True)
-            )
-        else:
-            request.documents.extend(
-                document_pb2.LeaseRef(document_id=d, fencing_token=t) for d, t in documents
-            )
-        response = await _call(self.leases.TransitionDocuments(request, timeout=self.timeout))
-        if columns and not response.HasField("result_columns"):
-            self.columns = False  # a claimer without columns saw an empty request
-            return await self.transition(
-                pipeline_id,
-                documents,
-                from_stage=from_stage,
-                worker_id=worker_id,
-                to_stage=to_stage,
-                reason=reason,
-                trace_parents=trace_parents,
-            )
-        if columns:
-            results = response.result_columns
-            return list(map(Transition, ids, results.outcomes, results.fencing_tokens))
-        return [Transition(r.document_id, r.outcome, r.fencing_token) for r in response.results]
 
     async def claim(self, request: lease_pb2.ClaimDocumentsRequest) -> lease_pb2.ClaimDocumentsResponse:
         """ClaimDocuments."""
@@ -388,9 +301,8 @@ class ClaimerClient:
 
     async def create_pipeline(self, request: pipeline_pb2.CreatePipelineRequest) -> pipeline_pb2.Pipeline:
         """CreatePipeline."""
-        response = await _call(self.pipelines.CreatePipeline(request, timeout=self.timeout))
-        self._remember(PipelineInfo.from_proto(response.pipeline))
-        pipeline: pipeline_pb2.Pipeline = response.pipeline
+        pipeline = await self._pipelines.create(request.pipeline, timeout=self.timeout)
+        self._remember(PipelineInfo.from_proto(pipeline))
         return pipeline
 
     async def delete_pipeline(
@@ -399,24 +311,6 @@ class ClaimerClient:
         """DeletePipeline."""
         self.forget_pipeline(request.pipeline_id)
         try:
-            return await _call(self.pipelines.DeletePipeline(request, timeout=self.timeout))
+            return await self._pipelines.delete(request.pipeline_id, timeout=self.timeout)
         finally:
             self.forget_pipeline(request.pipeline_id)
-
-
-def is_definite_failure(error: ServiceError) -> bool:
-    """True when a failed call surely changed nothing (the claimer rejected it),
-    False when it may have been applied (timeouts, lost connections, internal errors)."""
-    from grpc import StatusCode
-
-    return error.code in (
-        StatusCode.INVALID_ARGUMENT,
-        StatusCode.NOT_FOUND,
-        StatusCode.ALREADY_EXISTS,
-        StatusCode.FAILED_PRECONDITION,
-        StatusCode.PERMISSION_DENIED,
-        StatusCode.UNAUTHENTICATED,
-        StatusCode.OUT_OF_RANGE,
-        StatusCode.UNIMPLEMENTED,
-        StatusCode.RESOURCE_EXHAUSTED,
-    )

@@ -28,12 +28,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from grpc import aio
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from prometheus_client import Counter
 
-from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from hevlayer.client import EmbeddingClient, TransitionOutcome
 from hevlayer.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -41,7 +40,6 @@ from hevlayer.common.errors import (
     ServiceError,
     Unavailable,
     Violation,
-    service_error_from_rpc_error,
 )
 from hevlayer.common.metrics import REGISTRY
 from hevlayer.common.telemetry import DOCUMENT_INDEX_SPAN, context_of, traceparent
@@ -306,7 +304,7 @@ class VectorWriter:
                 if move.moved:
                     outcomes[index] = WriteOutcome(document.document_id, INDEXED, len(document.rows))
                     WRITTEN_VECTORS.inc(len(document.rows))
-                elif move.outcome == 3:  # TRANSITION_OUTCOME_NOT_FOUND: deleted meanwhile
+                elif move.outcome is TransitionOutcome.NOT_FOUND:  # deleted meanwhile
                     gone.append(document.document_id)
                     outcomes[index] = WriteOutcome(
                         document.document_id,
@@ -400,37 +398,6 @@ def _rename(error: InvalidArgument) -> InvalidArgument:
 # -- queries -----------------------------------------------------------------------------------
 
 
-class Embedder:
-    """The embedding service, for text queries."""
-
-    def __init__(self, channel: aio.Channel, *, timeout: float = 30.0) -> None:
-        self.channel = channel
-        self.timeout = timeout
-        self._stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
-
-    async def embed_query(self, text: str) -> list[float]:
-        """The query embedding of ``text``."""
-
-        async def requests() -> object:
-            yield embedding_pb2.EmbedRequest(texts=[text], input_type=embedding_pb2.INPUT_TYPE_QUERY)
-
-        call = self._stub.Embed(requests(), timeout=self.timeout)
-        try:
-            async for response in call:
-                if response.embeddings:
-                    return list(response.embeddings[0].values)
-        except aio.AioRpcError as rpc_error:
-            error = service_error_from_rpc_error(rpc_error)
-            if isinstance(error, Unavailable):
-                raise Unavailable(
-                    f"embedding service: {error.message}", reason="EMBEDDER_UNAVAILABLE", retry_after=1.0
-                ) from None
-            raise error from None
-        finally:
-            call.cancel()
-        raise Unavailable("the embedding service returned no embedding", reason="EMBEDDER_UNAVAILABLE")
-
-
 @dataclass(frozen=True)
 class Query:
     """A search request."""
@@ -444,10 +411,18 @@ class Query:
 class Searcher:
     """Answers queries against a pipeline's sink."""
 
-    def __init__(self, claimer: ClaimerClient, writer: VectorWriter, embedder: Embedder | None) -> None:
+    def __init__(
+        self,
+        claimer: ClaimerClient,
+        writer: VectorWriter,
+        embedder: EmbeddingClient | None,
+        *,
+        timeout: float = 30.0,
+    ) -> None:
         self.claimer = claimer
         self.writer = writer
         self.embedder = embedder
+        self.timeout = timeout
 
     async def query(self, pipeline_id: str, query: Query) -> list[Hit]:
         """Hits, best first (see :meth:`hevlayer.gateway.sinks.Sink.query`)."""
@@ -479,7 +454,12 @@ class Searcher:
                     violations=[Violation("text", "no embedding service is configured")],
                     reason="EMBEDDER_NOT_CONFIGURED",
                 )
-            vector: Sequence[float] = await self.embedder.embed_query(query.text)
+            try:
+                vector: Sequence[float] = await self.embedder.embed_query(query.text, timeout=self.timeout)
+            except Unavailable as error:
+                raise Unavailable(
+                    f"embedding service: {error.message}", reason="EMBEDDER_UNAVAILABLE", retry_after=1.0
+                ) from None
             QUERIES.labels("text").inc()
         else:
             assert query.vector is not None

@@ -14,8 +14,8 @@ from hevlayer.api.index.v1 import index_pb2
 from hevlayer.api.lease.v1 import lease_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
+from hevlayer.client import ClientOptions, EmbeddingClient
 from hevlayer.client.channel import open_channel
-from hevlayer.client.options import ClientOptions
 from hevlayer.common.config import load_or_exit
 from hevlayer.common.errors import NotFound, ServiceError
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
@@ -25,7 +25,7 @@ from hevlayer.gateway.claimer_client import ClaimerClient, PipelineInfo
 from hevlayer.gateway.forwarding import Forwarder
 from hevlayer.gateway.grpc_index import IndexServicer, index_handler
 from hevlayer.gateway.grpc_staging import StagingServicer
-from hevlayer.gateway.indexing import Embedder, Searcher, VectorWriter
+from hevlayer.gateway.indexing import Searcher, VectorWriter
 from hevlayer.gateway.rest import RestApi
 from hevlayer.gateway.settings import (
     GRPC_DEFAULTS,
@@ -136,11 +136,11 @@ async def build(app: ServiceApp, settings: Settings) -> None:
     sinks = SinkPool(settings.sinks)
     writer = VectorWriter(claimer, sinks)
     embedder_channel: aio.Channel | None = None
-    embedder: Embedder | None = None
+    embedder: EmbeddingClient | None = None
     if settings.gateway.embedder_address:
         embedder_channel = open_channel(settings.gateway.embedder_address)
-        embedder = Embedder(embedder_channel, timeout=settings.gateway.forward_timeout_seconds)
-    searcher = Searcher(claimer, writer, embedder)
+        embedder = EmbeddingClient(embedder_channel)
+    searcher = Searcher(claimer, writer, embedder, timeout=settings.gateway.forward_timeout_seconds)
 
     # Forwarded calls are retried as the client library retries them (idempotent
     # methods only); the forwarder starts its CLIENT spans itself.

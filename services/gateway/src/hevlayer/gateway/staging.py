@@ -47,6 +47,8 @@ from google.protobuf import json_format, struct_pb2
 from prometheus_client import Counter, Histogram
 
 from hevlayer.api.document.v1 import document_pb2
+from hevlayer.client.errors import is_definite_failure
+from hevlayer.client.types import StagedRecord, StagedResult
 from hevlayer.common.errors import (
     FailedPrecondition,
     Internal,
@@ -66,14 +68,7 @@ from hevlayer.gateway.chunkstore import (
     object_key_of,
     pack_prefix,
 )
-from hevlayer.gateway.claimer_client import (
-    ClaimerClient,
-    LeaseCheck,
-    PipelineInfo,
-    StagedRecord,
-    StagedResult,
-    is_definite_failure,
-)
+from hevlayer.gateway.claimer_client import ClaimerClient, LeaseCheck, PipelineInfo
 from hevlayer.gateway.settings import StagingSettings
 
 log = logging.getLogger("hevlayer.gateway.staging")
