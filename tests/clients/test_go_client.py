@@ -17,7 +17,6 @@ import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 from uuid import uuid4
 
 import pytest
@@ -25,19 +24,13 @@ from grpc import aio
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
+from hevlayer.devstack.testing import LiveSuite
 
 ROOT = Path(__file__).resolve().parents[2]
 GO_DIR = ROOT / "build" / "go"
 BINARY = GO_DIR / "bin" / "go-client"
 RUN_TIMEOUT = 180.0
 HIT = re.compile(r"^hit (\d+): score=(\S+) document=(\S+) chunk=(\S+) text=(.*)$")
-
-
-class Suite(Protocol):
-    """What these tests use of the ``live_suite`` fixture (tests/conftest.py)."""
-
-    @property
-    def gateway(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -129,7 +122,7 @@ async def test_flags_are_checked_before_dialing(go_client: Path) -> None:
     assert "-top-k: 0 is not between 1 and 1000" in run.stderr, run.describe()
 
 
-async def test_rpc_errors_show_code_and_message(go_client: Path, live_suite: Suite) -> None:
+async def test_rpc_errors_show_code_and_message(go_client: Path, live_suite: LiveSuite) -> None:
     run = await run_client(go_client, "-gateway", live_suite.gateway, "-pipeline", "Not_A_Valid_Id")
     assert run.returncode == 1, run.describe()
     assert "PipelineService.CreatePipeline failed: InvalidArgument (code 3): pipeline.id:" in run.stderr, (
@@ -146,7 +139,7 @@ async def test_unreachable_gateway_is_unavailable(go_client: Path) -> None:
     assert "PipelineService.ListPipelines failed: Unavailable (code 14):" in run.stderr, run.describe()
 
 
-async def test_stage_wait_and_query(go_client: Path, live_suite: Suite) -> None:
+async def test_stage_wait_and_query(go_client: Path, live_suite: LiveSuite) -> None:
     pipeline_id = f"go-{uuid4().hex[:6]}"
     prefix = f"doc-{uuid4().hex[:4]}"
     cats, rockets = f"{prefix}-cats", f"{prefix}-rockets"

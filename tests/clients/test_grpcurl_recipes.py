@@ -21,10 +21,11 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 from uuid import uuid4
 
 import pytest
+
+from hevlayer.devstack.testing import LiveSuite
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "grpcurl.md"
@@ -47,15 +48,6 @@ REQUIRED = [
     ("hevlayer.api.index.v1.IndexService/WriteVectors", '"end_of_document": true'),
     ("hevlayer.api.index.v1.IndexService/Query", '"text":'),
 ]
-
-
-class Suite(Protocol):
-    """What this test uses of the ``live_suite`` fixture (tests/conftest.py)."""
-
-    @property
-    def gateway(self) -> str: ...
-
-    def log(self, service: str, lines: int = 80) -> str: ...
 
 
 @dataclass
@@ -280,7 +272,7 @@ def test_the_parser_refuses_what_it_would_not_run() -> None:
 # -- the page against the live suite ---------------------------------------------------------
 
 
-def test_every_recipe_runs_against_the_live_suite(live_suite: Suite, tmp_path: Path) -> None:
+def test_every_recipe_runs_against_the_live_suite(live_suite: LiveSuite, tmp_path: Path) -> None:
     for tool in ("grpcurl", "jq"):
         if shutil.which(tool, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}") is None:
             pytest.fail(f"{tool} is not installed (grpcurl: `make bootstrap`; jq: `make system-deps`)")

@@ -22,7 +22,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Protocol
 from uuid import uuid4
 
 import pytest
@@ -31,6 +30,7 @@ from grpc import aio
 from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
+from hevlayer.devstack.testing import LiveSuite
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node-worker"
 
@@ -53,19 +53,6 @@ QUERIES = {
     "volcano.txt": "Ash from the eruption drifted for hundreds of kilometres.",
 }
 """A phrase of each file: Query by it finds one of that file's chunks first."""
-
-
-class Suite(Protocol):
-    """What these tests use of the ``live_suite`` fixture (tests/conftest.py)."""
-
-    @property
-    def gateway(self) -> str: ...
-
-    @property
-    def services(self) -> dict[str, str]: ...
-
-    @property
-    def external_prefix(self) -> str: ...
 
 
 def _run(command: list[str], *, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -110,7 +97,7 @@ async def node(main: Path, *args: str, cwd: Path, timeout: float = 180) -> subpr
 
 
 @pytest.fixture
-async def gateway(live_suite: Suite) -> AsyncIterator[aio.Channel]:
+async def gateway(live_suite: LiveSuite) -> AsyncIterator[aio.Channel]:
     async with aio.insecure_channel(live_suite.gateway) as channel:
         yield channel
 
@@ -122,7 +109,7 @@ async def create_pipeline(channel: aio.Channel, pipeline_id: str) -> None:
 
 
 async def test_stage_work_and_query(
-    node_worker: Path, live_suite: Suite, gateway: aio.Channel, tmp_path: Path
+    node_worker: Path, live_suite: LiveSuite, gateway: aio.Channel, tmp_path: Path
 ) -> None:
     pipeline = f"{live_suite.external_prefix}node-{uuid4().hex[:6]}"
     await create_pipeline(gateway, pipeline)
@@ -190,7 +177,7 @@ async def test_stage_work_and_query(
         assert best.attributes["file"] == name
 
 
-async def test_errors_show_the_grpc_status(node_worker: Path, live_suite: Suite, tmp_path: Path) -> None:
+async def test_errors_show_the_grpc_status(node_worker: Path, live_suite: LiveSuite, tmp_path: Path) -> None:
     (tmp_path / "note.txt").write_text("a short note\n")
     missing = f"{live_suite.external_prefix}node-missing-{uuid4().hex[:6]}"
     ran = await node(

@@ -13,9 +13,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from conftest import LiveSuite
-
 from hevlayer.client import Client, Pipeline
+from hevlayer.devstack.testing import LiveSuite
 
 WORKER = Path(__file__).resolve().parents[2] / "examples" / "python-worker" / "worker.py"
 

@@ -14,7 +14,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -32,24 +32,13 @@ from hevlayer.common.telemetry import (
     DOCUMENT_TRANSITION_SPAN,
     DOCUMENT_WRITE_SPAN,
 )
+from hevlayer.devstack.testing import LiveSuite
 
 STAGE_SPAN = "hevlayer.api.staging.v1.StagingService/StageDocuments"
 INDEXED_WITHIN_SECONDS = 240.0
 """How long the worker loop gets to index the document (a wait, not an assertion)."""
 
 Span = dict[str, Any]
-
-
-class Suite(Protocol):
-    """What this test uses of the ``live_suite`` fixture (tests/conftest.py)."""
-
-    @property
-    def gateway(self) -> str: ...
-
-    @property
-    def traces(self) -> Path: ...
-
-    def log(self, service: str, lines: int = 80) -> str: ...
 
 
 def read_spans(path: Path) -> list[Span]:
@@ -124,7 +113,7 @@ async def wait_indexed(channel: aio.Channel, pipeline_id: str, document_id: str)
     pytest.fail(f"{document_id!r} was not indexed within {INDEXED_WITHIN_SECONDS} s; last state: {state}")
 
 
-async def test_a_documents_journey_is_one_trace(live_suite: Suite) -> None:
+async def test_a_documents_journey_is_one_trace(live_suite: LiveSuite) -> None:
     pipeline_id = f"trace-{uuid4().hex[:6]}"
     document_id = f"doc-{uuid4().hex[:8]}"
     async with aio.insecure_channel(live_suite.gateway) as channel:

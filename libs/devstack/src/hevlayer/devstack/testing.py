@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from hevlayer.devstack.ports import free_port
@@ -78,3 +79,52 @@ class ServiceFactory:
             f"--- {p.name} (pid {p.pid}, returncode {p.returncode}) {p.log_path} ---\n{p.log_tail(lines)}"
             for p in self.processes
         )
+
+
+EXTERNAL_PIPELINES = "external-"
+"""Prefix of the pipeline ids that ``live_suite``'s embedder worker leaves alone
+(``EMBEDDER_WORKER_EXCLUDE_PIPELINES``): a test that runs its own worker names its pipelines so."""
+
+
+@dataclass(frozen=True)
+class LiveSuite:
+    """The whole suite as ``hevlayer up --detach`` runs it (shared by the tests of one session).
+
+    Every service writes its spans to ``traces`` (JSON lines; see
+    ``hevlayer.common.telemetry``). Tests on it make their own pipelines
+    (unique names) and leave the other tests' pipelines alone. The embedder
+    worker embeds every pipeline's pending documents except those of
+    pipelines named ``external-*``, which are left to workers a test runs itself.
+    """
+
+    data_dir: Path
+    gateway: str
+    """The gateway's gRPC address."""
+    services: dict[str, str]
+    """Each service's gRPC address."""
+    http: dict[str, str]
+    """Each service's HTTP address (``/metrics``, ``/healthz``; the gateway's REST)."""
+    traces: Path
+
+    @property
+    def external_prefix(self) -> str:
+        """Prefix of the pipeline ids the suite's embedder worker leaves to a worker the test runs."""
+        return EXTERNAL_PIPELINES
+
+    @property
+    def gateway_http(self) -> str:
+        """The gateway's REST base URL."""
+        return f"http://{self.http['gateway']}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment pointing the ``hevlayer`` command at this suite."""
+        return {"HEVLAYER_DATA_DIR": str(self.data_dir), "HEVLAYER_GATEWAY": self.gateway}
+
+    def log(self, service: str, lines: int = 80) -> str:
+        """The last ``lines`` lines of a service's log."""
+        path = self.data_dir / "logs" / f"{service}.log"
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"({path}: {exc})"
