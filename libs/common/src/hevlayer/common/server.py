@@ -107,6 +107,7 @@ class ServiceApp:
         self._shutdown: list[Hook] = []
         self._routes: list[web.RouteDef] = []
         self._readiness: list[Callable[[], Awaitable[bool]]] = []
+        self._readiness_reports: list[Callable[[], dict[str, Any]]] = []
         self.grpc_port = 0
         self.http_port = 0
         self.server = aio.server(
@@ -147,9 +148,14 @@ class ServiceApp:
         """Run ``hook`` after the servers have drained (in reverse order)."""
         self._shutdown.append(hook)
 
-    def add_readiness_check(self, check: Callable[[], Awaitable[bool]]) -> None:
-        """``/readyz`` answers 503 while any check returns False."""
+    def add_readiness_check(
+        self, check: Callable[[], Awaitable[bool]], report: Callable[[], dict[str, Any]] | None = None
+    ) -> None:
+        """``/readyz`` answers 503 while any check returns False; ``report`` adds to its body
+        (e.g. :meth:`hevlayer.common.readiness.DependencyMonitor.report`: what is down)."""
         self._readiness.append(check)
+        if report is not None:
+            self._readiness_reports.append(report)
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "service": self.name})
@@ -157,10 +163,11 @@ class ServiceApp:
     async def _readyz(self, _: web.Request) -> web.Response:
         if self.stopping.is_set():
             return web.json_response({"status": "stopping"}, status=503)
-        for check in self._readiness:
-            if not await check():
-                return web.json_response({"status": "not ready"}, status=503)
-        return web.json_response({"status": "ready"})
+        ready = all([await check() for check in self._readiness])
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready"}
+        for report in self._readiness_reports:
+            body.update(report())
+        return web.json_response(body, status=200 if ready else 503)
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
