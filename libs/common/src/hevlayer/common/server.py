@@ -26,7 +26,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hevlayer.common import encoded, metrics
+from hevlayer.common import encoded, metrics, tls
 from hevlayer.common.config import ConfigError, setting, split_address
 from hevlayer.common.interceptors import ServerInterceptor
 from hevlayer.common.limits import MAX_MESSAGE_BYTES
@@ -59,6 +59,18 @@ class ServerSettings:
         "or file:PATH (JSON lines).",
         "none",
     )
+    grpc_max_message_bytes: int = setting(
+        "HEVLAYER_GRPC_MAX_MESSAGE_BYTES",
+        "Largest gRPC message the server receives or sends; a larger one fails with "
+        "RESOURCE_EXHAUSTED before any handler sees it.",
+        MAX_MESSAGE_BYTES,
+    )
+    grpc_max_concurrent_rpcs: int = setting(
+        "HEVLAYER_GRPC_MAX_CONCURRENT_RPCS",
+        "Most gRPC calls handled at once (open streams count; health and reflection do not); "
+        "one more is answered RESOURCE_EXHAUSTED with a RetryInfo delay. 0: no limit.",
+        1024,
+    )
     http_max_body_bytes: int = setting(
         "HEVLAYER_HTTP_MAX_BODY_BYTES",
         "Largest HTTP request body accepted (REST); larger ones get 413.",
@@ -75,6 +87,27 @@ class ServerSettings:
         "call) or asyncio (the standard library's).",
         "uvloop",
     )
+    tls_cert: str = setting(
+        "HEVLAYER_TLS_CERT",
+        "PEM file of the gRPC server's certificate chain; with HEVLAYER_TLS_KEY the gRPC server speaks TLS "
+        "only. Empty: plaintext. The HTTP server (/metrics, health, REST) stays plaintext.",
+        "",
+    )
+    tls_key: str = setting("HEVLAYER_TLS_KEY", "PEM file of the private key of HEVLAYER_TLS_CERT.", "")
+    tls_client_ca: str = setting(
+        "HEVLAYER_TLS_CLIENT_CA",
+        "PEM file of the CA(s) whose client certificates the gRPC server accepts; set: mutual TLS, a client "
+        "without such a certificate is refused in the handshake. Needs HEVLAYER_TLS_CERT.",
+        "",
+    )
+    tls_allowed_clients: tuple[str, ...] = setting(
+        "HEVLAYER_TLS_ALLOWED_CLIENTS",
+        "With HEVLAYER_TLS_CLIENT_CA: the client identities accepted (a certificate's subject CN or a "
+        "SAN), comma-separated; other clients get PERMISSION_DENIED (health checks excepted). Unset: any "
+        "certificate of the CA, except on the claimer, where it defaults to gateway (set it empty there to "
+        "accept any).",
+        (),
+    )
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid variable."""
@@ -85,12 +118,35 @@ class ServerSettings:
             raise ConfigError(f"HEVLAYER_LOG_FORMAT: expected json or text, got {self.log_format!r}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"HEVLAYER_LOG_LEVEL: unknown level {self.log_level!r}")
+        if not 4096 <= self.grpc_max_message_bytes <= 2**31 - 1:
+            raise ConfigError("HEVLAYER_GRPC_MAX_MESSAGE_BYTES: must be between 4096 and 2147483647")
+        if self.grpc_max_concurrent_rpcs < 0:
+            raise ConfigError("HEVLAYER_GRPC_MAX_CONCURRENT_RPCS: must be >= 0 (0: no limit)")
         if self.http_max_body_bytes < 1024:
             raise ConfigError("HEVLAYER_HTTP_MAX_BODY_BYTES: must be >= 1024")
         if self.shutdown_grace_seconds < 0:
             raise ConfigError("HEVLAYER_SHUTDOWN_GRACE_SECONDS: must be >= 0")
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ConfigError(f"HEVLAYER_EVENT_LOOP: expected uvloop or asyncio, got {self.event_loop!r}")
+        self._validate_tls()
+
+    def _validate_tls(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            missing, given = ("HEVLAYER_TLS_KEY", "HEVLAYER_TLS_CERT")
+            if self.tls_key:
+                missing, given = given, missing
+            raise ConfigError(f"{missing}: required with {given}")
+        if self.tls_cert:
+            tls.check_key_pair(self.tls_cert, self.tls_key, "HEVLAYER_TLS_CERT", "HEVLAYER_TLS_KEY")
+        if self.tls_client_ca:
+            if not self.tls_cert:
+                raise ConfigError("HEVLAYER_TLS_CLIENT_CA: needs HEVLAYER_TLS_CERT and HEVLAYER_TLS_KEY")
+            tls.check_ca_file(self.tls_client_ca, "HEVLAYER_TLS_CLIENT_CA")
+        if self.tls_allowed_clients and not self.tls_client_ca:
+            raise ConfigError(
+                "HEVLAYER_TLS_ALLOWED_CLIENTS: needs HEVLAYER_TLS_CLIENT_CA (client identities come from "
+                "certificates verified against it)"
+            )
 
 
 class ServiceApp:
@@ -110,8 +166,11 @@ class ServiceApp:
         self._readiness_reports: list[Callable[[], dict[str, Any]]] = []
         self.grpc_port = 0
         self.http_port = 0
+        interceptors: list[aio.ServerInterceptor] = [ServerInterceptor()]
+        if settings.tls_allowed_clients:
+            interceptors.append(tls.PeerIdentityInterceptor(settings.tls_allowed_clients, name))
         self.server = aio.server(
-            interceptors=[ServerInterceptor()],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -181,7 +240,13 @@ class ServiceApp:
         for hook in self._startup:
             await hook()
         host, port = split_address(self.settings.grpc_address, "HEVLAYER_GRPC_ADDRESS")
-        self.grpc_port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.settings.tls_cert:
+            credentials = tls.server_credentials(
+                self.settings.tls_cert, self.settings.tls_key, self.settings.tls_client_ca
+            )
+            self.grpc_port = self.server.add_secure_port(f"{host}:{port}", credentials)
+        else:
+            self.grpc_port = self.server.add_insecure_port(f"{host}:{port}")
         if self.grpc_port == 0:
             raise ConfigError(f"HEVLAYER_GRPC_ADDRESS: cannot listen on {host}:{port}")
         await self.server.start()
@@ -194,6 +259,9 @@ class ServiceApp:
                 "grpc_port": self.grpc_port,
                 "http_port": self.http_port,
                 "services": self._service_names,
+                "tls": "mutual"
+                if self.settings.tls_client_ca
+                else ("on" if self.settings.tls_cert else "off"),
             },
         )
 
