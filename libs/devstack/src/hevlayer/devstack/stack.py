@@ -6,6 +6,7 @@ summarizer is one more ``ServiceSpec``. Each service gets
 - ``HEVLAYER_GRPC_ADDRESS`` / ``HEVLAYER_HTTP_ADDRESS`` (127.0.0.1 and a
   free port, or the spec's preferred port while it is free),
 - ``HEVLAYER_LOG_FORMAT=json``,
+- the TLS variables (``PLAINTEXT_ENV``) empty: the stack is plaintext on loopback,
 - ``DATABASE_URL`` when ``database=True``,
 - ``S3_ENDPOINT_URL``, ``S3_ACCESS_KEY_ID``, ``S3_SECRET_ACCESS_KEY``,
   ``S3_REGION``, ``S3_BUCKET`` when ``s3=True``,
@@ -31,6 +32,17 @@ from hevlayer.devstack.processes import ServiceProcess
 from hevlayer.devstack.seaweed import SeaweedS3
 
 DEFAULT_BUCKET = "hevlayer"
+
+PLAINTEXT_ENV = (
+    "HEVLAYER_TLS_CERT",
+    "HEVLAYER_TLS_KEY",
+    "HEVLAYER_TLS_CLIENT_CA",
+    "HEVLAYER_TLS_ALLOWED_CLIENTS",
+    "HEVLAYER_CLIENT_TLS_CA",
+    "HEVLAYER_CLIENT_TLS_CERT",
+    "HEVLAYER_CLIENT_TLS_KEY",
+)
+"""TLS variables set empty for every service of the stack (plaintext on loopback)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,9 @@ class DevStack(Lifecycle):
             "HEVLAYER_HTTP_ADDRESS": http_address,
             "HEVLAYER_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
+            # The local suite is plaintext on loopback: TLS variables exported for the
+            # `hevlayer` command (or another suite) must not reach its services.
+            **dict.fromkeys(PLAINTEXT_ENV, ""),
         }
         if spec.database:
             env["DATABASE_URL"] = self.postgres.dsn

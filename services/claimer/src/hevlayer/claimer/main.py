@@ -18,7 +18,7 @@ from hevlayer.claimer.manifests import ManifestCache, ObjectStore
 from hevlayer.claimer.metrics import StageCountRefresher
 from hevlayer.claimer.pipelines import PipelineDefaults, PipelineStore
 from hevlayer.claimer.segments import SegmentQueue
-from hevlayer.claimer.settings import GRPC_DEFAULTS, ClaimerSettings
+from hevlayer.claimer.settings import ClaimerSettings, server_defaults
 from hevlayer.claimer.status_watch import StatusNotifier
 from hevlayer.common.config import load_or_exit
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
@@ -122,7 +122,7 @@ async def build(app: ServiceApp, settings: ClaimerSettings) -> None:
 
 def main() -> None:
     """Run the claimer until SIGTERM."""
-    server = load_or_exit(ServerSettings, GRPC_DEFAULTS)
+    server = load_or_exit(ServerSettings, server_defaults())
     settings = load_or_exit(ClaimerSettings)
 
     async def wire(app: ServiceApp) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hevlayer.common.config import ConfigError, setting
@@ -10,6 +12,20 @@ GRPC_DEFAULTS = {
     "HEVLAYER_GRPC_ADDRESS": "127.0.0.1:50052",
     "HEVLAYER_HTTP_ADDRESS": "127.0.0.1:9102",
 }
+
+ALLOWED_CLIENTS = "gateway"
+"""The client identity the claimer accepts under mutual TLS (unless HEVLAYER_TLS_ALLOWED_CLIENTS is set)."""
+
+
+def server_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The claimer's defaults for the common server settings: loopback addresses and, once
+    ``HEVLAYER_TLS_CLIENT_CA`` turns mutual TLS on, only the gateway's certificate accepted."""
+    env = os.environ if environ is None else environ
+    defaults = dict(GRPC_DEFAULTS)
+    if env.get("HEVLAYER_TLS_CLIENT_CA"):
+        defaults["HEVLAYER_TLS_ALLOWED_CLIENTS"] = ALLOWED_CLIENTS
+    return defaults
+
 
 QUEUE_BACKENDS = ("segment", "row")
 SINKS = ("milvus_lite", "milvus", "turbopuffer")

@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -25,6 +25,8 @@ from hevlayer.cli.progress import PlainReporter, RichReporter, is_terminal
 from hevlayer.cli.search import Result, search
 from hevlayer.cli.stack import DEFAULT_DATA_DIR, UpState, down, suite_services, up, up_detached
 from hevlayer.client import DEFAULT_GATEWAY, Client, ServiceError
+from hevlayer.client.settings import CA_ENV, CERT_ENV, KEY_ENV, ClientTLSSettings
+from hevlayer.common.config import ConfigError
 
 T = TypeVar("T")
 
@@ -105,6 +107,8 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 class Settings:
     gateway_option: str | None
     data_dir: Path
+    tls: ClientTLSSettings = field(default_factory=ClientTLSSettings)
+    """TLS to the gateway (``--tls-ca``/``--tls-cert``/``--tls-key`` or ``HEVLAYER_CLIENT_TLS_*``)."""
 
     @property
     def gateway(self) -> str:
@@ -122,7 +126,7 @@ def run_async(settings: Settings, body: Callable[[Client], Awaitable[T]]) -> T:
     address = settings.gateway
 
     async def main() -> T:
-        async with Client.connect(address) as gateway:
+        async with Client.connect(address, settings.tls.options()) as gateway:
             return await body(gateway)
 
     try:
@@ -152,9 +156,28 @@ pass_settings = click.make_pass_decorator(Settings)
     type=click.Path(file_okay=False, path_type=Path),
     help="Where `up` keeps its data and logs (env HEVLAYER_DATA_DIR).",
 )
+@click.option(
+    "--tls-ca",
+    envvar=CA_ENV,
+    default="",
+    metavar="PEM",
+    help=f"CA that signed the gateway's certificate: talk TLS to the gateway (env {CA_ENV}).",
+)
+@click.option(
+    "--tls-cert",
+    envvar=CERT_ENV,
+    default="",
+    metavar="PEM",
+    help=f"Client certificate for a gateway that requires mutual TLS (env {CERT_ENV}).",
+)
+@click.option(
+    "--tls-key", envvar=KEY_ENV, default="", metavar="PEM", help=f"Its private key (env {KEY_ENV})."
+)
 @click.version_option(package_name="hevlayer-cli", prog_name="hevlayer")
 @click.pass_context
-def cli(ctx: click.Context, gateway: str | None, data_dir: Path) -> None:
+def cli(
+    ctx: click.Context, gateway: str | None, data_dir: Path, tls_ca: str, tls_cert: str, tls_key: str
+) -> None:
     """hevlayer: turn files into vectors and search them.
 
     \b
@@ -164,7 +187,16 @@ def cli(ctx: click.Context, gateway: str | None, data_dir: Path) -> None:
       hevlayer status               documents per stage
       hevlayer down                 stop the suite
     """
-    ctx.obj = Settings(gateway, data_dir)
+    tls = ClientTLSSettings(ca=tls_ca, cert=tls_cert, key=tls_key)
+    try:
+        tls.validate()
+    except ConfigError as exc:
+        option = {CA_ENV: "--tls-ca", CERT_ENV: "--tls-cert", KEY_ENV: "--tls-key"}
+        message = str(exc)
+        for env, name in option.items():
+            message = message.replace(env, f"{name} ({env})")
+        fail(f"error: {message}", 2)
+    ctx.obj = Settings(gateway, data_dir, tls)
 
 
 pipeline_option = click.option(
@@ -602,7 +634,7 @@ def demo_command(
 
     def ready(stack: Any) -> bool:
         gateway = next((r.grpc_address for r in stack.running if r.spec.public), DEFAULT_GATEWAY)
-        local = Settings(gateway, settings.data_dir)
+        local = Settings(gateway, settings.data_dir, settings.tls)
         if corpus_paths:
             paths: list[Path] = list(corpus_paths)
             root: Path | None = None

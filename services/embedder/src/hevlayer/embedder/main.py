@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 
 from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
-from hevlayer.client import Client
-from hevlayer.common.config import load_or_exit
+from hevlayer.client import TLS, Client
+from hevlayer.client.settings import ClientTLSSettings
+from hevlayer.common.config import ConfigError, load_or_exit
 from hevlayer.common.errors import ServiceError
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
 from hevlayer.embedder.embedding import Embedder
@@ -26,10 +28,23 @@ from hevlayer.embedder.worker import Worker
 log = logging.getLogger("hevlayer.embedder")
 
 
-def make_client(settings: EmbedderSettings, *, reserved_slots: int = 0) -> TritonEmbeddingClient:
+def triton_tls(settings: EmbedderSettings, client_tls: ClientTLSSettings) -> TLS | None:
+    """TLS of the channel to Triton: the client TLS settings when EMBEDDER_TRITON_TLS is on."""
+    if not settings.triton_tls:
+        return None
+    tls = client_tls.tls()
+    if tls is None:
+        raise ConfigError("EMBEDDER_TRITON_TLS: needs HEVLAYER_CLIENT_TLS_CA (or HEVLAYER_CLIENT_TLS_CERT)")
+    return tls
+
+
+def make_client(
+    settings: EmbedderSettings, *, reserved_slots: int = 0, client_tls: ClientTLSSettings | None = None
+) -> TritonEmbeddingClient:
     """The Triton client the settings describe (``reserved_slots`` more requests in flight:
     the worker's flushes use EMBEDDER_MAX_IN_FLIGHT, query embeddings never wait for them
-    to get a slot)."""
+    to get a slot); TLS with ``client_tls`` when EMBEDDER_TRITON_TLS is on."""
+    tls = triton_tls(settings, client_tls or ClientTLSSettings())
     return TritonEmbeddingClient(
         settings.triton_url,
         settings.model_name,
@@ -45,11 +60,15 @@ def make_client(settings: EmbedderSettings, *, reserved_slots: int = 0) -> Trito
             initial_backoff=settings.retry_initial_backoff_seconds,
             max_backoff=settings.retry_max_backoff_seconds,
         ),
+        credentials=tls.credentials() if tls is not None else None,
     )
 
 
 async def build(
-    app: ServiceApp, settings: EmbedderSettings, worker_settings: WorkerSettings | None = None
+    app: ServiceApp,
+    settings: EmbedderSettings,
+    worker_settings: WorkerSettings | None = None,
+    client_tls: ClientTLSSettings | None = None,
 ) -> None:
     """Wire the Triton client, EmbeddingService and the worker loop into ``app``.
 
@@ -57,10 +76,12 @@ async def build(
     been described (retried with backoff until Triton answers); until then,
     and whenever Triton is down, calls fail UNAVAILABLE with RetryInfo. The
     worker starts then too (its batch size may come from the model), and on
-    SIGTERM it drains (:meth:`Worker.drain`) while the server stops.
+    SIGTERM it drains (:meth:`Worker.drain`) while the server stops. ``client_tls``: TLS of
+    the channels to the gateway and (with EMBEDDER_TRITON_TLS) to Triton.
     """
     worker_settings = worker_settings or WorkerSettings()
-    client = make_client(settings, reserved_slots=1 if worker_settings.enabled else 0)
+    client_tls = client_tls or ClientTLSSettings()
+    client = make_client(settings, reserved_slots=1 if worker_settings.enabled else 0, client_tls=client_tls)
     embedder = Embedder(
         client,
         max_request_texts=settings.max_request_texts,
@@ -98,7 +119,7 @@ async def build(
         batch_size = min(worker_settings.batch_size or request_size, settings.max_request_texts)
         worker = Worker(
             worker_settings,
-            Client.connect(worker_settings.gateway),
+            Client.connect(worker_settings.gateway, client_tls.options()),
             embedder.embed_documents,
             batch_size=batch_size,
             max_in_flight=settings.max_in_flight,
@@ -137,9 +158,15 @@ def main() -> None:
     server = load_or_exit(ServerSettings, GRPC_DEFAULTS)
     settings = load_or_exit(EmbedderSettings)
     worker_settings = load_or_exit(WorkerSettings)
+    client_tls = load_or_exit(ClientTLSSettings)
+    try:
+        triton_tls(settings, client_tls)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     async def wire(app: ServiceApp) -> None:
-        await build(app, settings, worker_settings)
+        await build(app, settings, worker_settings, client_tls)
 
     run_service("embedder", server, wire, serving_on_start=False)
 

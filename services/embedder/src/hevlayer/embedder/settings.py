@@ -21,6 +21,13 @@ class EmbedderSettings:
     """What the embedder needs beyond the common server settings."""
 
     triton_url: str = setting("EMBEDDER_TRITON_URL", "host:port of Triton's gRPC endpoint.", "127.0.0.1:8001")
+    triton_tls: bool = setting(
+        "EMBEDDER_TRITON_TLS",
+        "Whether the channel to Triton uses TLS, with the HEVLAYER_CLIENT_TLS_* CA and client certificate "
+        "(Triton: --grpc-use-ssl, or --grpc-use-ssl-mutual with --grpc-root-cert). False: plaintext, for a "
+        "Triton on loopback or in the same pod.",
+        False,
+    )
     model_name: str = setting(
         "EMBEDDER_MODEL_NAME",
         "Triton model that embeds text (BYTES in, FP32 [batch, dimension] out).",

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc.aio as triton_aio
@@ -116,7 +117,9 @@ class TritonEmbeddingClient:
         max_in_flight: int = 4,
         timeout: float = 60.0,
         retry: RetryPolicy | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """``credentials``: TLS channel credentials (``hevlayer.client.TLS.credentials()``); None: no TLS."""
         self.url = url
         self.model_name = model_name
         self.model_version = model_version
@@ -143,6 +146,7 @@ class TritonEmbeddingClient:
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 2000),
             ],
+            creds=credentials,
         )
 
     @property

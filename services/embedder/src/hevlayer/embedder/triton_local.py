@@ -60,6 +60,46 @@ DEFAULT_GRPC_PORT = 8001
 _MODEL_FILE = Path(__file__).with_name("triton_python_model.py")
 
 
+@dataclass(frozen=True)
+class TritonTLS:
+    """TLS on a :class:`LocalTriton`'s gRPC endpoint (tritonserver's ``--grpc-use-ssl`` flags).
+
+    ``cert``/``key``: the server's PEM certificate chain and key; ``ca``: the CA that
+    signed it (what :meth:`LocalTriton.wait_ready` checks it against) and, with
+    ``mutual``, the CA every client certificate must come from
+    (``--grpc-use-ssl-mutual``, ``--grpc-root-cert``). Under mutual TLS,
+    ``client_cert``/``client_key`` are what :meth:`LocalTriton.wait_ready` presents."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    mutual: bool = False
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def server_args(self) -> list[str]:
+        """The tritonserver flags."""
+        args = [
+            f"--grpc-server-cert={self.cert}",
+            f"--grpc-server-key={self.key}",
+            f"--grpc-root-cert={self.ca}",
+        ]
+        if self.mutual:
+            return [*args, "--grpc-use-ssl-mutual=true"]
+        return [*args, "--grpc-use-ssl=true"]
+
+    def client_kwargs(self) -> dict[str, object]:
+        """What ``tritonclient.grpc.InferenceServerClient`` takes to reach the server."""
+        kwargs: dict[str, object] = {"ssl": True, "root_certificates": str(self.ca)}
+        if self.mutual:
+            if self.client_cert is None or self.client_key is None:
+                raise TritonStartError(
+                    "TritonTLS: mutual TLS needs client_cert and client_key to probe readiness"
+                )
+            kwargs.update(certificate_chain=str(self.client_cert), private_key=str(self.client_key))
+        return kwargs
+
+
 class TritonStartError(RuntimeError):
     """The server could not be started, or did not become ready (log tail included)."""
 
@@ -167,8 +207,8 @@ class LocalTriton:
 
     ``grpc_port`` 0 picks a free port. ``model_repository`` serves an existing
     repository (its Python models must be importable here) instead of writing
-    one from ``models``. The process runs in its own process group, logging to
-    ``<workdir>/tritonserver.log``.
+    one from ``models``. ``tls``: TLS or mutual TLS on the gRPC endpoint. The
+    process runs in its own process group, logging to ``<workdir>/tritonserver.log``.
     """
 
     def __init__(
@@ -181,8 +221,10 @@ class LocalTriton:
         workdir: Path | None = None,
         model_repository: Path | None = None,
         log_verbose: int = 0,
+        tls: TritonTLS | None = None,
     ) -> None:
         self.models = models if models is not None else [LocalModel()]
+        self.tls = tls
         self.host = host
         self.grpc_port = grpc_port or free_port(host)
         self.http_port = http_port
@@ -248,6 +290,8 @@ class LocalTriton:
             f"--log-verbose={self.log_verbose}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
+        if self.tls is not None:
+            argv += self.tls.server_args()
         if self.http_port is None:
             argv.append("--allow-http=false")
         else:
@@ -288,7 +332,10 @@ class LocalTriton:
             raise TritonStartError("tritonserver has not been started")
         deadline = time.monotonic() + timeout
         names = [m.name for m in self.models] if self.model_repository is None else []
-        client = triton_grpc.InferenceServerClient(self.url)
+        client = triton_grpc.InferenceServerClient(
+            self.url,
+            **(self.tls.client_kwargs() if self.tls is not None else {}),
+        )
         try:
             while True:
                 if self._proc.poll() is not None:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import sys
 
+from hevlayer.client.settings import ClientTLSSettings
 from hevlayer.common.config import load_or_exit
 from hevlayer.common.logging import configure_logging
 from hevlayer.common.server import ServerSettings
@@ -22,6 +23,7 @@ def main() -> None:
     """Run the operator until SIGTERM (exit 2 on a configuration error)."""
     server = load_or_exit(ServerSettings)
     settings = load_or_exit(OperatorSettings)
+    client_tls = load_or_exit(ClientTLSSettings)
     configure_logging(SERVICE, server.log_level, server.log_format)
     # Kopf logs every handler invocation at INFO; keep those at the operator's
     # level only when it is debug.
@@ -30,7 +32,7 @@ def main() -> None:
     configure_tracing(SERVICE, server.traces_exporter)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_operator(settings))
+            asyncio.run(run_operator(settings, client_options=client_tls.options()))
     except LoginError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

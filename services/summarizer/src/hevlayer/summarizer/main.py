@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from hevlayer.api.summary.v1 import summary_pb2, summary_pb2_grpc
+from hevlayer.client.settings import ClientTLSSettings
 from hevlayer.common.config import load_or_exit
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
 from hevlayer.summarizer.cache import TransformationCache
@@ -38,8 +39,9 @@ def make_provider(settings: SummarizerSettings) -> SummaryProvider:
     return ExtractiveProvider(max_words=settings.summary_max_words, max_child_chars=settings.max_child_chars)
 
 
-def make_stager(settings: SummarizerSettings) -> Stager:
-    """Staging through the gateway, or in memory when SUMMARIZER_GATEWAY_ADDRESS is empty."""
+def make_stager(settings: SummarizerSettings, client_tls: ClientTLSSettings | None = None) -> Stager:
+    """Staging through the gateway (TLS per ``client_tls``), or in memory when
+    SUMMARIZER_GATEWAY_ADDRESS is empty."""
     if not settings.gateway_address:
         log.warning(
             "SUMMARIZER_GATEWAY_ADDRESS is empty: summaries are not staged, only served by GetSummary"
@@ -49,15 +51,18 @@ def make_stager(settings: SummarizerSettings) -> Stager:
         settings.gateway_address,
         timeout=settings.stage_timeout_seconds,
         max_attempts=settings.stage_max_attempts,
+        options=(client_tls or ClientTLSSettings()).options(),
     )
 
 
-async def build(app: ServiceApp, settings: SummarizerSettings) -> None:
+async def build(
+    app: ServiceApp, settings: SummarizerSettings, client_tls: ClientTLSSettings | None = None
+) -> None:
     """Wire the summarizer's runner and servicer into ``app``."""
     gates = configure_gates(settings.summary_concurrency, settings.description_concurrency)
     provider = make_provider(settings)
     cache = TransformationCache(settings.cache_path, settings.cache_max_bytes)
-    stager = make_stager(settings)
+    stager = make_stager(settings, client_tls)
     runner = JobRunner(
         provider,
         cache,
@@ -106,9 +111,10 @@ def main() -> None:
     """Run the summarizer until SIGTERM."""
     server = load_or_exit(ServerSettings, GRPC_DEFAULTS)
     settings = load_or_exit(SummarizerSettings)
+    client_tls = load_or_exit(ClientTLSSettings)
 
     async def wire(app: ServiceApp) -> None:
-        await build(app, settings)
+        await build(app, settings, client_tls)
 
     run_service("summarizer", server, wire)
 

@@ -26,7 +26,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from hevlayer.api.document.v1 import document_pb2
-from hevlayer.client import Client, ServiceError, StageOutcome
+from hevlayer.client import Client, ClientOptions, ServiceError, StageOutcome
 from hevlayer.common.errors import GOOGLE_RPC_CODE_NAMES
 
 log = logging.getLogger("hevlayer.summarizer.staging")
@@ -120,13 +120,14 @@ class GrpcStager(Stager):
         max_attempts: int = 5,
         backoff_base: float = 0.2,
         backoff_max: float = 5.0,
+        options: ClientOptions | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        self._client = Client.connect(address)
+        self._client = Client.connect(address, options)
 
     async def stage(self, summary: StagedSummary) -> None:
         for attempt in range(1, self.max_attempts + 1):

@@ -9,6 +9,7 @@ from typing import Any
 
 import kopf
 
+from hevlayer.client import ClientOptions
 from hevlayer.client.channel import open_channel
 from hevlayer.operator._cogs.gateway import GatewayClient
 from hevlayer.operator._cogs.kube import KubeClient, login
@@ -37,16 +38,18 @@ async def run_operator(
     *,
     stop_flag: Flag | None = None,
     ready_flag: Flag | None = None,
+    client_options: ClientOptions | None = None,
 ) -> None:
     """Serve Pipelines until SIGTERM/SIGINT (main thread) or ``stop_flag`` is set.
 
     ``stop_flag`` / ``ready_flag``: a ``threading.Event``, ``asyncio.Event`` or
     future, as :func:`kopf.operator` takes them (tests run the operator in a
-    thread with them).
+    thread with them). ``client_options``: the channel to the gateway (TLS from
+    ``HEVLAYER_CLIENT_TLS_*`` in ``hevlayer-operator``); None: plaintext.
     """
     credentials = functools.partial(login, settings.kubeconfig)
     credentials()  # fail at start, with a clear message, when there are no credentials
-    channel = open_channel(settings.gateway_address)
+    channel = open_channel(settings.gateway_address, client_options)
     try:
         async with KubeClient(credentials, timeout=settings.kube_timeout_seconds) as kube:
             gateway = GatewayClient(channel, timeout=settings.gateway_timeout_seconds)
