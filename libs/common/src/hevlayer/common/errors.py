@@ -124,6 +124,14 @@ class Unavailable(ServiceError):
         super().__init__(message, retry_after=retry_after, **kwargs)  # type: ignore[arg-type]
 
 
+class ResourceExhausted(ServiceError):
+    """RESOURCE_EXHAUSTED: a limit was reached (too many calls at once, a request too
+    large for a bound); retry after RetryInfo's delay, or send less."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
 class Internal(ServiceError):
     """INTERNAL: a bug; the message is safe to show, details are in the logs."""
 
@@ -133,7 +141,15 @@ class Internal(ServiceError):
 
 _BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unavailable, Internal)
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        Unavailable,
+        ResourceExhausted,
+        Internal,
+    )
 }
 
 

@@ -23,7 +23,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from hevlayer.common import metrics
-from hevlayer.common.errors import ServiceError
+from hevlayer.common.errors import ResourceExhausted, ServiceError
 from hevlayer.common.telemetry import extract_context
 
 log = logging.getLogger("hevlayer.rpc")
@@ -126,12 +126,49 @@ def _code_of(context: aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+class CallLimiter:
+    """At most ``limit`` calls inside their handlers at once (0: no limit).
+
+    A call beyond it is answered RESOURCE_EXHAUSTED (reason TOO_MANY_CALLS) with a
+    ``RetryInfo`` of ``retry_after`` seconds before its handler runs. Streams count
+    for as long as they are open; health and reflection are never limited.
+    (gRPC's own ``maximum_concurrent_rpcs`` answers RESOURCE_EXHAUSTED without
+    details, so a client could not tell when to retry.)"""
+
+    def __init__(self, limit: int, retry_after: float = 1.0) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        self.in_flight = 0
+
+    def admit(self) -> bool:
+        """Count one more call in; False (nothing counted) when at the limit."""
+        if self.limit and self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
+
+    def release(self) -> None:
+        """Count an admitted call out."""
+        self.in_flight -= 1
+
+    def refusal(self) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"the server is handling its limit of {self.limit} concurrent calls "
+            "(HEVLAYER_GRPC_MAX_CONCURRENT_RPCS); retry after the RetryInfo delay",
+            reason="TOO_MANY_CALLS",
+            retry_after=self.retry_after,
+            metadata={"limit": str(self.limit)},
+        )
+
+
 class ServerInterceptor(aio.ServerInterceptor):
     """Wraps every handler with a SERVER span (parented on the caller's trace
-    context), Prometheus metrics, an access log line and the mapping of
-    :class:`ServiceError` to a rich gRPC status (anything else is INTERNAL)."""
+    context), Prometheus metrics, an access log line, the mapping of
+    :class:`ServiceError` to a rich gRPC status (anything else is INTERNAL) and,
+    with ``max_concurrent_rpcs``, a :class:`CallLimiter`."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_concurrent_rpcs: int = 0) -> None:
+        self.limiter = CallLimiter(max_concurrent_rpcs)
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -149,7 +186,7 @@ class ServerInterceptor(aio.ServerInterceptor):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _observed(method, handler)
+        wrapped = _observed(method, handler, self.limiter)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -158,14 +195,18 @@ class _Observed:
     """``async with`` around one call's work: finishes its observation with the outcome
     (OK, the code it aborted with, CANCELLED) and maps any other exception to a status."""
 
-    def __init__(self, rpc: _Method, context: aio.ServicerContext) -> None:
+    def __init__(self, rpc: _Method, context: aio.ServicerContext, limiter: CallLimiter) -> None:
         self.context = context
+        self.limiter = limiter
         self.obs = _Observation(rpc, context.invocation_metadata())
 
     async def __aenter__(self) -> _Observed:
+        if not self.limiter.admit():
+            await _fail(self.context, self.obs, self.limiter.refusal())  # aborts
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        self.limiter.release()
         context, obs = self.context, self.obs
         if exc is None:
             obs.finish(_code_of(context))
@@ -177,17 +218,17 @@ class _Observed:
             await _fail(context, obs, exc)  # aborts: raises AbortError in place of exc
 
 
-def _response_unary(rpc: _Method, inner: Any) -> Any:
+def _response_unary(rpc: _Method, inner: Any, limiter: CallLimiter) -> Any:
     async def call(request: Any, context: aio.ServicerContext) -> Any:
-        async with _Observed(rpc, context):
+        async with _Observed(rpc, context, limiter):
             return await inner(request, context)
 
     return call
 
 
-def _response_stream(rpc: _Method, inner: Any) -> Any:
+def _response_stream(rpc: _Method, inner: Any, limiter: CallLimiter) -> Any:
     async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-        async with _Observed(rpc, context):
+        async with _Observed(rpc, context, limiter):
             result = inner(request, context)
             if inspect.isasyncgen(result):
                 async for item in result:
@@ -199,7 +240,7 @@ def _response_stream(rpc: _Method, inner: Any) -> Any:
 
 
 # (handler attribute, rpc type label, wrapper, handler factory) per call kind
-_CallKind = tuple[str, str, Callable[[_Method, Any], Any], Callable[..., grpc.RpcMethodHandler]]
+_CallKind = tuple[str, str, Callable[[_Method, Any, CallLimiter], Any], Callable[..., grpc.RpcMethodHandler]]
 _CALL_KINDS: tuple[_CallKind, ...] = (
     ("unary_unary", "unary", _response_unary, grpc.unary_unary_rpc_method_handler),
     ("stream_unary", "client_stream", _response_unary, grpc.stream_unary_rpc_method_handler),
@@ -208,13 +249,14 @@ _CALL_KINDS: tuple[_CallKind, ...] = (
 )
 
 
-def _observed(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """``handler`` with every call observed (span, metrics, access log, error mapping)."""
+def _observed(method: str, handler: grpc.RpcMethodHandler, limiter: CallLimiter) -> grpc.RpcMethodHandler:
+    """``handler`` with every call observed (span, metrics, access log, error mapping)
+    and admitted by ``limiter``."""
     for attribute, rpc_type, wrap, build in _CALL_KINDS:
         inner = getattr(handler, attribute)
         if inner:
             return build(
-                wrap(_Method(method, rpc_type), inner),
+                wrap(_Method(method, rpc_type), inner, limiter),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -166,14 +166,14 @@ class ServiceApp:
         self._readiness_reports: list[Callable[[], dict[str, Any]]] = []
         self.grpc_port = 0
         self.http_port = 0
-        interceptors: list[aio.ServerInterceptor] = [ServerInterceptor()]
+        interceptors: list[aio.ServerInterceptor] = [ServerInterceptor(settings.grpc_max_concurrent_rpcs)]
         if settings.tls_allowed_clients:
             interceptors.append(tls.PeerIdentityInterceptor(settings.tls_allowed_clients, name))
         self.server = aio.server(
             interceptors=interceptors,
             options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
+                ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
                 ("grpc.so_reuseport", 0),
                 # Clients (hevlayer.client) ping every 30 s even when
                 # idle; accept that instead of answering GOAWAY too_many_pings.

@@ -42,6 +42,7 @@ from hevlayer.common import metrics
 from hevlayer.common.errors import (
     FailedPrecondition,
     InvalidArgument,
+    ResourceExhausted,
     ServiceError,
     Violation,
 )
@@ -104,9 +105,10 @@ def http_status(error: ServiceError) -> int:
     return _STATUS.get(error.code, 500)
 
 
-def error_response(error: ServiceError) -> web.Response:
-    """The JSON error body of ``error`` with its HTTP status (and Retry-After)."""
-    status = http_status(error)
+def error_response(error: ServiceError, status: int | None = None) -> web.Response:
+    """The JSON error body of ``error`` with its HTTP status (``status``: another one) and
+    Retry-After."""
+    status = status or http_status(error)
     body: dict[str, Any] = {
         "code": status,
         "status": error.code.name,
@@ -132,6 +134,8 @@ def _handler(function: Handler) -> Handler:
             return await function(request)
         except ServiceError as error:
             return error_response(error)
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(body_too_large(request.client_max_size), status=413)
         except web.HTTPException:
             raise
         except Exception:
@@ -144,6 +148,17 @@ def _handler(function: Handler) -> Handler:
 
 
 # -- JSON body helpers -------------------------------------------------------------------------
+
+
+def body_too_large(limit: int) -> ResourceExhausted:
+    """The error of a request body over ``limit`` bytes (HEVLAYER_HTTP_MAX_BODY_BYTES): 413."""
+    description = f"is larger than the gateway accepts ({limit} bytes, HEVLAYER_HTTP_MAX_BODY_BYTES)"
+    return ResourceExhausted(
+        f"body: {description}; send fewer documents or vectors per request",
+        reason="BODY_TOO_LARGE",
+        violations=[Violation("body", description)],
+        metadata={"max_body_bytes": str(limit)},
+    )
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
