@@ -155,8 +155,14 @@ class ServiceProcess(Lifecycle):
         atexit.register(self.kill)
         return self
 
-    def wait_ready(self, grpc_address: str | None = None, timeout: float = 30.0) -> None:
-        """Poll the gRPC health service (service ``""``) until it is SERVING.
+    def wait_ready(
+        self,
+        grpc_address: str | None = None,
+        timeout: float = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """Poll the gRPC health service (service ``""``) until it is SERVING
+        (over TLS with ``credentials``, for a server with ``HEVLAYER_TLS_CERT``).
 
         Raises ``ServiceStartError`` with the log tail when the process exits
         first or ``timeout`` seconds pass.
@@ -168,7 +174,12 @@ class ServiceProcess(Lifecycle):
             raise DevstackError(f"{self.name} has not been started")
         deadline = time.monotonic() + timeout
         status = "not checked"
-        with grpc.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
+        channel = (
+            grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
+            if credentials is not None
+            else grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        )
+        with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self._proc.poll() is not None:
