@@ -14,6 +14,7 @@ from hevlayer.claimer.leases import LeaseStore
 from hevlayer.claimer.manifests import ManifestCache, ObjectStore
 from hevlayer.claimer.pipelines import PipelineDefaults, PipelineSpec, PipelineStore
 from hevlayer.claimer.segments import SegmentQueue
+from hevlayer.client.naming import incarnation_of, pack_prefix
 from hevlayer.client.types import StagedRecord
 
 
@@ -82,10 +83,17 @@ async def new_pipeline(
     return pipeline_id
 
 
+async def packs_of(stores: Stores, pipeline_id: str) -> str:
+    """The prefix of the pipeline's chunk packs: backings must name a pack under it."""
+    record = await stores.pipelines.get(pipeline_id)
+    return pack_prefix(pipeline_id, incarnation_of(record.create_time))
+
+
 async def stage(stores: Stores, pipeline_id: str, ids: list[str]) -> dict[str, int]:
-    """RecordStaged for ``ids``; their new tokens."""
+    """RecordStaged for ``ids`` (document ``d`` in pack ``d``: ``<packs>d#0:1``); their new tokens."""
+    packs = await packs_of(stores, pipeline_id)
     batch = await stores.documents.record_staged(
-        pipeline_id, [StagedRecord(doc, f"h-{doc}", f"s3://b/{doc}", 1) for doc in ids]
+        pipeline_id, [StagedRecord(doc, f"h-{doc}", f"{packs}{doc}#0:1", 1) for doc in ids]
     )
     return {r.document_id: r.fencing_token for r in batch.results}
 

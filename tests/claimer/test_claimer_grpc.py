@@ -23,6 +23,7 @@ from hevlayer.api.lease.v1 import lease_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2 as ppb
 from hevlayer.api.pipeline.v1 import pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2
+from hevlayer.client.naming import incarnation, pack_prefix
 from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack import SeaweedS3, ServiceProcess
 from hevlayer.devstack.ports import free_port
@@ -94,14 +95,26 @@ async def new_pipeline(channel: aio.Channel, backend: int = ppb.QUEUE_BACKEND_RO
     return pid
 
 
-async def stage_docs(channel: aio.Channel, pid: str, ids: list[str]) -> None:
+async def packs_of(channel: aio.Channel, pid: str) -> str:
+    """The prefix of the pipeline's chunk packs (backings must name a pack under it)."""
+    stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
+    got = await stub.GetPipeline(ppb.GetPipelineRequest(pipeline_id=pid))
+    return pack_prefix(pid, incarnation(got.pipeline.create_time.ToMicroseconds()))
+
+
+async def stage_docs(channel: aio.Channel, pid: str, ids: list[str]) -> str:
+    """RecordStaged for ``ids`` (document ``d`` in pack ``d``: ``<packs>d#0:1``); the packs' prefix."""
+    packs = await packs_of(channel, pid)
     stub = document_state_pb2_grpc.DocumentStateServiceStub(channel)
     await stub.RecordStaged(
         dpb.RecordStagedRequest(
             pipeline_id=pid,
-            records=[dpb.StagedRecord(document_id=d, content_hash="h", backing=f"s3://x/{d}") for d in ids],
+            records=[
+                dpb.StagedRecord(document_id=d, content_hash="h", backing=f"{packs}{d}#0:1") for d in ids
+            ],
         )
     )
+    return packs
 
 
 async def status(channel: aio.Channel, pid: str) -> ppb.PipelineStatus:
@@ -201,7 +214,7 @@ async def test_transition_and_heartbeat_validation(channel: aio.Channel) -> None
 async def test_claim_heartbeat_transition_round_trip(channel: aio.Channel) -> None:
     pid = await new_pipeline(channel)
     ids = [f"doc-{i}" for i in range(30)]
-    await stage_docs(channel, pid, ids)
+    packs = await stage_docs(channel, pid, ids)
     stub = lease_pb2_grpc.LeaseServiceStub(channel)
     claimed = await stub.ClaimDocuments(
         lpb.ClaimDocumentsRequest(
@@ -235,7 +248,7 @@ async def test_claim_heartbeat_transition_round_trip(channel: aio.Channel) -> No
         dpb.CheckLeasesRequest(pipeline_id=pid, worker_id="gpu-0", stage="embedding", leases=refs[:2])
     )
     assert [(r.held, r.found, r.backing) for r in check.results] == [
-        (True, True, f"s3://x/{x.document_id}") for x in claimed.leases[:2]
+        (True, True, f"{packs}{x.document_id}#0:1") for x in claimed.leases[:2]
     ]
     moved = await stub.TransitionDocuments(
         lpb.TransitionDocumentsRequest(
@@ -271,7 +284,7 @@ async def test_claim_heartbeat_transition_round_trip(channel: aio.Channel) -> No
     assert dict(hashes.content_hashes) == {ids[0]: "h", ids[1]: "h"}
     forgot = await docs.ForgetDocuments(dpb.ForgetDocumentsRequest(pipeline_id=pid, document_ids=ids[:2]))
     assert forgot.deleted == 2
-    assert sorted(forgot.backings) == [f"s3://x/{d}" for d in sorted(ids[:2])]
+    assert sorted(forgot.backings) == [f"{packs}{d}#0:1" for d in sorted(ids[:2])]
 
 
 async def test_stream_leases_respects_credits(channel: aio.Channel) -> None:
@@ -711,13 +724,14 @@ async def test_leases_carry_the_staging_trace_parent(channel: aio.Channel) -> No
     back (both layouts) until the document is staged again or re-enqueued without one."""
     pid = await new_pipeline(channel)
     docs = document_state_pb2_grpc.DocumentStateServiceStub(channel)
+    packs = await packs_of(channel, pid)
     await docs.RecordStaged(
         dpb.RecordStagedRequest(
             pipeline_id=pid,
             records=[
-                dpb.StagedRecord(document_id="a", backing="s3://x/a", trace_parent=TRACE_A),
-                dpb.StagedRecord(document_id="b", backing="s3://x/b", trace_parent=TRACE_B),
-                dpb.StagedRecord(document_id="c", backing="s3://x/c"),
+                dpb.StagedRecord(document_id="a", backing=f"{packs}a#0:1", trace_parent=TRACE_A),
+                dpb.StagedRecord(document_id="b", backing=f"{packs}b#0:1", trace_parent=TRACE_B),
+                dpb.StagedRecord(document_id="c", backing=f"{packs}c#0:1"),
             ],
         )
     )
@@ -745,7 +759,7 @@ async def test_leases_carry_the_staging_trace_parent(channel: aio.Channel) -> No
     await docs.RecordStaged(
         dpb.RecordStagedRequest(
             pipeline_id=pid,
-            records=[dpb.StagedRecord(document_id="a", backing="s3://x/a2", trace_parent=TRACE_B)],
+            records=[dpb.StagedRecord(document_id="a", backing=f"{packs}a2#0:1", trace_parent=TRACE_B)],
         )
     )
 
@@ -798,3 +812,82 @@ async def test_trace_parents_are_validated(channel: aio.Channel) -> None:
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violations(caught.value) == ["document_columns.trace_parents"]
+
+
+async def test_token_zero_is_no_wildcard(channel: aio.Channel) -> None:
+    """A lease named with fencing token 0 is refused, naming the field, and nothing changes."""
+    pid = await new_pipeline(channel)
+    await stage_docs(channel, pid, ["a", "b"])
+    stub = lease_pb2_grpc.LeaseServiceStub(channel)
+    claimed = (await stub.ClaimDocuments(claim_request(pid, 2, "w"))).lease_columns
+    tokens = dict(zip(claimed.document_ids, claimed.fencing_tokens, strict=True))
+    held = {"pipeline_id": pid, "worker_id": "w"}
+    move = {**held, "from_stage": "embedding", "to_stage": "indexed"}
+    calls = [
+        (
+            stub.TransitionDocuments(
+                lpb.TransitionDocumentsRequest(
+                    **move,
+                    documents=[
+                        document_pb2.LeaseRef(document_id="a", fencing_token=tokens["a"]),
+                        document_pb2.LeaseRef(document_id="b"),
+                    ],
+                )
+            ),
+            "documents[1].fencing_token",
+        ),
+        (
+            stub.TransitionDocuments(
+                lpb.TransitionDocumentsRequest(
+                    **move,
+                    document_columns=lpb.LeaseRefColumns(
+                        document_ids=["a", "b"], fencing_tokens=[tokens["a"], 0]
+                    ),
+                )
+            ),
+            "document_columns.fencing_tokens[1]",
+        ),
+        (
+            stub.HeartbeatLeases(
+                lpb.HeartbeatLeasesRequest(
+                    **held,
+                    stage="embedding",
+                    leases=[document_pb2.LeaseRef(document_id="b")],
+                    lease_seconds=5,
+                )
+            ),
+            "leases[0].fencing_token",
+        ),
+        (
+            stub.HeartbeatLeases(
+                lpb.HeartbeatLeasesRequest(
+                    **held,
+                    stage="embedding",
+                    lease_columns=lpb.LeaseRefColumns(document_ids=["b"], fencing_tokens=[0]),
+                )
+            ),
+            "lease_columns.fencing_tokens[0]",
+        ),
+        (
+            document_state_pb2_grpc.DocumentStateServiceStub(channel).CheckLeases(
+                dpb.CheckLeasesRequest(
+                    **held, stage="embedding", leases=[document_pb2.LeaseRef(document_id="a")]
+                )
+            ),
+            "leases[0].fencing_token",
+        ),
+    ]
+    for call, field in calls:
+        with pytest.raises(aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(caught.value) == [field]
+        assert "0 is no wildcard" in (caught.value.details() or "")
+    assert dict((await status(channel, pid)).counts) == {"embedding": 2}
+    moved = await stub.TransitionDocuments(
+        lpb.TransitionDocumentsRequest(
+            **move,
+            documents=[document_pb2.LeaseRef(document_id=d, fencing_token=t) for d, t in tokens.items()],
+        )
+    )
+    assert [r.outcome for r in moved.results] == [lpb.TRANSITION_OUTCOME_MOVED] * 2

@@ -4,7 +4,7 @@ driven through the transport-free stores against a real PostgreSQL."""
 from __future__ import annotations
 
 import pytest
-from claimer.support import Stores, counters, full_count, new_pipeline, stage
+from claimer.support import Stores, counters, full_count, new_pipeline, packs_of, stage
 
 from hevlayer.claimer.leases import ClaimRequest
 from hevlayer.client.enums import TransitionOutcome
@@ -115,9 +115,11 @@ async def test_poison_document_goes_to_failed(stores: Stores) -> None:
 async def test_restage_resets_and_returns_previous_backing(stores: Stores) -> None:
     pid = await new_pipeline(stores)
     tokens = await stage(stores, pid, ["r"])
+    packs = await packs_of(stores, pid)
     claimed = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 1, "w"))
-    results = (await stores.documents.record_staged(pid, [StagedRecord("r", "h2", "s3://b/new", 3)])).results
-    assert results[0].previous_backing == "s3://b/r"
+    staged = await stores.documents.record_staged(pid, [StagedRecord("r", "h2", f"{packs}new#0:9", 3)])
+    assert staged.results[0].previous_backing == f"{packs}r#0:1"
+    results = staged.results
     assert results[0].fencing_token > claimed.fencing_tokens[0] > tokens["r"]
     lost = await stores.leases.transition(pid, "embedding", "w", "indexed", ["r"], claimed.fencing_tokens)
     assert lost.outcomes == [TransitionOutcome.NOT_HELD]
@@ -162,10 +164,11 @@ async def test_scan_forget_and_describe(stores: Stores) -> None:
         s.document_id async for batch in stores.documents.scan(pid, id_prefix="k001", batch=4) for s in batch
     ]
     assert prefixed == [f"k{i:04d}" for i in range(10, 20)]
+    packs = await packs_of(stores, pid)
     backings, deleted, released = await stores.documents.forget(pid, ["k0000", "k0001", "missing"])
-    assert released == ["s3://b/k0000", "s3://b/k0001"]
+    assert released == [f"{packs}k0000", f"{packs}k0001"]
     assert deleted == 2
-    assert sorted(backings) == ["s3://b/k0000", "s3://b/k0001"]
+    assert sorted(backings) == [f"{packs}k0000#0:1", f"{packs}k0001#0:1"]
     with pytest.raises(NotFound):
         await stores.documents.describe(pid, "k0000")
     assert await counters(stores.db, pid) == {"pending": len(ids) - 2}
@@ -212,25 +215,29 @@ async def test_unknown_pipeline_not_found(stores: Stores) -> None:
 async def test_released_objects_and_skip_unchanged(stores: Stores) -> None:
     pid = await new_pipeline(stores)
     docs = stores.documents
+    packs = await packs_of(stores, pid)
+    p1, p2, p3 = (f"{packs}p{i}" for i in (1, 2, 3))
     first = await docs.record_staged(
-        pid, [StagedRecord("a", "ha", "p1#0:5"), StagedRecord("b", "hb", "p1#5:5")]
+        pid, [StagedRecord("a", "ha", f"{p1}#0:5"), StagedRecord("b", "hb", f"{p1}#5:5")]
     )
     assert first.released_objects == []
-    moved = await docs.record_staged(pid, [StagedRecord("a", "ha2", "p2#0:5")])
-    assert (moved.results[0].previous_backing, moved.released_objects) == ("p1#0:5", [])
+    moved = await docs.record_staged(pid, [StagedRecord("a", "ha2", f"{p2}#0:5")])
+    assert (moved.results[0].previous_backing, moved.released_objects) == (f"{p1}#0:5", [])
     claimed = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 1, "w"))
     assert claimed.document_ids == ["a"]
     same = await docs.record_staged(
-        pid, [StagedRecord("a", "ha2", "p3#0:5"), StagedRecord("b", "hb2", "p3#5:5")], skip_unchanged=True
+        pid,
+        [StagedRecord("a", "ha2", f"{p3}#0:5"), StagedRecord("b", "hb2", f"{p3}#5:5")],
+        skip_unchanged=True,
     )
     assert [r.unchanged for r in same.results] == [True, False]
     assert same.results[0].fencing_token == claimed.fencing_tokens[0]  # the lease is kept
     assert same.results[0].previous_backing == ""
-    assert same.released_objects == ["p1"]  # b was p1's last document
+    assert same.released_objects == [p1]  # b was p1's last document
     kept = await stores.leases.check(pid, "w", "embedding", ["a"], claimed.fencing_tokens)
     assert kept.held == [True]
     backings, deleted, released = await docs.forget(pid, ["a", "b"])
-    assert (sorted(backings), deleted, released) == (["p2#0:5", "p3#5:5"], 2, ["p2", "p3"])
+    assert (sorted(backings), deleted, released) == ([f"{p2}#0:5", f"{p3}#5:5"], 2, [p2, p3])
 
 
 async def test_dimension_is_set_once(stores: Stores) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from claimer.support import Stores, counters, full_count, new_pipeline, stage
+from claimer.support import Stores, counters, full_count, new_pipeline, packs_of, stage
 
 from hevlayer.claimer.documents import EnqueueBatch
 from hevlayer.claimer.leases import ClaimRequest
@@ -119,7 +119,8 @@ async def test_segments_mix_with_rows_and_report_pending(seg_stores: Stores) -> 
     assert claimed.content_hashes[2:] == ["h" + doc[1:] for doc in claimed.document_ids[2:]]
     check = await stores.leases.check(pid, "w", "embedding", claimed.document_ids, claimed.fencing_tokens)
     assert check.held == [True] * 5
-    assert check.backings[:2] == ["s3://b/staged-1", "s3://b/staged-2"]
+    packs = await packs_of(stores, pid)
+    assert check.backings[:2] == [f"{packs}staged-1#0:1", f"{packs}staged-2#0:1"]
     wrong = await stores.leases.check(pid, "w", "embedding", ["l9"], [claimed.fencing_tokens[-1]])
     assert wrong.held == [False]
 
@@ -237,9 +238,11 @@ async def test_staging_ends_segment_leases(seg_stores: Stores) -> None:
     first = [doc for doc in claimed.document_ids if token[doc] == claimed.fencing_tokens[0]]
     second = [doc for doc in claimed.document_ids if token[doc] != claimed.fencing_tokens[0]]
 
+    packs = await packs_of(stores, pid)
+
     def records(names: Sequence[str], *, with_tokens: bool = True) -> list[StagedRecord]:
         return [
-            StagedRecord(doc, f"h-{doc}", f"s3://b/{doc}", 1, token[doc] if with_tokens else 0)
+            StagedRecord(doc, f"h-{doc}", f"{packs}{doc}#0:1", 1, token[doc] if with_tokens else 0)
             for doc in names
         ]
 

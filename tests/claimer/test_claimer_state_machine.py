@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
-from claimer.support import Stores, counters, full_count, make_stores, unique_id
+from claimer.support import Stores, counters, full_count, make_stores, packs_of, unique_id
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -63,6 +63,7 @@ class LeaseMachine(RuleBasedStateMachine):
                 )
             )
         )
+        self.packs = self.run(packs_of(self.stores, self.pid))
         self.docs: dict[str, Doc] = {}
         self.granted: list[tuple[str, str, int]] = []  # (doc, worker, token)
         self.backings = itertools.count()
@@ -104,7 +105,7 @@ class LeaseMachine(RuleBasedStateMachine):
 
     @rule(ids=st.lists(st.sampled_from(DOCS), min_size=1, max_size=3, unique=True))
     def restage(self, ids: list[str]) -> None:
-        records = [StagedRecord(d, f"h{d}", f"s3://b/{d}/{next(self.backings)}#0:1", 1) for d in ids]
+        records = [StagedRecord(d, f"h{d}", f"{self.packs}{d}-{next(self.backings)}#0:1", 1) for d in ids]
         batch = self.run(self.stores.documents.record_staged(self.pid, records))
         previous_objects = sorted(self.docs[d].backing.split("#")[0] for d in ids if d in self.docs)
         assert batch.released_objects == previous_objects, "each test object holds one document"

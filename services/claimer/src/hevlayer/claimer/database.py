@@ -56,6 +56,8 @@ def migrations() -> list[tuple[int, str, str]]:
 async def migrate(conn: asyncpg.Connection) -> list[str]:
     """Apply pending migrations under an advisory lock; return the names applied."""
     applied: list[str] = []
+    # A migration reports what an operator must know (RAISE WARNING) through the log.
+    conn.add_log_listener(_log_server_message)
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
         await conn.execute(
@@ -77,7 +79,14 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
             log.info("applied migration %s", name)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        conn.remove_log_listener(_log_server_message)
     return applied
+
+
+def _log_server_message(conn: asyncpg.Connection, message: asyncpg.PostgresLogMessage) -> None:
+    """Log a WARNING a migration raised (NOTICEs such as "already exists, skipping" are not news)."""
+    if message.severity == "WARNING":
+        log.warning("migration: %s", message.message)
 
 
 async def keep_session(conn: asyncpg.Connection) -> None:

@@ -22,7 +22,16 @@ from hevlayer.claimer import validation as v
 from hevlayer.claimer.database import Database
 from hevlayer.claimer.leases import require_segments
 from hevlayer.claimer.segments import SegmentQueue
-from hevlayer.claimer.txn import Clock, RetryTransaction, Work, pipeline_config, run, system_clock
+from hevlayer.claimer.txn import (
+    Clock,
+    PipelineConfig,
+    RetryTransaction,
+    Work,
+    pipeline_config,
+    run,
+    system_clock,
+)
+from hevlayer.client.naming import backing_problem, incarnation_of, object_key_of
 from hevlayer.client.types import StagedRecord, StagedResult
 from hevlayer.common.errors import InvalidArgument, NotFound
 from hevlayer.common.telemetry import MAX_TRACE_PARENT_BYTES
@@ -74,18 +83,13 @@ class StagedBatch:
     released_objects: list[str]
 
 
-def object_key(backing: str) -> str:
-    """The object a backing points into: the part before '#'."""
-    return backing.split("#", 1)[0]
-
-
 async def adjust_objects(
     conn: asyncpg.Connection, pipeline_id: str, added: Sequence[str], removed: Sequence[str]
 ) -> list[str]:
     """Count documents onto (``added``) and off (``removed``) their backings'
     objects; return the objects no document points into any more."""
-    deltas: Counter[str] = Counter(object_key(b) for b in added if b)
-    deltas.subtract(object_key(b) for b in removed if b)
+    deltas: Counter[str] = Counter(object_key_of(b) for b in added if b)
+    deltas.subtract(object_key_of(b) for b in removed if b)
     keys = sorted(k for k, d in deltas.items() if d)
     if not keys:
         return []
@@ -110,6 +114,17 @@ async def adjust_objects(
         falling,
     )
     return sorted(r[0] for r in rows)
+
+
+def check_backings(cfg: PipelineConfig, records: Sequence[StagedRecord]) -> None:
+    """INVALID_ARGUMENT naming ``records[i].backing`` for the first backing that is not in
+    the pipeline's own packs (:func:`hevlayer.client.naming.backing_problem`): a backing
+    elsewhere in the bucket would be read as this pipeline's chunks and deleted as released."""
+    current = incarnation_of(cfg.create_time)
+    for i, record in enumerate(records):
+        problem = backing_problem(record.backing, cfg.id, current)
+        if problem is not None:
+            raise InvalidArgument.field(f"records[{i}].backing", problem)
 
 
 @dataclass(frozen=True)
@@ -214,6 +229,7 @@ class DocumentStore:
 
         async def body(conn: asyncpg.Connection, work: Work) -> StagedBatch:
             cfg = await pipeline_config(conn, pipeline_id)
+            check_backings(cfg, records)
             previous = {
                 r[0]: r
                 for r in await conn.fetch(

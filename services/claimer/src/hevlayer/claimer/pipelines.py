@@ -19,6 +19,7 @@ from hevlayer.claimer.database import Database
 
 if TYPE_CHECKING:
     from hevlayer.claimer.segments import SegmentQueue
+from hevlayer.client.naming import effective_namespace
 from hevlayer.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Violation
 
 PIPELINE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -29,6 +30,8 @@ SINKS = ("milvus_lite", "milvus", "turbopuffer")
 RESERVED_STAGES = ("pending", "indexed", "failed")
 PENDING = "pending"
 UPDATABLE_FIELDS = ("paused", "max_attempts", "default_lease_seconds", "dimension")
+NAMESPACE_INDEX = "pipelines_sink_namespace"
+"""The unique index on (sink, target_namespace) (migration 0004)."""
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 
@@ -111,7 +114,7 @@ def _check_range(value: int, low: int, high: int, field_name: str) -> None:
 def resolve_spec(spec: PipelineSpec, defaults: PipelineDefaults) -> PipelineSpec:
     """Validate a create request and fill in defaults."""
     validate_pipeline_id(spec.id, "pipeline.id")
-    namespace = spec.target_namespace or spec.id.replace("-", "_")
+    namespace = effective_namespace(spec.id, spec.target_namespace)
     if not NAMESPACE.match(namespace):
         raise InvalidArgument.field(
             "pipeline.target_namespace",
@@ -144,6 +147,24 @@ def resolve_spec(spec: PipelineSpec, defaults: PipelineDefaults) -> PipelineSpec
         queue_backend=backend,
         sink=sink,
         dimension=spec.dimension,
+    )
+
+
+def _namespace_taken(resolved: PipelineSpec, owner: str) -> AlreadyExists:
+    description = (
+        f"namespace {resolved.target_namespace!r} of sink {resolved.sink} belongs to pipeline {owner!r}; "
+        "each pipeline needs a namespace of its own (name another target_namespace)"
+    )
+    return AlreadyExists(
+        f"pipeline.target_namespace: {description}",
+        violations=[Violation("pipeline.target_namespace", description)],
+        reason="NAMESPACE_TAKEN",
+        metadata={
+            "pipeline_id": resolved.id,
+            "owner_pipeline_id": owner,
+            "target_namespace": resolved.target_namespace,
+            "sink": resolved.sink,
+        },
     )
 
 
@@ -184,30 +205,60 @@ class PipelineStore:
         self._segments = segments
 
     async def create(self, spec: PipelineSpec) -> PipelineRecord:
-        """Create a pipeline; ALREADY_EXISTS if the id is taken."""
+        """Create a pipeline; ALREADY_EXISTS if the id is taken, or if another pipeline
+        of the same sink has the same (effective) target namespace. Nothing is
+        written when it is refused."""
         resolved = resolve_spec(spec, self.defaults)
         async with self._db.acquire() as conn:
-            row = await conn.fetchrow(
-                f"""INSERT INTO pipelines (id, target_namespace, distance_metric, paused,
-                        max_attempts, default_lease_seconds, queue_backend, sink, dimension)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                    ON CONFLICT (id) DO NOTHING
-                    RETURNING {_COLUMNS}""",
-                resolved.id,
-                resolved.target_namespace,
-                resolved.distance_metric,
-                resolved.paused,
-                resolved.max_attempts,
-                resolved.default_lease_seconds,
-                resolved.queue_backend,
-                resolved.sink,
-                resolved.dimension,
-            )
+            owner = await self._namespace_owner(conn, resolved)
+            if owner is not None:
+                raise _namespace_taken(resolved, owner)
+            try:
+                row = await self._insert(conn, resolved)
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != NAMESPACE_INDEX:
+                    raise
+                # A concurrent create of the same namespace committed first.
+                owner = await self._namespace_owner(conn, resolved)
+                raise _namespace_taken(resolved, owner or "(deleted meanwhile)") from None
         if row is None:
             raise AlreadyExists(
                 f"pipeline {resolved.id!r} already exists", metadata={"pipeline_id": resolved.id}
             )
         return _record(row)
+
+    @staticmethod
+    async def _namespace_owner(conn: asyncpg.Connection, resolved: PipelineSpec) -> str | None:
+        """The id of another pipeline of the sink whose namespace is ``resolved``'s, or None."""
+        owner: str | None = await conn.fetchval(
+            """SELECT id FROM pipelines WHERE sink = $1 AND target_namespace = $2 AND id <> $3
+               ORDER BY id LIMIT 1""",
+            resolved.sink,
+            resolved.target_namespace,
+            resolved.id,
+        )
+        return owner
+
+    @staticmethod
+    async def _insert(conn: asyncpg.Connection, resolved: PipelineSpec) -> asyncpg.Record | None:
+        """Insert the pipeline; None if the id is taken."""
+        row: asyncpg.Record | None = await conn.fetchrow(
+            f"""INSERT INTO pipelines (id, target_namespace, distance_metric, paused,
+                    max_attempts, default_lease_seconds, queue_backend, sink, dimension)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                ON CONFLICT (id) DO NOTHING
+                RETURNING {_COLUMNS}""",
+            resolved.id,
+            resolved.target_namespace,
+            resolved.distance_metric,
+            resolved.paused,
+            resolved.max_attempts,
+            resolved.default_lease_seconds,
+            resolved.queue_backend,
+            resolved.sink,
+            resolved.dimension,
+        )
+        return row
 
     async def get(self, pipeline_id: str) -> PipelineRecord:
         """One pipeline; NOT_FOUND if it does not exist."""

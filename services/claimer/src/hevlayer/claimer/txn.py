@@ -58,6 +58,9 @@ class PipelineConfig:
     max_attempts: int
     default_lease_seconds: int
     queue_backend: str
+    create_time: datetime
+    """When the pipeline was created: its incarnation (:func:`hevlayer.client.naming.incarnation_of`)
+    is part of its pack keys."""
 
     @property
     def segmented(self) -> bool:
@@ -71,7 +74,8 @@ async def pipeline_config(
     """The pipeline's settings; NOT_FOUND if it does not exist."""
     validate_pipeline_id(pipeline_id, field_name)
     row = await conn.fetchrow(
-        "SELECT id, paused, max_attempts, default_lease_seconds, queue_backend FROM pipelines WHERE id = $1",
+        """SELECT id, paused, max_attempts, default_lease_seconds, queue_backend, create_time
+           FROM pipelines WHERE id = $1""",
         pipeline_id,
     )
     if row is None:

@@ -24,6 +24,7 @@ from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.api.staging.v1 import staging_pb2
 from hevlayer.client import LeaseRef, LeasesClient, PipelinesClient
+from hevlayer.client.naming import effective_namespace, incarnation
 from hevlayer.client.types import StagedRecord, StagedResult, Transition
 from hevlayer.common.errors import InvalidArgument, service_error_from_rpc_error
 
@@ -53,18 +54,19 @@ class PipelineInfo:
     dimension: int
     incarnation: str
     """Distinguishes a pipeline from an earlier one with the same id (its
-    creation time in microseconds, hex); part of its pack keys."""
+    creation time in microseconds, hex: :func:`hevlayer.client.naming.incarnation`); part of
+    its pack keys."""
 
     @classmethod
     def from_proto(cls, pipeline: pipeline_pb2.Pipeline) -> PipelineInfo:
         """From a Pipeline message."""
         return cls(
             id=pipeline.id,
-            target_namespace=pipeline.target_namespace or pipeline.id.replace("-", "_"),
+            target_namespace=effective_namespace(pipeline.id, pipeline.target_namespace),
             distance_metric=_METRICS.get(pipeline.distance_metric, "cosine_distance"),
             sink=_SINKS.get(pipeline.sink, ""),
             dimension=pipeline.dimension,
-            incarnation=f"{pipeline.create_time.ToMicroseconds():x}",
+            incarnation=incarnation(pipeline.create_time.ToMicroseconds()),
         )
 
 

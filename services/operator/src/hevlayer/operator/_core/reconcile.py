@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hevlayer.client import is_transient
+from hevlayer.client.naming import effective_namespace
 from hevlayer.common.errors import AlreadyExists, NotFound, ServiceError
 from hevlayer.operator import conditions as cond
 from hevlayer.operator._cogs.gateway import GatewayPipeline, GatewayStatus
@@ -77,7 +78,7 @@ class Reconciliation:
 def expected_target(pipeline: Pipeline) -> str:
     """The target namespace the gateway uses for this pipeline (its default: the id
     with '-' replaced by '_')."""
-    return pipeline.spec.target_namespace or pipeline.ref.pipeline_id.replace("-", "_")
+    return effective_namespace(pipeline.ref.pipeline_id, pipeline.spec.target_namespace)
 
 
 def immutable_mismatch(pipeline: Pipeline, current: GatewayPipeline) -> str | None:
