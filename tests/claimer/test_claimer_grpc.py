@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -821,73 +821,57 @@ async def test_token_zero_is_no_wildcard(channel: aio.Channel) -> None:
     stub = lease_pb2_grpc.LeaseServiceStub(channel)
     claimed = (await stub.ClaimDocuments(claim_request(pid, 2, "w"))).lease_columns
     tokens = dict(zip(claimed.document_ids, claimed.fencing_tokens, strict=True))
-    held = {"pipeline_id": pid, "worker_id": "w"}
-    move = {**held, "from_stage": "embedding", "to_stage": "indexed"}
-    calls = [
+
+    def move(**refs: object) -> lpb.TransitionDocumentsRequest:
+        request = lpb.TransitionDocumentsRequest(
+            pipeline_id=pid, worker_id="w", from_stage="embedding", to_stage="indexed"
+        )
+        request.MergeFrom(lpb.TransitionDocumentsRequest(**refs))  # type: ignore[arg-type]
+        return request
+
+    def beat(**refs: object) -> lpb.HeartbeatLeasesRequest:
+        request = lpb.HeartbeatLeasesRequest(
+            pipeline_id=pid, worker_id="w", stage="embedding", lease_seconds=5
+        )
+        request.MergeFrom(lpb.HeartbeatLeasesRequest(**refs))  # type: ignore[arg-type]
+        return request
+
+    a = document_pb2.LeaseRef(document_id="a", fencing_token=tokens["a"])
+    zero = document_pb2.LeaseRef(document_id="b")
+    checks = document_state_pb2_grpc.DocumentStateServiceStub(channel)
+    calls: list[tuple[Callable[[], Awaitable[object]], str]] = [
+        (lambda: stub.TransitionDocuments(move(documents=[a, zero])), "documents[1].fencing_token"),
         (
-            stub.TransitionDocuments(
-                lpb.TransitionDocumentsRequest(
-                    **move,
-                    documents=[
-                        document_pb2.LeaseRef(document_id="a", fencing_token=tokens["a"]),
-                        document_pb2.LeaseRef(document_id="b"),
-                    ],
-                )
-            ),
-            "documents[1].fencing_token",
-        ),
-        (
-            stub.TransitionDocuments(
-                lpb.TransitionDocumentsRequest(
-                    **move,
+            lambda: stub.TransitionDocuments(
+                move(
                     document_columns=lpb.LeaseRefColumns(
                         document_ids=["a", "b"], fencing_tokens=[tokens["a"], 0]
-                    ),
+                    )
                 )
             ),
             "document_columns.fencing_tokens[1]",
         ),
+        (lambda: stub.HeartbeatLeases(beat(leases=[zero])), "leases[0].fencing_token"),
         (
-            stub.HeartbeatLeases(
-                lpb.HeartbeatLeasesRequest(
-                    **held,
-                    stage="embedding",
-                    leases=[document_pb2.LeaseRef(document_id="b")],
-                    lease_seconds=5,
-                )
-            ),
-            "leases[0].fencing_token",
-        ),
-        (
-            stub.HeartbeatLeases(
-                lpb.HeartbeatLeasesRequest(
-                    **held,
-                    stage="embedding",
-                    lease_columns=lpb.LeaseRefColumns(document_ids=["b"], fencing_tokens=[0]),
-                )
+            lambda: stub.HeartbeatLeases(
+                beat(lease_columns=lpb.LeaseRefColumns(document_ids=["b"], fencing_tokens=[0]))
             ),
             "lease_columns.fencing_tokens[0]",
         ),
         (
-            document_state_pb2_grpc.DocumentStateServiceStub(channel).CheckLeases(
-                dpb.CheckLeasesRequest(
-                    **held, stage="embedding", leases=[document_pb2.LeaseRef(document_id="a")]
-                )
+            lambda: checks.CheckLeases(
+                dpb.CheckLeasesRequest(pipeline_id=pid, worker_id="w", stage="embedding", leases=[zero])
             ),
             "leases[0].fencing_token",
         ),
     ]
     for call, field in calls:
         with pytest.raises(aio.AioRpcError) as caught:
-            await call
+            await call()
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert violations(caught.value) == [field]
         assert "0 is no wildcard" in (caught.value.details() or "")
     assert dict((await status(channel, pid)).counts) == {"embedding": 2}
-    moved = await stub.TransitionDocuments(
-        lpb.TransitionDocumentsRequest(
-            **move,
-            documents=[document_pb2.LeaseRef(document_id=d, fencing_token=t) for d, t in tokens.items()],
-        )
-    )
+    refs = [document_pb2.LeaseRef(document_id=d, fencing_token=t) for d, t in tokens.items()]
+    moved = await stub.TransitionDocuments(move(documents=refs))
     assert [r.outcome for r in moved.results] == [lpb.TRANSITION_OUTCOME_MOVED] * 2

@@ -9,6 +9,7 @@ from grpc import aio
 from hevlayer.api.claimer.v1 import document_state_pb2 as pb
 from hevlayer.api.claimer.v1 import document_state_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2
+from hevlayer.claimer import validation as v
 from hevlayer.claimer.documents import DocumentState, DocumentStore, EnqueueBatch
 from hevlayer.claimer.leases import LeaseStore
 from hevlayer.client.types import StagedRecord
@@ -70,6 +71,7 @@ class DocumentStateServicer(document_state_pb2_grpc.DocumentStateServiceServicer
     ) -> pb.CheckLeasesResponse:
         ids = [ref.document_id for ref in request.leases]
         tokens = [ref.fencing_token for ref in request.leases]
+        v.lease_tokens(ids, tokens, "leases")
         check = await self._leases.check(request.pipeline_id, request.worker_id, request.stage, ids, tokens)
         response = pb.CheckLeasesResponse()
         for i, doc in enumerate(ids):

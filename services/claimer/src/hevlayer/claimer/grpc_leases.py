@@ -198,6 +198,7 @@ class LeaseServicer:
         self, request: pb.HeartbeatLeasesRequest, context: aio.ServicerContext
     ) -> pb.HeartbeatLeasesResponse:
         ids, tokens, refs_field = _request_refs(request, "lease_columns", "leases")
+        v.lease_tokens(ids, tokens, refs_field)
         result = await self._store.heartbeat(
             request.pipeline_id,
             request.stage,
@@ -252,6 +253,7 @@ class LeaseServicer:
                     for token, count in zip(segment_tokens, moved.moved, strict=True)
                 ]
             )
+        v.lease_tokens(ids, tokens, refs_field)
         parents = _request_trace_parents(request, refs_field, len(ids))
         start_ns = time.time_ns()
         result = await self._store.transition(

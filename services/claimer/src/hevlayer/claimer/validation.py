@@ -86,6 +86,24 @@ def document_ids(values: Sequence[str], field: str) -> None:
             document_id(value, f"{field}[{i}]")
 
 
+def lease_tokens(ids: Sequence[str], tokens: Sequence[int], field: str) -> None:
+    """Every lease a gRPC heartbeat, transition or lease check names carries its fencing
+    token: 0 is no wildcard. ``field`` names the refs as the store does (``documents``:
+    ``documents[3].fencing_token``; ``document_columns``: ``document_columns.fencing_tokens[3]``).
+    Ids before the first zero are checked first, so an invalid id is reported as such; a
+    length mismatch is left to the store, which names it."""
+    if len(ids) != len(tokens) or 0 not in tokens:
+        return
+    columns = field.endswith("_columns")
+    first = list(tokens).index(0)
+    for i in range(first + 1):
+        document_id(ids[i], f"{field}.document_ids[{i}]" if columns else f"{field}[{i}].document_id")
+    raise InvalidArgument.field(
+        f"{field}.fencing_tokens[{first}]" if columns else f"{field}[{first}].fencing_token",
+        "is required: the fencing token of the lease, as the claim returned it (0 is no wildcard)",
+    )
+
+
 def limit(value: int, field: str = "limit") -> int:
     """A claim limit between 1 and 10000."""
     if not 1 <= value <= MAX_LIMIT:
