@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -340,3 +341,34 @@ def test_unusable_tls_settings_stop_the_service_naming_the_variable(
 ) -> None:
     stderr = _start_fails("hevlayer-embedder", env(certificates))
     assert f"configuration error: {variable}:" in stderr
+
+
+def _hevlayer(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HEVLAYER_CLIENT_TLS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "hevlayer.cli", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def test_the_cli_talks_mutual_tls_with_flags_or_environment(stack: SecureStack, tmp_path: Path) -> None:
+    c = stack.certificates
+    pipeline_id = f"cli-{uuid.uuid4().hex[:8]}"
+    base = {"HEVLAYER_DATA_DIR": str(tmp_path), "HEVLAYER_GATEWAY": stack.gateway}
+    flags = ["--tls-ca", str(c.ca), "--tls-cert", str(c.cert("user")), "--tls-key", str(c.key("user"))]
+    created = _hevlayer(*flags, "pipelines", "create", pipeline_id, env=base)
+    assert created.returncode == 0, created.stderr
+    listed = _hevlayer("pipelines", "list", env={**base, **c.client_env("user")})
+    assert listed.returncode == 0, listed.stderr
+    assert pipeline_id in listed.stdout
+    plaintext = _hevlayer("pipelines", "list", env=base)
+    assert plaintext.returncode == 1
+    assert "UNAVAILABLE" in plaintext.stderr
+    half = _hevlayer("--tls-ca", str(c.ca), "--tls-cert", str(c.cert("user")), "pipelines", "list", env=base)
+    assert half.returncode == 2
+    assert "--tls-key (HEVLAYER_CLIENT_TLS_KEY)" in half.stderr
