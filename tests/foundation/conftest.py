@@ -11,6 +11,7 @@ import pytest
 from grpc import aio
 
 from hevlayer.client.channel import open_channel
+from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.processes import ServiceProcess
 
@@ -55,9 +56,11 @@ def start_claimer(
 def start_gateway(
     claimer_address: str, tmp: Path, traces: Path, **extra: str
 ) -> tuple[ServiceProcess, str, str]:
-    """Start a gateway process in front of ``claimer_address`` (``extra`` env overrides)."""
+    """Start a gateway process in front of ``claimer_address`` (``extra`` env overrides; the
+    Milvus Lite file and the chunk cache default to ``tmp``)."""
     grpc_address = f"127.0.0.1:{free_port()}"
     http_address = f"127.0.0.1:{free_port()}"
+    suffix = uuid.uuid4().hex[:6]
     proc = ServiceProcess(
         "hevlayer-gateway",
         name="gateway",
@@ -67,6 +70,8 @@ def start_gateway(
             "HEVLAYER_HTTP_ADDRESS": http_address,
             "HEVLAYER_TRACES_EXPORTER": f"file:{traces}",
             "HEVLAYER_SHUTDOWN_GRACE_SECONDS": "5",
+            "GATEWAY_MILVUS_LITE_PATH": str(tmp / f"vectors-{suffix}.db"),
+            "GATEWAY_CACHE_DIR": str(tmp / f"cache-{suffix}"),
             **extra,
         },
         log_path=tmp / f"gateway-{uuid.uuid4().hex[:6]}.log",
@@ -76,15 +81,22 @@ def start_gateway(
 
 
 @pytest.fixture(scope="module")
-def slice_stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SliceStack]:
-    """Claimer and gateway processes on a fresh database; stopped at teardown."""
+def slice_stack(
+    database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SliceStack]:
+    """Claimer and gateway processes on a fresh database (the gateway on a fresh bucket: it is
+    ready only while S3 answers); stopped at teardown."""
     tmp = tmp_path_factory.mktemp("slice")
     traces = tmp / "traces.jsonl"
+    bucket = f"slice-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(bucket)
     claimer, claimer_address, claimer_http = start_claimer(database_url, tmp, traces)
     gateway: ServiceProcess | None = None
     try:
         claimer.wait_ready(timeout=60)
-        gateway, gateway_address, gateway_http = start_gateway(claimer_address, tmp, traces)
+        gateway, gateway_address, gateway_http = start_gateway(
+            claimer_address, tmp, traces, **s3.client_env(bucket)
+        )
         gateway.wait_ready(timeout=60)
         yield SliceStack(
             database_url=database_url,

@@ -28,6 +28,7 @@ from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.common.config import ConfigError, load_settings
 from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.common.server import ServerSettings, ServiceApp
+from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.processes import ServiceProcess
 
 LIMIT = 256 * 1024
@@ -176,17 +177,23 @@ async def test_calls_beyond_the_concurrency_limit_get_resource_exhausted_with_re
 
 
 @pytest.fixture(scope="module")
-def small_stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def small_stack(
+    database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     """A claimer and a gateway that accept messages of at most LIMIT bytes and REST bodies of
-    at most 64 KiB."""
+    at most 64 KiB (the gateway on a bucket of its own: it is ready only while S3 answers)."""
     tmp: Path = tmp_path_factory.mktemp("bounded")
+    bucket = f"bounded-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(bucket)
     traces = tmp / "traces.jsonl"
     limits = {"HEVLAYER_GRPC_MAX_MESSAGE_BYTES": str(LIMIT), "HEVLAYER_HTTP_MAX_BODY_BYTES": "65536"}
     claimer, claimer_address, _ = start_claimer(database_url, tmp, traces, **limits)
     gateway: ServiceProcess | None = None
     try:
         claimer.wait_ready(timeout=60)
-        gateway, gateway_address, gateway_http = start_gateway(claimer_address, tmp, traces, **limits)
+        gateway, gateway_address, gateway_http = start_gateway(
+            claimer_address, tmp, traces, **limits, **s3.client_env(bucket)
+        )
         gateway.wait_ready(timeout=60)
         yield {"claimer": claimer_address, "gateway": gateway_address, "gateway_http": gateway_http}
     finally:

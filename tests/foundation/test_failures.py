@@ -54,7 +54,8 @@ async def test_postgres_unreachable_is_unavailable_with_retry_info(tmp_path: Pat
     gateway, gateway_address, _ = start_gateway(claimer_address, tmp_path, traces)
     try:
         await _wait_health(claimer_address, health_pb2.HealthCheckResponse.NOT_SERVING)
-        gateway.wait_ready(timeout=30)
+        # The gateway answers, but is not ready: its claimer is not (tests/gateway/test_readiness.py).
+        await _wait_health(gateway_address, health_pb2.HealthCheckResponse.NOT_SERVING)
         for address in (claimer_address, gateway_address):
             async with open_channel(address) as channel:
                 stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
@@ -76,7 +77,7 @@ async def test_postgres_unreachable_is_unavailable_with_retry_info(tmp_path: Pat
 async def test_gateway_without_claimer_is_unavailable(tmp_path: Path) -> None:
     gateway, gateway_address, _ = start_gateway(f"127.0.0.1:{free_port()}", tmp_path, tmp_path / "t.jsonl")
     try:
-        gateway.wait_ready(timeout=30)
+        await _wait_health(gateway_address, health_pb2.HealthCheckResponse.NOT_SERVING)
         async with open_channel(gateway_address) as channel:
             stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
             with pytest.raises(aio.AioRpcError) as caught:

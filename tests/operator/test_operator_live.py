@@ -41,6 +41,7 @@ from kmock._internal import dicts as kmock_dicts
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2 as pb
 from hevlayer.api.pipeline.v1 import pipeline_pb2_grpc
+from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.processes import ServiceProcess
 from hevlayer.devstack.testing import ServiceFactory
@@ -648,13 +649,25 @@ async def test_invalid_spec_and_name_conflict(
 
 
 async def test_real_gateway(
-    cluster: Cluster, database_url: str, service_factory: ServiceFactory, tmp_path: Path
+    cluster: Cluster,
+    database_url: str,
+    s3: SeaweedS3,
+    s3_bucket: str,
+    service_factory: ServiceFactory,
+    tmp_path: Path,
 ) -> None:
     """The operator against the real claimer and gateway processes."""
     claimer = service_factory("hevlayer-claimer", env={"DATABASE_URL": database_url}, ready_timeout=60)
     assert claimer.grpc_address is not None
     gateway_process = service_factory(
-        "hevlayer-gateway", env={"CLAIMER_ADDRESS": claimer.grpc_address}, ready_timeout=60
+        "hevlayer-gateway",
+        env={
+            "CLAIMER_ADDRESS": claimer.grpc_address,
+            "GATEWAY_MILVUS_LITE_PATH": str(tmp_path / "vectors.db"),
+            "GATEWAY_CACHE_DIR": str(tmp_path / "cache"),
+            **s3.client_env(s3_bucket),
+        },
+        ready_timeout=60,
     )
     address = gateway_process.grpc_address
     assert address is not None

@@ -76,7 +76,12 @@ async def test_summaries_land_in_the_gateway_and_survive_a_restart(
     gateway = service_factory(
         "hevlayer-gateway",
         name="gateway",
-        env={"CLAIMER_ADDRESS": claimer.grpc_address, "GATEWAY_CACHE_DIR": str(tmp_path / "gw"), **s3_env},
+        env={
+            "CLAIMER_ADDRESS": claimer.grpc_address,
+            "GATEWAY_CACHE_DIR": str(tmp_path / "gw"),
+            "GATEWAY_MILVUS_LITE_PATH": str(tmp_path / "vectors.db"),
+            **s3_env,
+        },
         ready_timeout=60,
     )
     assert gateway.grpc_address is not None

@@ -41,6 +41,8 @@ Probe = Callable[[], Awaitable[None]]
 """Returns when the dependency answers; raises when it does not."""
 
 MAX_ERROR_CHARS = 300
+NOT_READY_INTERVAL_SECONDS = 1.0
+"""Longest interval between two rounds while some dependency is down."""
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
 
 
@@ -160,7 +162,8 @@ class DependencyMonitor:
         return None
 
     def start(self) -> None:
-        """Probe every ``interval_seconds`` until :meth:`stop` (the first round at once)."""
+        """Probe every ``interval_seconds`` (at most :data:`NOT_READY_INTERVAL_SECONDS` apart
+        while not ready) until :meth:`stop`; the first round at once."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"{self.service}-readiness")
 
@@ -170,8 +173,13 @@ class DependencyMonitor:
                 await self.probe_once()
             except Exception:
                 log.exception("%s: a readiness round failed", self.service)
+            # Not ready (at start, or a dependency is down): look again sooner, so that
+            # readiness returns within a second of the dependency.
+            interval = self._settings.interval_seconds
+            if not self.ready:
+                interval = min(interval, NOT_READY_INTERVAL_SECONDS)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), self._settings.interval_seconds)
+                await asyncio.wait_for(self._stopped.wait(), interval)
 
     async def stop(self) -> None:
         """Stop probing (the last states stay)."""

@@ -168,6 +168,8 @@ class DevStack(Lifecycle):
             name=spec.name,
             env=env,
             log_path=self.logs_dir / f"{spec.name}.log",
+            # Relative default paths (the gateway's Milvus Lite file) land in the data directory.
+            cwd=self.data_dir,
             grpc_address=grpc_address,
         )
         self._say(f"starting {spec.name} on {grpc_address} ...")

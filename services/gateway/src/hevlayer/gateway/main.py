@@ -19,7 +19,9 @@ from hevlayer.client.channel import open_channel
 from hevlayer.client.settings import ClientTLSSettings
 from hevlayer.common.config import load_or_exit
 from hevlayer.common.errors import NotFound, ServiceError
+from hevlayer.common.readiness import DependencyMonitor, Probe
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
+from hevlayer.common.settings import ReadinessSettings
 from hevlayer.gateway.cache import open_cache
 from hevlayer.gateway.chunkstore import ChunkStore, SegmentCodec, open_s3_client, pipeline_prefix
 from hevlayer.gateway.claimer_client import ClaimerClient, PipelineInfo
@@ -27,6 +29,7 @@ from hevlayer.gateway.forwarding import Forwarder
 from hevlayer.gateway.grpc_index import IndexServicer, index_handler
 from hevlayer.gateway.grpc_staging import StagingServicer
 from hevlayer.gateway.indexing import Searcher, VectorWriter
+from hevlayer.gateway.readiness import CLAIMER, S3, SINK, SinkProbe, claimer_probe, s3_probe
 from hevlayer.gateway.rest import RestApi
 from hevlayer.gateway.settings import (
     GRPC_DEFAULTS,
@@ -70,6 +73,9 @@ class Settings:
         self.sinks = sinks
         self.client_tls = client_tls or ClientTLSSettings()
         """TLS of the channels to the claimer and the embedder."""
+
+    readiness: ReadinessSettings = ReadinessSettings()
+    """Probes of the claimer, S3 and the default sink (``main`` loads them from the environment)."""
 
     @classmethod
     def load_or_exit(cls) -> Settings:
@@ -163,11 +169,25 @@ async def build(app: ServiceApp, settings: Settings) -> None:
     _register_generic(app, INDEX_SERVICE.full_name, index_handler(IndexServicer(claimer, writer, searcher)))
     app.add_routes(RestApi(claimer, stager, reader, writer, searcher).routes())
 
+    # Ready (gRPC health SERVING, /readyz 200) while the claimer, S3 and the default sink answer.
+    timeout = settings.readiness.timeout_seconds
+    sink_probe = SinkProbe(sinks, timeout)
+    probes: dict[str, Probe] = {
+        CLAIMER: claimer_probe(forward_channel, timeout),
+        S3: s3_probe(s3_client, settings.s3.bucket),
+        SINK: sink_probe,
+    }
+    monitor = DependencyMonitor("gateway", probes, settings.readiness, app.set_serving)
+    app.add_readiness_check(monitor.check, monitor.report)
+
     async def startup() -> None:
         await cache.start()
         stager.start()
+        monitor.start()
 
     async def shutdown() -> None:
+        await monitor.stop()
+        await sink_probe.close()
         await stager.close()
         await cache.close()
         await sinks.close()
@@ -185,11 +205,12 @@ def main() -> None:
     """Run the gateway until SIGTERM."""
     server = load_or_exit(ServerSettings, GRPC_DEFAULTS)
     settings = Settings.load_or_exit()
+    settings.readiness = load_or_exit(ReadinessSettings)
 
     async def wire(app: ServiceApp) -> None:
         await build(app, settings)
 
-    run_service("gateway", server, wire)
+    run_service("gateway", server, wire, serving_on_start=False)
 
 
 if __name__ == "__main__":

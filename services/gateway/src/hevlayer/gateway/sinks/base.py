@@ -500,6 +500,14 @@ class Sink(abc.ABC):
     async def close(self) -> None:
         """Release the client (and, for Milvus Lite, the local database)."""
 
+    @abc.abstractmethod
+    async def ping(self, timeout: float) -> None:
+        """Return when the backend is usable; raise Unavailable (naming why) when it is not.
+
+        The readiness probe of the gateway's default sink: one cheap call with
+        ``timeout`` (Milvus Lite, in this process: no call).
+        """
+
     def check_namespace(self, namespace: str) -> None:
         """InvalidArgument naming ``namespace`` if the backend cannot hold this name."""
         if not isinstance(namespace, str) or not namespace:

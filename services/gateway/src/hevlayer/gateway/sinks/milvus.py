@@ -270,6 +270,24 @@ class MilvusSink(Sink):
                     _open_lite_paths.discard(self._lite_path)
             self._executor.shutdown(wait=False)
 
+    async def ping(self, timeout: float) -> None:
+        """Milvus Lite runs in this process: usable while open. Milvus: ``list_collections``
+        answers within ``timeout`` (on its own thread, not behind the sink's writes)."""
+        if self._closed:
+            raise Unavailable(f"the {self.kind.value} sink is closed", reason="SINK_UNAVAILABLE")
+        if self._exclusive:
+            return
+        call = functools.partial(self._client.list_collections, timeout=timeout)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, call)
+        except (MilvusException, grpc.RpcError) as exc:
+            message = exc.message if isinstance(exc, MilvusException) else str(exc)
+            raise Unavailable(
+                f"Milvus does not answer list_collections: {message}",
+                reason="SINK_UNAVAILABLE",
+                metadata={"sink": self.kind.value},
+            ) from exc
+
     # ---- backend hooks ----------------------------------------------------
 
     def _namespace_problem(self, namespace: str) -> str | None:

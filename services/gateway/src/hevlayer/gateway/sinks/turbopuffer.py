@@ -102,6 +102,10 @@ def turbopuffer_filter(filter: PreparedFilter) -> Filter | None:
     return ("And", conditions)
 
 
+PROBE_NAMESPACE = "hevlayer-readiness-probe"
+"""The namespace the readiness probe asks the metadata of (never created)."""
+
+
 class TurbopufferSink(Sink):
     """A sink on Turbopuffer (see the module docstring)."""
 
@@ -137,6 +141,17 @@ class TurbopufferSink(Sink):
     async def close(self) -> None:
         """Close the HTTP client."""
         await self._client.close()
+
+    async def ping(self, timeout: float) -> None:
+        """One metadata request (no retry) for :data:`PROBE_NAMESPACE`: an answer, 404 included,
+        means Turbopuffer is reachable and accepts the API key."""
+        client = self._client.with_options(timeout=timeout, max_retries=0)
+        try:
+            await client.namespace(PROBE_NAMESPACE).metadata()
+        except turbopuffer.NotFoundError:
+            return
+        except turbopuffer.APIError as exc:
+            raise _translate(exc, PROBE_NAMESPACE, "readiness probe") from exc
 
     # ---- backend hooks ----------------------------------------------------
 
