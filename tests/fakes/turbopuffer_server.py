@@ -394,7 +394,7 @@ class FakeTurbopuffer:
         name = request.match_info["namespace"]
         self._existing(name)
         del self.namespaces[name]
-        return web.json_response({"status": "OK"})
+        return web.json_response({"status": "ok"})
 
 
 # ---- semantics --------------------------------------------------------------

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hevlayer.api.document.v1 import document_pb2
+from hevlayer.client.naming import object_key_of, pack_prefix
 from hevlayer.common.errors import NotFound, Unavailable
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.ports import free_port
@@ -25,8 +26,6 @@ from hevlayer.gateway.chunkstore import (
     _merge_runs,
     build_pack,
     new_pack_key,
-    object_key_of,
-    pack_prefix,
     read_pack_index,
 )
 from hevlayer.gateway.convert import python_to_struct

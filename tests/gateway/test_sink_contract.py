@@ -178,6 +178,21 @@ async def test_reads_of_a_missing_namespace_are_empty(sink: Sink, namespace: str
     await sink.drop_namespace(namespace)
 
 
+async def test_a_dropped_namespace_comes_back_empty_in_any_shape(sink: Sink, namespace: str) -> None:
+    """What DeletePipeline relies on: after drop_namespace, a namespace of the same name
+    (a pipeline created again) holds none of the old rows and may take another dimension
+    and metric."""
+    await sink.ensure_namespace(namespace, 4, COSINE)
+    await sink.replace_documents(namespace, {"d": rows("d", [E1, E2])})
+    await sink.drop_namespace(namespace)
+    assert await sink.describe_namespace(namespace) is None
+    await sink.ensure_namespace(namespace, 2, L2)
+    assert await sink.count(namespace) == 0
+    assert await sink.query(namespace, [1.0, 0.0], top_k=10) == []
+    await sink.replace_documents(namespace, {"e": rows("e", [[0.0, 1.0]])})
+    assert [hit.document_id for hit in await sink.query(namespace, [1.0, 0.0], top_k=10)] == ["e"]
+
+
 async def test_namespaces_are_isolated(sink: Sink, namespace: str) -> None:
     other = f"{namespace}_b"
     try:

@@ -6,6 +6,9 @@ cap staging at the S3 client's request rate. So the documents staged together
 
     pipelines/{pipeline_id}/{incarnation}/packs/{time}-{random}.pack
 
+(the prefix and the backing rule are :mod:`hevlayer.client.naming`'s, shared
+with the claimer, which refuses a backing outside the pipeline's packs)
+
     header   8 bytes   b"HVPK" 0x01 0x00 0x00 0x00
     segment  per document, back to back:
                1 byte    codec: 0x00 plain, 0x01 zstd
@@ -97,11 +100,6 @@ class Backing:
         return cls(key, int(offset), int(length))
 
 
-def object_key_of(backing: str) -> str:
-    """The object key part of a backing string."""
-    return backing.rpartition("#")[0]
-
-
 class SegmentCodec:
     """Encodes a Document into a segment and back (zstd or plain)."""
 
@@ -167,16 +165,6 @@ def read_pack_index(pack: bytes) -> list[tuple[str, int, int]]:
     (size,) = struct.unpack("<Q", pack[-8:])
     index = json.loads(pack[-12 - size : -12])
     return [(str(d), int(o), int(n)) for d, o, n in index["documents"]]
-
-
-def pack_prefix(pipeline_id: str, incarnation: str) -> str:
-    """The key prefix of one pipeline incarnation's packs."""
-    return f"pipelines/{pipeline_id}/{incarnation}/packs/"
-
-
-def pipeline_prefix(pipeline_id: str, incarnation: str) -> str:
-    """The key prefix of everything the gateway stores for one pipeline incarnation."""
-    return f"pipelines/{pipeline_id}/{incarnation}/"
 
 
 def new_pack_key(prefix: str) -> str:

@@ -67,10 +67,10 @@ WRITTEN_DOCUMENTS = Counter(
 QUERIES = Counter(
     "hevlayer_gateway_queries_total", "Queries answered, by kind (text, vector).", ["kind"], registry=REGISTRY
 )
-SINK_OPERATIONS = ("open", "describe", "write", "delete", "query")
+SINK_OPERATIONS = ("open", "describe", "write", "delete", "query", "drop")
 SINK_ERRORS = Counter(
     "hevlayer_gateway_sink_errors_total",
-    "Failed sink calls, by sink kind and operation (open, describe, write, delete, query); sink "
+    "Failed sink calls, by sink kind and operation (open, describe, write, delete, query, drop); sink "
     "refusals of invalid input (INVALID_ARGUMENT) are not counted.",
     ["sink", "operation"],
     registry=REGISTRY,

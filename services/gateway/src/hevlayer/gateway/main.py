@@ -16,6 +16,7 @@ from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
 from hevlayer.client import EmbeddingClient
 from hevlayer.client.channel import open_channel
+from hevlayer.client.naming import pipeline_prefix
 from hevlayer.client.settings import ClientTLSSettings
 from hevlayer.common.config import load_or_exit
 from hevlayer.common.errors import NotFound, ServiceError
@@ -23,12 +24,12 @@ from hevlayer.common.readiness import DependencyMonitor, Probe
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
 from hevlayer.common.settings import ReadinessSettings
 from hevlayer.gateway.cache import open_cache
-from hevlayer.gateway.chunkstore import ChunkStore, SegmentCodec, open_s3_client, pipeline_prefix
+from hevlayer.gateway.chunkstore import ChunkStore, SegmentCodec, open_s3_client
 from hevlayer.gateway.claimer_client import ClaimerClient, PipelineInfo
 from hevlayer.gateway.forwarding import Forwarder
 from hevlayer.gateway.grpc_index import IndexServicer, index_handler
 from hevlayer.gateway.grpc_staging import StagingServicer
-from hevlayer.gateway.indexing import Searcher, VectorWriter
+from hevlayer.gateway.indexing import Searcher, VectorWriter, sink_kind
 from hevlayer.gateway.readiness import CLAIMER, S3, SINK, SinkProbe, claimer_probe, s3_probe
 from hevlayer.gateway.rest import RestApi
 from hevlayer.gateway.settings import (
@@ -50,7 +51,7 @@ INDEX_SERVICE = index_pb2.DESCRIPTOR.services_by_name["IndexService"]
 DOCUMENT_STATE_SERVICE = document_state_pb2.DESCRIPTOR.services_by_name["DocumentStateService"]
 
 # Public services whose state the claimer owns; the gateway relays them
-# (PipelineService.DeletePipeline also deletes the pipeline's chunk packs).
+# (PipelineService.DeletePipeline also drops the pipeline's namespace and its chunk packs).
 FORWARDED_SERVICES = (PIPELINE_SERVICE, LEASE_SERVICE)
 
 
@@ -91,9 +92,38 @@ class Settings:
 
 
 def _pipeline_handler(
-    forwarder: Forwarder, claimer: ClaimerClient, store: ChunkStore
+    forwarder: Forwarder, claimer: ClaimerClient, store: ChunkStore, writer: VectorWriter
 ) -> grpc.GenericRpcHandler:
-    """PipelineService: every method forwarded, DeletePipeline also deletes the chunk packs."""
+    """PipelineService: every method forwarded; DeletePipeline also drops the pipeline's
+    namespace in its sink and deletes its chunk packs.
+
+    Order of DeletePipeline (docs/operations.md, "Isolation of pipelines"): the namespace is
+    dropped first, while the pipeline still exists and so still owns it (no other pipeline can
+    be created on it meanwhile). A failed drop fails the call with UNAVAILABLE before anything
+    is deleted; a failure after it leaves the pipeline with an empty namespace, and the same
+    call, retried, finishes the deletion. Once the claimer has deleted the pipeline, the
+    namespace is dropped once more (unless a new pipeline already owns it), for the rows of a
+    write that was in flight across the first drop; the chunk packs go last (the orphan sweep
+    would also find them)."""
+
+    async def sharing(info: PipelineInfo) -> list[str]:
+        """Ids of the other pipelines of the same sink whose namespace is ``info``'s (only
+        pipelines created before namespaces were unique can share one)."""
+        kind = writer.sinks.resolve(sink_kind(info))
+        return [
+            other.id
+            for other in map(PipelineInfo.from_proto, await claimer.list_pipelines())
+            if other.id != info.id
+            and other.target_namespace == info.target_namespace
+            and writer.sinks.resolve(sink_kind(other)) is kind
+        ]
+
+    async def drop_namespace(info: PipelineInfo) -> None:
+        sink = await writer.sink_for(info)
+        try:
+            await sink.drop_namespace(info.target_namespace)
+        except ServiceError as error:
+            raise writer.sink_failure(info, "drop", error) from None
 
     async def delete_pipeline(
         request: pipeline_pb2.DeletePipelineRequest, context: aio.ServicerContext
@@ -103,8 +133,33 @@ def _pipeline_handler(
             info = await claimer.pipeline(request.pipeline_id, fresh=True)
         except NotFound:
             info = None
-        response = await claimer.delete_pipeline(request)
+        dropped = False
         if info is not None:
+            others = await sharing(info)
+            if others:
+                log.warning(
+                    "kept namespace %r of pipeline %s: pipelines %s use it too",
+                    info.target_namespace,
+                    info.id,
+                    ", ".join(others),
+                )
+            else:
+                await drop_namespace(info)
+                dropped = True
+                log.info("dropped namespace %r of pipeline %s", info.target_namespace, info.id)
+        response = await claimer.delete_pipeline(request)
+        claimer.forget_pipeline(request.pipeline_id)
+        if info is not None:
+            try:
+                if dropped and not await sharing(info):
+                    await drop_namespace(info)
+            except ServiceError as error:
+                log.warning(
+                    "could not drop namespace %r of deleted pipeline %s again: %s",
+                    info.target_namespace,
+                    info.id,
+                    error.message,
+                )
             try:
                 removed = await store.delete_prefix(pipeline_prefix(info.id, info.incarnation))
                 log.info("deleted %d chunk packs of pipeline %s", removed, info.id)
@@ -159,7 +214,7 @@ async def build(app: ServiceApp, settings: Settings) -> None:
         settings.gateway.claimer_address, settings.client_tls.options(traced=False)
     )
     forwarder = Forwarder(forward_channel, settings.gateway.forward_timeout_seconds)
-    _register_generic(app, PIPELINE_SERVICE.full_name, _pipeline_handler(forwarder, claimer, store))
+    _register_generic(app, PIPELINE_SERVICE.full_name, _pipeline_handler(forwarder, claimer, store, writer))
     _register_generic(app, LEASE_SERVICE.full_name, forwarder.service_handler(LEASE_SERVICE))
     app.add_service(
         STAGING_SERVICE.full_name,

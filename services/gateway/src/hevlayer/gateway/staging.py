@@ -48,6 +48,7 @@ from prometheus_client import Counter, Histogram
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.client.errors import is_definite_failure
+from hevlayer.client.naming import object_key_of, pack_prefix
 from hevlayer.client.types import StagedRecord, StagedResult
 from hevlayer.common.errors import (
     FailedPrecondition,
@@ -60,14 +61,7 @@ from hevlayer.common.errors import (
 from hevlayer.common.metrics import REGISTRY
 from hevlayer.common.telemetry import traceparent
 from hevlayer.gateway.cache import ResilientCache
-from hevlayer.gateway.chunkstore import (
-    Backing,
-    ChunkStore,
-    SegmentCodec,
-    new_pack_key,
-    object_key_of,
-    pack_prefix,
-)
+from hevlayer.gateway.chunkstore import Backing, ChunkStore, SegmentCodec, new_pack_key
 from hevlayer.gateway.claimer_client import ClaimerClient, LeaseCheck, PipelineInfo
 from hevlayer.gateway.settings import StagingSettings
 
