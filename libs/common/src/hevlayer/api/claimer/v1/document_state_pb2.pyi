@@ -42,10 +42,12 @@ class StagedRecord(_message.Message):
     """Content hash of its chunks."""
     backing: _builtins.str
     """Where its chunks are stored: "<object key>#<offset>:<length>", e.g.
-    "pipelines/p/packs/01J9X.pack#4096:1311". The claimer does not read the
-    bytes; it counts live documents per object key (the part before '#') so
-    that an object is reported for deletion exactly when no live document
-    points into it any more.
+    "pipelines/p/18c2f4a9b3e01/packs/01J9X.pack#4096:1311": the object must be
+    a pack directly under the pipeline's own prefix
+    "pipelines/{pipeline_id}/{incarnation}/packs/" (empty: no chunks). The
+    claimer does not read the bytes; it counts live documents per object key
+    (the part before '#') so that an object is reported for deletion exactly
+    when no live document points into it any more.
     """
     chunk_count: _builtins.int
     """Number of chunks."""

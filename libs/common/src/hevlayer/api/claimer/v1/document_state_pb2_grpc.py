@@ -89,7 +89,8 @@ class DocumentStateServiceServicer:
         pending with a new fencing token and its backing pointer (any lease on it
         is lost). Atomic for the batch. Returns the previous backing of each
         document and the objects no document points into any more.
-        INVALID_ARGUMENT naming records[i].document_id for an id named twice.
+        INVALID_ARGUMENT naming records[i].document_id for an id named twice, and
+        records[i].backing for a backing outside the pipeline's own packs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

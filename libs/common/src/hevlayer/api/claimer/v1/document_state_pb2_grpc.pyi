@@ -44,7 +44,8 @@ class DocumentStateServiceStub:
     pending with a new fencing token and its backing pointer (any lease on it
     is lost). Atomic for the batch. Returns the previous backing of each
     document and the objects no document points into any more.
-    INVALID_ARGUMENT naming records[i].document_id for an id named twice.
+    INVALID_ARGUMENT naming records[i].document_id for an id named twice, and
+    records[i].backing for a backing outside the pipeline's own packs.
     """
     CheckLeases: _grpc.UnaryUnaryMultiCallable[_document_state_pb2.CheckLeasesRequest, _document_state_pb2.CheckLeasesResponse]
     """Checks that leases are current and returns each document's backing.
@@ -92,7 +93,8 @@ class DocumentStateServiceAsyncStub(DocumentStateServiceStub):
     pending with a new fencing token and its backing pointer (any lease on it
     is lost). Atomic for the batch. Returns the previous backing of each
     document and the objects no document points into any more.
-    INVALID_ARGUMENT naming records[i].document_id for an id named twice.
+    INVALID_ARGUMENT naming records[i].document_id for an id named twice, and
+    records[i].backing for a backing outside the pipeline's own packs.
     """
     CheckLeases: _aio.UnaryUnaryMultiCallable[_document_state_pb2.CheckLeasesRequest, _document_state_pb2.CheckLeasesResponse]  # type: ignore[assignment]
     """Checks that leases are current and returns each document's backing.
@@ -143,7 +145,8 @@ class DocumentStateServiceServicer(metaclass=_abc_1.ABCMeta):
         pending with a new fencing token and its backing pointer (any lease on it
         is lost). Atomic for the batch. Returns the previous backing of each
         document and the objects no document points into any more.
-        INVALID_ARGUMENT naming records[i].document_id for an id named twice.
+        INVALID_ARGUMENT naming records[i].document_id for an id named twice, and
+        records[i].backing for a backing outside the pipeline's own packs.
         """
 
     @_abc_1.abstractmethod

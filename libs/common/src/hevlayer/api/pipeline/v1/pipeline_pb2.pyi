@@ -123,7 +123,8 @@ class Pipeline(_message.Message):
     """
     target_namespace: _builtins.str
     """Namespace (collection) of the index the vectors go to. Defaults to the id
-    with '-' replaced by '_'. Immutable.
+    with '-' replaced by '_'. Unique per sink: one pipeline per namespace.
+    Immutable.
     """
     distance_metric: Global___DistanceMetric.ValueType
     """Distance metric of the index. Immutable."""

@@ -80,7 +80,10 @@ class PipelineServiceServicer:
     """
 
     def CreatePipeline(self, request, context):
-        """Creates a pipeline. ALREADY_EXISTS if a pipeline with the same id exists;
+        """Creates a pipeline. ALREADY_EXISTS if a pipeline with the same id exists,
+        or if another pipeline of the same sink has the same (effective)
+        target_namespace: reason NAMESPACE_TAKEN, a field violation on
+        pipeline.target_namespace naming the owner, nothing written.
         INVALID_ARGUMENT naming the field if the id or an option is invalid.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -112,8 +115,10 @@ class PipelineServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeletePipeline(self, request, context):
-        """Deletes a pipeline with its documents, leases and segment manifests.
-        NOT_FOUND if it does not exist.
+        """Deletes a pipeline with its documents, leases and segment manifests;
+        through the gateway also its vectors (its namespace is dropped in the
+        sink, first: UNAVAILABLE if the sink fails, nothing deleted) and its chunk
+        packs. NOT_FOUND if it does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

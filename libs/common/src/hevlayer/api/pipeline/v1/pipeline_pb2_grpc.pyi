@@ -39,7 +39,10 @@ class PipelineServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PipelineServiceAsyncStub: ...
     CreatePipeline: _grpc.UnaryUnaryMultiCallable[_pipeline_pb2.CreatePipelineRequest, _pipeline_pb2.CreatePipelineResponse]
-    """Creates a pipeline. ALREADY_EXISTS if a pipeline with the same id exists;
+    """Creates a pipeline. ALREADY_EXISTS if a pipeline with the same id exists,
+    or if another pipeline of the same sink has the same (effective)
+    target_namespace: reason NAMESPACE_TAKEN, a field violation on
+    pipeline.target_namespace naming the owner, nothing written.
     INVALID_ARGUMENT naming the field if the id or an option is invalid.
     """
     GetPipeline: _grpc.UnaryUnaryMultiCallable[_pipeline_pb2.GetPipelineRequest, _pipeline_pb2.GetPipelineResponse]
@@ -53,8 +56,10 @@ class PipelineServiceStub:
     NOT_FOUND if the pipeline does not exist.
     """
     DeletePipeline: _grpc.UnaryUnaryMultiCallable[_pipeline_pb2.DeletePipelineRequest, _pipeline_pb2.DeletePipelineResponse]
-    """Deletes a pipeline with its documents, leases and segment manifests.
-    NOT_FOUND if it does not exist.
+    """Deletes a pipeline with its documents, leases and segment manifests;
+    through the gateway also its vectors (its namespace is dropped in the
+    sink, first: UNAVAILABLE if the sink fails, nothing deleted) and its chunk
+    packs. NOT_FOUND if it does not exist.
     """
     GetPipelineStatus: _grpc.UnaryUnaryMultiCallable[_pipeline_pb2.GetPipelineStatusRequest, _pipeline_pb2.GetPipelineStatusResponse]
     """Returns per-stage document counts and pending_count."""
@@ -71,7 +76,10 @@ class PipelineServiceAsyncStub(PipelineServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreatePipeline: _aio.UnaryUnaryMultiCallable[_pipeline_pb2.CreatePipelineRequest, _pipeline_pb2.CreatePipelineResponse]  # type: ignore[assignment]
-    """Creates a pipeline. ALREADY_EXISTS if a pipeline with the same id exists;
+    """Creates a pipeline. ALREADY_EXISTS if a pipeline with the same id exists,
+    or if another pipeline of the same sink has the same (effective)
+    target_namespace: reason NAMESPACE_TAKEN, a field violation on
+    pipeline.target_namespace naming the owner, nothing written.
     INVALID_ARGUMENT naming the field if the id or an option is invalid.
     """
     GetPipeline: _aio.UnaryUnaryMultiCallable[_pipeline_pb2.GetPipelineRequest, _pipeline_pb2.GetPipelineResponse]  # type: ignore[assignment]
@@ -85,8 +93,10 @@ class PipelineServiceAsyncStub(PipelineServiceStub):
     NOT_FOUND if the pipeline does not exist.
     """
     DeletePipeline: _aio.UnaryUnaryMultiCallable[_pipeline_pb2.DeletePipelineRequest, _pipeline_pb2.DeletePipelineResponse]  # type: ignore[assignment]
-    """Deletes a pipeline with its documents, leases and segment manifests.
-    NOT_FOUND if it does not exist.
+    """Deletes a pipeline with its documents, leases and segment manifests;
+    through the gateway also its vectors (its namespace is dropped in the
+    sink, first: UNAVAILABLE if the sink fails, nothing deleted) and its chunk
+    packs. NOT_FOUND if it does not exist.
     """
     GetPipelineStatus: _aio.UnaryUnaryMultiCallable[_pipeline_pb2.GetPipelineStatusRequest, _pipeline_pb2.GetPipelineStatusResponse]  # type: ignore[assignment]
     """Returns per-stage document counts and pending_count."""
@@ -106,7 +116,10 @@ class PipelineServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pipeline_pb2.CreatePipelineRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_pipeline_pb2.CreatePipelineResponse, _abc.Awaitable[_pipeline_pb2.CreatePipelineResponse]]:
-        """Creates a pipeline. ALREADY_EXISTS if a pipeline with the same id exists;
+        """Creates a pipeline. ALREADY_EXISTS if a pipeline with the same id exists,
+        or if another pipeline of the same sink has the same (effective)
+        target_namespace: reason NAMESPACE_TAKEN, a field violation on
+        pipeline.target_namespace naming the owner, nothing written.
         INVALID_ARGUMENT naming the field if the id or an option is invalid.
         """
 
@@ -144,8 +157,10 @@ class PipelineServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pipeline_pb2.DeletePipelineRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_pipeline_pb2.DeletePipelineResponse, _abc.Awaitable[_pipeline_pb2.DeletePipelineResponse]]:
-        """Deletes a pipeline with its documents, leases and segment manifests.
-        NOT_FOUND if it does not exist.
+        """Deletes a pipeline with its documents, leases and segment manifests;
+        through the gateway also its vectors (its namespace is dropped in the
+        sink, first: UNAVAILABLE if the sink fails, nothing deleted) and its chunk
+        packs. NOT_FOUND if it does not exist.
         """
 
     @_abc_1.abstractmethod
