@@ -221,16 +221,13 @@ async def direct_gets(stack: Stack, backings: list[Backing]) -> float:
 async def backings_of(stack: Stack, channel: aio.Channel, pipeline_id: str, ids: list[str]) -> list[Backing]:
     """The documents' backings, as the claimer holds them (CheckLeases)."""
     from hevlayer.gateway.claimer_client import ClaimerClient
-    from hevlayer.gateway.staging import PROBE_STAGE, PROBE_WORKER
 
     claimer_channel = open_channel(stack.claimer.grpc_address or "")
     try:
         client = ClaimerClient(claimer_channel)
         checks = []
         for start in range(0, len(ids), 1000):
-            checks += await client.check_leases(
-                pipeline_id, PROBE_WORKER, PROBE_STAGE, [(d, 0) for d in ids[start : start + 1000]]
-            )
+            checks += await client.probe(pipeline_id, ids[start : start + 1000])
         return [Backing.parse(c.backing) for c in checks]
     finally:
         await claimer_channel.close()

@@ -29,7 +29,7 @@ def test_packed_values_round_trip(values: list[float], chunk_id: str) -> None:
     assert (raw.pipeline_id, raw.worker_id, raw.from_stage) == ("p", "w", "embedding")
     assert (raw.lease.document_id, raw.lease.fencing_token, raw.end_of_document) == ("d", 7, True)
     assert raw.vectors[0].id == chunk_id
-    assert vector_values(raw.vectors[0]) == list(request.vectors[0].values)
+    assert vector_values(raw.vectors[0]).tolist() == list(request.vectors[0].values)
     assert dict(raw.vectors[0].attributes) == {"page": 2.0, "text": "t"}
 
 
@@ -40,4 +40,4 @@ def test_unpacked_values_are_read_too(values: list[float]) -> None:
     assert len(vector) < 128  # one-byte length
     raw = parse_write_request(b"\x2a" + bytes([len(vector)]) + vector)
     expected = document_pb2.Vector.FromString(vector).values
-    assert vector_values(raw.vectors[0]) == list(expected)
+    assert vector_values(raw.vectors[0]).tolist() == list(expected)

@@ -30,6 +30,13 @@ from hevlayer.common.errors import InvalidArgument, service_error_from_rpc_error
 
 T = TypeVar("T")
 
+# CheckLeases needs a worker, a worker stage and a fencing token (0 is no wildcard); the
+# gateway asks as this never-held identity, with a token no lease ever gets, when it only
+# wants what the claimer knows of a document (found, backing, current fencing token).
+PROBE_WORKER = "hevlayer-gateway"
+PROBE_STAGE = "gateway-probe"
+PROBE_TOKEN = 2**63 - 1
+
 _METRICS = {
     pipeline_pb2.DISTANCE_METRIC_UNSPECIFIED: "cosine_distance",
     pipeline_pb2.DISTANCE_METRIC_COSINE_DISTANCE: "cosine_distance",
@@ -189,6 +196,20 @@ class ClaimerClient:
         return [
             LeaseCheck(r.document_id, r.held, r.found, r.backing, r.fencing_token) for r in response.results
         ]
+
+    async def probe(self, pipeline_id: str, document_ids: Sequence[str]) -> list[LeaseCheck]:
+        """What the claimer knows of each document, in order: found, backing and current
+        fencing token (``held`` is always False): CheckLeases as the probe identity."""
+        return await self.check_leases(
+            pipeline_id, PROBE_WORKER, PROBE_STAGE, [(d, PROBE_TOKEN) for d in document_ids]
+        )
+
+    async def current_tokens(self, pipeline_id: str, document_ids: Sequence[str]) -> list[int]:
+        """Each document's current fencing token, for callers that name none (the seed's
+        REST routes); :data:`PROBE_TOKEN`, which matches no lease, for a document the
+        claimer does not know or that has none yet."""
+        checks = await self.probe(pipeline_id, document_ids)
+        return [c.fencing_token if c.found and c.fencing_token else PROBE_TOKEN for c in checks]
 
     async def content_hashes(self, pipeline_id: str, document_ids: Sequence[str]) -> dict[str, str]:
         """GetContentHashes: stored hash per known, non-failed document."""

@@ -159,6 +159,19 @@ class VectorWriter:
         except ServiceError as error:
             raise self.sink_failure(pipeline, "open", error) from None
 
+    async def expected_dimension(self, pipeline: PipelineInfo) -> int:
+        """The dimension a write must have, as step 2 determines it: the pipeline's, else its
+        existing namespace's; 0 when neither is fixed (the first vector written fixes it).
+        UNAVAILABLE (SINK_UNAVAILABLE) when the sink cannot tell."""
+        if pipeline.dimension:
+            return pipeline.dimension
+        sink = await self.sink_for(pipeline)
+        try:
+            existing = await sink.describe_namespace(pipeline.target_namespace)
+        except ServiceError as error:
+            raise self.sink_failure(pipeline, "describe", error) from None
+        return existing.dimension if existing else 0
+
     async def write(self, pipeline: PipelineInfo, documents: Sequence[DocumentVectors]) -> list[WriteOutcome]:
         """Write a batch of complete documents; one outcome per document, in order.
 

@@ -27,7 +27,7 @@ from hevlayer.gateway.cache import open_cache
 from hevlayer.gateway.chunkstore import ChunkStore, SegmentCodec, open_s3_client
 from hevlayer.gateway.claimer_client import ClaimerClient, PipelineInfo
 from hevlayer.gateway.forwarding import Forwarder
-from hevlayer.gateway.grpc_index import IndexServicer, index_handler
+from hevlayer.gateway.grpc_index import IndexServicer, WriteLimits, index_handler
 from hevlayer.gateway.grpc_staging import StagingServicer
 from hevlayer.gateway.indexing import Searcher, VectorWriter, sink_kind
 from hevlayer.gateway.readiness import CLAIMER, S3, SINK, SinkProbe, claimer_probe, s3_probe
@@ -221,7 +221,10 @@ async def build(app: ServiceApp, settings: Settings) -> None:
         staging_pb2_grpc.add_StagingServiceServicer_to_server,
         StagingServicer(claimer, stager, reader, store, cache, writer),
     )
-    _register_generic(app, INDEX_SERVICE.full_name, index_handler(IndexServicer(claimer, writer, searcher)))
+    limits = WriteLimits(settings.gateway.write_max_document_bytes, settings.gateway.write_buffer_bytes)
+    _register_generic(
+        app, INDEX_SERVICE.full_name, index_handler(IndexServicer(claimer, writer, searcher, limits))
+    )
     app.add_routes(RestApi(claimer, stager, reader, writer, searcher).routes())
 
     # Ready (gRPC health SERVING, /readyz 200) while the claimer, S3 and the default sink answer.

@@ -230,7 +230,8 @@ def get_str_list(body: Mapping[str, Any], key: str, *, required: bool = False) -
 
 
 def get_tokens(body: Mapping[str, Any], key: str, count: int) -> list[int]:
-    """Optional fencing tokens parallel to a list of ids (0 = whatever lease is held)."""
+    """Optional fencing tokens parallel to a list of ids (0: none given; see
+    :meth:`RestApi.resolve_tokens`)."""
     value = body.get(key)
     if value is None:
         return [0] * count
@@ -332,6 +333,19 @@ class RestApi:
             web.get("/v2/openapi.json", _handler(self.openapi)),
         ]
 
+    async def resolve_tokens(self, pipeline_id: str, ids: list[str], tokens: list[int]) -> list[int]:
+        """``tokens`` with each 0 (the seed's REST routes may name no token) replaced by the
+        document's current fencing token, so that the call to the claimer names a lease (over
+        gRPC 0 is no wildcard); the claimer still checks the worker, stage and expiry."""
+        missing = [i for i, token in enumerate(tokens) if not token]
+        if not missing:
+            return tokens
+        current = await self.claimer.current_tokens(pipeline_id, [ids[i] for i in missing])
+        resolved = list(tokens)
+        for i, token in zip(missing, current, strict=True):
+            resolved[i] = token
+        return resolved
+
     async def create_pipeline(self, request: web.Request) -> web.Response:
         """POST /v2/pipelines: create a pipeline (409 if it exists)."""
         body = await json_body(request)
@@ -392,7 +406,7 @@ class RestApi:
         body = await json_body(request)
         pipeline_id = request.match_info["pipeline_id"]
         ids = get_str_list(body, "document_ids", required=True)
-        tokens = get_tokens(body, "fencing_tokens", len(ids))
+        tokens = await self.resolve_tokens(pipeline_id, ids, get_tokens(body, "fencing_tokens", len(ids)))
         response = await self.claimer.heartbeat(
             lease_pb2.HeartbeatLeasesRequest(
                 pipeline_id=pipeline_id,
@@ -449,7 +463,7 @@ class RestApi:
                     "segments_created": enqueued.segments_created,
                 }
             )
-        tokens = get_tokens(body, "fencing_tokens", len(ids))
+        tokens = await self.resolve_tokens(pipeline_id, ids, get_tokens(body, "fencing_tokens", len(ids)))
         moves = await self.claimer.transition(
             pipeline_id,
             list(zip(ids, tokens, strict=True)),
@@ -528,8 +542,11 @@ class RestApi:
             raise InvalidArgument.field("fencing_token", "must be a non-negative integer")
         if stage and not worker_id:
             raise InvalidArgument.field("worker_id", "is required when stage is given")
+        token = int(token_text)
+        if worker_id and not token:
+            [token] = await self.resolve_tokens(pipeline_id, [document_id], [token])
         async for document in self.reader.read(
-            pipeline_id, worker_id, stage, [(document_id, int(token_text))], require_lease=bool(worker_id)
+            pipeline_id, worker_id, stage, [(document_id, token)], require_lease=bool(worker_id)
         ):
             if document.error is not None:
                 raise document.error
@@ -590,6 +607,8 @@ class RestApi:
                 worker_id = state.claimed_by
                 token = token or state.fencing_token
             from_stage = from_stage or state.stage
+        if not token:
+            [token] = await self.resolve_tokens(pipeline_id, [document_id], [token])
         pipeline = await self.claimer.pipeline(pipeline_id, fresh=True)
         outcomes = await self.writer.write(
             pipeline, [DocumentVectors(document_id, token, worker_id, from_stage, rows)]

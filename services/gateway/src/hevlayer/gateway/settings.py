@@ -33,6 +33,19 @@ class GatewaySettings:
         "FAILED_PRECONDITION; vector queries work.",
         "",
     )
+    write_max_document_bytes: int = setting(
+        "GATEWAY_WRITE_MAX_DOCUMENT_BYTES",
+        "Most bytes of one document's WriteVectors messages the gateway holds (a document is "
+        "written atomically, so it is held whole until its last message); a larger document is "
+        "rejected (INVALID_ARGUMENT, reason DOCUMENT_TOO_LARGE) and nothing of it is written.",
+        32 * 1024 * 1024,
+    )
+    write_buffer_bytes: int = setting(
+        "GATEWAY_WRITE_BUFFER_BYTES",
+        "Bytes of complete documents a WriteVectors stream gathers before they are written to "
+        "the sink as one batch (at most 500 documents or 5000 vectors a batch in any case).",
+        8 * 1024 * 1024,
+    )
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid variable."""
@@ -41,6 +54,10 @@ class GatewaySettings:
             split_address(self.embedder_address, "EMBEDDER_ADDRESS")
         if self.forward_timeout_seconds <= 0:
             raise ConfigError("GATEWAY_FORWARD_TIMEOUT_SECONDS: must be > 0")
+        if self.write_max_document_bytes < 4096:
+            raise ConfigError("GATEWAY_WRITE_MAX_DOCUMENT_BYTES: must be >= 4096")
+        if self.write_buffer_bytes < 4096:
+            raise ConfigError("GATEWAY_WRITE_BUFFER_BYTES: must be >= 4096")
 
 
 @dataclass(frozen=True)

@@ -70,10 +70,6 @@ log = logging.getLogger("hevlayer.gateway.staging")
 MAX_DOCUMENT_ID_BYTES = 512
 MAX_CONTENT_HASH_BYTES = 256
 MAX_VIOLATIONS = 20
-# CheckLeases needs a worker and a worker stage; the gateway asks as this
-# (never-held) identity when it only wants a document's backing.
-PROBE_WORKER = "hevlayer-gateway"
-PROBE_STAGE = "gateway-probe"
 READ_WINDOW = 64
 
 STAGED_DOCUMENTS = Counter(
@@ -693,9 +689,7 @@ class Stager:
             self._suspects.pop(key, None)
 
     async def _referenced(self, pipeline_id: str, key: str, document_ids: list[str]) -> bool:
-        checks = await self.claimer.check_leases(
-            pipeline_id, PROBE_WORKER, PROBE_STAGE, [(doc, 0) for doc in document_ids]
-        )
+        checks = await self.claimer.probe(pipeline_id, document_ids)
         return any(object_key_of(check.backing) == key for check in checks if check.found)
 
     async def sweep_orphan_packs(self, pipeline: PipelineInfo, *, min_age_seconds: float) -> int:
@@ -788,7 +782,9 @@ class ChunkReader:
 
         With ``require_lease`` a document whose lease ``worker_id`` does not
         hold in ``stage`` yields a FAILED_PRECONDITION error instead; an
-        unknown document yields NOT_FOUND. Without it (the seed's REST route
+        unknown document yields NOT_FOUND; every lease must carry its fencing
+        token (0 is no wildcard: INVALID_ARGUMENT naming
+        ``leases[i].fencing_token``). Without it (the seed's REST route
         carries no lease), any staged document is read.
         """
         if not pipeline_id:
@@ -798,16 +794,22 @@ class ChunkReader:
                 raise InvalidArgument.field("worker_id", "is required")
             if not stage:
                 raise InvalidArgument.field("stage", "is required")
-        for index, (document_id, _) in enumerate(leases):
+        for index, (document_id, token) in enumerate(leases):
             if not document_id:
                 raise InvalidArgument.field(f"leases[{index}].document_id", "is required")
+            if require_lease and not token:
+                raise InvalidArgument.field(
+                    f"leases[{index}].fencing_token",
+                    "is required: the fencing token of the lease, as the claim returned it "
+                    "(0 is no wildcard)",
+                )
         pipeline = await self.claimer.pipeline(pipeline_id)
         for start in range(0, len(leases), READ_WINDOW):
             window = leases[start : start + READ_WINDOW]
             if require_lease:
                 checks = await self.claimer.check_leases(pipeline.id, worker_id, stage, window)
             else:
-                checks = await self.claimer.check_leases(pipeline.id, PROBE_WORKER, PROBE_STAGE, window)
+                checks = await self.claimer.probe(pipeline.id, [document_id for document_id, _ in window])
             readable: dict[str, LeaseCheck] = {}
             errors: dict[int, ServiceError] = {}
             for offset, check in enumerate(checks):

@@ -6,7 +6,9 @@ path per vector. proto3 packs repeated scalars, and a packed field is on the
 wire exactly what a ``bytes`` field is, so the gateway parses WriteVectors
 requests with a runtime twin of ``WriteVectorsRequest`` whose
 ``Vector.values`` is ``bytes`` and turns it into floats with
-``array('f').frombytes`` (~2 µs). A sender using the legal but unusual
+``array('f').frombytes`` (~2 µs), kept as that array: 4 bytes a value, where
+a list of Python floats takes 32 (the stream's documents stay compact in
+memory until they are written). A sender using the legal but unusual
 unpacked encoding leaves ``values`` empty and the floats in unknown fields;
 such a vector is re-parsed with the real ``Vector`` message, so every valid
 encoding is accepted.
@@ -84,14 +86,14 @@ def parse_write_request(data: bytes) -> Any:
     return RawWriteVectorsRequest.FromString(data)
 
 
-def vector_values(vector: Any) -> list[float]:
-    """The floats of a :data:`RawVector`, whatever their encoding on the wire."""
+def vector_values(vector: Any) -> array[float]:
+    """The values of a :data:`RawVector` as a float32 array, whatever their encoding on the wire."""
     packed: bytes = vector.values
     if len(unknown_fields.UnknownFieldSet(vector)) or len(packed) % 4:
         real = document_pb2.Vector.FromString(vector.SerializeToString())
-        return list(real.values)
+        return array("f", real.values)
     floats = array("f")
     floats.frombytes(packed)
     if not _LITTLE_ENDIAN:  # pragma: no cover - the wire is little-endian
         floats.byteswap()
-    return floats.tolist()
+    return floats
