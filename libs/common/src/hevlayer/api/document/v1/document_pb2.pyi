@@ -149,9 +149,11 @@ class LeaseRef(_message.Message):
     document_id: _builtins.str
     """The leased document."""
     fencing_token: _builtins.int
-    """The fencing token returned by the claim. Zero means "whatever lease this
-    worker holds" and exists only for the seed's REST routes, which carry no
-    token; gRPC clients should always send the token.
+    """The fencing token returned by the claim; required. Zero is no wildcard:
+    over gRPC a LeaseRef with token 0 is refused with INVALID_ARGUMENT naming
+    the field (for example documents[3].fencing_token). Only the seed's REST
+    routes may omit the token; the gateway then names the document's current
+    lease itself.
     """
     trace_parent: _builtins.str
     """Optional W3C trace context ("traceparent" header value, for example

@@ -178,8 +178,9 @@ class LeaseRefColumns(_message.Message):
 
     @_builtins.property
     def fencing_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """The fencing token of the lease held on each document (0 means any
-        lease the worker holds on it); as many entries as document_ids.
+        """The fencing token of the lease held on each document, as many entries
+        as document_ids; 0 is no wildcard (INVALID_ARGUMENT naming
+        fencing_tokens[i]).
         """
 
     @_builtins.property
