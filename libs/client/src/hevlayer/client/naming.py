@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import datetime
 
+NAMESPACE_TAKEN = "NAMESPACE_TAKEN"
+"""``ErrorInfo.reason`` of CreatePipeline's ALREADY_EXISTS when another pipeline of the sink
+owns the namespace (``ErrorInfo.metadata["owner_pipeline_id"]`` names it)."""
+
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
 

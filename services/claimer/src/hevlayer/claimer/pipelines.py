@@ -19,7 +19,7 @@ from hevlayer.claimer.database import Database
 
 if TYPE_CHECKING:
     from hevlayer.claimer.segments import SegmentQueue
-from hevlayer.client.naming import effective_namespace
+from hevlayer.client.naming import NAMESPACE_TAKEN, effective_namespace
 from hevlayer.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Violation
 
 PIPELINE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -158,7 +158,7 @@ def _namespace_taken(resolved: PipelineSpec, owner: str) -> AlreadyExists:
     return AlreadyExists(
         f"pipeline.target_namespace: {description}",
         violations=[Violation("pipeline.target_namespace", description)],
-        reason="NAMESPACE_TAKEN",
+        reason=NAMESPACE_TAKEN,
         metadata={
             "pipeline_id": resolved.id,
             "owner_pipeline_id": owner,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hevlayer.client import is_transient
-from hevlayer.client.naming import effective_namespace
+from hevlayer.client.naming import NAMESPACE_TAKEN, effective_namespace
 from hevlayer.common.errors import AlreadyExists, NotFound, ServiceError
 from hevlayer.operator import conditions as cond
 from hevlayer.operator._cogs.gateway import GatewayPipeline, GatewayStatus
@@ -180,7 +180,12 @@ class Reconciler:
                         "created gateway pipeline",
                         extra={"pipeline": pipeline_id, "namespace": pipeline.ref.namespace},
                     )
-                except AlreadyExists:  # created concurrently (or by an earlier attempt)
+                except AlreadyExists as exc:
+                    if exc.reason == NAMESPACE_TAKEN:  # another pipeline owns the target namespace
+                        return cond.Condition(
+                            cond.GATEWAY_SYNCED, False, cond.PIPELINE_CONFLICT, exc.message
+                        ), False
+                    # created concurrently (or by an earlier attempt)
                     current = await self.gateway.get(pipeline_id)
             mismatch = immutable_mismatch(pipeline, current)
             if mismatch is not None:
