@@ -10,9 +10,10 @@ from client.certificates import Authority
 from hevlayer.claimer.settings import server_defaults
 from hevlayer.client import ClientOptions
 from hevlayer.client.settings import ClientTLSSettings
-from hevlayer.common.config import ConfigError, load_settings
+from hevlayer.common.config import ConfigError, describe_settings, load_settings
 from hevlayer.common.server import ServerSettings
 from hevlayer.common.tls import peer_identities
+from hevlayer.devstack.stack import PLAINTEXT_ENV
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,15 @@ def test_peer_identities_are_the_common_name_and_the_alternative_names() -> None
     }
     assert peer_identities(context) == {"gateway", "layer-gateway.layer.svc", "127.0.0.1"}
     assert peer_identities({"transport_security_type": [b"ssl"]}) == set()
+
+
+def test_the_local_stack_clears_every_tls_variable() -> None:
+    """``hevlayer up`` stays plaintext on loopback even when the shell exports TLS variables for the CLI."""
+    tls_variables = {
+        row.env
+        for cls in (ServerSettings, ClientTLSSettings)
+        for row in describe_settings(cls)
+        if "_TLS_" in row.env
+    }
+    assert tls_variables
+    assert tls_variables == set(PLAINTEXT_ENV)
