@@ -155,6 +155,12 @@ class Database:
             await self._pool.close()
             self._pool = None
 
+    async def ping(self) -> None:
+        """``SELECT 1`` on a pooled connection (the readiness probe); Unavailable when
+        PostgreSQL does not answer."""
+        async with self.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection; UNAVAILABLE if PostgreSQL cannot be reached."""

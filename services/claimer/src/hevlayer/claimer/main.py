@@ -21,16 +21,22 @@ from hevlayer.claimer.segments import SegmentQueue
 from hevlayer.claimer.settings import ClaimerSettings, server_defaults
 from hevlayer.claimer.status_watch import StatusNotifier
 from hevlayer.common.config import load_or_exit
+from hevlayer.common.readiness import DependencyMonitor
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
+from hevlayer.common.settings import ReadinessSettings
 
 log = logging.getLogger("hevlayer.claimer")
 
 
-async def build(app: ServiceApp, settings: ClaimerSettings) -> None:
+async def build(
+    app: ServiceApp, settings: ClaimerSettings, readiness: ReadinessSettings | None = None
+) -> None:
     """Wire the claimer's stores and servicers into ``app``.
 
     The server starts NOT_SERVING and turns SERVING once PostgreSQL is
     reachable and migrated; until then calls fail UNAVAILABLE with RetryInfo.
+    Afterwards a background probe (``SELECT 1``, see :mod:`hevlayer.common.readiness`)
+    turns it NOT_SERVING while PostgreSQL does not answer, and SERVING again when it does.
     """
     db = Database(
         settings.database_url,
@@ -66,6 +72,9 @@ async def build(app: ServiceApp, settings: ClaimerSettings) -> None:
     leases = LeaseStore(db, segments)
     documents = DocumentStore(db, segments)
     refresher = StageCountRefresher(db)
+    monitor = DependencyMonitor(
+        "claimer", {"postgresql": db.ping}, readiness or ReadinessSettings(), app.set_serving
+    )
     app.add_service(
         pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server,
@@ -86,7 +95,7 @@ async def build(app: ServiceApp, settings: ClaimerSettings) -> None:
             if segments is not None:
                 segments.start_sweeper()
             refresher.start()
-            await app.set_serving(True)
+            await monitor.probe_once()  # SERVING now, not at the next round
             log.info("connected to PostgreSQL; serving")
 
     tasks: list[asyncio.Task[None]] = []
@@ -98,10 +107,12 @@ async def build(app: ServiceApp, settings: ClaimerSettings) -> None:
     async def startup() -> None:
         if objects is not None:
             await objects.open()
+        monitor.start()
         tasks.append(asyncio.create_task(connect(), name="db-connect"))
         tasks.append(asyncio.create_task(wake_watchers_on_stop(), name="wake-watchers"))
 
     async def shutdown() -> None:
+        await monitor.stop()
         for task in tasks:
             task.cancel()
         await refresher.stop()
@@ -112,21 +123,19 @@ async def build(app: ServiceApp, settings: ClaimerSettings) -> None:
         if objects is not None:
             await objects.close()
 
-    async def ready() -> bool:
-        return db.ready
-
     app.on_startup(startup)
     app.on_shutdown(shutdown)
-    app.add_readiness_check(ready)
+    app.add_readiness_check(monitor.check, monitor.report)
 
 
 def main() -> None:
     """Run the claimer until SIGTERM."""
     server = load_or_exit(ServerSettings, server_defaults())
     settings = load_or_exit(ClaimerSettings)
+    readiness = load_or_exit(ReadinessSettings)
 
     async def wire(app: ServiceApp) -> None:
-        await build(app, settings)
+        await build(app, settings, readiness)
 
     run_service("claimer", server, wire, serving_on_start=False)
 
