@@ -143,6 +143,16 @@ async def test_the_claimer_refuses_a_backing_of_another_pipeline(
     assert await hits(client, victim, [1.0, 0.0, 0.0, 0.0]) == ["precious"]
 
 
+async def test_a_pipeline_of_a_sink_this_gateway_has_no_settings_for_is_deleted(client: Client) -> None:
+    """This gateway has no Turbopuffer settings: no write through it can have reached
+    Turbopuffer, so there is no namespace to drop and the deletion goes on."""
+    pid = unique("unconfigured")
+    await client.pipelines.create(Pipeline(id=pid, sink=pipeline_pb2.SINK_TURBOPUFFER))
+    await client.pipelines.delete(pid)
+    with pytest.raises(NotFound):
+        await client.pipelines.get(pid)
+
+
 # -- Turbopuffer (the fake): a drop that fails --------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from hevlayer.client import EmbeddingClient
 from hevlayer.client.channel import open_channel
 from hevlayer.client.naming import pipeline_prefix
 from hevlayer.client.settings import ClientTLSSettings
-from hevlayer.common.config import load_or_exit
+from hevlayer.common.config import ConfigError, load_or_exit
 from hevlayer.common.errors import NotFound, ServiceError
 from hevlayer.common.readiness import DependencyMonitor, Probe
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
@@ -118,12 +118,19 @@ def _pipeline_handler(
             and writer.sinks.resolve(sink_kind(other)) is kind
         ]
 
-    async def drop_namespace(info: PipelineInfo) -> None:
-        sink = await writer.sink_for(info)
+    async def drop_namespace(info: PipelineInfo) -> bool:
+        """Drop the pipeline's namespace; False if this gateway has no settings for its sink
+        (then no write through it ever reached that sink: there is nothing of it to drop)."""
+        try:
+            sink = await writer.sink_for(info)
+        except ConfigError as error:
+            log.warning("namespace %r of pipeline %s not dropped: %s", info.target_namespace, info.id, error)
+            return False
         try:
             await sink.drop_namespace(info.target_namespace)
         except ServiceError as error:
             raise writer.sink_failure(info, "drop", error) from None
+        return True
 
     async def delete_pipeline(
         request: pipeline_pb2.DeletePipelineRequest, context: aio.ServicerContext
@@ -143,8 +150,7 @@ def _pipeline_handler(
                     info.id,
                     ", ".join(others),
                 )
-            else:
-                await drop_namespace(info)
+            elif await drop_namespace(info):
                 dropped = True
                 log.info("dropped namespace %r of pipeline %s", info.target_namespace, info.id)
         response = await claimer.delete_pipeline(request)
