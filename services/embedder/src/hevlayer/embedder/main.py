@@ -17,8 +17,10 @@ from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from hevlayer.client import TLS, Client
 from hevlayer.client.settings import ClientTLSSettings
 from hevlayer.common.config import ConfigError, load_or_exit
-from hevlayer.common.errors import ServiceError
+from hevlayer.common.errors import ServiceError, Unavailable
+from hevlayer.common.readiness import DependencyMonitor
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
+from hevlayer.common.settings import ReadinessSettings
 from hevlayer.embedder.embedding import Embedder
 from hevlayer.embedder.grpc_embedding import EmbeddingServicer
 from hevlayer.embedder.settings import GRPC_DEFAULTS, EmbedderSettings, WorkerSettings
@@ -69,6 +71,7 @@ async def build(
     settings: EmbedderSettings,
     worker_settings: WorkerSettings | None = None,
     client_tls: ClientTLSSettings | None = None,
+    readiness: ReadinessSettings | None = None,
 ) -> None:
     """Wire the Triton client, EmbeddingService and the worker loop into ``app``.
 
@@ -106,7 +109,7 @@ async def build(
                     await asyncio.wait_for(app.stopping.wait(), timeout=max(delay, 0.05))
                 delay = min(max(delay, 0.05) * 2, settings.retry_max_backoff_seconds)
                 continue
-            await app.set_serving(True)
+            await monitor.probe_once()  # SERVING now, not at the next round
             log.info("Triton model ready; serving", extra={"model": info.name, "dimension": info.dimension})
             if worker_settings.enabled:
                 start_worker(info.batch_size)
@@ -134,10 +137,23 @@ async def build(
         finally:
             await worker.gateway.close()
 
+    async def triton() -> None:
+        if client.info is None:
+            raise Unavailable("the Triton model has not been described yet")
+        if not await client.ready():
+            raise Unavailable(f"Triton does not report model {client.model_name!r} ready")
+
+    # After the model is described: NOT_SERVING / 503 while Triton does not answer, SERVING once it does.
+    monitor = DependencyMonitor(
+        "embedder", {"triton": triton}, readiness or ReadinessSettings(), app.set_serving
+    )
+
     async def startup() -> None:
+        monitor.start()
         tasks.append(asyncio.create_task(connect(), name="triton-connect"))
 
     async def shutdown() -> None:
+        await monitor.stop()
         for task in tasks:
             task.cancel()
         for task in drained:
@@ -145,12 +161,9 @@ async def build(
                 await task
         await client.close()
 
-    async def ready() -> bool:
-        return client.info is not None and await client.ready()
-
     app.on_startup(startup)
     app.on_shutdown(shutdown)
-    app.add_readiness_check(ready)
+    app.add_readiness_check(monitor.check, monitor.report)
 
 
 def main() -> None:
@@ -159,6 +172,7 @@ def main() -> None:
     settings = load_or_exit(EmbedderSettings)
     worker_settings = load_or_exit(WorkerSettings)
     client_tls = load_or_exit(ClientTLSSettings)
+    readiness = load_or_exit(ReadinessSettings)
     try:
         triton_tls(settings, client_tls)
     except ConfigError as exc:
@@ -166,7 +180,7 @@ def main() -> None:
         raise SystemExit(2) from None
 
     async def wire(app: ServiceApp) -> None:
-        await build(app, settings, worker_settings, client_tls)
+        await build(app, settings, worker_settings, client_tls, readiness)
 
     run_service("embedder", server, wire, serving_on_start=False)
 
