@@ -14,8 +14,8 @@ class ReadinessSettings:
     interval_seconds: float = setting(
         "HEVLAYER_READINESS_INTERVAL_SECONDS",
         "Interval between two rounds of dependency probes (the gateway: claimer, S3, default sink; "
-        "the claimer: PostgreSQL); at most 1 s while one is down. /readyz and gRPC health report the last "
-        "round; no request probes.",
+        "the claimer: PostgreSQL; the embedder: Triton); at most 1 s while one is down. /readyz and "
+        "gRPC health report the last round; no request probes.",
         5.0,
     )
     timeout_seconds: float = setting(
