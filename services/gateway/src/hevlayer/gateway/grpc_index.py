@@ -1,6 +1,6 @@
 """IndexService over gRPC: protos in, the indexing core, protos out.
 
-WriteVectors holds a bounded amount per stream (docs/api.md, "Bounded writes"):
+WriteVectors holds a bounded amount per stream (docs/api.md, "Limits"):
 a document's vectors are kept as float32 arrays (:func:`hevlayer.gateway.wire.vector_values`)
 until its last message, at most ``GATEWAY_WRITE_MAX_DOCUMENT_BYTES`` of its messages (a
 larger document is rejected whole: its write is atomic, delete-old-rows + upsert-new, so it
