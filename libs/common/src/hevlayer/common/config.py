@@ -38,12 +38,17 @@ class SettingDoc:
     required: bool
 
 
-def setting(env: str, doc: str, default: Any = dataclasses.MISSING) -> Any:
-    """Declare a dataclass field read from the environment variable ``env``."""
-    metadata = {"env": env, "doc": doc}
+def setting(env: str, doc: str, default: Any = dataclasses.MISSING, *, secret: bool = False) -> Any:
+    """Declare a dataclass field read from the environment variable ``env``.
+
+    ``secret``: the value is a credential (a password, a key, a DSN with a password); the
+    field is left out of the dataclass's ``repr``, so printing or logging the settings object
+    cannot reveal it.
+    """
+    metadata = {"env": env, "doc": doc, "secret": secret}
     if default is dataclasses.MISSING:
-        return dataclasses.field(metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+        return dataclasses.field(metadata=metadata, repr=not secret)
+    return dataclasses.field(default=default, metadata=metadata, repr=not secret)
 
 
 def _resolved_types(cls: type[Any]) -> dict[str, Any]:

@@ -36,7 +36,9 @@ class ClaimerSettings:
     """What the claimer needs beyond the common server settings."""
 
     database_url: str = setting(
-        "DATABASE_URL", "PostgreSQL DSN, e.g. postgres://hevlayer:hevlayer@localhost:5432/hevlayer."
+        "DATABASE_URL",
+        "PostgreSQL DSN, e.g. postgres://hevlayer:hevlayer@localhost:5432/hevlayer.",
+        secret=True,
     )
     pool_min_size: int = setting("CLAIMER_DB_POOL_MIN", "Minimum PostgreSQL connections.", 2)
     pool_max_size: int = setting("CLAIMER_DB_POOL_MAX", "Maximum PostgreSQL connections.", 16)
@@ -82,7 +84,7 @@ class ClaimerSettings:
     s3_access_key_id: str = setting(
         "S3_ACCESS_KEY_ID", "S3 access key id; empty uses the default AWS credential chain.", ""
     )
-    s3_secret_access_key: str = setting("S3_SECRET_ACCESS_KEY", "S3 secret access key.", "")
+    s3_secret_access_key: str = setting("S3_SECRET_ACCESS_KEY", "S3 secret access key.", "", secret=True)
     s3_region: str = setting("S3_REGION", "S3 region.", "us-east-1")
     s3_bucket: str = setting(
         "S3_BUCKET",

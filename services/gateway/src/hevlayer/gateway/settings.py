@@ -70,7 +70,7 @@ class S3Settings:
     access_key_id: str = setting(
         "S3_ACCESS_KEY_ID", "S3 access key. Empty: botocore's default credential chain.", ""
     )
-    secret_access_key: str = setting("S3_SECRET_ACCESS_KEY", "S3 secret key.", "")
+    secret_access_key: str = setting("S3_SECRET_ACCESS_KEY", "S3 secret key.", "", secret=True)
     region: str = setting("S3_REGION", "S3 region.", "us-east-1")
     bucket: str = setting(
         "S3_BUCKET", "Bucket of chunk packs (and the claimer's queue manifests).", "hevlayer"

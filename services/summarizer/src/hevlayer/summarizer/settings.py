@@ -40,6 +40,7 @@ class SummarizerSettings:
         "SUMMARIZER_LLM_API_KEY",
         "Bearer token for the chat-completions endpoint; empty sends no Authorization header.",
         "",
+        secret=True,
     )
     llm_timeout_seconds: float = setting(
         "SUMMARIZER_LLM_TIMEOUT_SECONDS", "Timeout of one chat-completions request.", 60.0

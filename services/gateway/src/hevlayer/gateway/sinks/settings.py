@@ -30,11 +30,17 @@ class SinkSettings:
         "",
     )
     milvus_token: str = setting(
-        "GATEWAY_MILVUS_TOKEN", "Token of the milvus sink (user:password or a Zilliz API key).", ""
+        "GATEWAY_MILVUS_TOKEN",
+        "Token of the milvus sink (user:password or a Zilliz API key).",
+        "",
+        secret=True,
     )
     milvus_db_name: str = setting("GATEWAY_MILVUS_DB_NAME", "Milvus database of the milvus sink.", "")
     turbopuffer_api_key: str = setting(
-        "GATEWAY_TURBOPUFFER_API_KEY", "API key of the turbopuffer sink (required for that sink).", ""
+        "GATEWAY_TURBOPUFFER_API_KEY",
+        "API key of the turbopuffer sink (required for that sink).",
+        "",
+        secret=True,
     )
     turbopuffer_region: str = setting(
         "GATEWAY_TURBOPUFFER_REGION", "Turbopuffer region, e.g. gcp-us-central1 (or set the base URL).", ""
