@@ -129,3 +129,14 @@ async def test_update_delete_and_status(scripted: tuple[Script, str]) -> None:
         with pytest.raises(NotFound):
             await client.pipelines.delete("p")
     assert script.calls["DeletePipeline"] == 2
+
+
+async def test_one_attempt_means_no_retries(scripted: tuple[Script, str]) -> None:
+    script, address = scripted
+    async with Client.connect(address, ClientOptions(retry=RetryPolicy(max_attempts=1))) as client:
+        await client.pipelines.create(pb.Pipeline(id="once"))
+        script.fail("GetPipeline", ServerUnavailable("claimer restarting"))
+        with pytest.raises(Unavailable):
+            await client.pipelines.get("once")
+        assert (await client.pipelines.get("once")).id == "once"
+    assert script.calls["GetPipeline"] == 2

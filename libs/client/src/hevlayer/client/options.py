@@ -107,8 +107,11 @@ class ClientOptions:
         return method.timeout
 
     def service_config(self) -> str:
-        """The gRPC service config: the retry policy on idempotent methods only."""
+        """The gRPC service config: the retry policy on idempotent methods only (none at all
+        with ``max_attempts=1``: gRPC refuses a retry policy of fewer than two attempts)."""
         retry = self.retry
+        if retry.max_attempts < 2:
+            return json.dumps({"methodConfig": []})
         names = [{"service": m.service, "method": m.name} for m in METHODS if m.idempotent]
         return json.dumps(
             {
