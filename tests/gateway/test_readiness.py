@@ -1,7 +1,9 @@
 """The gateway's readiness follows its dependencies: claimer, S3 and the default sink.
 
 Real processes: a claimer and a gateway on a SeaweedFS of this module's own
-(stopped and started again here, so not the session's). While a dependency is
+(stopped and started again here, so not the session's), and a gateway whose
+default sink is the Turbopuffer fake (stopped and started on its port); a
+missing bucket counts as S3 being down. While a dependency is
 down, ``/readyz`` answers 503 naming it, gRPC health is NOT_SERVING (server
 and every service) and ``hevlayer_gateway_dependency_up`` is 0 for it; once
 it is back, 200, SERVING and 1. Every wait is a bounded poll.
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.turbopuffer_server import FakeTurbopuffer
 from foundation.conftest import start_gateway
 from gateway.conftest import GatewayStack, start_stack
 from gateway.helpers import eventually, http_json, metric_samples
@@ -78,9 +81,10 @@ def dependency_up(stack: GatewayStack) -> dict[str, float]:
     }
 
 
-async def health(stack: GatewayStack) -> dict[str, int]:
-    """The health status of the server and of every public service."""
-    async with aio.insecure_channel(stack.gateway_address) as channel:
+async def health(stack: GatewayStack | str) -> dict[str, int]:
+    """The health status of the server and of every public service (of a stack or an address)."""
+    address = stack if isinstance(stack, str) else stack.gateway_address
+    async with aio.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         return {
             service: (await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)).status
@@ -195,3 +199,44 @@ async def test_a_missing_bucket_is_not_ready(stack: GatewayStack, own_s3: Seawee
         assert gateway.running, gateway.log_tail()
     finally:
         gateway.stop(grace=5)
+
+
+async def test_sink_down_then_back(stack: GatewayStack, own_s3: SeaweedS3, tmp_path: Path) -> None:
+    """A gateway whose default sink is Turbopuffer (the fake, stopped and started on its port)."""
+    fake = FakeTurbopuffer(api_key="readiness-key")
+    port = free_port()
+    await fake.start(port=port)
+    env = {
+        **own_s3.client_env(stack.bucket),
+        "GATEWAY_CACHE_DIR": str(tmp_path / "cache"),
+        "GATEWAY_MILVUS_LITE_PATH": str(tmp_path / "vectors.db"),
+        "GATEWAY_DEFAULT_SINK": "turbopuffer",
+        "GATEWAY_TURBOPUFFER_API_KEY": fake.api_key,
+        "GATEWAY_TURBOPUFFER_BASE_URL": fake.base_url,
+        "GATEWAY_TURBOPUFFER_MAX_RETRIES": "0",
+        "HEVLAYER_READINESS_INTERVAL_SECONDS": "0.5",
+        "HEVLAYER_READINESS_TIMEOUT_SECONDS": "0.5",
+    }
+    gateway, address, http_address = start_gateway(
+        stack.claimer_address, tmp_path, tmp_path / "t.jsonl", **env
+    )
+    base_url = f"http://{http_address}"
+
+    async def ready() -> bool:
+        return readyz(base_url)[0] == 200
+
+    try:
+        await eventually(ready, timeout=WAIT, what="/readyz 200 with Turbopuffer answering")
+        assert any(r.path == "/v2/namespaces/hevlayer-readiness-probe/metadata" for r in fake.requests)
+        await fake.stop()
+        body = await wait_down(base_url, "sink")
+        assert body["down"] == ["sink"], body
+        assert "Turbopuffer" in body["dependencies"]["sink"]["error"], body
+        assert set((await health(address)).values()) == {NOT_SERVING}
+
+        await fake.start(port=port)
+        await eventually(ready, timeout=WAIT, what="/readyz 200 once Turbopuffer is back")
+        assert set((await health(address)).values()) == {SERVING}
+    finally:
+        gateway.stop(grace=5)
+        await fake.stop()
