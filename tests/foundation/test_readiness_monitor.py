@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import urllib.error
 import urllib.request
 import uuid
@@ -173,3 +174,25 @@ def test_settings_refuse_a_timeout_longer_than_the_interval() -> None:
         ReadinessSettings(interval_seconds=1.0, timeout_seconds=2.0).validate()
     with pytest.raises(ConfigError, match=r"^HEVLAYER_READINESS_INTERVAL_SECONDS"):
         ReadinessSettings(interval_seconds=0.0).validate()
+
+
+async def test_an_outage_is_logged_once_and_a_slow_start_not_at_all(
+    served: tuple[ServiceApp, DependencyMonitor, dict[str, Switch], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, monitor, switches, _ = served
+    caplog.set_level(logging.INFO, logger="hevlayer.readiness")
+    switches["store"].down = True
+    await monitor.probe_once()  # a dependency still starting: no warning yet
+    switches["store"].down = False
+    await monitor.probe_once()
+    assert [r.getMessage() for r in caplog.records] == []
+
+    switches["store"].down = True
+    await monitor.probe_once()
+    await monitor.probe_once()
+    switches["store"].down = False
+    await monitor.probe_once()
+    assert [(r.levelname, r.getMessage().split(": ", 1)[1]) for r in caplog.records] == [
+        ("WARNING", "dependency store is down: ConnectionError: connection refused"),
+        ("INFO", "dependency store is up again"),
+    ]

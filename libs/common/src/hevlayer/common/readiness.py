@@ -43,6 +43,8 @@ Probe = Callable[[], Awaitable[None]]
 MAX_ERROR_CHARS = 300
 NOT_READY_INTERVAL_SECONDS = 1.0
 """Longest interval between two rounds while some dependency is down."""
+STARTUP_GRACE_SECONDS = 30.0
+"""A dependency never up since the start is logged as down only after this long."""
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
 
 
@@ -75,6 +77,11 @@ class DependencyState:
     error: str = "not probed yet"
     checked_at: float = 0.0
     """``time.time()`` of the last probe (0: none yet)."""
+    ever_up: bool = False
+    down_since: float = 0.0
+    """``time.time()`` of the first failed probe of the current outage."""
+    warned: bool = False
+    """The current outage has been logged as a warning."""
 
 
 class DependencyMonitor:
@@ -136,20 +143,31 @@ class DependencyMonitor:
         results = await asyncio.gather(*(self._probe(name) for name in names))
         now = time.time()
         for name, error in zip(names, results, strict=True):
-            state = self.states[name]
-            was_up, had_run = state.up, state.checked_at > 0
-            state.up, state.checked_at = error is None, now
-            state.error = error or ""
-            self._gauge.labels(name).set(1 if error is None else 0)
-            if error is not None and (was_up or not had_run):
-                log.warning("%s: dependency %s is down: %s", self.service, name, error)
-            elif error is None and not was_up and had_run:
-                log.info("%s: dependency %s is up again", self.service, name)
+            self._record(name, error, now)
         ready = self.ready
         if ready != self._ready:
             self._ready = ready
             await self._on_change(ready)
         return ready
+
+    def _record(self, name: str, error: str | None, now: float) -> None:
+        """Keep a probe's result, set the gauge, and log a change once: a dependency that was up
+        and fails is a warning at once; one that has not been up since the start only after
+        :data:`STARTUP_GRACE_SECONDS` (dependencies starting alongside are not an incident)."""
+        state = self.states[name]
+        was_down = not state.up or state.checked_at == 0
+        state.up, state.checked_at, state.error = error is None, now, error or ""
+        self._gauge.labels(name).set(1 if error is None else 0)
+        if error is None:
+            if state.warned:
+                log.info("%s: dependency %s is up again", self.service, name)
+            state.ever_up, state.warned, state.down_since = True, False, 0.0
+            return
+        if not was_down or state.down_since == 0.0:
+            state.down_since = now
+        if not state.warned and (state.ever_up or now - state.down_since >= STARTUP_GRACE_SECONDS):
+            log.warning("%s: dependency %s is down: %s", self.service, name, error)
+            state.warned = True
 
     async def _probe(self, name: str) -> str | None:
         try:
