@@ -54,7 +54,7 @@ async def test_postgres_unreachable_is_unavailable_with_retry_info(tmp_path: Pat
     gateway, gateway_address, _ = start_gateway(claimer_address, tmp_path, traces)
     try:
         await _wait_health(claimer_address, health_pb2.HealthCheckResponse.NOT_SERVING)
-        # The gateway answers, but is not ready: its claimer is not (tests/gateway/test_readiness.py).
+        # The gateway answers, but is not ready: its claimer is not (tests/gateway/test_gateway_readiness.py).
         await _wait_health(gateway_address, health_pb2.HealthCheckResponse.NOT_SERVING)
         for address in (claimer_address, gateway_address):
             async with open_channel(address) as channel:

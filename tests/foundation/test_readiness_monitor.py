@@ -1,7 +1,8 @@
 """hevlayer.common.readiness on a real ServiceApp (gRPC health and HTTP /readyz on free ports),
 with probes the test controls: what a round reports, when health flips, the gauge, bounded
 probes, and errors without credentials. Each service's own probes are tested against real
-dependencies in tests/gateway/test_readiness.py, tests/claimer/ and tests/embedder/."""
+dependencies in tests/gateway/test_gateway_readiness.py, tests/claimer/test_claimer_readiness.py and
+tests/embedder/test_embedder_readiness.py."""
 
 from __future__ import annotations
 
