@@ -172,7 +172,7 @@ async def test_read_chunks_checks_leases(channel: aio.Channel, gateway_stack: Ga
     leases = await claim(channel, pid, limit=1)
     [held] = leases
     unheld = "other" if held == "held" else "held"
-    responses = await read_chunks(channel, pid, {held: leases[held], unheld: 0, "missing": 0})
+    responses = await read_chunks(channel, pid, {held: leases[held], unheld: 1, "missing": 1})
     by_id = {r.document_id: r for r in responses}
     assert by_id[unheld].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert by_id["missing"].error.code == grpc.StatusCode.NOT_FOUND.value[0]
