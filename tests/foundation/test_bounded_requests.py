@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -26,7 +27,7 @@ from hevlayer.api.lease.v1 import lease_pb2 as pb
 from hevlayer.api.lease.v1 import lease_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.common.config import ConfigError, load_settings
-from hevlayer.common.errors import status_from_rpc_error
+from hevlayer.common.errors import ResourceExhausted, ServiceError, status_from_rpc_error
 from hevlayer.common.server import ServerSettings, ServiceApp
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.processes import ServiceProcess
@@ -170,6 +171,56 @@ async def test_calls_beyond_the_concurrency_limit_get_resource_exhausted_with_re
             assert recorder.seen.count("transition") == 1
     finally:
         recorder.release.set()
+        await app.stop()
+
+
+class _Quota:
+    """An admission as a per-token rate limit would be: refuses calls whose metadata says
+    their quota is spent."""
+
+    def __init__(self) -> None:
+        self.admitted: list[str] = []
+        self.released: list[str] = []
+
+    def admit(self, method: str, metadata: Any) -> ServiceError | None:
+        if ("x-test-quota", "spent") in tuple(metadata or ()):
+            return ResourceExhausted("quota: spent", reason="RATE_LIMITED", retry_after=2.5)
+        self.admitted.append(method)
+        return None
+
+    def release(self, method: str) -> None:
+        self.released.append(method)
+
+
+async def test_an_added_admission_refuses_with_retry_info_before_the_handler() -> None:
+    recorder = _Recorder()
+    app = await _serve(recorder)
+    quota = _Quota()
+    app.add_admission(quota)
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            stub = lease_pb2_grpc.LeaseServiceStub(channel)
+            with pytest.raises(aio.AioRpcError) as refused:
+                await stub.TransitionDocuments(
+                    pb.TransitionDocumentsRequest(pipeline_id="p"), metadata=(("x-test-quota", "spent"),)
+                )
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert refused.value.details() == "quota: spent"
+            retry = [
+                d
+                for d in status_from_rpc_error(refused.value).details
+                if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)
+            ]
+            info = error_details_pb2.RetryInfo()
+            retry[0].Unpack(info)
+            assert info.retry_delay.ToMilliseconds() == 2500
+            assert recorder.seen == []
+            await stub.TransitionDocuments(pb.TransitionDocumentsRequest(pipeline_id="p"))
+            assert recorder.seen == ["transition"]
+            method = "/hevlayer.api.lease.v1.LeaseService/TransitionDocuments"
+            assert quota.admitted == quota.released == [method]
+            assert app._interceptor.limiter.in_flight == 0
+    finally:
         await app.stop()
 
 

@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc import aio
@@ -126,6 +126,24 @@ def _code_of(context: aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+class Admission(Protocol):
+    """A check every observed call passes before its handler runs (health and reflection
+    are never checked). A refusal is recorded like any error (span, metrics, access log).
+    The concurrency limit is one (:class:`CallLimiter`); per-token rate limits plug in the
+    same way, with :meth:`hevlayer.common.server.ServiceApp.add_admission`, answering
+    :class:`~hevlayer.common.errors.ResourceExhausted` with ``retry_after`` (RetryInfo)."""
+
+    def admit(self, method: str, metadata: Any) -> ServiceError | None:
+        """None to let the call of ``method`` (``/pkg.Service/Method``, with its invocation
+        metadata) in, then :meth:`release` follows when it ends; else the error to refuse
+        it with."""
+        ...
+
+    def release(self, method: str) -> None:
+        """An admitted call has ended."""
+        ...
+
+
 class CallLimiter:
     """At most ``limit`` calls inside their handlers at once (0: no limit).
 
@@ -140,18 +158,19 @@ class CallLimiter:
         self.retry_after = retry_after
         self.in_flight = 0
 
-    def admit(self) -> bool:
-        """Count one more call in; False (nothing counted) when at the limit."""
+    def admit(self, method: str, metadata: Any) -> ServiceError | None:
+        """Count one more call in; the refusal (nothing counted) when at the limit."""
         if self.limit and self.in_flight >= self.limit:
-            return False
+            return self.refusal()
         self.in_flight += 1
-        return True
+        return None
 
-    def release(self) -> None:
+    def release(self, method: str) -> None:
         """Count an admitted call out."""
         self.in_flight -= 1
 
     def refusal(self) -> ResourceExhausted:
+        """The error of a call over the limit."""
         return ResourceExhausted(
             f"the server is handling its limit of {self.limit} concurrent calls "
             "(HEVLAYER_GRPC_MAX_CONCURRENT_RPCS); retry after the RetryInfo delay",
@@ -164,11 +183,13 @@ class CallLimiter:
 class ServerInterceptor(aio.ServerInterceptor):
     """Wraps every handler with a SERVER span (parented on the caller's trace
     context), Prometheus metrics, an access log line, the mapping of
-    :class:`ServiceError` to a rich gRPC status (anything else is INTERNAL) and,
-    with ``max_concurrent_rpcs``, a :class:`CallLimiter`."""
+    :class:`ServiceError` to a rich gRPC status (anything else is INTERNAL) and the
+    :attr:`admissions` every call passes first: a :class:`CallLimiter` of
+    ``max_concurrent_rpcs``, then any added later (:class:`Admission`)."""
 
     def __init__(self, max_concurrent_rpcs: int = 0) -> None:
         self.limiter = CallLimiter(max_concurrent_rpcs)
+        self.admissions: list[Admission] = [self.limiter]
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -186,7 +207,7 @@ class ServerInterceptor(aio.ServerInterceptor):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _observed(method, handler, self.limiter)
+        wrapped = _observed(method, handler, self.admissions)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -195,18 +216,31 @@ class _Observed:
     """``async with`` around one call's work: finishes its observation with the outcome
     (OK, the code it aborted with, CANCELLED) and maps any other exception to a status."""
 
-    def __init__(self, rpc: _Method, context: aio.ServicerContext, limiter: CallLimiter) -> None:
+    def __init__(self, rpc: _Method, context: aio.ServicerContext, admissions: list[Admission]) -> None:
         self.context = context
-        self.limiter = limiter
-        self.obs = _Observation(rpc, context.invocation_metadata())
+        self.admissions = admissions
+        self.admitted = 0
+        self.metadata = context.invocation_metadata()
+        self.obs = _Observation(rpc, self.metadata)
 
     async def __aenter__(self) -> _Observed:
-        if not self.limiter.admit():
-            await _fail(self.context, self.obs, self.limiter.refusal())  # aborts
+        method = self.obs.full_method
+        for admission in self.admissions:
+            refusal = admission.admit(method, self.metadata)
+            if refusal is not None:
+                self._release()
+                await _fail(self.context, self.obs, refusal)  # aborts
+            self.admitted += 1
         return self
 
+    def _release(self) -> None:
+        method = self.obs.full_method
+        for admission in reversed(self.admissions[: self.admitted]):
+            admission.release(method)
+        self.admitted = 0
+
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        self.limiter.release()
+        self._release()
         context, obs = self.context, self.obs
         if exc is None:
             obs.finish(_code_of(context))
@@ -218,17 +252,17 @@ class _Observed:
             await _fail(context, obs, exc)  # aborts: raises AbortError in place of exc
 
 
-def _response_unary(rpc: _Method, inner: Any, limiter: CallLimiter) -> Any:
+def _response_unary(rpc: _Method, inner: Any, admissions: list[Admission]) -> Any:
     async def call(request: Any, context: aio.ServicerContext) -> Any:
-        async with _Observed(rpc, context, limiter):
+        async with _Observed(rpc, context, admissions):
             return await inner(request, context)
 
     return call
 
 
-def _response_stream(rpc: _Method, inner: Any, limiter: CallLimiter) -> Any:
+def _response_stream(rpc: _Method, inner: Any, admissions: list[Admission]) -> Any:
     async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-        async with _Observed(rpc, context, limiter):
+        async with _Observed(rpc, context, admissions):
             result = inner(request, context)
             if inspect.isasyncgen(result):
                 async for item in result:
@@ -240,7 +274,9 @@ def _response_stream(rpc: _Method, inner: Any, limiter: CallLimiter) -> Any:
 
 
 # (handler attribute, rpc type label, wrapper, handler factory) per call kind
-_CallKind = tuple[str, str, Callable[[_Method, Any, CallLimiter], Any], Callable[..., grpc.RpcMethodHandler]]
+_CallKind = tuple[
+    str, str, Callable[[_Method, Any, list[Admission]], Any], Callable[..., grpc.RpcMethodHandler]
+]
 _CALL_KINDS: tuple[_CallKind, ...] = (
     ("unary_unary", "unary", _response_unary, grpc.unary_unary_rpc_method_handler),
     ("stream_unary", "client_stream", _response_unary, grpc.stream_unary_rpc_method_handler),
@@ -249,14 +285,16 @@ _CALL_KINDS: tuple[_CallKind, ...] = (
 )
 
 
-def _observed(method: str, handler: grpc.RpcMethodHandler, limiter: CallLimiter) -> grpc.RpcMethodHandler:
+def _observed(
+    method: str, handler: grpc.RpcMethodHandler, admissions: list[Admission]
+) -> grpc.RpcMethodHandler:
     """``handler`` with every call observed (span, metrics, access log, error mapping)
-    and admitted by ``limiter``."""
+    and admitted by ``admissions`` (the interceptor's list: one added later applies too)."""
     for attribute, rpc_type, wrap, build in _CALL_KINDS:
         inner = getattr(handler, attribute)
         if inner:
             return build(
-                wrap(_Method(method, rpc_type), inner, limiter),
+                wrap(_Method(method, rpc_type), inner, admissions),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from hevlayer.common import encoded, metrics, tls
 from hevlayer.common.config import ConfigError, setting, split_address
-from hevlayer.common.interceptors import ServerInterceptor
+from hevlayer.common.interceptors import Admission, ServerInterceptor
 from hevlayer.common.limits import MAX_MESSAGE_BYTES
 from hevlayer.common.logging import configure_logging
 from hevlayer.common.telemetry import configure_tracing
@@ -166,7 +166,8 @@ class ServiceApp:
         self._readiness_reports: list[Callable[[], dict[str, Any]]] = []
         self.grpc_port = 0
         self.http_port = 0
-        interceptors: list[aio.ServerInterceptor] = [ServerInterceptor(settings.grpc_max_concurrent_rpcs)]
+        self._interceptor = ServerInterceptor(settings.grpc_max_concurrent_rpcs)
+        interceptors: list[aio.ServerInterceptor] = [self._interceptor]
         if settings.tls_allowed_clients:
             interceptors.append(tls.PeerIdentityInterceptor(settings.tls_allowed_clients, name))
         self.server = aio.server(
@@ -194,6 +195,11 @@ class ServiceApp:
         with :class:`~hevlayer.common.encoded.Encoded` wire bytes instead of messages."""
         encoded.add_servicer(self.server, service, servicer)
         self._service_names.append(service.full_name)
+
+    def add_admission(self, admission: Admission) -> None:
+        """Check every gRPC call (health and reflection excepted) with ``admission`` before
+        its handler runs, after the concurrency limit (per-token rate limits, for instance)."""
+        self._interceptor.admissions.append(admission)
 
     def add_routes(self, routes: list[web.RouteDef]) -> None:
         """Serve extra HTTP routes on the HTTP address."""
