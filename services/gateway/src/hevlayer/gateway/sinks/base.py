@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import struct
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeAlias
@@ -224,6 +225,10 @@ def _vector_problem(values: Sequence[float], dimension: int) -> str | None:
     """
     if len(values) != dimension:
         return f"expected {dimension} values, got {len(values)}"
+    if isinstance(values, array) and values.typecode == "f":
+        # Already float32 (WriteVectors keeps vectors so): numbers that fit, so only a
+        # NaN or an infinity can be wrong, and the sum finds them in one pass.
+        return None if math.isfinite(sum(values)) else "values must be finite (no NaN or infinity)"
     try:
         _float32_struct(dimension).pack(*values)
         total = sum(values)
