@@ -16,6 +16,15 @@ baselines on the same PostgreSQL in the same run.
 3. **procrastinate** (PyPI): jobs deferred in bulk, then worker processes
    (``--workers``) with ``concurrency`` and LISTEN/NOTIFY run a no-op task;
    jobs/s. Skipped when procrastinate is not installed.
+4. **secured** (paths ``unary-secured`` and ``stream-secured``, each next to its
+   plaintext path in the same rounds): the same workers against a second claimer +
+   gateway pair on the same PostgreSQL that serves mutual TLS on both hops (client to
+   gateway, gateway to claimer, which accepts only the gateway's certificate); the
+   workers open ``aio.secure_channel`` with a client certificate and send
+   ``authorization: Bearer <token>`` on every call. Until API tokens land the gateway
+   ignores that header: the secured path measures TLS and the header's bytes, not the
+   token check, whose cost is to be measured again when tokens land (bench/secured.py
+   is the one place their settings go). Goal: secured / plaintext >= 0.95.
 
 Prints docs/s, the ratios (goals: gRPC >= 0.8 x bare, >= 50 x procrastinate)
 and the client-side claim latency p50/p99. Next to the ratio of the median
@@ -26,6 +35,7 @@ the machine's other load hits them alike), and the ratio of CPU per document
 ratio tends to on a machine of its own).
 
     .venv/bin/python bench/claims.py [--docs 100000] [--workers 4] [--batch 2000] [--rounds 3]
+    .venv/bin/python bench/claims.py --paths unary,unary-secured,stream,stream-secured,bare --no-procrastinate
 """
 
 from __future__ import annotations
@@ -46,8 +56,9 @@ from queue import Empty
 from typing import Any
 
 import asyncpg
+from secured import Secured
 
-from hevlayer.devstack import TEST_SETTINGS, PostgresServer, ServiceProcess
+from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3, ServiceProcess
 from hevlayer.devstack.ports import free_port
 
 PROCRASTINATE_JOBS = 4000
@@ -152,7 +163,11 @@ async def vacuum(dsn: str) -> None:
         await conn.close()
 
 
-def start_process(command: str, env: dict[str, str], logs: Path) -> tuple[ServiceProcess, str]:
+def start_process(
+    command: str, env: dict[str, str], logs: Path, credentials: Any = None, name: str | None = None
+) -> tuple[ServiceProcess, str]:
+    """Start ``command`` on loopback and wait for it (its health check over TLS with
+    ``credentials``, for a server with ``HEVLAYER_TLS_CERT``); (process, gRPC address)."""
     address = f"127.0.0.1:{free_port()}"
     process = ServiceProcess(
         command,
@@ -163,23 +178,31 @@ def start_process(command: str, env: dict[str, str], logs: Path) -> tuple[Servic
             "HEVLAYER_LOG_LEVEL": "warning",
             **env,
         },
-        log_path=logs / f"{command}.log",
+        log_path=logs / f"{name or command}.log",
         grpc_address=address,
     ).start()
-    process.wait_ready(timeout=60)
+    process.wait_ready(timeout=60, credentials=credentials)
     return process, address
 
 
 # -- workers (run in spawned processes) ------------------------------------------------
 
 
-Complete = Callable[[Any, str, str, Sequence[str], Sequence[int]], Awaitable[int]]
+Metadata = Sequence[tuple[str, str]] | None
+"""What every call carries (the secured path's authorization header; None on the others)."""
+
+Complete = Callable[[Any, str, str, Sequence[str], Sequence[int], Metadata], Awaitable[int]]
 """Moves claimed leases to indexed: (LeaseService stub, pipeline, worker, document ids,
-fencing tokens) -> ids moved."""
+fencing tokens, metadata) -> ids moved."""
 
 
 async def complete_per_document(
-    stub: Any, pipeline_id: str, worker: str, ids: Sequence[str], tokens: Sequence[int]
+    stub: Any,
+    pipeline_id: str,
+    worker: str,
+    ids: Sequence[str],
+    tokens: Sequence[int],
+    metadata: Metadata = None,
 ) -> int:
     """TransitionDocuments naming every lease as a LeaseRef (document id + fencing token)."""
     from hevlayer.api.lease.v1 import lease_pb2 as lpb
@@ -190,12 +213,17 @@ async def complete_per_document(
     add = request.documents.add
     for document_id, token in zip(ids, tokens, strict=True):
         add(document_id=document_id, fencing_token=token)
-    result = await stub.TransitionDocuments(request)
+    result = await stub.TransitionDocuments(request, metadata=metadata)
     return sum(1 for r in result.results if r.outcome == lpb.TRANSITION_OUTCOME_MOVED)
 
 
 async def complete_by_columns(
-    stub: Any, pipeline_id: str, worker: str, ids: Sequence[str], tokens: Sequence[int]
+    stub: Any,
+    pipeline_id: str,
+    worker: str,
+    ids: Sequence[str],
+    tokens: Sequence[int],
+    metadata: Metadata = None,
 ) -> int:
     """TransitionDocuments naming the leases as LeaseRefColumns (the embedder's layout)."""
     from hevlayer.api.lease.v1 import lease_pb2 as lpb
@@ -207,7 +235,8 @@ async def complete_by_columns(
             worker_id=worker,
             to_stage="indexed",
             document_columns=lpb.LeaseRefColumns(document_ids=ids, fencing_tokens=tokens),
-        )
+        ),
+        metadata=metadata,
     )
     return list(result.result_columns.outcomes).count(lpb.TRANSITION_OUTCOME_MOVED)
 
@@ -221,21 +250,41 @@ def lease_refs(response: Any) -> tuple[list[str], list[int]]:
     ]
 
 
+def open_worker_channel(address: str, secured: Secured | None) -> Any:
+    """A bare aio channel to the gateway: plaintext, or mutual TLS with the worker's
+    certificate on the secured path; 64 MiB messages either way."""
+    import grpc
+    from grpc import aio
+
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    if secured is None:
+        return aio.insecure_channel(address, options=options)
+    ca, chain, key = secured.pem("worker")
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=chain)
+    return aio.secure_channel(address, credentials, options=options)
+
+
 async def grpc_claim_loop(
-    address: str, pipeline_id: str, worker: str, batch: int, ready: Any, complete: Complete, columns: bool
+    address: str,
+    pipeline_id: str,
+    worker: str,
+    batch: int,
+    ready: Any,
+    complete: Complete,
+    columns: bool,
+    secured: Secured | None = None,
 ) -> tuple[int, list[float], float]:
     """Claim ``batch`` at a time through gRPC (in the columnar layout if ``columns``) and
     ``complete`` them until the pipeline is empty; (ids moved, claim latencies, this
-    process's CPU seconds in the loop)."""
-    from grpc import aio
+    process's CPU seconds in the loop). With ``secured``: mutual TLS and its metadata."""
 
     from hevlayer.api.lease.v1 import lease_pb2 as lpb
     from hevlayer.api.lease.v1 import lease_pb2_grpc
 
-    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    metadata = secured.metadata() if secured is not None else None
     done = 0
     latencies: list[float] = []
-    async with aio.insecure_channel(address, options=options) as channel:
+    async with open_worker_channel(address, secured) as channel:
         stub = lease_pb2_grpc.LeaseServiceStub(channel)
         claim = lpb.ClaimDocumentsRequest(
             pipeline_id=pipeline_id,
@@ -251,13 +300,13 @@ async def grpc_claim_loop(
         empty = 0
         while empty < 2:
             started = time.perf_counter()
-            ids, tokens = lease_refs(await stub.ClaimDocuments(claim))
+            ids, tokens = lease_refs(await stub.ClaimDocuments(claim, metadata=metadata))
             latencies.append(time.perf_counter() - started)
             if not ids:
                 empty += 1
                 continue
             empty = 0
-            moved = await complete(stub, pipeline_id, worker, ids, tokens)
+            moved = await complete(stub, pipeline_id, worker, ids, tokens, metadata)
             assert moved == len(ids), (moved, len(ids))
             done += moved
     return done, latencies, time.process_time() - cpu
@@ -272,17 +321,19 @@ async def grpc_stream_loop(
     total: int,
     moved_so_far: Any,
     ready: Any,
+    secured: Secured | None = None,
 ) -> tuple[int, list[float], float]:
     """Take leases from one ``StreamLeases`` stream, ``batch`` credits at a time, and move
     each message's leases to indexed (TransitionDocuments; columnar layout if ``columns``)
     until every worker together has moved ``total``; (ids moved, credit-to-leases
-    latencies, this process's CPU seconds in the loop)."""
+    latencies, this process's CPU seconds in the loop). With ``secured``: mutual TLS and
+    its metadata."""
     from grpc import aio
 
     from hevlayer.api.lease.v1 import lease_pb2 as lpb
     from hevlayer.api.lease.v1 import lease_pb2_grpc
 
-    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    metadata = secured.metadata() if secured is not None else None
     complete = complete_by_columns if columns else complete_per_document
     credits: asyncio.Queue[int] = asyncio.Queue()
     done = 0
@@ -302,13 +353,13 @@ async def grpc_stream_loop(
         while True:
             yield lpb.StreamLeasesRequest(credit=lpb.StreamLeasesCredit(documents=await credits.get()))
 
-    async with aio.insecure_channel(address, options=options) as channel:
+    async with open_worker_channel(address, secured) as channel:
         stub = lease_pb2_grpc.LeaseServiceStub(channel)
         await channel.channel_ready()
         await asyncio.to_thread(ready.wait)
         cpu = time.process_time()
         granted = time.perf_counter()
-        call = stub.StreamLeases(requests())
+        call = stub.StreamLeases(requests(), metadata=metadata)
         try:
             reading: asyncio.Future[Any] | None = None
             while moved_so_far.value < total:
@@ -323,7 +374,7 @@ async def grpc_stream_loop(
                     raise RuntimeError("StreamLeases ended early")
                 latencies.append(time.perf_counter() - granted)
                 ids, tokens = lease_refs(response)
-                moved = await complete(stub, pipeline_id, worker, ids, tokens)
+                moved = await complete(stub, pipeline_id, worker, ids, tokens, metadata)
                 assert moved == len(ids), (moved, len(ids))
                 done += moved
                 with moved_so_far.get_lock():
@@ -343,24 +394,36 @@ def grpc_stream_worker(
     columns: bool,
     total: int,
     moved_so_far: Any,
+    secured: Secured | None,
     ready: Any,
     out: Any,
 ) -> None:
     """Take leases from StreamLeases and complete them until ``total`` documents are indexed."""
     out.put(
         asyncio.run(
-            grpc_stream_loop(address, pipeline_id, worker, batch, columns, total, moved_so_far, ready)
+            grpc_stream_loop(
+                address, pipeline_id, worker, batch, columns, total, moved_so_far, ready, secured
+            )
         )
     )
 
 
 def grpc_worker(
-    address: str, pipeline_id: str, worker: str, batch: int, columns: bool, ready: Any, out: Any
+    address: str,
+    pipeline_id: str,
+    worker: str,
+    batch: int,
+    columns: bool,
+    secured: Secured | None,
+    ready: Any,
+    out: Any,
 ) -> None:
     """Claim and complete through gRPC (columnar layout if ``columns``, else one message per
-    document) until the pipeline is empty."""
+    document) until the pipeline is empty; mutual TLS and its metadata with ``secured``."""
     complete = complete_by_columns if columns else complete_per_document
-    out.put(asyncio.run(grpc_claim_loop(address, pipeline_id, worker, batch, ready, complete, columns)))
+    out.put(
+        asyncio.run(grpc_claim_loop(address, pipeline_id, worker, batch, ready, complete, columns, secured))
+    )
 
 
 def bare_worker(dsn: str, pipeline_id: str, worker: str, batch: int, ready: Any, out: Any) -> None:
@@ -512,8 +575,12 @@ PATHS = {
     "stream": "gRPC StreamLeases, columns (client -> gateway -> claimer -> PostgreSQL)",
     "unary-messages": "gRPC ClaimDocuments, a message per document",
     "stream-messages": "gRPC StreamLeases, a message per document",
+    "unary-secured": "gRPC ClaimDocuments, columns, mutual TLS on both hops + authorization header",
+    "stream-secured": "gRPC StreamLeases, columns, mutual TLS on both hops + authorization header",
     "bare": "bare asyncpg (same two statements)",
 }
+SECURED_SUFFIX = "-secured"
+SECURED_GOAL = 0.95
 
 
 def main() -> None:
@@ -527,27 +594,76 @@ def main() -> None:
     parser.add_argument(
         "--paths",
         default="unary,stream,bare",
-        help="comma-separated: unary, stream, unary-messages, stream-messages, bare (the baseline)",
+        help="comma-separated: unary, stream, unary-messages, stream-messages, bare (the baseline), "
+        "unary-secured, stream-secured (each with its plaintext path)",
     )
     parser.add_argument("--no-procrastinate", action="store_true")
     args = parser.parse_args()
     paths = [p for p in args.paths.split(",") if p]
     if "bare" not in paths or any(p not in PATHS for p in paths):
         raise SystemExit(f"--paths: choose from {sorted(PATHS)}, bare included")
+    secured_paths = [p for p in paths if p.endswith(SECURED_SUFFIX)]
+    for path in secured_paths:
+        if path.removesuffix(SECURED_SUFFIX) not in paths:
+            raise SystemExit(
+                f"--paths: {path} needs {path.removesuffix(SECURED_SUFFIX)} (its plaintext path)"
+            )
 
     logs = Path(tempfile.mkdtemp(prefix="hevlayer-bench-claims-"))
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; logs in {logs}")
     context = multiprocessing.get_context("spawn")
-    with PostgresServer(settings=TEST_SETTINGS) as postgres:
+    # S3 and the sink's file only for the gateways' readiness (no chunk is read or written)
+    with PostgresServer(settings=TEST_SETTINGS) as postgres, SeaweedS3() as s3:
+        s3.create_bucket("bench-claims")
+        gateway_env = s3.client_env("bench-claims")
         claimer_db = postgres.create_database("claims")
         procrastinate_db = postgres.create_database("procrastinate")
         claimer, claimer_address = start_process(
             "hevlayer-claimer", {"DATABASE_URL": claimer_db, "PIPELINE_QUEUE_BACKEND": "row"}, logs
         )
         gateway, gateway_address = start_process(
-            "hevlayer-gateway", {"CLAIMER_ADDRESS": claimer_address}, logs
+            "hevlayer-gateway",
+            {
+                "CLAIMER_ADDRESS": claimer_address,
+                "GATEWAY_MILVUS_LITE_PATH": str(logs / "vectors.db"),
+                **gateway_env,
+            },
+            logs,
         )
+        # The secured paths: a second claimer + gateway pair on the same PostgreSQL, serving
+        # mutual TLS on both hops (bench/secured.py), started for the whole run.
+        secured = Secured.create(logs / "pki") if secured_paths else None
+        secure_pair: list[tuple[ServiceProcess, str]] = []
         try:
+            if secured is not None:
+                probe = secured.credentials("probe")
+                secure_pair.append(
+                    start_process(
+                        "hevlayer-claimer",
+                        {
+                            "DATABASE_URL": claimer_db,
+                            "PIPELINE_QUEUE_BACKEND": "row",
+                            **secured.claimer_env(),
+                        },
+                        logs,
+                        probe,
+                        name="secured-claimer",
+                    )
+                )
+                secure_pair.append(
+                    start_process(
+                        "hevlayer-gateway",
+                        {
+                            "CLAIMER_ADDRESS": secure_pair[0][1],
+                            "GATEWAY_MILVUS_LITE_PATH": str(logs / "secured-vectors.db"),
+                            **gateway_env,
+                            **secured.gateway_env(),
+                        },
+                        logs,
+                        probe,
+                        name="secured-gateway",
+                    )
+                )
             rates: dict[str, list[float]] = {path: [] for path in paths}
             latencies: dict[str, list[float]] = {path: [] for path in paths}
             # CPU seconds per path, per part (the machine is shared with other work, so the
@@ -570,14 +686,20 @@ def main() -> None:
                     target: Callable[..., None]
                     worker_args: list[tuple[Any, ...]]
                     columns = not path.endswith("-messages")
+                    on_path = secured if path.endswith(SECURED_SUFFIX) else None
+                    servers, address = (
+                        ((secure_pair[0][0], secure_pair[1][0]), secure_pair[1][1])
+                        if on_path is not None
+                        else ((claimer, gateway), gateway_address)
+                    )
                     if path.startswith("unary"):
                         target = grpc_worker
-                        worker_args = [(gateway_address, pipeline, w, args.batch, columns) for w in workers]
+                        worker_args = [(address, pipeline, w, args.batch, columns, on_path) for w in workers]
                     elif path.startswith("stream"):
                         target = grpc_stream_worker
                         moved = context.Value("q", 0)
                         worker_args = [
-                            (gateway_address, pipeline, w, args.batch, columns, args.docs, moved)
+                            (address, pipeline, w, args.batch, columns, args.docs, moved, on_path)
                             for w in workers
                         ]
                     else:
@@ -585,14 +707,14 @@ def main() -> None:
                         worker_args = [(claimer_db, pipeline, w, args.batch) for w in workers]
                     before = (
                         postgres_cpu_seconds(postgres.data_dir),
-                        cpu_seconds(claimer.pid),
-                        cpu_seconds(gateway.pid),
+                        cpu_seconds(servers[0].pid),
+                        cpu_seconds(servers[1].pid),
                     )
                     elapsed, done, phase_latencies, worker_cpu = run_workers(target, worker_args)
                     assert done == args.docs, (path, done, args.docs)
                     cpu[path]["PostgreSQL"] += postgres_cpu_seconds(postgres.data_dir) - before[0]
-                    cpu[path]["claimer"] += cpu_seconds(claimer.pid) - before[1]
-                    cpu[path]["gateway"] += cpu_seconds(gateway.pid) - before[2]
+                    cpu[path]["claimer"] += cpu_seconds(servers[0].pid) - before[1]
+                    cpu[path]["gateway"] += cpu_seconds(servers[1].pid) - before[2]
                     cpu[path]["workers"] += worker_cpu
                     rates[path].append(done / elapsed)
                     latencies[path].extend(x for x in phase_latencies if x > 0)
@@ -603,6 +725,8 @@ def main() -> None:
                 # every round starts on a table of the same size
                 asyncio.run(delete_pipelines(claimer_address, list(pipelines.values())))
         finally:
+            for process, _ in reversed(secure_pair):
+                process.stop()
             gateway.stop()
             claimer.stop()
         jobs_rate = None if args.no_procrastinate else procrastinate_rate(procrastinate_db, args.workers)
@@ -626,6 +750,14 @@ def main() -> None:
                 f"median of the rounds' ratios {paired:.2f}; "
                 f"CPU per document, bare / {path}: {per_document['bare'] / per_document[path]:.2f}"
             )
+    for path in secured_paths:
+        plain = path.removesuffix(SECURED_SUFFIX)
+        paired = statistics.median(x / y for x, y in zip(rates[path], rates[plain], strict=True))
+        print(
+            f"ratio {path} / {plain}: {median[path] / median[plain]:.2f} (goal >= {SECURED_GOAL}); "
+            f"median of the rounds' ratios {paired:.2f}; "
+            f"CPU per document, {plain} / {path}: {per_document[plain] / per_document[path]:.2f}"
+        )
     print("CPU per document (core-microseconds):")
     for path, parts in cpu.items():
         print(
