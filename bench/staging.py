@@ -8,7 +8,20 @@ Prints chunks/s, S3 requests per document (from the gateway's own
 same S3 server, the baseline of one object per document written with
 aiobotocore puts (32 in flight), as a ratio.
 
+With ``--secured``, then the secured path next to the plaintext one in the same run:
+a second claimer + gateway pair on the same PostgreSQL and S3 serves mutual TLS on
+both hops (client to gateway, gateway to claimer, which accepts only the gateway's
+certificate), the client stages over TLS with a client certificate and sends
+``authorization: Bearer <token>`` on every call. Until API tokens land the gateway
+ignores that header: the secured path measures TLS and the header's bytes, not the
+token check, whose cost is to be measured again when tokens land (bench/secured.py
+is the one place their settings go). ``--rounds`` rounds stage ``--documents``
+documents through each pair back to back (the order alternating); prints the
+median chunks/s of each, the ratio of the medians, the median of the rounds' own
+ratios and the CPU per document of each process (goal: secured / plaintext >= 0.95).
+
     .venv/bin/python bench/staging.py [--documents 5000] [--batch 100] [--compression zstd]
+    .venv/bin/python bench/staging.py --secured [--rounds 3]
 
 Goal (issue 5): >= 5,000 chunks/s on 2 cores.
 """
@@ -18,23 +31,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import statistics
 import sys
 import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+from claims import SECURED_GOAL, cpu_seconds, postgres_cpu_seconds
 from grpc import aio
 from prometheus_client.parser import text_string_to_metric_families
+from secured import Secured
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
 from hevlayer.client.channel import open_channel
+from hevlayer.client.options import TLS, ClientOptions
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3, ServiceProcess
 from hevlayer.devstack.ports import free_port
 from hevlayer.gateway.chunkstore import SegmentCodec, open_s3_client
@@ -142,8 +160,19 @@ def make_documents(count: int, seed: int = 7, prefix: str = "doc") -> list[docum
 
 
 @dataclass
+class Pair:
+    """A running claimer + gateway."""
+
+    gateway_address: str
+    gateway_http: str
+    claimer: ServiceProcess
+    gateway: ServiceProcess
+
+
+@dataclass
 class Stack:
-    """A running PostgreSQL + SeaweedFS + claimer + gateway."""
+    """A running PostgreSQL + SeaweedFS + claimer + gateway (and, with ``secured``, a second
+    claimer + gateway pair on the same PostgreSQL and S3 that serves mutual TLS)."""
 
     s3: SeaweedS3
     bucket: str
@@ -151,58 +180,97 @@ class Stack:
     gateway_http: str
     claimer: ServiceProcess
     gateway: ServiceProcess
+    postgres: PostgresServer
+    secured: Pair | None = None
+    setup: Secured | None = None
+    """Certificates and token of the secured pair and its clients."""
 
 
 @contextmanager
-def running_stack(gateway_env: dict[str, str] | None = None) -> Iterator[Stack]:
-    """Start everything in a temporary directory; stop it all at exit."""
+def running_pair(
+    tmp: Path,
+    name: str,
+    database_url: str,
+    s3_env: dict[str, str],
+    claimer_env: dict[str, str],
+    gateway_env: dict[str, str],
+    credentials: grpc.ChannelCredentials | None = None,
+) -> Iterator[Pair]:
+    """A claimer and a gateway in front of it (``claimer_env`` and ``gateway_env`` last, so they
+    override; health checks over TLS with ``credentials``); stopped at exit."""
+    claimer_address = f"127.0.0.1:{free_port()}"
+    claimer = ServiceProcess(
+        "hevlayer-claimer",
+        name=f"{name}claimer",
+        env={
+            "DATABASE_URL": database_url,
+            "HEVLAYER_GRPC_ADDRESS": claimer_address,
+            "HEVLAYER_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
+            "HEVLAYER_LOG_LEVEL": "warning",
+            **s3_env,
+            **claimer_env,
+        },
+        log_path=tmp / f"{name}claimer.log",
+        grpc_address=claimer_address,
+    ).start()
+    gateway_address = f"127.0.0.1:{free_port()}"
+    gateway_http = f"127.0.0.1:{free_port()}"
+    gateway = ServiceProcess(
+        "hevlayer-gateway",
+        name=f"{name}gateway",
+        env={
+            "CLAIMER_ADDRESS": claimer_address,
+            "HEVLAYER_GRPC_ADDRESS": gateway_address,
+            "HEVLAYER_HTTP_ADDRESS": gateway_http,
+            "HEVLAYER_LOG_LEVEL": "warning",
+            "GATEWAY_CACHE_DIR": str(tmp / f"{name}cache"),
+            "GATEWAY_MILVUS_LITE_PATH": str(tmp / f"{name}vectors.db"),
+            **s3_env,
+            **gateway_env,
+        },
+        log_path=tmp / f"{name}gateway.log",
+        grpc_address=gateway_address,
+    )
+    try:
+        claimer.wait_ready(timeout=60, credentials=credentials)
+        gateway.start()
+        gateway.wait_ready(timeout=60, credentials=credentials)
+        yield Pair(gateway_address, gateway_http, claimer, gateway)
+    finally:
+        gateway.stop(grace=10)
+        claimer.stop(grace=10)
+
+
+@contextmanager
+def running_stack(gateway_env: dict[str, str] | None = None, secured: bool = False) -> Iterator[Stack]:
+    """Start everything in a temporary directory; stop it all at exit. With ``secured``, the
+    second pair too, with the certificates of a :class:`Secured` in that directory."""
     with tempfile.TemporaryDirectory(prefix="hevlayer-bench-") as tmp_text:
         tmp = Path(tmp_text)
-        with PostgresServer(settings=TEST_SETTINGS) as postgres, SeaweedS3() as s3:
+        with PostgresServer(settings=TEST_SETTINGS) as postgres, SeaweedS3() as s3, ExitStack() as pairs:
             database_url = postgres.create_database(f"bench_{uuid.uuid4().hex[:8]}")
             bucket = f"bench-{uuid.uuid4().hex[:8]}"
             s3.create_bucket(bucket)
             s3_env = s3.client_env(bucket)
-            claimer_address = f"127.0.0.1:{free_port()}"
-            claimer = ServiceProcess(
-                "hevlayer-claimer",
-                name="claimer",
-                env={
-                    "DATABASE_URL": database_url,
-                    "HEVLAYER_GRPC_ADDRESS": claimer_address,
-                    "HEVLAYER_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
-                    "HEVLAYER_LOG_LEVEL": "warning",
-                    **s3_env,
-                },
-                log_path=tmp / "claimer.log",
-                grpc_address=claimer_address,
-            ).start()
-            gateway_address = f"127.0.0.1:{free_port()}"
-            gateway_http = f"127.0.0.1:{free_port()}"
-            gateway = ServiceProcess(
-                "hevlayer-gateway",
-                name="gateway",
-                env={
-                    "CLAIMER_ADDRESS": claimer_address,
-                    "HEVLAYER_GRPC_ADDRESS": gateway_address,
-                    "HEVLAYER_HTTP_ADDRESS": gateway_http,
-                    "HEVLAYER_LOG_LEVEL": "warning",
-                    "GATEWAY_CACHE_DIR": str(tmp / "cache"),
-                    "GATEWAY_MILVUS_LITE_PATH": str(tmp / "vectors.db"),
-                    **s3_env,
-                    **(gateway_env or {}),
-                },
-                log_path=tmp / "gateway.log",
-                grpc_address=gateway_address,
+            plain = pairs.enter_context(running_pair(tmp, "", database_url, s3_env, {}, gateway_env or {}))
+            stack = Stack(
+                s3, bucket, plain.gateway_address, plain.gateway_http, plain.claimer, plain.gateway, postgres
             )
-            try:
-                claimer.wait_ready(timeout=60)
-                gateway.start()
-                gateway.wait_ready(timeout=60)
-                yield Stack(s3, bucket, gateway_address, gateway_http, claimer, gateway)
-            finally:
-                gateway.stop(grace=10)
-                claimer.stop(grace=10)
+            if secured:
+                setup = Secured.create(tmp / "pki")
+                stack.secured = pairs.enter_context(
+                    running_pair(
+                        tmp,
+                        "secured-",
+                        database_url,
+                        s3_env,
+                        setup.claimer_env(),
+                        {**(gateway_env or {}), **setup.gateway_env()},
+                        setup.credentials("probe"),
+                    )
+                )
+                stack.setup = setup
+            yield stack
 
 
 def scrape(http_address: str, name: str) -> dict[str, float]:
@@ -217,18 +285,26 @@ def scrape(http_address: str, name: str) -> dict[str, float]:
     return values
 
 
-async def create_pipeline(channel: aio.Channel, pipeline_id: str) -> None:
+async def create_pipeline(
+    channel: aio.Channel, pipeline_id: str, metadata: Sequence[tuple[str, str]] | None = None
+) -> None:
     """Create ``pipeline_id`` with server defaults."""
     stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
     await stub.CreatePipeline(
-        pipeline_pb2.CreatePipelineRequest(pipeline=pipeline_pb2.Pipeline(id=pipeline_id))
+        pipeline_pb2.CreatePipelineRequest(pipeline=pipeline_pb2.Pipeline(id=pipeline_id)), metadata=metadata
     )
 
 
 async def stage_all(
-    channel: aio.Channel, pipeline_id: str, documents: list[document_pb2.Document], batch: int, streams: int
+    channel: aio.Channel,
+    pipeline_id: str,
+    documents: list[document_pb2.Document],
+    batch: int,
+    streams: int,
+    metadata: Sequence[tuple[str, str]] | None = None,
 ) -> float:
-    """Stage ``documents`` over ``streams`` StageDocuments streams; seconds taken."""
+    """Stage ``documents`` over ``streams`` StageDocuments streams (each call with
+    ``metadata``); seconds taken."""
     stub = staging_pb2_grpc.StagingServiceStub(channel)
     parts = [documents[i::streams] for i in range(streams)]
 
@@ -240,7 +316,7 @@ async def stage_all(
                 )
 
         staged = 0
-        async for response in stub.StageDocuments(requests()):
+        async for response in stub.StageDocuments(requests(), metadata=metadata):
             for result in response.results:
                 if result.outcome != staging_pb2.STAGE_OUTCOME_STAGED:
                     raise RuntimeError(f"document {result.document_id} not staged: {result.error.message}")
@@ -296,6 +372,94 @@ def codec_figures(documents: list[document_pb2.Document]) -> None:
         )
 
 
+SECURED_PARTS = ("client", "gateway", "claimer", "PostgreSQL", "SeaweedFS")
+
+
+def _part_cpu(stack: Stack, pair: Pair) -> dict[str, float]:
+    """CPU seconds so far of each part a staging call runs through, ``pair`` being the one
+    called (the client is this process: its gRPC threads included)."""
+    return {
+        "client": time.process_time(),
+        "gateway": cpu_seconds(pair.gateway.pid),
+        "claimer": cpu_seconds(pair.claimer.pid),
+        "PostgreSQL": postgres_cpu_seconds(stack.postgres.data_dir),
+        "SeaweedFS": cpu_seconds(stack.s3.pid),
+    }
+
+
+async def secured_comparison(
+    stack: Stack, args: argparse.Namespace, documents: list[document_pb2.Document]
+) -> list[str]:
+    """``args.rounds`` rounds of staging ``documents`` through the plaintext pair and the
+    secured one, back to back (the order alternating), each round into new pipelines;
+    prints each round's rates; returns the lines of the summary (rates, ratios, CPU per
+    document of each part)."""
+    if stack.secured is None or stack.setup is None:
+        raise ValueError("secured_comparison: the stack was started without secured=True")
+    ca, chain, key = stack.setup.pem("worker")
+    metadata = stack.setup.metadata()
+    pairs = {
+        "plaintext": Pair(stack.gateway_address, stack.gateway_http, stack.claimer, stack.gateway),
+        "secured": stack.secured,
+    }
+    channels = {
+        "plaintext": open_channel(stack.gateway_address),
+        "secured": open_channel(
+            stack.secured.gateway_address,
+            ClientOptions(tls=TLS(root_certificates=ca, certificate_chain=chain, private_key=key)),
+        ),
+    }
+    call_metadata = {"plaintext": None, "secured": metadata}
+    rates: dict[str, list[float]] = {path: [] for path in pairs}
+    cpu = {path: dict.fromkeys(SECURED_PARTS, 0.0) for path in pairs}
+    try:
+        # the secured pair's warm-up (the plaintext one had its own before the first figures)
+        await create_pipeline(channels["secured"], "warm-secured", metadata)
+        warmup = make_documents(200, seed=1, prefix="warm")
+        await stage_all(channels["secured"], "warm-secured", warmup, args.batch, args.streams, metadata)
+        for round_number in range(args.rounds):
+            order = list(pairs) if round_number % 2 == 0 else list(reversed(pairs))
+            for path in order:
+                pipeline_id = f"{path}-{round_number}"
+                await create_pipeline(channels[path], pipeline_id, call_metadata[path])
+                before = _part_cpu(stack, pairs[path])
+                seconds = await stage_all(
+                    channels[path], pipeline_id, documents, args.batch, args.streams, call_metadata[path]
+                )
+                after = _part_cpu(stack, pairs[path])
+                for part in SECURED_PARTS:
+                    cpu[path][part] += after[part] - before[part]
+                rates[path].append(len(documents) * CHUNKS_PER_DOCUMENT / seconds)
+            print(
+                "secured path round: "
+                + ", ".join(f"{path} {rates[path][-1]:,.0f} chunks/s" for path in pairs),
+                flush=True,
+            )
+    finally:
+        for channel in channels.values():
+            await channel.close()
+    median = {path: statistics.median(values) for path, values in rates.items()}
+    staged = len(documents) * args.rounds
+    per_document = {path: sum(parts.values()) / staged for path, parts in cpu.items()}
+    paired = statistics.median(x / y for x, y in zip(rates["secured"], rates["plaintext"], strict=True))
+    lines = [
+        f"secured path: {args.rounds} rounds of {len(documents)} documents per pair "
+        "(plaintext and secured back to back, order alternating; medians)",
+        f"  plaintext (client -> gateway -> claimer, no TLS): {median['plaintext']:8.0f} chunks/s",
+        f"  secured (mutual TLS on both hops + authorization header): {median['secured']:8.0f} chunks/s",
+        f"ratio secured / plaintext: {median['secured'] / median['plaintext']:.2f} (goal >= {SECURED_GOAL}); "
+        f"median of the rounds' ratios {paired:.2f}; "
+        f"CPU per document, plaintext / secured: {per_document['plaintext'] / per_document['secured']:.2f}",
+        "CPU per document (core-microseconds):",
+    ]
+    for path, parts in cpu.items():
+        lines.append(
+            f"  {path}: {per_document[path] * 1e6:.0f} = "
+            + " + ".join(f"{name} {seconds / staged * 1e6:.0f}" for name, seconds in parts.items())
+        )
+    return lines
+
+
 async def run(args: argparse.Namespace) -> None:
     documents = make_documents(args.documents)
     warmup = make_documents(200, seed=1, prefix="warm")
@@ -305,7 +469,7 @@ async def run(args: argparse.Namespace) -> None:
         f"batches of {args.batch} documents, {args.streams} stream(s), compression {args.compression}"
     )
     codec_figures(documents[:2000])
-    with running_stack({"GATEWAY_PACK_COMPRESSION": args.compression}) as stack:
+    with running_stack({"GATEWAY_PACK_COMPRESSION": args.compression}, secured=args.secured) as stack:
         channel = open_channel(stack.gateway_address)
         try:
             await create_pipeline(channel, "bench")
@@ -320,6 +484,7 @@ async def run(args: argparse.Namespace) -> None:
         finally:
             await channel.close()
         base_seconds = await baseline_puts(stack.s3, stack.bucket, baseline_docs)
+        secured_lines = await secured_comparison(stack, args, documents) if args.secured else []
 
     chunks = len(documents) * CHUNKS_PER_DOCUMENT
     rate = chunks / seconds
@@ -346,6 +511,8 @@ async def run(args: argparse.Namespace) -> None:
     print(f"ratio StageDocuments / baseline: {rate / base_rate:.1f}x")
     goal = 5000
     print(f"goal >= {goal} chunks/s: {'met' if rate >= goal else 'NOT met'}")
+    for line in secured_lines:
+        print(line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,6 +524,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=100, help="documents per StageDocuments message")
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--compression", choices=["zstd", "none"], default="zstd")
+    parser.add_argument(
+        "--secured",
+        action="store_true",
+        help="then the secured path (mutual TLS + authorization header) against the plaintext one",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --secured: rounds of each path (medians)")
     args = parser.parse_args(argv)
     asyncio.run(run(args))
     return 0
