@@ -36,6 +36,17 @@ DIM = 4
 """The dimension of the stand-in embedding service's vectors."""
 
 
+def unreachable_turbopuffer() -> dict[str, str]:
+    """Gateway settings of a Turbopuffer sink nobody answers (for sink failures: 502,
+    UNAVAILABLE, sink error metrics): a free loopback port, no retries, short timeouts."""
+    return {
+        "GATEWAY_TURBOPUFFER_API_KEY": "test-key",
+        "GATEWAY_TURBOPUFFER_BASE_URL": f"http://127.0.0.1:{free_port()}",
+        "GATEWAY_TURBOPUFFER_MAX_RETRIES": "0",
+        "GATEWAY_SINK_TIMEOUT_SECONDS": "5",
+    }
+
+
 def embed(text: str) -> list[float]:
     """A deterministic unit vector for ``text`` (what :class:`FakeEmbedder` answers)."""
     digest = hashlib.sha256(text.encode()).digest()

@@ -21,6 +21,7 @@ from gateway.helpers import (
     fake_embedder,
     get_document,
     stage,
+    unreachable_turbopuffer,
     violations,
 )
 from google.protobuf import field_mask_pb2
@@ -32,7 +33,6 @@ from hevlayer.api.index.v1 import index_pb2_grpc
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.devstack import SeaweedS3
-from hevlayer.devstack.ports import free_port
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +52,7 @@ def gateway_stack(
         tmp_path_factory.mktemp("index"),
         {
             "EMBEDDER_ADDRESS": embedder_address,
-            "GATEWAY_TURBOPUFFER_API_KEY": "test-key",
-            "GATEWAY_TURBOPUFFER_BASE_URL": f"http://127.0.0.1:{free_port()}",
-            "GATEWAY_TURBOPUFFER_MAX_RETRIES": "0",
-            "GATEWAY_SINK_TIMEOUT_SECONDS": "5",
+            **unreachable_turbopuffer(),
         },
     )
     try:

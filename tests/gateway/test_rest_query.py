@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from gateway.conftest import GatewayStack, start_stack
-from gateway.helpers import embed, fake_embedder, http_json, unique
+from gateway.helpers import embed, fake_embedder, http_json, unique, unreachable_turbopuffer
 from gateway.openapi_check import check, errors, request_schema
 from google.protobuf import struct_pb2
 from grpc import aio
@@ -18,7 +18,6 @@ from grpc import aio
 from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
 from hevlayer.client.channel import open_channel
 from hevlayer.devstack import SeaweedS3
-from hevlayer.devstack.ports import free_port
 from hevlayer.gateway.openapi import openapi_document
 
 P = "/v2/pipelines/{pipeline_id}"
@@ -39,10 +38,7 @@ def gateway_stack(
             tmp_path_factory.mktemp("rest-query"),
             {
                 "EMBEDDER_ADDRESS": embedder_address,
-                "GATEWAY_TURBOPUFFER_API_KEY": "test-key",
-                "GATEWAY_TURBOPUFFER_BASE_URL": f"http://127.0.0.1:{free_port()}",
-                "GATEWAY_TURBOPUFFER_MAX_RETRIES": "0",
-                "GATEWAY_SINK_TIMEOUT_SECONDS": "5",
+                **unreachable_turbopuffer(),
             },
         )
         try:

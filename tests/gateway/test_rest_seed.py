@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 import yaml
 from gateway.conftest import GatewayStack, start_stack
-from gateway.helpers import http_json, pack_keys
+from gateway.helpers import http_json, pack_keys, unreachable_turbopuffer
 from gateway.openapi_check import check
 from prometheus_client.parser import text_string_to_metric_families
 
 from hevlayer.devstack import SeaweedS3
-from hevlayer.devstack.ports import free_port
 from hevlayer.gateway.openapi import openapi_document, openapi_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,9 +94,7 @@ def gateway_stack(
         s3,
         tmp_path_factory.mktemp("rest"),
         {
-            "GATEWAY_TURBOPUFFER_API_KEY": "test-key",
-            "GATEWAY_TURBOPUFFER_BASE_URL": f"http://127.0.0.1:{free_port()}",
-            "GATEWAY_TURBOPUFFER_MAX_RETRIES": "0",
+            **unreachable_turbopuffer(),
         },
     )
     try:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import pytest
 from gateway.conftest import GatewayStack, start_stack
-from gateway.helpers import claim, create_pipeline, document, metric_samples, stage
+from gateway.helpers import claim, create_pipeline, document, metric_samples, stage, unreachable_turbopuffer
 from grpc import aio
 
 from hevlayer.api.document.v1 import document_pb2
@@ -19,7 +19,6 @@ from hevlayer.api.index.v1 import index_pb2 as ix
 from hevlayer.api.index.v1 import index_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.devstack import SeaweedS3
-from hevlayer.devstack.ports import free_port
 
 METRIC = "hevlayer_gateway_sink_errors_total"
 OPERATIONS = ("open", "describe", "write", "delete", "query")
@@ -35,10 +34,7 @@ def gateway_stack(
         s3,
         tmp_path_factory.mktemp("sink-errors"),
         {
-            "GATEWAY_TURBOPUFFER_API_KEY": "test-key",
-            "GATEWAY_TURBOPUFFER_BASE_URL": f"http://127.0.0.1:{free_port()}",
-            "GATEWAY_TURBOPUFFER_MAX_RETRIES": "0",
-            "GATEWAY_SINK_TIMEOUT_SECONDS": "5",
+            **unreachable_turbopuffer(),
         },
     )
     try:
