@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from claims import complete_by_columns, create_pipeline, grpc_claim_loop, run_workers, start_process
+from claims import Metadata, complete_by_columns, create_pipeline, grpc_claim_loop, run_workers, start_process
 
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3
 
@@ -86,7 +86,12 @@ async def count_rows(dsn: str, pipeline_id: str, stop: asyncio.Event) -> int:
 
 
 async def complete_by_segment_lease(
-    stub: Any, pipeline_id: str, worker: str, ids: Sequence[str], tokens: Sequence[int]
+    stub: Any,
+    pipeline_id: str,
+    worker: str,
+    ids: Sequence[str],
+    tokens: Sequence[int],
+    metadata: Metadata = None,
 ) -> int:
     """TransitionDocuments naming each distinct token once (``segment_leases``); leases the
     claimer does not hold as segment leases (document rows) are completed one by one."""
@@ -99,14 +104,15 @@ async def complete_by_segment_lease(
             worker_id=worker,
             to_stage="indexed",
             segment_leases=list(dict.fromkeys(tokens)),
-        )
+        ),
+        metadata=metadata,
     )
     moved = sum(r.moved for r in result.segment_lease_results)
     rows = {r.fencing_token for r in result.segment_lease_results if not r.moved}
     if rows:
         pairs = [(i, t) for i, t in zip(ids, tokens, strict=True) if t in rows]
         moved += await complete_by_columns(
-            stub, pipeline_id, worker, [i for i, _ in pairs], [t for _, t in pairs]
+            stub, pipeline_id, worker, [i for i, _ in pairs], [t for _, t in pairs], metadata
         )
     return int(moved)
 
