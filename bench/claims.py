@@ -97,6 +97,26 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def claims_made(process: ServiceProcess, pipeline_id: str) -> float:
+    """Claim statements a claimer has run for ``pipeline_id`` (the count of its
+    ``layer_claim_latency_seconds`` histogram, from its /metrics)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    address = process.env["HEVLAYER_HTTP_ADDRESS"]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == "layer_claim_latency_seconds_count"
+                and sample.labels.get("pipeline_id") == pipeline_id
+            ):
+                return sample.value
+    return 0.0
+
+
 # -- setup -----------------------------------------------------------------------------
 
 
@@ -668,6 +688,9 @@ def main() -> None:
             latencies: dict[str, list[float]] = {path: [] for path in paths}
             # CPU seconds per path, per part (the machine is shared with other work, so the
             # parts are measured one by one, not as the machine's busy time)
+            # claim statements per path (the secured comparison's lines: fewer documents per claim
+            # means more PostgreSQL work per document)
+            claims: dict[str, float] = dict.fromkeys(paths, 0.0)
             cpu: dict[str, dict[str, float]] = {
                 path: {"PostgreSQL": 0.0, "workers": 0.0, "claimer": 0.0, "gateway": 0.0} for path in paths
             }
@@ -716,6 +739,8 @@ def main() -> None:
                     cpu[path]["claimer"] += cpu_seconds(servers[0].pid) - before[1]
                     cpu[path]["gateway"] += cpu_seconds(servers[1].pid) - before[2]
                     cpu[path]["workers"] += worker_cpu
+                    if secured_paths and path != "bare":
+                        claims[path] += claims_made(servers[0], pipeline)
                     rates[path].append(done / elapsed)
                     latencies[path].extend(x for x in phase_latencies if x > 0)
                 print(
@@ -756,7 +781,9 @@ def main() -> None:
         print(
             f"ratio {path} / {plain}: {median[path] / median[plain]:.2f} (goal >= {SECURED_GOAL}); "
             f"median of the rounds' ratios {paired:.2f}; "
-            f"CPU per document, {plain} / {path}: {per_document[plain] / per_document[path]:.2f}"
+            f"CPU per document, {plain} / {path}: {per_document[plain] / per_document[path]:.2f}; "
+            f"documents per claim statement: {plain} {documents / max(claims[plain], 1):,.0f}, "
+            f"{path} {documents / max(claims[path], 1):,.0f}"
         )
     print("CPU per document (core-microseconds):")
     for path, parts in cpu.items():
