@@ -21,10 +21,10 @@ baselines on the same PostgreSQL in the same run.
    gateway pair on the same PostgreSQL that serves mutual TLS on both hops (client to
    gateway, gateway to claimer, which accepts only the gateway's certificate); the
    workers open ``aio.secure_channel`` with a client certificate and send
-   ``authorization: Bearer <token>`` on every call. Until API tokens land the gateway
-   ignores that header: the secured path measures TLS and the header's bytes, not the
-   token check, whose cost is to be measured again when tokens land (bench/secured.py
-   is the one place their settings go). Goal: secured / plaintext >= 0.95.
+   ``authorization: Bearer <token>`` (a worker API token) on every call, which the
+   gateway verifies and checks against each method's role (bench/secured.py is the one
+   place these settings go); the plaintext pair runs with GATEWAY_AUTH=off and
+   CLAIMER_AUTH=off. Goal: secured / plaintext >= 0.95.
 
 Prints docs/s, the ratios (goals: gRPC >= 0.8 x bare, >= 50 x procrastinate)
 and the client-side claim latency p50/p99. Next to the ratio of the median
@@ -196,6 +196,9 @@ def start_process(
             "HEVLAYER_GRPC_ADDRESS": address,
             "HEVLAYER_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
             "HEVLAYER_LOG_LEVEL": "warning",
+            # The plaintext path: the bench calls the claimer directly, without the gateway's
+            # shared secret (CLAIMER_AUTH=off is unsafe outside a benchmark on loopback).
+            "CLAIMER_AUTH": "off",
             **env,
         },
         log_path=logs / f"{name or command}.log",
@@ -646,6 +649,8 @@ def main() -> None:
             {
                 "CLAIMER_ADDRESS": claimer_address,
                 "GATEWAY_MILVUS_LITE_PATH": str(logs / "vectors.db"),
+                # The plaintext path: no API tokens (the secured path checks them).
+                "GATEWAY_AUTH": "off",
                 **gateway_env,
             },
             logs,

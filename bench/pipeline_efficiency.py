@@ -59,10 +59,14 @@ from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
 from hevlayer.client.channel import open_channel
+from hevlayer.common.auth import generate_internal_token
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3, ServiceProcess
 from hevlayer.devstack.ports import free_port
 from hevlayer.embedder.onnx_model import OnnxEmbedder, RuntimeOptions, minilm_files
 from hevlayer.embedder.triton_local import LocalModel, LocalTriton
+
+INTERNAL_TOKEN = generate_internal_token()
+"""The shared secret of the claimer this bench starts and the gateway in front of it."""
 
 STAGES = ("read", "embed", "write", "transition", "heartbeat")
 
@@ -91,6 +95,10 @@ class Suite:
             name=command,
             env={
                 **self.common_env,
+                # The plaintext path: the gateway's shared secret for the claimer, no API tokens
+                # (the secured path is measured beside it; docs/security.md).
+                "CLAIMER_INTERNAL_TOKEN": INTERNAL_TOKEN,
+                "GATEWAY_AUTH": "off",
                 "HEVLAYER_GRPC_ADDRESS": grpc_address,
                 "HEVLAYER_HTTP_ADDRESS": http_address,
                 **env,

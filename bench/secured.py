@@ -1,7 +1,7 @@
 """The secured path of the benchmarks (bench/claims.py, bench/staging.py): what a
 claimer + gateway pair and its clients need to run it, from one place.
 
-Until API tokens land (branch ``security-auth``), "secured" means:
+"Secured" means:
 
 * **mutual TLS on every hop**: the client's channel to the gateway and the
   gateway's channel to the claimer. A throwaway CA (made here with
@@ -9,22 +9,19 @@ Until API tokens land (branch ``security-auth``), "secured" means:
   ``gateway``, ``worker``, ``probe``); each server serves TLS only and requires
   a client certificate of that CA; the claimer accepts only the gateway's
   (``HEVLAYER_TLS_ALLOWED_CLIENTS=gateway``, as in production);
-* **the authorization header**: every call of the benchmark's clients carries
-  ``authorization: Bearer <token>``, which the gateway of main ignores today. So the
-  bytes of the header are measured, the gateway's check of it is not.
+* **API tokens**: every call of the benchmark's clients carries
+  ``authorization: Bearer <token>``, a real API token of the clients' role (seeded
+  into the claimer by its hash), which the gateway verifies (GATEWAY_AUTH=on) and
+  checks against the method's role on every call. The claimer relies on mutual TLS
+  for the gateway's identity (no internal token).
 
-When tokens land, the token becomes real in :meth:`Secured.create` (an API token
-of the client's role, seeded into the claimer), and the servers' auth settings go
-into :meth:`Secured.claimer_env` / :meth:`Secured.gateway_env`: the benchmarks
-take everything from here, so nothing else changes. The auth check's cost is to
-be measured again then.
+The plaintext path next to it runs with GATEWAY_AUTH=off and CLAIMER_AUTH=off.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from hevlayer.common.auth import SeedToken, generate_token, write_seed_file
 
 PARTIES = ("claimer", "gateway", "worker", "probe")
 """Who gets a certificate: the two servers (whose certificates also serve their client
@@ -102,11 +101,13 @@ class Secured:
     """Sent as ``authorization: Bearer`` on every call of the benchmark's clients."""
 
     @classmethod
-    def create(cls, directory: Path) -> Secured:
-        """Certificates in ``directory`` and the clients' token. (Until API tokens land, a
-        random token of the same size, which the gateway does not check.)"""
+    def create(cls, directory: Path, role: str = "worker") -> Secured:
+        """Certificates in ``directory`` and the clients' API token of ``role`` (every pipeline),
+        written by hash to the claimer's bootstrap file."""
         issue_certificates(directory)
-        return cls(directory, f"hvl_bench_{secrets.token_urlsafe(32)}")
+        token = generate_token()
+        write_seed_file(directory / "bootstrap.json", [SeedToken.of(token, f"bench {role}", role)])
+        return cls(directory, token.secret)
 
     def _cert(self, party: str) -> str:
         return str(self.directory / f"{party}.pem")
@@ -122,8 +123,15 @@ class Secured:
         }
 
     def claimer_env(self) -> dict[str, str]:
-        """The claimer: mutual TLS, only the gateway's certificate may call."""
-        return {**self._server_env("claimer"), "HEVLAYER_TLS_ALLOWED_CLIENTS": "gateway"}
+        """The claimer: mutual TLS, only the gateway's certificate may call; the clients'
+        token seeded."""
+        return {
+            **self._server_env("claimer"),
+            "HEVLAYER_TLS_ALLOWED_CLIENTS": "gateway",
+            "CLAIMER_AUTH": "on",
+            "CLAIMER_INTERNAL_TOKEN": "",
+            "CLAIMER_BOOTSTRAP_TOKENS_FILE": str(self.directory / "bootstrap.json"),
+        }
 
     def gateway_env(self) -> dict[str, str]:
         """The gateway: mutual TLS for its clients, and its channel to the claimer over
@@ -133,6 +141,8 @@ class Secured:
             "HEVLAYER_CLIENT_TLS_CA": str(self.directory / "ca.pem"),
             "HEVLAYER_CLIENT_TLS_CERT": self._cert("gateway"),
             "HEVLAYER_CLIENT_TLS_KEY": self._key("gateway"),
+            "GATEWAY_AUTH": "on",
+            "CLAIMER_INTERNAL_TOKEN": "",
         }
 
     def pem(self, party: str = "worker") -> tuple[bytes, bytes, bytes]:

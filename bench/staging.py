@@ -12,10 +12,10 @@ With ``--secured``, then the secured path next to the plaintext one in the same 
 a second claimer + gateway pair on the same PostgreSQL and S3 serves mutual TLS on
 both hops (client to gateway, gateway to claimer, which accepts only the gateway's
 certificate), the client stages over TLS with a client certificate and sends
-``authorization: Bearer <token>`` on every call. Until API tokens land the gateway
-ignores that header: the secured path measures TLS and the header's bytes, not the
-token check, whose cost is to be measured again when tokens land (bench/secured.py
-is the one place their settings go). ``--rounds`` rounds stage ``--documents``
+``authorization: Bearer <token>`` (an admin API token: the client creates its
+pipelines) on every call, which the gateway verifies and checks (bench/secured.py is
+the one place these settings go); the plaintext pair runs with GATEWAY_AUTH=off and
+CLAIMER_AUTH=off. ``--rounds`` rounds stage ``--documents``
 documents through each pair back to back (the order alternating); prints the
 median chunks/s of each, the ratio of the medians, the median of the rounds' own
 ratios and the CPU per document of each process, counted until the servers are quiet
@@ -271,21 +271,26 @@ def running_stack(gateway_env: dict[str, str] | None = None, secured: bool = Fal
                 )
             if secured:
                 print(f"--secured: the gateways' disk caches are in {caches}")
+            # The plaintext pair: no TLS, no API tokens, no internal token.
             plain = pairs.enter_context(
                 running_pair(
                     tmp,
                     "",
                     database_url,
                     s3_env,
-                    {},
-                    {"GATEWAY_CACHE_DIR": str(caches / "cache"), **(gateway_env or {})},
+                    {"CLAIMER_AUTH": "off"},
+                    {
+                        "GATEWAY_AUTH": "off",
+                        "GATEWAY_CACHE_DIR": str(caches / "cache"),
+                        **(gateway_env or {}),
+                    },
                 )
             )
             stack = Stack(
                 s3, bucket, plain.gateway_address, plain.gateway_http, plain.claimer, plain.gateway, postgres
             )
             if secured:
-                setup = Secured.create(tmp / "pki")
+                setup = Secured.create(tmp / "pki", role="admin")
                 stack.secured = pairs.enter_context(
                     running_pair(
                         tmp,

@@ -29,8 +29,15 @@ from uuid import uuid4
 
 import pytest
 
+from hevlayer.common.auth import generate_internal_token
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3
 from hevlayer.devstack.testing import EXTERNAL_PIPELINES, LiveSuite, ServiceFactory, fresh_database
+
+# Every claimer requires the gateway's shared secret (CLAIMER_INTERNAL_TOKEN) and every
+# gateway sends it: the claimers and gateways the tests start inherit this session's one
+# (a test calling a claimer directly sends it with hevlayer.devstack.testing.claimer_metadata()).
+# `hevlayer up` (live_suite) makes its own, in its data directory.
+os.environ.setdefault("CLAIMER_INTERNAL_TOKEN", generate_internal_token())
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
@@ -113,6 +120,11 @@ def live_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSuite]:
         # The suite's embedder worker embeds every pipeline but these: tests of workers written in
         # other languages (tests/clients) run their own worker on pipelines named external-*.
         "EMBEDDER_WORKER_EXCLUDE_PIPELINES": f"{EXTERNAL_PIPELINES}*",
+        # Authentication off for this shared suite (explicit, unsafe outside tests): its tests
+        # drive it with clients in other languages and the grpcurl recipes of docs/grpcurl.md,
+        # which send no token. `hevlayer up` with authentication on is tested by
+        # tests/cli/test_cli_end_to_end.py, and every refusal by tests/gateway/test_auth.py.
+        "GATEWAY_AUTH": "off",
     }
     started = _hevlayer("--data-dir", data_dir, "up", "--detach", env=env, timeout=600)
     if started.returncode != 0:

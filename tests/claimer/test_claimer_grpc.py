@@ -42,7 +42,9 @@ def start_claimer(env: dict[str, str], tmp: Path) -> tuple[ServiceProcess, str, 
     process = ServiceProcess(
         "hevlayer-claimer",
         name="claimer",
-        env={"HEVLAYER_GRPC_ADDRESS": address, "HEVLAYER_HTTP_ADDRESS": http, **env},
+        # These tests play the gateway with bare stubs: the internal-token check is off here and
+        # tested in tests/gateway/test_auth.py (a claimer refusing calls without the secret).
+        env={"HEVLAYER_GRPC_ADDRESS": address, "HEVLAYER_HTTP_ADDRESS": http, "CLAIMER_AUTH": "off", **env},
         log_path=tmp / f"claimer-{uuid.uuid4().hex[:6]}.log",
         grpc_address=address,
     ).start()

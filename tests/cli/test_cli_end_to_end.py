@@ -18,6 +18,8 @@ process that ``hevlayer up`` starts with ``EMBEDDER_WORKER_PIPELINES=*``.
 from __future__ import annotations
 
 import asyncio
+import stat
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +33,9 @@ from hevlayer.cli.files import Root
 from hevlayer.cli.ingest import extract
 from hevlayer.cli.producers import Budget
 from hevlayer.cli.stack import EMBEDDER_WORKER_COMMAND, UpState, has_console_script
-from hevlayer.client import Client
+from hevlayer.client import Client, ClientOptions
+from hevlayer.common.auth import bearer_metadata
+from hevlayer.devstack.tokens import read_admin_token
 
 QUERIES = Path(__file__).with_name("queries.json")
 CORPUS_LINES = 40
@@ -49,6 +53,20 @@ class Suite:
     @property
     def env(self) -> dict[str, str]:
         return {"HEVLAYER_DATA_DIR": str(self.data_dir)}
+
+    @property
+    def address(self) -> str:
+        """The gateway's address now (a test restarts the suite, which may move it)."""
+        state = UpState.read(self.data_dir)
+        assert state is not None, "the suite is not running"
+        return state.gateway
+
+    @property
+    def options(self) -> ClientOptions:
+        """Client options with the admin token ``up`` wrote in the data directory."""
+        token = read_admin_token(self.data_dir)
+        assert token is not None, f"no admin token in {self.data_dir}"
+        return ClientOptions(metadata=[bearer_metadata(token)])
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +102,7 @@ def rows(suite: Suite, pipeline: str, document_id: str) -> set[str]:
     """The chunk ids of the document's rows in the index."""
 
     async def query() -> set[str]:
-        async with Client.connect(suite.gateway) as gateway:
+        async with Client.connect(suite.gateway, suite.options) as gateway:
             hits = await gateway.index.query(
                 pipeline, "anything", top_k=1000, filter={"document_id": document_id}
             )
@@ -215,3 +233,66 @@ def test_down_then_a_second_up_reuses_the_data(suite: Suite, tmp_path: Path) -> 
     assert str(paths["guide.md"]) in search_paths(suite, pipeline, honey, "-k", "3")
     again = add(suite, pipeline, tree)
     assert line(again, "queued ").startswith("queued 0, unchanged 7, deleted 0"), again
+
+
+# -- authentication, on by default ---------------------------------------------------------------
+
+
+def test_up_writes_an_owner_only_admin_token_that_the_cli_uses(suite: Suite, tmp_path: Path) -> None:
+    tokens = suite.data_dir / "tokens"
+    admin = tokens / "admin.token"
+    assert stat.S_IMODE(tokens.stat().st_mode) == 0o700
+    for secret_file in tokens.glob("*.token"):
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600, secret_file
+    secret = admin.read_text().strip()
+    assert secret.startswith("hvl_")
+    assert secret not in (tokens / "bootstrap.json").read_text()
+    listed = hevlayer("pipelines", "list", env=suite.env)
+    assert listed.returncode == 0, listed
+    # The same gateway without the data directory's token: refused, the hint names the token.
+    bare = hevlayer("--data-dir", tmp_path, "--gateway", suite.address, "pipelines", "list")
+    assert bare.returncode == 1, bare
+    assert "UNAUTHENTICATED" in bare.stderr
+    assert "--token" in bare.stderr
+
+
+def test_tokens_create_list_and_revoke(suite: Suite, tmp_path: Path) -> None:
+    pipeline = f"tok-{uuid.uuid4().hex[:6]}"
+    create(suite, pipeline)
+    created = hevlayer("tokens", "create", "ci reader", "--role", "reader", "-p", pipeline, env=suite.env)
+    assert created.returncode == 0, created
+    secret = created.stdout.strip()
+    token_id = secret.split("_")[1]
+    assert "shown only now" in created.stderr
+    listed = hevlayer("tokens", "list", env=suite.env)
+    assert listed.returncode == 0, listed
+    [row] = [r for r in listed.stdout.splitlines() if r.startswith(token_id)]
+    assert "reader" in row
+    assert pipeline in row
+    assert secret.rsplit("_", 1)[-1] not in listed.stdout
+
+    as_reader = {
+        "HEVLAYER_DATA_DIR": str(tmp_path),
+        "HEVLAYER_GATEWAY": suite.address,
+        "HEVLAYER_TOKEN": secret,
+    }
+    status = hevlayer("status", "-p", pipeline, env=as_reader)
+    assert status.returncode == 0, status
+    denied = hevlayer("pipelines", "create", f"x-{pipeline}", env=as_reader)
+    assert denied.returncode == 1, denied
+    assert "PERMISSION_DENIED" in denied.stderr
+    assert secret not in denied.stderr + denied.stdout
+
+    revoked = hevlayer("tokens", "revoke", token_id, env=suite.env)
+    assert revoked.returncode == 0, revoked
+    assert hevlayer("tokens", "list", env=suite.env).stdout.count(token_id) == 0
+    assert token_id in hevlayer("tokens", "list", "--all", env=suite.env).stdout
+    # Refused once the gateway's cache lets the token go (GATEWAY_AUTH_CACHE_SECONDS, 5 s by default).
+    deadline = time.monotonic() + 60
+    while True:
+        after = hevlayer("status", "-p", pipeline, env=as_reader)
+        if after.returncode == 1 and "UNAUTHENTICATED" in after.stderr:
+            break
+        assert after.returncode == 0, after
+        assert time.monotonic() < deadline, "the revoked token was still accepted after 60 s"
+        time.sleep(0.5)

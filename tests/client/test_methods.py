@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from hevlayer.api.claimer.v1 import document_state_pb2
+from hevlayer.api.auth.v1 import auth_pb2
+from hevlayer.api.claimer.v1 import document_state_pb2, token_verification_pb2
 from hevlayer.api.embedding.v1 import embedding_pb2
 from hevlayer.api.index.v1 import index_pb2
 from hevlayer.api.lease.v1 import lease_pb2
@@ -16,7 +17,17 @@ from hevlayer.api.summary.v1 import summary_pb2
 from hevlayer.client.methods import BY_NAME, METHODS
 from hevlayer.client.options import ClientOptions, RetryPolicy
 
-MODULES = [pipeline_pb2, staging_pb2, lease_pb2, index_pb2, embedding_pb2, summary_pb2, document_state_pb2]
+MODULES = [
+    pipeline_pb2,
+    staging_pb2,
+    lease_pb2,
+    index_pb2,
+    embedding_pb2,
+    summary_pb2,
+    auth_pb2,
+    document_state_pb2,
+    token_verification_pb2,
+]
 
 
 def test_every_rpc_of_every_service_is_listed_once() -> None:

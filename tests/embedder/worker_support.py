@@ -77,6 +77,9 @@ def start_stack(
             "GATEWAY_CACHE_DIR": str(tmp / "cache"),
             "GATEWAY_MILVUS_LITE_PATH": str(milvus_path),
             "EMBEDDER_ADDRESS": embedder_address,
+            # The worker tests exercise batching, credits and faults; authentication is tested
+            # in tests/gateway/test_auth.py.
+            "GATEWAY_AUTH": "off",
         }
         gateway = ServiceProcess(
             "hevlayer-gateway",

@@ -72,6 +72,10 @@ def start_gateway(
             "HEVLAYER_SHUTDOWN_GRACE_SECONDS": "5",
             "GATEWAY_MILVUS_LITE_PATH": str(tmp / f"vectors-{suffix}.db"),
             "GATEWAY_CACHE_DIR": str(tmp / f"cache-{suffix}"),
+            # Off unless a test turns it on (GATEWAY_AUTH="on" in ``extra``): the tests on these
+            # stacks (foundation, gateway, cli) exercise staging, leases, sinks and errors with
+            # bare stubs; tests/gateway/test_auth.py runs a gateway with it on.
+            "GATEWAY_AUTH": "off",
             **extra,
         },
         log_path=tmp / f"gateway-{uuid.uuid4().hex[:6]}.log",

@@ -19,6 +19,7 @@ from hevlayer.api.pipeline.v1 import pipeline_pb2_grpc
 from hevlayer.client.channel import open_channel
 from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack.ports import free_port
+from hevlayer.devstack.testing import claimer_metadata
 
 
 def _retry_delay(error: aio.AioRpcError) -> float | None:
@@ -57,7 +58,7 @@ async def test_postgres_unreachable_is_unavailable_with_retry_info(tmp_path: Pat
         # The gateway answers, but is not ready: its claimer is not (tests/gateway/test_gateway_readiness.py).
         await _wait_health(gateway_address, health_pb2.HealthCheckResponse.NOT_SERVING)
         for address in (claimer_address, gateway_address):
-            async with open_channel(address) as channel:
+            async with open_channel(address, metadata=claimer_metadata()) as channel:
                 stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
                 with pytest.raises(aio.AioRpcError) as caught:
                     await stub.CreatePipeline(
@@ -103,7 +104,7 @@ async def test_claimer_recovers_when_postgres_appears_later(tmp_path: Path, slic
         finally:
             await conn.close()
         await _wait_health(claimer_address, health_pb2.HealthCheckResponse.SERVING, timeout=30)
-        async with open_channel(claimer_address) as channel:
+        async with open_channel(claimer_address, metadata=claimer_metadata()) as channel:
             stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
             created = await stub.CreatePipeline(pb.CreatePipelineRequest(pipeline=pb.Pipeline(id="late")))
             assert created.pipeline.id == "late"
@@ -116,7 +117,7 @@ async def test_sigterm_drains_open_streams_and_exits_cleanly(tmp_path: Path, sli
     claimer, claimer_address, _ = start_claimer(slice_stack.database_url, tmp_path, traces)
     try:
         claimer.wait_ready(timeout=60)
-        async with open_channel(claimer_address) as channel:
+        async with open_channel(claimer_address, metadata=claimer_metadata()) as channel:
             stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
             pid = f"drain-{uuid.uuid4().hex[:8]}"
             await stub.CreatePipeline(pb.CreatePipelineRequest(pipeline=pb.Pipeline(id=pid)))

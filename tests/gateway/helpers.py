@@ -235,11 +235,13 @@ async def eventually(
         await asyncio.sleep(0.1)
 
 
-def http_json(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    """One HTTP request with a JSON body; (status, decoded JSON or text)."""
+def http_json(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """One HTTP request with a JSON body (and ``headers``); (status, decoded JSON or text)."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
-        url, data=data, method=method, headers={"content-type": "application/json"}
+        url, data=data, method=method, headers={"content-type": "application/json", **(headers or {})}
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:

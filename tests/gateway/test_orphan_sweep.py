@@ -24,6 +24,7 @@ from grpc import aio
 from hevlayer.api.claimer.v1 import document_state_pb2, document_state_pb2_grpc
 from hevlayer.client.channel import open_channel
 from hevlayer.common.config import ConfigError, load_settings
+from hevlayer.devstack.testing import claimer_metadata
 from hevlayer.gateway.cache import NoCache, ResilientCache
 from hevlayer.gateway.chunkstore import ChunkStore, new_pack_key, open_s3_client
 from hevlayer.gateway.claimer_client import ClaimerClient
@@ -37,7 +38,7 @@ HOUR_NS = 3600 * 10**9
 async def stager(gateway_stack: GatewayStack) -> AsyncIterator[Stager]:
     async with AsyncExitStack() as stack:
         client = await open_s3_client(s3_settings(gateway_stack.s3, gateway_stack.bucket), stack)
-        channel = open_channel(gateway_stack.claimer_address)
+        channel = open_channel(gateway_stack.claimer_address, metadata=claimer_metadata())
         stack.push_async_callback(channel.close)
         yield Stager(
             ClaimerClient(channel),
@@ -83,7 +84,7 @@ async def test_get_live_objects_validates_and_answers_in_order(
     pid = await create_pipeline(channel)
     await stage(channel, pid, [document("x")])
     [live] = pack_keys(gateway_stack.s3, gateway_stack.bucket, pid)
-    direct = open_channel(gateway_stack.claimer_address)
+    direct = open_channel(gateway_stack.claimer_address, metadata=claimer_metadata())
     try:
         stub = document_state_pb2_grpc.DocumentStateServiceStub(direct)
         answer = await stub.GetLiveObjects(

@@ -30,6 +30,7 @@ from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2 as st
 from hevlayer.api.staging.v1 import staging_pb2_grpc
 from hevlayer.client.channel import open_channel
+from hevlayer.devstack.testing import claimer_metadata
 from hevlayer.gateway.chunkstore import read_pack_index
 
 STAGED = st.STAGE_OUTCOME_STAGED
@@ -293,7 +294,7 @@ async def test_a_refused_record_deletes_its_pack(channel: aio.Channel, gateway_s
     await stage(channel, pid, [document("first")])
     [kept] = pack_keys(gateway_stack.s3, gateway_stack.bucket, pid)
     # Delete the pipeline behind the gateway's back, straight at the claimer.
-    direct = open_channel(gateway_stack.claimer_address)
+    direct = open_channel(gateway_stack.claimer_address, metadata=claimer_metadata())
     try:
         await pipeline_pb2_grpc.PipelineServiceStub(direct).DeletePipeline(
             pipeline_pb2.DeletePipelineRequest(pipeline_id=pid)

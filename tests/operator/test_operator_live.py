@@ -661,10 +661,12 @@ async def test_real_gateway(
     assert claimer.grpc_address is not None
     gateway_process = service_factory(
         "hevlayer-gateway",
+        # The operator's pipeline sync is under test here; authentication is in tests/gateway/test_auth.py.
         env={
             "CLAIMER_ADDRESS": claimer.grpc_address,
             "GATEWAY_MILVUS_LITE_PATH": str(tmp_path / "vectors.db"),
             "GATEWAY_CACHE_DIR": str(tmp_path / "cache"),
+            "GATEWAY_AUTH": "off",
             **s3.client_env(s3_bucket),
         },
         ready_timeout=60,

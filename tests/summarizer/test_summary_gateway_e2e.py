@@ -80,6 +80,8 @@ async def test_summaries_land_in_the_gateway_and_survive_a_restart(
             "CLAIMER_ADDRESS": claimer.grpc_address,
             "GATEWAY_CACHE_DIR": str(tmp_path / "gw"),
             "GATEWAY_MILVUS_LITE_PATH": str(tmp_path / "vectors.db"),
+            # The Job Lane is under test; authentication is in tests/gateway/test_auth.py.
+            "GATEWAY_AUTH": "off",
             **s3_env,
         },
         ready_timeout=60,

@@ -34,7 +34,9 @@ from hevlayer.client.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ServiceError,
+    Unauthenticated,
     Unavailable,
     Violation,
     is_definite_failure,
@@ -47,6 +49,7 @@ from hevlayer.client.pipelines import PipelinesClient
 from hevlayer.client.staging import StagingClient
 from hevlayer.client.summaries import SummariesClient
 from hevlayer.client.sync import SyncClient
+from hevlayer.client.tokens import TokensClient
 from hevlayer.client.types import (
     Claim,
     DocumentVectors,
@@ -83,6 +86,7 @@ __all__ = [
     "LeaseRef",
     "LeasesClient",
     "NotFound",
+    "PermissionDenied",
     "Pipeline",
     "PipelinesClient",
     "QueueBackend",
@@ -95,8 +99,10 @@ __all__ = [
     "StagingClient",
     "SummariesClient",
     "SyncClient",
+    "TokensClient",
     "Transition",
     "TransitionOutcome",
+    "Unauthenticated",
     "Unavailable",
     "Vector",
     "Violation",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 from grpc import aio
 
@@ -9,12 +11,18 @@ from hevlayer.client.options import ClientOptions
 from hevlayer.common.interceptors import client_interceptors
 
 
-def open_channel(target: str, options: ClientOptions | None = None) -> aio.Channel:
+def open_channel(
+    target: str, options: ClientOptions | None = None, *, metadata: Sequence[tuple[str, str]] = ()
+) -> aio.Channel:
     """An aio channel to ``target`` (``host:port``): TLS when ``options.tls`` is set
     (with ``call_credentials`` composed in), plaintext otherwise; the retry policy,
-    keepalive and message limits of ``options``; client spans unless ``traced`` is off."""
+    keepalive and message limits of ``options``; client spans unless ``traced`` is off.
+    ``metadata`` goes with every call of the channel, even of bare stubs (unlike
+    ``options.metadata``, which the service clients send)."""
     options = options or ClientOptions()
-    interceptors = client_interceptors() if options.traced else None
+    interceptors = (
+        client_interceptors(metadata, traced=options.traced) if options.traced or metadata else None
+    )
     args = options.channel_args()
     if options.tls is not None:
         credentials = options.tls.credentials()

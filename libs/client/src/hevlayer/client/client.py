@@ -15,6 +15,7 @@ from hevlayer.client.options import ClientOptions
 from hevlayer.client.pipelines import PipelinesClient
 from hevlayer.client.staging import StagingClient
 from hevlayer.client.summaries import SummariesClient
+from hevlayer.client.tokens import TokensClient
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
 
@@ -37,6 +38,7 @@ class Client:
         self.index = IndexClient(channel, self.options)
         self.embedding = EmbeddingClient(channel, self.options)
         self.summaries = SummariesClient(channel, self.options)
+        self.tokens = TokensClient(channel, self.options)
 
     @classmethod
     def connect(cls, target: str = DEFAULT_GATEWAY, options: ClientOptions | None = None) -> Client:

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hevlayer.api.claimer.v1 import document_state_pb2
+from hevlayer.api.auth.v1 import auth_pb2
+from hevlayer.api.claimer.v1 import document_state_pb2, token_verification_pb2
 from hevlayer.api.embedding.v1 import embedding_pb2
 from hevlayer.api.index.v1 import index_pb2
 from hevlayer.api.lease.v1 import lease_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.api.staging.v1 import staging_pb2
 from hevlayer.api.summary.v1 import summary_pb2
+from hevlayer.common.auth import READER, STAGER, WORKER
 
 
 def _service(module: object, name: str) -> str:
@@ -42,8 +44,11 @@ LEASE_SERVICE = _service(lease_pb2, "LeaseService")
 INDEX_SERVICE = _service(index_pb2, "IndexService")
 EMBEDDING_SERVICE = _service(embedding_pb2, "EmbeddingService")
 SUMMARY_SERVICE = _service(summary_pb2, "SummaryService")
+TOKEN_SERVICE = _service(auth_pb2, "TokenService")
 DOCUMENT_STATE_SERVICE = _service(document_state_pb2, "DocumentStateService")
 """The claimer's internal service (the gateway is its only caller)."""
+TOKEN_VERIFICATION_SERVICE = _service(token_verification_pb2, "TokenVerificationService")
+"""The claimer's internal token lookup (the gateway is its only caller)."""
 
 UNARY = 30.0
 """Default deadline of a unary call, seconds."""
@@ -91,6 +96,9 @@ METHODS: tuple[Method, ...] = (
     Method(SUMMARY_SERVICE, "WatchJob", True, None),
     Method(SUMMARY_SERVICE, "GetSummary", True, UNARY),
     Method(SUMMARY_SERVICE, "CancelJob", True, UNARY),
+    Method(TOKEN_SERVICE, "CreateToken", False, UNARY),
+    Method(TOKEN_SERVICE, "ListTokens", True, UNARY),
+    Method(TOKEN_SERVICE, "RevokeToken", True, UNARY),
     Method(DOCUMENT_STATE_SERVICE, "RecordStaged", False, UNARY),
     Method(DOCUMENT_STATE_SERVICE, "CheckLeases", True, UNARY),
     Method(DOCUMENT_STATE_SERVICE, "EnqueueIds", False, 600.0),
@@ -99,6 +107,7 @@ METHODS: tuple[Method, ...] = (
     Method(DOCUMENT_STATE_SERVICE, "ForgetDocuments", False, UNARY),
     Method(DOCUMENT_STATE_SERVICE, "GetContentHashes", True, UNARY),
     Method(DOCUMENT_STATE_SERVICE, "GetLiveObjects", True, UNARY),
+    Method(TOKEN_VERIFICATION_SERVICE, "VerifyToken", True, UNARY),
 )
 
 BY_NAME: dict[str, Method] = {m.full_name: m for m in METHODS}
@@ -107,3 +116,74 @@ BY_NAME: dict[str, Method] = {m.full_name: m for m in METHODS}
 def method(service: str, name: str) -> Method:
     """The :class:`Method` of ``service``/``name`` (KeyError if it is not public)."""
     return BY_NAME[f"/{service}/{name}"]
+
+
+# -- Who may call what ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may make one RPC: the roles besides ``admin`` (which may make every call), and
+    which request field names the pipeline the call acts on."""
+
+    roles: frozenset[str]
+    """Roles allowed besides admin; empty: admin only."""
+    pipeline_field: str | None = "pipeline_id"
+    """Dotted path of the request field naming the pipeline (``pipeline.id``, ``open.pipeline_id``);
+    None: the call names no pipeline (ListPipelines answers only the token's pipelines)."""
+    internal: bool = False
+    """An internal RPC (claimer): no API token may make it; the caller proves it is the gateway
+    (CLAIMER_INTERNAL_TOKEN or, with mutual TLS, its certificate)."""
+
+
+_READ = frozenset({STAGER, WORKER, READER})
+_LEASES = frozenset({STAGER, WORKER})
+_INTERNAL = Access(frozenset(), None, internal=True)
+
+ACCESS: dict[str, Access] = {
+    f"/{service}/{name}": access
+    for service, name, access in (
+        (PIPELINE_SERVICE, "CreatePipeline", Access(frozenset(), "pipeline.id")),
+        (PIPELINE_SERVICE, "GetPipeline", Access(_READ)),
+        (PIPELINE_SERVICE, "ListPipelines", Access(_READ, None)),
+        (PIPELINE_SERVICE, "UpdatePipeline", Access(frozenset(), "pipeline.id")),
+        (PIPELINE_SERVICE, "DeletePipeline", Access(frozenset())),
+        (PIPELINE_SERVICE, "GetPipelineStatus", Access(_READ)),
+        (PIPELINE_SERVICE, "WatchPipelineStatus", Access(_READ)),
+        (STAGING_SERVICE, "StageDocuments", Access(frozenset({STAGER}))),
+        (STAGING_SERVICE, "EnqueueDocuments", Access(frozenset({STAGER}))),
+        (STAGING_SERVICE, "ReadChunks", Access(frozenset({WORKER}))),
+        (STAGING_SERVICE, "GetDocument", Access(frozenset({STAGER}))),
+        (STAGING_SERVICE, "ListDocuments", Access(frozenset({STAGER}))),
+        (STAGING_SERVICE, "DeleteDocuments", Access(frozenset({STAGER}))),
+        # CPU workers of the Object Lane claim ids from their own stage (extract) and stage them.
+        (LEASE_SERVICE, "ClaimDocuments", Access(_LEASES)),
+        (LEASE_SERVICE, "HeartbeatLeases", Access(_LEASES)),
+        (LEASE_SERVICE, "TransitionDocuments", Access(_LEASES)),
+        (LEASE_SERVICE, "StreamLeases", Access(_LEASES, "open.pipeline_id")),
+        (INDEX_SERVICE, "WriteVectors", Access(frozenset({WORKER}))),
+        (INDEX_SERVICE, "Query", Access(frozenset({READER}))),
+        (EMBEDDING_SERVICE, "Embed", Access(frozenset({WORKER, READER}), None)),
+        (EMBEDDING_SERVICE, "DescribeModel", Access(frozenset({WORKER, READER}), None)),
+        (SUMMARY_SERVICE, "SubmitJob", Access(frozenset({STAGER}))),
+        (SUMMARY_SERVICE, "WatchJob", Access(frozenset({STAGER, READER}), None)),
+        (SUMMARY_SERVICE, "GetSummary", Access(frozenset({STAGER, READER}), None)),
+        (SUMMARY_SERVICE, "CancelJob", Access(frozenset({STAGER}), None)),
+        (TOKEN_SERVICE, "CreateToken", Access(frozenset(), None)),
+        (TOKEN_SERVICE, "ListTokens", Access(frozenset(), None)),
+        (TOKEN_SERVICE, "RevokeToken", Access(frozenset(), None)),
+        (DOCUMENT_STATE_SERVICE, "RecordStaged", _INTERNAL),
+        (DOCUMENT_STATE_SERVICE, "CheckLeases", _INTERNAL),
+        (DOCUMENT_STATE_SERVICE, "EnqueueIds", _INTERNAL),
+        (DOCUMENT_STATE_SERVICE, "DescribeDocument", _INTERNAL),
+        (DOCUMENT_STATE_SERVICE, "ScanDocuments", _INTERNAL),
+        (DOCUMENT_STATE_SERVICE, "ForgetDocuments", _INTERNAL),
+        (DOCUMENT_STATE_SERVICE, "GetContentHashes", _INTERNAL),
+        (DOCUMENT_STATE_SERVICE, "GetLiveObjects", _INTERNAL),
+        (TOKEN_VERIFICATION_SERVICE, "VerifyToken", _INTERNAL),
+    )
+}
+"""The role every RPC needs and where its pipeline is: the one table the gateway's
+interceptor and REST middleware enforce (docs/security.md prints it). The gateway refuses a
+method missing here to every token, admin's included, and tests/client/test_access.py fails
+when a method of any service has no entry: a new RPC cannot ship open."""

@@ -1,5 +1,6 @@
-"""Client TLS from the environment: the one place every hevlayer process turns
-``HEVLAYER_CLIENT_TLS_*`` into :class:`~hevlayer.client.options.ClientOptions`.
+"""Client TLS and the API token from the environment: the one place every hevlayer process
+turns ``HEVLAYER_CLIENT_TLS_*`` and ``HEVLAYER_TOKEN`` / ``HEVLAYER_TOKEN_FILE`` into
+:class:`~hevlayer.client.options.ClientOptions`.
 
 Every internal channel (gateway to claimer and embedder, embedder to gateway
 and Triton, summarizer to gateway, operator to gateway) and the ``hevlayer``
@@ -9,6 +10,9 @@ command open their channels with :meth:`ClientTLSSettings.options`:
 * ``HEVLAYER_CLIENT_TLS_CA``: TLS, the server's certificate checked against that CA;
 * with ``HEVLAYER_CLIENT_TLS_CERT`` and ``HEVLAYER_CLIENT_TLS_KEY`` too: mutual TLS,
   the process presents that certificate (servers with ``HEVLAYER_TLS_CLIENT_CA`` require one).
+
+and with ``HEVLAYER_TOKEN`` (or ``HEVLAYER_TOKEN_FILE``) every call carries that API token
+(``authorization: Bearer``; docs/security.md).
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from hevlayer.client.options import TLS, ClientOptions
+from hevlayer.common.auth import TOKEN_ENV, bearer_metadata
 from hevlayer.common.config import ConfigError, load_settings, setting
 from hevlayer.common.tls import check_ca_file, check_key_pair
 
 CA_ENV = "HEVLAYER_CLIENT_TLS_CA"
 CERT_ENV = "HEVLAYER_CLIENT_TLS_CERT"
 KEY_ENV = "HEVLAYER_CLIENT_TLS_KEY"
+TOKEN_FILE_ENV = f"{TOKEN_ENV}_FILE"
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,19 @@ class ClientTLSSettings:
         "",
     )
     key: str = setting(KEY_ENV, "PEM file of the private key of HEVLAYER_CLIENT_TLS_CERT (unencrypted).", "")
+    token: str = setting(
+        TOKEN_ENV,
+        "API token sent as authorization: Bearer on every call to the gateway (the embedder worker, the "
+        "summarizer, the operator, the CLI). Empty: HEVLAYER_TOKEN_FILE, else none.",
+        "",
+        secret=True,
+    )
+    token_file: str = setting(
+        TOKEN_FILE_ENV,
+        "File holding the API token (e.g. a mounted Kubernetes secret), read at start when "
+        "HEVLAYER_TOKEN is empty.",
+        "",
+    )
 
     @property
     def enabled(self) -> bool:
@@ -61,6 +80,21 @@ class ClientTLSSettings:
             check_ca_file(self.ca, CA_ENV)
         if self.cert:
             check_key_pair(self.cert, self.key, CERT_ENV, KEY_ENV)
+        if not self.token and self.token_file:
+            try:
+                Path(self.token_file).read_text()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{TOKEN_FILE_ENV}: cannot read {self.token_file}: {exc.strerror}"
+                ) from None
+
+    def api_token(self) -> str:
+        """The API token (HEVLAYER_TOKEN, else the content of HEVLAYER_TOKEN_FILE); "" if none."""
+        if self.token:
+            return self.token.strip()
+        if self.token_file:
+            return Path(self.token_file).read_text().strip()
+        return ""
 
     def tls(self) -> TLS | None:
         """The :class:`TLS` these settings describe (None: plaintext)."""
@@ -72,9 +106,17 @@ class ClientTLSSettings:
             private_key=Path(self.key).read_bytes() if self.key else None,
         )
 
-    def options(self, base: ClientOptions | None = None, **fields: Any) -> ClientOptions:
-        """``base`` (default :class:`ClientOptions`) with ``fields`` replaced and TLS from these settings."""
-        return dataclasses.replace(base or ClientOptions(), **fields, tls=self.tls())
+    def options(
+        self, base: ClientOptions | None = None, *, api_token: bool = True, **fields: Any
+    ) -> ClientOptions:
+        """``base`` (default :class:`ClientOptions`) with ``fields`` replaced, TLS from these
+        settings and, unless ``api_token`` is off (the gateway's own channels), the API token
+        added to the metadata."""
+        options = dataclasses.replace(base or ClientOptions(), **fields, tls=self.tls())
+        token = self.api_token() if api_token else ""
+        if token:
+            options = dataclasses.replace(options, metadata=[*options.metadata, bearer_metadata(token)])
+        return options
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ClientTLSSettings:
@@ -83,6 +125,7 @@ class ClientTLSSettings:
 
 
 def client_options_from_env(**fields: Any) -> ClientOptions:
-    """:class:`ClientOptions` with ``fields`` and TLS from ``HEVLAYER_CLIENT_TLS_*`` (ConfigError
-    naming the variable when one is unusable)."""
+    """:class:`ClientOptions` with ``fields``, TLS from ``HEVLAYER_CLIENT_TLS_*`` and the API token
+    of ``HEVLAYER_TOKEN``/``HEVLAYER_TOKEN_FILE`` (ConfigError naming the variable when one is
+    unusable)."""
     return ClientTLSSettings.from_env().options(**fields)

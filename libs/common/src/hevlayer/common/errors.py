@@ -132,6 +132,21 @@ class ResourceExhausted(ServiceError):
     default_reason = "RESOURCE_EXHAUSTED"
 
 
+class Unauthenticated(ServiceError):
+    """UNAUTHENTICATED: the call carries no token, or one that is unknown or revoked.
+    The message never contains the token."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ServiceError):
+    """PERMISSION_DENIED: a valid token whose role or pipelines do not cover the call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
 class Internal(ServiceError):
     """INTERNAL: a bug; the message is safe to show, details are in the logs."""
 
@@ -148,6 +163,8 @@ _BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
         FailedPrecondition,
         Unavailable,
         ResourceExhausted,
+        Unauthenticated,
+        PermissionDenied,
         Internal,
     )
 }

@@ -13,7 +13,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -341,22 +341,28 @@ def _end_span_when_done(span: trace.Span, call: Any) -> None:
 
 
 class _ClientTracing:
+    def __init__(self, metadata: Sequence[tuple[str, str]] = (), traced: bool = True) -> None:
+        self._extra = tuple(metadata)
+        self._traced_calls = traced
+
     async def _traced(self, continuation: Any, details: Any, request: Any) -> Any:
-        """Start the call under a CLIENT span that ends with the call's status.
+        """Start the call under a CLIENT span that ends with the call's status (when
+        traced), with the channel's own metadata added.
 
         grpc.aio files each interceptor under one call kind only, hence one
         class per kind below, all sharing this body."""
-        span, carrier = start_client_span(details.method)
+        span, carrier = start_client_span(details.method) if self._traced_calls else (None, [])
         existing = [(k, v) for k, v in (details.metadata or ()) if k not in ("traceparent", "tracestate")]
         details = aio.ClientCallDetails(
             method=details.method,
             timeout=details.timeout,
-            metadata=aio.Metadata(*existing, *carrier),
+            metadata=aio.Metadata(*existing, *self._extra, *carrier),
             credentials=details.credentials,
             wait_for_ready=details.wait_for_ready,
         )
         call = await continuation(details, request)
-        _end_span_when_done(span, call)
+        if span is not None:
+            _end_span_when_done(span, call)
         return call
 
 
@@ -388,6 +394,11 @@ class StreamStreamTracing(_ClientTracing, aio.StreamStreamClientInterceptor):
         return await self._traced(continuation, details, request_iterator)
 
 
-def client_interceptors() -> list[aio.ClientInterceptor]:
-    """The interceptors every hevlayer client channel uses."""
-    return [UnaryUnaryTracing(), UnaryStreamTracing(), StreamUnaryTracing(), StreamStreamTracing()]
+def client_interceptors(
+    metadata: Sequence[tuple[str, str]] = (), *, traced: bool = True
+) -> list[aio.ClientInterceptor]:
+    """The interceptors every hevlayer client channel uses: CLIENT spans (unless ``traced``
+    is off) and ``metadata`` added to every call (the gateway's internal token to the
+    claimer, sent even by raw stubs)."""
+    kinds = (UnaryUnaryTracing, UnaryStreamTracing, StreamUnaryTracing, StreamStreamTracing)
+    return [kind(metadata, traced) for kind in kinds]

@@ -16,7 +16,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,7 +152,14 @@ class ServerSettings:
 class ServiceApp:
     """One service process: gRPC server, HTTP server, lifecycle hooks."""
 
-    def __init__(self, name: str, settings: ServerSettings, *, serving_on_start: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        settings: ServerSettings,
+        *,
+        serving_on_start: bool = True,
+        interceptors: Sequence[aio.ServerInterceptor] = (),
+    ) -> None:
         self.name = name
         self._serving_on_start = serving_on_start
         self.settings = settings
@@ -162,16 +169,20 @@ class ServiceApp:
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._routes: list[web.RouteDef] = []
+        self._middlewares: list[Any] = []
         self._readiness: list[Callable[[], Awaitable[bool]]] = []
         self._readiness_reports: list[Callable[[], dict[str, Any]]] = []
         self.grpc_port = 0
         self.http_port = 0
         self._interceptor = ServerInterceptor(settings.grpc_max_concurrent_rpcs)
-        interceptors: list[aio.ServerInterceptor] = [self._interceptor]
+        # The common interceptor first: calls a later one refuses (peer identity, authentication)
+        # still get their span, metrics and access log line.
+        chain: list[aio.ServerInterceptor] = [self._interceptor]
         if settings.tls_allowed_clients:
-            interceptors.append(tls.PeerIdentityInterceptor(settings.tls_allowed_clients, name))
+            chain.append(tls.PeerIdentityInterceptor(settings.tls_allowed_clients, name))
+        chain.extend(interceptors)
         self.server = aio.server(
-            interceptors=interceptors,
+            interceptors=chain,
             options=[
                 ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
                 ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
@@ -204,6 +215,10 @@ class ServiceApp:
     def add_routes(self, routes: list[web.RouteDef]) -> None:
         """Serve extra HTTP routes on the HTTP address."""
         self._routes.extend(routes)
+
+    def add_middleware(self, middleware: Any) -> None:
+        """Run an aiohttp middleware around every HTTP route (the gateway's authentication)."""
+        self._middlewares.append(middleware)
 
     def on_startup(self, hook: Hook) -> None:
         """Run ``hook`` before the servers accept calls."""
@@ -280,7 +295,9 @@ class ServiceApp:
             await self.health.set(name, status)
 
     async def _start_http(self) -> None:
-        app = web.Application(client_max_size=self.settings.http_max_body_bytes)
+        app = web.Application(
+            client_max_size=self.settings.http_max_body_bytes, middlewares=self._middlewares
+        )
         app.add_routes(
             [
                 web.get("/metrics", self._metrics),
@@ -340,13 +357,14 @@ def run_service(
     build: Callable[[ServiceApp], Awaitable[None]],
     *,
     serving_on_start: bool = True,
+    interceptors: Sequence[aio.ServerInterceptor] = (),
 ) -> None:
     """Entry point helper: configure logs and traces, build the app, run it."""
     configure_logging(name, settings.log_level, settings.log_format)
     configure_tracing(name, settings.traces_exporter)
 
     async def main() -> None:
-        app = ServiceApp(name, settings, serving_on_start=serving_on_start)
+        app = ServiceApp(name, settings, serving_on_start=serving_on_start, interceptors=interceptors)
         await build(app)
         await app.run()
 

@@ -12,6 +12,10 @@ summarizer is one more ``ServiceSpec``. Each service gets
   ``S3_REGION``, ``S3_BUCKET`` when ``s3=True``,
 - ``<NAME>_ADDRESS`` (the gRPC address) of each service in ``depends_on``,
   e.g. ``CLAIMER_ADDRESS``,
+- ``CLAIMER_INTERNAL_TOKEN`` and ``CLAIMER_BOOTSTRAP_TOKENS_FILE`` when
+  ``internal=True`` (the claimer and the gateway), and ``HEVLAYER_TOKEN_FILE``
+  (an API token of the spec's ``token_role``) when it has one: see
+  :mod:`hevlayer.devstack.tokens` (secrets under ``DATA_DIR/tokens``),
 - the spec's own ``env``.
 """
 
@@ -30,6 +34,7 @@ from hevlayer.devstack.ports import LOOPBACK, free_port, port_is_free
 from hevlayer.devstack.postgres import PostgresServer
 from hevlayer.devstack.processes import ServiceProcess
 from hevlayer.devstack.seaweed import SeaweedS3
+from hevlayer.devstack.tokens import ensure_tokens
 
 DEFAULT_BUCKET = "hevlayer"
 
@@ -66,10 +71,14 @@ class ServiceSpec:
     public: bool = False
     """The entry point printed as ``<name>: 127.0.0.1:PORT`` with a grpcurl example."""
     ready_timeout: float = 60.0
+    internal: bool = False
+    """Pass ``CLAIMER_INTERNAL_TOKEN`` and ``CLAIMER_BOOTSTRAP_TOKENS_FILE`` (claimer, gateway)."""
+    token_role: str | None = None
+    """Role of the API token the service calls the gateway with (``HEVLAYER_TOKEN_FILE``)."""
 
 
 SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("claimer", "hevlayer-claimer", database=True, s3=True),
+    ServiceSpec("claimer", "hevlayer-claimer", database=True, s3=True, internal=True),
     ServiceSpec(
         "gateway",
         "hevlayer-gateway",
@@ -78,6 +87,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         s3=True,
         depends_on=("claimer",),
         public=True,
+        internal=True,
     ),
 )
 """The services ``hevlayer-devstack up`` starts, in order (stopped in reverse)."""
@@ -119,6 +129,9 @@ class DevStack(Lifecycle):
         self.s3 = SeaweedS3(self.data_dir / "s3", buckets=(bucket,), log_path=self.logs_dir / "s3.log")
         self.running: list[RunningService] = []
         self._out = out
+        self.tokens = ensure_tokens(
+            self.data_dir, {s.name: s.token_role for s in self.services if s.token_role is not None}
+        )
 
     def _say(self, text: str) -> None:
         print(text, file=self._out or sys.stdout, flush=True)
@@ -161,6 +174,11 @@ class DevStack(Lifecycle):
         addresses = {r.spec.name: r.grpc_address for r in self.running}
         for dependency in spec.depends_on:
             env[f"{dependency.upper().replace('-', '_')}_ADDRESS"] = addresses[dependency]
+        if spec.internal:
+            env["CLAIMER_INTERNAL_TOKEN"] = self.tokens.internal
+            env["CLAIMER_BOOTSTRAP_TOKENS_FILE"] = str(self.tokens.bootstrap_file)
+        if spec.token_role is not None:
+            env["HEVLAYER_TOKEN_FILE"] = str(self.tokens.files[spec.name])
         env.update(spec.env)
         command = spec.command if isinstance(spec.command, str) else list(spec.command)
         process = ServiceProcess(
@@ -219,6 +237,7 @@ class DevStack(Lifecycle):
             lines.append("")
             lines.append(f"{entry.spec.name}: {entry.grpc_address}")
             lines.append(f"try:  {_grpcurl(rel)} -plaintext {entry.grpc_address} list")
+            lines.append(f"admin token (authorization: Bearer ...): {rel(self.tokens.files['admin'])}")
         return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
@@ -128,3 +129,11 @@ class LiveSuite:
             return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         except OSError as exc:
             return f"({path}: {exc})"
+
+
+def claimer_metadata() -> list[tuple[str, str]]:
+    """The metadata a test sends when it calls a claimer directly, as the gateway does: the
+    shared secret of ``CLAIMER_INTERNAL_TOKEN`` (tests/conftest.py sets one per session)."""
+    from hevlayer.common.auth import INTERNAL_TOKEN_KEY
+
+    return [(INTERNAL_TOKEN_KEY, os.environ["CLAIMER_INTERNAL_TOKEN"])]

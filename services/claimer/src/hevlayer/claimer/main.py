@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
-from hevlayer.api.claimer.v1 import document_state_pb2, document_state_pb2_grpc
+from hevlayer.api.auth.v1 import auth_pb2, auth_pb2_grpc
+from hevlayer.api.claimer.v1 import (
+    document_state_pb2,
+    document_state_pb2_grpc,
+    token_verification_pb2,
+    token_verification_pb2_grpc,
+)
 from hevlayer.api.lease.v1 import lease_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.claimer.database import Database
@@ -13,14 +20,18 @@ from hevlayer.claimer.documents import DocumentStore
 from hevlayer.claimer.grpc_documents import DocumentStateServicer
 from hevlayer.claimer.grpc_leases import LeaseServicer
 from hevlayer.claimer.grpc_pipelines import PipelineServicer
+from hevlayer.claimer.grpc_tokens import TokenServicer, TokenVerificationServicer
 from hevlayer.claimer.leases import LeaseStore
 from hevlayer.claimer.manifests import ManifestCache, ObjectStore
 from hevlayer.claimer.metrics import StageCountRefresher
 from hevlayer.claimer.pipelines import PipelineDefaults, PipelineStore
 from hevlayer.claimer.segments import SegmentQueue
-from hevlayer.claimer.settings import ClaimerSettings, server_defaults
+from hevlayer.claimer.settings import ClaimerSettings, check_caller_identity, server_defaults
 from hevlayer.claimer.status_watch import StatusNotifier
-from hevlayer.common.config import load_or_exit
+from hevlayer.claimer.tokens import TokenStore
+from hevlayer.common.auth import INTERNAL_TOKEN_KEY, SeedToken, read_seed_file
+from hevlayer.common.config import ConfigError, load_or_exit
+from hevlayer.common.guard import GuardInterceptor, SharedSecretGuard
 from hevlayer.common.readiness import DependencyMonitor
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
 from hevlayer.common.settings import ReadinessSettings
@@ -75,6 +86,13 @@ async def build(
     monitor = DependencyMonitor(
         "claimer", {"postgresql": db.ping}, readiness or ReadinessSettings(), app.set_serving
     )
+    tokens = TokenStore(db)
+    seeds: list[SeedToken] = []
+    if settings.bootstrap_tokens_file:
+        try:
+            seeds = read_seed_file(settings.bootstrap_tokens_file)
+        except ValueError as error:
+            raise ConfigError(f"CLAIMER_BOOTSTRAP_TOKENS_FILE: {error}") from None
     app.add_service(
         pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server,
@@ -88,9 +106,22 @@ async def build(
         document_state_pb2_grpc.add_DocumentStateServiceServicer_to_server,
         DocumentStateServicer(documents, leases),
     )
+    app.add_service(
+        auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
+        auth_pb2_grpc.add_TokenServiceServicer_to_server,
+        TokenServicer(tokens),
+    )
+    app.add_service(
+        token_verification_pb2.DESCRIPTOR.services_by_name["TokenVerificationService"].full_name,
+        token_verification_pb2_grpc.add_TokenVerificationServiceServicer_to_server,
+        TokenVerificationServicer(tokens),
+    )
 
     async def connect() -> None:
         if await db.open_with_retry(app.stopping):
+            if seeds:
+                added = await tokens.seed(seeds)
+                log.info("bootstrap tokens: %d of %d added", added, len(seeds))
             await notifier.start()
             if segments is not None:
                 segments.start_sweeper()
@@ -137,7 +168,19 @@ def main() -> None:
     async def wire(app: ServiceApp) -> None:
         await build(app, settings, readiness)
 
-    run_service("claimer", server, wire, serving_on_start=False)
+    try:
+        check_caller_identity(settings, mutual_tls=bool(server.tls_client_ca))
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    interceptors = []
+    if settings.auth == "off":
+        log.warning("CLAIMER_AUTH=off: the claimer answers any caller that can reach it (unsafe)")
+    elif settings.internal_token:
+        # With mutual TLS too, the gateway must send the secret as well (both are checked).
+        guard = SharedSecretGuard(INTERNAL_TOKEN_KEY, settings.internal_token, "the gateway")
+        interceptors.append(GuardInterceptor(guard))
+    run_service("claimer", server, wire, serving_on_start=False, interceptors=interceptors)
 
 
 if __name__ == "__main__":

@@ -92,9 +92,33 @@ class ClaimerSettings:
         "enqueueing into a segment-backend pipeline fails FAILED_PRECONDITION.",
         "",
     )
+    internal_token: str = setting(
+        "CLAIMER_INTERNAL_TOKEN",
+        "Shared secret the claimer requires on every call (metadata x-hevlayer-internal-token): only "
+        "the gateway, which sends the same CLAIMER_INTERNAL_TOKEN, may call it. Required unless mutual "
+        "TLS identifies the gateway (HEVLAYER_TLS_CLIENT_CA) or CLAIMER_AUTH=off.",
+        "",
+        secret=True,
+    )
+    auth: str = setting(
+        "CLAIMER_AUTH",
+        "on: every call must carry CLAIMER_INTERNAL_TOKEN. off: the claimer answers anyone who reaches it "
+        "(unsafe; only for a claimer no one but the gateway can reach).",
+        "on",
+    )
+    bootstrap_tokens_file: str = setting(
+        "CLAIMER_BOOTSTRAP_TOKENS_FILE",
+        "JSON file of API tokens (hashes, roles, scopes; no secrets) inserted at startup when absent: how "
+        "the first admin token comes to exist (hevlayer up writes it). Empty: none.",
+        "",
+    )
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid variable."""
+        if self.auth not in ("on", "off"):
+            raise ConfigError(f"CLAIMER_AUTH: expected on or off, got {self.auth!r}")
+        if self.internal_token and len(self.internal_token) < 16:
+            raise ConfigError("CLAIMER_INTERNAL_TOKEN: must be at least 16 characters")
         if not self.database_url.startswith(("postgres://", "postgresql://")):
             raise ConfigError("DATABASE_URL: expected a postgres:// or postgresql:// URL")
         if not 1 <= self.pool_min_size <= self.pool_max_size:
@@ -113,3 +137,14 @@ class ClaimerSettings:
             raise ConfigError("CLAIMER_MANIFEST_CACHE_IDS: must be >= 0")
         if self.s3_endpoint_url and not self.s3_endpoint_url.startswith(("http://", "https://")):
             raise ConfigError("S3_ENDPOINT_URL: expected an http:// or https:// URL")
+
+
+def check_caller_identity(settings: ClaimerSettings, mutual_tls: bool) -> None:
+    """ConfigError unless the claimer can tell the gateway from other callers: by
+    CLAIMER_INTERNAL_TOKEN, by mutual TLS (the gateway's certificate), or not at all because
+    CLAIMER_AUTH=off says so."""
+    if settings.auth == "on" and not settings.internal_token and not mutual_tls:
+        raise ConfigError(
+            "CLAIMER_INTERNAL_TOKEN: required (the gateway sends the same secret) unless mutual TLS "
+            "identifies the gateway (HEVLAYER_TLS_CLIENT_CA); CLAIMER_AUTH=off runs without either (unsafe)"
+        )

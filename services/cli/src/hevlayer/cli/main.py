@@ -24,9 +24,12 @@ from hevlayer.cli.producers import Budget, kinds
 from hevlayer.cli.progress import PlainReporter, RichReporter, is_terminal
 from hevlayer.cli.search import Result, search
 from hevlayer.cli.stack import DEFAULT_DATA_DIR, UpState, down, suite_services, up, up_detached
-from hevlayer.client import DEFAULT_GATEWAY, Client, ServiceError
+from hevlayer.client import DEFAULT_GATEWAY, Client, ClientOptions, ServiceError
 from hevlayer.client.settings import CA_ENV, CERT_ENV, KEY_ENV, ClientTLSSettings
+from hevlayer.client.tokens import ROLE_NAMES, ROLE_VALUES
+from hevlayer.common.auth import bearer_metadata
 from hevlayer.common.config import ConfigError
+from hevlayer.devstack.tokens import read_admin_token
 
 T = TypeVar("T")
 
@@ -87,6 +90,11 @@ def error_text(error: ServiceError, gateway: str | None = None) -> str:
     lines = [f"error: {code}: {error.message}"]
     for violation in error.violations:
         lines.append(f"  field {violation.field}: {violation.description}")
+    if error.code == grpc.StatusCode.UNAUTHENTICATED:
+        lines.append(
+            "  pass an API token with --token or HEVLAYER_TOKEN (`hevlayer up` writes an admin token "
+            "to DATA_DIR/tokens/admin.token, which the CLI uses by default)"
+        )
     if error.code == grpc.StatusCode.UNAVAILABLE:
         if error.retry_after:
             lines.append(f"  retry after {error.retry_after:g} s")
@@ -109,6 +117,18 @@ class Settings:
     data_dir: Path
     tls: ClientTLSSettings = field(default_factory=ClientTLSSettings)
     """TLS to the gateway (``--tls-ca``/``--tls-cert``/``--tls-key`` or ``HEVLAYER_CLIENT_TLS_*``)."""
+    token_option: str | None = None
+    """``--token``/``HEVLAYER_TOKEN``."""
+
+    @property
+    def token(self) -> str | None:
+        """``--token``/``HEVLAYER_TOKEN``, else the admin token ``up`` wrote in the data dir."""
+        return self.token_option or read_admin_token(self.data_dir)
+
+    def client_options(self) -> ClientOptions:
+        """Options of the CLI's gateway client: TLS, and its API token on every call."""
+        token = self.token
+        return self.tls.options(metadata=[bearer_metadata(token)] if token else [])
 
     @property
     def gateway(self) -> str:
@@ -126,7 +146,7 @@ def run_async(settings: Settings, body: Callable[[Client], Awaitable[T]]) -> T:
     address = settings.gateway
 
     async def main() -> T:
-        async with Client.connect(address, settings.tls.options()) as gateway:
+        async with Client.connect(address, settings.client_options()) as gateway:
             return await body(gateway)
 
     try:
@@ -173,10 +193,23 @@ pass_settings = click.make_pass_decorator(Settings)
 @click.option(
     "--tls-key", envvar=KEY_ENV, default="", metavar="PEM", help=f"Its private key (env {KEY_ENV})."
 )
+@click.option(
+    "--token",
+    envvar="HEVLAYER_TOKEN",
+    default=None,
+    metavar="TOKEN",
+    help="API token (env HEVLAYER_TOKEN; default: the admin token `up` wrote in the data dir).",
+)
 @click.version_option(package_name="hevlayer-cli", prog_name="hevlayer")
 @click.pass_context
 def cli(
-    ctx: click.Context, gateway: str | None, data_dir: Path, tls_ca: str, tls_cert: str, tls_key: str
+    ctx: click.Context,
+    gateway: str | None,
+    data_dir: Path,
+    tls_ca: str,
+    tls_cert: str,
+    tls_key: str,
+    token: str | None,
 ) -> None:
     """hevlayer: turn files into vectors and search them.
 
@@ -196,7 +229,7 @@ def cli(
         for env, name in option.items():
             message = message.replace(env, f"{name} ({env})")
         fail(f"error: {message}", 2)
-    ctx.obj = Settings(gateway, data_dir, tls)
+    ctx.obj = Settings(gateway, data_dir, tls, token)
 
 
 pipeline_option = click.option(
@@ -583,6 +616,68 @@ def pipelines_delete(settings: Settings, pipeline_id: str, yes: bool) -> None:
     )
 
 
+# -- tokens ----------------------------------------------------------------------------------------
+
+
+@cli.group("tokens")
+def tokens_group() -> None:
+    """Create, list and revoke API tokens (an admin token is needed)."""
+
+
+def _token_scope(token: Any) -> str:
+    return "all pipelines" if token.all_pipelines else ",".join(token.pipeline_ids)
+
+
+@tokens_group.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(list(ROLE_VALUES)), required=True, help="What the token may do.")
+@click.option(
+    "-p",
+    "--pipeline",
+    "pipelines",
+    multiple=True,
+    help="A pipeline the token may act on (repeat for several); none: every pipeline.",
+)
+@pass_settings
+def tokens_create(settings: Settings, name: str, role: str, pipelines: tuple[str, ...]) -> None:
+    """Create a token NAME; prints its secret, which is shown only this once."""
+    token, secret = run_async(
+        settings, lambda gateway: gateway.tokens.create(name, role, list(pipelines) or None)
+    )
+    click.echo(f"created token {token.id} ({token.name}, role {role}, {_token_scope(token)})", err=True)
+    click.echo("the secret below is shown only now; store it safely:", err=True)
+    click.echo(secret)
+
+
+@tokens_group.command("list")
+@click.option("--all", "include_revoked", is_flag=True, help="Also list revoked tokens.")
+@pass_settings
+def tokens_list(settings: Settings, include_revoked: bool) -> None:
+    """List tokens (never their secrets)."""
+    tokens = run_async(settings, lambda gateway: gateway.tokens.list(include_revoked=include_revoked))
+    rows = [
+        [
+            t.id,
+            t.name,
+            ROLE_NAMES.get(t.role, "?"),
+            _token_scope(t),
+            _time(t.create_time),
+            _time(t.revoke_time) if t.HasField("revoke_time") else "-",
+        ]
+        for t in tokens
+    ]
+    Output().table(("ID", "NAME", "ROLE", "PIPELINES", "CREATED", "REVOKED"), rows)
+
+
+@tokens_group.command("revoke")
+@click.argument("token_id", metavar="ID")
+@pass_settings
+def tokens_revoke(settings: Settings, token_id: str) -> None:
+    """Revoke token ID; gateways refuse it within GATEWAY_AUTH_CACHE_SECONDS."""
+    token = run_async(settings, lambda gateway: gateway.tokens.revoke(token_id))
+    Output().line(f"revoked token {token.id} ({token.name})")
+
+
 # -- demo (make run) -------------------------------------------------------------------------------
 
 
@@ -634,7 +729,7 @@ def demo_command(
 
     def ready(stack: Any) -> bool:
         gateway = next((r.grpc_address for r in stack.running if r.spec.public), DEFAULT_GATEWAY)
-        local = Settings(gateway, settings.data_dir, settings.tls)
+        local = Settings(gateway, settings.data_dir, settings.tls, settings.token_option)
         if corpus_paths:
             paths: list[Path] = list(corpus_paths)
             root: Path | None = None

@@ -67,7 +67,9 @@ def suite_services(
     ``worker=None`` starts the embedder worker when its console script is installed.
     """
     data = Path(data_dir).absolute()
-    specs: list[ServiceSpec] = [ServiceSpec("claimer", "hevlayer-claimer", database=True, s3=True)]
+    specs: list[ServiceSpec] = [
+        ServiceSpec("claimer", "hevlayer-claimer", database=True, s3=True, internal=True)
+    ]
     gateway_depends = ["claimer"]
     if embedder:
         specs.append(
@@ -101,6 +103,7 @@ def suite_services(
             },
             public=True,
             ready_timeout=180.0,
+            internal=True,
         )
     )
     if embedder and (worker if worker is not None else has_console_script(EMBEDDER_WORKER_COMMAND)):
@@ -116,6 +119,7 @@ def suite_services(
                 ),
                 env={"EMBEDDER_WORKER_PIPELINES": "*"},
                 depends_on=("triton", "gateway"),
+                token_role="worker",
                 ready_timeout=120.0,
             )
         )
@@ -126,6 +130,7 @@ def suite_services(
                 _launch("env", "SUMMARIZER_GATEWAY_ADDRESS=GATEWAY_ADDRESS", "--", "hevlayer-summarizer"),
                 depends_on=("gateway",),
                 env={"SUMMARIZER_CACHE_DIR": str(data / "summaries")},
+                token_role="stager",
                 ready_timeout=120.0,
             )
         )

@@ -18,7 +18,13 @@ from typing import TypeVar
 
 from grpc import aio
 
-from hevlayer.api.claimer.v1 import document_state_pb2, document_state_pb2_grpc
+from hevlayer.api.auth.v1 import auth_pb2
+from hevlayer.api.claimer.v1 import (
+    document_state_pb2,
+    document_state_pb2_grpc,
+    token_verification_pb2,
+    token_verification_pb2_grpc,
+)
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2
@@ -104,9 +110,18 @@ class ClaimerClient:
         self.pipeline_ttl = pipeline_ttl
         self.documents = document_state_pb2_grpc.DocumentStateServiceStub(channel)
         self.leases = lease_pb2_grpc.LeaseServiceStub(channel)
+        self.tokens = token_verification_pb2_grpc.TokenVerificationServiceStub(channel)
         self._pipelines = PipelinesClient(channel)
         self._leases = LeasesClient(channel)
         self._pipeline_cache: dict[str, tuple[float, PipelineInfo]] = {}
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    async def verify_token(self, token_hash: bytes) -> auth_pb2.Token | None:
+        """The valid token with this SHA-256 hash; None if unknown or revoked."""
+        request = token_verification_pb2.VerifyTokenRequest(token_hash=token_hash)
+        response = await _call(self.tokens.VerifyToken(request, timeout=self.timeout))
+        return response.token if response.found else None
 
     # -- pipelines -------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ call's metadata itself.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -43,9 +43,13 @@ async def _final_code(call: Any) -> grpc.StatusCode:
 class Forwarder:
     """Builds generic handlers relaying every method of a service over ``channel``."""
 
-    def __init__(self, channel: aio.Channel, default_timeout: float) -> None:
+    def __init__(
+        self, channel: aio.Channel, default_timeout: float, metadata: Sequence[tuple[str, str]] = ()
+    ) -> None:
         self._channel = channel
         self._default_timeout = default_timeout
+        self._metadata = tuple(metadata)
+        """Sent with every forwarded call (the internal token); the caller's own metadata never is."""
 
     def _timeout(self, context: aio.ServicerContext, streaming: bool) -> float | None:
         remaining: float | None = context.time_remaining()
@@ -61,6 +65,7 @@ class Forwarder:
     ) -> Any:
         """One call with a single response (``request``: bytes, or an iterator of them)."""
         span, metadata = start_client_span(path)
+        metadata.extend(self._metadata)
         code = grpc.StatusCode.OK
         try:
             return await method(request, timeout=self._timeout(context, streaming), metadata=metadata)
@@ -78,6 +83,7 @@ class Forwarder:
     ) -> AsyncIterator[Any]:
         """One call with a stream of responses (``request``: bytes, or an iterator of them)."""
         span, metadata = start_client_span(path)
+        metadata.extend(self._metadata)
         call = method(request, timeout=self._timeout(context, True), metadata=metadata)
         try:
             async for response in call:

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from hevlayer.api.auth.v1 import auth_pb2
 from hevlayer.api.claimer.v1 import document_state_pb2
 from hevlayer.api.index.v1 import index_pb2
 from hevlayer.api.lease.v1 import lease_pb2
@@ -18,11 +19,14 @@ from hevlayer.client import EmbeddingClient
 from hevlayer.client.channel import open_channel
 from hevlayer.client.naming import pipeline_prefix
 from hevlayer.client.settings import ClientTLSSettings
+from hevlayer.common.auth import INTERNAL_TOKEN_KEY
 from hevlayer.common.config import ConfigError, load_or_exit
 from hevlayer.common.errors import NotFound, ServiceError
+from hevlayer.common.guard import GuardInterceptor
 from hevlayer.common.readiness import DependencyMonitor, Probe
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
 from hevlayer.common.settings import ReadinessSettings
+from hevlayer.gateway.auth import GatewayGuard, TokenCache, rest_middleware
 from hevlayer.gateway.cache import open_cache
 from hevlayer.gateway.chunkstore import ChunkStore, SegmentCodec, open_s3_client
 from hevlayer.gateway.claimer_client import ClaimerClient, PipelineInfo
@@ -31,7 +35,7 @@ from hevlayer.gateway.grpc_index import IndexServicer, WriteLimits, index_handle
 from hevlayer.gateway.grpc_staging import StagingServicer
 from hevlayer.gateway.indexing import Searcher, VectorWriter, sink_kind
 from hevlayer.gateway.readiness import CLAIMER, S3, SINK, SinkProbe, claimer_probe, s3_probe
-from hevlayer.gateway.rest import RestApi
+from hevlayer.gateway.rest import RestApi, error_response
 from hevlayer.gateway.settings import (
     GRPC_DEFAULTS,
     CacheSettings,
@@ -49,10 +53,11 @@ LEASE_SERVICE = lease_pb2.DESCRIPTOR.services_by_name["LeaseService"]
 STAGING_SERVICE = staging_pb2.DESCRIPTOR.services_by_name["StagingService"]
 INDEX_SERVICE = index_pb2.DESCRIPTOR.services_by_name["IndexService"]
 DOCUMENT_STATE_SERVICE = document_state_pb2.DESCRIPTOR.services_by_name["DocumentStateService"]
+TOKEN_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["TokenService"]
 
 # Public services whose state the claimer owns; the gateway relays them
 # (PipelineService.DeletePipeline also drops the pipeline's namespace and its chunk packs).
-FORWARDED_SERVICES = (PIPELINE_SERVICE, LEASE_SERVICE)
+FORWARDED_SERVICES = (PIPELINE_SERVICE, LEASE_SERVICE, TOKEN_SERVICE)
 
 
 class Settings:
@@ -194,11 +199,17 @@ def _register_generic(app: ServiceApp, full_name: str, handler: grpc.GenericRpcH
     app.add_service(full_name, register, None)
 
 
-async def build(app: ServiceApp, settings: Settings) -> None:
+async def build(app: ServiceApp, settings: Settings, guard: GatewayGuard | None = None) -> None:
     """Wire the gateway: staging, chunk reads, vector writes and queries over gRPC
-    and REST; pipeline and lease calls forwarded to the claimer."""
+    and REST; pipeline, lease and token calls forwarded to the claimer; with ``guard``
+    (GATEWAY_AUTH=on) every call is authenticated and authorized."""
     stack = AsyncExitStack()
-    channel = open_channel(settings.gateway.claimer_address, settings.client_tls.options())
+    internal = (
+        [(INTERNAL_TOKEN_KEY, settings.gateway.internal_token)] if settings.gateway.internal_token else []
+    )
+    channel = open_channel(
+        settings.gateway.claimer_address, settings.client_tls.options(api_token=False), metadata=internal
+    )
     claimer = ClaimerClient(channel, timeout=settings.gateway.forward_timeout_seconds)
     s3_client = await open_s3_client(settings.s3, stack)
     store = ChunkStore(s3_client, settings.s3.bucket)
@@ -210,18 +221,21 @@ async def build(app: ServiceApp, settings: Settings) -> None:
     embedder_channel: aio.Channel | None = None
     embedder: EmbeddingClient | None = None
     if settings.gateway.embedder_address:
-        embedder_channel = open_channel(settings.gateway.embedder_address, settings.client_tls.options())
+        embedder_channel = open_channel(
+            settings.gateway.embedder_address, settings.client_tls.options(api_token=False)
+        )
         embedder = EmbeddingClient(embedder_channel)
     searcher = Searcher(claimer, writer, embedder, timeout=settings.gateway.forward_timeout_seconds)
 
     # Forwarded calls are retried as the client library retries them (idempotent
     # methods only); the forwarder starts its CLIENT spans itself.
     forward_channel = open_channel(
-        settings.gateway.claimer_address, settings.client_tls.options(traced=False)
+        settings.gateway.claimer_address, settings.client_tls.options(api_token=False, traced=False)
     )
-    forwarder = Forwarder(forward_channel, settings.gateway.forward_timeout_seconds)
+    forwarder = Forwarder(forward_channel, settings.gateway.forward_timeout_seconds, internal)
     _register_generic(app, PIPELINE_SERVICE.full_name, _pipeline_handler(forwarder, claimer, store, writer))
     _register_generic(app, LEASE_SERVICE.full_name, forwarder.service_handler(LEASE_SERVICE))
+    _register_generic(app, TOKEN_SERVICE.full_name, forwarder.service_handler(TOKEN_SERVICE))
     app.add_service(
         STAGING_SERVICE.full_name,
         staging_pb2_grpc.add_StagingServiceServicer_to_server,
@@ -232,6 +246,11 @@ async def build(app: ServiceApp, settings: Settings) -> None:
         app, INDEX_SERVICE.full_name, index_handler(IndexServicer(claimer, writer, searcher, limits))
     )
     app.add_routes(RestApi(claimer, stager, reader, writer, searcher).routes())
+    if guard is not None:
+        guard.cache.bind(claimer.verify_token)
+        app.add_middleware(
+            rest_middleware(guard, RestApi.access_routes(), RestApi.PIPELINE_IN_BODY, error_response)
+        )
 
     # Ready (gRPC health SERVING, /readyz 200) while the claimer, S3 and the default sink answer.
     timeout = settings.readiness.timeout_seconds
@@ -270,11 +289,17 @@ def main() -> None:
     server = load_or_exit(ServerSettings, GRPC_DEFAULTS)
     settings = Settings.load_or_exit()
     settings.readiness = load_or_exit(ReadinessSettings)
+    guard: GatewayGuard | None = None
+    if settings.gateway.auth == "on":
+        guard = GatewayGuard(TokenCache(settings.gateway.auth_cache_seconds))
+    else:
+        log.warning("GATEWAY_AUTH=off: every caller may make every call (unsafe; docs/security.md)")
 
     async def wire(app: ServiceApp) -> None:
-        await build(app, settings)
+        await build(app, settings, guard)
 
-    run_service("gateway", server, wire, serving_on_start=False)
+    interceptors = [GuardInterceptor(guard)] if guard is not None else []
+    run_service("gateway", server, wire, serving_on_start=False, interceptors=interceptors)
 
 
 if __name__ == "__main__":

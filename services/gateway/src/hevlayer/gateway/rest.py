@@ -38,6 +38,7 @@ from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.lease.v1 import lease_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.api.staging.v1 import staging_pb2
+from hevlayer.client.methods import INDEX_SERVICE, LEASE_SERVICE, PIPELINE_SERVICE, STAGING_SERVICE
 from hevlayer.common import metrics
 from hevlayer.common.errors import (
     FailedPrecondition,
@@ -315,6 +316,27 @@ class RestApi:
         self.reader = reader
         self.writer = writer
         self.searcher = searcher
+
+    @staticmethod
+    def access_routes() -> dict[tuple[str, str], str]:
+        """(HTTP method, path template) → the gRPC method whose role entry
+        (:data:`hevlayer.client.methods.ACCESS`) the route needs; the routes not named
+        here (``/v2/metrics``, ``/v2/openapi.json``) are open."""
+        p = "/v2/pipelines/{pipeline_id}"
+        return {
+            ("POST", "/v2/pipelines"): f"/{PIPELINE_SERVICE}/CreatePipeline",
+            ("GET", p + "/status"): f"/{PIPELINE_SERVICE}/GetPipelineStatus",
+            ("POST", p + "/claim"): f"/{LEASE_SERVICE}/ClaimDocuments",
+            ("POST", p + "/documents/heartbeat"): f"/{LEASE_SERVICE}/HeartbeatLeases",
+            ("POST", p + "/documents/stage"): f"/{LEASE_SERVICE}/TransitionDocuments",
+            ("PUT", p + "/documents/{document_id}"): f"/{STAGING_SERVICE}/StageDocuments",
+            ("GET", p + "/documents/{document_id}/chunks"): f"/{STAGING_SERVICE}/ReadChunks",
+            ("PUT", p + "/documents/{document_id}/vectors"): f"/{INDEX_SERVICE}/WriteVectors",
+            ("POST", p + "/query"): f"/{INDEX_SERVICE}/Query",
+        }
+
+    PIPELINE_IN_BODY = {f"/{PIPELINE_SERVICE}/CreatePipeline": "id"}
+    """Routes whose pipeline is a field of the JSON body, not of the path."""
 
     def routes(self) -> list[web.RouteDef]:
         """Every route, for :meth:`hevlayer.common.server.ServiceApp.add_routes`."""

@@ -46,9 +46,32 @@ class GatewaySettings:
         "the sink as one batch (at most 500 documents or 5000 vectors a batch in any case).",
         8 * 1024 * 1024,
     )
+    auth: str = setting(
+        "GATEWAY_AUTH",
+        "on: every gRPC call and REST route (but health, /metrics, /v2/metrics, /v2/openapi.json) needs "
+        "an API token (authorization: Bearer). off: anyone who reaches the gateway may do anything "
+        "(unsafe; docs/security.md).",
+        "on",
+    )
+    auth_cache_seconds: float = setting(
+        "GATEWAY_AUTH_CACHE_SECONDS",
+        "How long a verified (or unknown) token is remembered: a revoked token stops working within "
+        "this time.",
+        5.0,
+    )
+    internal_token: str = setting(
+        "CLAIMER_INTERNAL_TOKEN",
+        "Shared secret sent to the claimer on every call (the claimer's CLAIMER_INTERNAL_TOKEN).",
+        "",
+        secret=True,
+    )
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid variable."""
+        if self.auth not in ("on", "off"):
+            raise ConfigError(f"GATEWAY_AUTH: expected on or off, got {self.auth!r}")
+        if not 0 <= self.auth_cache_seconds <= 300:
+            raise ConfigError("GATEWAY_AUTH_CACHE_SECONDS: must be between 0 and 300")
         split_address(self.claimer_address, "CLAIMER_ADDRESS")
         if self.embedder_address:
             split_address(self.embedder_address, "EMBEDDER_ADDRESS")

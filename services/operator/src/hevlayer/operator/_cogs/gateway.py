@@ -54,8 +54,12 @@ def _pipeline(message: pb.Pipeline) -> GatewayPipeline:
 class GatewayClient:
     """Creates, reads, pauses and deletes pipelines in the gateway."""
 
-    def __init__(self, channel: aio.Channel, *, timeout: float = 10.0) -> None:
-        self._pipelines = PipelinesClient(channel, ClientOptions())
+    def __init__(
+        self, channel: aio.Channel, *, timeout: float = 10.0, options: ClientOptions | None = None
+    ) -> None:
+        """``options``: those the channel was opened with (their metadata, the API token, goes
+        with every call)."""
+        self._pipelines = PipelinesClient(channel, options or ClientOptions())
         self._timeout = timeout
 
     async def get(self, pipeline_id: str) -> GatewayPipeline:

@@ -52,7 +52,7 @@ async def run_operator(
     channel = open_channel(settings.gateway_address, client_options)
     try:
         async with KubeClient(credentials, timeout=settings.kube_timeout_seconds) as kube:
-            gateway = GatewayClient(channel, timeout=settings.gateway_timeout_seconds)
+            gateway = GatewayClient(channel, timeout=settings.gateway_timeout_seconds, options=client_options)
             reconciler = Reconciler(kube, gateway, render_context(settings))
             registry = build_registry(
                 reconciler,
