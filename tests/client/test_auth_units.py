@@ -1,4 +1,4 @@
-"""Token format, bearer parsing, the bootstrap file, secret files and ClientOptions.from_env."""
+"""Token format, bearer parsing, the bootstrap file, secret files, the token from the environment."""
 
 from __future__ import annotations
 

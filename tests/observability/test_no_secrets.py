@@ -15,13 +15,18 @@ metadata), every metric on every ``/metrics`` (and the gateway's
 ``/v2/metrics``), every span of the trace file and every ``/readyz`` body is
 searched for each secret. A hit fails the test, naming the secret and where.
 
-To check another secret (the API tokens of issue 14, once they exist), add
-it to :func:`secrets` with one line: ``found["API token"] = token``.
+The gateway runs with authentication on: the workload's calls carry an admin
+API token (seeded into the claimer by its hash), the claimer requires the
+gateway's internal token, and one call is made with a forged token. All three
+are secrets here too.
+
+To check another secret, add it to :func:`secrets` with one line.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import secrets as random_secrets
 import urllib.error
 import urllib.request
@@ -42,12 +47,21 @@ from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2 as ix
 from hevlayer.api.index.v1 import index_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
+from hevlayer.client.channel import open_channel
+from hevlayer.common.auth import SeedToken, bearer_metadata, generate_token, write_seed_file
 from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack import PostgresServer, SeaweedS3
 from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.processes import ServiceProcess
+from hevlayer.devstack.testing import claimer_metadata
 
 DIM = 4
+
+
+API_TOKEN = generate_token()
+"""The admin API token of the workload's calls."""
+FORGED_TOKEN = generate_token().secret
+"""A well-formed token no server knows, sent once (refused UNAUTHENTICATED)."""
 
 
 def secrets(postgres_password: str, s3: SeaweedS3, turbopuffer_key: str) -> dict[str, str]:
@@ -58,7 +72,16 @@ def secrets(postgres_password: str, s3: SeaweedS3, turbopuffer_key: str) -> dict
         "S3 secret access key": s3.secret_key,
         "Turbopuffer API key": turbopuffer_key,
     }
+    found["API token"] = API_TOKEN.secret
+    found["API token's secret part"] = API_TOKEN.secret.rsplit("_", 1)[-1]
+    found["forged API token"] = FORGED_TOKEN
+    found["internal token"] = os.environ["CLAIMER_INTERNAL_TOKEN"]
     return found
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The HTTP header carrying ``token``."""
+    return {"authorization": f"Bearer {token}"}
 
 
 def _random(prefix: str) -> str:
@@ -141,8 +164,17 @@ def suite(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) ->
     try:
         s3.create_bucket(bucket)
         debug = {"HEVLAYER_LOG_LEVEL": "debug"}
+        internal = {"CLAIMER_INTERNAL_TOKEN": os.environ["CLAIMER_INTERNAL_TOKEN"]}
+        seed = tmp / "bootstrap.json"
+        write_seed_file(seed, [SeedToken.of(API_TOKEN, "no-secrets admin", "admin")])
         claimer, claimer_address, claimer_http = start_claimer(
-            database_url, tmp, traces, **debug, **s3.client_env(bucket)
+            database_url,
+            tmp,
+            traces,
+            **debug,
+            **internal,
+            **s3.client_env(bucket),
+            CLAIMER_BOOTSTRAP_TOKENS_FILE=str(seed),
         )
         claimer.wait_ready(timeout=60)
         gateway, gateway_address, gateway_http = start_gateway(
@@ -150,7 +182,9 @@ def suite(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) ->
             tmp,
             traces,
             **debug,
+            **internal,
             **s3.client_env(bucket),
+            GATEWAY_AUTH="on",
             GATEWAY_DEFAULT_SINK="turbopuffer",
             GATEWAY_TURBOPUFFER_API_KEY=tpuf.fake.api_key,
             GATEWAY_TURBOPUFFER_BASE_URL=base_url,
@@ -183,7 +217,7 @@ def suite(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture
 async def channel(suite: Suite) -> AsyncIterator[aio.Channel]:
-    chan = aio.insecure_channel(suite.gateway_address)
+    chan = open_channel(suite.gateway_address, metadata=[bearer_metadata(API_TOKEN.secret)])
     try:
         yield chan
     finally:
@@ -229,7 +263,7 @@ def http_text(url: str) -> tuple[int, str]:
 
 
 def rest(evidence: Evidence, what: str, method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    status, answer = http_json(method, url, body)
+    status, answer = http_json(method, url, body, headers=bearer(API_TOKEN.secret))
     evidence.add(f"the REST answer to {what}", repr(answer))
     return status, answer
 
@@ -269,6 +303,22 @@ async def test_no_secret_in_logs_errors_metrics_or_spans(
         {"vector": [1.0, 0.0, 0.5, 0.25]},
     )
     assert status == 200, answer
+
+    # -- errors: a forged API token (gRPC and REST) ---------------------------------------------------
+    async with open_channel(suite.gateway_address, metadata=[bearer_metadata(FORGED_TOKEN)]) as forged:
+        code = await expect_rpc_error(
+            evidence,
+            "GetPipelineStatus with a forged token",
+            lambda: pipeline_pb2_grpc.PipelineServiceStub(forged).GetPipelineStatus(
+                pipeline_pb2.GetPipelineStatusRequest(pipeline_id=pipeline_id)
+            ),
+        )
+    assert code is grpc.StatusCode.UNAUTHENTICATED
+    status, answer = http_json(
+        "GET", f"{base}/v2/pipelines/{pipeline_id}/status", headers=bearer(FORGED_TOKEN)
+    )
+    evidence.add("the REST answer to a forged token", repr(answer))
+    assert status == 401, answer
 
     # -- errors: bad input --------------------------------------------------------------------------
     pipelines = pipeline_pb2_grpc.PipelineServiceStub(channel)
@@ -329,7 +379,7 @@ async def test_no_secret_in_logs_errors_metrics_or_spans(
     )
     suite.extra_logs.append(lost.log_path)
     try:
-        async with aio.insecure_channel(lost_address) as lost_channel:
+        async with open_channel(lost_address, metadata=claimer_metadata()) as lost_channel:
             stub = pipeline_pb2_grpc.PipelineServiceStub(lost_channel)
 
             async def refuses() -> bool:
@@ -392,6 +442,7 @@ async def test_no_secret_in_logs_errors_metrics_or_spans(
     environment = Evidence()
     environment.add("the gateway's environment", repr(suite.gateway.env))
     environment.add("the claimer's environment", repr(suite.claimer.env))
+    environment.add("the client's metadata", repr([bearer_metadata(API_TOKEN.secret), FORGED_TOKEN]))
     assert {leak.split(" in ", 1)[0] for leak in environment.leaks(suite.secrets)} == set(suite.secrets)
     # ... and the workload produced what it is searched in (debug logs, spans, errors).
     assert sum(1 for where, _ in evidence.texts if where.startswith("the gRPC error")) >= 6
