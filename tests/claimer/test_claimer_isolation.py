@@ -166,7 +166,8 @@ async def test_migration_keeps_pipelines_that_already_share_a_namespace(
         await conn.execute(insert, "legacy-empty", "", "milvus_lite")
         with caplog.at_level(logging.WARNING, logger="hevlayer.claimer.database"):
             applied = await migrate(conn)
-        assert applied == ["0004_unique_target_namespace.sql"]
+        # 0004 first; later migrations (0005_api_tokens, ...) follow it.
+        assert applied[0] == "0004_unique_target_namespace.sql"
         rows = {
             r["id"]: (r["target_namespace"], r["namespace_shared"])
             for r in await conn.fetch("SELECT id, target_namespace, namespace_shared FROM pipelines")

@@ -17,8 +17,10 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
+from hevlayer.client.channel import open_channel
 from hevlayer.devstack import PostgresServer
 from hevlayer.devstack.ports import free_port
+from hevlayer.devstack.testing import claimer_metadata
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -82,7 +84,7 @@ async def test_readiness_follows_postgresql(own_postgres: PostgresServer, tmp_pa
 
         await eventually(ready, timeout=60, what="/readyz 200 once PostgreSQL is back")
         assert await health(address) == SERVING
-        async with aio.insecure_channel(address) as channel:
+        async with open_channel(address, metadata=claimer_metadata()) as channel:
             stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
             pipeline_id = f"back-{uuid.uuid4().hex[:8]}"
             created = await stub.CreatePipeline(

@@ -28,9 +28,11 @@ from hevlayer.api.lease.v1 import lease_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.common.config import ConfigError, load_settings
 from hevlayer.common.errors import ResourceExhausted, ServiceError, status_from_rpc_error
+from hevlayer.common.interceptors import client_interceptors
 from hevlayer.common.server import ServerSettings, ServiceApp
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.processes import ServiceProcess
+from hevlayer.devstack.testing import claimer_metadata
 
 LIMIT = 256 * 1024
 LEASE_SERVICE = pb.DESCRIPTOR.services_by_name["LeaseService"]
@@ -104,11 +106,13 @@ def _big_heartbeat(size: int) -> pb.HeartbeatLeasesRequest:
 
 
 def _wide_channel(address: str) -> aio.Channel:
-    """A channel that sends messages far larger than the servers accept."""
+    """A channel that sends messages far larger than the servers accept (with the claimer's
+    internal token, which the gateway of these stacks ignores: it runs without authentication)."""
     limit = 256 * 1024 * 1024
     return aio.insecure_channel(
         address,
         options=[("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)],
+        interceptors=client_interceptors(claimer_metadata(), traced=False),
     )
 
 

@@ -13,18 +13,20 @@ from grpc import aio
 
 from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
+from hevlayer.common.interceptors import client_interceptors
 from hevlayer.common.limits import MAX_MESSAGE_BYTES
 from hevlayer.devstack.testing import LiveSuite
 
 OVER = MAX_MESSAGE_BYTES + 1024
 
 
-def _wide_channel(address: str) -> aio.Channel:
-    """A channel that sends messages larger than the servers accept."""
+def _wide_channel(address: str, metadata: list[tuple[str, str]] | None = None) -> aio.Channel:
+    """A channel that sends messages larger than the servers accept (``metadata`` on every call)."""
     limit = 2 * MAX_MESSAGE_BYTES
     return aio.insecure_channel(
         address,
         options=[("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)],
+        interceptors=client_interceptors(metadata or [], traced=False),
     )
 
 
@@ -33,7 +35,9 @@ async def test_an_oversized_create_pipeline_is_refused_and_creates_nothing(
     live_suite: LiveSuite, server: str
 ) -> None:
     pipeline_id = f"oversized-{uuid.uuid4().hex[:6]}"
-    async with _wide_channel(live_suite.services[server]) as channel:
+    # The claimer answers only its gateway: the test sends the suite's internal token.
+    metadata = live_suite.claimer_metadata() if server == "claimer" else []
+    async with _wide_channel(live_suite.services[server], metadata) as channel:
         stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
         pipeline = pipeline_pb2.Pipeline(id=pipeline_id, target_namespace="x" * OVER)
         with pytest.raises(aio.AioRpcError) as refused:

@@ -31,9 +31,11 @@ from hevlayer.client import (
     Unavailable,
     WriteOutcome,
 )
+from hevlayer.client.channel import open_channel
 from hevlayer.client.naming import default_namespace, incarnation, pack_prefix
 from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack import SeaweedS3
+from hevlayer.devstack.testing import claimer_metadata
 
 
 @pytest.fixture
@@ -123,7 +125,9 @@ async def test_the_claimer_refuses_a_backing_of_another_pipeline(
     created = (await client.pipelines.get(victim)).create_time.ToMicroseconds()
     foreign = f"{pack_prefix(victim, incarnation(created))}0000000000000001-000000000000.pack#8:10"
 
-    channel = aio.insecure_channel(gateway_stack.claimer_address)
+    # Straight at the claimer, with the internal token: even the gateway cannot point a backing
+    # outside the pipeline's own packs.
+    channel = open_channel(gateway_stack.claimer_address, metadata=claimer_metadata())
     try:
         documents = document_state_pb2_grpc.DocumentStateServiceStub(channel)
         with pytest.raises(aio.AioRpcError) as caught:

@@ -9,6 +9,11 @@ loop), each with its own certificate. A user stages documents through
 them, and a text query (gateway → embedder → Triton) finds them. Around that:
 no server answers plaintext or a client without a certificate, and the claimer
 refuses a valid certificate that is not the gateway's.
+
+API tokens are on too (the gateway's default): the user and the CLI send an admin
+token, the embedder's worker a worker token, both seeded into the claimer by hash.
+The claimer runs without CLAIMER_INTERNAL_TOKEN: mutual TLS is what tells it the
+gateway from other callers.
 """
 
 from __future__ import annotations
@@ -32,12 +37,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.client import TLS, Client, ClientOptions, ServiceError, Unavailable
+from hevlayer.common.auth import SeedToken, bearer_metadata, generate_token, write_seed_file
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.processes import ServiceProcess, find_console_script
 from hevlayer.embedder.triton_local import LocalModel, LocalTriton, TritonTLS
 
 SERVICES = ("triton", "claimer", "gateway", "embedder")
+ADMIN = generate_token()
+WORKER = generate_token()
+NO_INTERNAL_TOKEN = {"CLAIMER_INTERNAL_TOKEN": ""}
+"""The claimer and the gateway of this stack rely on mutual TLS alone for the gateway's identity."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +117,8 @@ class SecureStack:
 
     def client(self, name: str | None) -> Client:
         """A client of the gateway over TLS, presenting ``name``'s certificate."""
-        return Client.connect(self.gateway, ClientOptions(tls=self.certificates.tls(name)))
+        options = ClientOptions(tls=self.certificates.tls(name), metadata=[bearer_metadata(ADMIN.secret)])
+        return Client.connect(self.gateway, options)
 
     def logs(self) -> str:
         parts = [f"--- {n} ---\n{p.log_tail(60)}" for n, p in self.processes.items()]
@@ -143,6 +154,8 @@ def stack(
     processes: dict[str, ServiceProcess] = {}
     addresses: dict[str, str] = {}
     running = SecureStack(certificates, triton, processes, addresses)
+    seed = tmp / "bootstrap.json"
+    write_seed_file(seed, [SeedToken.of(ADMIN, "user", "admin"), SeedToken.of(WORKER, "embedder", "worker")])
     try:
         triton.start().wait_ready()
         claimer, addresses["claimer"], _ = start_claimer(
@@ -152,6 +165,8 @@ def stack(
             **common,
             **s3_env,
             **certificates.server_env("claimer"),
+            **NO_INTERNAL_TOKEN,
+            CLAIMER_BOOTSTRAP_TOKENS_FILE=str(seed),
         )
         processes["claimer"] = claimer
         claimer.wait_ready(timeout=60, credentials=probe)
@@ -165,6 +180,7 @@ def stack(
                 **s3_env,
                 **certificates.server_env("gateway"),
                 **certificates.client_env("gateway"),
+                **NO_INTERNAL_TOKEN,
                 "CLAIMER_ADDRESS": addresses["claimer"],
                 "EMBEDDER_ADDRESS": addresses["embedder"],
                 "HEVLAYER_GRPC_ADDRESS": addresses["gateway"],
@@ -190,6 +206,7 @@ def stack(
                 "EMBEDDER_GATEWAY_ADDRESS": addresses["gateway"],
                 "EMBEDDER_WORKER_PIPELINES": "*",
                 "EMBEDDER_WORKER_REFRESH_SECONDS": "0.5",
+                "HEVLAYER_TOKEN": WORKER.secret,
             },
             log_path=tmp / "embedder.log",
             grpc_address=addresses["embedder"],
@@ -359,7 +376,11 @@ def _hevlayer(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 def test_the_cli_talks_mutual_tls_with_flags_or_environment(stack: SecureStack, tmp_path: Path) -> None:
     c = stack.certificates
     pipeline_id = f"cli-{uuid.uuid4().hex[:8]}"
-    base = {"HEVLAYER_DATA_DIR": str(tmp_path), "HEVLAYER_GATEWAY": stack.gateway}
+    base = {
+        "HEVLAYER_DATA_DIR": str(tmp_path),
+        "HEVLAYER_GATEWAY": stack.gateway,
+        "HEVLAYER_TOKEN": ADMIN.secret,
+    }
     flags = ["--tls-ca", str(c.ca), "--tls-cert", str(c.cert("user")), "--tls-key", str(c.key("user"))]
     created = _hevlayer(*flags, "pipelines", "create", pipeline_id, env=base)
     assert created.returncode == 0, created.stderr

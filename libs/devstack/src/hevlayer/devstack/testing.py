@@ -122,6 +122,15 @@ class LiveSuite:
         """Environment pointing the ``hevlayer`` command at this suite."""
         return {"HEVLAYER_DATA_DIR": str(self.data_dir), "HEVLAYER_GATEWAY": self.gateway}
 
+    def claimer_metadata(self) -> list[tuple[str, str]]:
+        """The metadata a test sends when it calls this suite's claimer directly, as its gateway
+        does: the internal token ``hevlayer up`` made in the data directory."""
+        from hevlayer.common.auth import INTERNAL_TOKEN_KEY
+        from hevlayer.devstack.tokens import INTERNAL_TOKEN_FILE, tokens_dir
+
+        secret = (tokens_dir(self.data_dir) / INTERNAL_TOKEN_FILE).read_text().strip()
+        return [(INTERNAL_TOKEN_KEY, secret)]
+
     def log(self, service: str, lines: int = 80) -> str:
         """The last ``lines`` lines of a service's log."""
         path = self.data_dir / "logs" / f"{service}.log"
