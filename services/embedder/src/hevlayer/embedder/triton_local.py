@@ -209,6 +209,9 @@ class LocalTriton:
     repository (its Python models must be importable here) instead of writing
     one from ``models``. ``tls``: TLS or mutual TLS on the gRPC endpoint. The
     process runs in its own process group, logging to ``<workdir>/tritonserver.log``.
+    ``die_with_parent``: the kernel kills ``tritonserver`` when the process that started it
+    dies, even by SIGKILL (Linux; what ``hevlayer-triton-local`` asks for, so that a launcher
+    killed under a supervisor leaves no server holding its port).
     """
 
     def __init__(
@@ -222,8 +225,10 @@ class LocalTriton:
         model_repository: Path | None = None,
         log_verbose: int = 0,
         tls: TritonTLS | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.models = models if models is not None else [LocalModel()]
+        self.die_with_parent = die_with_parent
         self.tls = tls
         self.host = host
         self.grpc_port = grpc_port or free_port(host)
@@ -318,6 +323,7 @@ class LocalTriton:
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         except BaseException:
             self._log.close()
@@ -404,6 +410,15 @@ class LocalTriton:
         self.cleanup()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``hevlayer-triton-local``: serve the embedding model on a local Triton until Ctrl-C."""
     parser = argparse.ArgumentParser(prog="hevlayer-triton-local", description=main.__doc__)
@@ -433,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         workdir=args.workdir,
         log_verbose=args.log_verbose,
+        die_with_parent=True,
     )
     stop = False
 
