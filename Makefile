@@ -36,7 +36,7 @@ MYPY_TARGETS = $(wildcard libs/common/src/hevlayer/common libs/client/src/hevlay
 	$(if $(wildcard bench/*.py bench/*/*.py),bench) $(wildcard examples/*/*.py)
 
 .PHONY: help bootstrap system-deps lock-check protos check-protos docs-config docs-api docs lint format test run clean \
-	go-client
+	go-client faults
 
 help:
 	@echo "make run           the suite up, a real corpus ingested and searched (data in $(DATA_DIR)/)"
@@ -50,6 +50,7 @@ help:
 	@echo "make docs          build the documentation site (mkdocs --strict) into site/"
 	@echo "make lint          ruff check, ruff format --check, mypy"
 	@echo "make format        ruff check --fix and ruff format"
+	@echo "make faults        the seeded kill-fault campaign (FAULT_SEEDS, FAULT_ROUNDS; docs/reliability.md)"
 	@echo "make clean         remove caches (keeps $(VENV), $(TOOLS) and $(DATA_DIR))"
 
 $(UV):
@@ -152,6 +153,18 @@ format: bootstrap
 test: UV_SYNC_FLAGS := --locked
 test: lock-check bootstrap system-deps check-protos lint docs
 	$(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# The kill-fault campaign of docs/reliability.md ("Kill faults"): tests/faults/test_kills.py once
+# per seed, every process killed FAULT_ROUNDS times per run (`make test` runs one fresh seed, one round).
+FAULT_SEEDS ?= 101 202 303 404 505
+FAULT_ROUNDS ?= 3
+faults: bootstrap
+	@for seed in $(FAULT_SEEDS); do \
+		echo "== kill faults: seed $$seed, $(FAULT_ROUNDS) rounds"; \
+		HEVLAYER_FAULT_SEED=$$seed HEVLAYER_FAULT_ROUNDS=$(FAULT_ROUNDS) \
+			$(BIN)/pytest -p no:cacheprovider tests/faults/test_kills.py -q -s -k every_process $(PYTEST_ARGS) \
+			|| { echo "kill faults failed with seed $$seed" >&2; exit 1; }; \
+	done
 
 run: bootstrap
 	$(BIN)/hevlayer --data-dir $(DATA_DIR) demo --queries tests/cli/queries.json \
