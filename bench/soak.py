@@ -9,7 +9,8 @@ is below ``--backlog``), extracted, embedded, re-staged and deleted, and summari
 restarted.
 
 Every ``--sample-seconds`` it samples, per process (its whole process tree): resident memory
-(RSS), open file descriptors, and TCP connections to PostgreSQL; and documents indexed (each
+(RSS), open file descriptors, and TCP connections to PostgreSQL (for PostgreSQL itself: the
+client connections it serves); and documents indexed (each
 staged version counted once, read from PostgreSQL). At the end it prints per process the
 slope of each series (least squares, per minute, over the samples since the process's last
 restart, the first minute of a fresh process left out as warm-up), the documents indexed per
@@ -105,6 +106,25 @@ def slope(points: list[tuple[float, float]]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / var
 
 
+async def client_backends(dsn: str) -> int | None:
+    """Client connections PostgreSQL serves (``pg_stat_activity``), this one left out; None while
+    it is down."""
+    try:
+        connection = await asyncpg.connect(dsn, timeout=5)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return None
+    try:
+        value = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+    except (OSError, asyncpg.PostgresError):
+        return None
+    finally:
+        await connection.close()
+    return int(value)
+
+
 async def indexed_versions(dsn: str, pipelines: list[str]) -> set[tuple[str, str, int]]:
     """(pipeline, document, fencing token) of every indexed document (a re-staged document
     is indexed under a new token: each staged version counts once)."""
@@ -154,14 +174,19 @@ async def soak(args: argparse.Namespace) -> int:
                 if now >= next_sample:
                     next_sample += args.sample_seconds
                     postgres_port = stack.stack.postgres.port
+                    backends = await client_backends(stack.dsn)
                     for name in PROCESSES:
-                        if name in ("postgres", "s3"):
-                            continue  # the servers' own memory is theirs; the services are measured
                         try:
                             pids = stack.pids(name)
                         except (OSError, ValueError, KeyError):
+                            continue  # down this sample
+                        if not pids:
                             continue
                         rss, fds, pg = _tree_stats(pids, postgres_port)
+                        if name == "postgres":
+                            if backends is None:
+                                continue
+                            pg = backends  # the server's side: every client connection
                         if minute - series[name].started >= args.warmup / 60:
                             for key, value in (("rss_mib", rss), ("fds", fds), ("pg_connections", pg)):
                                 series[name].samples[key].append((minute, value))
@@ -198,8 +223,6 @@ async def soak(args: argparse.Namespace) -> int:
         f"{'samples':>8} {'RSS MiB':>8}"
     )
     for name in PROCESSES:
-        if name in ("postgres", "s3"):
-            continue
         samples = series[name].samples
         rss_series = samples.get("rss_mib", [])
         print(
