@@ -189,13 +189,36 @@ class SegmentQueue:
 
     # -- S3 housekeeping ---------------------------------------------------------
 
-    async def discard(self, keys: Sequence[str]) -> None:
-        """Delete manifests written by a transaction that did not commit (best effort)."""
+    async def discard(self, keys: Sequence[str], *, outcome_unknown: bool = False) -> None:
+        """Delete manifests written by a transaction that did not commit (best effort).
+
+        ``outcome_unknown``: the connection failed, possibly during COMMIT (PostgreSQL killed,
+        the connection cut), so the transaction may have committed and its segment rows point
+        into these manifests. Only the manifests no segment row references are deleted; when
+        PostgreSQL cannot say, all are kept (an orphan manifest costs storage, a deleted one
+        would make its segment unclaimable: "segment manifest ... is missing from S3").
+        """
         self.cache.forget(keys)
+        doomed = list(keys)
+        if outcome_unknown:
+            try:
+                async with self._db.acquire() as conn:
+                    rows = await conn.fetch(
+                        "SELECT manifest_key FROM queue_segments WHERE manifest_key = ANY($1::text[])", doomed
+                    )
+            except ServiceError as exc:
+                log.warning("kept %d manifests of a transaction that may have committed: %s", len(keys), exc)
+                return
+            referenced = {row[0] for row in rows}
+            if referenced:
+                log.warning("kept %d manifests of a transaction that committed after all", len(referenced))
+            doomed = [key for key in doomed if key not in referenced]
+        if not doomed:
+            return
         try:
-            await self.store.delete(list(keys))
+            await self.store.delete(doomed)
         except ServiceError as exc:
-            log.warning("could not delete %d uncommitted manifests: %s", len(keys), exc)
+            log.warning("could not delete %d uncommitted manifests: %s", len(doomed), exc)
 
     async def collect(self, keys: Sequence[str]) -> None:
         """Delete orphaned manifests and their segment_garbage rows (best effort)."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 
-from hevlayer.claimer.database import Database
+from hevlayer.claimer.database import CONNECTION_ERRORS, Database
 from hevlayer.claimer.pipelines import validate_pipeline_id
 from hevlayer.common.errors import NotFound, Unavailable
 
@@ -106,7 +106,9 @@ async def run(
                 result = await body(conn, work)
         except BaseException as exc:
             if work.written and segments is not None:
-                await segments.discard(work.written)
+                # A lost connection may have lost only COMMIT's answer, not the commit.
+                unknown = isinstance(exc, (Unavailable, *CONNECTION_ERRORS))
+                await segments.discard(work.written, outcome_unknown=unknown)
             if isinstance(exc, RETRIED_ERRORS):
                 if attempt + 1 < ATTEMPTS:
                     log.info("retrying after %s", type(exc).__name__)

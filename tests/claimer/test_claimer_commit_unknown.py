@@ -1,0 +1,66 @@
+"""A transaction whose COMMIT answer is lost keeps the manifests its committed rows point into.
+
+Found by the kill faults (tests/faults/test_kills.py): PostgreSQL killed while a claim that
+split a segment was committing. The commit had landed, the claimer saw the connection drop,
+took the transaction for rolled back and deleted the manifests it had written; the committed
+segment then failed every claim INTERNAL ("segment manifest ... is missing from S3") and its
+ids were never processed. Here the lost answer is simulated: the transaction commits, then the
+connection error is raised, as when PostgreSQL dies between writing the commit and answering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from claimer.support import Stores, new_pipeline
+from claimer.test_claimer_segments import batches, keys
+
+from hevlayer.claimer.database import Database
+from hevlayer.claimer.leases import ClaimRequest
+from hevlayer.common.errors import Unavailable
+
+
+async def test_a_claim_whose_commit_answer_is_lost_keeps_its_manifests(
+    seg_stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stores = seg_stores
+    pid = await new_pipeline(stores, backend="segment")
+    ids = [f"id-{i:02d}" for i in range(10)]
+    await stores.documents.enqueue(batches(pid, ids))
+    committed = Database.transaction
+
+    @contextlib.asynccontextmanager
+    async def answer_lost(self: Database) -> AsyncIterator[asyncpg.Connection]:
+        async with committed(self) as conn:
+            yield conn
+        # what Database.acquire makes of the dropped connection
+        lost = asyncpg.exceptions.ConnectionDoesNotExistError(
+            "connection was closed in the middle of operation"
+        )
+        raise Unavailable("PostgreSQL is unreachable: ConnectionDoesNotExistError", retry_after=1.0) from lost
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Database, "transaction", answer_lost)
+        with pytest.raises(Unavailable):
+            # 4 of the 10 ids: the segment is split into a leased half and a queued half,
+            # both new manifests, in a transaction that commits but looks failed.
+            await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 4, "w1"))
+
+    async with stores.db.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT manifest_key, stage, remaining FROM queue_segments WHERE pipeline_id = $1", pid
+        )
+    assert sorted((r["stage"], r["remaining"]) for r in rows) == [("embedding", 4), ("pending", 6)]
+    # The superseded manifest is in segment_garbage (committed): the claimer's sweeper takes it.
+    assert stores.segments is not None
+    assert await stores.segments.sweep() == 1
+    assert sorted(await keys(stores, pid)) == sorted(r["manifest_key"] for r in rows)
+    # Both halves are still claimable: the queued one now, both once their leases expire.
+    rest = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 100, "w2"))
+    assert len(rest) == 6
+    stores.clock.advance(3600)
+    again = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 100, "w3"))
+    assert sorted(again.document_ids) == ids
