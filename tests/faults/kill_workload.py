@@ -499,7 +499,7 @@ class Workload:
                 raise AssertionError(
                     f"the run did not finish within {timeout:.0f} s: job {self.job_state}, "
                     f"tasks left {[t.get_name() for t in extracting]}, "
-                    f"stages {await self._stages()}"
+                    f"stages {await self._stages()}, errors clients saw {dict(self.errors.codes)}"
                 )
             await asyncio.sleep(0.5)
 
