@@ -98,7 +98,7 @@ async def test_every_process_killed_mid_run_loses_nothing_and_leaves_nothing(kil
     events: list[str] = []
     name = f"kill-{SEED}-{random.SystemRandom().randrange(16**4):04x}"
     try:
-        async with Workload(kill_stack, rng, wave_size=WAVE, name=name) as workload:
+        async with Workload(kill_stack, rng, wave_size=WAVE, name=name, backlog=10 * WAVE) as workload:
             await workload.create_pipelines()
             for model in workload.pipelines.values():
                 await workload.enqueue_wave(model)
