@@ -91,7 +91,7 @@ async def run_kills(
     return events
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)
 async def test_every_process_killed_mid_run_loses_nothing_and_leaves_nothing(kill_stack: KillStack) -> None:
     rng = random.Random(SEED)
     schedule = kill_schedule(rng, ROUNDS)
@@ -104,7 +104,7 @@ async def test_every_process_killed_mid_run_loses_nothing_and_leaves_nothing(kil
                 await workload.enqueue_wave(model)
             workload.start()
             events = await run_kills(kill_stack, workload, schedule)
-            await workload.finish(timeout=300)
+            await workload.finish(timeout=600)
             swept = await sweep_orphans(workload)
 
             result = Audit()
