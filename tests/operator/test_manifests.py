@@ -30,11 +30,24 @@ from hypothesis import strategies as st
 from hevlayer.common.config import describe_settings, settings_classes
 from hevlayer.common.errors import InvalidArgument
 from hevlayer.common.server import ServerSettings
-from hevlayer.operator import RenderContext, parse_pipeline, render_deployment, render_scaled_object
+from hevlayer.operator import (
+    Admission,
+    Refusal,
+    RenderContext,
+    admit,
+    parse_infra_rules,
+    parse_pipeline,
+    render_deployment,
+    render_extract_deployment,
+    render_extract_scaled_object,
+    render_scaled_object,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 CRD = ROOT / "deploy" / "crds" / "pipeline.yaml"
+INFRA_CRD = ROOT / "deploy" / "crds" / "infrarules.yaml"
+DOCS = ROOT / "docs" / "operator.md"
 CTX = RenderContext(
     gateway_address="layer-gateway.layer.svc.cluster.local:50051",
     gateway_http_url="http://layer-gateway.layer.svc.cluster.local:8080",
@@ -92,7 +105,7 @@ def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_deploy_manifests_validate_strictly() -> None:
-    kubernetes_validate([*manifest_files(), CRD])
+    kubernetes_validate([*manifest_files(), CRD, INFRA_CRD])
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -104,7 +117,7 @@ def test_kustomization_lists_every_manifest() -> None:
     assert sorted(r for r in resources if not r.startswith("..")) == [p.name for p in manifest_files()]
     assert "../crds" in resources
     crds = yaml.safe_load((CRD.parent / "kustomization.yaml").read_text())
-    assert crds["resources"] == ["pipeline.yaml"]
+    assert crds["resources"] == ["pipeline.yaml", "infrarules.yaml"]
     images = {image["name"] for image in kustomization["images"]}
     used = {
         c["image"].rsplit(":", 1)[0]
@@ -168,31 +181,58 @@ def test_every_variable_in_the_manifests_is_a_setting() -> None:
     assert unknown == {}
 
 
-def test_operator_rbac_covers_its_calls() -> None:
-    [role] = [d for d in documents(K8S / "operator.yaml") if d["kind"] == "ClusterRole"]
+def test_operator_rbac_is_namespaced_and_covers_its_calls() -> None:
+    """Least privilege: a Role (in the operator's namespace) for Pipelines and what they
+    own; cluster-wide only reading InfraRules and namespace names (kopf's startup). The
+    operator serves its own namespace."""
+    docs = list(documents(K8S / "operator.yaml"))
+    [role] = [d for d in docs if d["kind"] == "Role"]
+    [cluster_role] = [d for d in docs if d["kind"] == "ClusterRole"]
 
-    def allowed(group: str, resource: str, verb: str) -> bool:
+    def allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
         return any(
             group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
-            for rule in role["rules"]
+            for rule in rules
         )
 
     needed = [("hevlayer.com", "pipelines", v) for v in ("get", "list", "watch", "patch")] + [
         ("hevlayer.com", "pipelines/status", "patch"),
         ("", "events", "create"),
-        ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
-        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     ]
     for group, resource in (("apps", "deployments"), ("keda.sh", "scaledobjects")):
         needed += [(group, resource, v) for v in ("get", "create", "patch", "delete")]
-    assert [n for n in needed if not allowed(*n)] == []
-    [binding] = [d for d in documents(K8S / "operator.yaml") if d["kind"] == "ClusterRoleBinding"]
-    [deployment] = [d for d in documents(K8S / "operator.yaml") if d["kind"] == "Deployment"]
-    assert binding["subjects"][0]["name"] == deployment["spec"]["template"]["spec"]["serviceAccountName"]
-    probe = containers(deployment)[0]["livenessProbe"]["httpGet"]
-    env = {e["name"]: e["value"] for e in containers(deployment)[0]["env"]}
-    assert probe["path"] == "/healthz"
-    assert env["OPERATOR_HEALTH_ADDRESS"] == "0.0.0.0:8080"
+    assert [n for n in needed if not allowed(role["rules"], *n)] == []
+    # Nothing more: no wildcard, no list/watch/update of what it owns, no Secrets.
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    extra = {("hevlayer.com", "pipelines/status", "get"), ("", "events", "patch")}
+    extra |= {("events.k8s.io", "events", v) for v in ("create", "patch")}
+    assert granted == set(needed) | extra
+    assert cluster_role["rules"] == [
+        {"apiGroups": ["hevlayer.com"], "resources": ["infrarules"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+    ]
+    [binding] = [d for d in docs if d["kind"] == "RoleBinding"]
+    [cluster_binding] = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert cluster_binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == cluster_binding["subjects"][0]["name"] == account
+    container = containers(deployment)[0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["OPERATOR_NAMESPACES"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert env["OPERATOR_HEALTH_ADDRESS"]["value"] == "0.0.0.0:8080"
 
 
 # --------------------------------------------------------------------------- rendered objects
@@ -209,13 +249,61 @@ SPECS: list[dict[str, Any]] = [
             "image": "ghcr.io/hev/gpu-embed-worker:1.2.3",
             "env": [
                 {"name": "MODEL", "value": "minilm"},
-                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                {"name": "HEVLAYER_TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
             ],
             "resources": {"limits": {"nvidia.com/gpu": 1, "memory": "8Gi"}, "requests": {"cpu": "2"}},
         },
         "scaling": {"pool": "gpu", "replicas": {"min": 1, "max": 4}},
     },
+    {
+        "scaling": {"targetPerReplica": 20, "replicas": {"min": 0, "max": 4}},
+        "extract": {"image": "ghcr.io/hev/extract:1", "pool": "cpu", "replicas": {"min": 0, "max": 6}},
+    },
+    {
+        "extract": {
+            "image": "ghcr.io/hev/extract:1",
+            "trigger": {
+                "type": "kafka",
+                "metadata": {
+                    "bootstrapServers": "kafka:9092",
+                    "consumerGroup": "g",
+                    "topic": "t",
+                    "lagThreshold": "5",
+                },
+                "authenticationRef": {"name": "kafka-auth"},
+            },
+        }
+    },
+    {"scaling": {"mode": "fixed", "replicas": {"min": 2, "max": 2}}, "extract": {"image": "ghcr.io/hev/e:1"}},
 ]
+
+
+@functools.cache
+def docs_infra_rules() -> dict[str, Any]:
+    """The InfraRules/default example of docs/operator.md."""
+    blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), flags=re.S)
+    [example] = [yaml.safe_load(b) for b in blocks if "kind: InfraRules" in b]
+    assert isinstance(example, dict)
+    return example
+
+
+def admitted(body: dict[str, Any]) -> Admission:
+    admission = admit(parse_pipeline(body), parse_infra_rules(docs_infra_rules()))
+    assert isinstance(admission, Admission), admission
+    return admission
+
+
+def rendered_objects(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every object the operator renders for ``body`` under the docs' InfraRules."""
+    admission = admitted(body)
+    pipeline = admission.pipeline
+    found = [
+        render_deployment(pipeline, CTX, admission.pool),
+        render_scaled_object(pipeline, CTX),
+        render_extract_deployment(pipeline, CTX, admission.extract_pool),
+        render_extract_scaled_object(pipeline, CTX),
+    ]
+    return [o for o in found if o is not None]
 
 
 def seed_pipeline(extra: dict[str, Any]) -> dict[str, Any]:
@@ -229,13 +317,17 @@ def seed_pipeline(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_rendered_deployments_validate_strictly(tmp_path: Path) -> None:
+    """Every Deployment, with and without InfraRules pools, validates (kubernetes-validate --strict)."""
     paths = []
     for index, extra in enumerate(SPECS):
         pipeline = parse_pipeline(seed_pipeline(extra))
-        path = tmp_path / f"deployment-{index}.yaml"
-        body = render_deployment(pipeline, CTX)
-        path.write_text(yaml.safe_dump(_without_nones(body)))
-        paths.append(path)
+        bodies = [render_deployment(pipeline, CTX)]
+        bodies += [o for o in rendered_objects(seed_pipeline(extra)) if o["kind"] == "Deployment"]
+        for number, body in enumerate(bodies):
+            path = tmp_path / f"deployment-{index}-{number}.yaml"
+            path.write_text(yaml.safe_dump(_without_nones(body)))
+            paths.append(path)
+    assert len(paths) > 2 * len(SPECS)
     kubernetes_validate(paths)
 
 
@@ -244,10 +336,185 @@ def test_rendered_scaled_objects_match_kedas_model(extra: dict[str, Any]) -> Non
     pipeline = parse_pipeline(seed_pipeline(extra))
     scaled = render_scaled_object(pipeline, CTX)
     assert (scaled is None) == (pipeline.spec.fixed_replicas is not None)
-    if scaled is not None:
-        model = ScaledObject.model_validate(scaled)
-        # The model drops unknown fields: a round trip must give the same object back.
-        assert model.model_dump(by_alias=True, exclude_none=True, mode="json") == scaled
+    extract = render_extract_scaled_object(pipeline, CTX)
+    assert (extract is None) == (pipeline.spec.extract is None or pipeline.spec.extract_replicas is not None)
+    for obj in (scaled, extract):
+        if obj is not None:
+            model = ScaledObject.model_validate(obj)
+            # The model drops unknown fields: a round trip must give the same object back.
+            assert model.model_dump(by_alias=True, exclude_none=True, mode="json") == obj
+
+
+def test_extract_workers_scale_on_the_extract_stage_or_the_given_trigger() -> None:
+    on_stage = render_extract_scaled_object(parse_pipeline(seed_pipeline(SPECS[5])), CTX)
+    assert on_stage is not None
+    assert on_stage["metadata"]["name"] == "product-images-extract"
+    assert on_stage["spec"]["scaleTargetRef"]["name"] == "product-images-extract"
+    assert (on_stage["spec"]["minReplicaCount"], on_stage["spec"]["maxReplicaCount"]) == (0, 6)
+    assert on_stage["spec"]["triggers"] == [
+        {
+            "type": "prometheus",
+            "metadata": {
+                "serverAddress": "http://layer-gateway.layer.svc.cluster.local:8080/v2/metrics",
+                "metricName": "product_images_extract",
+                "query": 'sum(layer_pipeline_stage_count{pipeline_id="product-images",stage="extract"}) '
+                "or vector(0)",
+                "threshold": "50",
+                "activationThreshold": "1",
+            },
+        }
+    ]
+    kafka = render_extract_scaled_object(parse_pipeline(seed_pipeline(SPECS[6])), CTX)
+    assert kafka is not None
+    assert kafka["spec"]["triggers"] == [
+        {
+            "type": "kafka",
+            "metadata": {
+                "bootstrapServers": "kafka:9092",
+                "consumerGroup": "g",
+                "topic": "t",
+                "lagThreshold": "5",
+            },
+            "authenticationRef": {"name": "kafka-auth"},
+        }
+    ]
+    fixed = parse_pipeline(seed_pipeline(SPECS[7]))
+    deployment = render_extract_deployment(fixed, CTX)
+    assert deployment is not None
+    assert deployment["spec"]["replicas"] == 0  # extract replicas.min defaults to 0
+    worker = render_deployment(fixed, CTX)
+    # The two Deployments select disjoint pods.
+    assert deployment["spec"]["selector"] != worker["spec"]["selector"]
+    assert render_extract_deployment(parse_pipeline(seed_pipeline({})), CTX) is None
+
+
+# --------------------------------------------------------------------------- InfraRules
+
+
+def test_docs_infra_rules_match_the_crd_and_give_the_gpu_pool_a_gpu() -> None:
+    example = docs_infra_rules()
+    crd = yaml.safe_load(INFRA_CRD.read_text())
+    assert crd["spec"]["scope"] == "Cluster"
+    [version] = crd["spec"]["versions"]
+    assert structural_errors(version["schema"]["openAPIV3Schema"], example) == []
+    assert example["metadata"]["name"] == "default"
+    rules = parse_infra_rules(example)
+    gpu = rules.pools["gpu"]
+    assert gpu.resources is not None
+    assert gpu.resources["requests"]["nvidia.com/gpu"] == gpu.resources["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu.tolerations
+    assert gpu.max_replicas is not None
+    # The GPU pool's worker requests the GPU; its own memory limit is kept.
+    body = seed_pipeline(SPECS[4])
+    body["spec"]["worker"]["env"] = [{"name": "MODEL", "value": "minilm"}]
+    body["spec"]["worker"]["resources"] = {"limits": {"nvidia.com/gpu": 2, "memory": "8Gi"}}
+    [deployment, *_] = rendered_objects(body)
+    pod = deployment["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["limits"] == {"nvidia.com/gpu": "2", "memory": "8Gi"}  # the Pipeline's entries win
+    assert resources["requests"] == {"nvidia.com/gpu": "1"}  # the pool's default
+    assert pod["tolerations"] == [dict(t) for t in gpu.tolerations]
+    assert pod["nodeSelector"] == dict(gpu.node_selector)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"pools": [{"name": "a"}, {"name": "a"}]}, "spec.pools[1].name"),
+        ({"pools": [{"name": "a", "maxReplicas": -1}]}, "spec.pools[0].maxReplicas"),
+        ({"pools": [{"name": "a", "tolerations": [{"keys": "x"}]}]}, "spec.pools[0].tolerations[0].keys"),
+        ({"pools": [{"name": "a", "nodeSelector": {"bad key!": "x"}}]}, "spec.pools[0].nodeSelector"),
+        ({"allowedImages": "ghcr.io/*"}, "spec.allowedImages"),
+        ({"allowedEnv": {"valueFrom": ["secretRef"]}}, "spec.allowedEnv.valueFrom[0]"),
+    ],
+)
+def test_invalid_infra_rules_name_the_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        parse_infra_rules({"spec": spec})
+    assert error.value.message.startswith(field), error.value.message
+
+
+def test_admission_caps_replicas_at_the_pool_ceiling() -> None:
+    rules = parse_infra_rules(
+        {"spec": {"pools": [{"name": "cpu", "maxReplicas": 3}], "allowedImages": ["ghcr.io/hev/*"]}}
+    )
+    fixed = seed_pipeline({"scaling": {"pool": "cpu", "mode": "fixed", "replicas": {"min": 5, "max": 8}}})
+    admission = admit(parse_pipeline(fixed), rules)
+    assert isinstance(admission, Admission)
+    assert (admission.pipeline.spec.scaling.min_replicas, admission.pipeline.spec.scaling.max_replicas) == (
+        3,
+        3,
+    )
+    assert admission.notes == ("worker replicas capped at 3 (pool 'cpu' ceiling)",)
+    assert render_deployment(admission.pipeline, CTX, admission.pool)["spec"]["replicas"] == 3
+    within = admit(parse_pipeline(seed_pipeline({"scaling": {"replicas": {"min": 0, "max": 2}}})), rules)
+    assert isinstance(within, Admission)
+    assert within.notes == ()
+    refused = admit(
+        parse_pipeline(seed_pipeline({"extract": {"image": "ghcr.io/hev/e:1", "pool": "gpu"}})), rules
+    )
+    assert refused == Refusal(
+        "UnknownPool", "spec.extract.pool: pool 'gpu' is not in InfraRules/default (pools: cpu)"
+    )
+
+
+# --------------------------------------------------------------------------- env the services read
+
+
+def embedder_settings_env() -> dict[str, type[Any]]:
+    """Every variable the embedder process reads, with the settings class reading it."""
+    from hevlayer.client.settings import ClientTLSSettings
+    from hevlayer.embedder import settings as embedder_settings
+
+    read: dict[str, type[Any]] = {}
+    for cls in [*settings_classes(embedder_settings), ServerSettings, ClientTLSSettings]:
+        read.update(dict.fromkeys((row.env for row in describe_settings(cls)), cls))
+    return read
+
+
+@pytest.mark.parametrize("extra", SPECS)
+def test_every_variable_a_rendered_worker_sets_is_read_by_the_embedder(extra: dict[str, Any]) -> None:
+    """Workers run hevlayer-embedder (or a worker speaking its settings): every variable the
+    operator sets on a worker or extract container is one the embedder's settings read.
+    (Variables the Pipeline itself lists in env are the user's, checked by InfraRules.)"""
+    read = embedder_settings_env()
+    body = seed_pipeline(extra)
+    user = {e["name"] for key in ("worker", "extract") for e in body["spec"].get(key, {}).get("env", [])}
+    pipeline = parse_pipeline(body)
+    objects = [render_deployment(pipeline, CTX), render_extract_deployment(pipeline, CTX)]
+    names = {
+        e["name"] for obj in objects if obj is not None for c in containers(obj) for e in c["env"]
+    } - user
+    assert names, "the operator sets the pipeline id and the gateway address at least"
+    assert sorted(n for n in names if n not in read) == []
+
+
+def test_the_rendered_worker_environment_configures_the_embedder_worker() -> None:
+    """batchSize and timeoutSeconds of the seed's example, loaded by the embedder's own
+    settings from the rendered container's environment."""
+    from hevlayer.common.config import load_settings
+    from hevlayer.embedder.settings import WorkerSettings
+
+    pipeline = parse_pipeline(yaml.safe_load(SEED_EXAMPLE))
+    [container] = containers(render_deployment(pipeline, CTX))
+    environ = {e["name"]: e["value"] for e in container["env"]}
+    settings = load_settings(WorkerSettings, environ=environ)
+    settings.validate()
+    assert settings.pipeline_ids == ("product-images",)
+    assert settings.gateway == "layer-gateway.layer.svc.cluster.local:50051"
+    assert settings.max_documents == 64  # spec.worker.batchSize
+    assert settings.lease_seconds == 60  # spec.worker.timeoutSeconds
+    assert settings.drain_seconds == 60.0
+    grace = render_deployment(pipeline, CTX)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > settings.drain_seconds
+    # Without batchSize / timeoutSeconds the worker keeps its own defaults.
+    bare = seed_pipeline({})
+    bare["spec"]["worker"] = {"image": "ghcr.io/hev/product-image-worker:latest"}
+    [container] = containers(render_deployment(parse_pipeline(bare), CTX))
+    environ = {e["name"]: e["value"] for e in container["env"]}
+    defaults = load_settings(WorkerSettings, environ={})
+    loaded = load_settings(WorkerSettings, environ=environ)
+    assert (loaded.max_documents, loaded.lease_seconds) == (defaults.max_documents, defaults.lease_seconds)
 
 
 def test_seed_example_renders_the_seed_trigger() -> None:
@@ -261,11 +528,20 @@ def test_seed_example_renders_the_seed_trigger() -> None:
                 "metricName": "product_images_pending",
                 "query": 'sum(layer_pipeline_stage_count{pipeline_id="product-images",stage="pending"}) '
                 "or vector(0)",
-                "threshold": "64",
+                "threshold": "50",
                 "activationThreshold": "1",
             },
         }
     ]
+    # Exactly the seed's ScaledObject (its name and target are the operator's, as documented).
+    assert scaled["spec"]["minReplicaCount"] == 0
+    assert scaled["spec"]["maxReplicaCount"] == 8
+    # Another target per replica only when the resource asks for one.
+    other = seed_pipeline({"scaling": {"targetPerReplica": 64, "activationThreshold": 5}})
+    asked = render_scaled_object(parse_pipeline(other), CTX)
+    assert asked is not None
+    assert asked["spec"]["triggers"][0]["metadata"]["threshold"] == "64"
+    assert asked["spec"]["triggers"][0]["metadata"]["activationThreshold"] == "5"
 
 
 # --------------------------------------------------------------------------- the CRD
@@ -352,6 +628,14 @@ def test_crd_accepts_the_seed_example() -> None:
         ({"target": {"namespace": "has-dash"}}, ".spec.target.namespace: does not match"),
         ({"paused": "yes"}, ".spec.paused: expected boolean"),
         ({"workers": {}}, ".spec.workers: unknown field"),
+        ({"deletionPolicy": "purge"}, ".spec.deletionPolicy: 'purge' not in"),
+        ({"worker": {"batchSize": 10_001}}, ".spec.worker.batchSize: out of bounds"),
+        (
+            {"extract": {"image": "x:1", "trigger": {"type": "cron", "metadata": {}}}},
+            ".spec.extract.trigger.type",
+        ),
+        ({"extract": {"pool": "cpu"}}, ".spec.extract.image: required"),
+        ({"scaling": {"targetPerReplica": 0}}, ".spec.scaling.targetPerReplica: out of bounds"),
     ],
 )
 def test_crd_rejects_invalid_specs(extra: dict[str, Any], error: str) -> None:

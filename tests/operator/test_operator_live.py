@@ -3,7 +3,7 @@
 No kube-apiserver can run here. The Kubernetes side is kmock's
 ``KubernetesEmulator`` (an in-memory, HTTP-level fake API server by kopf's
 author), extended below with what a real API server adds to objects (uid,
-resourceVersion, generation, creationTimestamp) and with HTTP 422 on failed
+resourceVersion, generation, creationTimestamp, a name from generateName) and with HTTP 422 on failed
 JSON-patch tests, as kopf expects. It does not apply CRD defaults or
 validation, and it does not garbage-collect by owner references.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import json
 import os
 import subprocess
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import attrs
 import grpc
 import kmock
@@ -48,6 +50,8 @@ from hevlayer.devstack.testing import ServiceFactory
 from hevlayer.operator import OperatorSettings, run_operator
 
 PIPELINES = "hevlayer.com/v1alpha1/pipelines"
+INFRA_RULES = "hevlayer.com/v1alpha1/infrarules"
+INFRA_RULES_PATH = "/apis/hevlayer.com/v1alpha1/infrarules"
 DEPLOYMENTS = "apps/v1/deployments"
 SCALED_OBJECTS = "keda.sh/v1alpha1/scaledobjects"
 GATEWAY_HTTP = "http://layer-gateway.layer.svc.cluster.local:8080"
@@ -62,6 +66,23 @@ class ApiServer(kmock.KubernetesEmulator):
     """kmock's Kubernetes emulator plus the metadata a real API server maintains."""
 
     _revision: int = attrs.field(default=0, init=False)
+    namespaces: tuple[str, ...] = attrs.field(default=())
+    """What ``GET /api/v1/namespaces`` lists (a namespaced kopf lists them at start). kmock
+    cannot parse that path (it takes "namespaces" for the start of a namespaced path), so it
+    is answered here, before kmock parses the request; watching namespaces is refused (403),
+    which kopf tolerates (it then refreshes namespaces only on restarts)."""
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.path == "/api/v1/namespaces":
+            if raw_request.query.get("watch") in ("true", "1"):
+                status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403}
+                return aiohttp.web.json_response({**status, "reason": "Forbidden"}, status=403)
+            items = [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in self.namespaces
+            ]
+            listing = {"apiVersion": "v1", "kind": "NamespaceList", "metadata": {"resourceVersion": "1"}}
+            return aiohttp.web.json_response({**listing, "items": items})
+        return await super().__call__(raw_request)
 
     def _next_revision(self) -> str:
         self._revision += 1
@@ -71,6 +92,8 @@ class ApiServer(kmock.KubernetesEmulator):
         if request.resource is not None and request.action == kmock.action.CREATE:
             if isinstance(request.data, dict):
                 meta = request.data.setdefault("metadata", {})
+                if not meta.get("name") and meta.get("generateName"):  # kopf's Events
+                    meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:8]}"
                 meta.setdefault("namespace", request.namespace)
                 meta.setdefault("uid", str(uuid.uuid4()))
                 meta.setdefault("generation", 1)
@@ -232,6 +255,31 @@ def write_kubeconfig(path: Path, server: str) -> Path:
     return path
 
 
+def infra_rules_body(**spec: Any) -> dict[str, Any]:
+    """InfraRules/default: pools cpu and gpu, images of ghcr.io/hev, EXTRA_* and MODEL variables."""
+    body: dict[str, Any] = {
+        "apiVersion": "hevlayer.com/v1alpha1",
+        "kind": "InfraRules",
+        "metadata": {"name": "default"},
+        "spec": {
+            "pools": [
+                {"name": "cpu", "resources": {"requests": {"cpu": "1"}}},
+                {
+                    "name": "gpu",
+                    "nodeSelector": {"cloud.example.com/accelerator": "h100"},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    "resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}},
+                    "maxReplicas": 4,
+                },
+            ],
+            "allowedImages": ["ghcr.io/hev/*"],
+            "allowedEnv": {"names": ["EXTRA_*", "MODEL"], "valueFrom": ["configMapKeyRef"]},
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
 def pipeline_body(name: str, namespace: str = "layer", **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "apiVersion": "hevlayer.com/v1alpha1",
@@ -259,7 +307,8 @@ class Cluster:
     url: str
     session: aiohttp.ClientSession
 
-    def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """The object (``namespace`` None: cluster-scoped), None if absent."""
         key = (kmock.resource(resource), namespace, name)
         if key not in self.api.objects or self.api.objects[key].deleted:
             return None
@@ -289,6 +338,32 @@ class Cluster:
     async def delete(self, path: str) -> None:
         async with self.session.delete(path) as r:
             assert r.status < 300, await r.text()
+
+    async def put_infra_rules(self, body: dict[str, Any]) -> None:
+        """Create InfraRules/default, or replace its spec."""
+        if self.get(INFRA_RULES, None, "default") is None:
+            async with self.session.post(INFRA_RULES_PATH, json=body) as r:
+                assert r.status < 300, await r.text()
+            return
+        async with self.session.patch(
+            f"{INFRA_RULES_PATH}/default",
+            data=json.dumps(body),
+            headers={"Content-Type": "application/merge-patch+json"},
+        ) as r:
+            assert r.status < 300, await r.text()
+
+    def events_about(self, namespace: str, reason: str, name: str) -> list[dict[str, Any]]:
+        """The Events in ``namespace`` with ``reason`` about the object ``name``."""
+        return [e for e in self.events(namespace, reason) if e["involvedObject"]["name"] == name]
+
+    def events(self, namespace: str, reason: str) -> list[dict[str, Any]]:
+        """The Events in ``namespace`` with ``reason``."""
+        return [
+            dict(obj.raw)
+            for (resource, ns, _), obj in list(self.api.objects.items())
+            if resource.plural == "events" and ns == namespace and not obj.deleted
+            if obj.raw.get("reason") == reason
+        ]
 
     async def wait_watching(self) -> None:
         """Wait until the operator watches Pipelines. kmock replays every existing object
@@ -320,6 +395,12 @@ async def cluster() -> AsyncIterator[Cluster]:
             subresources={"status"},
             verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
         )
+        api.resources[INFRA_RULES] = kmock.ResourceInfo(
+            kind="InfraRules",
+            singular="infrarules",
+            namespaced=False,
+            verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+        )
         api.resources[SCALED_OBJECTS] = kmock.ResourceInfo(
             kind="ScaledObject",
             singular="scaledobject",
@@ -329,7 +410,9 @@ async def cluster() -> AsyncIterator[Cluster]:
         )
         url = str(server.url).rstrip("/")
         async with aiohttp.ClientSession(url) as session:
-            yield Cluster(api, url, session)
+            cluster = Cluster(api, url, session)
+            await cluster.put_infra_rules(infra_rules_body())
+            yield cluster
 
 
 @pytest.fixture
@@ -432,7 +515,7 @@ async def test_pipeline_lifecycle(
                 "metricName": "product_images_pending",
                 "query": 'sum(layer_pipeline_stage_count{pipeline_id="product-images",stage="pending"})'
                 " or vector(0)",
-                "threshold": "64",
+                "threshold": "50",
                 "activationThreshold": "1",
             },
         }
@@ -458,6 +541,15 @@ async def test_pipeline_lifecycle(
         status = cluster.get(PIPELINES, "layer", "product-images")["status"]  # type: ignore[index]
         assert status["pipelineId"] == "product-images"
         assert status["observedGeneration"] == 1
+        assert (status["replicas"], status["readyReplicas"]) == (0, 0)
+        admitted = cluster.condition("layer", "product-images", "Admitted")
+        assert admitted is not None
+        assert admitted["status"] == "True", admitted
+        # The cpu pool's default resources; batchSize and timeoutSeconds as the embedder reads them.
+        assert container["resources"] == {"requests": {"cpu": "1"}}
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["EMBEDDER_WORKER_MAX_DOCUMENTS"] == "64"
+        assert env["EMBEDDER_WORKER_LEASE_SECONDS"] == "60"
 
         # Paused: the gateway pipeline is paused, KEDA lets go, the workers go to 0.
         await cluster.patch_pipeline("layer", "product-images", {"spec": {"paused": True}})
@@ -498,13 +590,14 @@ async def test_pipeline_lifecycle(
             "Ready for generation 4",
         )
 
-        # Deleted: the finalizer runs DeletePipeline and removes the worker objects.
+        # Deleted (deletionPolicy keep, the default): the finalizer removes the worker
+        # objects; the gateway pipeline and its data stay.
         await cluster.delete("/apis/hevlayer.com/v1alpha1/namespaces/layer/pipelines/product-images")
         await eventually(
             lambda: cluster.get(PIPELINES, "layer", "product-images") is None, "the Pipeline gone"
         )
-        assert [d.pipeline_id for d in service.called("DeletePipeline")] == ["product-images"]
-        assert "product-images" not in service.pipelines
+        assert service.called("DeletePipeline") == []
+        assert "product-images" in service.pipelines
         assert cluster.get(DEPLOYMENTS, "layer", "product-images-worker") is None
         assert cluster.get(SCALED_OBJECTS, "layer", "product-images-worker") is None
         # Created once, patched (paused, fixed) and deleted: the Deployment's history in kmock.
@@ -648,6 +741,264 @@ async def test_invalid_spec_and_name_conflict(
         assert cluster.get(DEPLOYMENTS, "layer", "taken-worker")["spec"] == {"replicas": 5}  # type: ignore[index]
 
 
+async def test_infra_rules_pools_are_resolved_and_changes_rerender(
+    cluster: Cluster, gateway: tuple[FakePipelineService, str], tmp_path: Path
+) -> None:
+    """An unknown pool is refused (Ready=False, an Event, nothing created); adding the pool
+    to InfraRules/default, then changing it, re-renders the Pipeline. The status timer is
+    slowed down so that only the InfraRules handler can cause these re-renders. The operator
+    serves one namespace, as deploy/k8s runs it (InfraRules are cluster-scoped all the same)."""
+    service, address = gateway
+    cluster.api.namespaces = ("layer", "team-a")
+    settings = settings_for(cluster, address, tmp_path, status_interval_seconds=3600.0, namespaces=("layer",))
+    async with running_operator(cluster, settings):
+        body = pipeline_body("tpu-embed")
+        body["spec"]["scaling"] = {"pool": "tpu", "mode": "autoscale", "replicas": {"min": 0, "max": 8}}
+        await cluster.create_pipeline(body)
+        ready = await eventually(
+            lambda: cluster.condition("layer", "tpu-embed", "Ready"), "Ready on tpu-embed"
+        )
+        assert (ready["status"], ready["reason"]) == ("False", "UnknownPool"), ready
+        assert (
+            "spec.scaling.pool: pool 'tpu' is not in InfraRules/default (pools: cpu, gpu)" in ready["message"]
+        )
+        events = await eventually(lambda: cluster.events("layer", "UnknownPool"), "an UnknownPool Event")
+        assert events[0]["type"] == "Warning"
+        assert events[0]["involvedObject"]["name"] == "tpu-embed"
+        assert cluster.get(DEPLOYMENTS, "layer", "tpu-embed-worker") is None
+        assert cluster.get(SCALED_OBJECTS, "layer", "tpu-embed-worker") is None
+        assert service.called("CreatePipeline") == []
+
+        # The admin adds the pool, with a ceiling of 3 replicas: the Pipeline is re-rendered.
+        rules = infra_rules_body()
+        tpu = {
+            "name": "tpu",
+            "nodeSelector": {"cloud.example.com/accelerator": "tpu-v5"},
+            "tolerations": [{"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "resources": {"limits": {"google.com/tpu": "4"}, "requests": {"google.com/tpu": "4"}},
+            "maxReplicas": 3,
+        }
+        rules["spec"]["pools"].append(tpu)
+        await cluster.put_infra_rules(rules)
+        deployment = await eventually(
+            lambda: cluster.get(DEPLOYMENTS, "layer", "tpu-embed-worker"), "the Deployment after the pool"
+        )
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"cloud.example.com/accelerator": "tpu-v5"}
+        assert pod["tolerations"] == tpu["tolerations"]
+        assert pod["containers"][0]["resources"] == tpu["resources"]
+        scaled = await eventually(
+            lambda: cluster.get(SCALED_OBJECTS, "layer", "tpu-embed-worker"), "ScaledObject"
+        )
+        assert scaled["spec"]["maxReplicaCount"] == 3
+        ready = await eventually(
+            lambda: (cluster.condition("layer", "tpu-embed", "Ready") or {}).get("status") == "True" or None,
+            "Ready once the pool exists",
+        )
+        applied = cluster.condition("layer", "tpu-embed", "WorkersApplied")
+        assert applied is not None
+        assert "capped at 3" in applied["message"], applied
+
+        # The pool moves to other nodes: the Deployment follows.
+        tpu["nodeSelector"] = {"cloud.example.com/accelerator": "tpu-v6"}
+        await cluster.put_infra_rules(rules)
+        await eventually(
+            lambda: (
+                (cluster.get(DEPLOYMENTS, "layer", "tpu-embed-worker") or {})["spec"]["template"]["spec"][
+                    "nodeSelector"
+                ]
+                == {"cloud.example.com/accelerator": "tpu-v6"}
+            ),
+            "the Deployment on the new nodes",
+        )
+        annotations = cluster.get(PIPELINES, "layer", "tpu-embed")["metadata"]["annotations"]  # type: ignore[index]
+        assert "hevlayer.com/infra-rules" in annotations
+
+        # The pool is removed again: refused, and the workers it ran are removed.
+        rules["spec"]["pools"] = [p for p in rules["spec"]["pools"] if p["name"] != "tpu"]
+        await cluster.put_infra_rules(rules)
+        await eventually(
+            lambda: cluster.get(DEPLOYMENTS, "layer", "tpu-embed-worker") is None, "the workers removed"
+        )
+        assert cluster.get(SCALED_OBJECTS, "layer", "tpu-embed-worker") is None
+        ready = await eventually(
+            lambda: (cluster.condition("layer", "tpu-embed", "Ready") or {}).get("reason") == "UnknownPool",
+            "UnknownPool again",
+        )
+        # The gateway pipeline (and its data) is left alone by a refusal.
+        assert "tpu-embed" in service.pipelines
+
+
+async def test_images_and_env_outside_the_allow_list_are_refused(
+    cluster: Cluster, gateway: tuple[FakePipelineService, str], tmp_path: Path
+) -> None:
+    service, address = gateway
+    async with running_operator(cluster, settings_for(cluster, address, tmp_path)):
+        foreign = pipeline_body("foreign")
+        foreign["spec"]["worker"]["image"] = "docker.io/someone/miner:latest"
+        await cluster.create_pipeline(foreign)
+        secret = pipeline_body("secret-env")
+        secret["spec"]["worker"]["env"] = [
+            {"name": "EXTRA_TOKEN", "valueFrom": {"secretKeyRef": {"name": "layer-s3", "key": "secret"}}}
+        ]
+        await cluster.create_pipeline(secret)
+        unlisted = pipeline_body("unlisted-env")
+        unlisted["spec"]["worker"]["env"] = [{"name": "LD_PRELOAD", "value": "/tmp/x.so"}]
+        await cluster.create_pipeline(unlisted)
+        allowed = pipeline_body("allowed-env")
+        allowed["spec"]["worker"]["env"] = [
+            {"name": "MODEL", "value": "minilm"},
+            {"name": "EXTRA_CONFIG", "valueFrom": {"configMapKeyRef": {"name": "worker", "key": "config"}}},
+        ]
+        await cluster.create_pipeline(allowed)
+
+        for name, reason, text in (
+            (
+                "foreign",
+                "ImageNotAllowed",
+                "spec.worker.image: 'docker.io/someone/miner:latest' is not allowed",
+            ),
+            ("secret-env", "EnvNotAllowed", "spec.worker.env[0].valueFrom: secretKeyRef is not allowed"),
+            ("unlisted-env", "EnvNotAllowed", "spec.worker.env[0].name: 'LD_PRELOAD' is not allowed"),
+        ):
+            ready = await eventually(
+                functools.partial(cluster.condition, "layer", name, "Ready"), f"Ready on {name}"
+            )
+            assert (ready["status"], ready["reason"]) == ("False", reason), ready
+            assert text in ready["message"], ready
+            await eventually(
+                functools.partial(cluster.events_about, "layer", reason, name),
+                f"a {reason} Event about {name}",
+            )
+            assert cluster.get(DEPLOYMENTS, "layer", f"{name}-worker") is None
+        ready = await eventually(
+            lambda: (
+                (cluster.condition("layer", "allowed-env", "Ready") or {}).get("status") == "True" or None
+            ),
+            "allowed-env ready",
+        )
+        assert cluster.get(DEPLOYMENTS, "layer", "allowed-env-worker") is not None
+        assert sorted(c.pipeline.id for c in service.called("CreatePipeline")) == ["allowed-env"]
+
+        # The admin allows secrets: the refused Pipeline is re-rendered and runs.
+        rules = infra_rules_body()
+        rules["spec"]["allowedEnv"] = {"names": ["EXTRA_*"], "valueFrom": ["configMapKeyRef", "secretKeyRef"]}
+        await cluster.put_infra_rules(rules)
+        await eventually(lambda: cluster.get(DEPLOYMENTS, "layer", "secret-env-worker"), "secret-env workers")
+        # ... and allowed-env, whose MODEL is no longer listed, is refused and its workers removed.
+        await eventually(
+            lambda: cluster.get(DEPLOYMENTS, "layer", "allowed-env-worker") is None,
+            "allowed-env workers removed",
+        )
+
+
+async def test_without_infra_rules_nothing_is_created(
+    cluster: Cluster, gateway: tuple[FakePipelineService, str], tmp_path: Path
+) -> None:
+    service, address = gateway
+    await cluster.delete(f"{INFRA_RULES_PATH}/default")
+    async with running_operator(cluster, settings_for(cluster, address, tmp_path)):
+        await cluster.create_pipeline(pipeline_body("early"))
+        ready = await eventually(lambda: cluster.condition("layer", "early", "Ready"), "Ready on early")
+        assert (ready["status"], ready["reason"]) == ("False", "NoInfraRules"), ready
+        assert cluster.get(DEPLOYMENTS, "layer", "early-worker") is None
+        assert service.called("CreatePipeline") == []
+        await cluster.put_infra_rules(infra_rules_body())
+        await eventually(
+            lambda: cluster.get(DEPLOYMENTS, "layer", "early-worker"), "workers once InfraRules exist"
+        )
+
+
+async def test_extract_workers_status_and_deletion_policy(
+    cluster: Cluster, gateway: tuple[FakePipelineService, str], tmp_path: Path
+) -> None:
+    service, address = gateway
+    async with running_operator(cluster, settings_for(cluster, address, tmp_path)):
+        body = pipeline_body(
+            "catalog",
+            deletionPolicy="delete",
+            extract={
+                "image": "ghcr.io/hev/catalog-extract:1.0",
+                "pool": "cpu",
+                "replicas": {"min": 0, "max": 4},
+                "trigger": {
+                    "type": "aws-sqs-queue",
+                    "metadata": {
+                        "queueURL": "https://sqs.us-east-1.amazonaws.com/123456789/product-images",
+                        "queueLength": "10",
+                        "awsRegion": "us-east-1",
+                    },
+                    "authenticationRef": {"name": "sqs-auth"},
+                },
+            },
+        )
+        body["spec"]["scaling"]["targetPerReplica"] = 20
+        await cluster.create_pipeline(body)
+        extract = await eventually(
+            lambda: cluster.get(DEPLOYMENTS, "layer", "catalog-extract"), "extract workers"
+        )
+        container = extract["spec"]["template"]["spec"]["containers"][0]
+        assert container["image"] == "ghcr.io/hev/catalog-extract:1.0"
+        assert {"name": "HEVLAYER_PIPELINE_ID", "value": "catalog"} in container["env"]
+        assert extract["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "pipeline-extract"
+        scaled = await eventually(
+            lambda: cluster.get(SCALED_OBJECTS, "layer", "catalog-extract"), "extract KEDA"
+        )
+        assert scaled["spec"]["triggers"] == [
+            {
+                "type": "aws-sqs-queue",
+                "metadata": {
+                    "queueURL": "https://sqs.us-east-1.amazonaws.com/123456789/product-images",
+                    "queueLength": "10",
+                    "awsRegion": "us-east-1",
+                },
+                "authenticationRef": {"name": "sqs-auth"},
+            }
+        ]
+        worker = await eventually(
+            lambda: cluster.get(SCALED_OBJECTS, "layer", "catalog-worker"), "worker KEDA"
+        )
+        assert worker["spec"]["triggers"][0]["metadata"]["threshold"] == "20"
+
+        # KEDA scales the workers and pods become ready: the status follows (status timer).
+        for name, count, ready_count in (("catalog-worker", 3, 2), ("catalog-extract", 2, 1)):
+            async with cluster.session.patch(
+                f"/apis/apps/v1/namespaces/layer/deployments/{name}",
+                data=json.dumps({"spec": {"replicas": count}, "status": {"readyReplicas": ready_count}}),
+                headers={"Content-Type": "application/merge-patch+json"},
+            ) as r:
+                assert r.status == 200, await r.text()
+
+        def replicas() -> tuple[Any, ...]:
+            status = (cluster.get(PIPELINES, "layer", "catalog") or {}).get("status", {})
+            keys = ("replicas", "readyReplicas", "extractReplicas", "extractReadyReplicas")
+            return tuple(status.get(k) for k in keys)
+
+        await eventually(lambda: replicas() == (3, 2, 2, 1), "status replicas (3, 2, 2, 1)")
+
+        # Paused: both Deployments pinned to 0, both ScaledObjects gone.
+        await cluster.patch_pipeline("layer", "catalog", {"spec": {"paused": True}})
+        await eventually(
+            lambda: cluster.get(SCALED_OBJECTS, "layer", "catalog-extract") is None, "extract KEDA removed"
+        )
+        await eventually(
+            lambda: (cluster.get(DEPLOYMENTS, "layer", "catalog-extract") or {})["spec"]["replicas"] == 0,
+            "extract pinned to 0",
+        )
+        # Without spec.extract the extract workers go.
+        await cluster.patch_pipeline("layer", "catalog", {"spec": {"paused": False, "extract": None}})
+        await eventually(
+            lambda: cluster.get(DEPLOYMENTS, "layer", "catalog-extract") is None, "extract Deployment removed"
+        )
+
+        # deletionPolicy delete: the finalizer deletes the gateway pipeline with its data.
+        await cluster.delete("/apis/hevlayer.com/v1alpha1/namespaces/layer/pipelines/catalog")
+        await eventually(lambda: cluster.get(PIPELINES, "layer", "catalog") is None, "catalog gone")
+        assert [d.pipeline_id for d in service.called("DeletePipeline")] == ["catalog"]
+        assert "catalog" not in service.pipelines
+        assert cluster.get(DEPLOYMENTS, "layer", "catalog-worker") is None
+
+
 async def test_real_gateway(
     cluster: Cluster,
     database_url: str,
@@ -677,7 +1028,9 @@ async def test_real_gateway(
     stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
     try:
         async with running_operator(cluster, settings_for(cluster, address, tmp_path)):
-            await cluster.create_pipeline(pipeline_body("e2e-pipeline", distanceMetric="euclidean_squared"))
+            await cluster.create_pipeline(
+                pipeline_body("e2e-pipeline", distanceMetric="euclidean_squared", deletionPolicy="delete")
+            )
             await eventually(
                 lambda: (cluster.condition("layer", "e2e-pipeline", "Ready") or {}).get("status") == "True",
                 "Ready against the real gateway",

@@ -68,6 +68,14 @@ class RecordingKube:
         self.deleted.append((api[1], name))
         return False
 
+    async def get(self, api: tuple[str, str], namespace: str, name: str) -> dict[str, Any] | None:
+        raise AssertionError("no workers to read")
+
+    async def patch(
+        self, api: tuple[str, str], namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        raise AssertionError("nothing to patch")
+
 
 async def test_a_taken_namespace_is_a_conflict_without_workers() -> None:
     pipeline = parse_pipeline(
@@ -96,5 +104,11 @@ async def test_a_taken_namespace_is_a_conflict_without_workers() -> None:
         PIPELINE_CONFLICT,
     )
     assert kube.applied == []
-    assert len(kube.deleted) == 2
+    # Both the worker and the (absent) extract objects are removed.
+    assert sorted(kube.deleted) == [
+        ("deployments", "shop-extract"),
+        ("deployments", "shop-worker"),
+        ("scaledobjects", "shop-extract"),
+        ("scaledobjects", "shop-worker"),
+    ]
     assert outcome.retry is False

@@ -56,7 +56,10 @@ def pipeline_bodies(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         worker["timeoutSeconds"] = draw(st.integers(1, 3600))
     if draw(st.booleans()):
-        worker["env"] = [{"name": "HEVLAYER_BATCH_SIZE", "value": "7"}, {"name": "EXTRA", "value": "x"}]
+        worker["env"] = [
+            {"name": "EMBEDDER_WORKER_MAX_DOCUMENTS", "value": "7"},
+            {"name": "EXTRA", "value": "x"},
+        ]
     if draw(st.booleans()):
         worker["resources"] = {"limits": {"nvidia.com/gpu": 1, "memory": "2Gi"}, "requests": {"cpu": "500m"}}
     scaling: dict[str, Any] = {"replicas": {"min": low, "max": high}}
@@ -64,6 +67,8 @@ def pipeline_bodies(draw: st.DrawFn) -> dict[str, Any]:
         scaling["mode"] = draw(modes)
     if draw(st.booleans()):
         scaling["pool"] = draw(st.sampled_from(["cpu", "gpu", "a100.large"]))
+    if draw(st.booleans()):
+        scaling["targetPerReplica"] = draw(st.integers(1, 500))
     spec: dict[str, Any] = {"worker": worker, "scaling": scaling}
     if draw(st.booleans()):
         spec["paused"] = draw(st.booleans())
@@ -125,7 +130,8 @@ def test_scaled_object_scales_the_workers_on_the_pipelines_pending_count(body: d
         f'sum(layer_pipeline_stage_count{{pipeline_id="{name}",stage="pending"}}) or vector(0)'
     )
     assert meta["serverAddress"] == "http://layer-gateway.layer.svc.cluster.local:8080/v2/metrics"
-    assert meta["threshold"] == str(body["spec"]["worker"].get("batchSize", 50))
+    # The seed's 50 per replica unless the resource asks for another target (not the batch size).
+    assert meta["threshold"] == str(body["spec"]["scaling"].get("targetPerReplica", 50))
     assert meta["activationThreshold"] == "1"
     assert meta["metricName"] == f"{name.replace('-', '_')}_pending"
     assert all(isinstance(v, str) for v in meta.values())
@@ -170,12 +176,17 @@ def test_worker_environment(body: dict[str, Any]) -> None:
     assert len(env) == len(container["env"]), "duplicate variables"
     assert env["HEVLAYER_PIPELINE_ID"] == pipeline.ref.name
     assert env["HEVLAYER_GATEWAY_ADDRESS"] == CTX.gateway_address
-    assert env["HEVLAYER_GATEWAY_URL"] == "http://layer-gateway.layer.svc.cluster.local:8080"
     user = {e["name"]: e["value"] for e in body["spec"]["worker"].get("env", [])}
     for key, value in user.items():
         assert env[key] == value  # spec.worker.env wins
-    if "HEVLAYER_BATCH_SIZE" not in user and "batchSize" in body["spec"]["worker"]:
-        assert env["HEVLAYER_BATCH_SIZE"] == str(body["spec"]["worker"]["batchSize"])
+    worker = body["spec"]["worker"]
+    if "EMBEDDER_WORKER_MAX_DOCUMENTS" not in user and "batchSize" in worker:
+        assert env["EMBEDDER_WORKER_MAX_DOCUMENTS"] == str(worker["batchSize"])
+    if "timeoutSeconds" in worker:
+        assert env["EMBEDDER_WORKER_LEASE_SECONDS"] == str(worker["timeoutSeconds"])
+        assert env["EMBEDDER_WORKER_DRAIN_SECONDS"] == str(worker["timeoutSeconds"])
+    else:
+        assert "EMBEDDER_WORKER_LEASE_SECONDS" not in env
 
 
 @given(pipeline_bodies(), pipeline_bodies())

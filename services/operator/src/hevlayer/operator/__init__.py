@@ -1,14 +1,15 @@
 """hevlayer operator: reconciles ``Pipeline`` custom resources (hevlayer.com/v1alpha1).
 
 For each Pipeline it keeps a pipeline in the gateway (PipelineService), a
-worker Deployment and, in mode autoscale, a KEDA ScaledObject, and it reports
-conditions and the pending count in the Pipeline's status. See
-``docs/operator.md``.
+worker Deployment and, in mode autoscale, a KEDA ScaledObject (and the same
+for optional extract workers), within what ``InfraRules/default`` allows
+(pools, images, env), and it reports conditions, replicas and the pending
+count in the Pipeline's status. See ``docs/operator.md``.
 
 Layout (as in kopf): the public API is re-exported here; private layers below
 it are ``_cogs`` (clients: the Kubernetes API and the gateway) and ``_core``
 (reconciliation, kopf handlers, running). The pure modules ``spec``,
-``render`` and ``conditions`` carry the logic and know no transport.
+``infra``, ``render`` and ``conditions`` carry the logic and know no transport.
 """
 
 from hevlayer.operator._cogs.gateway import GatewayClient, GatewayPipeline, GatewayStatus
@@ -17,34 +18,45 @@ from hevlayer.operator._core.handlers import FINALIZER, build_registry, kopf_set
 from hevlayer.operator._core.reconcile import Reconciler, Reconciliation, desired_status, status_changes
 from hevlayer.operator._core.running import render_context, run_operator
 from hevlayer.operator.conditions import Condition, merge_conditions
+from hevlayer.operator.infra import Admission, InfraRules, Pool, Refusal, admit, parse_infra_rules
 from hevlayer.operator.render import (
     RenderContext,
+    extract_name,
     prometheus_query,
     render_deployment,
+    render_extract_deployment,
+    render_extract_scaled_object,
     render_scaled_object,
     update_patch,
     worker_name,
 )
 from hevlayer.operator.settings import OperatorSettings
 from hevlayer.operator.spec import (
+    DeletionPolicy,
     DistanceMetric,
+    ExtractSpec,
     Pipeline,
     PipelineRef,
     PipelineSpec,
     ScalingMode,
     ScalingSpec,
+    TriggerSpec,
     WorkerSpec,
     parse_pipeline,
 )
 
 __all__ = [
     "FINALIZER",
+    "Admission",
     "Applied",
     "Condition",
+    "DeletionPolicy",
     "DistanceMetric",
+    "ExtractSpec",
     "GatewayClient",
     "GatewayPipeline",
     "GatewayStatus",
+    "InfraRules",
     "KubeClient",
     "KubeError",
     "LoginError",
@@ -52,21 +64,29 @@ __all__ = [
     "Pipeline",
     "PipelineRef",
     "PipelineSpec",
+    "Pool",
     "Reconciler",
     "Reconciliation",
+    "Refusal",
     "RenderContext",
     "ScalingMode",
     "ScalingSpec",
+    "TriggerSpec",
     "WorkerSpec",
+    "admit",
     "build_registry",
     "desired_status",
+    "extract_name",
     "kopf_settings",
     "login",
     "merge_conditions",
+    "parse_infra_rules",
     "parse_pipeline",
     "prometheus_query",
     "render_context",
     "render_deployment",
+    "render_extract_deployment",
+    "render_extract_scaled_object",
     "render_scaled_object",
     "run_operator",
     "status_changes",

@@ -2,11 +2,15 @@
 
 Condition types:
 
+- ``Admitted``: InfraRules/default allows the Pipeline (its pools exist, its
+  images and env are on the allow-list); when False, nothing is created and
+  the reason is the refusal's (UnknownPool, ImageNotAllowed, EnvNotAllowed,
+  NoInfraRules, InvalidInfraRules).
 - ``GatewaySynced``: the pipeline exists in the gateway with this spec's
   target namespace and distance metric, paused as spec.paused says.
 - ``WorkersApplied``: the worker Deployment (and, in mode autoscale, the
   ScaledObject) match the spec.
-- ``Ready``: both of the above are True.
+- ``Ready``: all of the above are True.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+ADMITTED = "Admitted"
 GATEWAY_SYNCED = "GatewaySynced"
 WORKERS_APPLIED = "WorkersApplied"
 READY = "Ready"
 
 # Reasons.
+ADMITTED_REASON = "Admitted"
 SYNCED = "Synced"
 APPLIED = "Applied"
 INVALID_SPEC = "InvalidSpec"

@@ -4,10 +4,14 @@ For a Pipeline ``<name>`` in namespace ``<ns>`` the operator owns:
 
 - the Deployment ``<name>-worker`` running ``spec.worker.image``;
 - in mode ``autoscale`` (and not paused), the KEDA ScaledObject
-  ``<name>-worker`` scaling that Deployment on the gateway's pending count.
+  ``<name>-worker`` scaling that Deployment on the gateway's pending count;
+- with ``spec.extract``, the CPU worker Deployment ``<name>-extract`` and (in
+  mode autoscale) its ScaledObject ``<name>-extract``, scaled on the
+  pipeline's documents in stage ``extract`` or on a trigger passed through.
 
-Both carry an owner reference to the Pipeline (controller, blockOwnerDeletion),
-so Kubernetes garbage-collects them with it, and the labels of
+The pool of InfraRules a Deployment runs in gives its node selector,
+tolerations and default resources. All carry an owner reference to the
+Pipeline (controller, blockOwnerDeletion), so Kubernetes garbage-collects them with it, and the labels of
 :func:`labels`. ``None`` values in a rendered manifest mean "this key must be
 absent": :func:`creation_body` drops them, and a JSON merge patch built from
 the manifest removes them from the live object.
@@ -15,10 +19,11 @@ the manifest removes them from the live object.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hevlayer.operator.infra import Pool
 from hevlayer.operator.spec import API_VERSION, KIND, Pipeline, PipelineRef, PipelineSpec
 
 MANAGED_BY = "hevlayer-operator"
@@ -26,6 +31,9 @@ PIPELINE_LABEL = "hevlayer.com/pipeline"
 POOL_LABEL = "hevlayer.com/pool"
 COMPONENT = "pipeline-worker"
 CONTAINER = "worker"
+EXTRACT_COMPONENT = "pipeline-extract"
+EXTRACT_CONTAINER = "extract"
+EXTRACT_STAGE = "extract"
 # Extra seconds a worker gets after SIGTERM beyond its batch timeout.
 TERMINATION_MARGIN_SECONDS = 30
 DEFAULT_TERMINATION_GRACE_SECONDS = 30
@@ -49,6 +57,11 @@ class RenderContext:
 def worker_name(ref: PipelineRef) -> str:
     """Name of the worker Deployment and of its ScaledObject."""
     return f"{ref.name}-worker"
+
+
+def extract_name(ref: PipelineRef) -> str:
+    """Name of the extract (CPU) worker Deployment and of its ScaledObject."""
+    return f"{ref.name}-extract"
 
 
 def selector_labels(ref: PipelineRef) -> dict[str, str]:
@@ -84,36 +97,65 @@ def metrics_url(ctx: RenderContext) -> str:
     return f"{ctx.gateway_http_url.rstrip('/')}/v2/metrics"
 
 
-def prometheus_query(pipeline_id: str) -> str:
-    """The pending-documents query of one pipeline (0 when the series is absent)."""
-    return f'sum(layer_pipeline_stage_count{{pipeline_id="{pipeline_id}",stage="pending"}}) or vector(0)'
+def prometheus_query(pipeline_id: str, stage: str = "pending") -> str:
+    """The query of one pipeline's documents in ``stage`` (0 when the series is absent)."""
+    return f'sum(layer_pipeline_stage_count{{pipeline_id="{pipeline_id}",stage="{stage}"}}) or vector(0)'
 
 
-def metric_name(pipeline_id: str) -> str:
+def metric_name(pipeline_id: str, stage: str = "pending") -> str:
     """The trigger's metricName: ``product-images`` -> ``product_images_pending``."""
-    return f"{pipeline_id.replace('-', '_')}_pending"
+    return f"{pipeline_id.replace('-', '_')}_{stage}"
+
+
+# The embedder worker's settings (services/embedder, WorkerSettings) the operator sets.
+PIPELINE_ID_ENV = "HEVLAYER_PIPELINE_ID"
+GATEWAY_ADDRESS_ENV = "HEVLAYER_GATEWAY_ADDRESS"
+BATCH_SIZE_ENV = "EMBEDDER_WORKER_MAX_DOCUMENTS"
+LEASE_SECONDS_ENV = "EMBEDDER_WORKER_LEASE_SECONDS"
+DRAIN_SECONDS_ENV = "EMBEDDER_WORKER_DRAIN_SECONDS"
+
+
+def _with_user_env(injected: list[dict[str, Any]], user: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    overridden = {str(entry["name"]) for entry in user}
+    return [e for e in injected if e["name"] not in overridden] + [dict(e) for e in user]
 
 
 def worker_env(pipeline: Pipeline, ctx: RenderContext) -> list[dict[str, Any]]:
     """The worker's environment: the operator's variables, then spec.worker.env
-    (which overrides an operator variable of the same name)."""
+    (which overrides an operator variable of the same name).
+
+    Every variable is one the embedder worker reads (``WorkerSettings``):
+    batchSize is the most documents it holds at once (EMBEDDER_WORKER_MAX_DOCUMENTS),
+    timeoutSeconds the lease it takes on them (EMBEDDER_WORKER_LEASE_SECONDS) and
+    the time it gets to finish them on SIGTERM (EMBEDDER_WORKER_DRAIN_SECONDS).
+    """
     spec = pipeline.spec
     injected: list[dict[str, Any]] = [
-        {"name": "HEVLAYER_PIPELINE_ID", "value": pipeline.ref.pipeline_id},
-        {"name": "HEVLAYER_GATEWAY_ADDRESS", "value": ctx.gateway_address},
-        {"name": "HEVLAYER_GATEWAY_URL", "value": ctx.gateway_http_url.rstrip("/")},
+        {"name": PIPELINE_ID_ENV, "value": pipeline.ref.pipeline_id},
+        {"name": GATEWAY_ADDRESS_ENV, "value": ctx.gateway_address},
     ]
     if spec.worker.batch_size is not None:
-        injected.append({"name": "HEVLAYER_BATCH_SIZE", "value": str(spec.worker.batch_size)})
+        injected.append({"name": BATCH_SIZE_ENV, "value": str(spec.worker.batch_size)})
     if spec.worker.timeout_seconds is not None:
-        injected.append({"name": "HEVLAYER_TIMEOUT_SECONDS", "value": str(spec.worker.timeout_seconds)})
-    overridden = {str(entry["name"]) for entry in spec.worker.env}
-    return [e for e in injected if e["name"] not in overridden] + [dict(e) for e in spec.worker.env]
+        injected.append({"name": LEASE_SECONDS_ENV, "value": str(spec.worker.timeout_seconds)})
+        injected.append({"name": DRAIN_SECONDS_ENV, "value": str(spec.worker.timeout_seconds)})
+    return _with_user_env(injected, spec.worker.env)
 
 
-def _metadata(pipeline: Pipeline) -> dict[str, Any]:
+def extract_env(pipeline: Pipeline, ctx: RenderContext) -> list[dict[str, Any]]:
+    """The extract worker's environment: the pipeline id and the gateway address
+    (the same variables an embedder worker reads), then spec.extract.env."""
+    assert pipeline.spec.extract is not None
+    injected: list[dict[str, Any]] = [
+        {"name": PIPELINE_ID_ENV, "value": pipeline.ref.pipeline_id},
+        {"name": GATEWAY_ADDRESS_ENV, "value": ctx.gateway_address},
+    ]
+    return _with_user_env(injected, pipeline.spec.extract.env)
+
+
+def _metadata(pipeline: Pipeline, name: str | None = None) -> dict[str, Any]:
     return {
-        "name": worker_name(pipeline.ref),
+        "name": name or worker_name(pipeline.ref),
         "namespace": pipeline.ref.namespace,
         "labels": labels(pipeline.ref),
         "ownerReferences": [owner_reference(pipeline.ref)],
@@ -127,46 +169,125 @@ def replicas(spec: PipelineSpec) -> int:
     return spec.scaling.min_replicas if pinned is None else pinned
 
 
-def render_deployment(pipeline: Pipeline, ctx: RenderContext) -> dict[str, Any]:
-    """The worker Deployment of ``pipeline``."""
-    spec = pipeline.spec
+def _resources(
+    pool: Pool | None, own: Mapping[str, Mapping[str, str]] | None
+) -> dict[str, dict[str, str]] | None:
+    """The pool's default resources with the container's own entries on top."""
+    merged: dict[str, dict[str, str]] = {}
+    for source in (pool.resources if pool is not None else None, own):
+        for section, quantities in (source or {}).items():
+            merged.setdefault(section, {}).update(quantities)
+    return merged or None
+
+
+def _pod_spec(
+    container: dict[str, Any], pool_name: str | None, pool: Pool | None, ctx: RenderContext, grace: int
+) -> tuple[dict[str, Any], dict[str, str]]:
+    node_selector: dict[str, str] | None = None
+    tolerations: list[dict[str, Any]] | None = None
+    extra_labels: dict[str, str] = {}
+    if pool_name is not None:
+        extra_labels[POOL_LABEL] = pool_name
+        if pool is not None and pool.node_selector:
+            node_selector = dict(pool.node_selector)
+        elif ctx.pool_node_label:
+            node_selector = {ctx.pool_node_label: pool_name}
+        if pool is not None and pool.tolerations:
+            tolerations = [dict(t) for t in pool.tolerations]
+    spec = {
+        "containers": [container],
+        "nodeSelector": node_selector,
+        "tolerations": tolerations,
+        "terminationGracePeriodSeconds": grace,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    return spec, extra_labels
+
+
+def _deployment(
+    pipeline: Pipeline,
+    name: str,
+    component: str,
+    count: int,
+    pod: dict[str, Any],
+    pool_labels: dict[str, str],
+) -> dict[str, Any]:
     ref = pipeline.ref
+    selector = {**selector_labels(ref), "app.kubernetes.io/component": component}
+    metadata = _metadata(pipeline, name)
+    metadata["labels"] = {**metadata["labels"], "app.kubernetes.io/component": component}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": count,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": {**metadata["labels"], **pool_labels}},
+                "spec": pod,
+            },
+        },
+    }
+
+
+def render_deployment(pipeline: Pipeline, ctx: RenderContext, pool: Pool | None = None) -> dict[str, Any]:
+    """The worker Deployment of ``pipeline`` (``pool``: its spec.scaling.pool in InfraRules)."""
+    spec = pipeline.spec
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.worker.image,
         "env": worker_env(pipeline, ctx),
         "securityContext": {"allowPrivilegeEscalation": False},
     }
-    if spec.worker.resources:
-        container["resources"] = {k: dict(v) for k, v in spec.worker.resources.items()}
-    pod_labels = labels(ref)
-    node_selector: dict[str, str] | None = None
-    if spec.scaling.pool is not None:
-        pod_labels[POOL_LABEL] = spec.scaling.pool
-        if ctx.pool_node_label:
-            node_selector = {ctx.pool_node_label: spec.scaling.pool}
+    resources = _resources(pool, spec.worker.resources)
+    if resources:
+        container["resources"] = resources
     grace = (
         spec.worker.timeout_seconds + TERMINATION_MARGIN_SECONDS
         if spec.worker.timeout_seconds is not None
         else DEFAULT_TERMINATION_GRACE_SECONDS
     )
+    pod, pool_labels = _pod_spec(container, spec.scaling.pool, pool, ctx, grace)
+    return _deployment(pipeline, worker_name(pipeline.ref), COMPONENT, replicas(spec), pod, pool_labels)
+
+
+def render_extract_deployment(
+    pipeline: Pipeline, ctx: RenderContext, pool: Pool | None = None
+) -> dict[str, Any] | None:
+    """The extract (CPU) worker Deployment of ``pipeline``, or None without spec.extract."""
+    spec = pipeline.spec
+    extract = spec.extract
+    if extract is None:
+        return None
+    container: dict[str, Any] = {
+        "name": EXTRACT_CONTAINER,
+        "image": extract.image,
+        "env": extract_env(pipeline, ctx),
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    resources = _resources(pool, extract.resources)
+    if resources:
+        container["resources"] = resources
+    pod, pool_labels = _pod_spec(container, extract.pool, pool, ctx, DEFAULT_TERMINATION_GRACE_SECONDS)
+    pinned = spec.extract_replicas
+    count = extract.min_replicas if pinned is None else pinned
+    return _deployment(pipeline, extract_name(pipeline.ref), EXTRACT_COMPONENT, count, pod, pool_labels)
+
+
+def _scaled_object(
+    pipeline: Pipeline, name: str, low: int, high: int, trigger: dict[str, Any]
+) -> dict[str, Any]:
     return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(pipeline),
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": _metadata(pipeline, name),
         "spec": {
-            "replicas": replicas(spec),
-            "revisionHistoryLimit": 3,
-            "selector": {"matchLabels": selector_labels(ref)},
-            "template": {
-                "metadata": {"labels": pod_labels},
-                "spec": {
-                    "containers": [container],
-                    "nodeSelector": node_selector,
-                    "terminationGracePeriodSeconds": grace,
-                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-                },
-            },
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicaCount": low,
+            "maxReplicaCount": high,
+            "triggers": [trigger],
         },
     }
 
@@ -178,32 +299,49 @@ def render_scaled_object(pipeline: Pipeline, ctx: RenderContext) -> dict[str, An
     if not spec.autoscaled:
         return None
     pipeline_id = pipeline.ref.pipeline_id
-    return {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
-        "metadata": _metadata(pipeline),
-        "spec": {
-            "scaleTargetRef": {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "name": worker_name(pipeline.ref),
-            },
-            "minReplicaCount": spec.scaling.min_replicas,
-            "maxReplicaCount": spec.scaling.max_replicas,
-            "triggers": [
-                {
-                    "type": "prometheus",
-                    "metadata": {
-                        "serverAddress": metrics_url(ctx),
-                        "metricName": metric_name(pipeline_id),
-                        "query": prometheus_query(pipeline_id),
-                        "threshold": str(spec.threshold),
-                        "activationThreshold": "1",
-                    },
-                }
-            ],
+    trigger = {
+        "type": "prometheus",
+        "metadata": {
+            "serverAddress": metrics_url(ctx),
+            "metricName": metric_name(pipeline_id),
+            "query": prometheus_query(pipeline_id),
+            "threshold": str(spec.threshold),
+            "activationThreshold": str(spec.scaling.activation_threshold),
         },
     }
+    return _scaled_object(
+        pipeline, worker_name(pipeline.ref), spec.scaling.min_replicas, spec.scaling.max_replicas, trigger
+    )
+
+
+def render_extract_scaled_object(pipeline: Pipeline, ctx: RenderContext) -> dict[str, Any] | None:
+    """The extract workers' ScaledObject: on the pipeline's documents in stage
+    ``extract``, or on the trigger spec.extract.trigger passes through (SQS, Kafka).
+    None without spec.extract or when the extract workers are pinned."""
+    spec = pipeline.spec
+    extract = spec.extract
+    if extract is None or spec.extract_replicas is not None:
+        return None
+    pipeline_id = pipeline.ref.pipeline_id
+    trigger: dict[str, Any]
+    if extract.trigger is None:
+        trigger = {
+            "type": "prometheus",
+            "metadata": {
+                "serverAddress": metrics_url(ctx),
+                "metricName": metric_name(pipeline_id, EXTRACT_STAGE),
+                "query": prometheus_query(pipeline_id, EXTRACT_STAGE),
+                "threshold": str(extract.target_per_replica),
+                "activationThreshold": str(spec.scaling.activation_threshold),
+            },
+        }
+    else:
+        trigger = {"type": extract.trigger.type, "metadata": dict(extract.trigger.metadata)}
+        if extract.trigger.authentication_ref is not None:
+            trigger["authenticationRef"] = {"name": extract.trigger.authentication_ref}
+    return _scaled_object(
+        pipeline, extract_name(pipeline.ref), extract.min_replicas, extract.max_replicas, trigger
+    )
 
 
 def creation_body(manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -221,7 +359,9 @@ def strip_nones(value: Any) -> Any:
     return value
 
 
-def update_patch(manifest: Mapping[str, Any], spec: PipelineSpec) -> dict[str, Any]:
+def update_patch(
+    manifest: Mapping[str, Any], spec: PipelineSpec, *, autoscaled: bool | None = None
+) -> dict[str, Any]:
     """The JSON merge patch that brings a live object to ``manifest``.
 
     Lists are replaced whole (JSON merge patch semantics), so list items carry
@@ -230,7 +370,9 @@ def update_patch(manifest: Mapping[str, Any], spec: PipelineSpec) -> dict[str, A
     """
     body = {k: v for k, v in manifest.items() if k not in ("apiVersion", "kind")}
     patch: dict[str, Any] = _patch_value(body)
-    if manifest.get("kind") == "Deployment" and spec.autoscaled:
+    if autoscaled is None:
+        autoscaled = spec.autoscaled
+    if manifest.get("kind") == "Deployment" and autoscaled:
         patch["spec"] = {k: v for k, v in patch["spec"].items() if k != "replicas"}
     return patch
 

@@ -36,8 +36,15 @@ ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 QUANTITY = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[munkMGTPE])?$")
 
 DEFAULT_THRESHOLD = 50
+DEFAULT_ACTIVATION_THRESHOLD = 1
 DEFAULT_MIN_REPLICAS = 0
 DEFAULT_MAX_REPLICAS = 1
+# The embedder worker's EMBEDDER_WORKER_MAX_DOCUMENTS bound (spec.worker.batchSize).
+MAX_BATCH_SIZE = 10_000
+# KEDA scalers a CPU (extract) worker may be scaled on besides the extract stage.
+PASS_THROUGH_TRIGGERS = ("aws-sqs-queue", "kafka")
+# Kinds of env[].valueFrom (Kubernetes EnvVarSource).
+VALUE_FROM_KINDS = ("configMapKeyRef", "fieldRef", "resourceFieldRef", "secretKeyRef")
 
 
 class DistanceMetric(enum.Enum):
@@ -45,6 +52,13 @@ class DistanceMetric(enum.Enum):
 
     COSINE_DISTANCE = "cosine_distance"
     EUCLIDEAN_SQUARED = "euclidean_squared"
+
+
+class DeletionPolicy(enum.Enum):
+    """What deleting the Pipeline does to the gateway pipeline and its data (spec.deletionPolicy)."""
+
+    KEEP = "keep"
+    DELETE = "delete"
 
 
 class ScalingMode(enum.Enum):
@@ -74,6 +88,34 @@ class ScalingSpec:
     mode: ScalingMode = ScalingMode.AUTOSCALE
     min_replicas: int = DEFAULT_MIN_REPLICAS
     max_replicas: int = DEFAULT_MAX_REPLICAS
+    target_per_replica: int = DEFAULT_THRESHOLD
+    """Pending documents per replica KEDA aims for (the trigger's threshold)."""
+    activation_threshold: int = DEFAULT_ACTIVATION_THRESHOLD
+    """Pending documents that wake the workers from 0 (the trigger's activationThreshold)."""
+
+
+@dataclass(frozen=True)
+class TriggerSpec:
+    """spec.extract.trigger: a KEDA trigger passed through to the extract ScaledObject."""
+
+    type: str
+    metadata: Mapping[str, str]
+    authentication_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class ExtractSpec:
+    """spec.extract: optional CPU workers that feed the pipeline (the extract stage)."""
+
+    image: str
+    env: tuple[Mapping[str, Any], ...] = ()
+    resources: Mapping[str, Mapping[str, str]] | None = None
+    pool: str | None = None
+    min_replicas: int = DEFAULT_MIN_REPLICAS
+    max_replicas: int = DEFAULT_MAX_REPLICAS
+    target_per_replica: int = DEFAULT_THRESHOLD
+    trigger: TriggerSpec | None = None
+    """None: scale on the pipeline's documents in stage ``extract``."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +127,8 @@ class PipelineSpec:
     distance_metric: DistanceMetric = DistanceMetric.COSINE_DISTANCE
     scaling: ScalingSpec = field(default_factory=ScalingSpec)
     paused: bool = False
+    extract: ExtractSpec | None = None
+    deletion_policy: DeletionPolicy = DeletionPolicy.KEEP
 
     @property
     def autoscaled(self) -> bool:
@@ -102,8 +146,19 @@ class PipelineSpec:
 
     @property
     def threshold(self) -> int:
-        """Pending documents per replica KEDA aims for: the batch size, else 50."""
-        return self.worker.batch_size or DEFAULT_THRESHOLD
+        """Pending documents per replica KEDA aims for: spec.scaling.targetPerReplica (50)."""
+        return self.scaling.target_per_replica
+
+    @property
+    def extract_replicas(self) -> int | None:
+        """The extract Deployment's pinned replica count, or None when KEDA scales it."""
+        if self.extract is None:
+            return None
+        if self.paused or self.scaling.mode is ScalingMode.DISABLED:
+            return 0
+        if self.scaling.mode is ScalingMode.FIXED:
+            return self.extract.min_replicas
+        return None
 
 
 @dataclass(frozen=True)
@@ -176,6 +231,12 @@ def _env(value: Any, path: str) -> tuple[Mapping[str, Any], ...]:
         seen.add(name)
         if "value" in entry and not isinstance(entry["value"], str):
             raise InvalidArgument.field(f"{path}[{index}].value", "must be a string")
+        if "valueFrom" in entry:
+            source = _mapping(entry["valueFrom"], f"{path}[{index}].valueFrom")
+            if len(source) != 1 or next(iter(source)) not in VALUE_FROM_KINDS:
+                raise InvalidArgument.field(
+                    f"{path}[{index}].valueFrom", f"must hold exactly one of {', '.join(VALUE_FROM_KINDS)}"
+                )
         entries.append(dict(entry))
     return tuple(entries)
 
@@ -222,7 +283,9 @@ def parse_spec(spec: Any) -> PipelineSpec:
         raise InvalidArgument.field("spec.worker.image", "is required")
     worker = WorkerSpec(
         image=image,
-        batch_size=_optional_int(worker_body.get("batchSize"), "spec.worker.batchSize", minimum=1),
+        batch_size=_optional_int(
+            worker_body.get("batchSize"), "spec.worker.batchSize", minimum=1, maximum=MAX_BATCH_SIZE
+        ),
         timeout_seconds=_optional_int(
             worker_body.get("timeoutSeconds"), "spec.worker.timeoutSeconds", minimum=1, maximum=86_400
         ),
@@ -231,23 +294,23 @@ def parse_spec(spec: Any) -> PipelineSpec:
     )
 
     scaling_body = _mapping(body.get("scaling"), "spec.scaling")
-    pool = scaling_body.get("pool") or None
-    if pool is not None and (not isinstance(pool, str) or not LABEL_VALUE.match(pool)):
-        raise InvalidArgument.field("spec.scaling.pool", "must be a label value (e.g. gpu, cpu)")
-    replicas = _mapping(scaling_body.get("replicas"), "spec.scaling.replicas")
-    min_replicas = _int(
-        replicas.get("min", DEFAULT_MIN_REPLICAS), "spec.scaling.replicas.min", minimum=0, maximum=1000
-    )
-    max_replicas = _int(
-        replicas.get("max", DEFAULT_MAX_REPLICAS), "spec.scaling.replicas.max", minimum=1, maximum=1000
-    )
-    if min_replicas > max_replicas:
-        raise InvalidArgument.field("spec.scaling.replicas", "min must not exceed max")
+    pool = _pool(scaling_body.get("pool"), "spec.scaling.pool")
+    min_replicas, max_replicas = _replicas(scaling_body.get("replicas"), "spec.scaling.replicas")
     scaling = ScalingSpec(
         pool=pool,
         mode=_enum(ScalingMode, scaling_body.get("mode", "autoscale"), "spec.scaling.mode"),
         min_replicas=min_replicas,
         max_replicas=max_replicas,
+        target_per_replica=_int(
+            scaling_body.get("targetPerReplica", DEFAULT_THRESHOLD),
+            "spec.scaling.targetPerReplica",
+            minimum=1,
+        ),
+        activation_threshold=_int(
+            scaling_body.get("activationThreshold", DEFAULT_ACTIVATION_THRESHOLD),
+            "spec.scaling.activationThreshold",
+            minimum=0,
+        ),
     )
 
     paused = body.get("paused", False)
@@ -260,6 +323,66 @@ def parse_spec(spec: Any) -> PipelineSpec:
         distance_metric=metric,
         scaling=scaling,
         paused=paused,
+        extract=_extract(body.get("extract"), "spec.extract"),
+        deletion_policy=_enum(DeletionPolicy, body.get("deletionPolicy", "keep"), "spec.deletionPolicy"),
+    )
+
+
+def _pool(value: Any, path: str) -> str | None:
+    pool = value or None
+    if pool is not None and (not isinstance(pool, str) or not LABEL_VALUE.match(pool)):
+        raise InvalidArgument.field(path, "must be a pool name (a label value, e.g. gpu, cpu)")
+    return pool
+
+
+def _replicas(value: Any, path: str) -> tuple[int, int]:
+    replicas = _mapping(value, path)
+    low = _int(replicas.get("min", DEFAULT_MIN_REPLICAS), f"{path}.min", minimum=0, maximum=1000)
+    high = _int(replicas.get("max", DEFAULT_MAX_REPLICAS), f"{path}.max", minimum=1, maximum=1000)
+    if low > high:
+        raise InvalidArgument.field(path, "min must not exceed max")
+    return low, high
+
+
+def _trigger(value: Any, path: str) -> TriggerSpec | None:
+    if value is None:
+        return None
+    body = _mapping(value, path)
+    kind = body.get("type")
+    if kind not in PASS_THROUGH_TRIGGERS:
+        raise InvalidArgument.field(f"{path}.type", f"must be one of {', '.join(PASS_THROUGH_TRIGGERS)}")
+    metadata = _mapping(body.get("metadata"), f"{path}.metadata")
+    if not metadata:
+        raise InvalidArgument.field(f"{path}.metadata", "is required (the scaler's parameters)")
+    for key, item in metadata.items():
+        if not isinstance(item, str):
+            raise InvalidArgument.field(f"{path}.metadata.{key}", "must be a string")
+    auth = _mapping(body.get("authenticationRef"), f"{path}.authenticationRef")
+    auth_name = auth.get("name")
+    if auth and (not isinstance(auth_name, str) or not auth_name):
+        raise InvalidArgument.field(f"{path}.authenticationRef.name", "must name a TriggerAuthentication")
+    return TriggerSpec(type=kind, metadata=dict(metadata), authentication_ref=auth_name or None)
+
+
+def _extract(value: Any, path: str) -> ExtractSpec | None:
+    if value is None:
+        return None
+    body = _mapping(value, path)
+    image = body.get("image")
+    if not isinstance(image, str) or not image.strip():
+        raise InvalidArgument.field(f"{path}.image", "is required")
+    low, high = _replicas(body.get("replicas"), f"{path}.replicas")
+    return ExtractSpec(
+        image=image,
+        env=_env(body.get("env"), f"{path}.env"),
+        resources=_resources(body.get("resources"), f"{path}.resources"),
+        pool=_pool(body.get("pool"), f"{path}.pool"),
+        min_replicas=low,
+        max_replicas=high,
+        target_per_replica=_int(
+            body.get("targetPerReplica", DEFAULT_THRESHOLD), f"{path}.targetPerReplica", minimum=1
+        ),
+        trigger=_trigger(body.get("trigger"), f"{path}.trigger"),
     )
 
 

@@ -10,6 +10,13 @@
 - index ``pipeline_claims``: which Pipelines use each name, so that two
   Pipelines of the same name in different namespaces do not share (and then
   delete) one gateway pipeline: the oldest one owns the id.
+- index ``infra_rules``: the InfraRules objects; every reconciliation first
+  admits the Pipeline against ``InfraRules/default`` (unknown pool, forbidden
+  image or env: Ready=False, a Warning Event, nothing created).
+- event handler on InfraRules: every Pipeline whose rules changed (the pools
+  it uses, the allow-lists) gets the annotation ``hevlayer.com/infra-rules``
+  set to the new rules' fingerprint, which re-reconciles it (handler
+  ``rerender``) with the new rules.
 """
 
 from __future__ import annotations
@@ -33,13 +40,70 @@ from hevlayer.operator._core.reconcile import (
     invalid_outcome,
     status_changes,
 )
-from hevlayer.operator.spec import GROUP, PLURAL, VERSION, Pipeline, PipelineRef, parse_pipeline, parse_ref
+from hevlayer.operator.infra import (
+    INVALID_INFRA_RULES,
+    InfraRules,
+    Refusal,
+    admit,
+    fingerprint,
+    parse_infra_rules,
+)
+from hevlayer.operator.infra import NAME as RULES_NAME
+from hevlayer.operator.infra import PLURAL as RULES_PLURAL
+from hevlayer.operator.spec import (
+    API_VERSION,
+    GROUP,
+    PLURAL,
+    VERSION,
+    Pipeline,
+    PipelineRef,
+    parse_pipeline,
+    parse_ref,
+)
 
 FINALIZER = "hevlayer.com/pipeline"
 ANNOTATION_PREFIX = "operator.hevlayer.com"
 MAX_BACKOFF_SECONDS = 60.0
 # The index of Pipeline names (kopf passes it to handlers under this keyword).
 CLAIMS_INDEX = "pipeline_claims"
+# The index of InfraRules objects by name.
+RULES_INDEX = "infra_rules"
+# The index of Pipelines by (namespace, name): the pools they use and their rules annotation.
+POOLS_INDEX = "pipeline_pools"
+RULES_ANNOTATION = "hevlayer.com/infra-rules"
+PIPELINE_API = (API_VERSION, PLURAL)
+
+
+def pipeline_pools(spec: Mapping[str, Any]) -> tuple[str | None, ...]:
+    """The pools a Pipeline's raw spec names (spec.scaling.pool, spec.extract.pool)."""
+
+    def pool(section: Any) -> str | None:
+        value = section.get("pool") if isinstance(section, Mapping) else None
+        return value if isinstance(value, str) and value else None
+
+    return (pool(spec.get("scaling")), pool(spec.get("extract")))
+
+
+def rules_fingerprint(body: Mapping[str, Any] | None, pools: Iterable[str | None]) -> str:
+    """The fingerprint of InfraRules ``body`` (None: absent) for a Pipeline using ``pools``."""
+    if body is None:
+        return fingerprint(None, list(pools))
+    try:
+        rules = parse_infra_rules(body)
+    except InvalidArgument as exc:
+        return "invalid-" + fingerprint(None, [exc.message])
+    return fingerprint(rules, list(pools))
+
+
+def current_rules(bodies: Iterable[Mapping[str, Any]]) -> InfraRules | Refusal | None:
+    """InfraRules/default from the index's bodies: None when absent, a Refusal when invalid."""
+    found = list(bodies)
+    if not found:
+        return None
+    try:
+        return parse_infra_rules(found[-1])
+    except InvalidArgument as exc:
+        return Refusal(INVALID_INFRA_RULES, f"InfraRules/{RULES_NAME} is invalid: {exc.message}")
 
 
 def backoff(retry: int) -> float:
@@ -86,6 +150,42 @@ def build_registry(
     def login(**_: Any) -> kopf.ConnectionInfo:
         return credentials()
 
+    @kopf.index(GROUP, VERSION, RULES_PLURAL, registry=registry, id=RULES_INDEX)
+    def infra_rules(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+        return {name: {"spec": dict(body.get("spec") or {})}}
+
+    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id=POOLS_INDEX)
+    def pipeline_pools_index(
+        name: str, namespace: str | None, spec: kopf.Spec, annotations: kopf.Annotations, **_: Any
+    ) -> dict[tuple[str, str], tuple[tuple[str | None, ...], str]]:
+        return {(namespace or "", name): (pipeline_pools(spec), annotations.get(RULES_ANNOTATION, ""))}
+
+    @kopf.on.event(GROUP, VERSION, RULES_PLURAL, registry=registry, id="infra-rules-changed")
+    async def infra_rules_changed(
+        name: str, type: str | None, body: kopf.Body, logger: kopf.Logger, **kwargs: Any
+    ) -> None:
+        if name != RULES_NAME:
+            return
+        rules_body = None if type == "DELETED" else {"spec": dict(body.get("spec") or {})}
+        pipelines: kopf.Index[tuple[str, str], tuple[tuple[str | None, ...], str]] = kwargs[POOLS_INDEX]
+        for (namespace, pipeline_name), entries in list(pipelines.items()):
+            for pools, recorded in list(entries):
+                wanted = rules_fingerprint(rules_body, pools)
+                if wanted == recorded:
+                    continue
+                try:
+                    await reconciler.kube.patch(
+                        PIPELINE_API,
+                        namespace,
+                        pipeline_name,
+                        {"metadata": {"annotations": {RULES_ANNOTATION: wanted}}},
+                    )
+                except KubeError as exc:
+                    # The Pipeline's timer re-reconciles it with the new rules anyway.
+                    logger.warning(
+                        "cannot mark Pipeline %s/%s for re-rendering: %s", namespace, pipeline_name, exc
+                    )
+
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id=CLAIMS_INDEX)
     def pipeline_claims(
         name: str, namespace: str | None, meta: kopf.Meta, **_: Any
@@ -115,17 +215,32 @@ def build_registry(
             outcome = invalid_outcome(exc.message)
             write_status(body, patch, outcome, ref)
             raise kopf.PermanentError(f"invalid Pipeline: {exc.message}") from None
+        rules = current_rules(kwargs[RULES_INDEX].get(RULES_NAME, ()))
+        admission = rules if isinstance(rules, Refusal) else admit(pipeline, rules)
         owner = owner_of(pipeline.ref, kwargs)
-        if owner != pipeline.ref.namespace:
+        if isinstance(admission, Refusal):
+            outcome = await reconciler.refuse(pipeline.ref, admission)
+            previous = cond.find((body.get("status") or {}).get("conditions"), cond.ADMITTED)
+            if previous is None or previous.get("message") != admission.message:
+                kopf.warn(body, reason=admission.reason, message=admission.message)
+        elif owner != pipeline.ref.namespace:
             outcome = await reconciler.conflict(pipeline.ref, owner)
         else:
-            outcome = await reconciler.reconcile(pipeline)
+            outcome = await reconciler.reconcile(pipeline, admission=admission)
         write_status(body, patch, outcome, pipeline.ref)
         return outcome
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="reconcile", field="spec")
+    @kopf.on.update(
+        GROUP,
+        VERSION,
+        PLURAL,
+        registry=registry,
+        id="rerender",
+        field=("metadata", "annotations", RULES_ANNOTATION),
+    )
     async def reconcile(
         body: kopf.Body,
         patch: kopf.Patch,
@@ -187,8 +302,10 @@ def build_registry(
         owned = owner_of(ref, kwargs) == ref.namespace and (
             synced is None or synced.get("reason") != cond.PIPELINE_CONFLICT
         )
+        # spec.deletionPolicy: keep (the default) leaves the gateway pipeline and its data.
+        delete_data = (body.get("spec") or {}).get("deletionPolicy") == "delete"
         try:
-            await reconciler.finalize(ref, delete_gateway_pipeline=owned)
+            await reconciler.finalize(ref, delete_gateway_pipeline=owned and delete_data)
         except KubeError as exc:
             if exc.retryable:
                 raise kopf.TemporaryError(str(exc), delay=backoff(retry)) from exc

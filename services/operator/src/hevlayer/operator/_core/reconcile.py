@@ -19,16 +19,20 @@ from hevlayer.common.errors import AlreadyExists, NotFound, ServiceError
 from hevlayer.operator import conditions as cond
 from hevlayer.operator._cogs.gateway import GatewayPipeline, GatewayStatus
 from hevlayer.operator._cogs.kube import Applied, KubeError
+from hevlayer.operator.infra import Admission, Refusal
 from hevlayer.operator.render import (
     DEPLOYMENT_API,
     SCALED_OBJECT_API,
     RenderContext,
+    extract_name,
     render_deployment,
+    render_extract_deployment,
+    render_extract_scaled_object,
     render_scaled_object,
     update_patch,
     worker_name,
 )
-from hevlayer.operator.spec import DistanceMetric, Pipeline, PipelineRef, PipelineSpec
+from hevlayer.operator.spec import DistanceMetric, Pipeline, PipelineRef
 
 log = logging.getLogger("hevlayer.operator")
 
@@ -52,11 +56,17 @@ class Gateway(Protocol):
 class Kube(Protocol):
     """What the reconciler needs from the Kubernetes API (see KubeClient)."""
 
+    async def get(self, api: tuple[str, str], namespace: str, name: str) -> dict[str, Any] | None: ...
+
     async def apply(
         self, api: tuple[str, str], manifest: Mapping[str, Any], patch: Mapping[str, Any]
     ) -> Applied: ...
 
     async def delete_owned(self, api: tuple[str, str], namespace: str, name: str, owner_uid: str) -> bool: ...
+
+    async def patch(
+        self, api: tuple[str, str], namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any] | None: ...
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,10 @@ class Reconciliation:
     """A transient failure happened: reconcile again later."""
     pending_count: int | None = None
     """Pending documents, when the gateway was asked."""
+    replicas: tuple[int, int] | None = None
+    """The worker Deployment's (desired, ready) replicas, when it was read."""
+    extract_replicas: tuple[int, int] | None = None
+    """The extract Deployment's (desired, ready) replicas, when it was read."""
 
     @property
     def message(self) -> str:
@@ -106,13 +120,25 @@ class Reconciler:
         self.gateway = gateway
         self.ctx = ctx
 
-    async def reconcile(self, pipeline: Pipeline, *, refresh_status: bool = True) -> Reconciliation:
-        """Sync the gateway pipeline, then apply (or remove) the worker objects."""
+    async def reconcile(
+        self, pipeline: Pipeline, *, admission: Admission | None = None, refresh_status: bool = True
+    ) -> Reconciliation:
+        """Sync the gateway pipeline, then apply (or remove) the worker objects.
+
+        ``admission``: the Pipeline as InfraRules admitted it (capped replicas, its
+        pools); None renders ``pipeline`` as it is, without pools.
+        """
+        if admission is None:
+            admission = Admission(pipeline=pipeline)
+        pipeline = admission.pipeline
         synced, gateway_retry = await self._sync_gateway(pipeline)
         if not synced.status and synced.reason == cond.PIPELINE_CONFLICT:
             workers, kube_retry = await self._remove_workers(pipeline.ref, synced.message)
         else:
-            workers, kube_retry = await self._apply_workers(pipeline)
+            workers, kube_retry = await self._apply_workers(admission)
+        replicas = extract_replicas = None
+        if workers.status:
+            replicas, extract_replicas = await self._read_replicas(pipeline)
         pending = None
         if refresh_status and synced.status:
             try:
@@ -123,12 +149,50 @@ class Reconciler:
                     exc.message,
                     extra={"pipeline": pipeline.ref.pipeline_id, "namespace": pipeline.ref.namespace},
                 )
-        found = (synced, workers)
+        admitted = cond.Condition(cond.ADMITTED, True, cond.ADMITTED_REASON, _admitted_message(admission))
+        found = (admitted, synced, workers)
         return Reconciliation(
             conditions=(*found, cond.ready_condition(found)),
             retry=gateway_retry or kube_retry,
             pending_count=pending,
+            replicas=replicas,
+            extract_replicas=extract_replicas,
         )
+
+    async def refuse(self, ref: PipelineRef, refusal: Refusal) -> Reconciliation:
+        """InfraRules refuse the Pipeline: create nothing, and remove the workers an
+        earlier admission created. The gateway pipeline (and its data) is left alone."""
+        admitted = cond.Condition(cond.ADMITTED, False, refusal.reason, refusal.message)
+        workers, retry = await self._remove_workers(ref, "")
+        if workers.reason != cond.KUBERNETES_ERROR:
+            workers = cond.Condition(
+                cond.WORKERS_APPLIED,
+                False,
+                refusal.reason,
+                "no workers: InfraRules/default refuses the Pipeline",
+            )
+        found = (admitted, workers)
+        return Reconciliation(conditions=(*found, cond.ready_condition(found)), retry=retry)
+
+    async def _read_replicas(
+        self, pipeline: Pipeline
+    ) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+        ref = pipeline.ref
+        result: list[tuple[int, int] | None] = []
+        for name, wanted in (
+            (worker_name(ref), True),
+            (extract_name(ref), pipeline.spec.extract is not None),
+        ):
+            if not wanted:
+                result.append(None)
+                continue
+            try:
+                live = await self.kube.get(DEPLOYMENT_API, ref.namespace, name)
+            except KubeError as exc:
+                log.warning("cannot read Deployment %s: %s", name, exc, extra={"pipeline": ref.pipeline_id})
+                live = None
+            result.append(None if live is None else _replica_counts(live))
+        return result[0], result[1]
 
     async def conflict(self, ref: PipelineRef, owner: str) -> Reconciliation:
         """Another Pipeline of the same name owns the gateway pipeline: run no workers."""
@@ -149,9 +213,9 @@ class Reconciler:
         them first stops the workers before their pipeline disappears. Raises
         KubeError / ServiceError when a retry is due; NotFound is success.
         """
-        name = worker_name(ref)
-        await self.kube.delete_owned(SCALED_OBJECT_API, ref.namespace, name, ref.uid)
-        await self.kube.delete_owned(DEPLOYMENT_API, ref.namespace, name, ref.uid)
+        for name in (extract_name(ref), worker_name(ref)):
+            await self.kube.delete_owned(SCALED_OBJECT_API, ref.namespace, name, ref.uid)
+            await self.kube.delete_owned(DEPLOYMENT_API, ref.namespace, name, ref.uid)
         if delete_gateway_pipeline:
             try:
                 await self.gateway.delete(ref.pipeline_id)
@@ -202,42 +266,61 @@ class Reconciler:
             message = f"{exc.code.name}: {exc.message}"
             return cond.Condition(cond.GATEWAY_SYNCED, False, reason, message), retry
 
-    async def _apply_workers(self, pipeline: Pipeline) -> tuple[cond.Condition, bool]:
+    async def _apply_workers(self, admission: Admission) -> tuple[cond.Condition, bool]:
+        pipeline = admission.pipeline
         spec = pipeline.spec
-        deployment = render_deployment(pipeline, self.ctx)
-        scaled_object = render_scaled_object(pipeline, self.ctx)
+        ref = pipeline.ref
+        objects = (
+            (
+                worker_name(ref),
+                render_deployment(pipeline, self.ctx, admission.pool),
+                render_scaled_object(pipeline, self.ctx),
+                spec.autoscaled,
+            ),
+            (
+                extract_name(ref),
+                render_extract_deployment(pipeline, self.ctx, admission.extract_pool),
+                render_extract_scaled_object(pipeline, self.ctx),
+                spec.extract is not None and spec.extract_replicas is None,
+            ),
+        )
         try:
-            if scaled_object is None:
-                # KEDA must let go before the replica count is pinned.
-                await self.kube.delete_owned(
-                    SCALED_OBJECT_API, pipeline.ref.namespace, worker_name(pipeline.ref), pipeline.ref.uid
-                )
-            applied = await self.kube.apply(DEPLOYMENT_API, deployment, update_patch(deployment, spec))
-            self._log_applied(pipeline.ref, "Deployment", applied)
-            if scaled_object is not None:
+            for name, deployment, scaled_object, autoscaled in objects:
+                if scaled_object is None:
+                    # KEDA must let go before the replica count is pinned.
+                    await self.kube.delete_owned(SCALED_OBJECT_API, ref.namespace, name, ref.uid)
+                if deployment is None:
+                    await self.kube.delete_owned(DEPLOYMENT_API, ref.namespace, name, ref.uid)
+                    continue
                 applied = await self.kube.apply(
-                    SCALED_OBJECT_API, scaled_object, update_patch(scaled_object, spec)
+                    DEPLOYMENT_API, deployment, update_patch(deployment, spec, autoscaled=autoscaled)
                 )
-                self._log_applied(pipeline.ref, "ScaledObject", applied)
+                self._log_applied(ref, "Deployment", name, applied)
+                if scaled_object is not None:
+                    applied = await self.kube.apply(
+                        SCALED_OBJECT_API, scaled_object, update_patch(scaled_object, spec)
+                    )
+                    self._log_applied(ref, "ScaledObject", name, applied)
         except KubeError as exc:
             return cond.Condition(cond.WORKERS_APPLIED, False, cond.KUBERNETES_ERROR, str(exc)), exc.retryable
-        return cond.Condition(cond.WORKERS_APPLIED, True, cond.APPLIED, _describe(spec)), False
+        return cond.Condition(cond.WORKERS_APPLIED, True, cond.APPLIED, _describe(admission)), False
 
     async def _remove_workers(self, ref: PipelineRef, message: str) -> tuple[cond.Condition, bool]:
         try:
-            await self.kube.delete_owned(SCALED_OBJECT_API, ref.namespace, worker_name(ref), ref.uid)
-            await self.kube.delete_owned(DEPLOYMENT_API, ref.namespace, worker_name(ref), ref.uid)
+            for name in (extract_name(ref), worker_name(ref)):
+                await self.kube.delete_owned(SCALED_OBJECT_API, ref.namespace, name, ref.uid)
+                await self.kube.delete_owned(DEPLOYMENT_API, ref.namespace, name, ref.uid)
         except KubeError as exc:
             return cond.Condition(cond.WORKERS_APPLIED, False, cond.KUBERNETES_ERROR, str(exc)), exc.retryable
         return cond.Condition(cond.WORKERS_APPLIED, False, cond.PIPELINE_CONFLICT, message), False
 
     @staticmethod
-    def _log_applied(ref: PipelineRef, kind: str, applied: Applied) -> None:
+    def _log_applied(ref: PipelineRef, kind: str, name: str, applied: Applied) -> None:
         if applied is not Applied.UNCHANGED:
             log.info(
                 "%s %s %s",
                 kind,
-                worker_name(ref),
+                name,
                 applied.value,
                 extra={"pipeline": ref.pipeline_id, "namespace": ref.namespace},
             )
@@ -248,15 +331,43 @@ def invalid_outcome(message: str) -> Reconciliation:
     return Reconciliation(conditions=(cond.Condition(cond.READY, False, cond.INVALID_SPEC, message),))
 
 
-def _describe(spec: PipelineSpec) -> str:
+def _replica_counts(deployment: Mapping[str, Any]) -> tuple[int, int]:
+    """(desired, ready) replicas of a live Deployment."""
+    desired = deployment.get("spec", {}).get("replicas")
+    ready = deployment.get("status", {}).get("readyReplicas")
+    return (desired if isinstance(desired, int) else 1, ready if isinstance(ready, int) else 0)
+
+
+def _admitted_message(admission: Admission) -> str:
+    pools = [
+        f"{what} in pool {pool.name!r}"
+        for what, pool in (("workers", admission.pool), ("extract workers", admission.extract_pool))
+        if pool is not None
+    ]
+    return "; ".join(pools) or "no pool"
+
+
+def _describe(admission: Admission) -> str:
+    spec = admission.pipeline.spec
     pinned = spec.fixed_replicas
     if pinned is None:
-        return (
+        text = (
             f"autoscaled by KEDA between {spec.scaling.min_replicas} and {spec.scaling.max_replicas} "
             f"replicas ({spec.threshold} pending documents per replica)"
         )
-    why = "paused" if spec.paused else spec.scaling.mode.value
-    return f"{pinned} replicas ({why})"
+    else:
+        why = "paused" if spec.paused else spec.scaling.mode.value
+        text = f"{pinned} replicas ({why})"
+    if spec.extract is not None:
+        extract = spec.extract
+        if spec.extract_replicas is not None:
+            text += f"; extract: {spec.extract_replicas} replicas"
+        else:
+            on = extract.trigger.type if extract.trigger is not None else "the extract stage"
+            text += f"; extract: {extract.min_replicas} to {extract.max_replicas} replicas on {on}"
+    if admission.notes:
+        text += "; " + "; ".join(admission.notes)
+    return text
 
 
 def desired_status(
@@ -279,6 +390,10 @@ def desired_status(
         status["pipelineId"] = ref.pipeline_id
     if outcome.pending_count is not None:
         status["pendingCount"] = outcome.pending_count
+    if outcome.replicas is not None:
+        status["replicas"], status["readyReplicas"] = outcome.replicas
+    if outcome.extract_replicas is not None:
+        status["extractReplicas"], status["extractReadyReplicas"] = outcome.extract_replicas
     return status
 
 
