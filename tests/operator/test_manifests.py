@@ -687,25 +687,29 @@ def test_operator_defaults_are_the_crds(
     assert dataclasses.asdict(parse_pipeline(defaulted).spec) == dataclasses.asdict(parse_pipeline(body).spec)
 
 
-def test_printer_columns_point_at_schema_fields() -> None:
-    crd = yaml.safe_load(CRD.read_text())
+@pytest.mark.parametrize("path", [CRD, INFRA_CRD], ids=["pipeline", "infrarules"])
+def test_printer_columns_point_at_schema_fields(path: Path) -> None:
+    crd = yaml.safe_load(path.read_text())
     [version] = crd["spec"]["versions"]
     schema = version["schema"]["openAPIV3Schema"]
-    assert version["subresources"] == {"status": {}}
-    names = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert names[:6] == ["Mode", "Min", "Max", "Paused", "Pending", "Ready"]
     for column in version["additionalPrinterColumns"]:
-        path = re.sub(r"\[\?.*?\]", "", column["jsonPath"]).strip(".").split(".")
-        if path[0] == "metadata":
+        parts = re.sub(r"\[[?*].*?\]", "", column["jsonPath"]).strip(".").split(".")
+        if parts[0] == "metadata":
             continue
         node = schema
-        for part in path:
+        for part in parts:
             node = node.get("properties", {}).get(part) or node.get("items", {}).get("properties", {}).get(
                 part
             )
             assert node is not None, column
+    if path == INFRA_CRD:
+        return
+    assert version["subresources"] == {"status": {}}
+    names = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert names[:8] == ["Mode", "Min", "Max", "Paused", "Pending", "Ready", "Replicas", "Pool"]
     status = schema["properties"]["status"]["properties"]
-    assert {"conditions", "observedGeneration", "pendingCount"} <= set(status)
+    assert {"conditions", "observedGeneration", "pendingCount", "replicas", "readyReplicas"} <= set(status)
+    assert {"extractReplicas", "extractReadyReplicas"} <= set(status)
 
 
 def _without_nones(value: Any) -> Any:
