@@ -6,6 +6,12 @@ the REST vectors route.
 1. ``CheckLeases``: a document whose lease (worker, stage, fencing token) is
    not current gets ``stale_lease`` (FAILED_PRECONDITION) and nothing is
    written for it;
+   the vectors must then be exactly the document's chunks as staged under that
+   token (the claimer's backing names them; :class:`StagedChunks` reads their ids,
+   remembered from the worker's chunk read, else from the chunk cache or S3): an
+   unknown or duplicated chunk id is ``rejected`` naming ``vectors[i].id``, a
+   missing one naming ``vectors`` (``missing chunk d2-0``), and nothing is written
+   for that document;
 2. the dimension: the pipeline's, else the existing namespace's, else the
    first vector's (the first write fixes it; the gateway then records it on
    the pipeline if the claimer accepts that); every vector is validated
@@ -27,6 +33,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
@@ -134,12 +141,59 @@ def as_sink_failure(error: ServiceError) -> ServiceError:
     return error
 
 
-class VectorWriter:
-    """Writes documents' vectors into their pipeline's sink (module docstring)."""
+class StagedChunks(Protocol):
+    """Where the writer learns a staged document's chunk ids
+    (:class:`hevlayer.gateway.staging.ChunkReader`)."""
 
-    def __init__(self, claimer: ClaimerClient, sinks: SinkPool) -> None:
+    async def staged_chunk_ids(
+        self, namespace: str, backings: Sequence[str]
+    ) -> dict[str, tuple[str, ...] | ServiceError]:
+        """The chunk ids each backing holds, or why it cannot be read."""
+        ...
+
+
+def chunk_mismatch(
+    document_id: str, fencing_token: int, rows: Sequence[Row], staged: Sequence[str]
+) -> InvalidArgument | None:
+    """Why ``rows`` are not exactly one vector per chunk of ``staged`` (the chunk ids of the
+    document as staged under ``fencing_token``); None when they are."""
+    expected = set(staged)
+    seen: set[str] = set()
+    for index, row in enumerate(rows):
+        chunk_id = row.chunk_id
+        if chunk_id not in expected:
+            return InvalidArgument.field(
+                f"vectors[{index}].id",
+                f"unknown chunk {chunk_id!r}: document {document_id!r} as staged under fencing token "
+                f"{fencing_token} has no such chunk",
+            )
+        if chunk_id in seen:
+            return InvalidArgument.field(
+                f"vectors[{index}].id", f"duplicate chunk id {chunk_id!r} in the document"
+            )
+        seen.add(chunk_id)
+    if len(seen) == len(expected):
+        return None
+    missing = [chunk_id for chunk_id in staged if chunk_id not in seen]
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    return InvalidArgument.field(
+        "vectors",
+        f"missing chunk {missing[0]}{more}: document {document_id!r} as staged under fencing token "
+        f"{fencing_token} has {len(expected)} chunks and needs one vector for each",
+    )
+
+
+class VectorWriter:
+    """Writes documents' vectors into their pipeline's sink (module docstring).
+
+    With ``staged`` every document's vectors are checked against its staged chunk ids
+    (step 1); without it (tools and tests writing to a sink directly) they are not.
+    """
+
+    def __init__(self, claimer: ClaimerClient, sinks: SinkPool, staged: StagedChunks | None = None) -> None:
         self.claimer = claimer
         self.sinks = sinks
+        self.staged = staged
         # The default sink's error series exist at 0 from the start, so that an alert on
         # increase() sees the first failure.
         for operation in SINK_OPERATIONS:
@@ -214,6 +268,7 @@ class VectorWriter:
 
         # 1. leases, grouped by (worker, stage) (one group in practice).
         tokens: dict[int, int] = {}
+        backings: dict[int, str] = {}
         groups: dict[tuple[str, str], list[int]] = {}
         for index in pending:
             document = documents[index]
@@ -254,7 +309,10 @@ class VectorWriter:
                     )
                 else:
                     tokens[index] = check.fencing_token
+                    backings[index] = check.backing
         pending = [i for i in pending if i in tokens]
+        if self.staged is not None and pending:
+            pending = await self._check_chunks(pipeline, documents, pending, tokens, backings, outcomes)
 
         # 2. dimension and validation with the sink's rules.
         writable: list[int] = []
@@ -346,6 +404,39 @@ class VectorWriter:
         for outcome in result:
             WRITTEN_DOCUMENTS.labels(outcome.outcome).inc()
         return result
+
+    async def _check_chunks(
+        self,
+        pipeline: PipelineInfo,
+        documents: Sequence[DocumentVectors],
+        pending: list[int],
+        tokens: Mapping[int, int],
+        backings: Mapping[int, str],
+        outcomes: dict[int, WriteOutcome],
+    ) -> list[int]:
+        """Step 1's chunk check: rejects (in ``outcomes``) each document whose vectors are not
+        exactly its staged chunks; the documents left. A backing that cannot be read is that
+        document's error (UNAVAILABLE for the whole batch: nothing is written)."""
+        assert self.staged is not None
+        staged = await self.staged.staged_chunk_ids(
+            pipeline.target_namespace, [backings[i] for i in pending if backings[i]]
+        )
+        left: list[int] = []
+        for index in pending:
+            document = documents[index]
+            backing = backings[index]
+            ids = staged[backing] if backing else ()
+            if isinstance(ids, Unavailable):
+                raise ids
+            if isinstance(ids, ServiceError):
+                outcomes[index] = WriteOutcome(document.document_id, "rejected", error=ids)
+                continue
+            problem = chunk_mismatch(document.document_id, tokens[index], document.rows, ids)
+            if problem is None:
+                left.append(index)
+            else:
+                outcomes[index] = WriteOutcome(document.document_id, "rejected", error=problem)
+        return left
 
     @staticmethod
     def _culprits(

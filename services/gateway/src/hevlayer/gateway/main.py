@@ -217,7 +217,7 @@ async def build(app: ServiceApp, settings: Settings, guard: GatewayGuard | None 
     stager = Stager(claimer, store, cache, settings.staging)
     reader = ChunkReader(claimer, store, cache, SegmentCodec(settings.staging.pack_compression))
     sinks = SinkPool(settings.sinks)
-    writer = VectorWriter(claimer, sinks)
+    writer = VectorWriter(claimer, sinks, reader)
     embedder_channel: aio.Channel | None = None
     embedder: EmbeddingClient | None = None
     if settings.gateway.embedder_address:

@@ -38,7 +38,7 @@ import json
 import logging
 import re
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -760,6 +760,33 @@ class Stager:
 # -- reading -----------------------------------------------------------------------------------
 
 
+class StagedChunkIds:
+    """Chunk ids of staged documents by backing, the most recently used ``capacity`` kept.
+
+    A backing names immutable bytes (a re-stage gets a new one), so an entry is never
+    stale; it only ages out.
+    """
+
+    def __init__(self, capacity: int = 65_536) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+
+    def get(self, backing: str) -> tuple[str, ...] | None:
+        ids = self._ids.get(backing)
+        if ids is not None:
+            self._ids.move_to_end(backing)
+        return ids
+
+    def remember(self, backing: str, ids: tuple[str, ...]) -> None:
+        self._ids[backing] = ids
+        self._ids.move_to_end(backing)
+        while len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
 class ChunkReader:
     """Reads documents' chunks: cache first, then S3."""
 
@@ -768,6 +795,33 @@ class ChunkReader:
         self.store = store
         self.cache = cache
         self.codec = codec
+        self.chunk_ids = StagedChunkIds()
+        """The chunk ids of recently read documents, by backing (what WriteVectors checks)."""
+
+    async def staged_chunk_ids(
+        self, namespace: str, backings: Sequence[str]
+    ) -> dict[str, tuple[str, ...] | ServiceError]:
+        """The chunk ids of the documents these backings hold, in staged order: remembered
+        ones from the last reads (a worker reads a document's chunks before writing its
+        vectors), the others from the chunk cache or S3. A backing whose segment cannot be
+        read maps to the error."""
+        found: dict[str, tuple[str, ...] | ServiceError] = {}
+        missing: list[str] = []
+        for backing in dict.fromkeys(backings):
+            ids = self.chunk_ids.get(backing)
+            if ids is None:
+                missing.append(backing)
+            else:
+                found[backing] = ids
+        if missing:
+            for backing, outcome in (await self._segments(namespace, missing)).items():
+                if isinstance(outcome, ServiceError):
+                    found[backing] = outcome
+                else:
+                    ids = tuple(chunk.id for chunk in self.codec.decode(outcome).chunks)
+                    self.chunk_ids.remember(backing, ids)
+                    found[backing] = ids
+        return found
 
     async def read(
         self,
@@ -849,6 +903,7 @@ class ChunkReader:
                         f"backing {check.backing} holds document {document.id!r}, not {document_id!r}"
                     )
                 READ_CHUNKS.inc(len(document.chunks))
+                self.chunk_ids.remember(check.backing, tuple(chunk.id for chunk in document.chunks))
                 yield DocumentChunks(document_id, document.chunks, fencing_token=check.fencing_token)
 
     async def _segments(self, namespace: str, backings: list[str]) -> dict[str, bytes | ServiceError]:
