@@ -8,6 +8,8 @@ and whose pipelines cover the pipeline the request names:
 
 - no token, a malformed one, an unknown or a revoked one: UNAUTHENTICATED (401);
 - a valid token without the role, or without the pipeline: PERMISSION_DENIED (403);
+- a valid token over its role's rate limit (:mod:`hevlayer.gateway.ratelimit`):
+  RESOURCE_EXHAUSTED with RetryInfo (429 with Retry-After);
 - a method without an ACCESS entry, or an internal one: PERMISSION_DENIED, even for admin.
 
 Messages name the token by its public id, never its secret. Tokens are verified
@@ -50,6 +52,7 @@ from hevlayer.common.errors import (
     Unavailable,
 )
 from hevlayer.common.guard import metadata_value
+from hevlayer.gateway.ratelimit import RateLimiter
 
 _ROLE_NAMES = {
     auth_pb2.ROLE_ADMIN: ADMIN,
@@ -142,9 +145,12 @@ def _field(message: Message, path: str) -> str:
 class GatewayGuard:
     """The gateway's decision on each call (see the module docstring)."""
 
-    def __init__(self, cache: TokenCache, access: Mapping[str, Access] = ACCESS) -> None:
+    def __init__(
+        self, cache: TokenCache, access: Mapping[str, Access] = ACCESS, limiter: RateLimiter | None = None
+    ) -> None:
         self.cache = cache
         self._access = access
+        self.limiter = limiter
         self._classes: dict[str, type[Message]] = {}
 
     async def authenticate(self, authorization: str | None) -> Principal:
@@ -159,6 +165,13 @@ class GatewayGuard:
         if principal is None:
             raise Unauthenticated("the API token is unknown or revoked", reason="TOKEN_INVALID")
         return principal
+
+    def limit(self, principal: Principal, transport: str) -> None:
+        """Count one call of ``principal`` against its token's rate limit (every authenticated
+        call counts, a stream once at its start); RESOURCE_EXHAUSTED (reason RATE_LIMITED,
+        RetryInfo) when over it. Nothing has run yet when it refuses."""
+        if self.limiter is not None:
+            self.limiter.check(principal, transport)
 
     def authorize(self, principal: Principal, method: str) -> Access:
         """The method's access entry if ``principal``'s role may call it; PERMISSION_DENIED if not."""
@@ -197,6 +210,7 @@ class GatewayGuard:
 
     async def admit(self, method: str, context: aio.ServicerContext) -> tuple[Principal, Access]:
         principal = await self.authenticate(metadata_value(context, AUTHORIZATION))
+        self.limit(principal, "grpc")
         return principal, self.authorize(principal, method)
 
     async def admit_request(
@@ -262,6 +276,7 @@ def rest_middleware(
             return error_response(PermissionDenied(f"{request.method} {template} is not a public route"))
         try:
             principal = await guard.authenticate(request.headers.get(AUTHORIZATION))
+            guard.limit(principal, "rest")
             access = guard.authorize(principal, method)
             if access.pipeline_field is not None and not principal.all_pipelines:
                 pipeline_id = request.match_info.get("pipeline_id", "")

@@ -21,7 +21,7 @@ from hevlayer.client.naming import pipeline_prefix
 from hevlayer.client.settings import ClientTLSSettings
 from hevlayer.common.auth import INTERNAL_TOKEN_KEY
 from hevlayer.common.config import ConfigError, load_or_exit
-from hevlayer.common.errors import NotFound, ServiceError
+from hevlayer.common.errors import FailedPrecondition, NotFound, ServiceError
 from hevlayer.common.guard import GuardInterceptor
 from hevlayer.common.readiness import DependencyMonitor, Probe
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
@@ -34,6 +34,7 @@ from hevlayer.gateway.forwarding import Forwarder
 from hevlayer.gateway.grpc_index import IndexServicer, WriteLimits, index_handler
 from hevlayer.gateway.grpc_staging import StagingServicer
 from hevlayer.gateway.indexing import Searcher, VectorWriter, sink_kind
+from hevlayer.gateway.ratelimit import RateLimiter, parse_rates
 from hevlayer.gateway.readiness import CLAIMER, S3, SINK, SinkProbe, claimer_probe, s3_probe
 from hevlayer.gateway.rest import RestApi, error_response
 from hevlayer.gateway.settings import (
@@ -43,7 +44,7 @@ from hevlayer.gateway.settings import (
     S3Settings,
     StagingSettings,
 )
-from hevlayer.gateway.sinks import SinkPool, SinkSettings
+from hevlayer.gateway.sinks import SinkKind, SinkPool, SinkSettings
 from hevlayer.gateway.staging import ChunkReader, Stager
 
 log = logging.getLogger("hevlayer.gateway")
@@ -199,6 +200,17 @@ def _register_generic(app: ServiceApp, full_name: str, handler: grpc.GenericRpcH
     app.add_service(full_name, register, None)
 
 
+async def _own_milvus_lite(sinks: SinkPool) -> None:
+    """Open the default Milvus Lite sink at start-up: its file has one owner, so a second gateway
+    (a replica) on the same file exits here with the reason instead of serving and failing every
+    write (replicas share the Milvus server or Turbopuffer; docs/reliability.md, Replicas)."""
+    try:
+        await sinks.get(SinkKind.MILVUS_LITE)
+    except FailedPrecondition as exc:
+        log.error("gateway cannot start: %s", exc.message)
+        raise SystemExit(f"gateway cannot start: {exc.message}") from None
+
+
 async def build(app: ServiceApp, settings: Settings, guard: GatewayGuard | None = None) -> None:
     """Wire the gateway: staging, chunk reads, vector writes and queries over gRPC
     and REST; pipeline, lease and token calls forwarded to the claimer; with ``guard``
@@ -217,6 +229,8 @@ async def build(app: ServiceApp, settings: Settings, guard: GatewayGuard | None 
     stager = Stager(claimer, store, cache, settings.staging)
     reader = ChunkReader(claimer, store, cache, SegmentCodec(settings.staging.pack_compression))
     sinks = SinkPool(settings.sinks)
+    if sinks.resolve() is SinkKind.MILVUS_LITE:
+        await _own_milvus_lite(sinks)
     writer = VectorWriter(claimer, sinks, reader)
     embedder_channel: aio.Channel | None = None
     embedder: EmbeddingClient | None = None
@@ -291,7 +305,10 @@ def main() -> None:
     settings.readiness = load_or_exit(ReadinessSettings)
     guard: GatewayGuard | None = None
     if settings.gateway.auth == "on":
-        guard = GatewayGuard(TokenCache(settings.gateway.auth_cache_seconds))
+        guard = GatewayGuard(
+            TokenCache(settings.gateway.auth_cache_seconds),
+            limiter=RateLimiter(parse_rates(settings.gateway.rate_limits)),
+        )
     else:
         log.warning("GATEWAY_AUTH=off: every caller may make every call (unsafe; docs/security.md)")
 

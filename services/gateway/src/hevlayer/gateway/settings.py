@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hevlayer.common.config import ConfigError, setting, split_address
+from hevlayer.gateway.ratelimit import parse_rates
 
 GRPC_DEFAULTS = {
     "HEVLAYER_GRPC_ADDRESS": "127.0.0.1:50051",
@@ -59,6 +60,14 @@ class GatewaySettings:
         "this time.",
         5.0,
     )
+    rate_limits: str = setting(
+        "GATEWAY_RATE_LIMITS",
+        "Per-token rate limits by role, per gateway replica: comma-separated role=rate:burst (calls per "
+        "second, calls at once; a stream counts once, at its start), e.g. reader=50:100. A role not "
+        "named gets 10000:20000; rate 0: no limit. Over it: RESOURCE_EXHAUSTED (reason RATE_LIMITED, "
+        "RetryInfo) / 429 with Retry-After. Only with GATEWAY_AUTH=on.",
+        "",
+    )
     internal_token: str = setting(
         "CLAIMER_INTERNAL_TOKEN",
         "Shared secret sent to the claimer on every call (the claimer's CLAIMER_INTERNAL_TOKEN).",
@@ -72,6 +81,7 @@ class GatewaySettings:
             raise ConfigError(f"GATEWAY_AUTH: expected on or off, got {self.auth!r}")
         if not 0 <= self.auth_cache_seconds <= 300:
             raise ConfigError("GATEWAY_AUTH_CACHE_SECONDS: must be between 0 and 300")
+        parse_rates(self.rate_limits)
         split_address(self.claimer_address, "CLAIMER_ADDRESS")
         if self.embedder_address:
             split_address(self.embedder_address, "EMBEDDER_ADDRESS")
