@@ -452,3 +452,53 @@ async def test_attributes_round_trip(sink: Sink, namespace: str) -> None:
     assert [
         h.chunk_id for h in await sink.query(namespace, E1, top_k=1, filter={"id": "user attribute named id"})
     ] == ["c"]
+
+
+# ---- fencing tokens (docs/reliability.md, "Fenced sink writes") -----------------
+
+
+async def test_a_write_under_an_older_token_never_shows_next_to_a_newer_one(
+    sink: Sink, namespace: str
+) -> None:
+    await sink.ensure_namespace(namespace, 4, COSINE)
+    # The newer holder (token 7) writes first; a writer whose lease expired (token 5)
+    # writes afterwards, with the same chunk ids and one more, nearer to every query.
+    await sink.replace_documents(namespace, {"d": rows("d", [E3, E4], v="new")}, {"d": 7})
+    await sink.replace_documents(namespace, {"d": rows("d", [E1, E1, E2], v="old")}, {"d": 5})
+    assert await sink.count(namespace, "d") == 5  # written, not replacing the newer rows
+    hits = await sink.query(namespace, E1, top_k=10)
+    assert sorted((hit.chunk_id, hit.attributes["v"], hit.fencing_token) for hit in hits) == [
+        ("d#0", "new", 7),
+        ("d#1", "new", 7),
+    ]
+    # Even when the hidden rows are the nearest ones, top_k is filled with visible rows.
+    (nearest,) = await sink.query(namespace, E1, top_k=1)
+    assert (nearest.chunk_id, nearest.attributes["v"]) == ("d#0", "new")
+    assert await chunk_ids(sink, namespace, "d") == {"d#0", "d#1"}
+
+    # The stale writer's clean-up removes its own rows and never the newer ones.
+    await sink.delete_documents(namespace, ["d"], {"d": 5})
+    assert await sink.count(namespace, "d") == 2
+    assert await chunk_ids(sink, namespace, "d") == {"d#0", "d#1"}
+    await sink.delete_documents(namespace, ["d"], {"d": 6})
+    assert await sink.count(namespace, "d") == 2
+
+
+async def test_a_newer_token_replaces_older_rows_and_a_retry_overwrites(sink: Sink, namespace: str) -> None:
+    await sink.ensure_namespace(namespace, 4, COSINE)
+    await sink.replace_documents(namespace, {"d": rows("d", [E1, E2, E3]), "e": rows("e", [E4])})
+    await sink.replace_documents(namespace, {"d": rows("d", [E2, E3])}, {"d": 3})
+    assert await sink.count(namespace, "d") == 2
+    await sink.replace_documents(namespace, {"d": rows("d", [E4])}, {"d": 4})
+    await sink.replace_documents(namespace, {"d": rows("d", [E4])}, {"d": 4})  # a retry
+    assert await sink.count(namespace, "d") == 1
+    assert sorted((hit.chunk_id, hit.fencing_token) for hit in await sink.query(namespace, E4, top_k=10)) == [
+        ("d#0", 4),
+        ("e#0", 0),
+    ]
+    # A write under an older token leaves the newer rows, and a newer empty write deletes all.
+    await sink.replace_documents(namespace, {"d": []}, {"d": 2})
+    assert await sink.count(namespace, "d") == 1
+    await sink.replace_documents(namespace, {"d": []}, {"d": 9})
+    assert await sink.count(namespace, "d") == 0
+    assert await sink.count(namespace, "e") == 1

@@ -29,8 +29,9 @@ SCHEMA_L2_2D = {
     "chunk_id": {"type": "string", "filterable": True},
     "attributes": {"type": "string", "filterable": False},
     "filter_tags": {"type": "[]string", "filterable": True},
+    "fencing_token": {"type": "int", "filterable": True},
 }
-INCLUDED = ["document_id", "chunk_id", "attributes"]
+INCLUDED = ["document_id", "chunk_id", "attributes", "fencing_token"]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,8 @@ async def test_the_client_sends_these_requests(server: FakeTurbopufferThread, si
             f"/v2/namespaces/{ns}",
             {
                 "create_namespace": False,
-                "delete_by_filter": ["document_id", "In", ["doc"]],
+                # The rows of the write's fencing token (0: none) or older ones.
+                "delete_by_filter": ["And", [["document_id", "In", ["doc"]], ["fencing_token", "Lte", 0]]],
                 "upsert_rows": [
                     {
                         "id": row_id,
@@ -98,6 +100,7 @@ async def test_the_client_sends_these_requests(server: FakeTurbopufferThread, si
                         "chunk_id": "c0",
                         "attributes": '{"lang":"en","n":2}',
                         "filter_tags": [filter_tag("lang", "en"), filter_tag("n", 2)],
+                        "fencing_token": 0,
                     }
                 ],
                 "distance_metric": "euclidean_squared",
@@ -112,6 +115,15 @@ async def test_the_client_sends_these_requests(server: FakeTurbopufferThread, si
                 "top_k": 3,
                 "filters": ["filter_tags", "Contains", filter_tag("lang", "en")],
                 "include_attributes": INCLUDED,
+            },
+        ),
+        # Are the hits superseded by rows of a newer token? (the newest token wins)
+        (
+            "POST",
+            f"/v2/namespaces/{ns}/query",
+            {
+                "aggregate_by": {"count": ["Count"]},
+                "filters": ["And", [["document_id", "Eq", "doc"], ["fencing_token", "Gt", 0]]],
             },
         ),
         (
@@ -158,14 +170,17 @@ async def test_a_replace_is_one_atomic_write_per_group_of_whole_documents(
     }
     await sink.replace_documents(ns, documents)
     (write,) = writes(server, ns)
-    assert write["delete_by_filter"] == ["document_id", "In", ["a", "b", "c"]]
+    assert write["delete_by_filter"] == [
+        "And",
+        [["document_id", "In", ["a", "b", "c"]], ["fencing_token", "Lte", 0]],
+    ]
     assert written_chunks(write) == ["a0", "a1", "b0"]
 
     monkeypatch.setattr(tpuf_sink, "_MAX_ROWS_PER_WRITE", 2)
     server.fake.clear()
     documents["d"] = [Row(f"d{i}", [1.0, float(i)]) for i in range(3)]  # more than a write holds
     await sink.replace_documents(ns, documents)
-    groups = [(body["delete_by_filter"][2], written_chunks(body)) for body in writes(server, ns)]
+    groups = [(body["delete_by_filter"][1][0][2], written_chunks(body)) for body in writes(server, ns)]
     assert groups == [(["a"], ["a0", "a1"]), (["b", "c"], ["b0"]), (["d"], ["d0", "d1", "d2"])]
     assert await sink.count(ns) == 6
     await sink.drop_namespace(ns)

@@ -17,11 +17,18 @@ the REST vectors route.
    the pipeline if the claimer accepts that); every vector is validated
    with the sink's own rules, and a document with a bad vector gets
    ``rejected`` (INVALID_ARGUMENT naming ``vectors[i].values``);
-3. one ``replace_documents`` call for the batch (old rows deleted, new rows
-   upserted); a sink failure raises UNAVAILABLE (reason SINK_UNAVAILABLE) and
-   the documents stay in their claim stage;
+3. one ``replace_documents`` call for the batch, each document's rows written
+   under its fencing token (its rows of that token or older deleted, the new
+   rows upserted; rows of a newer token stay and win); a sink failure raises
+   UNAVAILABLE (reason SINK_UNAVAILABLE) and the documents stay in their claim
+   stage;
 4. ``TransitionDocuments`` to ``indexed``, pinned to the fencing tokens the
-   check saw.
+   check saw. A document whose lease was lost meanwhile (the check passed, then
+   the lease expired and a newer holder claimed it) gets ``stale_lease``
+   (FAILED_PRECONDITION) and the rows just written under its token are deleted
+   again (``delete_documents`` up to that token: never a newer holder's rows;
+   until then queries skip them, the newest token winning). docs/reliability.md,
+   "Fenced sink writes", explains why this holds under any pause.
 
 **Querying** (:class:`Searcher.query`): text through the embedding service
 (optional) or a vector; ``top_k``; an equality filter.
@@ -339,7 +346,9 @@ class VectorWriter:
                     if spec is not None and (existing is None or existing.dimension != dimension):
                         existing = await sink.ensure_namespace(namespace, dimension, metric)
                     if spec is not None:
-                        await sink.replace_documents(namespace, rows)
+                        await sink.replace_documents(
+                            namespace, rows, {documents[i].document_id: tokens[i] for i in writable}
+                        )
                     break
                 except InvalidArgument:
                     culprits = self._culprits(documents, writable, spec)
@@ -370,6 +379,7 @@ class VectorWriter:
                 trace_parents=[traceparent(spans[i]) if i in spans else "" for i in indexes] if spans else (),
             )
             gone: list[str] = []
+            lost: dict[str, int] = {}
             for index, move in zip(indexes, moves, strict=True):
                 document = documents[index]
                 if move.moved:
@@ -383,22 +393,22 @@ class VectorWriter:
                         error=NotFound(f"document {document.document_id!r} was deleted during the write"),
                     )
                 else:
+                    lost[document.document_id] = tokens[index]
                     outcomes[index] = WriteOutcome(
                         document.document_id,
                         "stale_lease",
                         error=FailedPrecondition(
-                            f"the lease on document {document.document_id!r} was lost during the write; "
-                            "the next holder's write replaces these rows",
+                            f"the lease on document {document.document_id!r} (fencing token {tokens[index]}) "
+                            "was lost during the write; its rows are removed and the newer holder's win",
                             reason="STALE_LEASE",
+                            metadata={
+                                "document_id": document.document_id,
+                                "fencing_token": str(tokens[index]),
+                            },
                         ),
                     )
-            if gone:
-                try:
-                    sink = await self.sink_for(pipeline)
-                    await sink.delete_documents(pipeline.target_namespace, gone)
-                except ServiceError as error:
-                    self.sink_failure(pipeline, "delete", error)
-                    log.warning("could not delete rows of deleted documents %s: %s", gone[:5], error.message)
+            if gone or lost:
+                await self._remove_rows(pipeline, [*gone, *lost], lost)
 
         result = [outcomes[i] for i in range(len(documents))]
         for outcome in result:
@@ -437,6 +447,19 @@ class VectorWriter:
             else:
                 outcomes[index] = WriteOutcome(document.document_id, "rejected", error=problem)
         return left
+
+    async def _remove_rows(
+        self, pipeline: PipelineInfo, document_ids: list[str], up_to: dict[str, int]
+    ) -> None:
+        """Delete the rows of deleted documents (all) and of lost leases (up to the lost token).
+        A failure is logged: queries already skip rows of a superseded token, and the
+        document's next write replaces them."""
+        try:
+            sink = await self.sink_for(pipeline)
+            await sink.delete_documents(pipeline.target_namespace, document_ids, up_to)
+        except ServiceError as error:
+            self.sink_failure(pipeline, "delete", error)
+            log.warning("could not delete the rows of documents %s: %s", document_ids[:5], error.message)
 
     @staticmethod
     def _culprits(

@@ -14,6 +14,17 @@ Every sink implements the same contract, checked by
   together. Re-running the same call gives the same rows (idempotent).
 * ``delete_documents``, ``query``, ``count``, ``drop_namespace``, ``close``.
 
+**Fencing tokens** (docs/reliability.md, "Fenced sink writes"): every row
+carries the fencing token of the write that stored it (0 for writers that
+hold no lease: tools, tests). ``replace_documents(..., fencing_tokens)``
+replaces only a document's rows whose token is <= the write's token; rows of
+a newer token are left alone, and ``query`` never returns a row while its
+document has rows of a newer token (the newest token wins). So a writer whose
+lease expired mid-write can add rows, but they stay invisible next to the
+newer holder's, and ``delete_documents(..., up_to_tokens)`` (the writer's own
+clean-up once its lease turns out lost) removes them without touching newer
+rows.
+
 Rows are addressed by a deterministic vector id derived from the document
 id and the chunk id (:func:`vector_id`), so a retried write overwrites
 instead of duplicating. Attributes are stored as JSON and returned by
@@ -67,6 +78,9 @@ MAX_FILTER_TAGS = 128
 MAX_TOP_K = 1000
 """Largest ``top_k`` of a query."""
 
+_MAX_SEARCH_LIMIT = 16_384
+"""Most rows one backend search asks for while skipping superseded rows (Milvus' limit)."""
+
 
 _JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 """Encoder of stored attributes (compact, UTF-8 kept, NaN refused)."""
@@ -118,6 +132,8 @@ class Hit:
     chunk_id: str
     score: float
     attributes: dict[str, JSONValue]
+    fencing_token: int = 0
+    """The fencing token of the write that stored the row."""
 
 
 class PreparedRow(NamedTuple):
@@ -130,14 +146,17 @@ class PreparedRow(NamedTuple):
     attributes: dict[str, JSONValue]
     attributes_json: str
     filter_tags: list[str]
+    fencing_token: int = 0
 
 
 @dataclass(frozen=True)
 class PreparedDocument:
-    """A validated document: its id and its complete new set of rows."""
+    """A validated document: its id, its complete new set of rows and the fencing token they
+    are written under."""
 
     document_id: str
     rows: list[PreparedRow]
+    fencing_token: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,14 +180,18 @@ class PreparedFilter:
         return self.document_id is None and self.chunk_id is None and not self.tags and not self.impossible
 
 
-def vector_id(document_id: str, chunk_id: str) -> str:
+def vector_id(document_id: str, chunk_id: str, fencing_token: int = 0) -> str:
     """The deterministic id of a row: 32 hex characters (128-bit BLAKE2b).
 
     Length-prefixed so that ("a", "bc") and ("ab", "c") differ; safe as a
     Milvus VARCHAR primary key and as a Turbopuffer string id (<= 64 bytes).
+    A non-zero fencing token is part of the id, so that a write under one token
+    never overwrites a row of another (a retry under the same token does).
     """
     doc = document_id.encode()
     data = len(doc).to_bytes(4, "big") + doc + chunk_id.encode()
+    if fencing_token:
+        data += b"\x00#" + str(fencing_token).encode()
     return hashlib.blake2b(data, digest_size=16, person=b"hevlayer-vec-id").hexdigest()
 
 
@@ -264,25 +287,37 @@ def validate_metric(metric: object) -> DistanceMetric:
         raise InvalidArgument.field("distance_metric", f"must be one of {allowed}, got {metric!r}") from None
 
 
-def prepare_documents(documents: Mapping[str, Sequence[Row]], spec: NamespaceSpec) -> list[PreparedDocument]:
+def prepare_documents(
+    documents: Mapping[str, Sequence[Row]],
+    spec: NamespaceSpec,
+    fencing_tokens: Mapping[str, int] | None = None,
+) -> list[PreparedDocument]:
     """Validate a replace_documents call; InvalidArgument naming the first bad field.
 
     Field paths look like ``documents[doc-1].rows[3].values``.
     """
     prepared: list[PreparedDocument] = []
+    tokens = fencing_tokens or {}
     for document_id, rows in documents.items():
         problem = _id_problem(document_id)
         if problem is not None:
             raise InvalidArgument.field(f"documents[{document_id!r}]", f"document id {problem}")
+        token = tokens.get(document_id, 0)
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < 2**63:
+            raise InvalidArgument.field(
+                f"fencing_tokens[{document_id!r}]", "must be an integer from 0 to 2^63 - 1"
+            )
         seen: set[str] = set()
         out: list[PreparedRow] = []
         for index, row in enumerate(rows):
-            out.append(_prepare_row(document_id, row, spec, index, seen))
-        prepared.append(PreparedDocument(document_id, out))
+            out.append(_prepare_row(document_id, row, spec, index, seen, token))
+        prepared.append(PreparedDocument(document_id, out, token))
     return prepared
 
 
-def _prepare_row(document_id: str, row: Row, spec: NamespaceSpec, index: int, seen: set[str]) -> PreparedRow:
+def _prepare_row(
+    document_id: str, row: Row, spec: NamespaceSpec, index: int, seen: set[str], fencing_token: int = 0
+) -> PreparedRow:
     chunk_id = row.chunk_id
     problem = _id_problem(chunk_id)
     if problem is not None:
@@ -331,13 +366,14 @@ def _prepare_row(document_id: str, row: Row, spec: NamespaceSpec, index: int, se
             f"JSON encoding exceeds {MAX_ATTRIBUTES_BYTES} bytes",
         )
     return PreparedRow(
-        id=vector_id(document_id, chunk_id),
+        id=vector_id(document_id, chunk_id, fencing_token),
         document_id=document_id,
         chunk_id=chunk_id,
         values=row.values,
         attributes=attributes,
         attributes_json=encoded,
         filter_tags=tags,
+        fencing_token=fencing_token,
     )
 
 
@@ -430,22 +466,34 @@ class Sink(abc.ABC):
                 self._specs[namespace] = spec
         return spec
 
-    async def replace_documents(self, namespace: str, documents: Mapping[str, Sequence[Row]]) -> int:
+    async def replace_documents(
+        self,
+        namespace: str,
+        documents: Mapping[str, Sequence[Row]],
+        fencing_tokens: Mapping[str, int] | None = None,
+    ) -> int:
         """Replace each document's rows with ``documents[id]``; the number of rows written.
 
-        An empty row list deletes the document. The whole call is validated
-        before anything is written (INVALID_ARGUMENT naming the field). The
-        namespace must exist (FAILED_PRECONDITION otherwise).
+        The rows are written under ``fencing_tokens[id]`` (0 when absent): the
+        document's rows of that token or an older one are replaced; rows of a
+        newer token stay, and hide these (see the module docstring). An empty
+        row list deletes the document's rows up to that token. The whole call is
+        validated before anything is written (INVALID_ARGUMENT naming the
+        field). The namespace must exist (FAILED_PRECONDITION otherwise).
         """
         spec = await self._require_spec(namespace)
-        prepared = prepare_documents(documents, spec)
+        prepared = prepare_documents(documents, spec, fencing_tokens)
         if not prepared:
             return 0
         await self._replace(namespace, spec, prepared)
         return sum(len(document.rows) for document in prepared)
 
-    async def delete_documents(self, namespace: str, document_ids: Iterable[str]) -> None:
-        """Delete every row of these documents (unknown ids and namespaces are fine)."""
+    async def delete_documents(
+        self, namespace: str, document_ids: Iterable[str], up_to_tokens: Mapping[str, int] | None = None
+    ) -> None:
+        """Delete every row of these documents (unknown ids and namespaces are fine); with
+        ``up_to_tokens``, only each document's rows whose fencing token is <= its bound
+        (a document without a bound loses every row)."""
         self.check_namespace(namespace)
         ids = list(dict.fromkeys(document_ids))
         for index, document_id in enumerate(ids):
@@ -454,7 +502,8 @@ class Sink(abc.ABC):
                 raise InvalidArgument.field(f"document_ids[{index}]", f"document id {problem}")
         if not ids or await self.describe_namespace(namespace) is None:
             return
-        await self._delete(namespace, ids)
+        bounds = {d: up_to_tokens[d] for d in ids if d in up_to_tokens} if up_to_tokens else {}
+        await self._delete(namespace, ids, bounds)
 
     async def query(
         self,
@@ -482,7 +531,26 @@ class Sink(abc.ABC):
             raise InvalidArgument.field("vector", problem)
         if prepared_filter.impossible:
             return []
-        return await self._query(namespace, spec, list(vector), top_k, prepared_filter)
+        # The newest token wins: a row is hidden while its document has rows of a newer
+        # token. Hidden rows are rare (a writer that lost its lease mid-write, until its
+        # clean-up), so the query asks for top_k, and for more only when some were hidden.
+        limit = top_k
+        while True:
+            hits = await self._query(namespace, spec, list(vector), limit, prepared_filter)
+            superseded = await self._superseded(namespace, hits)
+            visible = [hit for hit in hits if (hit.document_id, hit.fencing_token) not in superseded]
+            if len(visible) >= top_k or len(hits) < limit or limit >= _MAX_SEARCH_LIMIT:
+                return visible[:top_k]
+            limit = min(limit * 4, _MAX_SEARCH_LIMIT)
+
+    async def _superseded(self, namespace: str, hits: Sequence[Hit]) -> set[tuple[str, int]]:
+        """The (document id, token) pairs of ``hits`` whose document has rows of a newer token."""
+        pairs = list(dict.fromkeys((hit.document_id, hit.fencing_token) for hit in hits))
+        if not pairs or not await self._count_newer(namespace, pairs):
+            return set()
+        if len(pairs) == 1:
+            return set(pairs)
+        return {pair for pair in pairs if await self._count_newer(namespace, [pair])}
 
     async def count(self, namespace: str, document_id: str | None = None) -> int:
         """Number of rows in the namespace, or of one document (0 if it does not exist)."""
@@ -537,11 +605,18 @@ class Sink(abc.ABC):
 
     @abc.abstractmethod
     async def _replace(self, namespace: str, spec: NamespaceSpec, documents: list[PreparedDocument]) -> None:
-        """Delete the documents' old rows, then upsert the new ones."""
+        """Delete the documents' old rows (fencing token <= the document's), then upsert the
+        new ones."""
 
     @abc.abstractmethod
-    async def _delete(self, namespace: str, document_ids: list[str]) -> None:
-        """Delete the documents' rows."""
+    async def _delete(self, namespace: str, document_ids: list[str], up_to_tokens: Mapping[str, int]) -> None:
+        """Delete the documents' rows (those with a fencing token <= ``up_to_tokens[id]`` for a
+        document that has a bound)."""
+
+    @abc.abstractmethod
+    async def _count_newer(self, namespace: str, pairs: list[tuple[str, int]]) -> int:
+        """The number of rows of ``document_id`` with a fencing token > ``token``, summed over the
+        (document_id, token) pairs (0: no pair is superseded)."""
 
     @abc.abstractmethod
     async def _query(

@@ -17,13 +17,14 @@ One implementation, two constructors:
   even on small collections), which would dominate the write path.
 * :meth:`MilvusSink.open` connects to a Milvus or Zilliz endpoint shared with
   other writers: a document is replaced by ``delete(filter='document_id in
-  [...]')`` then an upsert, both evaluated by the server.
+  [...] and fencing_token <= T')`` then an upsert, both evaluated by the server.
 
 Collection layout (one collection per namespace, consistency ``Strong``):
 ``id`` VARCHAR(64) primary key (:func:`~.base.vector_id`), ``document_id``
 and ``chunk_id`` VARCHAR(1024), ``vector`` FLOAT_VECTOR(dimension) with a
 COSINE or L2 index, ``attributes`` JSON, ``filter_tags``
-ARRAY<VARCHAR(32)> (see :func:`~.base.filter_tag`).
+ARRAY<VARCHAR(32)> (see :func:`~.base.filter_tag`), ``fencing_token`` INT64
+(the token of the write that stored the row; see :mod:`.base`).
 
 pymilvus is synchronous: every call runs on a small dedicated thread pool
 with the sink's timeout, and writes to one namespace are serialized (Milvus
@@ -37,7 +38,7 @@ import functools
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -78,7 +79,8 @@ CHUNK_FIELD = "chunk_id"
 VECTOR_FIELD = "vector"
 ATTRIBUTES_FIELD = "attributes"
 TAGS_FIELD = "filter_tags"
-OUTPUT_FIELDS = [DOCUMENT_FIELD, CHUNK_FIELD, ATTRIBUTES_FIELD]
+TOKEN_FIELD = "fencing_token"
+OUTPUT_FIELDS = [DOCUMENT_FIELD, CHUNK_FIELD, ATTRIBUTES_FIELD, TOKEN_FIELD]
 
 _METRIC_TO_MILVUS = {DistanceMetric.COSINE_DISTANCE: "COSINE", DistanceMetric.EUCLIDEAN_SQUARED: "L2"}
 _MILVUS_TO_METRIC = {value: key for key, value in _METRIC_TO_MILVUS.items()}
@@ -121,6 +123,7 @@ def collection_schema(dimension: int) -> Any:
     schema.add_field(CHUNK_FIELD, DataType.VARCHAR, max_length=MAX_ID_BYTES)
     schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dimension)
     schema.add_field(ATTRIBUTES_FIELD, DataType.JSON)
+    schema.add_field(TOKEN_FIELD, DataType.INT64)
     schema.add_field(
         TAGS_FIELD, DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_FILTER_TAGS, max_length=32
     )
@@ -168,6 +171,7 @@ def _fields(row: PreparedRow, attributes: Any) -> dict[str, Any]:
         VECTOR_FIELD: values,
         ATTRIBUTES_FIELD: attributes,
         TAGS_FIELD: row.filter_tags,
+        TOKEN_FIELD: row.fencing_token,
     }
 
 
@@ -195,8 +199,8 @@ class MilvusSink(Sink):
         self._lite_path = lite_path
         self._exclusive = lite_path is not None
         self._locks: dict[str, asyncio.Lock] = {}
-        # Exclusive (Milvus Lite) mode: namespace -> document id -> vector ids.
-        self._documents: dict[str, dict[str, frozenset[str]]] = {}
+        # Exclusive (Milvus Lite) mode: namespace -> document id -> vector id -> fencing token.
+        self._documents: dict[str, dict[str, dict[str, int]]] = {}
         self._closed = False
 
     # ---- constructors -----------------------------------------------------
@@ -357,6 +361,13 @@ class MilvusSink(Sink):
                 violations=[Violation("namespace", "holds a collection with another schema")],
                 reason="FOREIGN_COLLECTION",
             )
+        if TOKEN_FIELD not in fields:
+            raise FailedPrecondition(
+                f"Milvus collection {namespace!r} was created by an older hevlayer sink (no "
+                f"{TOKEN_FIELD!r} field): drop it and re-index its pipeline",
+                violations=[Violation("namespace", f"holds a collection without {TOKEN_FIELD!r}")],
+                reason="FOREIGN_COLLECTION",
+            )
         dimension = int(vector.get("params", {}).get("dim", 0))
         indexes = await self._call(
             namespace, "list indexes", self._client.list_indexes, namespace, VECTOR_FIELD
@@ -380,7 +391,11 @@ class MilvusSink(Sink):
             if self._exclusive:
                 await self._replace_exclusive(namespace, spec, documents)
             else:
-                await self._delete_by_filter(namespace, [document.document_id for document in documents])
+                await self._delete_by_filter(
+                    namespace,
+                    [document.document_id for document in documents],
+                    {document.document_id: document.fencing_token for document in documents},
+                )
                 await self._upsert(namespace, spec, documents)
 
     async def _replace_exclusive(
@@ -392,7 +407,11 @@ class MilvusSink(Sink):
             old = known.get(document.document_id)
             if old:
                 new = {row.id for row in document.rows}
-                stale.extend(vector_id for vector_id in old if vector_id not in new)
+                stale.extend(
+                    vector_id
+                    for vector_id, token in old.items()
+                    if token <= document.fencing_token and vector_id not in new
+                )
         try:
             # Stale rows go first; rows whose id survives are overwritten
             # atomically by the upsert, so old and new never coexist.
@@ -405,26 +424,73 @@ class MilvusSink(Sink):
             self._documents.pop(namespace, None)
             raise
         for document in documents:
-            if document.rows:
-                known[document.document_id] = frozenset(row.id for row in document.rows)
+            token = document.fencing_token
+            kept = {
+                vector_id: old_token
+                for vector_id, old_token in known.get(document.document_id, {}).items()
+                if old_token > token
+            }
+            kept.update((row.id, token) for row in document.rows)
+            if kept:
+                known[document.document_id] = kept
             else:
                 known.pop(document.document_id, None)
 
-    async def _delete(self, namespace: str, document_ids: list[str]) -> None:
+    async def _delete(self, namespace: str, document_ids: list[str], up_to_tokens: Mapping[str, int]) -> None:
         async with self._lock(namespace):
             if not self._exclusive:
-                await self._delete_by_filter(namespace, document_ids)
+                await self._delete_by_filter(namespace, document_ids, up_to_tokens)
                 return
             known = await self._known_documents(namespace)
-            ids = [vector_id for document_id in document_ids for vector_id in known.get(document_id, ())]
+            doomed: dict[str, list[str]] = {}
+            for document_id in document_ids:
+                bound = up_to_tokens.get(document_id)
+                doomed[document_id] = [
+                    vector_id
+                    for vector_id, token in known.get(document_id, {}).items()
+                    if bound is None or token <= bound
+                ]
+            ids = [vector_id for vector_ids in doomed.values() for vector_id in vector_ids]
             if ids:
                 try:
                     await self._call(namespace, "delete", self._client.delete, namespace, ids=ids)
                 except BaseException:
                     self._documents.pop(namespace, None)
                     raise
-            for document_id in document_ids:
-                known.pop(document_id, None)
+            for document_id, vector_ids in doomed.items():
+                rows = known.get(document_id)
+                if rows is None:
+                    continue
+                for vector_id in vector_ids:
+                    rows.pop(vector_id, None)
+                if not rows:
+                    known.pop(document_id, None)
+
+    async def _count_newer(self, namespace: str, pairs: list[tuple[str, int]]) -> int:
+        if self._exclusive:
+            known = await self._known_documents(namespace)
+            return sum(
+                1
+                for document_id, floor in pairs
+                for token in known.get(document_id, {}).values()
+                if token > floor
+            )
+        newer = 0
+        for start in range(0, len(pairs), _DOCUMENTS_PER_DELETE):
+            expression = " or ".join(
+                f"({DOCUMENT_FIELD} == {milvus_string(document_id)} and {TOKEN_FIELD} > {int(token)})"
+                for document_id, token in pairs[start : start + _DOCUMENTS_PER_DELETE]
+            )
+            rows = await self._call(
+                namespace,
+                "count",
+                self._client.query,
+                namespace,
+                filter=expression,
+                output_fields=["count(*)"],
+            )
+            newer += int(rows[0]["count(*)"]) if rows else 0
+        return newer
 
     async def _query(
         self, namespace: str, spec: NamespaceSpec, vector: list[float], top_k: int, filter: PreparedFilter
@@ -452,6 +518,7 @@ class MilvusSink(Sink):
                     chunk_id,
                     _score(spec.metric, float(result.get("distance", 0.0))),
                     hit_attributes(document_id, chunk_id, entity.get(ATTRIBUTES_FIELD)),
+                    int(entity.get(TOKEN_FIELD) or 0),
                 )
             )
         return hits
@@ -477,8 +544,9 @@ class MilvusSink(Sink):
             lock = self._locks[namespace] = asyncio.Lock()
         return lock
 
-    async def _known_documents(self, namespace: str) -> dict[str, frozenset[str]]:
-        """Exclusive mode: the vector ids of every document (read once from Milvus Lite)."""
+    async def _known_documents(self, namespace: str) -> dict[str, dict[str, int]]:
+        """Exclusive mode: the vector ids of every document with their fencing tokens (read once
+        from Milvus Lite)."""
         known = self._documents.get(namespace)
         if known is not None:
             return known
@@ -488,20 +556,28 @@ class MilvusSink(Sink):
             self._client.query,
             namespace,
             filter=f'{ID_FIELD} != ""',
-            output_fields=[DOCUMENT_FIELD],
+            output_fields=[DOCUMENT_FIELD, TOKEN_FIELD],
         )
-        grouped: dict[str, set[str]] = {}
+        loaded: dict[str, dict[str, int]] = {}
         for row in rows:
-            grouped.setdefault(str(row[DOCUMENT_FIELD]), set()).add(str(row[ID_FIELD]))
-        known = {document_id: frozenset(ids) for document_id, ids in grouped.items()}
-        self._documents[namespace] = known
-        return known
+            loaded.setdefault(str(row[DOCUMENT_FIELD]), {})[str(row[ID_FIELD])] = int(row[TOKEN_FIELD] or 0)
+        self._documents[namespace] = loaded
+        return loaded
 
-    async def _delete_by_filter(self, namespace: str, document_ids: list[str]) -> None:
-        for start in range(0, len(document_ids), _DOCUMENTS_PER_DELETE):
-            chunk = document_ids[start : start + _DOCUMENTS_PER_DELETE]
-            expression = f"{DOCUMENT_FIELD} in [{', '.join(milvus_string(d) for d in chunk)}]"
-            await self._call(namespace, "delete", self._client.delete, namespace, filter=expression)
+    async def _delete_by_filter(
+        self, namespace: str, document_ids: list[str], up_to_tokens: Mapping[str, int]
+    ) -> None:
+        """Delete the documents' rows (with a bound: those of a fencing token <= it), one
+        filtered delete per bound and group of documents."""
+        by_bound: dict[int | None, list[str]] = {}
+        for document_id in document_ids:
+            by_bound.setdefault(up_to_tokens.get(document_id), []).append(document_id)
+        for bound, ids in by_bound.items():
+            condition = "" if bound is None else f" and {TOKEN_FIELD} <= {int(bound)}"
+            for start in range(0, len(ids), _DOCUMENTS_PER_DELETE):
+                chunk = ids[start : start + _DOCUMENTS_PER_DELETE]
+                expression = f"{DOCUMENT_FIELD} in [{', '.join(milvus_string(d) for d in chunk)}]{condition}"
+                await self._call(namespace, "delete", self._client.delete, namespace, filter=expression)
 
     async def _upsert(self, namespace: str, spec: NamespaceSpec, documents: list[PreparedDocument]) -> None:
         if self._engine is not None:

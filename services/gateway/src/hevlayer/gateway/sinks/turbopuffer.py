@@ -6,10 +6,13 @@ the vector attribute's ANN config carries the distance metric). Each row is
 a document whose ``id`` is :func:`~.base.vector_id`, with attributes
 ``document_id`` and ``chunk_id`` (filterable strings), ``attributes`` (the
 row's attributes as JSON text, not filterable: Turbopuffer has no object
-type) and ``filter_tags`` (``[]string``, see :func:`~.base.filter_tag`).
+type), ``filter_tags`` (``[]string``, see :func:`~.base.filter_tag`) and
+``fencing_token`` (``int``, filterable: the token of the write that stored the
+row, see :mod:`.base`).
 
 ``replace_documents`` sends ONE write request per group of whole documents:
-``delete_by_filter: ["document_id", "In", [...]]`` plus ``upsert_rows``.
+``delete_by_filter: ["And", [["document_id", "In", [...]], ["fencing_token",
+"Lte", T]]]`` (one such term per token of the group, OR-ed) plus ``upsert_rows``.
 Turbopuffer applies a write atomically, the filtered delete before the
 upserts, so a document's old and new rows are never visible together, and
 a retried request converges to the same rows.
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import turbopuffer
@@ -50,7 +53,8 @@ DOCUMENT_ATTRIBUTE = "document_id"
 CHUNK_ATTRIBUTE = "chunk_id"
 ATTRIBUTES_ATTRIBUTE = "attributes"
 TAGS_ATTRIBUTE = "filter_tags"
-INCLUDED_ATTRIBUTES = [DOCUMENT_ATTRIBUTE, CHUNK_ATTRIBUTE, ATTRIBUTES_ATTRIBUTE]
+TOKEN_ATTRIBUTE = "fencing_token"
+INCLUDED_ATTRIBUTES = [DOCUMENT_ATTRIBUTE, CHUNK_ATTRIBUTE, ATTRIBUTES_ATTRIBUTE, TOKEN_ATTRIBUTE]
 
 _NAMESPACE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _VECTOR_TYPE = re.compile(r"\[(\d+)\]f(?:16|32)")
@@ -68,6 +72,7 @@ def namespace_schema(spec: NamespaceSpec) -> dict[str, AttributeSchemaParam]:
         CHUNK_ATTRIBUTE: {"type": "string", "filterable": True},
         ATTRIBUTES_ATTRIBUTE: {"type": "string", "filterable": False},
         TAGS_ATTRIBUTE: {"type": "[]string", "filterable": True},
+        TOKEN_ATTRIBUTE: {"type": "int", "filterable": True},
     }
 
 
@@ -83,8 +88,23 @@ def turbopuffer_row(row: PreparedRow) -> RowParam:
             CHUNK_ATTRIBUTE: row.chunk_id,
             ATTRIBUTES_ATTRIBUTE: row.attributes_json,
             TAGS_ATTRIBUTE: row.filter_tags,
+            TOKEN_ATTRIBUTE: row.fencing_token,
         },
     )
+
+
+def documents_filter(document_ids: list[str], up_to_tokens: Mapping[str, int]) -> Filter:
+    """The rows of these documents, of a fencing token <= the document's bound where it has one."""
+    by_bound: dict[int | None, list[str]] = {}
+    for document_id in document_ids:
+        by_bound.setdefault(up_to_tokens.get(document_id), []).append(document_id)
+    terms: list[Filter] = []
+    for bound, ids in by_bound.items():
+        term: Filter = (DOCUMENT_ATTRIBUTE, "In", ids)
+        terms.append(
+            term if bound is None else cast(Filter, ("And", [term, (TOKEN_ATTRIBUTE, "Lte", bound)]))
+        )
+    return terms[0] if len(terms) == 1 else cast(Filter, ("Or", terms))
 
 
 def turbopuffer_filter(filter: PreparedFilter) -> Filter | None:
@@ -208,7 +228,10 @@ class TurbopufferSink(Sink):
         schema = namespace_schema(spec)
         for group in _groups(documents):
             rows = [turbopuffer_row(row) for document in group for row in document.rows]
-            delete_filter: Filter = (DOCUMENT_ATTRIBUTE, "In", [document.document_id for document in group])
+            delete_filter = documents_filter(
+                [document.document_id for document in group],
+                {document.document_id: document.fencing_token for document in group},
+            )
             try:
                 await handle.write(
                     create_namespace=False,  # only ensure_namespace creates namespaces
@@ -227,8 +250,8 @@ class TurbopufferSink(Sink):
             except turbopuffer.APIError as exc:
                 raise _translate(exc, namespace, "write") from exc
 
-    async def _delete(self, namespace: str, document_ids: list[str]) -> None:
-        delete_filter: Filter = (DOCUMENT_ATTRIBUTE, "In", document_ids)
+    async def _delete(self, namespace: str, document_ids: list[str], up_to_tokens: Mapping[str, int]) -> None:
+        delete_filter = documents_filter(document_ids, up_to_tokens)
         try:
             await self._client.namespace(namespace).write(delete_by_filter=delete_filter)
         except turbopuffer.NotFoundError:
@@ -268,12 +291,26 @@ class TurbopufferSink(Sink):
                     chunk_id,
                     score_from_distance(spec.metric, distance),
                     hit_attributes(document_id, chunk_id, attributes),
+                    int(extra.get(TOKEN_ATTRIBUTE) or 0),
                 )
             )
         return hits
 
+    async def _count_newer(self, namespace: str, pairs: list[tuple[str, int]]) -> int:
+        terms = [
+            cast(Filter, ("And", [(DOCUMENT_ATTRIBUTE, "Eq", document_id), (TOKEN_ATTRIBUTE, "Gt", token)]))
+            for document_id, token in pairs
+        ]
+        return await self._aggregate_count(
+            namespace, terms[0] if len(terms) == 1 else cast(Filter, ("Or", terms))
+        )
+
     async def _count(self, namespace: str, document_id: str | None) -> int:
-        filters = turbopuffer_filter(PreparedFilter(document_id=document_id))
+        return await self._aggregate_count(
+            namespace, turbopuffer_filter(PreparedFilter(document_id=document_id))
+        )
+
+    async def _aggregate_count(self, namespace: str, filters: Filter | None) -> int:
         try:
             response = await self._client.namespace(namespace).query(
                 aggregate_by={_COUNT_LABEL: ("Count",)},
