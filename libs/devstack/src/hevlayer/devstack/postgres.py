@@ -61,6 +61,21 @@ _MAX_SOCKET_DIR = 80
 SettingValue = str | int | float | bool
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        proc_stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return proc_stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
 def _has_tools(bindir: Path) -> bool:
     return all(os.access(bindir / tool, os.X_OK) for tool in _REQUIRED_TOOLS)
 
@@ -268,6 +283,33 @@ class PostgresServer(Lifecycle):
                 self._cleanup()
             raise
         return self
+
+    @property
+    def postmaster_pid(self) -> int | None:
+        """The pid in ``postmaster.pid``; None when there is no such file."""
+        try:
+            return int((self._data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+
+    def server_alive(self) -> bool:
+        """Whether the postmaster of this cluster is running (a killed one, even a zombie
+        nobody reaped, is not)."""
+        pid = self.postmaster_pid
+        return pid is not None and process_alive(pid)
+
+    def restart(self) -> Self:
+        """Start again on the same port after the server died (a crash, a kill -9).
+
+        The dead postmaster's lock file is removed first: its pid may still look alive as an
+        unreaped zombie, which would make both ``pg_ctl`` and the new postmaster refuse."""
+        if self._started:
+            self._started = False
+            atexit.unregister(self.stop)
+        if not self.server_alive():
+            (self._data_dir / "postmaster.pid").unlink(missing_ok=True)
+        self._port_given = True
+        return self.start()
 
     def stop(self) -> None:
         """Stop the server (``pg_ctl stop -m fast``); safe to call more than once."""

@@ -221,6 +221,14 @@ class ServiceProcess(Lifecycle):
         self._close_log()
         return code
 
+    def restart(self) -> Self:
+        """Start the process again with the same argv, environment and log (after it died):
+        what is left of the old process group is killed first, so its ports are free."""
+        if self._proc is not None:
+            self.stop(grace=0.0)
+        self._proc = None
+        return self.start()
+
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the process to exit by itself; returns its exit status."""
         if self._proc is None:

@@ -144,6 +144,11 @@ class SeaweedS3(Lifecycle):
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit status of ``weed`` (negative: killed by that signal); None while it runs."""
+        return self._proc.poll() if self._proc is not None else None
+
     def client_env(self, bucket: str | None = None) -> dict[str, str]:
         """The ``S3_*`` variables hevlayer services read to reach this endpoint."""
         env = {
@@ -195,6 +200,18 @@ class SeaweedS3(Lifecycle):
             self.stop()
             raise
         return self
+
+    def restart(self) -> Self:
+        """Start again on the same S3 port after ``weed`` died (what is left of it is killed first)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            atexit.unregister(self.stop)
+            terminate_group(proc, 0.0)
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+        self._port_given = True
+        return self.start()
 
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM ``weed`` (SIGKILL after ``grace``); safe to call more than once."""

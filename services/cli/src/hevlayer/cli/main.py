@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from hevlayer.cli import corpus as corpus_module
 from hevlayer.cli.ingest import AddOptions, AddSummary, Ingest, Reporter
 from hevlayer.cli.producers import Budget, kinds
 from hevlayer.cli.progress import PlainReporter, RichReporter, is_terminal
+from hevlayer.cli.resilience import connect_riding_restarts
 from hevlayer.cli.search import Result, search
 from hevlayer.cli.stack import DEFAULT_DATA_DIR, UpState, down, suite_services, up, up_detached
 from hevlayer.client import DEFAULT_GATEWAY, Client, ClientOptions, ServiceError
@@ -146,7 +148,7 @@ def run_async(settings: Settings, body: Callable[[Client], Awaitable[T]]) -> T:
     address = settings.gateway
 
     async def main() -> T:
-        async with Client.connect(address, settings.client_options()) as gateway:
+        async with connect_riding_restarts(address, settings.client_options()) as gateway:
             return await body(gateway)
 
     try:
@@ -476,15 +478,60 @@ def status_line(status: pipeline_pb2.PipelineStatus) -> str:
     return f"{status.pipeline_id}: {stages} (pending_count={status.pending_count})"
 
 
+SERVICE_HEADERS = ("SERVICE", "PID", "STATE", "RESTARTS", "LAST EXIT", "UPTIME")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def service_rows(state: UpState, now: float | None = None) -> list[list[str]]:
+    """One row per supervised process of ``up``: pid, state, restarts, last exit, uptime."""
+    now = time.time() if now is None else now
+    rows = []
+    for name, info in state.supervision.items():
+        running = info.get("state") == "running"
+        rows.append(
+            [
+                name,
+                str(info.get("pid") or "-"),
+                str(info.get("state", "-")),
+                str(info.get("restarts", 0)),
+                str(info.get("last_exit") or "-"),
+                _duration(now - float(info.get("started_at", now))) if running else "-",
+            ]
+        )
+    return rows
+
+
 @cli.command("status")
 @click.option(
     "-p", "--pipeline", envvar="HEVLAYER_PIPELINE", default=None, help="One pipeline (default: all)."
 )
 @click.option("--watch", is_flag=True, help="Keep showing the status as it changes (Ctrl-C stops).")
+@click.option(
+    "--services",
+    "services_only",
+    is_flag=True,
+    help="Only the processes of the `hevlayer up` in --data-dir (no gateway call).",
+)
 @pass_settings
-def status_command(settings: Settings, pipeline: str | None, watch: bool) -> None:
-    """Documents per stage: extract, pending (for the embedder), embedding, indexed, failed."""
+def status_command(settings: Settings, pipeline: str | None, watch: bool, services_only: bool) -> None:
+    """The processes of the running `hevlayer up` (restarts, last exit, uptime), then documents
+    per stage: extract, pending (for the embedder), embedding, indexed, failed."""
     output = Output()
+    state = UpState.read(settings.data_dir)
+    if services_only:
+        if state is None:
+            fail(f"hevlayer is not up in {settings.data_dir.absolute()}")
+        output.table(SERVICE_HEADERS, service_rows(state))
+        return
+    if state is not None and state.supervision and not watch and settings.gateway == state.gateway:
+        output.table(SERVICE_HEADERS, service_rows(state))
+        output.line()
 
     async def once(gateway: Client) -> None:
         ids = [pipeline] if pipeline else [p.id for p in await gateway.pipelines.list()]

@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Any, TextIO
 from hevlayer.devstack import DevStack, DevstackError, ServiceSpec
 from hevlayer.devstack.errors import ServerNotFoundError
 from hevlayer.devstack.processes import find_console_script
+from hevlayer.devstack.supervisor import CrashLoop, Supervisor, SupervisorSettings
 
 DEFAULT_DATA_DIR = ".hevlayer"
 STATE_FILE = "hevlayer-up.json"
@@ -150,6 +152,8 @@ class UpState:
     data_dir: str
     http: dict[str, str] = field(default_factory=dict)
     """Each service's HTTP address (``/metrics``, ``/healthz``; the gateway's REST)."""
+    supervision: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per process (postgres, s3 and each service): pid, state, restarts, last_exit, started_at."""
 
     @classmethod
     def read(cls, data_dir: str | os.PathLike[str]) -> UpState | None:
@@ -163,6 +167,7 @@ class UpState:
                 dict(raw.get("services", {})),
                 str(raw["data_dir"]),
                 dict(raw.get("http", {})),
+                dict(raw.get("supervision", {})),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -208,12 +213,21 @@ def up(
     ready: Callable[[DevStack], bool] | None = None,
     poll_interval: float = 0.5,
 ) -> int:
-    """Start the suite, record it, wait for Ctrl-C, SIGTERM (``down``) or a dead service, stop it.
+    """Start the suite, record it, keep it up until Ctrl-C, SIGTERM (``down``) or a crash loop.
 
-    ``ready`` runs once everything is up (``demo`` ingests and searches there);
-    when it returns True ``up`` keeps running, when False it stops. Returns the exit status.
+    A process that dies is restarted on the same ports (:mod:`hevlayer.devstack.supervisor`:
+    backoff, one JSON log line per exit and restart on stderr, restarts recorded in the state
+    file for ``hevlayer status``); only a crash loop stops the suite, with the failing
+    service's log tail. ``ready`` runs once everything is up (``demo`` ingests and searches
+    there, supervised too); when it returns True ``up`` keeps running, when False it stops.
+    Returns the exit status.
     """
     stream = out or sys.stdout
+    try:
+        settings = SupervisorSettings.from_env()
+    except ValueError as exc:
+        print(f"hevlayer up: {exc}", file=sys.stderr, flush=True)
+        return 1
     data = Path(data_dir).absolute()
     running = UpState.read(data)
     if running is not None:
@@ -232,32 +246,37 @@ def up(
             print(f"hevlayer up: {exc}", file=sys.stderr, flush=True)
             return 1
         gateway = next((r.grpc_address for r in stack.running if r.spec.public), "")
-        UpState(
-            os.getpid(),
-            gateway,
-            {r.spec.name: r.grpc_address for r in stack.running},
-            str(data),
-            {r.spec.name: r.http_address for r in stack.running},
-        ).write()
+
+        def record(supervisor: Supervisor) -> None:
+            UpState(
+                os.getpid(),
+                gateway,
+                {r.spec.name: r.grpc_address for r in stack.running},
+                str(data),
+                {r.spec.name: r.http_address for r in stack.running},
+                supervisor.snapshot(),
+            ).write()
+
+        supervisor = Supervisor(stack, settings, on_change=record)
+        record(supervisor)
         print("", file=stream, flush=True)
         print(stack.summary(), file=stream, flush=True)
-        if ready is None:
-            print('\nnext: hevlayer add PATH...  then  hevlayer search "a question"', file=stream, flush=True)
-        elif not ready(stack):
-            return 0
-        print("\nhevlayer is up. Ctrl-C or `hevlayer down` stops everything.", file=stream, flush=True)
-        while True:
-            dead = stack.dead_services()
-            if dead:
-                for service in dead:
-                    print(
-                        f"hevlayer up: {service.spec.name} exited with {service.process.returncode}\n"
-                        f"--- {service.process.log_path} ---\n{service.process.log_tail()}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                return 1
-            time.sleep(poll_interval)
+        try:
+            if ready is None:
+                print(
+                    '\nnext: hevlayer add PATH...  then  hevlayer search "a question"',
+                    file=stream,
+                    flush=True,
+                )
+            elif not _supervised(ready, stack, supervisor, poll_interval):
+                return 0
+            print("\nhevlayer is up. Ctrl-C or `hevlayer down` stops everything.", file=stream, flush=True)
+            while True:
+                supervisor.check()
+                time.sleep(poll_interval)
+        except CrashLoop as loop:
+            print(f"hevlayer up: {loop}", file=sys.stderr, flush=True)
+            return 1
     except (KeyboardInterrupt, _Terminated):
         with contextlib.suppress(OSError):
             print("\nstopping ...", file=stream, flush=True)
@@ -270,6 +289,32 @@ def up(
             with contextlib.suppress(OSError):
                 state_path.unlink()
             signal.signal(signal.SIGTERM, previous)
+
+
+def _supervised(
+    ready: Callable[[DevStack], bool], stack: DevStack, supervisor: Supervisor, poll_interval: float
+) -> bool:
+    """Run ``ready`` in a thread while the supervisor keeps the suite up; its result.
+
+    ``demo`` ingests through the gateway while this thread restarts whatever dies under it;
+    a crash loop (raised here) stops the suite, and ``ready``'s calls fail with it."""
+    outcome: list[bool] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(ready(stack))
+        except BaseException as exc:  # re-raised in the supervising thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="hevlayer-up-ready", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        supervisor.check()
+        thread.join(poll_interval)
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def up_detached(data_dir: str | os.PathLike[str], argv: Sequence[str], *, timeout: float = 600.0) -> int:
