@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -125,7 +126,7 @@ def error_response(error: ServiceError, status: int | None = None) -> web.Respon
     headers = {}
     if error.retry_after is not None:
         body["retry_after_seconds"] = error.retry_after
-        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return web.json_response({"error": body}, status=status, headers=headers)
 
 
