@@ -44,7 +44,12 @@ from typing import Any, TypeVar
 
 import grpc
 from milvus_lite.adapter.grpc.server import start_server_in_thread
-from milvus_lite.exceptions import CollectionNotFoundError, MilvusLiteError, SchemaValidationError
+from milvus_lite.exceptions import (
+    CollectionNotFoundError,
+    DataDirLockedError,
+    MilvusLiteError,
+    SchemaValidationError,
+)
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import (
     CollectionNotExistException,
@@ -215,6 +220,15 @@ class MilvusSink(Sink):
             opened, absolute = await asyncio.get_running_loop().run_in_executor(
                 executor, functools.partial(_open_lite_client, path, timeout)
             )
+        except DataDirLockedError:
+            executor.shutdown(wait=False)
+            raise FailedPrecondition(
+                f"Milvus Lite database {path} is open in another process (another "
+                "gateway?): Milvus Lite has a single owner; gateway replicas need the Milvus server "
+                "or Turbopuffer sink (docs/reliability.md, Replicas)",
+                violations=[Violation("GATEWAY_MILVUS_LITE_PATH", "owned by another process")],
+                reason="OWNED_ELSEWHERE",
+            ) from None
         except (MilvusException, MilvusLiteError) as exc:
             executor.shutdown(wait=False)
             raise Unavailable(f"cannot open Milvus Lite database {path}: {exc}") from exc

@@ -1,0 +1,291 @@
+"""Replicas: two gateways and two claimers on one PostgreSQL, one S3 bucket and one sink.
+
+The sink every gateway shares is Turbopuffer, served by the local fake of its HTTP API
+(``tests/fakes/turbopuffer_server.py``; no Turbopuffer server runs here, and Milvus Lite has a
+single owner). Gateway ``i`` forwards to claimer ``i``; both claimers share the database and the
+bucket. Workers are plain clients of the gateways (claim, read chunks, write vectors), one per
+gateway, so that a document staged through one gateway is often claimed, read and written
+through the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from fakes.turbopuffer_server import FakeTurbopufferThread
+from foundation.conftest import start_claimer, start_gateway
+from gateway.helpers import claim, create_pipeline, document, embed, get_document, read_chunks, stage
+from grpc import aio
+
+from hevlayer.api.document.v1 import document_pb2
+from hevlayer.api.index.v1 import index_pb2 as ix
+from hevlayer.api.index.v1 import index_pb2_grpc
+from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
+from hevlayer.devstack import SeaweedS3
+from hevlayer.devstack.processes import ServiceProcess
+
+CLAIM_STAGE = "embedding"
+
+
+@dataclass
+class Replicas:
+    """The processes and addresses of the replicated suite."""
+
+    tmp: Path
+    traces: Path
+    s3_env: dict[str, str]
+    claimers: list[str]
+    gateways: list[str]
+    sink: FakeTurbopufferThread
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Replicas]:
+    tmp = tmp_path_factory.mktemp("replicas")
+    traces = tmp / "traces.jsonl"
+    bucket = f"replicas-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(bucket)
+    s3_env = s3.client_env(bucket)
+    sink = FakeTurbopufferThread()
+    base_url = sink.start()
+    processes: list[ServiceProcess] = []
+    try:
+        claimers = []
+        for _ in range(2):
+            process, address, _http = start_claimer(
+                database_url,
+                tmp,
+                traces,
+                PIPELINE_SEGMENT_SIZE="5",
+                PIPELINE_DEFAULT_SINK="turbopuffer",
+                **s3_env,
+            )
+            processes.append(process)
+            claimers.append(address)
+        for process in processes:
+            process.wait_ready(timeout=60)
+        gateways = []
+        for claimer in claimers:
+            process, address, _http = start_gateway(
+                claimer,
+                tmp,
+                traces,
+                GATEWAY_DEFAULT_SINK="turbopuffer",
+                GATEWAY_TURBOPUFFER_API_KEY=sink.fake.api_key,
+                GATEWAY_TURBOPUFFER_BASE_URL=base_url,
+                **s3_env,
+            )
+            processes.append(process)
+            gateways.append(address)
+        for process in processes[2:]:
+            process.wait_ready(timeout=60)
+        yield Replicas(tmp, traces, s3_env, claimers, gateways, sink)
+    finally:
+        for process in reversed(processes):
+            if process.running:
+                process.stop(grace=5)
+            else:
+                print(process.log_tail(60))
+        sink.stop()
+
+
+@pytest.fixture
+async def channels(replicas: Replicas) -> AsyncIterator[list[aio.Channel]]:
+    opened = [aio.insecure_channel(address) for address in replicas.gateways]
+    try:
+        yield opened
+    finally:
+        for channel in opened:
+            await channel.close()
+
+
+def _vectors(chunks: list[document_pb2.Chunk]) -> list[document_pb2.Vector]:
+    return [document_pb2.Vector(id=chunk.id, values=embed(chunk.text)) for chunk in chunks]
+
+
+async def _write(
+    channel: aio.Channel,
+    pipeline_id: str,
+    worker: str,
+    token: int,
+    doc_id: str,
+    chunks: list[document_pb2.Chunk],
+) -> list[ix.WriteResult]:
+    request = ix.WriteVectorsRequest(
+        pipeline_id=pipeline_id,
+        worker_id=worker,
+        from_stage=CLAIM_STAGE,
+        lease=document_pb2.LeaseRef(document_id=doc_id, fencing_token=token),
+        vectors=_vectors(chunks),
+        end_of_document=True,
+    )
+
+    async def requests() -> AsyncIterator[ix.WriteVectorsRequest]:
+        yield request
+
+    response = await index_pb2_grpc.IndexServiceStub(channel).WriteVectors(requests())
+    return list(response.results)
+
+
+async def _work_once(channel: aio.Channel, pipeline_id: str, worker: str) -> int:
+    """Claim up to 4 pending documents through ``channel``, read and index them; how many were claimed.
+
+    A document re-staged or deleted since its claim fails its read or write (its lease is
+    stale): that is what the flow does while mutations are in flight, and it is claimable again
+    (or gone) afterwards.
+    """
+    leases = await claim(channel, pipeline_id, limit=4, worker=worker, lease_seconds=30)
+    if not leases:
+        return 0
+    chunks: dict[str, list[document_pb2.Chunk]] = {}
+    for response in await read_chunks(channel, pipeline_id, leases, worker=worker):
+        if response.HasField("error"):
+            continue
+        chunks.setdefault(response.document_id, []).extend(response.chunks)
+    for doc_id, read in chunks.items():
+        try:
+            await _write(channel, pipeline_id, worker, leases[doc_id], doc_id, read)
+        except aio.AioRpcError as error:
+            if error.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                raise
+    return len(leases)
+
+
+def _index_rows(sink: FakeTurbopufferThread) -> list[tuple[str, str]]:
+    """(document id, chunk id) of every row of every namespace of the shared sink."""
+    return [
+        (str(row["document_id"]), str(row["chunk_id"]))
+        for namespace in list(sink.fake.namespaces.values())
+        for row in list(namespace.documents.values())
+    ]
+
+
+async def test_a_second_gateway_on_one_milvus_lite_file_refuses_to_start(replicas: Replicas) -> None:
+    path = replicas.tmp / f"owned-{uuid.uuid4().hex[:6]}.db"
+    owner, _, _ = start_gateway(
+        replicas.claimers[0],
+        replicas.tmp,
+        replicas.traces,
+        GATEWAY_MILVUS_LITE_PATH=str(path),
+        **replicas.s3_env,
+    )
+    try:
+        owner.wait_ready(timeout=60)
+        second, _, _ = start_gateway(
+            replicas.claimers[1],
+            replicas.tmp,
+            replicas.traces,
+            GATEWAY_MILVUS_LITE_PATH=str(path),
+            **replicas.s3_env,
+        )
+        try:
+            code = await asyncio.to_thread(second.wait, 60)
+        finally:
+            second.stop(grace=2)
+        log = second.log_tail(40)
+        assert code != 0, log
+        assert "open in another process" in log, log
+        assert "single owner" in log, log
+        assert owner.running, owner.log_tail(40)
+    finally:
+        owner.stop(grace=5)
+
+
+async def test_a_restage_through_one_gateway_is_read_fresh_through_the_other(
+    channels: list[aio.Channel],
+) -> None:
+    first, second = channels
+    pid = await create_pipeline(first)
+    await stage(first, pid, [document("doc", chunks=2)])
+    leases = await claim(second, pid, worker="w2", lease_seconds=30)
+    read = [c.id for r in await read_chunks(second, pid, leases, worker="w2") for c in r.chunks]
+    assert read == ["doc-0", "doc-1"]  # gateway 2 now holds the first version in its cache
+
+    restaged = document_pb2.Document(id="doc")
+    restaged.chunks.add(id="doc-new", text="the second version")
+    await stage(first, pid, [restaged])
+    leases = await claim(second, pid, worker="w2", lease_seconds=30)
+    responses = await read_chunks(second, pid, leases, worker="w2")
+    assert [c.id for r in responses for c in r.chunks] == ["doc-new"]
+    results = await _write(second, pid, "w2", leases["doc"], "doc", list(responses[0].chunks))
+    assert [(r.vectors_written, r.HasField("error")) for r in results] == [(1, False)], results
+    state = await get_document(first, pid, "doc")
+    assert state.stage == "indexed"
+
+
+async def test_two_gateways_and_two_claimers_index_every_document_exactly_once(
+    replicas: Replicas, channels: list[aio.Channel]
+) -> None:
+    first, second = channels
+    pid = await create_pipeline(first)
+    ids = [f"d{i:02d}" for i in range(24)]
+    # Staged half through each gateway.
+    await stage(first, pid, [document(i, chunks=3) for i in ids[:12]])
+    await stage(second, pid, [document(i, chunks=3) for i in ids[12:]])
+    expected = {i: [f"{i}-{j}" for j in range(3)] for i in ids}
+    deleted = set(ids[18:22])
+    restaged = ids[:6]
+
+    async def mutate() -> None:
+        # Re-stages through the gateway that did not stage them, deletes through the other one,
+        # while the workers claim, read and write.
+        await asyncio.sleep(0)
+        for doc_id in restaged:
+            new = document_pb2.Document(id=doc_id)
+            for j in range(2):
+                new.chunks.add(id=f"{doc_id}-v2-{j}", text=f"version 2 of {doc_id} {j}")
+            await stage(second, pid, [new])
+            expected[doc_id] = [f"{doc_id}-v2-{j}" for j in range(2)]
+        await staging_pb2_grpc.StagingServiceStub(first).DeleteDocuments(
+            staging_pb2.DeleteDocumentsRequest(pipeline_id=pid, document_ids=sorted(deleted))
+        )
+        for doc_id in deleted:
+            expected.pop(doc_id)
+
+    async def settled() -> bool:
+        for doc_id in ids:
+            try:
+                state = await get_document(first, pid, doc_id)
+            except aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND and doc_id in deleted:
+                    continue
+                raise
+            if state.stage != "indexed":
+                return False
+        return True
+
+    async def worker(channel: aio.Channel, name: str, mutations: asyncio.Task[None]) -> None:
+        # Bounded by a number of rounds, not by time: each round claims or sleeps briefly.
+        for _ in range(600):
+            if await _work_once(channel, pid, name) == 0:
+                if mutations.done() and await settled():
+                    return
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"{name}: documents still unindexed after 600 rounds")
+
+    mutations = asyncio.create_task(mutate())
+    await asyncio.gather(worker(first, "w1", mutations), worker(second, "w2", mutations), mutations)
+
+    # Every document indexed, no lease left, deleted ones gone.
+    for doc_id in ids:
+        if doc_id in deleted:
+            with pytest.raises(aio.AioRpcError) as gone:
+                await get_document(second, pid, doc_id)
+            assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+            continue
+        state = await get_document(second, pid, doc_id)
+        assert state.stage == "indexed", (doc_id, state)
+        assert not state.claimed_by, (doc_id, state)
+        assert not state.HasField("lease_expires_at"), (doc_id, state)
+    # The index holds exactly the current chunks: no stale, no duplicate, no missing.
+    rows = [(d, c) for d, c in _index_rows(replicas.sink) if d in set(ids)]
+    assert len(rows) == len(set(rows)), sorted(rows)
+    assert sorted(rows) == sorted((d, c) for d, chunks in expected.items() for c in chunks)
