@@ -10,7 +10,9 @@
   at teardown, and prints their log tails when the test failed.
 - ``live_suite`` (session): the whole suite up (``hevlayer up --detach``), for
   tests that drive it as a user would: other languages' clients, grpcurl
-  recipes, dashboards against live metrics, traces across processes.
+  recipes, dashboards against live metrics, traces across processes. It
+  self-heals: ``up`` restarts a process that dies (a test's kill, a crash) on
+  the same ports; only a crash loop stops it (docs/operations.md).
 
 Helpers live in ``hevlayer.devstack.testing`` rather than here, so that test
 modules never import ``conftest`` (there is more than one).
