@@ -36,7 +36,7 @@ MYPY_TARGETS = $(wildcard libs/common/src/hevlayer/common libs/client/src/hevlay
 	$(if $(wildcard bench/*.py bench/*/*.py),bench) $(wildcard examples/*/*.py)
 
 .PHONY: help bootstrap system-deps lock-check protos check-protos docs-config docs-api docs lint format test run clean \
-	go-client faults
+	go-client faults fuzz
 
 help:
 	@echo "make run           the suite up, a real corpus ingested and searched (data in $(DATA_DIR)/)"
@@ -51,6 +51,7 @@ help:
 	@echo "make lint          ruff check, ruff format --check, mypy"
 	@echo "make format        ruff check --fix and ruff format"
 	@echo "make faults        the seeded kill-fault campaign (FAULT_SEEDS, FAULT_ROUNDS; docs/reliability.md)"
+	@echo "make fuzz          a longer fuzz campaign of the gRPC and REST APIs (FUZZ_EXAMPLES, FUZZ_SEED; tests/fuzz)"
 	@echo "make clean         remove caches (keeps $(VENV), $(TOOLS) and $(DATA_DIR))"
 
 $(UV):
@@ -165,6 +166,13 @@ faults: bootstrap
 			$(BIN)/pytest -p no:cacheprovider tests/faults/test_kills.py -q -s -k every_process $(PYTEST_ARGS) \
 			|| { echo "kill faults failed with seed $$seed" >&2; exit 1; }; \
 	done
+
+# The fuzz campaign (tests/fuzz, docs/reliability.md "Fuzzing"): the tests `make test` runs with a few
+# examples per RPC and REST operation, here with FUZZ_EXAMPLES each; FUZZ_SEED= (a number) for a new seed.
+FUZZ_EXAMPLES ?= 200
+fuzz: bootstrap
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(if $(FUZZ_SEED),FUZZ_SEED=$(FUZZ_SEED)) \
+		$(BIN)/pytest -p no:cacheprovider tests/fuzz -q $(PYTEST_ARGS)
 
 run: bootstrap
 	$(BIN)/hevlayer --data-dir $(DATA_DIR) demo --queries tests/cli/queries.json \
