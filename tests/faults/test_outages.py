@@ -1,0 +1,189 @@
+"""Outages without a kill, against live processes: S3 down and back, the sink failing and back.
+
+The module runs its own S3 server (SeaweedFS, stopped and started again on the same port and
+data: the session's shared one must stay up), a claimer and a gateway on a fresh database, and
+the Turbopuffer sink on the local fake of its HTTP API (``tests/fakes/turbopuffer_server.py``),
+whose injected 503 answers play a sink that is down. Neither service is restarted: what the
+tests check is that each recovers by itself once the dependency is back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from fakes.turbopuffer_server import FakeTurbopufferThread
+from foundation.conftest import start_claimer, start_gateway
+from gateway.helpers import (
+    claim,
+    create_pipeline,
+    document,
+    embed,
+    get_document,
+    pack_keys,
+    read_chunks,
+    stage,
+)
+from google.rpc import error_details_pb2
+from grpc import aio
+
+from hevlayer.api.document.v1 import document_pb2
+from hevlayer.api.index.v1 import index_pb2 as ix
+from hevlayer.api.index.v1 import index_pb2_grpc
+from hevlayer.common.errors import status_from_rpc_error
+from hevlayer.devstack import SeaweedS3
+from hevlayer.devstack.ports import free_port
+from hevlayer.devstack.processes import ServiceProcess
+
+WORKER = "outage-worker"
+
+
+@dataclass
+class OutageStack:
+    s3: SeaweedS3
+    bucket: str
+    sink: FakeTurbopufferThread
+    gateway: str
+
+
+@pytest.fixture(scope="module")
+def outage_stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutageStack]:
+    tmp = tmp_path_factory.mktemp("outages")
+    traces = tmp / "traces.jsonl"
+    bucket = f"outages-{uuid.uuid4().hex[:10]}"
+    s3 = SeaweedS3(tmp / "s3", port=free_port(), buckets=(bucket,), log_path=tmp / "s3.log").start()
+    sink = FakeTurbopufferThread()
+    base_url = sink.start()
+    processes: list[ServiceProcess] = []
+    try:
+        s3_env = s3.client_env(bucket)
+        claimer, claimer_address, _ = start_claimer(
+            database_url, tmp, traces, PIPELINE_DEFAULT_SINK="turbopuffer", **s3_env
+        )
+        processes.append(claimer)
+        claimer.wait_ready(timeout=60)
+        gateway, gateway_address, _ = start_gateway(
+            claimer_address,
+            tmp,
+            traces,
+            GATEWAY_DEFAULT_SINK="turbopuffer",
+            GATEWAY_TURBOPUFFER_API_KEY=sink.fake.api_key,
+            GATEWAY_TURBOPUFFER_BASE_URL=base_url,
+            GATEWAY_TURBOPUFFER_MAX_RETRIES="0",
+            GATEWAY_SINK_TIMEOUT_SECONDS="5",
+            **s3_env,
+        )
+        processes.append(gateway)
+        gateway.wait_ready(timeout=60)
+        yield OutageStack(s3, bucket, sink, gateway_address)
+    finally:
+        for process in reversed(processes):
+            if process.running:
+                process.stop(grace=5)
+            else:
+                print(process.log_tail(60))
+        sink.stop()
+        s3.stop()
+
+
+@pytest.fixture
+async def channel(outage_stack: OutageStack) -> AsyncIterator[aio.Channel]:
+    opened = aio.insecure_channel(outage_stack.gateway)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def _retry_delay(error: aio.AioRpcError) -> float | None:
+    """RetryInfo's delay (seconds) of a failed call, None without one."""
+    for detail in status_from_rpc_error(error).details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+    return None
+
+
+async def _write(
+    channel: aio.Channel, pipeline_id: str, token: int, doc_id: str, chunks: list[document_pb2.Chunk]
+) -> list[ix.WriteResult]:
+    request = ix.WriteVectorsRequest(
+        pipeline_id=pipeline_id,
+        worker_id=WORKER,
+        from_stage="embedding",
+        lease=document_pb2.LeaseRef(document_id=doc_id, fencing_token=token),
+        vectors=[document_pb2.Vector(id=c.id, values=embed(c.text)) for c in chunks],
+        end_of_document=True,
+    )
+
+    async def requests() -> AsyncIterator[ix.WriteVectorsRequest]:
+        yield request
+
+    response = await index_pb2_grpc.IndexServiceStub(channel).WriteVectors(requests())
+    return list(response.results)
+
+
+async def test_s3_down_fails_staging_whole_and_staging_resumes_when_it_is_back(
+    outage_stack: OutageStack, channel: aio.Channel
+) -> None:
+    pid = await create_pipeline(channel)
+    docs = [document(f"s3-{i}", chunks=3) for i in range(5)]
+    outage_stack.s3.stop(grace=5)
+    try:
+        with pytest.raises(aio.AioRpcError) as down:
+            await stage(channel, pid, docs)
+        assert down.value.code() == grpc.StatusCode.UNAVAILABLE, down.value.details()
+        delay = _retry_delay(down.value)
+        assert delay is not None, status_from_rpc_error(down.value)
+        assert delay > 0
+    finally:
+        outage_stack.s3.restart()
+    # Nothing partial: no document known to PostgreSQL, no pack object written.
+    for doc in docs:
+        with pytest.raises(aio.AioRpcError) as unknown:
+            await get_document(channel, pid, doc.id)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND, doc.id
+    assert pack_keys(outage_stack.s3, outage_stack.bucket, pid) == []
+    # S3 back: the same gateway stages (its S3 client reconnects by itself).
+    results = await stage(channel, pid, docs)
+    assert [r.document_id for r in results] == [d.id for d in docs]
+    for doc in docs:
+        assert (await get_document(channel, pid, doc.id)).stage == "pending"
+    assert pack_keys(outage_stack.s3, outage_stack.bucket, pid) != []
+
+
+async def test_a_failing_sink_is_unavailable_and_writes_resume_when_it_is_back(
+    outage_stack: OutageStack, channel: aio.Channel
+) -> None:
+    pid = await create_pipeline(channel)
+    await stage(channel, pid, [document("v", chunks=2)])
+    leases = await claim(channel, pid, worker=WORKER, lease_seconds=60)
+    chunks = [c for r in await read_chunks(channel, pid, leases, worker=WORKER) for c in r.chunks]
+    assert [c.id for c in chunks] == ["v-0", "v-1"]
+
+    outage_stack.sink.fake.fail_next(503, times=100, message="sink down")
+    try:
+        with pytest.raises(aio.AioRpcError) as down:
+            await _write(channel, pid, leases["v"], "v", chunks)
+        assert down.value.code() == grpc.StatusCode.UNAVAILABLE, down.value.details()
+    finally:
+        outage_stack.sink.fake.clear()
+    # The document is still the worker's to write (nothing indexed, the lease held).
+    state = await get_document(channel, pid, "v")
+    assert state.stage == "embedding"
+    assert state.claimed_by == WORKER
+    # The sink is back: the same gateway writes, without a restart.
+    results = await _write(channel, pid, leases["v"], "v", chunks)
+    assert [(r.vectors_written, r.HasField("error")) for r in results] == [(2, False)], results
+    assert (await get_document(channel, pid, "v")).stage == "indexed"
+    rows = sorted(
+        str(row["chunk_id"])
+        for namespace in list(outage_stack.sink.fake.namespaces.values())
+        for row in list(namespace.documents.values())
+        if row["document_id"] == "v"
+    )
+    assert rows == ["v-0", "v-1"]
