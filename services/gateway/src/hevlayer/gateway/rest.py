@@ -191,8 +191,14 @@ def get_str(body: Mapping[str, Any], key: str, default: str = "", *, required: b
     return value
 
 
-def get_int(body: Mapping[str, Any], key: str, default: int = 0, *, minimum: int = 0) -> int:
-    """A non-negative integer field."""
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+
+
+def get_int(
+    body: Mapping[str, Any], key: str, default: int = 0, *, minimum: int = 0, maximum: int = UINT32_MAX
+) -> int:
+    """A non-negative integer field, at most ``maximum`` (the proto field's range: uint32 unless named)."""
     value = body.get(key)
     if value is None:
         return default
@@ -203,6 +209,8 @@ def get_int(body: Mapping[str, Any], key: str, default: int = 0, *, minimum: int
             raise InvalidArgument.field(key, f"must be an integer, got {value!r}")
     if value < minimum:
         raise InvalidArgument.field(key, f"must be >= {minimum}")
+    if value > maximum:
+        raise InvalidArgument.field(key, f"must be <= {maximum}")
     return value
 
 
@@ -616,7 +624,7 @@ class RestApi:
             )
         worker_id = get_str(body, "worker_id")
         from_stage = get_str(body, "from_stage")
-        token = get_int(body, "fencing_token")
+        token = get_int(body, "fencing_token", maximum=UINT64_MAX)
         if not worker_id or not from_stage:
             state = await self.claimer.describe(pipeline_id, document_id)
             if not worker_id:
