@@ -1,7 +1,8 @@
 """``hevlayer up`` keeps the suite up: a process killed with SIGKILL comes back on the same ports.
 
 One suite (``hevlayer up --detach``, Triton included) serves every kill: for each victim a
-fresh pipeline gets documents before the kill, the victim is killed, the test waits until
+fresh pipeline gets documents before the kill (for the gateway, an add is also running while it
+dies, and must finish), the victim is killed, the test waits until
 ``hevlayer status --services`` shows it running again with one restart, then adds more
 documents; every document of the pipeline must end ``indexed``. A second, reduced suite
 (no embedder) shows a crash loop: the claimer's port is taken while it is down, so each
@@ -100,6 +101,17 @@ def test_a_killed_process_comes_back_and_nothing_is_lost(suite: Path, tmp_path: 
     state = _state(suite)
     info = state.supervision[victim]
     addresses = (dict(state.services), dict(state.http))
+    in_flight = None
+    if victim == "gateway":  # an add running while the gateway dies rides out its restart
+        during = _tree(tmp_path / "during", "during", 20)
+        in_flight = subprocess.Popen(
+            [sys.executable, "-m", "hevlayer.cli", "add", str(during), "-p", pipeline],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "HEVLAYER_GATEWAY": "", **env},
+        )
     os.kill(int(info["pid"]), signal.SIGKILL)
     if victim == "gateway":  # the CLI's idempotent calls wait for the gateway to come back
         riding = hevlayer("status", "-p", pipeline, env=env, timeout=300)
@@ -113,8 +125,13 @@ def test_a_killed_process_comes_back_and_nothing_is_lost(suite: Path, tmp_path: 
         "add", _tree(tmp_path / "after", f"{victim}-again"), "-p", pipeline, env=env, timeout=400
     )
     assert after.returncode == 0, after
+    expected = 6
+    if in_flight is not None:
+        output, _ = in_flight.communicate(timeout=600)
+        assert in_flight.returncode == 0, output
+        expected += 20
     counts = _indexed(suite, pipeline)
-    assert counts.get("indexed") == 6, counts
+    assert counts.get("indexed") == expected, counts
     log = (suite / "logs" / "up.log").read_text(errors="replace")
     assert f'"event": "service_exited", "service": "{victim}"' in log, log[-3000:]
 

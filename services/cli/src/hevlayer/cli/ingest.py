@@ -45,8 +45,9 @@ from hevlayer.cli.producers import (
     select_producer,
     unsupported_reason,
 )
+from hevlayer.cli.resilience import MAX_BACKOFF, retry_seconds
 from hevlayer.client import Claim, Client, Lease, LeaseRef
-from hevlayer.client.errors import NotFound, ServiceError
+from hevlayer.client.errors import NotFound, ServiceError, Unavailable
 
 EXTRACT_STAGE = "extract"
 EXTRACTING_STAGE = "extracting"
@@ -272,6 +273,8 @@ class Ingest:
         self._counts_changed = asyncio.Event()
         self._extract_failures: dict[str, Failure] = {}
         self._in_flight = 0
+        self._unavailable_since: float | None = None
+        """When the extract workers' calls started failing UNAVAILABLE (None: they answer)."""
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -444,7 +447,12 @@ class Ingest:
         worker = worker_id(number)
         idle = self.options.poll_seconds / 4
         while not stop.is_set():
-            leases = await self.gateway.leases.claim(self._claim(worker), self.options.claim_limit)
+            try:
+                leases = await self.gateway.leases.claim(self._claim(worker), self.options.claim_limit)
+            except Unavailable as error:
+                await self._ride_out(error, stop)
+                continue
+            self._unavailable_since = None
             if not leases:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=idle)
@@ -457,6 +465,21 @@ class Ingest:
             finally:
                 self._in_flight -= len(leases)
                 self._publish()
+
+    async def _ride_out(self, error: Unavailable, stop: asyncio.Event | None) -> None:
+        """Back off after UNAVAILABLE (a gateway restarting under ``hevlayer up``); re-raise it
+        once the gateway has been unavailable for ``HEVLAYER_RETRY_SECONDS``."""
+        now = time.monotonic()
+        if self._unavailable_since is None:
+            self._unavailable_since = now
+        if now - self._unavailable_since > retry_seconds():
+            raise error
+        pause = min(MAX_BACKOFF, error.retry_after or MAX_BACKOFF / 5)
+        if stop is None:
+            await asyncio.sleep(pause)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=pause)
 
     def _claim(self, worker: str) -> Claim:
         return Claim(
@@ -471,6 +494,18 @@ class Ingest:
         held = {lease.document_id: lease.fencing_token for lease in leases}
         try:
             await self._extract_and_stage(worker, held)
+        except Unavailable as error:
+            # The gateway (or what it needs) went away mid-call: once it answers again, hand the
+            # documents back to ``extract`` (fenced by their tokens: a no-op for any the lost call
+            # did stage) and let the workers claim them again.
+            await self._ride_out(error, None)
+            with contextlib.suppress(ServiceError):
+                await self.gateway.leases.transition_claimed(
+                    self._claim(worker),
+                    [LeaseRef(d, t) for d, t in held.items()],
+                    EXTRACT_STAGE,
+                    reason="the gateway was unavailable during staging",
+                )
         except asyncio.CancelledError:
             # Interrupted: hand the documents back to ``extract`` now rather than when the leases expire.
             with contextlib.suppress(ServiceError, asyncio.CancelledError):
