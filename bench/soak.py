@@ -17,7 +17,9 @@ restart, the first minute of a fresh process left out as warm-up), the documents
 minute, and the last full minute / first full minute ratio (no decay: ~1). Then the run is
 audited like the fault test (lost, stale, duplicated: 0).
 
-    .venv/bin/python bench/soak.py [--minutes 10] [--kill-every 60] [--seed N]
+    .venv/bin/python bench/soak.py [--minutes 10] [--kill-every 60] [--seed N] [--keep]
+
+The data directory (logs included) is removed after a clean run, kept after a failed one.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -245,6 +248,10 @@ async def soak(args: argparse.Namespace) -> int:
     )
     for problem in result.problems[:20]:
         print("  ", problem)
+    if result.problems or args.keep:
+        print(f"data and logs kept in {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
     return 1 if result.problems else 0
 
 
@@ -265,6 +272,7 @@ def main() -> None:
         help="a new wave only while fewer ids wait per pipeline (default 200)",
     )
     parser.add_argument("--sample-seconds", type=float, default=5.0, help="sampling interval (default 5)")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory of a clean run too")
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds of a fresh process left out (60)")
     sys.exit(asyncio.run(soak(parser.parse_args())))
 
