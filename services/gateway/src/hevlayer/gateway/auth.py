@@ -32,7 +32,7 @@ from grpc import aio
 
 from hevlayer.api.auth.v1 import auth_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2
-from hevlayer.client.methods import ACCESS, PIPELINE_SERVICE, Access
+from hevlayer.client.methods import ACCESS, PIPELINE_SERVICE, TOKEN_SERVICE, Access
 from hevlayer.common.auth import (
     ADMIN,
     AUTHORIZATION,
@@ -183,6 +183,13 @@ class GatewayGuard:
             raise PermissionDenied(
                 f"{principal.describe()} may not call {method} (roles allowed: {allowed})",
                 reason="ROLE_NOT_ALLOWED",
+            )
+        if method.startswith(f"/{TOKEN_SERVICE}/") and not principal.all_pipelines:
+            # A token of some pipelines must not mint (or revoke) tokens of others.
+            raise PermissionDenied(
+                f"{principal.describe()} may not call {method}: managing tokens needs a token "
+                "for every pipeline",
+                reason="PIPELINE_NOT_ALLOWED",
             )
         return access
 
