@@ -23,7 +23,7 @@ from hevlayer.cli import corpus as corpus_module
 from hevlayer.cli.ingest import AddOptions, AddSummary, Ingest, Reporter
 from hevlayer.cli.producers import Budget, kinds
 from hevlayer.cli.progress import PlainReporter, RichReporter, is_terminal
-from hevlayer.cli.resilience import connect_riding_restarts
+from hevlayer.cli.resilience import connect_riding_restarts, riding_budget
 from hevlayer.cli.search import Result, search
 from hevlayer.cli.stack import DEFAULT_DATA_DIR, UpState, down, suite_services, up, up_detached
 from hevlayer.client import DEFAULT_GATEWAY, Client, ClientOptions, ServiceError
@@ -146,9 +146,14 @@ class Settings:
 def run_async(settings: Settings, body: Callable[[Client], Awaitable[T]]) -> T:
     """Run ``body`` with a gateway client; server errors are printed (field named) and exit 1."""
     address = settings.gateway
+    state = UpState.read(settings.data_dir)
+    try:  # a gateway that `up` restarts is ridden out (docs/operations.md)
+        budget = riding_budget(state is not None and state.gateway == address)
+    except ValueError as exc:
+        fail(f"error: {exc}")
 
     async def main() -> T:
-        async with connect_riding_restarts(address, settings.client_options()) as gateway:
+        async with connect_riding_restarts(address, settings.client_options(), budget) as gateway:
             return await body(gateway)
 
     try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -37,7 +37,17 @@ MAX_BACKOFF = 5.0
 IDEMPOTENT = frozenset(m.full_name for m in METHODS if m.idempotent)
 
 
-def retry_seconds(environ: dict[str, str] | None = None) -> float:
+def riding_budget(local_up: bool, environ: Mapping[str, str] | None = None) -> float:
+    """How long the CLI rides out an unavailable gateway: ``HEVLAYER_RETRY_SECONDS`` when set;
+    else 120 s when the gateway is the one of a ``hevlayer up`` running in the data directory
+    (which restarts it), and 0 otherwise (a gateway nobody restarts fails at once, with a hint)."""
+    env = os.environ if environ is None else environ
+    if env.get(RETRY_SECONDS_ENV, "").strip():
+        return retry_seconds(env)
+    return DEFAULT_RETRY_SECONDS if local_up else 0.0
+
+
+def retry_seconds(environ: Mapping[str, str] | None = None) -> float:
     """``HEVLAYER_RETRY_SECONDS`` (ValueError naming it when it is not a number of 0 or more)."""
     raw = (os.environ if environ is None else environ).get(RETRY_SECONDS_ENV, "").strip()
     if not raw:
@@ -73,7 +83,9 @@ class RideOutRestarts(aio.UnaryUnaryClientInterceptor):
         client_call_details: aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        if _method_name(client_call_details) not in IDEMPOTENT or self.budget <= 0:
+        if self.budget <= 0:
+            return await continuation(client_call_details, request)
+        if _method_name(client_call_details) not in IDEMPOTENT:
             return await continuation(_waiting(client_call_details), request)
         give_up = time.monotonic() + self.budget
         backoff = INITIAL_BACKOFF
