@@ -209,9 +209,9 @@ async def _own_milvus_lite(sinks: SinkPool) -> None:
     except FailedPrecondition as exc:
         log.error("gateway cannot start: %s", exc.message)
         raise SystemExit(f"gateway cannot start: {exc.message}") from None
-    except ServiceError as exc:
+    except (ServiceError, OSError) as exc:
         # Any other failure to open is the readiness probe's to report (and retry).
-        log.warning("the default sink did not open at start-up: %s", exc.message)
+        log.warning("the default sink did not open at start-up: %s", exc)
 
 
 async def build(app: ServiceApp, settings: Settings, guard: GatewayGuard | None = None) -> None:
