@@ -143,7 +143,9 @@ class KillStack:
         specs = []
         for spec in suite_services(self.data_dir, summarizer=True, worker=True):
             env = {**spec.env, **FAULT_ENV.get(spec.name, {}), **(extra_env or {}).get(spec.name, {})}
-            specs.append(dataclasses.replace(spec, env=env))
+            # Free ports only: a preferred one (the gateway's 50051) may be another suite's by
+            # the time a restart binds it, and its health check would answer for ours.
+            specs.append(dataclasses.replace(spec, env=env, grpc_port=None, http_port=None))
         self._quiet = self.data_dir.parent / "killstack.out"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._out = self._quiet.open("a")
