@@ -1,0 +1,91 @@
+"""A TCP proxy on loopback that adds delay to, and cuts, the connections it carries.
+
+Put between two services (e.g. the gateway's ``CLAIMER_ADDRESS`` pointed at the proxy, which
+forwards to the claimer) to play a slow or partitioned network without namespaces or
+``tc netem``. It runs on its own event loop in a thread so that synchronous fixtures can use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+from hevlayer.devstack.ports import free_port
+
+
+class FaultProxy:
+    """Forwards ``127.0.0.1:<port>`` to ``target`` (``host:port``).
+
+    ``delay`` (seconds) is waited before each forwarded chunk, in both directions; ``cut()``
+    closes every open connection, and while ``refuse`` is set new connections are closed at once.
+    """
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self._target = (host, int(port))
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.delay = 0.0
+        self.refuse = False
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._accept, "127.0.0.1", self.port), self._loop
+        ).result(timeout=10)
+        return self
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+            self._close_all()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def cut(self) -> None:
+        """Close every connection open now (both sides see a reset or an EOF)."""
+
+        async def cut() -> None:
+            self._close_all()
+
+        asyncio.run_coroutine_threadsafe(cut(), self._loop).result(timeout=10)
+
+    def _close_all(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refuse:
+            writer.transport.abort()
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, upstream_writer))
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer), return_exceptions=True
+        )
+        for end in (writer, upstream_writer):
+            self._writers.discard(end)
+            end.transport.abort()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                writer.write(data)
+                await writer.drain()
+        writer.transport.abort()
