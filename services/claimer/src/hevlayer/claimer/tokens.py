@@ -103,6 +103,8 @@ class TokenStore:
         """Revoke a token (NOT_FOUND if no token has this id); revoking twice keeps the first time."""
         if not token_id:
             raise InvalidArgument.field("token_id", "is required")
+        if "\x00" in token_id:  # PostgreSQL text cannot hold NUL, so no token has such an id
+            raise NotFound(f"token_id: no token {token_id!r}")
         async with self._db.acquire() as conn:
             row = await conn.fetchrow(
                 f"""UPDATE api_tokens SET revoke_time = coalesce(revoke_time, now())
