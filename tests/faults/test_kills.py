@@ -12,7 +12,8 @@ else; no lease, segment or manifest left; the stage counters and backing counts 
 the orphan sweep every pack object in S3 is one a live document points into; the Milvus Lite
 file holds exactly the current chunks of every document (no stale, duplicated or missing row).
 
-``HEVLAYER_FAULT_SEED`` replays a run (the seed is printed with every failure);
+``HEVLAYER_FAULT_SEED`` replays a run (the seed is printed with every failure); it is 1 by
+default, so that ``make test`` is repeatable, and ``random`` draws a fresh one;
 ``HEVLAYER_FAULT_ROUNDS`` (default 1) is how many times each process is killed and
 ``HEVLAYER_FAULT_WAVE`` (default 30) the ids per ingest wave and pipeline. ``make faults``
 runs a longer campaign over several seeds; docs/reliability.md ("Kill faults") has its results.
@@ -36,7 +37,8 @@ from faults.killstack import PROCESSES, KillStack, descendants, process_name, wa
 from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.processes import ServiceProcess, find_console_script
 
-SEED = int(os.environ.get("HEVLAYER_FAULT_SEED") or random.SystemRandom().randrange(1, 10**6))
+_SEED = os.environ.get("HEVLAYER_FAULT_SEED") or "1"
+SEED = random.SystemRandom().randrange(1, 10**6) if _SEED == "random" else int(_SEED)
 ROUNDS = int(os.environ.get("HEVLAYER_FAULT_ROUNDS") or 1)
 WAVE = int(os.environ.get("HEVLAYER_FAULT_WAVE") or 30)
 REPLAY = (
