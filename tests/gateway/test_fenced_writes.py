@@ -1,0 +1,193 @@
+"""Fenced sink writes (issue 15, deliverable 1; docs/reliability.md, "Fenced sink writes").
+
+A writer that lost its lease can never leave rows on a document that a newer holder
+indexed. The gateway's write path (:class:`VectorWriter`) runs in this process against
+the real claimer (lease checks, claims, the move to indexed) and a real sink: Milvus
+Lite (Turbopuffer's fenced semantics are checked at the sink level by
+test_sink_contract.py, against its local fake). Writer 1 is paused by a hook at a chosen
+step (no sleep decides the order): the test resumes it only after its lease expired and
+writer 2 claimed, wrote and indexed the document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes.turbopuffer_server import FakeTurbopufferThread
+from gateway.conftest import GatewayStack
+from gateway.helpers import DIM, claim, create_pipeline, document, embed, eventually, get_document, stage
+from grpc import aio
+
+from hevlayer.api.document.v1 import document_pb2
+from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
+from hevlayer.client.channel import open_channel
+from hevlayer.common.errors import FailedPrecondition
+from hevlayer.devstack.testing import claimer_metadata
+from hevlayer.gateway.claimer_client import ClaimerClient, PipelineInfo
+from hevlayer.gateway.indexing import DocumentVectors, VectorWriter, WriteOutcome
+from hevlayer.gateway.sinks import Row, Sink, SinkKind, SinkPool
+from hevlayer.gateway.sinks.settings import SinkSettings
+
+DOC = "contested"
+CHUNKS = [f"{DOC}-0", f"{DOC}-1"]
+
+
+@pytest.fixture(scope="module")
+def turbopuffer_server() -> Iterator[FakeTurbopufferThread]:
+    server = FakeTurbopufferThread()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["milvus_lite"])
+async def sinks(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SinkPool]:
+    if request.param == "milvus_lite":
+        settings = SinkSettings(
+            default_sink=SinkKind.MILVUS_LITE, milvus_lite_path=str(tmp_path / "vectors.db")
+        )
+    else:
+        fake: FakeTurbopufferThread = request.getfixturevalue("turbopuffer_server")
+        settings = SinkSettings(
+            default_sink=SinkKind.TURBOPUFFER,
+            turbopuffer_api_key=fake.fake.api_key,
+            turbopuffer_base_url=fake.fake.base_url,
+            turbopuffer_max_retries=0,
+        )
+    pool = SinkPool(settings)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def claimer(gateway_stack: GatewayStack) -> AsyncIterator[ClaimerClient]:
+    channel = open_channel(gateway_stack.claimer_address, metadata=claimer_metadata())
+    yield ClaimerClient(channel, timeout=30)
+    await channel.close()
+
+
+class Pause:
+    """Holds the first call of an async method until released."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    def around(self, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def paused(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.calls == 1:
+                self.reached.set()
+                await self.release.wait()
+            return await method(*args, **kwargs)
+
+        return paused
+
+
+def rows(writer: str) -> list[Row]:
+    # Writer 1's vectors are the ones a query for "needle" finds first, were they visible.
+    text = "needle" if writer == "1" else "haystack"
+    return [Row(chunk, embed(f"{text} {chunk}"), {"writer": writer}) for chunk in CHUNKS]
+
+
+async def setup(channel: aio.Channel, claimer: ClaimerClient) -> tuple[PipelineInfo, int]:
+    """A pipeline with the document staged and claimed by writer 1 (for ten minutes)."""
+    pid = await create_pipeline(channel, dimension=DIM)
+    await stage(channel, pid, [document(DOC, chunks=len(CHUNKS))])
+    first = await claim(channel, pid, worker="writer-1", lease_seconds=600)
+    return await claimer.pipeline(pid), first[DOC]
+
+
+async def take_over(channel: aio.Channel, writer: VectorWriter, pipeline: PipelineInfo, token: int) -> int:
+    """Writer 1's lease expires (a heartbeat shortens it to one second, as if writer 1 had
+    stopped heartbeating); writer 2 claims the document once it has, writes and indexes it."""
+    response = await lease_pb2_grpc.LeaseServiceStub(channel).HeartbeatLeases(
+        lease_pb2.HeartbeatLeasesRequest(
+            pipeline_id=pipeline.id,
+            stage="embedding",
+            worker_id="writer-1",
+            leases=[document_pb2.LeaseRef(document_id=DOC, fencing_token=token)],
+            lease_seconds=1,
+        )
+    )
+    assert [result.extended for result in response.results] == [True]
+    second: dict[str, int] = {}
+
+    async def claimed() -> bool:
+        second.update(await claim(channel, pipeline.id, worker="writer-2"))
+        return bool(second)
+
+    await eventually(claimed, timeout=60, what="writer 1's lease to expire")
+    [outcome] = await writer.write(
+        pipeline, [DocumentVectors(DOC, second[DOC], "writer-2", "embedding", rows("2"))]
+    )
+    assert outcome.outcome == "indexed", outcome
+    return second[DOC]
+
+
+async def index_of(sink: Sink, pipeline: PipelineInfo) -> list[tuple[str, str, int]]:
+    """What a query of the document returns: (chunk id, writer, fencing token) of each hit."""
+    hits = await sink.query(pipeline.target_namespace, embed(f"needle {CHUNKS[0]}"), 10, {"document_id": DOC})
+    return sorted((hit.chunk_id, str(hit.attributes["writer"]), hit.fencing_token) for hit in hits)
+
+
+def assert_stale(outcome: WriteOutcome) -> None:
+    assert outcome.outcome == "stale_lease", outcome
+    assert isinstance(outcome.error, FailedPrecondition)
+    assert outcome.error.reason == "STALE_LEASE"
+
+
+async def test_a_writer_paused_before_its_sink_write_leaves_nothing(
+    channel: aio.Channel, claimer: ClaimerClient, sinks: SinkPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline, token = await setup(channel, claimer)
+    writer = VectorWriter(claimer, sinks)
+    sink = await sinks.get()
+    pause = Pause()
+    monkeypatch.setattr(sink, "replace_documents", pause.around(sink.replace_documents))
+
+    # Writer 1 passes the lease check, then stops right before the sink write.
+    first = asyncio.create_task(
+        writer.write(pipeline, [DocumentVectors(DOC, token, "writer-1", "embedding", rows("1"))])
+    )
+    await pause.reached.wait()
+    newer = await take_over(channel, writer, pipeline, token)
+    assert newer > token
+    assert await index_of(sink, pipeline) == [(chunk, "2", newer) for chunk in CHUNKS]
+
+    # Writer 1 resumes: its write reaches the sink after writer 2's.
+    pause.release.set()
+    [outcome] = await first
+    assert_stale(outcome)
+    assert await index_of(sink, pipeline) == [(chunk, "2", newer) for chunk in CHUNKS]
+    assert await sink.count(pipeline.target_namespace, DOC) == len(CHUNKS)
+    assert (await get_document(channel, pipeline.id, DOC)).stage == "indexed"
+
+
+async def test_a_writer_paused_after_its_sink_write_leaves_nothing(
+    channel: aio.Channel, claimer: ClaimerClient, sinks: SinkPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline, token = await setup(channel, claimer)
+    writer = VectorWriter(claimer, sinks)
+    sink = await sinks.get()
+    pause = Pause()
+    monkeypatch.setattr(claimer, "transition", pause.around(claimer.transition))
+
+    # Writer 1 writes its rows, then stops before the move to indexed.
+    first = asyncio.create_task(
+        writer.write(pipeline, [DocumentVectors(DOC, token, "writer-1", "embedding", rows("1"))])
+    )
+    await pause.reached.wait()
+    assert await index_of(sink, pipeline) == [(chunk, "1", token) for chunk in CHUNKS]
+    newer = await take_over(channel, writer, pipeline, token)
+
+    pause.release.set()
+    [outcome] = await first
+    assert_stale(outcome)
+    assert await index_of(sink, pipeline) == [(chunk, "2", newer) for chunk in CHUNKS]
+    assert await sink.count(pipeline.target_namespace, DOC) == len(CHUNKS)
