@@ -133,15 +133,23 @@ async def requests(
             yield message
 
 
-async def prepare(channel: aio.Channel, pipeline_id: str, count: int, dim: int) -> list[tuple[str, int]]:
-    """A pipeline of dimension ``dim`` with ``count`` documents staged and claimed."""
+STAGED_CHUNKS_MAX = 10_000
+"""Most chunks a document may be staged with (GATEWAY_MAX_CHUNKS_PER_DOCUMENT's default)."""
+
+
+async def prepare(
+    channel: aio.Channel, pipeline_id: str, count: int, dim: int, chunks: int = 1
+) -> list[tuple[str, int]]:
+    """A pipeline of dimension ``dim`` with ``count`` documents of ``chunks`` chunks each (ids
+    ``{document}-{n}``, what :func:`requests` sends vectors for) staged and claimed."""
     await pipeline_pb2_grpc.PipelineServiceStub(channel).CreatePipeline(
         pipeline_pb2.CreatePipelineRequest(pipeline=pipeline_pb2.Pipeline(id=pipeline_id, dimension=dim))
     )
     documents = []
     for i in range(count):
         document = document_pb2.Document(id=f"doc-{i:04d}")
-        document.chunks.add(id="0", text=f"document {i}")
+        for n in range(min(chunks, STAGED_CHUNKS_MAX)):
+            document.chunks.add(id=f"{document.id}-{n}", text=f"d{i} c{n}")
         documents.append(document)
 
     async def stage_requests() -> AsyncIterator[staging_pb2.StageDocumentsRequest]:
@@ -173,7 +181,7 @@ async def run_case(
     base: index_pb2.WriteVectorsRequest,
 ) -> Case:
     pipeline_id = f"mem-{name}-{uuid.uuid4().hex[:6]}"
-    leases = await prepare(channel, pipeline_id, documents, dim)
+    leases = await prepare(channel, pipeline_id, documents, dim, vectors)
     await asyncio.sleep(1.0)  # let the gateway settle after staging
     baseline = rss_kib(pid)
     stub = index_pb2_grpc.IndexServiceStub(channel)
