@@ -10,6 +10,11 @@ The forwarding channel has no client interceptors (grpc.aio runs every
 intercepted call through extra tasks, which cost more than the relay itself):
 each handler starts its CLIENT span and puts the trace context into the
 call's metadata itself.
+
+A client-streaming call's messages are sent by :func:`hevlayer.client._requests.start_writer`:
+with grpcio's own request consumer, a backend that refuses the stream before reading it all
+(INVALID_ARGUMENT on a bad first message) reached the caller as INTERNAL about half the time
+(grpc/grpc#36066).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 
+from hevlayer.client._requests import finish_writer, start_writer
 from hevlayer.common.interceptors import end_client_span, start_client_span
 
 _FORWARDED_TRAILERS = ("grpc-status-details-bin",)
@@ -67,8 +73,14 @@ class Forwarder:
         span, metadata = start_client_span(path)
         metadata.extend(self._metadata)
         code = grpc.StatusCode.OK
+        timeout = self._timeout(context, streaming)
+        writer = None
         try:
-            return await method(request, timeout=self._timeout(context, streaming), metadata=metadata)
+            if not streaming:
+                return await method(request, timeout=timeout, metadata=metadata)
+            call = method(timeout=timeout, metadata=metadata)
+            writer = start_writer(call, request)
+            return await call
         except aio.AioRpcError as error:
             code = error.code()
             await self._abort(context, error)
@@ -76,6 +88,8 @@ class Forwarder:
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
+            if writer is not None:
+                await finish_writer(writer)
             end_client_span(span, code)
 
     async def _relay_stream(
@@ -84,7 +98,12 @@ class Forwarder:
         """One call with a stream of responses (``request``: bytes, or an iterator of them)."""
         span, metadata = start_client_span(path)
         metadata.extend(self._metadata)
-        call = method(request, timeout=self._timeout(context, True), metadata=metadata)
+        if isinstance(request, bytes):
+            call = method(request, timeout=self._timeout(context, True), metadata=metadata)
+            writer = None
+        else:
+            call = method(timeout=self._timeout(context, True), metadata=metadata)
+            writer = start_writer(call, request)
         try:
             async for response in call:
                 yield response
@@ -92,6 +111,8 @@ class Forwarder:
             await self._abort(context, error)
         finally:
             call.cancel()
+            if writer is not None:
+                await finish_writer(writer)
             end_client_span(span, await _final_code(call))
 
     def handler(self, path: str, client_streaming: bool, server_streaming: bool) -> grpc.RpcMethodHandler:
