@@ -6,12 +6,12 @@ stream's other documents are written."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
 import pytest
 from gateway.conftest import GatewayStack, start_stack
-from gateway.helpers import CLAIM_STAGE, DIM, WORKER, claim, create_pipeline, document, get_document, stage
+from gateway.helpers import CLAIM_STAGE, DIM, WORKER, claim, create_pipeline, get_document, stage
 from grpc import aio
 
 from hevlayer.api.document.v1 import document_pb2
@@ -76,10 +76,18 @@ async def write(
 
 
 async def staged_and_claimed(
-    channel: aio.Channel, count: int, dimension: int = 0
+    channel: aio.Channel, count: int, dimension: int = 0, chunks: Sequence[int] = ()
 ) -> tuple[str, dict[str, int]]:
+    """``count`` documents ``doc-i`` staged and claimed, document i with ``chunks[i]`` chunks (2
+    by default) with the ids :func:`vectors` gives (``c-0``, ``c-1``, ...)."""
     pipeline_id = await create_pipeline(channel, dimension=dimension)
-    await stage(channel, pipeline_id, [document(f"doc-{i}", chunks=1) for i in range(count)])
+    documents = []
+    for i in range(count):
+        staged = document_pb2.Document(id=f"doc-{i}")
+        for n in range(chunks[i] if i < len(chunks) else 2):
+            staged.chunks.add(id=f"c-{n}", text=f"chunk {n} of doc-{i}")
+        documents.append(staged)
+    await stage(channel, pipeline_id, documents)
     return pipeline_id, await claim(channel, pipeline_id)
 
 
@@ -120,7 +128,7 @@ async def test_token_zero_is_refused_over_grpc_and_changes_nothing(channel: aio.
 
 
 async def test_the_dimension_is_checked_as_the_vectors_arrive(channel: aio.Channel) -> None:
-    pipeline_id, tokens = await staged_and_claimed(channel, 3, dimension=DIM)
+    pipeline_id, tokens = await staged_and_claimed(channel, 3, dimension=DIM, chunks=[3, 3, 3])
     wrong_first = vectors(3, dim=DIM + 1)
     wrong_third = [*vectors(2), *vectors(1, dim=3, prefix="odd")]
     results = await write(
@@ -165,10 +173,10 @@ async def test_without_a_pipeline_dimension_the_namespace_or_first_vector_fixes_
 
 
 async def test_a_document_over_the_bound_is_rejected_whole(channel: aio.Channel) -> None:
-    pipeline_id, tokens = await staged_and_claimed(channel, 3, dimension=DIM)
     per_vector = ix.WriteVectorsRequest(vectors=vectors(1)).ByteSize()
     fits = MAX_DOCUMENT_BYTES // (2 * per_vector)
     too_many = 2 * MAX_DOCUMENT_BYTES // per_vector
+    pipeline_id, tokens = await staged_and_claimed(channel, 3, dimension=DIM, chunks=[1, fits, 3])
     results = await write(
         channel,
         pipeline_id,
