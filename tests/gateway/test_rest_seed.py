@@ -213,12 +213,24 @@ def test_the_seed_walkthrough(gateway_stack: GatewayStack, spec: dict[str, Any])
     assert [r["extended"] for r in body["results"]] == [True]
     assert body["lost"] == []
 
-    # Write vectors: upserts into the sink and marks the document indexed.
+    # Write vectors. The seed's example sends one vector, for the first of the document's two
+    # chunks: a document's vectors must be exactly its staged chunks (docs/reliability.md), so
+    # it is refused naming the missing chunk, and nothing is written.
     status, body = curl(stack, CURL_VECTORS)
+    assert status == 400, body
+    check(spec, P + "/documents/{document_id}/vectors", "put", 400, body)
+    assert [v["field"] for v in body["error"]["field_violations"]] == ["vectors"]
+    assert body["error"]["message"].startswith("vectors: missing chunk asin-B08N5WRWNW-1")
+    # With a vector for each chunk it upserts into the sink and marks the document indexed.
+    complete = CURL_VECTORS.replace(
+        '"attributes": {"text": "..."}}',
+        '"attributes": {"text": "..."}},\n      {"id": "asin-B08N5WRWNW-1", "vector": [0.5, 0.25]}',
+    )
+    status, body = curl(stack, complete)
     assert status == 200, body
     check(spec, P + "/documents/{document_id}/vectors", "put", 200, body)
     assert body["outcome"] == "indexed"
-    assert body["vectors_written"] == 1
+    assert body["vectors_written"] == 2
 
     # Move a claimed document to a final stage.
     status, body = seed_post(stack, SEED_STAGE)
