@@ -12,7 +12,7 @@ method; health and reflection are never guarded.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import grpc
@@ -20,9 +20,7 @@ from grpc import aio
 
 from hevlayer.common.auth import same_secret
 from hevlayer.common.errors import ServiceError, Unauthenticated
-
-OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
-"""Methods every caller may call: health checks and reflection."""
+from hevlayer.common.wrapping import WrapOnceInterceptor
 
 
 class Guard(Protocol):
@@ -110,28 +108,15 @@ def _guarded(guard: Guard, method: str, handler: grpc.RpcMethodHandler) -> grpc.
     )
 
 
-class GuardInterceptor(aio.ServerInterceptor):
+class GuardInterceptor(WrapOnceInterceptor):
     """Runs every call (but health and reflection) past ``guard``."""
 
     def __init__(self, guard: Guard) -> None:
+        super().__init__()
         self._guard = guard
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or method.startswith(OPEN_PREFIXES):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _guarded(self._guard, method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        return _guarded(self._guard, method, handler)
 
 
 def metadata_value(context: aio.ServicerContext, key: str) -> str | None:

@@ -13,7 +13,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -25,6 +25,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from hevlayer.common import metrics
 from hevlayer.common.errors import ResourceExhausted, ServiceError
 from hevlayer.common.telemetry import extract_context
+from hevlayer.common.wrapping import WrapOnceInterceptor
 
 log = logging.getLogger("hevlayer.rpc")
 _tracer = trace.get_tracer("hevlayer.grpc")
@@ -180,7 +181,7 @@ class CallLimiter:
         )
 
 
-class ServerInterceptor(aio.ServerInterceptor):
+class ServerInterceptor(WrapOnceInterceptor):
     """Wraps every handler with a SERVER span (parented on the caller's trace
     context), Prometheus metrics, an access log line, the mapping of
     :class:`ServiceError` to a rich gRPC status (anything else is INTERNAL) and the
@@ -188,28 +189,12 @@ class ServerInterceptor(aio.ServerInterceptor):
     ``max_concurrent_rpcs``, then any added later (:class:`Admission`)."""
 
     def __init__(self, max_concurrent_rpcs: int = 0) -> None:
+        super().__init__()
         self.limiter = CallLimiter(max_concurrent_rpcs)
         self.admissions: list[Admission] = [self.limiter]
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method: str = handler_call_details.method
-        if method.startswith(("/grpc.health.", "/grpc.reflection.")):
-            return handler
-        # Generic handlers hand out the same handler object per method: wrap it once.
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _observed(method, handler, self.admissions)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        return _observed(method, handler, self.admissions)
 
 
 class _Observed:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,11 @@ import grpc
 from grpc import aio
 
 from hevlayer.common.config import ConfigError
+from hevlayer.common.wrapping import WrapOnceInterceptor
 
 log = logging.getLogger("hevlayer.tls")
 
 _IDENTITY_PROPERTIES = ("x509_common_name", "x509_subject_alternative_name")
-_OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
 def _readable(path: str, variable: str) -> bytes:
@@ -91,15 +91,17 @@ def peer_identities(auth_context: Mapping[str, Iterable[bytes]]) -> set[str]:
     return names
 
 
-class PeerIdentityInterceptor(aio.ServerInterceptor):
+class PeerIdentityInterceptor(WrapOnceInterceptor):
     """Refuses, with PERMISSION_DENIED, every call whose client certificate names none of
     ``allowed`` (subject CN or SAN); health checks excepted. Only meaningful with mutual
     TLS, where the certificate has been verified against the client CA."""
 
+    open_prefixes = ("/grpc.health.v1.Health/",)
+
     def __init__(self, allowed: Sequence[str], service: str) -> None:
+        super().__init__()
         self.allowed = frozenset(allowed)
         self.service = service
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def permits(self, context: aio.ServicerContext) -> bool:
         """Whether the caller's verified certificate names an allowed client."""
@@ -117,23 +119,7 @@ class PeerIdentityInterceptor(aio.ServerInterceptor):
             "this client's certificate names none of them",
         )
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or method.startswith(_OPEN_PREFIXES):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._guarded(handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _guarded(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         check = self._check
 
         def unary_response(inner: Any) -> Any:
