@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,52 +143,69 @@ def assert_stale(outcome: WriteOutcome) -> None:
     assert outcome.error.reason == "STALE_LEASE"
 
 
-async def test_a_writer_paused_before_its_sink_write_leaves_nothing(
-    channel: aio.Channel, claimer: ClaimerClient, sinks: SinkPool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@dataclass
+class PausedWrite:
+    """Writer 1's write of the document (a task), held by ``pause`` at a chosen step."""
+
+    pipeline: PipelineInfo
+    token: int
+    writer: VectorWriter
+    sink: Sink
+    pause: Pause
+    task: asyncio.Task[list[WriteOutcome]]
+
+    async def resume_stale(self, newer: int) -> None:
+        """Let writer 1 go on: its write is refused as stale and the index keeps only writer 2's
+        rows (fencing token ``newer``)."""
+        self.pause.release.set()
+        [outcome] = await self.task
+        assert_stale(outcome)
+        assert await index_of(self.sink, self.pipeline) == [(chunk, "2", newer) for chunk in CHUNKS]
+        assert await self.sink.count(self.pipeline.target_namespace, DOC) == len(CHUNKS)
+
+
+async def paused_write(
+    channel: aio.Channel,
+    claimer: ClaimerClient,
+    sinks: SinkPool,
+    monkeypatch: pytest.MonkeyPatch,
+    step: Callable[[Sink], tuple[object, str]],
+) -> PausedWrite:
+    """Start writer 1's write and wait until it reaches ``step(sink)`` (an object and the name
+    of its async method), where it is held."""
     pipeline, token = await setup(channel, claimer)
     writer = VectorWriter(claimer, sinks)
     sink = await sinks.get()
     pause = Pause()
-    monkeypatch.setattr(sink, "replace_documents", pause.around(sink.replace_documents))
-
-    # Writer 1 passes the lease check, then stops right before the sink write.
-    first = asyncio.create_task(
+    owner, name = step(sink)
+    monkeypatch.setattr(owner, name, pause.around(getattr(owner, name)))
+    task = asyncio.create_task(
         writer.write(pipeline, [DocumentVectors(DOC, token, "writer-1", "embedding", rows("1"))])
     )
     await pause.reached.wait()
-    newer = await take_over(channel, writer, pipeline, token)
-    assert newer > token
-    assert await index_of(sink, pipeline) == [(chunk, "2", newer) for chunk in CHUNKS]
+    return PausedWrite(pipeline, token, writer, sink, pause, task)
+
+
+async def test_a_writer_paused_before_its_sink_write_leaves_nothing(
+    channel: aio.Channel, claimer: ClaimerClient, sinks: SinkPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Writer 1 passes the lease check, then stops right before the sink write.
+    first = await paused_write(channel, claimer, sinks, monkeypatch, lambda sink: (sink, "replace_documents"))
+    newer = await take_over(channel, first.writer, first.pipeline, first.token)
+    assert newer > first.token
+    assert await index_of(first.sink, first.pipeline) == [(chunk, "2", newer) for chunk in CHUNKS]
 
     # Writer 1 resumes: its write reaches the sink after writer 2's.
-    pause.release.set()
-    [outcome] = await first
-    assert_stale(outcome)
-    assert await index_of(sink, pipeline) == [(chunk, "2", newer) for chunk in CHUNKS]
-    assert await sink.count(pipeline.target_namespace, DOC) == len(CHUNKS)
-    assert (await get_document(channel, pipeline.id, DOC)).stage == "indexed"
+    await first.resume_stale(newer)
+    assert (await get_document(channel, first.pipeline.id, DOC)).stage == "indexed"
 
 
 async def test_a_writer_paused_after_its_sink_write_leaves_nothing(
     channel: aio.Channel, claimer: ClaimerClient, sinks: SinkPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pipeline, token = await setup(channel, claimer)
-    writer = VectorWriter(claimer, sinks)
-    sink = await sinks.get()
-    pause = Pause()
-    monkeypatch.setattr(claimer, "transition", pause.around(claimer.transition))
-
     # Writer 1 writes its rows, then stops before the move to indexed.
-    first = asyncio.create_task(
-        writer.write(pipeline, [DocumentVectors(DOC, token, "writer-1", "embedding", rows("1"))])
-    )
-    await pause.reached.wait()
-    assert await index_of(sink, pipeline) == [(chunk, "1", token) for chunk in CHUNKS]
-    newer = await take_over(channel, writer, pipeline, token)
+    first = await paused_write(channel, claimer, sinks, monkeypatch, lambda _: (claimer, "transition"))
+    assert await index_of(first.sink, first.pipeline) == [(chunk, "1", first.token) for chunk in CHUNKS]
+    newer = await take_over(channel, first.writer, first.pipeline, first.token)
 
-    pause.release.set()
-    [outcome] = await first
-    assert_stale(outcome)
-    assert await index_of(sink, pipeline) == [(chunk, "2", newer) for chunk in CHUNKS]
-    assert await sink.count(pipeline.target_namespace, DOC) == len(CHUNKS)
+    await first.resume_stale(newer)
