@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from fakes.turbopuffer_server import FakeTurbopufferThread
+from faults.services import Processes, write_document
 from foundation.conftest import start_claimer, start_gateway
 from gateway.helpers import (
     claim,
     create_pipeline,
     document,
-    embed,
     get_document,
     pack_keys,
     read_chunks,
@@ -32,13 +32,9 @@ from gateway.helpers import (
 from google.rpc import error_details_pb2
 from grpc import aio
 
-from hevlayer.api.document.v1 import document_pb2
-from hevlayer.api.index.v1 import index_pb2 as ix
-from hevlayer.api.index.v1 import index_pb2_grpc
 from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3
 from hevlayer.devstack.ports import free_port
-from hevlayer.devstack.processes import ServiceProcess
 
 WORKER = "outage-worker"
 
@@ -62,34 +58,29 @@ def outage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutageSta
     s3 = SeaweedS3(tmp / "s3", port=free_port(), buckets=(bucket,), log_path=tmp / "s3.log").start()
     sink = FakeTurbopufferThread()
     base_url = sink.start()
-    processes: list[ServiceProcess] = []
     try:
-        s3_env = s3.client_env(bucket)
-        claimer, claimer_address, _ = start_claimer(
-            database_url, tmp, traces, PIPELINE_DEFAULT_SINK="turbopuffer", **s3_env
-        )
-        processes.append(claimer)
-        claimer.wait_ready(timeout=60)
-        gateway, gateway_address, _ = start_gateway(
-            claimer_address,
-            tmp,
-            traces,
-            GATEWAY_DEFAULT_SINK="turbopuffer",
-            GATEWAY_TURBOPUFFER_API_KEY=sink.fake.api_key,
-            GATEWAY_TURBOPUFFER_BASE_URL=base_url,
-            GATEWAY_TURBOPUFFER_MAX_RETRIES="0",
-            GATEWAY_SINK_TIMEOUT_SECONDS="5",
-            **s3_env,
-        )
-        processes.append(gateway)
-        gateway.wait_ready(timeout=60)
-        yield OutageStack(postgres, s3, bucket, sink, gateway_address)
+        with Processes() as processes:
+            s3_env = s3.client_env(bucket)
+            claimer, claimer_address, _ = processes.add(
+                start_claimer(database_url, tmp, traces, PIPELINE_DEFAULT_SINK="turbopuffer", **s3_env)
+            )
+            claimer.wait_ready(timeout=60)
+            gateway, gateway_address, _ = processes.add(
+                start_gateway(
+                    claimer_address,
+                    tmp,
+                    traces,
+                    GATEWAY_DEFAULT_SINK="turbopuffer",
+                    GATEWAY_TURBOPUFFER_API_KEY=sink.fake.api_key,
+                    GATEWAY_TURBOPUFFER_BASE_URL=base_url,
+                    GATEWAY_TURBOPUFFER_MAX_RETRIES="0",
+                    GATEWAY_SINK_TIMEOUT_SECONDS="5",
+                    **s3_env,
+                )
+            )
+            gateway.wait_ready(timeout=60)
+            yield OutageStack(postgres, s3, bucket, sink, gateway_address)
     finally:
-        for process in reversed(processes):
-            if process.running:
-                process.stop(grace=5)
-            else:
-                print(process.log_tail(60))
         sink.stop()
         s3.stop()
         postgres.stop()
@@ -112,25 +103,6 @@ def _retry_delay(error: aio.AioRpcError) -> float | None:
             detail.Unpack(info)
             return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
     return None
-
-
-async def _write(
-    channel: aio.Channel, pipeline_id: str, token: int, doc_id: str, chunks: list[document_pb2.Chunk]
-) -> list[ix.WriteResult]:
-    request = ix.WriteVectorsRequest(
-        pipeline_id=pipeline_id,
-        worker_id=WORKER,
-        from_stage="embedding",
-        lease=document_pb2.LeaseRef(document_id=doc_id, fencing_token=token),
-        vectors=[document_pb2.Vector(id=c.id, values=embed(c.text)) for c in chunks],
-        end_of_document=True,
-    )
-
-    async def requests() -> AsyncIterator[ix.WriteVectorsRequest]:
-        yield request
-
-    response = await index_pb2_grpc.IndexServiceStub(channel).WriteVectors(requests())
-    return list(response.results)
 
 
 async def test_s3_down_fails_staging_whole_and_staging_resumes_when_it_is_back(
@@ -174,7 +146,7 @@ async def test_a_failing_sink_is_unavailable_and_writes_resume_when_it_is_back(
     outage_stack.sink.fake.fail_next(503, times=100, message="sink down")
     try:
         with pytest.raises(aio.AioRpcError) as down:
-            await _write(channel, pid, leases["v"], "v", chunks)
+            await write_document(channel, pid, WORKER, leases["v"], "v", chunks)
         assert down.value.code() == grpc.StatusCode.UNAVAILABLE, down.value.details()
     finally:
         outage_stack.sink.fake.clear()
@@ -183,7 +155,7 @@ async def test_a_failing_sink_is_unavailable_and_writes_resume_when_it_is_back(
     assert state.stage == "embedding"
     assert state.claimed_by == WORKER
     # The sink is back: the same gateway writes, without a restart.
-    results = await _write(channel, pid, leases["v"], "v", chunks)
+    results = await write_document(channel, pid, WORKER, leases["v"], "v", chunks)
     assert [(r.vectors_written, r.HasField("error")) for r in results] == [(2, False)], results
     assert (await get_document(channel, pid, "v")).stage == "indexed"
     rows = sorted(
@@ -234,7 +206,7 @@ async def test_a_postgresql_restart_is_unavailable_and_the_flow_recovers(
     responses = await read_chunks(channel, pid, leases, worker=WORKER)
     for doc_id, token in leases.items():
         chunks = [c for r in responses if r.document_id == doc_id for c in r.chunks]
-        results = await _write(channel, pid, token, doc_id, chunks)
+        results = await write_document(channel, pid, WORKER, token, doc_id, chunks)
         assert [r.vectors_written for r in results] == [2], results
         state = await get_document(channel, pid, doc_id)
         assert state.stage == "indexed"

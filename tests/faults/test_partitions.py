@@ -10,15 +10,12 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from faults.proxy import FaultProxy
+from faults.services import Processes, write_document
 from foundation.conftest import start_claimer, start_gateway
-from gateway.helpers import claim, create_pipeline, document, embed, get_document, read_chunks, stage
+from gateway.helpers import claim, create_pipeline, document, get_document, read_chunks, stage
 from grpc import aio
 
-from hevlayer.api.document.v1 import document_pb2
-from hevlayer.api.index.v1 import index_pb2 as ix
-from hevlayer.api.index.v1 import index_pb2_grpc
 from hevlayer.devstack import SeaweedS3
-from hevlayer.devstack.processes import ServiceProcess
 
 WORKER = "partition-worker"
 
@@ -37,25 +34,24 @@ def partitioned(
     traces = tmp / "traces.jsonl"
     bucket = f"partitions-{uuid.uuid4().hex[:10]}"
     s3.create_bucket(bucket)
-    processes: list[ServiceProcess] = []
-    claimer, claimer_address, _ = start_claimer(database_url, tmp, traces, **s3.client_env(bucket))
-    processes.append(claimer)
-    proxy = FaultProxy(claimer_address).start()
+    proxy: FaultProxy | None = None
     try:
-        claimer.wait_ready(timeout=60)
-        gateway, gateway_address, _ = start_gateway(
-            proxy.address, tmp, traces, GATEWAY_FORWARD_TIMEOUT_SECONDS="3", **s3.client_env(bucket)
-        )
-        processes.append(gateway)
-        gateway.wait_ready(timeout=60)
-        yield Partitioned(proxy, gateway_address)
+        with Processes() as processes:
+            claimer, claimer_address, _ = processes.add(
+                start_claimer(database_url, tmp, traces, **s3.client_env(bucket))
+            )
+            proxy = FaultProxy(claimer_address).start()
+            claimer.wait_ready(timeout=60)
+            gateway, gateway_address, _ = processes.add(
+                start_gateway(
+                    proxy.address, tmp, traces, GATEWAY_FORWARD_TIMEOUT_SECONDS="3", **s3.client_env(bucket)
+                )
+            )
+            gateway.wait_ready(timeout=60)
+            yield Partitioned(proxy, gateway_address)
     finally:
-        for process in reversed(processes):
-            if process.running:
-                process.stop(grace=5)
-            else:
-                print(process.log_tail(60))
-        proxy.stop()
+        if proxy is not None:
+            proxy.stop()
 
 
 @pytest.fixture
@@ -98,22 +94,8 @@ async def test_a_cut_link_fails_calls_and_the_flow_completes_after(
     for doc in docs:
         chunks = [c for r in responses if r.document_id == doc.id for c in r.chunks]
         assert [c.id for c in chunks] == [c.id for c in doc.chunks]
-        request = ix.WriteVectorsRequest(
-            pipeline_id=pid,
-            worker_id=WORKER,
-            from_stage="embedding",
-            lease=document_pb2.LeaseRef(document_id=doc.id, fencing_token=leases[doc.id]),
-            vectors=[document_pb2.Vector(id=c.id, values=embed(c.text)) for c in chunks],
-            end_of_document=True,
-        )
-
-        async def requests(
-            request: ix.WriteVectorsRequest = request,
-        ) -> AsyncIterator[ix.WriteVectorsRequest]:
-            yield request
-
-        response = await index_pb2_grpc.IndexServiceStub(channel).WriteVectors(requests())
-        assert [r.vectors_written for r in response.results] == [2], response
+        written = await write_document(channel, pid, WORKER, leases[doc.id], doc.id, chunks)
+        assert [r.vectors_written for r in written] == [2], written
         state = await get_document(channel, pid, doc.id)
         assert state.stage == "indexed"
         assert state.chunk_count == 2

@@ -19,18 +19,14 @@ from pathlib import Path
 import grpc
 import pytest
 from fakes.turbopuffer_server import FakeTurbopufferThread
+from faults.services import Processes, write_document
 from foundation.conftest import start_claimer, start_gateway
-from gateway.helpers import claim, create_pipeline, document, embed, get_document, read_chunks, stage
+from gateway.helpers import claim, create_pipeline, document, get_document, read_chunks, stage
 from grpc import aio
 
 from hevlayer.api.document.v1 import document_pb2
-from hevlayer.api.index.v1 import index_pb2 as ix
-from hevlayer.api.index.v1 import index_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
 from hevlayer.devstack import SeaweedS3
-from hevlayer.devstack.processes import ServiceProcess
-
-CLAIM_STAGE = "embedding"
 
 
 @dataclass
@@ -56,44 +52,41 @@ def replicas(
     s3_env = s3.client_env(bucket)
     sink = FakeTurbopufferThread()
     base_url = sink.start()
-    processes: list[ServiceProcess] = []
     try:
-        claimers = []
-        for _ in range(2):
-            process, address, _http = start_claimer(
-                database_url,
-                tmp,
-                traces,
-                PIPELINE_SEGMENT_SIZE="5",
-                PIPELINE_DEFAULT_SINK="turbopuffer",
-                **s3_env,
-            )
-            processes.append(process)
-            claimers.append(address)
-        for process in processes:
-            process.wait_ready(timeout=60)
-        gateways = []
-        for claimer in claimers:
-            process, address, _http = start_gateway(
-                claimer,
-                tmp,
-                traces,
-                GATEWAY_DEFAULT_SINK="turbopuffer",
-                GATEWAY_TURBOPUFFER_API_KEY=sink.fake.api_key,
-                GATEWAY_TURBOPUFFER_BASE_URL=base_url,
-                **s3_env,
-            )
-            processes.append(process)
-            gateways.append(address)
-        for process in processes[2:]:
-            process.wait_ready(timeout=60)
-        yield Replicas(tmp, traces, s3_env, claimers, gateways, sink)
+        with Processes() as processes:
+            claimers = [
+                processes.add(
+                    start_claimer(
+                        database_url,
+                        tmp,
+                        traces,
+                        PIPELINE_SEGMENT_SIZE="5",
+                        PIPELINE_DEFAULT_SINK="turbopuffer",
+                        **s3_env,
+                    )
+                )[1]
+                for _ in range(2)
+            ]
+            for process in processes.started:
+                process.wait_ready(timeout=60)
+            gateways = [
+                processes.add(
+                    start_gateway(
+                        claimer,
+                        tmp,
+                        traces,
+                        GATEWAY_DEFAULT_SINK="turbopuffer",
+                        GATEWAY_TURBOPUFFER_API_KEY=sink.fake.api_key,
+                        GATEWAY_TURBOPUFFER_BASE_URL=base_url,
+                        **s3_env,
+                    )
+                )[1]
+                for claimer in claimers
+            ]
+            for process in processes.started[2:]:
+                process.wait_ready(timeout=60)
+            yield Replicas(tmp, traces, s3_env, claimers, gateways, sink)
     finally:
-        for process in reversed(processes):
-            if process.running:
-                process.stop(grace=5)
-            else:
-                print(process.log_tail(60))
         sink.stop()
 
 
@@ -105,34 +98,6 @@ async def channels(replicas: Replicas) -> AsyncIterator[list[aio.Channel]]:
     finally:
         for channel in opened:
             await channel.close()
-
-
-def _vectors(chunks: list[document_pb2.Chunk]) -> list[document_pb2.Vector]:
-    return [document_pb2.Vector(id=chunk.id, values=embed(chunk.text)) for chunk in chunks]
-
-
-async def _write(
-    channel: aio.Channel,
-    pipeline_id: str,
-    worker: str,
-    token: int,
-    doc_id: str,
-    chunks: list[document_pb2.Chunk],
-) -> list[ix.WriteResult]:
-    request = ix.WriteVectorsRequest(
-        pipeline_id=pipeline_id,
-        worker_id=worker,
-        from_stage=CLAIM_STAGE,
-        lease=document_pb2.LeaseRef(document_id=doc_id, fencing_token=token),
-        vectors=_vectors(chunks),
-        end_of_document=True,
-    )
-
-    async def requests() -> AsyncIterator[ix.WriteVectorsRequest]:
-        yield request
-
-    response = await index_pb2_grpc.IndexServiceStub(channel).WriteVectors(requests())
-    return list(response.results)
 
 
 async def _work_once(channel: aio.Channel, pipeline_id: str, worker: str) -> int:
@@ -152,7 +117,7 @@ async def _work_once(channel: aio.Channel, pipeline_id: str, worker: str) -> int
         chunks.setdefault(response.document_id, []).extend(response.chunks)
     for doc_id, read in chunks.items():
         try:
-            await _write(channel, pipeline_id, worker, leases[doc_id], doc_id, read)
+            await write_document(channel, pipeline_id, worker, leases[doc_id], doc_id, read)
         except aio.AioRpcError as error:
             if error.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
                 raise
@@ -215,7 +180,7 @@ async def test_a_restage_through_one_gateway_is_read_fresh_through_the_other(
     leases = await claim(second, pid, worker="w2", lease_seconds=30)
     responses = await read_chunks(second, pid, leases, worker="w2")
     assert [c.id for r in responses for c in r.chunks] == ["doc-new"]
-    results = await _write(second, pid, "w2", leases["doc"], "doc", list(responses[0].chunks))
+    results = await write_document(second, pid, "w2", leases["doc"], "doc", list(responses[0].chunks))
     assert [(r.vectors_written, r.HasField("error")) for r in results] == [(1, False)], results
     state = await get_document(first, pid, "doc")
     assert state.stage == "indexed"
