@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from foundation.conftest import start_claimer, start_gateway
+from gateway.auth_stack import AuthStack, call_method, running_auth_stack
 from gateway.helpers import create_pipeline, document, http_json, pack_keys, stage, unique
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
@@ -30,26 +29,9 @@ from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
 from hevlayer.client.channel import open_channel
 from hevlayer.client.methods import ACCESS, Access
-from hevlayer.common.auth import SeedToken, bearer_metadata, generate_token, write_seed_file
+from hevlayer.common.auth import bearer_metadata, generate_token
 from hevlayer.devstack import SeaweedS3
-from hevlayer.devstack.processes import ServiceProcess
 from hevlayer.devstack.testing import claimer_metadata
-
-
-@dataclass
-class AuthStack:
-    s3: SeaweedS3
-    bucket: str
-    claimer: ServiceProcess
-    gateway: ServiceProcess
-    claimer_address: str
-    gateway_address: str
-    gateway_http: str
-    admin: str
-
-    def channel(self, token: str | None) -> aio.Channel:
-        """A channel to the gateway sending ``token`` (None: no token) on every call."""
-        return open_channel(self.gateway_address, metadata=[bearer_metadata(token)] if token else [])
 
 
 @pytest.fixture(scope="module")
@@ -57,37 +39,15 @@ def auth_stack(
     database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[AuthStack]:
     tmp = tmp_path_factory.mktemp("auth")
-    bucket = f"auth-{uuid.uuid4().hex[:10]}"
-    s3.create_bucket(bucket)
-    s3_env = s3.client_env(bucket)
-    admin = generate_token()
-    seed = tmp / "bootstrap.json"
-    write_seed_file(seed, [SeedToken.of(admin, "test admin", "admin")])
-    traces = tmp / "traces.jsonl"
-    claimer, claimer_address, _ = start_claimer(
-        database_url, tmp, traces, CLAIMER_BOOTSTRAP_TOKENS_FILE=str(seed), **s3_env
-    )
-    gateway: ServiceProcess | None = None
-    try:
-        claimer.wait_ready(timeout=60)
-        gateway, gateway_address, gateway_http = start_gateway(
-            claimer_address,
-            tmp,
-            traces,
-            GATEWAY_AUTH="on",
-            GATEWAY_AUTH_CACHE_SECONDS="0",
-            GATEWAY_CACHE_DIR=str(tmp / "cache"),
-            GATEWAY_MILVUS_LITE_PATH=str(tmp / "vectors.db"),
-            **s3_env,
-        )
-        gateway.wait_ready(timeout=60)
-        yield AuthStack(
-            s3, bucket, claimer, gateway, claimer_address, gateway_address, gateway_http, admin.secret
-        )
-    finally:
-        if gateway is not None:
-            gateway.stop(grace=5)
-        claimer.stop(grace=5)
+    with running_auth_stack(
+        database_url,
+        s3,
+        tmp,
+        "auth",
+        GATEWAY_CACHE_DIR=str(tmp / "cache"),
+        GATEWAY_MILVUS_LITE_PATH=str(tmp / "vectors.db"),
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture
@@ -407,31 +367,6 @@ def _request(method: Any, access: Access) -> Message:
     return request
 
 
-async def _call(channel: aio.Channel, service: str, method: Any, request: Message) -> None:
-    path = f"/{service}/{method.name}"
-    parse = message_factory.GetMessageClass(method.output_type).FromString
-    serialize = type(request).SerializeToString
-    if method.client_streaming:
-
-        async def one() -> AsyncIterator[Message]:
-            yield request
-
-        if method.server_streaming:
-            call = channel.stream_stream(path, serialize, parse)(one(), timeout=10)
-            async for _ in call:
-                break
-            call.cancel()
-        else:
-            await channel.stream_unary(path, serialize, parse)(one(), timeout=10)
-    elif method.server_streaming:
-        call = channel.unary_stream(path, serialize, parse)(request, timeout=10)
-        async for _ in call:
-            break
-        call.cancel()
-    else:
-        await channel.unary_unary(path, serialize, parse)(request, timeout=10)
-
-
 @pytest.mark.parametrize("role", sorted(ROLE_OF))
 async def test_every_public_method_admits_exactly_the_roles_of_its_access_entry(
     auth_stack: AuthStack, admin: aio.Channel, role: str
@@ -444,7 +379,7 @@ async def test_every_public_method_admits_exactly_the_roles_of_its_access_entry(
                 access = ACCESS[f"/{service_name}/{method.name}"]
                 code = grpc.StatusCode.OK
                 try:
-                    await _call(channel, service_name, method, _request(method, access))
+                    await call_method(channel, service_name, method, _request(method, access))
                 except aio.AioRpcError as error:
                     code = error.code()
                 assert code is not grpc.StatusCode.UNAUTHENTICATED, method.full_name

@@ -21,7 +21,6 @@ The admitted calls run afterwards, the destructive ones last.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from gateway.auth_stack import AuthStack, call_method
 from gateway.helpers import (
     DIM,
     WORKER,
@@ -41,8 +41,8 @@ from gateway.helpers import (
     http_json,
     stage,
 )
-from gateway.test_auth import GATEWAY_SERVICES, ROLE_OF, AuthStack, admin, auth_stack, make_token
-from google.protobuf import descriptor_pool, field_mask_pb2, message_factory
+from gateway.test_auth import GATEWAY_SERVICES, ROLE_OF, admin, auth_stack, make_token
+from google.protobuf import descriptor_pool, field_mask_pb2
 from google.protobuf.message import Message
 from grpc import aio
 
@@ -52,7 +52,6 @@ from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
 from hevlayer.api.lease.v1 import lease_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.api.staging.v1 import staging_pb2
-from hevlayer.client._requests import start_writer
 from hevlayer.client.methods import ACCESS, TOKEN_SERVICE, Access
 from hevlayer.common.auth import ADMIN
 from hevlayer.gateway.rest import RestApi
@@ -289,41 +288,12 @@ async def call(
     channel: aio.Channel, service: str, method: Any, request: Message
 ) -> tuple[grpc.StatusCode, str]:
     """Make the call (a stream: until its first answer); its status code and message."""
-    path = f"/{service}/{method.name}"
-    parse = message_factory.GetMessageClass(method.output_type).FromString
-    serialize = type(request).SerializeToString
-
-    writer: asyncio.Task[None] | None = None
     try:
-        if method.client_streaming:
-            # Requests sent as hevlayer.client sends them: grpcio's own iterator consumer can turn
-            # a stream the server refused before reading it into INTERNAL (grpc/grpc#36066).
-            stream: Any = (
-                channel.stream_stream(path, serialize, parse)(timeout=10)
-                if method.server_streaming
-                else channel.stream_unary(path, serialize, parse)(timeout=10)
-            )
-            writer = start_writer(stream, [request])
-            if method.server_streaming:
-                async for _ in stream:
-                    break
-                stream.cancel()
-            else:
-                await stream
-        elif method.server_streaming:
-            answers = channel.unary_stream(path, serialize, parse)(request, timeout=10)
-            async for _ in answers:
-                break
-            answers.cancel()
-        else:
-            await channel.unary_unary(path, serialize, parse)(request, timeout=10)
+        await call_method(channel, service, method, request)
     except aio.AioRpcError as error:
         details = error.details() or ""
         assert_no_secret(details)
         return error.code(), details
-    finally:
-        if writer is not None:
-            await asyncio.gather(writer, return_exceptions=True)
     return grpc.StatusCode.OK, ""
 
 

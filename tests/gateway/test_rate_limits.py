@@ -14,13 +14,12 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
-from foundation.conftest import start_claimer, start_gateway
-from gateway.helpers import create_pipeline, document, http_json, metric_samples, pack_keys, stage
+from gateway.auth_stack import AuthStack, running_auth_stack
+from gateway.helpers import create_pipeline, document, metric_samples, pack_keys, stage
 from google.rpc import error_details_pb2
 from grpc import aio
 
@@ -28,71 +27,27 @@ from hevlayer.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2
 from hevlayer.client import Client
-from hevlayer.client.channel import open_channel
 from hevlayer.client.options import ClientOptions
-from hevlayer.common.auth import SeedToken, bearer_metadata, generate_token, write_seed_file
+from hevlayer.common.auth import bearer_metadata
 from hevlayer.common.errors import ResourceExhausted, status_from_rpc_error
 from hevlayer.devstack import SeaweedS3
-from hevlayer.devstack.processes import ServiceProcess
 
 RATE, BURST = 0.001, 2
 LIMITS = f"stager={RATE}:{BURST},reader={RATE}:{BURST}"
 
 
-@dataclass
-class LimitedStack:
-    s3: SeaweedS3
-    bucket: str
-    gateway_address: str
-    gateway_http: str
-    admin: str
-
-    def channel(self, token: str) -> aio.Channel:
-        return open_channel(self.gateway_address, metadata=[bearer_metadata(token)])
-
-    def rest(self, method: str, path: str, token: str, body: object = None) -> tuple[int, Any]:
-        return http_json(
-            method, f"http://{self.gateway_http}{path}", body, headers={"authorization": f"Bearer {token}"}
-        )
-
-
 @pytest.fixture(scope="module")
 def limited_stack(
     database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LimitedStack]:
-    tmp = tmp_path_factory.mktemp("ratelimit")
-    bucket = f"rate-{uuid.uuid4().hex[:10]}"
-    s3.create_bucket(bucket)
-    s3_env = s3.client_env(bucket)
-    admin = generate_token()
-    seed = tmp / "bootstrap.json"
-    write_seed_file(seed, [SeedToken.of(admin, "test admin", "admin")])
-    traces = tmp / "traces.jsonl"
-    claimer, claimer_address, _ = start_claimer(
-        database_url, tmp, traces, CLAIMER_BOOTSTRAP_TOKENS_FILE=str(seed), **s3_env
-    )
-    gateway: ServiceProcess | None = None
-    try:
-        claimer.wait_ready(timeout=60)
-        gateway, gateway_address, gateway_http = start_gateway(
-            claimer_address,
-            tmp,
-            traces,
-            GATEWAY_AUTH="on",
-            GATEWAY_AUTH_CACHE_SECONDS="0",
-            GATEWAY_RATE_LIMITS=LIMITS,
-            **s3_env,
-        )
-        gateway.wait_ready(timeout=60)
-        yield LimitedStack(s3, bucket, gateway_address, gateway_http, admin.secret)
-    finally:
-        if gateway is not None:
-            gateway.stop(grace=5)
-        claimer.stop(grace=5)
+) -> Iterator[AuthStack]:
+    with running_auth_stack(
+        database_url, s3, tmp_path_factory.mktemp("ratelimit"), "rate", GATEWAY_RATE_LIMITS=LIMITS
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture
-async def admin(limited_stack: LimitedStack) -> AsyncIterator[aio.Channel]:
+async def admin(limited_stack: AuthStack) -> AsyncIterator[aio.Channel]:
     channel = limited_stack.channel(limited_stack.admin)
     try:
         yield channel
@@ -146,7 +101,7 @@ def put_raw(url: str, data: bytes, token: str) -> tuple[int, Any, str]:
 
 
 async def test_grpc_refuses_a_token_over_its_rate_with_retry_info_and_not_another(
-    limited_stack: LimitedStack, admin: aio.Channel
+    limited_stack: AuthStack, admin: aio.Channel
 ) -> None:
     pipeline_id = await create_pipeline(admin)
     busy = await make_token(admin, auth_pb2.ROLE_READER, pipeline_id)
@@ -178,7 +133,7 @@ async def test_grpc_refuses_a_token_over_its_rate_with_retry_info_and_not_anothe
 
 
 async def test_the_client_library_surfaces_retry_after_and_a_refused_stage_changes_nothing(
-    limited_stack: LimitedStack, admin: aio.Channel
+    limited_stack: AuthStack, admin: aio.Channel
 ) -> None:
     pipeline_id = await create_pipeline(admin)
     stager = await make_token(admin, auth_pb2.ROLE_STAGER, pipeline_id)
@@ -202,7 +157,7 @@ async def test_the_client_library_surfaces_retry_after_and_a_refused_stage_chang
 
 
 async def test_rest_answers_429_with_retry_after_and_a_refused_put_changes_nothing(
-    limited_stack: LimitedStack, admin: aio.Channel
+    limited_stack: AuthStack, admin: aio.Channel
 ) -> None:
     pipeline_id = await create_pipeline(admin)
     stager = await make_token(admin, auth_pb2.ROLE_STAGER, pipeline_id)
@@ -239,7 +194,7 @@ async def test_rest_answers_429_with_retry_after_and_a_refused_put_changes_nothi
 # -- The seed's REST flow without worker_id ------------------------------------------------------
 
 
-def sink_documents(stack: LimitedStack, pipeline_id: str) -> set[str]:
+def sink_documents(stack: AuthStack, pipeline_id: str) -> set[str]:
     """Ids of the documents with vectors in the pipeline's namespace (a REST Query as admin)."""
     status, body = stack.rest(
         "POST", f"/v2/pipelines/{pipeline_id}/query", stack.admin, {"vector": [1.0, 0.5], "top_k": 100}
@@ -249,7 +204,7 @@ def sink_documents(stack: LimitedStack, pipeline_id: str) -> set[str]:
 
 
 async def test_the_seed_rest_flow_without_worker_id_needs_the_worker_role_on_the_pipeline(
-    limited_stack: LimitedStack, admin: aio.Channel
+    limited_stack: AuthStack, admin: aio.Channel
 ) -> None:
     """GET .../chunks and PUT .../vectors without worker_id act as the document's current holder:
     only a worker token of that pipeline (or admin, which ACCESS lets make every call) may."""
