@@ -12,13 +12,12 @@ writer 2 claimed, wrote and indexed the document.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes.turbopuffer_server import FakeTurbopufferThread
 from gateway.conftest import GatewayStack
 from gateway.helpers import DIM, claim, create_pipeline, document, embed, eventually, get_document, stage
 from grpc import aio
@@ -37,28 +36,9 @@ DOC = "contested"
 CHUNKS = [f"{DOC}-0", f"{DOC}-1"]
 
 
-@pytest.fixture(scope="module")
-def turbopuffer_server() -> Iterator[FakeTurbopufferThread]:
-    server = FakeTurbopufferThread()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["milvus_lite"])
-async def sinks(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SinkPool]:
-    if request.param == "milvus_lite":
-        settings = SinkSettings(
-            default_sink=SinkKind.MILVUS_LITE, milvus_lite_path=str(tmp_path / "vectors.db")
-        )
-    else:
-        fake: FakeTurbopufferThread = request.getfixturevalue("turbopuffer_server")
-        settings = SinkSettings(
-            default_sink=SinkKind.TURBOPUFFER,
-            turbopuffer_api_key=fake.fake.api_key,
-            turbopuffer_base_url=fake.fake.base_url,
-            turbopuffer_max_retries=0,
-        )
+@pytest.fixture
+async def sinks(tmp_path: Path) -> AsyncIterator[SinkPool]:
+    settings = SinkSettings(default_sink=SinkKind.MILVUS_LITE, milvus_lite_path=str(tmp_path / "vectors.db"))
     pool = SinkPool(settings)
     yield pool
     await pool.close()
