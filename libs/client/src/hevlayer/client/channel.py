@@ -8,7 +8,10 @@ import grpc
 from grpc import aio
 
 from hevlayer.client.options import ClientOptions
+from hevlayer.common import stream_status
 from hevlayer.common.interceptors import client_interceptors
+
+stream_status.install()  # grpc/grpc#36066: keep a refused stream's status
 
 
 def open_channel(

@@ -26,12 +26,14 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hevlayer.common import encoded, metrics, tls
+from hevlayer.common import encoded, metrics, stream_status, tls
 from hevlayer.common.config import ConfigError, setting, split_address
 from hevlayer.common.interceptors import Admission, ServerInterceptor
 from hevlayer.common.limits import MAX_MESSAGE_BYTES
 from hevlayer.common.logging import configure_logging
 from hevlayer.common.telemetry import configure_tracing
+
+stream_status.install()  # grpc/grpc#36066: keep a refused stream's status
 
 log = logging.getLogger("hevlayer.server")
 
