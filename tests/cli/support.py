@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hevlayer.cli.producers import Budget, Chunk
-from hevlayer.cli.producers.base import TokenIndex
+from hevlayer.ingest.producers import Budget, Chunk
+from hevlayer.ingest.producers.base import TokenIndex
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 """Control characters other than tab and newline (ANSI escapes start with \\x1b)."""

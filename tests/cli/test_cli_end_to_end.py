@@ -29,13 +29,13 @@ import pytest
 from cli.support import CONTROL, Ran, hevlayer, sample_tree
 
 from hevlayer.cli import corpus
-from hevlayer.cli.files import Root
 from hevlayer.cli.ingest import extract
-from hevlayer.cli.producers import Budget
 from hevlayer.cli.stack import EMBEDDER_WORKER_COMMAND, UpState, has_console_script
 from hevlayer.client import Client, ClientOptions
 from hevlayer.common.auth import bearer_metadata
 from hevlayer.devstack.tokens import read_admin_token
+from hevlayer.ingest.files import Root
+from hevlayer.ingest.producers import Budget
 
 QUERIES = Path(__file__).with_name("queries.json")
 CORPUS_LINES = 40

@@ -20,13 +20,13 @@ from hevlayer.cli.corpus import (
     recall_at_k,
     stdlib_files,
 )
-from hevlayer.cli.files import FileEntry, Root, Skipped, display_name, examine, walk
 from hevlayer.cli.ingest import Progress, extract, outstanding
 from hevlayer.cli.main import error_text
-from hevlayer.cli.producers import Budget
 from hevlayer.cli.progress import PlainReporter, plain_line
 from hevlayer.cli.stack import suite_services
 from hevlayer.common.errors import InvalidArgument, Unavailable
+from hevlayer.ingest.files import FileEntry, Root, Skipped, display_name, examine, walk
+from hevlayer.ingest.producers import Budget
 
 QUERIES = Path(__file__).with_name("queries.json")
 

@@ -16,10 +16,10 @@ from cli.support import assert_covers, assert_within_budget, chunk_spans
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hevlayer.cli.producers import Budget, Source, select_producer
-from hevlayer.cli.producers.base import TokenIndex, split_text
-from hevlayer.cli.producers.html import extract
-from hevlayer.cli.producers.table import json_rows, render
+from hevlayer.ingest.producers import Budget, Source, select_producer
+from hevlayer.ingest.producers.base import TokenIndex, split_text
+from hevlayer.ingest.producers.html import extract
+from hevlayer.ingest.producers.table import json_rows, render
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

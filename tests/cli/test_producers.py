@@ -8,8 +8,8 @@ import json
 import pytest
 from cli.support import assert_covers, assert_within_budget, chunk_spans, make_pdf
 
-from hevlayer.cli import producers
-from hevlayer.cli.producers import (
+from hevlayer.ingest import producers
+from hevlayer.ingest.producers import (
     DEFAULT_BUDGET,
     Budget,
     Chunk,
@@ -22,9 +22,9 @@ from hevlayer.cli.producers import (
     register,
     select_producer,
 )
-from hevlayer.cli.producers.base import decode_text, split_text
-from hevlayer.cli.producers.html import extract
-from hevlayer.cli.producers.markdown import sections
+from hevlayer.ingest.producers.base import decode_text, split_text
+from hevlayer.ingest.producers.html import extract
+from hevlayer.ingest.producers.markdown import sections
 
 
 def produce(kind: str, name: str, content: str | bytes, budget: Budget = DEFAULT_BUDGET) -> list[Chunk]:

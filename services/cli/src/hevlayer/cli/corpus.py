@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from hevlayer.cli.producers.base import TokenIndex, decode_text
+from hevlayer.ingest.producers.base import TokenIndex, decode_text
 
 DEFAULT_CORPUS_TOKENS = 600_000
 """Token budget of the default corpus: about 3,500 chunks, within 10 minutes on 2 cores."""

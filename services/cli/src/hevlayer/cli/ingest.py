@@ -33,8 +33,19 @@ from typing import Protocol
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.api.staging.v1 import staging_pb2
-from hevlayer.cli.files import DEFAULT_MAX_FILE_BYTES, FileEntry, Root, Skipped, display_name, examine, walk
-from hevlayer.cli.producers import (
+from hevlayer.cli.resilience import MAX_BACKOFF, retry_seconds
+from hevlayer.client import Claim, Client, Lease, LeaseRef
+from hevlayer.client.errors import NotFound, ServiceError, Unavailable
+from hevlayer.ingest.files import (
+    DEFAULT_MAX_FILE_BYTES,
+    FileEntry,
+    Root,
+    Skipped,
+    display_name,
+    examine,
+    walk,
+)
+from hevlayer.ingest.producers import (
     DEFAULT_BUDGET,
     Budget,
     Chunk,
@@ -45,9 +56,6 @@ from hevlayer.cli.producers import (
     select_producer,
     unsupported_reason,
 )
-from hevlayer.cli.resilience import MAX_BACKOFF, retry_seconds
-from hevlayer.client import Claim, Client, Lease, LeaseRef
-from hevlayer.client.errors import NotFound, ServiceError, Unavailable
 
 EXTRACT_STAGE = "extract"
 EXTRACTING_STAGE = "extracting"

@@ -21,7 +21,6 @@ from rich.table import Table
 from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.cli import corpus as corpus_module
 from hevlayer.cli.ingest import AddOptions, AddSummary, Ingest, Reporter
-from hevlayer.cli.producers import Budget, kinds
 from hevlayer.cli.progress import PlainReporter, RichReporter, is_terminal
 from hevlayer.cli.resilience import connect_riding_restarts, riding_budget
 from hevlayer.cli.search import Result, search
@@ -32,6 +31,7 @@ from hevlayer.client.tokens import ROLE_NAMES, ROLE_VALUES
 from hevlayer.common.auth import bearer_metadata
 from hevlayer.common.config import ConfigError
 from hevlayer.devstack.tokens import read_admin_token
+from hevlayer.ingest.producers import Budget, kinds
 
 T = TypeVar("T")
 

@@ -10,8 +10,8 @@ from typing import Any
 from google.protobuf import json_format
 
 from hevlayer.api.index.v1 import index_pb2
-from hevlayer.cli.producers.base import SNIPPET_CHARS, one_line
 from hevlayer.client import Client
+from hevlayer.ingest.producers.base import SNIPPET_CHARS, one_line
 
 MAX_TOP_K = 1000
 CHUNKS_PER_RESULT = 10

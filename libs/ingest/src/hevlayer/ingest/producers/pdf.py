@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from hevlayer.cli.producers.base import (
+from hevlayer.ingest.producers.base import (
     DEFAULT_BUDGET,
     Budget,
     Chunk,

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
-from hevlayer.cli.producers.base import (
+from hevlayer.ingest.producers.base import (
     DEFAULT_BUDGET,
     Budget,
     Chunk,

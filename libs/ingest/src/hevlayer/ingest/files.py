@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hevlayer.cli.producers import content_hash, detect_kind, select_producer, unsupported_reason
+from hevlayer.ingest.producers import content_hash, detect_kind, select_producer, unsupported_reason
 
 MAX_DOCUMENT_ID_BYTES = 512
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024

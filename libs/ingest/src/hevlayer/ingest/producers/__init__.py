@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from hevlayer.cli.producers.base import (
+from hevlayer.ingest.producers.base import (
     DEFAULT_BUDGET,
     Budget,
     Chunk,
@@ -22,12 +22,12 @@ from hevlayer.cli.producers.base import (
     content_hash,
     looks_binary,
 )
-from hevlayer.cli.producers.code import CodeProducer
-from hevlayer.cli.producers.html import HtmlProducer
-from hevlayer.cli.producers.markdown import MarkdownProducer
-from hevlayer.cli.producers.pdf import PdfProducer
-from hevlayer.cli.producers.table import TableProducer
-from hevlayer.cli.producers.text import TextProducer
+from hevlayer.ingest.producers.code import CodeProducer
+from hevlayer.ingest.producers.html import HtmlProducer
+from hevlayer.ingest.producers.markdown import MarkdownProducer
+from hevlayer.ingest.producers.pdf import PdfProducer
+from hevlayer.ingest.producers.table import TableProducer
+from hevlayer.ingest.producers.text import TextProducer
 
 __all__ = [
     "DEFAULT_BUDGET",

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 from typing import Any
 
-from hevlayer.cli.producers.base import (
+from hevlayer.ingest.producers.base import (
     DEFAULT_BUDGET,
     Budget,
     Chunk,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hevlayer.cli.producers.base import (
+from hevlayer.ingest.producers.base import (
     DEFAULT_BUDGET,
     Budget,
     Chunk,

@@ -14,7 +14,7 @@ import ast
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from hevlayer.cli.producers.base import (
+from hevlayer.ingest.producers.base import (
     DEFAULT_BUDGET,
     Budget,
     Chunk,

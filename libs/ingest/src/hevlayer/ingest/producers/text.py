@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hevlayer.cli.producers.base import (
+from hevlayer.ingest.producers.base import (
     DEFAULT_BUDGET,
     Budget,
     Chunk,

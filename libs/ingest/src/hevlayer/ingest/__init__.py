@@ -1,0 +1,1 @@
+"""The object lane's extraction, shared by the hevlayer CLI and the extract worker."""

@@ -1,0 +1,1 @@
+"""The extract worker (a deployable): the Object Lane's CPU workers."""
