@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%hevlayer/api/summary/v1/summary.proto\x12\x17hevlayer.api.summary.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\tJobObject\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\"\x8a\x01\n\x10SubmitJobRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x33\n\x07objects\x18\x03 \x03(\x0b\x32\".hevlayer.api.summary.v1.JobObject\x12\x1c\n\x14\x65numeration_complete\x18\x04 \x01(\x08\">\n\x11SubmitJobResponse\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1c.hevlayer.api.summary.v1.Job\"\xb1\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12\x30\n\x05state\x18\x03 \x01(\x0e\x32!.hevlayer.api.summary.v1.JobState\x12\x0f\n\x07objects\x18\x04 \x01(\x03\x12\x13\n\x0b\x64irectories\x18\x05 \x01(\x03\x12\x1e\n\x16summarized_directories\x18\x06 \x01(\x03\x12\x1a\n\x12\x66\x61iled_directories\x18\x07 \x01(\x03\x12\x12\n\ncache_hits\x18\x08 \x01(\x03\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"r\n\x10WatchJobResponse\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1c.hevlayer.api.summary.v1.Job\x12\x16\n\x0e\x63ompleted_path\x18\x02 \x01(\t\x12\x1b\n\x13\x64irectory_completed\x18\x03 \x01(\x08\"1\n\x11GetSummaryRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"P\n\x12GetSummaryResponse\x12:\n\x07summary\x18\x01 \x01(\x0b\x32).hevlayer.api.summary.v1.DirectorySummary\"\x89\x01\n\x10\x44irectorySummary\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x13\n\x0b\x63hild_count\x18\x04 \x01(\r\x12\x11\n\tcache_key\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x07 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x11\x43\x61ncelJobResponse\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1c.hevlayer.api.summary.v1.Job*\x9f\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15JOB_STATE_ENUMERATING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xa4\x03\n\x0eSummaryService\x12\x64\n\tSubmitJob\x12).hevlayer.api.summary.v1.SubmitJobRequest\x1a*.hevlayer.api.summary.v1.SubmitJobResponse(\x01\x12\x61\n\x08WatchJob\x12(.hevlayer.api.summary.v1.WatchJobRequest\x1a).hevlayer.api.summary.v1.WatchJobResponse0\x01\x12\x65\n\nGetSummary\x12*.hevlayer.api.summary.v1.GetSummaryRequest\x1a+.hevlayer.api.summary.v1.GetSummaryResponse\x12\x62\n\tCancelJob\x12).hevlayer.api.summary.v1.CancelJobRequest\x1a*.hevlayer.api.summary.v1.CancelJobResponseBf\n\x1b\x64\x65v.hevlayer.api.summary.v1P\x01ZEgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/summary/v1;summaryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%hevlayer/api/summary/v1/summary.proto\x12\x17hevlayer.api.summary.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\tJobObject\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\"\x8a\x01\n\x10SubmitJobRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x33\n\x07objects\x18\x03 \x03(\x0b\x32\".hevlayer.api.summary.v1.JobObject\x12\x1c\n\x14\x65numeration_complete\x18\x04 \x01(\x08\">\n\x11SubmitJobResponse\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1c.hevlayer.api.summary.v1.Job\"\xf0\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12\x30\n\x05state\x18\x03 \x01(\x0e\x32!.hevlayer.api.summary.v1.JobState\x12\x0f\n\x07objects\x18\x04 \x01(\x03\x12\x13\n\x0b\x64irectories\x18\x05 \x01(\x03\x12\x1e\n\x16summarized_directories\x18\x06 \x01(\x03\x12\x1a\n\x12\x66\x61iled_directories\x18\x07 \x01(\x03\x12\x12\n\ncache_hits\x18\x08 \x01(\x03\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13indexed_directories\x18\x0b \x01(\x03\x12 \n\x18index_failed_directories\x18\x0c \x01(\x03\"8\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\runtil_indexed\x18\x02 \x01(\x08\"r\n\x10WatchJobResponse\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1c.hevlayer.api.summary.v1.Job\x12\x16\n\x0e\x63ompleted_path\x18\x02 \x01(\t\x12\x1b\n\x13\x64irectory_completed\x18\x03 \x01(\x08\"1\n\x11GetSummaryRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"P\n\x12GetSummaryResponse\x12:\n\x07summary\x18\x01 \x01(\x0b\x32).hevlayer.api.summary.v1.DirectorySummary\"\x89\x01\n\x10\x44irectorySummary\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x13\n\x0b\x63hild_count\x18\x04 \x01(\r\x12\x11\n\tcache_key\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x07 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x11\x43\x61ncelJobResponse\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1c.hevlayer.api.summary.v1.Job*\x9f\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15JOB_STATE_ENUMERATING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xa4\x03\n\x0eSummaryService\x12\x64\n\tSubmitJob\x12).hevlayer.api.summary.v1.SubmitJobRequest\x1a*.hevlayer.api.summary.v1.SubmitJobResponse(\x01\x12\x61\n\x08WatchJob\x12(.hevlayer.api.summary.v1.WatchJobRequest\x1a).hevlayer.api.summary.v1.WatchJobResponse0\x01\x12\x65\n\nGetSummary\x12*.hevlayer.api.summary.v1.GetSummaryRequest\x1a+.hevlayer.api.summary.v1.GetSummaryResponse\x12\x62\n\tCancelJob\x12).hevlayer.api.summary.v1.CancelJobRequest\x1a*.hevlayer.api.summary.v1.CancelJobResponseBf\n\x1b\x64\x65v.hevlayer.api.summary.v1P\x01ZEgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/summary/v1;summaryv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hevlayer.api.summary.v1.sum
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\033dev.hevlayer.api.summary.v1P\001ZEgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/summary/v1;summaryv1'
-  _globals['_JOBSTATE']._serialized_start=1235
-  _globals['_JOBSTATE']._serialized_end=1394
+  _globals['_JOBSTATE']._serialized_start=1321
+  _globals['_JOBSTATE']._serialized_end=1480
   _globals['_JOBOBJECT']._serialized_start=99
   _globals['_JOBOBJECT']._serialized_end=195
   _globals['_SUBMITJOBREQUEST']._serialized_start=198
@@ -43,21 +43,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITJOBRESPONSE']._serialized_start=338
   _globals['_SUBMITJOBRESPONSE']._serialized_end=400
   _globals['_JOB']._serialized_start=403
-  _globals['_JOB']._serialized_end=708
-  _globals['_WATCHJOBREQUEST']._serialized_start=710
-  _globals['_WATCHJOBREQUEST']._serialized_end=743
-  _globals['_WATCHJOBRESPONSE']._serialized_start=745
-  _globals['_WATCHJOBRESPONSE']._serialized_end=859
-  _globals['_GETSUMMARYREQUEST']._serialized_start=861
-  _globals['_GETSUMMARYREQUEST']._serialized_end=910
-  _globals['_GETSUMMARYRESPONSE']._serialized_start=912
-  _globals['_GETSUMMARYRESPONSE']._serialized_end=992
-  _globals['_DIRECTORYSUMMARY']._serialized_start=995
-  _globals['_DIRECTORYSUMMARY']._serialized_end=1132
-  _globals['_CANCELJOBREQUEST']._serialized_start=1134
-  _globals['_CANCELJOBREQUEST']._serialized_end=1168
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1170
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1232
-  _globals['_SUMMARYSERVICE']._serialized_start=1397
-  _globals['_SUMMARYSERVICE']._serialized_end=1817
+  _globals['_JOB']._serialized_end=771
+  _globals['_WATCHJOBREQUEST']._serialized_start=773
+  _globals['_WATCHJOBREQUEST']._serialized_end=829
+  _globals['_WATCHJOBRESPONSE']._serialized_start=831
+  _globals['_WATCHJOBRESPONSE']._serialized_end=945
+  _globals['_GETSUMMARYREQUEST']._serialized_start=947
+  _globals['_GETSUMMARYREQUEST']._serialized_end=996
+  _globals['_GETSUMMARYRESPONSE']._serialized_start=998
+  _globals['_GETSUMMARYRESPONSE']._serialized_end=1078
+  _globals['_DIRECTORYSUMMARY']._serialized_start=1081
+  _globals['_DIRECTORYSUMMARY']._serialized_end=1218
+  _globals['_CANCELJOBREQUEST']._serialized_start=1220
+  _globals['_CANCELJOBREQUEST']._serialized_end=1254
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1256
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1318
+  _globals['_SUMMARYSERVICE']._serialized_start=1483
+  _globals['_SUMMARYSERVICE']._serialized_end=1903
 # @@protoc_insertion_point(module_scope)

@@ -179,6 +179,8 @@ class Job(_message.Message):
     CACHE_HITS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    INDEXED_DIRECTORIES_FIELD_NUMBER: _builtins.int
+    INDEX_FAILED_DIRECTORIES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id."""
     pipeline_id: _builtins.str
@@ -195,6 +197,16 @@ class Job(_message.Message):
     """Directories whose summary failed."""
     cache_hits: _builtins.int
     """Summaries served from the transformation cache."""
+    indexed_directories: _builtins.int
+    """Directories whose staged summary has been embedded and written to the
+    index (its document reached stage "indexed"): the success hook's count,
+    observed through the gateway's StagingService.ListDocuments. Stays 0 when
+    the summarizer stages nowhere (SUMMARIZER_GATEWAY_ADDRESS empty).
+    """
+    index_failed_directories: _builtins.int
+    """Directories whose staged summary failed in the embedding tail (its
+    document reached stage "failed", or was deleted before it was indexed).
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the job was submitted."""
@@ -216,10 +228,12 @@ class Job(_message.Message):
         cache_hits: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        indexed_directories: _builtins.int = ...,
+        index_failed_directories: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hits", b"cache_hits", "create_time", b"create_time", "directories", b"directories", "end_time", b"end_time", "failed_directories", b"failed_directories", "job_id", b"job_id", "objects", b"objects", "pipeline_id", b"pipeline_id", "state", b"state", "summarized_directories", b"summarized_directories"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hits", b"cache_hits", "create_time", b"create_time", "directories", b"directories", "end_time", b"end_time", "failed_directories", b"failed_directories", "index_failed_directories", b"index_failed_directories", "indexed_directories", b"indexed_directories", "job_id", b"job_id", "objects", b"objects", "pipeline_id", b"pipeline_id", "state", b"state", "summarized_directories", b"summarized_directories"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -232,16 +246,24 @@ class WatchJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
+    UNTIL_INDEXED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id."""
+    until_indexed: _builtins.bool
+    """Keep streaming after the job ends, until every summary it staged is
+    indexed or failed in the embedding tail (Job.indexed_directories plus
+    Job.index_failed_directories equals Job.summarized_directories). Without
+    it the stream ends when the job ends.
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
+        until_indexed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "until_indexed", b"until_indexed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
