@@ -56,7 +56,7 @@ async def test_a_claim_whose_commit_answer_is_lost_keeps_its_manifests(
     assert sorted((r["stage"], r["remaining"]) for r in rows) == [("embedding", 4), ("pending", 6)]
     # The superseded manifest is in segment_garbage (committed): the claimer's sweeper takes it.
     assert stores.segments is not None
-    assert await stores.segments.sweep() == 1
+    assert await stores.segments.garbage.sweep() == 1
     assert sorted(await keys(stores, pid)) == sorted(r["manifest_key"] for r in rows)
     # Both halves are still claimable: the queued one now, both once their leases expire.
     rest = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 100, "w2"))

@@ -20,8 +20,7 @@ import asyncpg
 
 from hevlayer.claimer import validation as v
 from hevlayer.claimer.database import Database
-from hevlayer.claimer.leases import require_segments
-from hevlayer.claimer.segments import SegmentQueue
+from hevlayer.claimer.segments import SegmentQueue, cleanup_of, require_segments
 from hevlayer.claimer.txn import (
     Clock,
     PipelineConfig,
@@ -200,6 +199,7 @@ class DocumentStore:
     ) -> None:
         self._db = db
         self._segments = segments
+        self._cleanup = cleanup_of(segments)
         self.clock = clock
         self._flush_concurrency = flush_concurrency
 
@@ -212,7 +212,8 @@ class DocumentStore:
         with ``skip_unchanged`` a document whose stored hash equals the
         record's (and that is not failed) is left as it is. A record's
         ``lease_token`` ends that lease: an id leased from the segmented queue
-        leaves its segment (see :meth:`SegmentQueue.release_staged`)."""
+        leaves its segment (see
+        :meth:`~hevlayer.claimer.segment_transitions.SegmentTransitions.release_staged`)."""
         v.batch_size(len(records), "records")
         seen: set[str] = set()
         for i, record in enumerate(records):
@@ -276,7 +277,7 @@ class DocumentStore:
             )
             leased = [r for r in records if r.lease_token > 0]
             if leased and self._segments is not None:
-                await self._segments.release_staged(
+                await self._segments.transitions.release_staged(
                     conn, work, cfg.id, [r.document_id for r in leased], [r.lease_token for r in leased]
                 )
             results = [
@@ -291,7 +292,7 @@ class DocumentStore:
             async with self._db.acquire() as conn:
                 await pipeline_config(conn, pipeline_id)
             return StagedBatch([], [])
-        return await run(self._db, self._segments, body)
+        return await run(self._db, body, self._cleanup)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -401,7 +402,7 @@ class DocumentStore:
             released = await adjust_objects(conn, cfg.id, [], backings)
             return backings, len(rows), released
 
-        return await run(self._db, self._segments, body)
+        return await run(self._db, body, self._cleanup)
 
     # -- the lightweight-id queue -------------------------------------------------------
 
@@ -426,7 +427,7 @@ class DocumentStore:
             assert segments is not None
             assert pipeline_id is not None
             async with limit:
-                count = await segments.enqueue_segment(pipeline_id, stage, ids, hashes)
+                count = await segments.claims.enqueue_segment(pipeline_id, stage, ids, hashes)
             totals.enqueued += count
 
         def spawn(stage: str, ids: list[str], hashes: list[str]) -> None:
@@ -512,7 +513,7 @@ class DocumentStore:
             return len(rows)
 
         try:
-            enqueued = await run(self._db, self._segments, body)
+            enqueued = await run(self._db, body, self._cleanup)
         except asyncpg.exceptions.ForeignKeyViolationError:
             raise NotFound(
                 f"pipeline {pipeline_id!r} not found", metadata={"pipeline_id": pipeline_id}

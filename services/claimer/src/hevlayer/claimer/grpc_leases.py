@@ -19,8 +19,8 @@ from hevlayer.api.document.v1.document_pb2 import LeaseRef
 from hevlayer.api.lease.v1 import lease_pb2 as pb
 from hevlayer.claimer import validation as v
 from hevlayer.claimer.leases import Claimed, ClaimRequest, LeaseStore
-from hevlayer.claimer.pipelines import validate_pipeline_id
 from hevlayer.claimer.status_watch import StatusNotifier
+from hevlayer.claimer.validation import validate_pipeline_id
 from hevlayer.claimer.wire import encode_leases, encode_transition_results
 from hevlayer.client.enums import TransitionOutcome
 from hevlayer.common.encoded import Encoded

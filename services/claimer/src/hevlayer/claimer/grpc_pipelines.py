@@ -18,9 +18,9 @@ from hevlayer.claimer.pipelines import (
     PipelineSpec,
     PipelineStatus,
     PipelineStore,
-    validate_pipeline_id,
 )
 from hevlayer.claimer.status_watch import StatusNotifier
+from hevlayer.claimer.validation import validate_pipeline_id
 from hevlayer.common.errors import InvalidArgument
 
 METRICS: dict[int, str] = {

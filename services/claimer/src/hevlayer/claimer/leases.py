@@ -24,10 +24,10 @@ import asyncpg
 from hevlayer.claimer import metrics
 from hevlayer.claimer import validation as v
 from hevlayer.claimer.database import Database
-from hevlayer.claimer.segments import SegmentQueue
+from hevlayer.claimer.segments import SegmentQueue, cleanup_of
 from hevlayer.claimer.txn import Clock, PipelineConfig, Work, pipeline_config, run, system_clock
 from hevlayer.client.enums import TransitionOutcome
-from hevlayer.common.errors import FailedPrecondition, InvalidArgument
+from hevlayer.common.errors import InvalidArgument
 
 # The claim: documents whose lease expired in claim_stage first, then
 # unleased documents of stage, both FOR UPDATE SKIP LOCKED through the
@@ -278,6 +278,7 @@ class LeaseStore:
     ) -> None:
         self._db = db
         self._segments = segments
+        self._cleanup = cleanup_of(segments)
         self.clock = clock
 
     def _segment_queue(self, cfg: PipelineConfig) -> SegmentQueue | None:
@@ -331,7 +332,7 @@ class LeaseStore:
             segments = self._segment_queue(cfg)
             want = request.limit - len(rows)
             if segments is not None and want > 0:
-                got = await segments.claim(
+                got = await segments.claims.claim(
                     conn, work, cfg, request.stage, request.claim_stage, request.worker_id, now, expires, want
                 )
                 if got.ids or got.poisoned:
@@ -345,8 +346,16 @@ class LeaseStore:
                     claimed.poisoned += got.poisoned
             return claimed
 
-        claimed = await run(self._db, self._segments, body)
-        metrics.observe_claim(request.pipeline_id, claimed, time.perf_counter() - started)
+        claimed = await run(self._db, body, self._cleanup)
+        attempts = claimed.attempts
+        metrics.observe_claim(
+            request.pipeline_id,
+            time.perf_counter() - started,
+            claimed=len(claimed.document_ids),
+            retried=len(attempts) - attempts.count(1) - attempts.count(0),  # leases with attempts > 1
+            expired=claimed.expired,
+            poisoned=claimed.poisoned,
+        )
         return claimed
 
     # -- heartbeat -----------------------------------------------------------------
@@ -376,12 +385,14 @@ class LeaseStore:
             rest = list(range(len(ids)))
             segments = self._segment_queue(cfg)
             if segments is not None:
-                locked = await segments.by_tokens(conn, cfg.id, tokens, lock=True)
+                locked = await segments.transitions.by_tokens(conn, cfg.id, tokens, lock=True)
                 if locked:
-                    held = await segments.held_positions(locked, stage, worker_id, now, ids, tokens)
+                    held = await segments.transitions.held_positions(
+                        locked, stage, worker_id, now, ids, tokens
+                    )
                     live = {s.segment_id for s, p in held.values() if p is not None}
                     if live:
-                        await segments.extend(conn, sorted(live), expires)
+                        await segments.transitions.extend(conn, sorted(live), expires)
                     for index, (_, position) in held.items():
                         extended[index] = position is not None
                     rest = [i for i in rest if i not in held]
@@ -402,7 +413,7 @@ class LeaseStore:
                     extended[i] = token is not None and tokens[i] in (0, token)
             return HeartbeatResult(extended, expires)
 
-        return await run(self._db, self._segments, body)
+        return await run(self._db, body, self._cleanup)
 
     # -- transition ---------------------------------------------------------------
 
@@ -431,7 +442,7 @@ class LeaseStore:
             segments = self._segment_queue(cfg)
             moves = None
             if segments is not None:
-                moves = await segments.prepare_transition(
+                moves = await segments.transitions.prepare_transition(
                     conn, work, cfg, from_stage, worker_id, to_stage, now, ids, tokens
                 )
                 if moves.outcomes:
@@ -481,10 +492,10 @@ class LeaseStore:
                         if first_outcome.get(doc) is TransitionOutcome.NOT_FOUND:
                             outcomes[i] = TransitionOutcome.NOT_FOUND
             if segments is not None and moves is not None:
-                await segments.apply_transition(conn, work, cfg, to_stage, reason, now, moves)
+                await segments.transitions.apply_transition(conn, work, cfg, to_stage, reason, now, moves)
             return TransitionResult(outcomes, new_tokens)
 
-        result = await run(self._db, self._segments, body)
+        result = await run(self._db, body, self._cleanup)
         metrics.observe_transition(pipeline_id, to_stage, result.outcomes)
         return result
 
@@ -511,13 +522,13 @@ class LeaseStore:
             if segments is None or not tokens:
                 return SegmentLeaseTransition([0] * len(tokens), 0)
             now = self.clock()
-            moves, moved = await segments.prepare_lease_transition(
+            moves, moved = await segments.transitions.prepare_lease_transition(
                 conn, work, cfg, from_stage, worker_id, to_stage, now, tokens
             )
-            await segments.apply_transition(conn, work, cfg, to_stage, reason, now, moves)
+            await segments.transitions.apply_transition(conn, work, cfg, to_stage, reason, now, moves)
             return SegmentLeaseTransition(moved, moves.new_token if moves.count else 0)
 
-        result = await run(self._db, self._segments, body)
+        result = await run(self._db, body, self._cleanup)
         metrics.observe_segment_lease_transition(pipeline_id, to_stage, result.moved)
         return result
 
@@ -567,9 +578,11 @@ class LeaseStore:
             rest = list(range(len(ids)))
             segments = self._segment_queue(cfg)
             if segments is not None:
-                found = await segments.by_tokens(conn, cfg.id, tokens, lock=False)
+                found = await segments.transitions.by_tokens(conn, cfg.id, tokens, lock=False)
                 if found:
-                    held = await segments.held_positions(found, stage, worker_id, now, ids, tokens)
+                    held = await segments.transitions.held_positions(
+                        found, stage, worker_id, now, ids, tokens
+                    )
                     for index, (segment, position) in held.items():
                         result.held[index] = position is not None
                         result.found[index] = position is not None
@@ -594,13 +607,3 @@ class LeaseStore:
                         and tokens[i] in (0, row["fencing_token"])
                     )
         return result
-
-
-def require_segments(segments: SegmentQueue | None) -> SegmentQueue:
-    """The segment queue, or FAILED_PRECONDITION when S3 is not configured."""
-    if segments is None:
-        raise FailedPrecondition(
-            "the segmented queue needs S3 (S3_BUCKET); this pipeline's queue_backend is segment",
-            reason="SEGMENTS_NOT_CONFIGURED",
-        )
-    return segments

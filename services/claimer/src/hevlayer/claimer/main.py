@@ -124,7 +124,7 @@ async def build(
                 log.info("bootstrap tokens: %d of %d added", added, len(seeds))
             await notifier.start()
             if segments is not None:
-                segments.start_sweeper()
+                segments.garbage.start_sweeper()
             refresher.start()
             await monitor.probe_once()  # SERVING now, not at the next round
             log.info("connected to PostgreSQL; serving")
@@ -148,7 +148,7 @@ async def build(
             task.cancel()
         await refresher.stop()
         if segments is not None:
-            await segments.stop_sweeper()
+            await segments.garbage.stop_sweeper()
         await notifier.close()
         await db.close()
         if objects is not None:

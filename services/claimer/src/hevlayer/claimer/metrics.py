@@ -18,7 +18,6 @@ import contextlib
 import logging
 from collections import Counter as Tally
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -28,9 +27,6 @@ from hevlayer.claimer.database import Database
 from hevlayer.client.enums import TransitionOutcome
 from hevlayer.common.errors import ServiceError
 from hevlayer.common.metrics import REGISTRY
-
-if TYPE_CHECKING:
-    from hevlayer.claimer.leases import Claimed
 
 log = logging.getLogger("hevlayer.claimer.metrics")
 
@@ -70,19 +66,20 @@ TRANSITIONS = Counter(
 )
 
 
-def observe_claim(pipeline_id: str, claimed: Claimed, seconds: float) -> None:
-    """Record one claim."""
+def observe_claim(
+    pipeline_id: str, seconds: float, *, claimed: int, retried: int, expired: int, poisoned: int
+) -> None:
+    """Record one claim that took ``seconds``: documents leased, leased again (attempts > 1),
+    taken back after their lease expired, and failed as poison."""
     CLAIM_LATENCY.labels(pipeline_id).observe(seconds)
-    if claimed.document_ids:
-        CLAIMED.labels(pipeline_id).inc(len(claimed.document_ids))
-        attempts = claimed.attempts
-        retried = len(attempts) - attempts.count(1) - attempts.count(0)  # leases with attempts > 1
+    if claimed:
+        CLAIMED.labels(pipeline_id).inc(claimed)
         if retried:
             RETRIES.labels(pipeline_id).inc(retried)
     # Always touched, so that a pipeline's series exist at 0 from its first claim: an alert on
     # increase() then sees the first expiry (a series born at 1 shows no increase).
-    EXPIRIES.labels(pipeline_id).inc(claimed.expired)
-    POISONED.labels(pipeline_id).inc(claimed.poisoned)
+    EXPIRIES.labels(pipeline_id).inc(expired)
+    POISONED.labels(pipeline_id).inc(poisoned)
 
 
 def observe_transition(pipeline_id: str, to_stage: str, outcomes: Sequence[TransitionOutcome]) -> None:

@@ -11,18 +11,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import asyncpg
 
 from hevlayer.claimer.database import Database
-
-if TYPE_CHECKING:
-    from hevlayer.claimer.segments import SegmentQueue
+from hevlayer.claimer.segments import SegmentQueue
+from hevlayer.claimer.validation import PIPELINE_ID, validate_pipeline_id
 from hevlayer.client.naming import NAMESPACE_TAKEN, effective_namespace
 from hevlayer.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Violation
 
-PIPELINE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 NAMESPACE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 DISTANCE_METRICS = ("cosine_distance", "euclidean_squared")
 QUEUE_BACKENDS = ("segment", "row")
@@ -91,19 +88,6 @@ class PipelineStatus:
     def pending_count(self) -> int:
         """Documents waiting in "pending" (what KEDA scales on)."""
         return int(self.counts.get(PENDING, 0))
-
-
-def validate_pipeline_id(value: str, field_name: str = "pipeline_id") -> str:
-    """The id if it is a valid pipeline id, else INVALID_ARGUMENT naming the field."""
-    if not value:
-        raise InvalidArgument.field(field_name, "is required")
-    if not PIPELINE_ID.match(value):
-        raise InvalidArgument.field(
-            field_name,
-            f"{value!r} is not a valid pipeline id: use 1 to 63 lowercase letters, digits "
-            "and '-', starting with a letter and not ending with '-'",
-        )
-    return value
 
 
 def _check_range(value: int, low: int, high: int, field_name: str) -> None:
@@ -341,14 +325,14 @@ class PipelineStore:
             )
             segments = 0
             if self._segments is not None:
-                segments, keys, fence = await self._segments.delete_pipeline(conn, pipeline_id)
+                segments, keys, fence = await self._segments.rows.delete_pipeline(conn, pipeline_id)
             else:
                 segments = await conn.fetchval(
                     "SELECT count(*) FROM queue_segments WHERE pipeline_id = $1", pipeline_id
                 )
             await conn.execute("DELETE FROM pipelines WHERE id = $1", pipeline_id)
         if self._segments is not None:
-            await self._segments.remove_pipeline_objects(pipeline_id, keys, fence)
+            await self._segments.garbage.remove_pipeline_objects(pipeline_id, keys, fence)
         return int(documents), int(segments)
 
     async def status(self, pipeline_id: str) -> PipelineStatus:

@@ -14,7 +14,7 @@ from datetime import datetime
 import asyncpg
 
 from hevlayer.claimer.database import Database
-from hevlayer.claimer.pipelines import validate_pipeline_id
+from hevlayer.claimer.validation import validate_pipeline_id
 from hevlayer.common.auth import ROLES, SeedToken, generate_token
 from hevlayer.common.errors import InvalidArgument, NotFound
 

@@ -2,29 +2,28 @@
 
 :func:`run` executes a unit of work in one PostgreSQL transaction. Deadlocks
 and serialization failures are retried a few times. Manifests written to S3
-during an attempt that does not commit are deleted again (best effort;
-:class:`~hevlayer.claimer.segments.SegmentQueue` sweeps what remains);
-manifests the committed transaction orphaned (its ``garbage``) are deleted
-after the commit.
+during an attempt that does not commit are deleted again (best effort; the
+sweeper of :class:`~hevlayer.claimer.segment_garbage.ManifestGarbage` deletes
+what remains); manifests the committed transaction orphaned (its
+``garbage``) are deleted after the commit. Both go through the caller's
+:class:`ObjectCleanup` (the abort and post-commit hooks), so this module
+knows nothing of segments.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 import asyncpg
 
 from hevlayer.claimer.database import CONNECTION_ERRORS, Database
-from hevlayer.claimer.pipelines import validate_pipeline_id
+from hevlayer.claimer.validation import validate_pipeline_id
 from hevlayer.common.errors import NotFound, Unavailable
-
-if TYPE_CHECKING:
-    from hevlayer.claimer.segments import SegmentQueue
 
 log = logging.getLogger("hevlayer.claimer.txn")
 
@@ -93,22 +92,34 @@ class Work:
     """Manifests orphaned by the attempt (recorded in segment_garbage; deleted after commit)."""
 
 
+class ObjectCleanup(Protocol):
+    """What :func:`run` calls about the S3 objects of a transaction (:class:`Work`)."""
+
+    async def discard(self, keys: Sequence[str], *, outcome_unknown: bool = False) -> None:
+        """After an attempt that did not commit: delete the objects it wrote. ``outcome_unknown``:
+        the connection failed, so the attempt may have committed after all."""
+
+    async def collect(self, keys: Sequence[str]) -> None:
+        """After the commit: delete the objects the transaction orphaned."""
+
+
 async def run(
     db: Database,
-    segments: SegmentQueue | None,
     body: Callable[[asyncpg.Connection, Work], Awaitable[T]],
+    cleanup: ObjectCleanup | None = None,
 ) -> T:
-    """Run ``body`` in a transaction, retrying deadlocks; handle S3 side effects."""
+    """Run ``body`` in a transaction, retrying deadlocks; hand the S3 side effects to ``cleanup``
+    (none: the body writes no objects)."""
     for attempt in range(ATTEMPTS):
         work = Work()
         try:
             async with db.transaction() as conn:
                 result = await body(conn, work)
         except BaseException as exc:
-            if work.written and segments is not None:
+            if work.written and cleanup is not None:
                 # A lost connection may have lost only COMMIT's answer, not the commit.
                 unknown = isinstance(exc, (Unavailable, *CONNECTION_ERRORS))
-                await segments.discard(work.written, outcome_unknown=unknown)
+                await cleanup.discard(work.written, outcome_unknown=unknown)
             if isinstance(exc, RETRIED_ERRORS):
                 if attempt + 1 < ATTEMPTS:
                     log.info("retrying after %s", type(exc).__name__)
@@ -116,7 +127,7 @@ async def run(
                     continue
                 raise Unavailable(f"PostgreSQL contention: {type(exc).__name__}", retry_after=0.1) from exc
             raise
-        if work.garbage and segments is not None:
-            await segments.collect(work.garbage)
+        if work.garbage and cleanup is not None:
+            await cleanup.collect(work.garbage)
         return result
     raise AssertionError("unreachable")

@@ -17,6 +17,7 @@ FAILED = "failed"
 RESERVED_STAGES = (PENDING, INDEXED, FAILED)
 TERMINAL_STAGES = (INDEXED, FAILED)
 
+PIPELINE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 MAX_LIMIT = 10_000
 MAX_BATCH = 10_000
@@ -26,6 +27,19 @@ MAX_LEASE_SECONDS = 86_400
 MAX_REASON_BYTES = 4096
 MAX_HASH_BYTES = 256
 MAX_BACKING_BYTES = 2048
+
+
+def validate_pipeline_id(value: str, field_name: str = "pipeline_id") -> str:
+    """The id if it is a valid pipeline id, else INVALID_ARGUMENT naming the field."""
+    if not value:
+        raise InvalidArgument.field(field_name, "is required")
+    if not PIPELINE_ID.match(value):
+        raise InvalidArgument.field(
+            field_name,
+            f"{value!r} is not a valid pipeline id: use 1 to 63 lowercase letters, digits "
+            "and '-', starting with a letter and not ending with '-'",
+        )
+    return value
 
 
 def stage_name(value: str, field: str) -> str:
