@@ -1,0 +1,433 @@
+"""The Artifact Cache: per-object derived blobs, reused while the object's content and the
+converter's version still match.
+
+Both lanes read it. The Object Lane (the extract loop, :mod:`hevlayer.ingest.extract_loop`)
+consults it before running a producer; the Job Lane (the summarizer) reads an object's derived
+text from it instead of converting the object again.
+
+Public API (all a caller needs)::
+
+    cache = LocalArtifactCache("/var/cache/hevlayer/artifacts", max_bytes=1 << 30)
+    # or: S3ArtifactCache(s3_client, "bucket", "artifacts/", max_bytes=...)
+    # or: await open_artifact_cache("s3://bucket/prefix" | "/a/directory", max_bytes, s3, stack)
+
+    key = data_hash(data)                       # SHA-256 hex of the object's bytes
+    token = text_token(producer)                # "text/<kind>/<version>"
+    blob = await cache.get(key, token)          # bytes, or None (a miss)
+    await cache.put(key, token, blob)           # store (replaces; evicts LRU entries over budget)
+    cache.stats                                 # hits, misses, puts, evictions, bytes
+
+- **Key**: ``(content_hash, token)``. ``content_hash`` is the SHA-256 of the object's bytes
+  (:func:`data_hash`; a document's ``sha256:<hex>;kind/version`` content hash is accepted too,
+  its hex part is used). ``token`` names the converter and its version: a producer bump
+  (``Producer.version``) changes the token, so every old entry becomes a miss and is converted
+  again (the old entries age out by LRU).
+- **What the extract loop stores** per converted object: the producer's chunks under
+  :func:`chunks_token` (which also names the chunk budget and the object's display name, since
+  both shape the chunks) and the object's derived text under :func:`text_token` (the chunk
+  bodies put back together, overlaps removed; :func:`derived_text`). The summarizer reads the
+  latter: ``await cache.get(data_hash(data), text_token(select_producer(kind)))`` → UTF-8 text.
+- **Bounds**: ``max_bytes`` of entries. A put that takes the total over it evicts the least
+  recently used entries until it fits; an entry larger than the whole budget is not stored.
+
+  - Local directory (development, ``hevlayer add``): one file per entry
+    (``<root>/<hash[:2]>/<hash>/<token>``), written atomically. Recency is the file's mtime,
+    set on every hit (atime is unreliable under ``relatime``/``noatime``). The index (path →
+    size, mtime) is built by scanning the directory at first use and rescanned before an
+    eviction, so processes sharing the directory count each other's entries.
+  - S3 (the extract workers of a cluster): one object per entry (``<prefix><hash>/<token>``).
+    S3 cannot touch an object without rewriting it, so recency lives in a size-bounded
+    in-process index: seeded from ``ListObjectsV2`` (LastModified) at first use, refreshed by this
+    process's hits and puts, re-listed before an eviction (other workers' entries count toward
+    the budget). Several workers sharing a prefix each keep the total under the budget as they
+    see it; an S3 lifecycle rule expiring the prefix after N days is a sensible extra backstop
+    for workers that stop (docs/ingest.md).
+- **Counters**: :class:`CacheStats` (and the ``observer`` callback each cache takes, which the
+  extract worker turns into Prometheus counters). Conversions are counted by the extract loop
+  (``ExtractStats.conversions``): a run where every object hits performs none.
+- **Failures**: the cache is an optimisation. A read or write error is logged and counted as a
+  miss (``get``) or ignored (``put``); the caller converts as if there were no cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from hevlayer.ingest.producers import Budget, Chunk, Producer
+from hevlayer.ingest.s3 import S3Connection, open_s3_client, split_s3_uri
+
+log = logging.getLogger("hevlayer.ingest.artifacts")
+
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9._/:=+-]{1,200}$")
+_MAX_TOKEN_FILE = 240
+
+Observer = Callable[[str, int], None]
+"""Called with an event (``hit``, ``miss``, ``put``, ``eviction``) and a count."""
+
+
+@dataclass
+class CacheStats:
+    """What one cache object has done since it was made."""
+
+    hits: int = 0
+    misses: int = 0
+    puts: int = 0
+    evictions: int = 0
+    errors: int = 0
+    bytes: int = 0
+    """Bytes of the entries this process knows of (the whole cache, as last scanned or listed)."""
+
+
+def data_hash(data: bytes) -> str:
+    """The cache key of an object's bytes: their SHA-256, hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def normalize_hash(content_hash: str) -> str:
+    """The hex SHA-256 in ``content_hash`` (``<hex>``, ``sha256:<hex>`` or a document's
+    ``sha256:<hex>;kind/version``); ValueError naming the value otherwise."""
+    value = content_hash.strip().lower()
+    if value.startswith("sha256:"):
+        value = value[len("sha256:") :].split(";", 1)[0]
+    if not _HEX.match(value):
+        raise ValueError(f"content_hash {content_hash!r}: expected a hex SHA-256 (optionally sha256:...)")
+    return value
+
+
+def check_token(token: str) -> str:
+    """``token`` if it is a valid version token; ValueError naming it otherwise."""
+    if not _TOKEN.match(token):
+        raise ValueError(f"token {token!r}: expected 1 to 200 of A-Z a-z 0-9 . _ / : = + -")
+    return token
+
+
+def version_token(producer: Producer) -> str:
+    """``<kind>/<version>``: the converter version token of a producer."""
+    return f"{producer.kind}/{producer.version}"
+
+
+def text_token(producer: Producer) -> str:
+    """Token of an object's derived text (what the summarizer folds)."""
+    return f"text/{version_token(producer)}"
+
+
+def chunks_token(producer: Producer, budget: Budget, name: str) -> str:
+    """Token of an object's chunks: the producer's version, the budget and the display name
+    (the context lines carry the name, so two files with the same bytes differ)."""
+    shape = f"{budget.max_tokens},{budget.overlap_tokens},{budget.max_chars},{budget.max_rows}"
+    named = hashlib.blake2b(name.encode(errors="surrogatepass"), digest_size=8).hexdigest()
+    return f"chunks/{version_token(producer)}/{shape}/{named}"
+
+
+def encode_chunks(chunks: Sequence[Chunk]) -> bytes:
+    """Chunks as a cache blob (JSON)."""
+    return json.dumps([asdict(c) for c in chunks], ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def decode_chunks(blob: bytes) -> list[Chunk]:
+    """The chunks of a blob from :func:`encode_chunks`; ValueError when it is not one."""
+    try:
+        items = json.loads(blob)
+        return [
+            Chunk(
+                id=str(item["id"]),
+                text=str(item["text"]),
+                body=str(item["body"]),
+                start=int(item["start"]),
+                metadata=dict(item.get("metadata") or {}),
+            )
+            for item in items
+        ]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"not a chunks artifact: {exc}") from exc
+
+
+def derived_text(chunks: Sequence[Chunk]) -> str:
+    """The text behind ``chunks``: their bodies in order, the overlap of consecutive bodies of
+    one text removed, texts (a PDF's pages, say) separated by a blank line."""
+    parts: list[str] = []
+    previous_start: int | None = None
+    previous_end = 0
+    for chunk in chunks:
+        body, end = chunk.body, chunk.start + len(chunk.body)
+        if previous_start is None:
+            parts.append(body)
+        elif chunk.start <= previous_start:  # starts only grow within one text: a new text
+            parts.append("\n\n" + body)
+            previous_end = end
+        elif chunk.start < previous_end:
+            parts.append(body[previous_end - chunk.start :])
+        else:
+            parts.append("\n" + body)  # only whitespace lies between two bodies
+        previous_end = end if previous_start is None else max(previous_end, end)
+        previous_start = chunk.start
+    return "".join(parts)
+
+
+class ArtifactCache(ABC):
+    """Derived blobs keyed by ``(content_hash, token)``; see the module docstring."""
+
+    def __init__(self, max_bytes: int, observer: Observer | None = None) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes: must be >= 0, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.stats = CacheStats()
+        self._observer = observer
+        self._lock = asyncio.Lock()
+
+    async def get(self, content_hash: str, token: str) -> bytes | None:
+        """The blob stored for ``(content_hash, token)``; None when there is none."""
+        key = normalize_hash(content_hash)
+        check_token(token)
+        try:
+            blob = await self._get(key, token)
+        except Exception as exc:  # the cache is an optimisation: a failing read is a miss
+            log.warning("artifact cache read failed", extra={"key": key, "token": token, "error": str(exc)})
+            self._count("errors")
+            blob = None
+        self._count("hits" if blob is not None else "misses")
+        return blob
+
+    async def put(self, content_hash: str, token: str, data: bytes) -> None:
+        """Store ``data`` for ``(content_hash, token)``, then evict LRU entries over the budget.
+        An entry larger than the whole budget is not stored."""
+        key = normalize_hash(content_hash)
+        check_token(token)
+        if len(data) > self.max_bytes:
+            return
+        try:
+            await self._put(key, token, data)
+            self._count("puts")
+            async with self._lock:
+                evicted = await self._evict()
+            self._count("evictions", evicted)
+        except Exception as exc:  # a failing write only costs a later conversion
+            log.warning("artifact cache write failed", extra={"key": key, "token": token, "error": str(exc)})
+            self._count("errors")
+
+    def _count(self, field: str, n: int = 1) -> None:
+        if n <= 0:
+            return
+        setattr(self.stats, field, getattr(self.stats, field) + n)
+        if self._observer is not None:
+            self._observer(
+                {"hits": "hit", "misses": "miss", "puts": "put", "evictions": "eviction"}.get(field, "error"),
+                n,
+            )
+
+    @abstractmethod
+    async def _get(self, key: str, token: str) -> bytes | None: ...
+
+    @abstractmethod
+    async def _put(self, key: str, token: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    async def _evict(self) -> int:
+        """Evict least recently used entries until the total is within ``max_bytes``; how many."""
+
+
+def _token_name(token: str) -> str:
+    name = quote(token, safe="")
+    if len(name) > _MAX_TOKEN_FILE:
+        name = name[:200] + "-" + hashlib.blake2b(token.encode(), digest_size=8).hexdigest()
+    return name
+
+
+class LocalArtifactCache(ArtifactCache):
+    """The cache in a local directory (development and ``hevlayer add``)."""
+
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int, observer: Observer | None = None):
+        super().__init__(max_bytes, observer)
+        self.directory = Path(directory)
+        self._index: dict[Path, tuple[int, float]] | None = None
+
+    def path(self, key: str, token: str) -> Path:
+        return self.directory / key[:2] / key / _token_name(token)
+
+    async def _get(self, key: str, token: str) -> bytes | None:
+        path = self.path(key, token)
+
+        def read() -> bytes | None:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return None
+            now = time.time()
+            with contextlib.suppress(OSError):
+                os.utime(path, (now, now))
+            if self._index is not None:
+                self._index[path] = (len(data), now)
+            return data
+
+        return await asyncio.to_thread(read)
+
+    async def _put(self, key: str, token: str, data: bytes) -> None:
+        path = self.path(key, token)
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    file.write(data)
+                os.replace(temporary, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
+            if self._index is None:
+                self._index = self._scan()
+            self._index[path] = (len(data), time.time())
+
+        await asyncio.to_thread(write)
+
+    def _scan(self) -> dict[Path, tuple[int, float]]:
+        index: dict[Path, tuple[int, float]] = {}
+        if not self.directory.is_dir():
+            return index
+        for directory, _, files in os.walk(self.directory):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue
+                path = Path(directory) / name
+                with contextlib.suppress(OSError):
+                    stat = path.stat()
+                    index[path] = (stat.st_size, stat.st_mtime)
+        return index
+
+    async def _evict(self) -> int:
+        def evict() -> int:
+            if self._index is None:
+                self._index = self._scan()
+            total = sum(size for size, _ in self._index.values())
+            if total > self.max_bytes:
+                self._index = self._scan()  # count what other processes wrote too
+                total = sum(size for size, _ in self._index.values())
+            evicted = 0
+            for path, (size, _) in sorted(self._index.items(), key=lambda item: item[1][1]):
+                if total <= self.max_bytes:
+                    break
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    evicted += 1
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()  # the hash directory, once empty
+                del self._index[path]
+                total -= size
+            self.stats.bytes = total
+            return evicted
+
+        return await asyncio.to_thread(evict)
+
+
+class S3ArtifactCache(ArtifactCache):
+    """The cache in an S3 bucket under a prefix (the extract workers of a cluster)."""
+
+    def __init__(
+        self, client: Any, bucket: str, prefix: str, max_bytes: int, observer: Observer | None = None
+    ) -> None:
+        super().__init__(max_bytes, observer)
+        self._client = client
+        self.bucket = bucket
+        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self._index: dict[str, tuple[int, float]] | None = None
+
+    def key(self, key: str, token: str) -> str:
+        return f"{self.prefix}{key}/{_token_name(token)}"
+
+    async def _get(self, key: str, token: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        object_key = self.key(key, token)
+        try:
+            response = await self._client.get_object(Bucket=self.bucket, Key=object_key)
+            async with response["Body"] as stream:
+                data: bytes = await stream.read()
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        if self._index is not None:
+            self._index[object_key] = (len(data), time.time())
+        return data
+
+    async def _put(self, key: str, token: str, data: bytes) -> None:
+        object_key = self.key(key, token)
+        await self._client.put_object(
+            Bucket=self.bucket, Key=object_key, Body=data, ContentType="application/octet-stream"
+        )
+        if self._index is None:
+            self._index = await self._list()
+        self._index[object_key] = (len(data), time.time())
+
+    async def _list(self) -> dict[str, tuple[int, float]]:
+        index: dict[str, tuple[int, float]] = {}
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
+        while True:
+            response = await self._client.list_objects_v2(**kwargs)
+            for item in response.get("Contents", []):
+                index[item["Key"]] = (int(item["Size"]), item["LastModified"].timestamp())
+            if not response.get("IsTruncated"):
+                return index
+            kwargs["ContinuationToken"] = response.get("NextContinuationToken")
+
+    async def _evict(self) -> int:
+        if self._index is None:
+            self._index = await self._list()
+        total = sum(size for size, _ in self._index.values())
+        if total > self.max_bytes:
+            listed = await self._list()  # other workers' entries count too; keep our recency
+            for object_key, (size, used) in self._index.items():
+                if object_key in listed:
+                    listed[object_key] = (size, max(used, listed[object_key][1]))
+            self._index = listed
+            total = sum(size for size, _ in self._index.values())
+        victims: list[str] = []
+        for object_key, (size, _) in sorted(self._index.items(), key=lambda item: item[1][1]):
+            if total <= self.max_bytes:
+                break
+            victims.append(object_key)
+            total -= size
+        for offset in range(0, len(victims), 1000):
+            batch = victims[offset : offset + 1000]
+            await self._client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+            )
+        for object_key in victims:
+            del self._index[object_key]
+        self.stats.bytes = total
+        return len(victims)
+
+
+async def open_artifact_cache(
+    location: str,
+    max_bytes: int,
+    s3: S3Connection | None = None,
+    stack: AsyncExitStack | None = None,
+    observer: Observer | None = None,
+) -> ArtifactCache:
+    """The cache at ``location``: ``s3://bucket/prefix`` (a client from ``s3``, closed with
+    ``stack``) or a local directory."""
+    if location.startswith("s3://"):
+        if stack is None:
+            raise ValueError("an s3:// artifact cache needs an AsyncExitStack to own its client")
+        bucket, prefix = split_s3_uri(location)
+        client = await open_s3_client(s3 or S3Connection(), stack)
+        return S3ArtifactCache(client, bucket, prefix, max_bytes, observer)
+    return LocalArtifactCache(location, max_bytes, observer)
