@@ -66,7 +66,8 @@ $(STAMP): $(UV) uv.lock $(PYPROJECTS)
 # System packages the tests need: redis-server (the gateway's Redis chunk cache
 # runs against a real server), jq (the grpcurl recipes of docs/grpcurl.md) and
 # Debian's Go 1.19, grpc-go, protobuf and protoc plugins (the Go example client;
-# the protobuf 1.5 shim, not 1.3, is required).
+# the protobuf 1.5 shim, not 1.3, is required), tesseract-ocr (the image producer's
+# offline describer: OCR through the tesseract binary; tests/ingest/test_kinds.py).
 # Installed with apt-get when missing and root.
 GO_DEB_PACKAGES := golang-go golang-google-grpc-dev golang-google-protobuf-dev \
 	golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc protobuf-compiler
@@ -82,6 +83,16 @@ system-deps:
 			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server jq >/dev/null; \
 		else \
 			echo "redis-server or jq is missing: install them (e.g. apt-get install redis-server jq)" >&2; exit 1; \
+		fi; \
+	fi
+	@if ! command -v tesseract >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing tesseract-ocr (apt-get)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+				tesseract-ocr tesseract-ocr-eng >/dev/null; \
+		else \
+			echo "tesseract is missing: install it (e.g. apt-get install tesseract-ocr)" >&2; exit 1; \
 		fi; \
 	fi
 	@if ! dpkg -s $(GO_DEB_PACKAGES) >/dev/null 2>&1; then \
