@@ -236,6 +236,8 @@ async def test_cancel_stops_the_job(tmp_path: Path) -> None:
         watch = asyncio.create_task(_events(runner, "slow"))
 
         await asyncio.wait_for(provider.started.wait(), GUARD)
+        with pytest.raises(AlreadyExists, match="'slow' already exists and is running"):
+            runner.submit(SubmitBatch("slow", "p", _objects()))
         cancelled = runner.cancel("slow")
         assert cancelled.state is JobState.CANCELLED
         assert cancelled.end_time is not None
@@ -250,8 +252,9 @@ async def test_cancel_stops_the_job(tmp_path: Path) -> None:
         assert not [d for d in stager.order if d.startswith("dir:slow:")]
         with pytest.raises(FailedPrecondition, match="cancelled"):
             runner.summary("slow", "")
-        with pytest.raises(AlreadyExists):
-            runner.submit(SubmitBatch("slow", "p", _objects()))
+        # The id of an ended job starts the job anew.
+        anew = runner.submit(SubmitBatch("slow", "p", _objects(["one.txt"])))
+        assert (anew.state, anew.objects, anew.summarized_directories) == (JobState.ENUMERATING, 1, 0)
 
 
 async def test_a_small_job_is_not_starved_by_a_large_deep_one(tmp_path: Path) -> None:
@@ -345,8 +348,8 @@ async def test_errors_name_the_field(tmp_path: Path) -> None:
         final = await _run(runner, "j", [ObjectSpec("c.txt")])
         assert final.objects == 2
         assert final.state is JobState.SUCCEEDED
-        with pytest.raises(AlreadyExists, match="'j' already exists and is succeeded"):
-            runner.submit(SubmitBatch("j", "p", [ObjectSpec("d.txt")]))
+        anew = runner.submit(SubmitBatch("j", "p", [ObjectSpec("d.txt")]))
+        assert (anew.state, anew.objects) == (JobState.ENUMERATING, 1)
 
 
 async def test_retention_forgets_ended_jobs_and_cancels_idle_ones(tmp_path: Path) -> None:

@@ -214,11 +214,11 @@ async def test_errors(stub: summary_pb2_grpc.SummaryServiceStub) -> None:
 
     cancelled = (await stub.CancelJob(pb.CancelJobRequest(job_id="open"))).job
     assert cancelled.state == pb.JOB_STATE_CANCELLED
-    with pytest.raises(aio.AioRpcError) as caught:
-        await _submit(
-            stub, [pb.SubmitJobRequest(pipeline_id="code", job_id="open", objects=_objects(["c.py"]))]
-        )
-    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    # The id of an ended job starts the job anew.
+    anew = await _submit(
+        stub, [pb.SubmitJobRequest(pipeline_id="code", job_id="open", objects=_objects(["c.py"]))]
+    )
+    assert (anew.job.state, anew.job.objects) == (pb.JOB_STATE_ENUMERATING, 1)
 
     await _submit(
         stub,
@@ -229,11 +229,10 @@ async def test_errors(stub: summary_pb2_grpc.SummaryServiceStub) -> None:
         ],
     )
     assert (await _watch(stub, "done"))[-1].job.state == pb.JOB_STATE_SUCCEEDED
-    with pytest.raises(aio.AioRpcError) as caught:
-        await _submit(
-            stub, [pb.SubmitJobRequest(pipeline_id="code", job_id="done", objects=_objects(["b.py"]))]
-        )
-    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    anew = await _submit(
+        stub, [pb.SubmitJobRequest(pipeline_id="code", job_id="done", objects=_objects(["b.py"]))]
+    )
+    assert (anew.job.state, anew.job.objects) == (pb.JOB_STATE_ENUMERATING, 1)
 
 
 async def test_llm_provider_through_the_process(

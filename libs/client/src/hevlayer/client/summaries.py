@@ -59,10 +59,11 @@ class SummariesClient(ServiceClient):
         return job
 
     async def watch_job(
-        self, job_id: str, *, timeout: float | None = None
+        self, job_id: str, *, until_indexed: bool = False, timeout: float | None = None
     ) -> AsyncGenerator[summary_pb2.WatchJobResponse, None]:
-        """The job now, then an update per completed directory, until it ends."""
-        request = summary_pb2.WatchJobRequest(job_id=job_id)
+        """The job now, then an update per change, until it ends (with ``until_indexed``:
+        until it ends and every summary it staged is indexed or failed)."""
+        request = summary_pb2.WatchJobRequest(job_id=job_id, until_indexed=until_indexed)
         async for response in self._stream(_WATCH, self._stub.WatchJob, request, timeout):
             yield response
 

@@ -52,6 +52,8 @@ def job_to_proto(job: JobSnapshot) -> pb.Job:
         cache_hits=job.cache_hits,
         create_time=_timestamp(job.create_time),
         end_time=_timestamp(job.end_time),
+        indexed_directories=job.indexed_directories,
+        index_failed_directories=job.index_failed_directories,
     )
 
 
@@ -123,7 +125,7 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
         self, request: pb.WatchJobRequest, context: aio.ServicerContext
     ) -> AsyncIterator[pb.WatchJobResponse]:
         check_job_id(request.job_id)
-        async for event in self._runner.watch(request.job_id):
+        async for event in self._runner.watch(request.job_id, until_indexed=request.until_indexed):
             yield event_to_proto(event)
 
     async def GetSummary(

@@ -21,17 +21,31 @@ A directory that fails (provider or staging error) counts in
 ``SUCCEEDED`` when every directory is summarized, ``FAILED`` when some
 failed, or ``CANCELLED``.
 
-Jobs live in memory only. A crash or restart forgets them (WatchJob and
-GetSummary then answer NOT_FOUND). What survives is durable elsewhere: the
-staged summary documents in the gateway and the on-disk Transformation
-Cache. Resubmitting the same tree under the same job id rebuilds the job;
-every unchanged directory is then a cache hit (no provider call) and is
-staged with ``skip_unchanged``, so the gateway keeps its document and vectors.
+Jobs are held in memory and journaled (:mod:`hevlayer.summarizer.journal`,
+when the runner has a journal): a restarted summarizer replays the journal,
+so its jobs answer WatchJob and GetSummary again and a running job carries on
+with the directories not finished yet; a finished directory is neither
+folded nor staged again. Submitting the id of an ended job starts that job
+anew (a new tree); every unchanged directory is then a cache hit (no provider
+call) and is staged with ``skip_unchanged``, so the gateway keeps its document
+and vectors.
+
+Success hooks. A staged summary is embedded and written by the embedding
+tail (an embedder worker and the gateway's WriteVectors), which moves its
+document to stage ``indexed`` (or ``failed``) in the pipeline's durable state.
+The completion tracker (:meth:`JobRunner._track_forever`) reads those stages
+through the gateway (``ListDocuments`` under the job's ``dir:<job_id>:/``
+prefix, every ``index_poll_seconds`` while a job has summaries not yet
+settled) and runs the hook :meth:`JobRunner._indexed`, which advances the
+job's ``indexed_directories`` / ``index_failed_directories`` and tells its
+watchers; ``WatchJob`` with ``until_indexed`` streams until every summary is
+settled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -40,10 +54,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from hevlayer.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from hevlayer.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from hevlayer.summarizer import metrics
 from hevlayer.summarizer.cache import CacheOutcome, Transformation, TransformationCache, cache_key
 from hevlayer.summarizer.gates import Gate, summary_gate
+from hevlayer.summarizer.journal import JobJournal, JournaledJob
 from hevlayer.summarizer.providers import DIRECTORY_KIND, ChildInput, ProviderError, SummaryProvider
 from hevlayer.summarizer.queue import Dispatcher
 from hevlayer.summarizer.staging import (
@@ -64,6 +84,9 @@ from hevlayer.summarizer.tree import (
 )
 
 log = logging.getLogger("hevlayer.summarizer.jobs")
+
+INDEXED_STAGE = "indexed"
+FAILED_STAGE = "failed"
 
 MAX_JOB_ID_BYTES = 128
 MAX_DOCUMENT_ID_FIELD_BYTES = 512
@@ -118,6 +141,8 @@ class JobSnapshot:
     cache_hits: int
     create_time: datetime
     end_time: datetime | None
+    indexed_directories: int = 0
+    index_failed_directories: int = 0
 
 
 @dataclass(frozen=True)
@@ -169,6 +194,18 @@ class Job:
         self.touched = tick
         self.inflight: set[asyncio.Task[Any]] = set()
         self.watchers: set[asyncio.Queue[JobEvent | None]] = set()
+        self.indexed: set[str] = set()
+        """Summary documents the embedding tail indexed (the success hook's count)."""
+        self.index_failed: set[str] = set()
+        """Summary documents that failed in the embedding tail, or were deleted before indexed."""
+
+    def staged(self) -> set[str]:
+        """Document ids of the summaries staged so far."""
+        return {n.summary.document_id for n in self.tree.dirs.values() if n.summary is not None}
+
+    def unsettled(self) -> set[str]:
+        """Staged summaries neither indexed nor failed yet."""
+        return self.staged() - self.indexed - self.index_failed
 
     @property
     def ended(self) -> bool:
@@ -188,6 +225,8 @@ class Job:
             cache_hits=self.cache_hits,
             create_time=self.create_time,
             end_time=self.end_time,
+            indexed_directories=len(self.indexed),
+            index_failed_directories=len(self.index_failed),
         )
 
     def emit(self, completed_path: str | None = None) -> None:
@@ -222,6 +261,8 @@ class JobRunner:
         limits: JobLimits | None = None,
         retention_seconds: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
+        journal: JobJournal | None = None,
+        index_poll_seconds: float = 1.0,
     ) -> None:
         self.provider = provider
         self.cache = cache
@@ -235,11 +276,22 @@ class JobRunner:
         self._dispatcher = Dispatcher(capacity=workers)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self.journal = journal
+        self.index_poll_seconds = index_poll_seconds
+        self.tracking = stager.tracks_indexing
+        """Whether summaries' indexing is tracked (the stager stages into a gateway)."""
+        self._track_wake = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the dispatcher, the fold workers and the retention sweeper."""
+        """Resume the journaled jobs; start the dispatcher, the fold workers, the retention
+        sweeper and the completion tracker."""
+        if self.journal is not None:
+            for saved in await asyncio.to_thread(self.journal.load):
+                self._restore(saved)
+        if self.tracking:
+            self._tasks.append(asyncio.create_task(self._track_forever(), name="summary-tracker"))
         self._tasks.append(asyncio.create_task(self._dispatcher.run(), name="summary-dispatcher"))
         for n in range(self.workers):
             self._tasks.append(asyncio.create_task(self._work(), name=f"summary-worker-{n}"))
@@ -270,6 +322,10 @@ class JobRunner:
         if not batch.pipeline_id:
             raise InvalidArgument.field("pipeline_id", "is required")
         job = self._jobs.get(batch.job_id)
+        if job is not None and job.ended and not job.watchers:
+            # An ended job's id submitted again: the job starts anew with the new tree.
+            self._forget(job)
+            job = None
         if job is not None:
             if job.state is not JobState.ENUMERATING:
                 raise AlreadyExists(
@@ -290,6 +346,10 @@ class JobRunner:
             job.tree.add(batch.objects)
         except TreeError as exc:
             raise InvalidArgument.field(f"objects[{exc.index}].{exc.attribute}", exc.description) from None
+        if self.journal is not None:
+            if fresh:
+                self.journal.create(job.id, job.pipeline_id, job.create_time)
+            self.journal.append_objects(job.id, list(batch.objects), batch.enumeration_complete)
         if fresh:
             self._jobs[job.id] = job
             metrics.JOBS.labels(job.state.value).inc()
@@ -318,6 +378,8 @@ class JobRunner:
         if job.ended:
             return job.snapshot()
         self._end(job, JobState.CANCELLED)
+        if self.journal is not None:
+            self.journal.record_cancelled(job.id)
         dropped = self._dispatcher.drop(job.id)
         for task in list(job.inflight):
             task.cancel()
@@ -325,21 +387,36 @@ class JobRunner:
         job.emit()
         return job.snapshot()
 
-    async def watch(self, job_id: str) -> AsyncIterator[JobEvent]:
-        """The job now, then each change, until it ends (or the server stops)."""
+    def settled(self, job: JobSnapshot) -> bool:
+        """Every summary of the (ended) job is indexed or failed in the embedding tail, or
+        indexing is not tracked."""
+        if not self.tracking:
+            return True
+        return job.indexed_directories + job.index_failed_directories >= job.summarized_directories
+
+    async def watch(self, job_id: str, *, until_indexed: bool = False) -> AsyncIterator[JobEvent]:
+        """The job now, then each change, until it ends (or the server stops); with
+        ``until_indexed``, until it ends and its summaries are settled."""
         job = self._job(job_id)
         queue: asyncio.Queue[JobEvent | None] = asyncio.Queue()
         job.watchers.add(queue)
+
+        def last(snapshot: JobSnapshot) -> bool:
+            return snapshot.state.ended and (not until_indexed or self.settled(snapshot))
+
         try:
-            yield JobEvent(job.snapshot())
-            if job.ended or self._closing:
+            first = job.snapshot()
+            yield JobEvent(first)
+            if last(first) or self._closing:
                 return
+            if until_indexed:
+                self._track_wake.set()
             while True:
                 event = await queue.get()
                 if event is None:
                     return
                 yield event
-                if event.job.state.ended:
+                if last(event.job):
                     return
         finally:
             job.watchers.discard(queue)
@@ -390,13 +467,108 @@ class JobRunner:
                 continue
             if job.ended:
                 if not job.watchers:
-                    del self._jobs[job.id]
-                    metrics.JOBS.labels(job.state.value).dec()
+                    self._forget(job)
             elif job.state is JobState.ENUMERATING:
                 log.warning("cancelling idle enumerating job", extra={"job_id": job.id})
                 self.cancel(job.id)
 
     # -- internals ------------------------------------------------------------------
+
+    def _forget(self, job: Job) -> None:
+        del self._jobs[job.id]
+        metrics.JOBS.labels(job.state.value).dec()
+        if self.journal is not None:
+            self.journal.remove(job.id)
+
+    def _restore(self, saved: JournaledJob) -> None:
+        """Rebuild a journaled job: its tree, its finished directories, its queue."""
+        job = Job(saved.job_id, saved.pipeline_id, saved.create_time, self._clock())
+        try:
+            for objects in saved.batches:
+                job.tree.add(objects)
+        except TreeError as exc:
+            log.error(
+                "journaled job skipped: its tree is invalid", extra={"job_id": job.id, "error": str(exc)}
+            )
+            return
+        self._jobs[job.id] = job
+        metrics.JOBS.labels(job.state.value).inc()
+        if saved.complete:
+            job.tree.complete_enumeration()
+            self._set_state(job, JobState.RUNNING)
+            for event in saved.events:
+                node = job.tree.dirs.get(event.path)
+                if node is None or node.state is not DirState.READY:
+                    log.error(
+                        "journal event ignored: the directory is not ready",
+                        extra={"job_id": job.id, "path": event.path},
+                    )
+                    continue
+                if event.record is not None:
+                    job.tree.mark_summarized(event.path, event.record)
+                    job.cache_hits += int(event.reused)
+                else:
+                    job.tree.mark_failed(event.path, event.error)
+        if saved.cancelled:
+            self._end(job, JobState.CANCELLED)
+        elif job.tree.finished:
+            self._end(job, JobState.FAILED if job.tree.failed else JobState.SUCCEEDED)
+        elif job.state is JobState.RUNNING:
+            for node in job.tree.dirs.values():
+                if node.state is DirState.READY:
+                    self._dispatcher.push(job.id, node.path, node.depth)
+        log.info(
+            "job resumed from its journal",
+            extra={
+                "job_id": job.id,
+                "state": job.state.value,
+                "directories": len(job.tree.dirs),
+                "finished_directories": job.tree.summarized + job.tree.failed,
+            },
+        )
+
+    async def _track_forever(self) -> None:
+        """The completion tracker: every ``index_poll_seconds`` (sooner when a watcher
+        asks), read the stages of each job's unsettled summaries and run the hook."""
+        while True:
+            self._track_wake.clear()
+            for job in list(self._jobs.values()):
+                if not job.unsettled():
+                    continue
+                try:
+                    stages = await self.stager.document_stages(
+                        job.pipeline_id, summary_document_id(job.id, "")
+                    )
+                except NotFound:
+                    stages = {}  # the pipeline is gone, and its summaries with it
+                except Exception as exc:  # ServiceError or a channel failure: ask again later
+                    log.warning(
+                        "completion tracker: cannot read summary states",
+                        extra={"job_id": job.id, "error": f"{type(exc).__name__}: {exc}"},
+                    )
+                    continue
+                if stages is not None and self._jobs.get(job.id) is job:
+                    self._indexed(job, stages)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._track_wake.wait(), timeout=self.index_poll_seconds)
+
+    def _indexed(self, job: Job, stages: dict[str, str]) -> None:
+        """The success hook: advance the job's indexed (and index-failed) count from the
+        stages of its staged summaries."""
+        changed = False
+        for document_id in job.unsettled():
+            stage = stages.get(document_id)
+            if stage == INDEXED_STAGE:
+                job.indexed.add(document_id)
+                metrics.SUMMARIES_SETTLED.labels("indexed").inc()
+            elif stage is None or stage == FAILED_STAGE:
+                job.index_failed.add(document_id)
+                metrics.SUMMARIES_SETTLED.labels("failed").inc()
+            else:
+                continue
+            changed = True
+        if changed:
+            job.emit()
 
     def _job(self, job_id: str) -> Job:
         check_job_id(job_id)
@@ -526,6 +698,8 @@ class JobRunner:
         return record, outcome
 
     def _summarized(self, job: Job, node: DirNode, record: SummaryRecord, outcome: CacheOutcome) -> None:
+        if self.journal is not None:
+            self.journal.record_summarized(job.id, node.path, record, outcome.reused)
         parent = job.tree.mark_summarized(node.path, record)
         if outcome.reused:
             job.cache_hits += 1
@@ -534,6 +708,8 @@ class JobRunner:
         job.emit(node.path)
 
     def _failed(self, job: Job, node: DirNode, error: str) -> None:
+        if self.journal is not None:
+            self.journal.record_failed(job.id, node.path, error)
         parent = job.tree.mark_failed(node.path, error)
         metrics.DIRECTORIES.labels("failed").inc()
         self._advance(job, parent)

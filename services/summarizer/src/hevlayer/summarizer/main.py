@@ -13,6 +13,7 @@ from hevlayer.summarizer.cache import TransformationCache
 from hevlayer.summarizer.gates import configure_gates
 from hevlayer.summarizer.grpc_summary import SummaryServicer
 from hevlayer.summarizer.jobs import JobLimits, JobRunner
+from hevlayer.summarizer.journal import JobJournal
 from hevlayer.summarizer.providers import ExtractiveProvider, OpenAIChatProvider, SummaryProvider
 from hevlayer.summarizer.settings import GRPC_DEFAULTS, SummarizerSettings
 from hevlayer.summarizer.staging import GrpcStager, MemoryStager, Stager
@@ -71,6 +72,8 @@ async def build(
         workers=settings.workers,
         limits=JobLimits(max_objects=settings.max_job_objects, max_text_bytes=settings.max_object_text_bytes),
         retention_seconds=settings.job_retention_seconds,
+        journal=JobJournal(settings.journal_path),
+        index_poll_seconds=settings.index_poll_seconds,
     )
     app.add_service(
         SUMMARY_SERVICE, summary_pb2_grpc.add_SummaryServiceServicer_to_server, SummaryServicer(runner)

@@ -42,3 +42,10 @@ JOBS = Gauge(
     ["state"],
     registry=REGISTRY,
 )
+SUMMARIES_SETTLED = Counter(
+    "summarizer_summaries_settled_total",
+    "Staged summaries the completion tracker saw settle in the embedding tail, by outcome "
+    "(indexed: the success hook advanced the job's indexed_directories; failed).",
+    ["outcome"],
+    registry=REGISTRY,
+)

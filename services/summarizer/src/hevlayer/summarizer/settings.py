@@ -130,10 +130,22 @@ class SummarizerSettings:
         3600.0,
     )
 
+    index_poll_seconds: float = setting(
+        "SUMMARIZER_INDEX_POLL_SECONDS",
+        "How often the completion tracker reads the stages of staged, not yet indexed summaries "
+        "through the gateway (ListDocuments) to advance each job's indexed_directories.",
+        1.0,
+    )
+
     @property
     def cache_path(self) -> Path:
         """SUMMARIZER_CACHE_DIR with ~ expanded."""
         return Path(os.path.expanduser(self.cache_dir))
+
+    @property
+    def journal_path(self) -> Path:
+        """Where the job journals live: ``jobs/`` under SUMMARIZER_CACHE_DIR."""
+        return self.cache_path / "jobs"
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid variable."""
@@ -166,6 +178,7 @@ class SummarizerSettings:
             "SUMMARIZER_LLM_TIMEOUT_SECONDS": self.llm_timeout_seconds,
             "SUMMARIZER_STAGE_TIMEOUT_SECONDS": self.stage_timeout_seconds,
             "SUMMARIZER_JOB_RETENTION_SECONDS": self.job_retention_seconds,
+            "SUMMARIZER_INDEX_POLL_SECONDS": self.index_poll_seconds,
         }
         for name, seconds in positive_floats.items():
             if not seconds > 0:

@@ -80,9 +80,18 @@ class StagedSummary:
 class Stager(abc.ABC):
     """Sends directory summaries into the embedding tail."""
 
+    tracks_indexing = False
+    """Whether :meth:`document_stages` reports where staged summaries are in the embedding tail."""
+
     @abc.abstractmethod
     async def stage(self, summary: StagedSummary) -> None:
         """Stage one summary; raise :class:`StageError` when it cannot be."""
+
+    async def document_stages(self, pipeline_id: str, id_prefix: str) -> dict[str, str] | None:
+        """The stage of every staged document whose id starts with ``id_prefix`` (the
+        completion tracker's view of the embedding tail); None when this stager stages
+        nowhere that indexes (nothing to track)."""
+        return None
 
     async def close(self) -> None:
         """Release connections."""
@@ -111,6 +120,8 @@ class GrpcStager(Stager):
     retried up to ``max_attempts`` times with jittered exponential backoff (or
     the server's RetryInfo delay, when longer).
     """
+
+    tracks_indexing = True
 
     def __init__(
         self,
@@ -162,6 +173,16 @@ class GrpcStager(Stager):
                 )
             return
         raise StageError(f"StageDocuments to {self.address}: no attempt made")  # max_attempts < 1
+
+    async def document_stages(self, pipeline_id: str, id_prefix: str) -> dict[str, str] | None:
+        """ListDocuments of the pipeline under ``id_prefix``: document id to stage.
+        ServiceError propagates (the tracker logs it and asks again later)."""
+        return {
+            document.document_id: document.stage
+            async for document in self._client.staging.list_documents(
+                pipeline_id, id_prefix=id_prefix, timeout=self.timeout
+            )
+        }
 
     async def close(self) -> None:
         await self._client.close()
