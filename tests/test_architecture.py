@@ -1,0 +1,40 @@
+"""The architecture as a contract: the import-linter contracts of ``.importlinter`` hold.
+
+Services never import each other, the dev stack or the CLI; no package has an import cycle
+between its modules; the claimer's cores never import ``grpc``. A failure prints
+import-linter's report, which names the import chain that breaks the contract.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from importlinter.api import read_configuration
+from importlinter.cli import lint_imports
+
+CONFIG = Path(__file__).resolve().parent.parent / ".importlinter"
+
+
+def contract_ids() -> list[str]:
+    """The ids of the contracts in ``.importlinter`` (one test each)."""
+    options = read_configuration(str(CONFIG))["contracts_options"]
+    return [str(contract["id"]) for contract in options]
+
+
+def test_the_contracts_cover_the_rules_of_issue_19() -> None:
+    assert set(contract_ids()) >= {
+        "services-independent",
+        "services-without-dev-tooling",
+        "no-cycles",
+        "claimer-cores-without-grpc",
+    }
+
+
+@pytest.mark.parametrize("contract", contract_ids())
+def test_contract_is_kept(contract: str, capsys: pytest.CaptureFixture[str]) -> None:
+    exit_code = lint_imports(
+        config_filenames=(str(CONFIG),), limit_to_contracts=(contract,), no_cache=True, no_logo=True
+    )
+    report = capsys.readouterr().out
+    assert exit_code == 0, report
