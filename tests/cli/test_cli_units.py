@@ -185,8 +185,9 @@ def test_suite_services_wire_triton_embedder_and_gateway(tmp_path: Path) -> None
     assert specs["gateway"].public
     assert specs["gateway"].env["GATEWAY_MILVUS_LITE_PATH"] == str(tmp_path.absolute() / "vectors.db")
     assert "EMBEDDER_TRITON_URL=TRITON_ADDRESS" in specs["embedder"].command
-    bare = [s.name for s in suite_services(tmp_path, embedder=False)]
+    bare = [s.name for s in suite_services(tmp_path, embedder=False, summarizer=False)]
     assert bare == ["claimer", "gateway"]
+    assert "summarizer" in [s.name for s in suite_services(tmp_path)]  # installed: on by default
 
 
 # -- corpus and recall ----------------------------------------------------------------------------------

@@ -25,6 +25,13 @@ from hevlayer.cli.progress import PlainReporter, RichReporter, is_terminal
 from hevlayer.cli.resilience import connect_riding_restarts, riding_budget
 from hevlayer.cli.search import Result, search
 from hevlayer.cli.stack import DEFAULT_DATA_DIR, UpState, down, suite_services, up, up_detached
+from hevlayer.cli.summaries import (
+    CHUNK_KIND,
+    SummaryJobs,
+    SummaryOptions,
+    run_with_summaries,
+    summary_lines,
+)
 from hevlayer.client import DEFAULT_GATEWAY, Client, ClientOptions, ServiceError
 from hevlayer.client.settings import CA_ENV, CERT_ENV, KEY_ENV, ClientTLSSettings
 from hevlayer.client.tokens import ROLE_NAMES, ROLE_VALUES
@@ -260,10 +267,14 @@ pipeline_option = click.option(
     default=None,
     help="The embedder's worker loop (default: when it is installed).",
 )
-@click.option("--summarizer", is_flag=True, help="Also start the summarizer (the Job Lane).")
+@click.option(
+    "--summarizer/--no-summarizer",
+    default=None,
+    help="The summarizer, the Job Lane of `add --summaries` (default: when it is installed).",
+)
 @pass_settings
 def up_command(
-    settings: Settings, detach: bool, embedder: bool, worker: bool | None, summarizer: bool
+    settings: Settings, detach: bool, embedder: bool, worker: bool | None, summarizer: bool | None
 ) -> None:
     """Start the whole suite on embedded defaults; Ctrl-C or `hevlayer down` stops it.
 
@@ -275,8 +286,8 @@ def up_command(
         argv = ["--data-dir", str(settings.data_dir), "up", "--embedder" if embedder else "--no-embedder"]
         if worker is not None:
             argv.append("--worker" if worker else "--no-worker")
-        if summarizer:
-            argv.append("--summarizer")
+        if summarizer is not None:
+            argv.append("--summarizer" if summarizer else "--no-summarizer")
         sys.exit(up_detached(settings.data_dir, argv))
     services = suite_services(settings.data_dir, embedder=embedder, worker=worker, summarizer=summarizer)
     sys.exit(up(settings.data_dir, services))
@@ -357,6 +368,21 @@ def print_summary(output: Output, summary: AddSummary) -> None:
     "segment unless set): segment keeps queued file ids in S3 manifests, a few PostgreSQL rows for "
     "millions of files; row keeps one row per queued file.",
 )
+@click.option(
+    "--summaries/--no-summaries",
+    default=False,
+    show_default=True,
+    help="Also summarize each given directory bottom-up (the Job Lane): one chunk of kind "
+    "directory_summary per directory, found by `search --kind directory_summary`.",
+)
+@click.option(
+    "--summarizer",
+    "summarizer_option",
+    envvar="HEVLAYER_SUMMARIZER",
+    default=None,
+    metavar="HOST:PORT",
+    help="Summarizer address for --summaries (env HEVLAYER_SUMMARIZER; default: the running `up`'s).",
+)
 @click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
 @pass_settings
 def add_command(
@@ -372,6 +398,8 @@ def add_command(
     max_tokens: int,
     overlap: int,
     queue: str | None,
+    summaries: bool,
+    summarizer_option: str | None,
     plain: bool,
 ) -> None:
     """Add files and directories: new and changed files are extracted, chunked,
@@ -392,7 +420,16 @@ def add_command(
         budget=Budget(max_tokens=max_tokens, overlap_tokens=overlap, max_chars=max(16, max_tokens * 10)),
         queue_backend=_QUEUES[queue] if queue else pipeline_pb2.QUEUE_BACKEND_UNSPECIFIED,
     )
-    summary = add_paths(settings, pipeline, paths, options, plain=plain)
+    summary_options = None
+    if summaries:
+        summary_options = SummaryOptions(
+            summarizer_address(settings, summarizer_option),
+            settings.client_options(),
+            include_hidden=include_hidden,
+            exclude=exclude,
+            wait=wait,
+        )
+    summary = add_paths(settings, pipeline, paths, options, plain=plain, summaries=summary_options)
     if summary.timed_out:
         sys.exit(EXIT_TIMEOUT)
 
@@ -405,19 +442,42 @@ def add_paths(
     *,
     plain: bool = False,
     output: Output | None = None,
+    summaries: SummaryOptions | None = None,
 ) -> AddSummary:
     out = output or Output()
+    lines: list[str] = []
 
     async def body(gateway: Client) -> AddSummary:
         reporter = make_reporter(out, plain)
         try:
-            return await Ingest(gateway, pipeline, paths, reporter, options).run()
+            ingest = Ingest(gateway, pipeline, paths, reporter, options).run()
+            if summaries is None:
+                return await ingest
+            jobs = SummaryJobs(gateway, pipeline, paths, summaries, reporter.note)
+            result, report = await run_with_summaries(ingest, jobs, options.queue_backend)
+            lines.extend(summary_lines(report))
+            return result
         finally:
             reporter.close()
 
     summary = run_async(settings, body)
     print_summary(out, summary)
+    for line in lines:
+        out.line(line)
     return summary
+
+
+def summarizer_address(settings: Settings, option: str | None) -> str:
+    """``--summarizer``/``HEVLAYER_SUMMARIZER``, else the summarizer of the running `up`."""
+    if option:
+        return option
+    state = UpState.read(settings.data_dir)
+    if state is not None and state.services.get("summarizer"):
+        return state.services["summarizer"]
+    fail(
+        "error: --summaries needs a summarizer: start the suite with `hevlayer up` (it runs one) "
+        "or pass --summarizer HOST:PORT (env HEVLAYER_SUMMARIZER)"
+    )
 
 
 # -- search ----------------------------------------------------------------------------------------
@@ -446,7 +506,12 @@ def print_results(output: Output, results: Sequence[Result]) -> None:
 @click.argument("query")
 @pipeline_option
 @click.option("-k", "top_k", default=5, show_default=True, type=click.IntRange(1, 250), help="Results.")
-@click.option("--kind", type=click.Choice(kinds()), default=None, help="Only files of this kind.")
+@click.option(
+    "--kind",
+    type=click.Choice([*kinds(), CHUNK_KIND]),
+    default=None,
+    help=f"Only files of this kind ({CHUNK_KIND}: the summaries of `add --summaries`).",
+)
 @pass_settings
 def search_command(settings: Settings, query: str, pipeline: str, top_k: int, kind: str | None) -> None:
     """Search the pipeline's index: the best files for QUERY, each with its best passage."""

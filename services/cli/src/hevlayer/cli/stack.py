@@ -5,8 +5,9 @@ data-driven list), extended here with what a complete local suite needs:
 a real Triton serving the embedding model, the embedder, the gateway wired to
 both the claimer and the embedder (Milvus Lite and the chunk cache under the
 data directory), the embedder's worker when it is installed, and the
-summarizer when asked for. Everything lives under one data directory
-(default ``./.hevlayer``): PostgreSQL, S3, vectors, caches and a log per service.
+summarizer (the Job Lane: ``hevlayer add --summaries``) when it is installed.
+Everything lives under one data directory (default ``./.hevlayer``): PostgreSQL,
+S3, vectors, caches and a log per service.
 
 While ``up`` runs, ``DATA_DIR/hevlayer-up.json`` records its pid and the
 addresses; ``down`` signals that pid, and the CLI reads the gateway address
@@ -39,6 +40,7 @@ STATE_FILE = "hevlayer-up.json"
 GATEWAY_GRPC_PORT = 50051
 GATEWAY_HTTP_PORT = 8080
 EMBEDDER_WORKER_COMMAND = "hevlayer-embedder"
+SUMMARIZER_COMMAND = "hevlayer-summarizer"
 """The embedder's claim → read → embed → write loop runs in an embedder process whose
 ``EMBEDDER_WORKER_PIPELINES`` is set (here ``*``: every pipeline). It is a second embedder
 process because the gateway (which the worker needs) itself depends on the query embedder."""
@@ -61,12 +63,13 @@ def suite_services(
     *,
     embedder: bool = True,
     worker: bool | None = None,
-    summarizer: bool = False,
+    summarizer: bool | None = None,
     gateway_env: dict[str, str] | None = None,
 ) -> tuple[ServiceSpec, ...]:
     """The services of the local suite, in start order.
 
-    ``worker=None`` starts the embedder worker when its console script is installed.
+    ``worker=None`` starts the embedder worker when its console script is installed;
+    ``summarizer=None`` the summarizer likewise.
     """
     data = Path(data_dir).absolute()
     specs: list[ServiceSpec] = [
@@ -125,11 +128,11 @@ def suite_services(
                 ready_timeout=120.0,
             )
         )
-    if summarizer:
+    if summarizer if summarizer is not None else has_console_script(SUMMARIZER_COMMAND):
         specs.append(
             ServiceSpec(
                 "summarizer",
-                _launch("env", "SUMMARIZER_GATEWAY_ADDRESS=GATEWAY_ADDRESS", "--", "hevlayer-summarizer"),
+                _launch("env", "SUMMARIZER_GATEWAY_ADDRESS=GATEWAY_ADDRESS", "--", SUMMARIZER_COMMAND),
                 depends_on=("gateway",),
                 env={"SUMMARIZER_CACHE_DIR": str(data / "summaries")},
                 token_role="stager",

@@ -1,0 +1,282 @@
+"""``hevlayer add --summaries``: the Job Lane on the client side.
+
+For every directory given to ``add`` one summary job is submitted to the
+summarizer (``SummaryService.SubmitJob``) while the Object Lane runs:
+
+1. the files under the directory are enumerated (the same walk and kind
+   detection as ``add``) and streamed to the summarizer in batches of
+   :data:`BATCH_OBJECTS`, each file with its path relative to the directory,
+   its document id, content hash, kind and a source excerpt (the leading
+   text of a text file; a binary file, such as a PDF or an image, is folded
+   by its name and kind only); the last message sets ``enumeration_complete``;
+2. the summarizer folds the directories bottom-up while their files are still
+   being extracted and embedded, and stages each summary into the same
+   pipeline as a document ``dir:<job id>:/<path>`` of one chunk of kind
+   ``directory_summary``; the suite's embedder worker embeds it into the same
+   index, so ``hevlayer search --kind directory_summary`` finds it;
+3. with ``--wait`` the CLI follows the job (``WatchJob`` with
+   ``until_indexed``) until every summary is indexed: the summarizer's success
+   hook advances ``indexed_directories`` as their documents become indexed;
+4. summaries of directories gone from the tree are deleted.
+
+The job id is stable per pipeline and directory (:func:`job_id_for`), so a
+second ``add`` of the same directory replaces the job: unchanged directories
+are Transformation Cache hits and keep their indexed documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from hevlayer.api.pipeline.v1 import pipeline_pb2
+from hevlayer.api.summary.v1 import summary_pb2
+from hevlayer.client import Client, ClientOptions
+from hevlayer.client.errors import NotFound, ServiceError
+from hevlayer.ingest.files import FileEntry, Root, Skipped, examine, walk
+from hevlayer.ingest.producers.base import looks_binary
+
+CHUNK_KIND = "directory_summary"
+BATCH_OBJECTS = 256
+EXCERPT_BYTES = 4096
+"""Leading bytes of a text file sent as its excerpt (the summarizer uses about 1200 characters)."""
+_TAG = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_DELETE_BATCH = 1000
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SummaryOptions:
+    """How ``add --summaries`` runs its jobs."""
+
+    summarizer: str
+    """host:port of the summarizer."""
+    client_options: ClientOptions | None = None
+    include_hidden: bool = False
+    exclude: tuple[str, ...] = ()
+    wait: bool = True
+    """Follow each job until its summaries are indexed."""
+
+
+@dataclass
+class JobOutcome:
+    """One directory's summary job as it ended (or stood when ``add`` stopped waiting)."""
+
+    root: str
+    job_id: str
+    objects: int = 0
+    directories: int = 0
+    summarized: int = 0
+    failed: int = 0
+    cache_hits: int = 0
+    indexed: int = 0
+    index_failed: int = 0
+    state: str = ""
+    deleted: int = 0
+    seconds: float = 0.0
+    """From the first SubmitJob message until the job's summaries were indexed."""
+
+
+@dataclass
+class SummariesReport:
+    """What ``add --summaries`` prints."""
+
+    jobs: list[JobOutcome] = field(default_factory=list)
+    added_seconds: float = 0.0
+    """Wall time the summaries added after the Object Lane was done (0 when they finished first)."""
+
+
+def job_id_for(pipeline_id: str, root: Path) -> str:
+    """A stable job id for a directory of a pipeline: its name and a hash of pipeline and path."""
+    name = _UNSAFE.sub("-", root.name).strip("-")[:40] or "root"
+    digest = hashlib.sha256(f"{pipeline_id}\0{root.as_posix()}".encode()).hexdigest()[:12]
+    return f"{name}-{digest}"
+
+
+def excerpt(path: Path, kind: str) -> str:
+    """The leading text of a text file (tags dropped from HTML, whitespace folded); "" for a
+    binary one, whose derived text the Object Lane holds."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(EXCERPT_BYTES)
+    except OSError:
+        return ""
+    if looks_binary(head):
+        return ""
+    text = head.decode("utf-8", errors="replace")
+    if kind == "html":
+        text = _TAG.sub(" ", text)
+    return _SPACE.sub(" ", text).strip()
+
+
+def directories_of(paths: Sequence[str]) -> set[str]:
+    """Every directory (relative, "" the root) holding one of ``paths``."""
+    out = {""}
+    for path in paths:
+        parts = path.split("/")[:-1]
+        for end in range(1, len(parts) + 1):
+            out.add("/".join(parts[:end]))
+    return out
+
+
+def _job_object(entry: FileEntry, root: Root) -> summary_pb2.JobObject:
+    return summary_pb2.JobObject(
+        path=entry.path.relative_to(root.path).as_posix(),
+        document_id=entry.document_id,
+        content_hash=entry.content_hash,
+        kind=entry.kind,
+        text=excerpt(entry.path, entry.kind),
+    )
+
+
+async def ensure_pipeline(
+    gateway: Client, pipeline_id: str, queue_backend: pipeline_pb2.QueueBackend.ValueType
+) -> None:
+    """Create the pipeline the summaries are staged into, if it does not exist yet."""
+    try:
+        await gateway.pipelines.get(pipeline_id)
+        return
+    except NotFound:
+        pass
+    try:
+        await gateway.pipelines.create(pipeline_pb2.Pipeline(id=pipeline_id, queue_backend=queue_backend))
+    except ServiceError as error:
+        if error.reason != "ALREADY_EXISTS":
+            raise
+
+
+class SummaryJobs:
+    """The summary jobs of one ``add``: one per directory among ``paths``."""
+
+    def __init__(
+        self,
+        gateway: Client,
+        pipeline_id: str,
+        paths: Sequence[str | Path],
+        options: SummaryOptions,
+        note: Callable[[str], None],
+    ) -> None:
+        self.gateway = gateway
+        self.pipeline_id = pipeline_id
+        self.roots = [r for r in (Root.of(p) for p in paths) if r.is_dir]
+        self.options = options
+        self.note = note
+
+    async def run(self) -> list[JobOutcome]:
+        """Submit every job, then (with ``wait``) follow each until its summaries are indexed."""
+        if not self.roots:
+            self.note("summaries: no directory among the paths; nothing to summarize")
+            return []
+        async with Client.connect(self.options.summarizer, self.options.client_options) as summarizer:
+            return list(await asyncio.gather(*(self._job(summarizer, root) for root in self.roots)))
+
+    async def _job(self, summarizer: Client, root: Root) -> JobOutcome:
+        started = time.monotonic()
+        outcome = JobOutcome(root.path.as_posix(), job_id_for(self.pipeline_id, root.path))
+        paths: list[str] = []
+        job = await summarizer.summaries.submit_job(
+            self.pipeline_id, outcome.job_id, self._batches(root, paths)
+        )
+        self.note(
+            f"summaries: job {outcome.job_id} submitted ({job.objects} files, {job.directories} directories)"
+        )
+        outcome.deleted = await self._delete_gone(outcome.job_id, directories_of(paths))
+        if self.options.wait:
+            async for update in summarizer.summaries.watch_job(outcome.job_id, until_indexed=True):
+                job = update.job
+        self._fill(outcome, job)
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    async def _batches(self, root: Root, paths: list[str]) -> AsyncIterator[list[summary_pb2.JobObject]]:
+        found: list[Path | Skipped] = await asyncio.to_thread(
+            lambda: list(
+                walk([root], include_hidden=self.options.include_hidden, exclude=self.options.exclude)
+            )
+        )
+        files = [p for p in found if isinstance(p, Path)]
+        for offset in range(0, len(files), BATCH_OBJECTS):
+            chunk = files[offset : offset + BATCH_OBJECTS]
+            batch = await asyncio.to_thread(self._objects, chunk, root)
+            paths.extend(o.path for o in batch)
+            yield batch
+
+    @staticmethod
+    def _objects(files: Sequence[Path], root: Root) -> list[summary_pb2.JobObject]:
+        out = []
+        for path in files:
+            entry = examine(path, [root])
+            if isinstance(entry, FileEntry):
+                out.append(_job_object(entry, root))
+        return out
+
+    async def _delete_gone(self, job_id: str, directories: set[str]) -> int:
+        """Delete the summaries of directories no longer in the job's tree."""
+        prefix = f"dir:{job_id}:/"
+        gone = [
+            d.document_id
+            async for d in self.gateway.staging.list_documents(self.pipeline_id, id_prefix=prefix)
+            if d.document_id[len(prefix) :] not in directories
+        ]
+        deleted = 0
+        for offset in range(0, len(gone), _DELETE_BATCH):
+            deleted += await self.gateway.staging.delete_documents(
+                self.pipeline_id, gone[offset : offset + _DELETE_BATCH]
+            )
+        return deleted
+
+    @staticmethod
+    def _fill(outcome: JobOutcome, job: summary_pb2.Job) -> None:
+        outcome.objects = job.objects
+        outcome.directories = job.directories
+        outcome.summarized = job.summarized_directories
+        outcome.failed = job.failed_directories
+        outcome.cache_hits = job.cache_hits
+        outcome.indexed = job.indexed_directories
+        outcome.index_failed = job.index_failed_directories
+        outcome.state = summary_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+
+
+async def run_with_summaries(
+    ingest: Awaitable[T], jobs: SummaryJobs, queue_backend: pipeline_pb2.QueueBackend.ValueType
+) -> tuple[T, SummariesReport]:
+    """Run the Object Lane (``ingest``) and the summary jobs side by side; both results, and
+    how much longer than the Object Lane the summaries took."""
+    await ensure_pipeline(jobs.gateway, jobs.pipeline_id, queue_backend)
+    started = time.monotonic()
+    summaries = asyncio.ensure_future(jobs.run())
+    try:
+        result = await ingest
+    except BaseException:
+        summaries.cancel()
+        raise
+    ingest_done = time.monotonic()
+    outcomes = await summaries
+    report = SummariesReport(outcomes, added_seconds=max(0.0, time.monotonic() - max(ingest_done, started)))
+    return result, report
+
+
+def summary_lines(report: SummariesReport) -> list[str]:
+    """The lines ``add`` prints about its summaries."""
+    lines = []
+    for job in report.jobs:
+        failed = f", {job.failed} failed" if job.failed else ""
+        index_failed = f", {job.index_failed} failed to index" if job.index_failed else ""
+        deleted = f"; {job.deleted} summaries of removed directories deleted" if job.deleted else ""
+        lines.append(
+            f"summaries of {job.root} (job {job.job_id}, {job.state}): {job.summarized}/{job.directories} "
+            f"directories summarized ({job.cache_hits} from cache){failed}, {job.indexed} indexed"
+            f"{index_failed}{deleted}; {job.seconds:.1f} s"
+        )
+    if report.jobs:
+        lines.append(f"summaries added {report.added_seconds:.1f} s after the files were indexed")
+    return lines
