@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +21,28 @@ import pytest
 from fakes.turbopuffer_server import FakeTurbopufferThread
 from faults.services import Processes, write_document
 from foundation.conftest import start_claimer, start_gateway
-from gateway.helpers import claim, create_pipeline, document, get_document, read_chunks, stage
+from gateway.helpers import (
+    claim,
+    create_pipeline,
+    document,
+    embed,
+    get_document,
+    read_chunks,
+    stage,
+    violations,
+)
+from google.rpc import error_details_pb2
 from grpc import aio
 
 from hevlayer.api.document.v1 import document_pb2
+from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
+from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
+from hevlayer.client.naming import effective_namespace
+from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack import SeaweedS3
+from hevlayer.devstack.processes import ServiceProcess
+from hevlayer.gateway.sinks.milvus import MilvusSink
 
 
 @dataclass
@@ -254,3 +270,113 @@ async def test_two_gateways_and_two_claimers_index_every_document_exactly_once(
     rows = [(d, c) for d, c in _index_rows(replicas.sink) if d in set(ids)]
     assert len(rows) == len(set(rows)), sorted(rows)
     assert sorted(rows) == sorted((d, c) for d, chunks in expected.items() for c in chunks)
+
+
+def _reason(error: aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed call ("" if none)."""
+    for detail in status_from_rpc_error(error).details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
+
+
+async def _query(channel: aio.Channel, pipeline_id: str, text: str) -> list[tuple[str, str]]:
+    """(document id, chunk id) of the hits of a vector query for ``text``."""
+    response = await index_pb2_grpc.IndexServiceStub(channel).Query(
+        index_pb2.QueryRequest(
+            pipeline_id=pipeline_id, vector=index_pb2.QueryVector(values=embed(text)), top_k=10
+        )
+    )
+    return sorted((hit.document_id, hit.chunk_id) for hit in response.hits)
+
+
+async def _refused(call: Awaitable[object]) -> aio.AioRpcError:
+    """The error of a call that must fail because the pipeline is bound to another database."""
+    with pytest.raises(aio.AioRpcError) as refused:
+        await call
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value
+    assert _reason(refused.value) == "SINK_INSTANCE_MISMATCH", refused.value
+    assert violations(refused.value) == ["GATEWAY_MILVUS_LITE_PATH"], refused.value
+    return refused.value
+
+
+async def _rows(path: Path, namespace: str) -> list[tuple[str, str]] | None:
+    """(document id, chunk id) of every row of ``namespace`` in the Milvus Lite database at ``path``
+    (opened here: its gateway is stopped); None if the namespace does not exist."""
+    sink = await MilvusSink.open_lite(str(path))
+    try:
+        if await sink.describe_namespace(namespace) is None:
+            return None
+        hits = await sink.query(namespace, embed("chunk text"), top_k=100)
+        return sorted((hit.document_id, hit.chunk_id) for hit in hits)
+    finally:
+        await sink.close()
+
+
+async def test_gateways_on_two_milvus_lite_databases_never_split_a_pipeline(replicas: Replicas) -> None:
+    # Gateway A on database a.db, gateway B on b.db, each forwarding to its own claimer.
+    paths = [replicas.tmp / f"split-{name}-{uuid.uuid4().hex[:6]}.db" for name in "ab"]
+
+    def start(index: int) -> tuple[ServiceProcess, str, str]:
+        return start_gateway(
+            replicas.claimers[index],
+            replicas.tmp,
+            replicas.traces,
+            GATEWAY_MILVUS_LITE_PATH=str(paths[index]),
+            **replicas.s3_env,
+        )
+
+    milvus_lite = pipeline_pb2.SINK_MILVUS_LITE
+    with Processes() as processes:
+        (_, address_a, _), (_, address_b, _) = processes.add(start(0)), processes.add(start(1))
+        for process in processes.started:
+            process.wait_ready(timeout=60)
+        async with aio.insecure_channel(address_a) as a, aio.insecure_channel(address_b) as b:
+            # The first write through A binds the pipeline to a.db.
+            pid = await create_pipeline(a, sink=milvus_lite)
+            await stage(a, pid, [document("d1", chunks=2)])
+            leases = await claim(a, pid, worker="wa", lease_seconds=120)
+            chunks = [c for r in await read_chunks(a, pid, leases, worker="wa") for c in r.chunks]
+            results = await write_document(a, pid, "wa", leases["d1"], "d1", chunks)
+            assert [(r.vectors_written, r.HasField("error")) for r in results] == [(2, False)], results
+
+            # B refuses the pipeline: queries, writes and its deletion, naming its setting and a.db.
+            error = await _refused(_query(b, pid, "chunk text d1 0"))
+            assert str(paths[0]) in (error.details() or ""), error.details()
+            assert str(paths[1]) in (error.details() or ""), error.details()
+            await stage(b, pid, [document("d2", chunks=2)])
+            leases = await claim(b, pid, worker="wb", lease_seconds=120)
+            chunks = [c for r in await read_chunks(b, pid, leases, worker="wb") for c in r.chunks]
+            await _refused(write_document(b, pid, "wb", leases["d2"], "d2", chunks))
+            await _refused(
+                pipeline_pb2_grpc.PipelineServiceStub(b).DeletePipeline(
+                    pipeline_pb2.DeletePipelineRequest(pipeline_id=pid)
+                )
+            )
+            # Nothing was written or moved: d2 is still held by wb, and its write through A
+            # (the same lease) indexes it in a.db.
+            state = await get_document(a, pid, "d2")
+            assert (state.stage, state.claimed_by) == ("embedding", "wb"), state
+            results = await write_document(a, pid, "wb", leases["d2"], "d2", chunks)
+            assert [(r.vectors_written, r.HasField("error")) for r in results] == [(2, False)], results
+            expected = [("d1", "d1-0"), ("d1", "d1-1"), ("d2", "d2-0"), ("d2", "d2-1")]
+            assert await _query(a, pid, "chunk text d1 0") == expected
+
+            # A pipeline first used through B is bound to b.db, and A refuses it.
+            other = await create_pipeline(b, sink=milvus_lite)
+            assert await _query(b, other, "anything") == []
+            await _refused(_query(a, other, "anything"))
+
+    # A restarted on a.db is the same instance (the id lives in the database directory).
+    with Processes() as processes:
+        _, address_a, _ = processes.add(start(0))
+        processes.started[0].wait_ready(timeout=60)
+        async with aio.insecure_channel(address_a) as a:
+            assert await _query(a, pid, "chunk text d2 1") == expected
+
+    # From the stores: a.db holds exactly the pipeline's four rows, b.db nothing of it.
+    namespace = effective_namespace(pid, "")
+    assert await _rows(paths[0], namespace) == expected
+    assert await _rows(paths[1], namespace) is None

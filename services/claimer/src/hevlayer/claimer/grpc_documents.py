@@ -12,6 +12,7 @@ from hevlayer.api.staging.v1 import staging_pb2
 from hevlayer.claimer import validation as v
 from hevlayer.claimer.documents import DocumentState, DocumentStore, EnqueueBatch
 from hevlayer.claimer.leases import LeaseStore
+from hevlayer.claimer.sink_bindings import SinkBindings
 from hevlayer.client.types import StagedRecord
 
 
@@ -34,11 +35,13 @@ def state_to_proto(state: DocumentState) -> staging_pb2.DocumentState:
 
 
 class DocumentStateServicer(document_state_pb2_grpc.DocumentStateServiceServicer):
-    """DocumentStateService on top of :class:`DocumentStore` and :class:`LeaseStore`."""
+    """DocumentStateService on top of :class:`DocumentStore`, :class:`LeaseStore` and
+    :class:`SinkBindings`."""
 
-    def __init__(self, documents: DocumentStore, leases: LeaseStore) -> None:
+    def __init__(self, documents: DocumentStore, leases: LeaseStore, bindings: SinkBindings) -> None:
         self._documents = documents
         self._leases = leases
+        self._bindings = bindings
 
     async def RecordStaged(
         self, request: pb.RecordStagedRequest, context: aio.ServicerContext
@@ -139,3 +142,16 @@ class DocumentStateServicer(document_state_pb2_grpc.DocumentStateServiceServicer
     ) -> pb.GetLiveObjectsResponse:
         live = await self._documents.live_objects(request.pipeline_id, list(request.object_keys))
         return pb.GetLiveObjectsResponse(live_object_keys=live)
+
+    async def BindSinkInstance(
+        self, request: pb.BindSinkInstanceRequest, context: aio.ServicerContext
+    ) -> pb.BindSinkInstanceResponse:
+        wanted = request.instance
+        bound = await self._bindings.bind(
+            request.pipeline_id, wanted.kind, wanted.instance_id, wanted.location
+        )
+        response = pb.BindSinkInstanceResponse(
+            bound=pb.SinkInstance(kind=bound.kind, instance_id=bound.instance_id, location=bound.location)
+        )
+        response.bind_time.FromDatetime(bound.bind_time)
+        return response

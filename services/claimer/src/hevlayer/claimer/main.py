@@ -27,6 +27,7 @@ from hevlayer.claimer.metrics import StageCountRefresher
 from hevlayer.claimer.pipelines import PipelineDefaults, PipelineStore
 from hevlayer.claimer.segments import SegmentQueue
 from hevlayer.claimer.settings import ClaimerSettings, check_caller_identity, server_defaults
+from hevlayer.claimer.sink_bindings import SinkBindings
 from hevlayer.claimer.status_watch import StatusNotifier
 from hevlayer.claimer.tokens import TokenStore
 from hevlayer.common.auth import INTERNAL_TOKEN_KEY, SeedToken, read_seed_file
@@ -104,7 +105,7 @@ async def build(
     app.add_service(
         document_state_pb2.DESCRIPTOR.services_by_name["DocumentStateService"].full_name,
         document_state_pb2_grpc.add_DocumentStateServiceServicer_to_server,
-        DocumentStateServicer(documents, leases),
+        DocumentStateServicer(documents, leases, SinkBindings(db)),
     )
     app.add_service(
         auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,

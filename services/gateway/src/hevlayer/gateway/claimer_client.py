@@ -248,6 +248,25 @@ class ClaimerClient:
         )
         return set(response.live_object_keys)
 
+    async def bind_sink_instance(
+        self, pipeline_id: str, kind: str, instance_id: str, location: str
+    ) -> document_state_pb2.SinkInstance:
+        """BindSinkInstance: the sink instance the pipeline is bound to (this one if it was not
+        bound yet)."""
+        response = await _call(
+            self.documents.BindSinkInstance(
+                document_state_pb2.BindSinkInstanceRequest(
+                    pipeline_id=pipeline_id,
+                    instance=document_state_pb2.SinkInstance(
+                        kind=kind, instance_id=instance_id, location=location
+                    ),
+                ),
+                timeout=self.timeout,
+            )
+        )
+        bound: document_state_pb2.SinkInstance = response.bound
+        return bound
+
     async def forget(self, pipeline_id: str, document_ids: Sequence[str]) -> tuple[list[str], int, list[str]]:
         """ForgetDocuments: (backings, deleted, released object keys)."""
         response = await _call(

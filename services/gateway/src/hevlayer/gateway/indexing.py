@@ -58,7 +58,17 @@ from hevlayer.common.errors import (
 from hevlayer.common.metrics import REGISTRY
 from hevlayer.common.telemetry import DOCUMENT_INDEX_SPAN, context_of, traceparent
 from hevlayer.gateway.claimer_client import ClaimerClient, PipelineInfo
-from hevlayer.gateway.sinks import Hit, JSONValue, NamespaceSpec, Row, Scalar, Sink, SinkKind, SinkPool
+from hevlayer.gateway.sinks import (
+    Hit,
+    JSONValue,
+    NamespaceSpec,
+    Row,
+    Scalar,
+    Sink,
+    SinkInstance,
+    SinkKind,
+    SinkPool,
+)
 from hevlayer.gateway.sinks.base import DistanceMetric, prepare_documents
 
 log = logging.getLogger("hevlayer.gateway.indexing")
@@ -201,6 +211,8 @@ class VectorWriter:
         self.claimer = claimer
         self.sinks = sinks
         self.staged = staged
+        self._bound: set[tuple[str, str, str]] = set()
+        """(pipeline id, incarnation, instance id) the claimer confirmed bound to this gateway's sink."""
         # The default sink's error series exist at 0 from the start, so that an alert on
         # increase() sees the first failure.
         for operation in SINK_OPERATIONS:
@@ -214,11 +226,47 @@ class VectorWriter:
         return as_sink_failure(error)
 
     async def sink_for(self, pipeline: PipelineInfo) -> Sink:
-        """The pipeline's sink; UNAVAILABLE (SINK_UNAVAILABLE) if it cannot be opened."""
+        """The pipeline's sink; UNAVAILABLE (SINK_UNAVAILABLE) if it cannot be opened.
+
+        A sink this gateway owns (Milvus Lite) is checked against the instance the claimer
+        bound the pipeline to (the first gateway to use the pipeline's sink binds it):
+        FAILED_PRECONDITION (SINK_INSTANCE_MISMATCH, naming GATEWAY_MILVUS_LITE_PATH) when it is
+        another, so that gateways on different databases never split a pipeline's index."""
         try:
-            return await self.sinks.get(sink_kind(pipeline))
+            sink = await self.sinks.get(sink_kind(pipeline))
         except ServiceError as error:
             raise self.sink_failure(pipeline, "open", error) from None
+        if sink.instance is not None:
+            await self._check_binding(pipeline, sink.instance)
+        return sink
+
+    async def _check_binding(self, pipeline: PipelineInfo, instance: SinkInstance) -> None:
+        key = (pipeline.id, pipeline.incarnation, instance.instance_id)
+        if key in self._bound:
+            return
+        bound = await self.claimer.bind_sink_instance(
+            pipeline.id, instance.kind.value, instance.instance_id, instance.location
+        )
+        if bound.kind == instance.kind.value and bound.instance_id == instance.instance_id:
+            self._bound.add(key)
+            return
+        raise FailedPrecondition(
+            f"pipeline {pipeline.id!r} keeps its vectors in {bound.kind} instance {bound.instance_id} "
+            f"(first used at {bound.location}), not in this gateway's {instance.location} (instance "
+            f"{instance.instance_id}): gateways on different Milvus Lite databases would split its "
+            f"index; point {instance.setting} at that database, or give replicas the Milvus or "
+            "Turbopuffer sink (docs/reliability.md, Replicas)",
+            violations=[
+                Violation(instance.setting, f"pipeline {pipeline.id!r} is bound to {bound.location}")
+            ],
+            reason="SINK_INSTANCE_MISMATCH",
+            metadata={
+                "pipeline_id": pipeline.id,
+                "bound_instance": bound.instance_id,
+                "bound_location": bound.location,
+                "instance": instance.instance_id,
+            },
+        )
 
     async def expected_dimension(self, pipeline: PipelineInfo) -> int:
         """The dimension a write must have, as step 2 determines it: the pipeline's, else its

@@ -426,6 +426,22 @@ def score_from_distance(metric: DistanceMetric, distance: float) -> float:
     return -distance
 
 
+@dataclass(frozen=True)
+class SinkInstance:
+    """One instance of a sink, as the claimer binds pipelines to it (``BindSinkInstance``):
+    gateways on different instances of a sink whose instances are not shared (Milvus Lite:
+    one database per process) would split a pipeline's index between them."""
+
+    kind: SinkKind
+    instance_id: str
+    """A random id kept in the sink's own storage: the same after a restart or a move of the
+    storage, different for two databases."""
+    location: str
+    """Where this process opened it (``host:path``), for messages."""
+    setting: str
+    """The setting that chooses the instance, named when a pipeline is bound to another."""
+
+
 class Sink(abc.ABC):
     """A vector index holding one namespace per pipeline.
 
@@ -437,6 +453,9 @@ class Sink(abc.ABC):
 
     def __init__(self, kind: SinkKind) -> None:
         self.kind = kind
+        self.instance: SinkInstance | None = None
+        """Set by sinks whose storage one gateway owns (Milvus Lite): pipelines are bound to
+        it through the claimer. None for sinks every gateway shares (Milvus, Turbopuffer)."""
         self._specs: dict[str, NamespaceSpec] = {}
 
     # ---- public API -------------------------------------------------------

@@ -35,9 +35,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import re
+import socket
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -71,6 +74,7 @@ from .base import (
     PreparedFilter,
     PreparedRow,
     Sink,
+    SinkInstance,
     SinkKind,
     hit_attributes,
     score_from_distance,
@@ -243,7 +247,7 @@ class MilvusSink(Sink):
                 reason="ALREADY_OPEN",
             )
         client, server, engine = opened
-        return cls(
+        sink = cls(
             client,
             kind=SinkKind.MILVUS_LITE,
             timeout=timeout,
@@ -252,6 +256,20 @@ class MilvusSink(Sink):
             lite_engine=engine,
             lite_server=server,
         )
+        try:
+            instance_id = await asyncio.get_running_loop().run_in_executor(
+                executor, functools.partial(lite_instance_id, absolute)
+            )
+        except BaseException:
+            await sink.close()
+            raise
+        sink.instance = SinkInstance(
+            SinkKind.MILVUS_LITE,
+            instance_id,
+            f"{socket.gethostname()}:{absolute}",
+            "GATEWAY_MILVUS_LITE_PATH",
+        )
+        return sink
 
     @classmethod
     async def open(cls, uri: str, *, token: str = "", db_name: str = "", timeout: float = 30.0) -> MilvusSink:
@@ -683,6 +701,43 @@ def _open_lite_client(path: str, timeout: float) -> tuple[tuple[MilvusClient, An
         with _open_lite_lock:
             _open_lite_paths.discard(absolute)
         raise
+
+
+INSTANCE_FILE = "hevlayer-sink-instance"
+"""File inside a Milvus Lite database directory that holds the database's instance id."""
+
+
+def lite_instance_id(directory: str) -> str:
+    """The instance id of the Milvus Lite database ``directory`` (which this process has open,
+    so no other process writes it), created on first open: a random id written atomically into
+    :data:`INSTANCE_FILE`. It travels with the directory (a copy or a move keeps it) and differs
+    between two databases. FAILED_PRECONDITION naming GATEWAY_MILVUS_LITE_PATH if the file is
+    damaged (removing it binds the database afresh; docs/reliability.md, "Replicas")."""
+    path = os.path.join(directory, INSTANCE_FILE)
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except FileNotFoundError:
+        instance_id = uuid.uuid4().hex
+        scratch = f"{path}.{os.getpid()}.tmp"
+        with open(scratch, "w", encoding="utf-8") as file:
+            json.dump({"instance_id": instance_id}, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(scratch, path)
+        return instance_id
+    try:
+        value = json.loads(text)["instance_id"]
+    except (ValueError, KeyError, TypeError):
+        value = None
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{32}", value):
+        raise FailedPrecondition(
+            f"Milvus Lite database {directory}: {INSTANCE_FILE} is damaged (expected "
+            '{"instance_id": "<32 hex digits>"})',
+            violations=[Violation("GATEWAY_MILVUS_LITE_PATH", f"{INSTANCE_FILE} is damaged")],
+            reason="SINK_INSTANCE_DAMAGED",
+        )
+    return value
 
 
 def _executor() -> ThreadPoolExecutor:

@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 
 from hevlayer.api.document.v1 import document_pb2 as hevlayer_dot_api_dot_document_dot_v1_dot_document__pb2
 from hevlayer.api.staging.v1 import staging_pb2 as hevlayer_dot_api_dot_staging_dot_v1_dot_staging__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,hevlayer/api/claimer/v1/document_state.proto\x12\x17hevlayer.api.claimer.v1\x1a\'hevlayer/api/document/v1/document.proto\x1a%hevlayer/api/staging/v1/staging.proto\"\x8a\x01\n\x0cStagedRecord\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63king\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\x12\x13\n\x0blease_token\x18\x05 \x01(\x04\x12\x14\n\x0ctrace_parent\x18\x06 \x01(\t\"z\n\x13RecordStagedRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x36\n\x07records\x18\x02 \x03(\x0b\x32%.hevlayer.api.claimer.v1.StagedRecord\x12\x16\n\x0eskip_unchanged\x18\x03 \x01(\x08\"n\n\x14RecordStagedResponse\x12<\n\x07results\x18\x01 \x03(\x0b\x32+.hevlayer.api.claimer.v1.RecordStagedResult\x12\x18\n\x10released_objects\x18\x02 \x03(\t\"m\n\x12RecordStagedResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x18\n\x10previous_backing\x18\x03 \x01(\t\x12\x11\n\tunchanged\x18\x04 \x01(\x08\"\x7f\n\x12\x43heckLeasesRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x32\n\x06leases\x18\x04 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\"K\n\x13\x43heckLeasesResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.hevlayer.api.claimer.v1.LeaseCheck\"f\n\nLeaseCheck\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x0c\n\x04held\x18\x02 \x01(\x08\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x12\x0f\n\x07\x62\x61\x63king\x18\x04 \x01(\t\x12\x15\n\rfencing_token\x18\x05 \x01(\x04\"C\n\x16\x46orgetDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"V\n\x17\x46orgetDocumentsResponse\x12\x10\n\x08\x62\x61\x63kings\x18\x01 \x03(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x03\x12\x18\n\x10released_objects\x18\x03 \x03(\t\"D\n\x17GetContentHashesRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"\xae\x01\n\x18GetContentHashesResponse\x12\\\n\x0e\x63ontent_hashes\x18\x01 \x03(\x0b\x32\x44.hevlayer.api.claimer.v1.GetContentHashesResponse.ContentHashesEntry\x1a\x34\n\x12\x43ontentHashesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x15GetLiveObjectsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x13\n\x0bobject_keys\x18\x02 \x03(\t\"2\n\x16GetLiveObjectsResponse\x12\x18\n\x10live_object_keys\x18\x01 \x03(\t\"T\n\x11\x45nqueueIdsRequest\x12?\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x30.hevlayer.api.staging.v1.EnqueueDocumentsRequest\"W\n\x12\x45nqueueIdsResponse\x12\x41\n\x06result\x18\x01 \x01(\x0b\x32\x31.hevlayer.api.staging.v1.EnqueueDocumentsResponse\"C\n\x17\x44\x65scribeDocumentRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\"T\n\x18\x44\x65scribeDocumentResponse\x12\x38\n\x08\x64ocument\x18\x01 \x01(\x0b\x32&.hevlayer.api.staging.v1.DocumentState\"M\n\x14ScanDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tid_prefix\x18\x03 \x01(\t\"R\n\x15ScanDocumentsResponse\x12\x39\n\tdocuments\x18\x01 \x03(\x0b\x32&.hevlayer.api.staging.v1.DocumentState2\xa3\x07\n\x14\x44ocumentStateService\x12k\n\x0cRecordStaged\x12,.hevlayer.api.claimer.v1.RecordStagedRequest\x1a-.hevlayer.api.claimer.v1.RecordStagedResponse\x12h\n\x0b\x43heckLeases\x12+.hevlayer.api.claimer.v1.CheckLeasesRequest\x1a,.hevlayer.api.claimer.v1.CheckLeasesResponse\x12g\n\nEnqueueIds\x12*.hevlayer.api.claimer.v1.EnqueueIdsRequest\x1a+.hevlayer.api.claimer.v1.EnqueueIdsResponse(\x01\x12w\n\x10\x44\x65scribeDocument\x12\x30.hevlayer.api.claimer.v1.DescribeDocumentRequest\x1a\x31.hevlayer.api.claimer.v1.DescribeDocumentResponse\x12p\n\rScanDocuments\x12-.hevlayer.api.claimer.v1.ScanDocumentsRequest\x1a..hevlayer.api.claimer.v1.ScanDocumentsResponse0\x01\x12t\n\x0f\x46orgetDocuments\x12/.hevlayer.api.claimer.v1.ForgetDocumentsRequest\x1a\x30.hevlayer.api.claimer.v1.ForgetDocumentsResponse\x12w\n\x10GetContentHashes\x12\x30.hevlayer.api.claimer.v1.GetContentHashesRequest\x1a\x31.hevlayer.api.claimer.v1.GetContentHashesResponse\x12q\n\x0eGetLiveObjects\x12..hevlayer.api.claimer.v1.GetLiveObjectsRequest\x1a/.hevlayer.api.claimer.v1.GetLiveObjectsResponseBf\n\x1b\x64\x65v.hevlayer.api.claimer.v1P\x01ZEgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/claimer/v1;claimerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,hevlayer/api/claimer/v1/document_state.proto\x12\x17hevlayer.api.claimer.v1\x1a\'hevlayer/api/document/v1/document.proto\x1a%hevlayer/api/staging/v1/staging.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x01\n\x0cStagedRecord\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63king\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\x12\x13\n\x0blease_token\x18\x05 \x01(\x04\x12\x14\n\x0ctrace_parent\x18\x06 \x01(\t\"z\n\x13RecordStagedRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x36\n\x07records\x18\x02 \x03(\x0b\x32%.hevlayer.api.claimer.v1.StagedRecord\x12\x16\n\x0eskip_unchanged\x18\x03 \x01(\x08\"n\n\x14RecordStagedResponse\x12<\n\x07results\x18\x01 \x03(\x0b\x32+.hevlayer.api.claimer.v1.RecordStagedResult\x12\x18\n\x10released_objects\x18\x02 \x03(\t\"m\n\x12RecordStagedResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x18\n\x10previous_backing\x18\x03 \x01(\t\x12\x11\n\tunchanged\x18\x04 \x01(\x08\"\x7f\n\x12\x43heckLeasesRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x32\n\x06leases\x18\x04 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\"K\n\x13\x43heckLeasesResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.hevlayer.api.claimer.v1.LeaseCheck\"f\n\nLeaseCheck\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x0c\n\x04held\x18\x02 \x01(\x08\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x12\x0f\n\x07\x62\x61\x63king\x18\x04 \x01(\t\x12\x15\n\rfencing_token\x18\x05 \x01(\x04\"C\n\x16\x46orgetDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"V\n\x17\x46orgetDocumentsResponse\x12\x10\n\x08\x62\x61\x63kings\x18\x01 \x03(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x03\x12\x18\n\x10released_objects\x18\x03 \x03(\t\"D\n\x17GetContentHashesRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"\xae\x01\n\x18GetContentHashesResponse\x12\\\n\x0e\x63ontent_hashes\x18\x01 \x03(\x0b\x32\x44.hevlayer.api.claimer.v1.GetContentHashesResponse.ContentHashesEntry\x1a\x34\n\x12\x43ontentHashesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x15GetLiveObjectsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x13\n\x0bobject_keys\x18\x02 \x03(\t\"2\n\x16GetLiveObjectsResponse\x12\x18\n\x10live_object_keys\x18\x01 \x03(\t\"T\n\x11\x45nqueueIdsRequest\x12?\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x30.hevlayer.api.staging.v1.EnqueueDocumentsRequest\"W\n\x12\x45nqueueIdsResponse\x12\x41\n\x06result\x18\x01 \x01(\x0b\x32\x31.hevlayer.api.staging.v1.EnqueueDocumentsResponse\"C\n\x17\x44\x65scribeDocumentRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\"T\n\x18\x44\x65scribeDocumentResponse\x12\x38\n\x08\x64ocument\x18\x01 \x01(\x0b\x32&.hevlayer.api.staging.v1.DocumentState\"M\n\x14ScanDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tid_prefix\x18\x03 \x01(\t\"R\n\x15ScanDocumentsResponse\x12\x39\n\tdocuments\x18\x01 \x03(\x0b\x32&.hevlayer.api.staging.v1.DocumentState\"C\n\x0cSinkInstance\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x10\n\x08location\x18\x03 \x01(\t\"g\n\x17\x42indSinkInstanceRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x37\n\x08instance\x18\x02 \x01(\x0b\x32%.hevlayer.api.claimer.v1.SinkInstance\"\x7f\n\x18\x42indSinkInstanceResponse\x12\x34\n\x05\x62ound\x18\x01 \x01(\x0b\x32%.hevlayer.api.claimer.v1.SinkInstance\x12-\n\tbind_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x9c\x08\n\x14\x44ocumentStateService\x12k\n\x0cRecordStaged\x12,.hevlayer.api.claimer.v1.RecordStagedRequest\x1a-.hevlayer.api.claimer.v1.RecordStagedResponse\x12h\n\x0b\x43heckLeases\x12+.hevlayer.api.claimer.v1.CheckLeasesRequest\x1a,.hevlayer.api.claimer.v1.CheckLeasesResponse\x12g\n\nEnqueueIds\x12*.hevlayer.api.claimer.v1.EnqueueIdsRequest\x1a+.hevlayer.api.claimer.v1.EnqueueIdsResponse(\x01\x12w\n\x10\x44\x65scribeDocument\x12\x30.hevlayer.api.claimer.v1.DescribeDocumentRequest\x1a\x31.hevlayer.api.claimer.v1.DescribeDocumentResponse\x12p\n\rScanDocuments\x12-.hevlayer.api.claimer.v1.ScanDocumentsRequest\x1a..hevlayer.api.claimer.v1.ScanDocumentsResponse0\x01\x12t\n\x0f\x46orgetDocuments\x12/.hevlayer.api.claimer.v1.ForgetDocumentsRequest\x1a\x30.hevlayer.api.claimer.v1.ForgetDocumentsResponse\x12w\n\x10GetContentHashes\x12\x30.hevlayer.api.claimer.v1.GetContentHashesRequest\x1a\x31.hevlayer.api.claimer.v1.GetContentHashesResponse\x12q\n\x0eGetLiveObjects\x12..hevlayer.api.claimer.v1.GetLiveObjectsRequest\x1a/.hevlayer.api.claimer.v1.GetLiveObjectsResponse\x12w\n\x10\x42indSinkInstance\x12\x30.hevlayer.api.claimer.v1.BindSinkInstanceRequest\x1a\x31.hevlayer.api.claimer.v1.BindSinkInstanceResponseBf\n\x1b\x64\x65v.hevlayer.api.claimer.v1P\x01ZEgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/claimer/v1;claimerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,46 +38,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\033dev.hevlayer.api.claimer.v1P\001ZEgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/claimer/v1;claimerv1'
   _globals['_GETCONTENTHASHESRESPONSE_CONTENTHASHESENTRY']._loaded_options = None
   _globals['_GETCONTENTHASHESRESPONSE_CONTENTHASHESENTRY']._serialized_options = b'8\001'
-  _globals['_STAGEDRECORD']._serialized_start=154
-  _globals['_STAGEDRECORD']._serialized_end=292
-  _globals['_RECORDSTAGEDREQUEST']._serialized_start=294
-  _globals['_RECORDSTAGEDREQUEST']._serialized_end=416
-  _globals['_RECORDSTAGEDRESPONSE']._serialized_start=418
-  _globals['_RECORDSTAGEDRESPONSE']._serialized_end=528
-  _globals['_RECORDSTAGEDRESULT']._serialized_start=530
-  _globals['_RECORDSTAGEDRESULT']._serialized_end=639
-  _globals['_CHECKLEASESREQUEST']._serialized_start=641
-  _globals['_CHECKLEASESREQUEST']._serialized_end=768
-  _globals['_CHECKLEASESRESPONSE']._serialized_start=770
-  _globals['_CHECKLEASESRESPONSE']._serialized_end=845
-  _globals['_LEASECHECK']._serialized_start=847
-  _globals['_LEASECHECK']._serialized_end=949
-  _globals['_FORGETDOCUMENTSREQUEST']._serialized_start=951
-  _globals['_FORGETDOCUMENTSREQUEST']._serialized_end=1018
-  _globals['_FORGETDOCUMENTSRESPONSE']._serialized_start=1020
-  _globals['_FORGETDOCUMENTSRESPONSE']._serialized_end=1106
-  _globals['_GETCONTENTHASHESREQUEST']._serialized_start=1108
-  _globals['_GETCONTENTHASHESREQUEST']._serialized_end=1176
-  _globals['_GETCONTENTHASHESRESPONSE']._serialized_start=1179
-  _globals['_GETCONTENTHASHESRESPONSE']._serialized_end=1353
-  _globals['_GETCONTENTHASHESRESPONSE_CONTENTHASHESENTRY']._serialized_start=1301
-  _globals['_GETCONTENTHASHESRESPONSE_CONTENTHASHESENTRY']._serialized_end=1353
-  _globals['_GETLIVEOBJECTSREQUEST']._serialized_start=1355
-  _globals['_GETLIVEOBJECTSREQUEST']._serialized_end=1420
-  _globals['_GETLIVEOBJECTSRESPONSE']._serialized_start=1422
-  _globals['_GETLIVEOBJECTSRESPONSE']._serialized_end=1472
-  _globals['_ENQUEUEIDSREQUEST']._serialized_start=1474
-  _globals['_ENQUEUEIDSREQUEST']._serialized_end=1558
-  _globals['_ENQUEUEIDSRESPONSE']._serialized_start=1560
-  _globals['_ENQUEUEIDSRESPONSE']._serialized_end=1647
-  _globals['_DESCRIBEDOCUMENTREQUEST']._serialized_start=1649
-  _globals['_DESCRIBEDOCUMENTREQUEST']._serialized_end=1716
-  _globals['_DESCRIBEDOCUMENTRESPONSE']._serialized_start=1718
-  _globals['_DESCRIBEDOCUMENTRESPONSE']._serialized_end=1802
-  _globals['_SCANDOCUMENTSREQUEST']._serialized_start=1804
-  _globals['_SCANDOCUMENTSREQUEST']._serialized_end=1881
-  _globals['_SCANDOCUMENTSRESPONSE']._serialized_start=1883
-  _globals['_SCANDOCUMENTSRESPONSE']._serialized_end=1965
-  _globals['_DOCUMENTSTATESERVICE']._serialized_start=1968
-  _globals['_DOCUMENTSTATESERVICE']._serialized_end=2899
+  _globals['_STAGEDRECORD']._serialized_start=187
+  _globals['_STAGEDRECORD']._serialized_end=325
+  _globals['_RECORDSTAGEDREQUEST']._serialized_start=327
+  _globals['_RECORDSTAGEDREQUEST']._serialized_end=449
+  _globals['_RECORDSTAGEDRESPONSE']._serialized_start=451
+  _globals['_RECORDSTAGEDRESPONSE']._serialized_end=561
+  _globals['_RECORDSTAGEDRESULT']._serialized_start=563
+  _globals['_RECORDSTAGEDRESULT']._serialized_end=672
+  _globals['_CHECKLEASESREQUEST']._serialized_start=674
+  _globals['_CHECKLEASESREQUEST']._serialized_end=801
+  _globals['_CHECKLEASESRESPONSE']._serialized_start=803
+  _globals['_CHECKLEASESRESPONSE']._serialized_end=878
+  _globals['_LEASECHECK']._serialized_start=880
+  _globals['_LEASECHECK']._serialized_end=982
+  _globals['_FORGETDOCUMENTSREQUEST']._serialized_start=984
+  _globals['_FORGETDOCUMENTSREQUEST']._serialized_end=1051
+  _globals['_FORGETDOCUMENTSRESPONSE']._serialized_start=1053
+  _globals['_FORGETDOCUMENTSRESPONSE']._serialized_end=1139
+  _globals['_GETCONTENTHASHESREQUEST']._serialized_start=1141
+  _globals['_GETCONTENTHASHESREQUEST']._serialized_end=1209
+  _globals['_GETCONTENTHASHESRESPONSE']._serialized_start=1212
+  _globals['_GETCONTENTHASHESRESPONSE']._serialized_end=1386
+  _globals['_GETCONTENTHASHESRESPONSE_CONTENTHASHESENTRY']._serialized_start=1334
+  _globals['_GETCONTENTHASHESRESPONSE_CONTENTHASHESENTRY']._serialized_end=1386
+  _globals['_GETLIVEOBJECTSREQUEST']._serialized_start=1388
+  _globals['_GETLIVEOBJECTSREQUEST']._serialized_end=1453
+  _globals['_GETLIVEOBJECTSRESPONSE']._serialized_start=1455
+  _globals['_GETLIVEOBJECTSRESPONSE']._serialized_end=1505
+  _globals['_ENQUEUEIDSREQUEST']._serialized_start=1507
+  _globals['_ENQUEUEIDSREQUEST']._serialized_end=1591
+  _globals['_ENQUEUEIDSRESPONSE']._serialized_start=1593
+  _globals['_ENQUEUEIDSRESPONSE']._serialized_end=1680
+  _globals['_DESCRIBEDOCUMENTREQUEST']._serialized_start=1682
+  _globals['_DESCRIBEDOCUMENTREQUEST']._serialized_end=1749
+  _globals['_DESCRIBEDOCUMENTRESPONSE']._serialized_start=1751
+  _globals['_DESCRIBEDOCUMENTRESPONSE']._serialized_end=1835
+  _globals['_SCANDOCUMENTSREQUEST']._serialized_start=1837
+  _globals['_SCANDOCUMENTSREQUEST']._serialized_end=1914
+  _globals['_SCANDOCUMENTSRESPONSE']._serialized_start=1916
+  _globals['_SCANDOCUMENTSRESPONSE']._serialized_end=1998
+  _globals['_SINKINSTANCE']._serialized_start=2000
+  _globals['_SINKINSTANCE']._serialized_end=2067
+  _globals['_BINDSINKINSTANCEREQUEST']._serialized_start=2069
+  _globals['_BINDSINKINSTANCEREQUEST']._serialized_end=2172
+  _globals['_BINDSINKINSTANCERESPONSE']._serialized_start=2174
+  _globals['_BINDSINKINSTANCERESPONSE']._serialized_end=2301
+  _globals['_DOCUMENTSTATESERVICE']._serialized_start=2304
+  _globals['_DOCUMENTSTATESERVICE']._serialized_end=3356
 # @@protoc_insertion_point(module_scope)

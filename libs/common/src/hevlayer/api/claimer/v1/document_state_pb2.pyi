@@ -10,6 +10,7 @@ gateway; workers never call it.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from hevlayer.api.document.v1 import document_pb2 as _document_pb2
 from hevlayer.api.staging.v1 import staging_pb2 as _staging_pb2
@@ -623,3 +624,97 @@ class ScanDocumentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScanDocumentsResponse: _TypeAlias = ScanDocumentsResponse  # noqa: Y015
+
+@_typing.final
+class SinkInstance(_message.Message):
+    """One instance of a sink: one Milvus Lite database, wherever it is opened."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """The sink kind, as Pipeline.sink names it in lower case: "milvus_lite"."""
+    instance_id: _builtins.str
+    """A random id the sink stored in its own storage when it was first opened
+    (Milvus Lite: a file inside the database directory), so that it is the
+    same after a restart or a move of the directory, and differs between two
+    databases.
+    """
+    location: _builtins.str
+    """Where the gateway that bound it opened it, for messages only (never
+    compared), e.g. "host-a:/var/lib/hevlayer/vectors.db".
+    """
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        location: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "kind", b"kind", "location", b"location"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SinkInstance: _TypeAlias = SinkInstance  # noqa: Y015
+
+@_typing.final
+class BindSinkInstanceRequest(_message.Message):
+    """Request of BindSinkInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PIPELINE_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    pipeline_id: _builtins.str
+    """The pipeline."""
+    @_builtins.property
+    def instance(self) -> Global___SinkInstance:
+        """The sink instance the calling gateway would write the pipeline's vectors to."""
+
+    def __init__(
+        self,
+        *,
+        pipeline_id: _builtins.str = ...,
+        instance: Global___SinkInstance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "pipeline_id", b"pipeline_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BindSinkInstanceRequest: _TypeAlias = BindSinkInstanceRequest  # noqa: Y015
+
+@_typing.final
+class BindSinkInstanceResponse(_message.Message):
+    """Response of BindSinkInstance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOUND_FIELD_NUMBER: _builtins.int
+    BIND_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bound(self) -> Global___SinkInstance:
+        """The instance the pipeline is bound to (the request's if it was unbound)."""
+
+    @_builtins.property
+    def bind_time(self) -> _timestamp_pb2.Timestamp:
+        """When the pipeline was bound to it."""
+
+    def __init__(
+        self,
+        *,
+        bound: Global___SinkInstance | None = ...,
+        bind_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bind_time", b"bind_time", "bound", b"bound"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bind_time", b"bind_time", "bound", b"bound"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BindSinkInstanceResponse: _TypeAlias = BindSinkInstanceResponse  # noqa: Y015

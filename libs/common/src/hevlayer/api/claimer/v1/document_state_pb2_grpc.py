@@ -77,6 +77,11 @@ class DocumentStateServiceStub:
                 request_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsRequest.SerializeToString,
                 response_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsResponse.FromString,
                 _registered_method=True)
+        self.BindSinkInstance = channel.unary_unary(
+                '/hevlayer.api.claimer.v1.DocumentStateService/BindSinkInstance',
+                request_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.BindSinkInstanceRequest.SerializeToString,
+                response_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.BindSinkInstanceResponse.FromString,
+                _registered_method=True)
 
 
 class DocumentStateServiceServicer:
@@ -159,6 +164,20 @@ class DocumentStateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BindSinkInstance(self, request, context):
+        """Binds a pipeline to the sink instance that holds its vectors, the first
+        time a gateway uses the pipeline's sink, and returns the instance it is
+        bound to: the request's when the pipeline was not bound yet, else the one
+        bound first (never replaced). A gateway whose own instance differs refuses
+        the pipeline, so that gateways on different Milvus Lite databases cannot
+        split one pipeline's index between them. The binding is deleted with the
+        pipeline. NOT_FOUND if the pipeline does not exist; INVALID_ARGUMENT
+        naming instance.kind or instance.instance_id when empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DocumentStateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +220,11 @@ def add_DocumentStateServiceServicer_to_server(servicer, server):
                     servicer.GetLiveObjects,
                     request_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsRequest.FromString,
                     response_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsResponse.SerializeToString,
+            ),
+            'BindSinkInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.BindSinkInstance,
+                    request_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.BindSinkInstanceRequest.FromString,
+                    response_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.BindSinkInstanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -421,6 +445,33 @@ class DocumentStateService:
             '/hevlayer.api.claimer.v1.DocumentStateService/GetLiveObjects',
             hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsRequest.SerializeToString,
             hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BindSinkInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hevlayer.api.claimer.v1.DocumentStateService/BindSinkInstance',
+            hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.BindSinkInstanceRequest.SerializeToString,
+            hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.BindSinkInstanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

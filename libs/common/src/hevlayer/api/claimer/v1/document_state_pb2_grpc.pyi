@@ -80,6 +80,16 @@ class DocumentStateServiceStub:
     into (the gateway's sweep deletes old pack objects that none does).
     INVALID_ARGUMENT for more than 10000 keys or an empty key.
     """
+    BindSinkInstance: _grpc.UnaryUnaryMultiCallable[_document_state_pb2.BindSinkInstanceRequest, _document_state_pb2.BindSinkInstanceResponse]
+    """Binds a pipeline to the sink instance that holds its vectors, the first
+    time a gateway uses the pipeline's sink, and returns the instance it is
+    bound to: the request's when the pipeline was not bound yet, else the one
+    bound first (never replaced). A gateway whose own instance differs refuses
+    the pipeline, so that gateways on different Milvus Lite databases cannot
+    split one pipeline's index between them. The binding is deleted with the
+    pipeline. NOT_FOUND if the pipeline does not exist; INVALID_ARGUMENT
+    naming instance.kind or instance.instance_id when empty.
+    """
 
 @_typing.type_check_only
 class DocumentStateServiceAsyncStub(DocumentStateServiceStub):
@@ -128,6 +138,16 @@ class DocumentStateServiceAsyncStub(DocumentStateServiceStub):
     """Returns which of the given objects some live document's backing points
     into (the gateway's sweep deletes old pack objects that none does).
     INVALID_ARGUMENT for more than 10000 keys or an empty key.
+    """
+    BindSinkInstance: _aio.UnaryUnaryMultiCallable[_document_state_pb2.BindSinkInstanceRequest, _document_state_pb2.BindSinkInstanceResponse]  # type: ignore[assignment]
+    """Binds a pipeline to the sink instance that holds its vectors, the first
+    time a gateway uses the pipeline's sink, and returns the instance it is
+    bound to: the request's when the pipeline was not bound yet, else the one
+    bound first (never replaced). A gateway whose own instance differs refuses
+    the pipeline, so that gateways on different Milvus Lite databases cannot
+    split one pipeline's index between them. The binding is deleted with the
+    pipeline. NOT_FOUND if the pipeline does not exist; INVALID_ARGUMENT
+    naming instance.kind or instance.instance_id when empty.
     """
 
 class DocumentStateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -222,6 +242,22 @@ class DocumentStateServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns which of the given objects some live document's backing points
         into (the gateway's sweep deletes old pack objects that none does).
         INVALID_ARGUMENT for more than 10000 keys or an empty key.
+        """
+
+    @_abc_1.abstractmethod
+    def BindSinkInstance(
+        self,
+        request: _document_state_pb2.BindSinkInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_document_state_pb2.BindSinkInstanceResponse, _abc.Awaitable[_document_state_pb2.BindSinkInstanceResponse]]:
+        """Binds a pipeline to the sink instance that holds its vectors, the first
+        time a gateway uses the pipeline's sink, and returns the instance it is
+        bound to: the request's when the pipeline was not bound yet, else the one
+        bound first (never replaced). A gateway whose own instance differs refuses
+        the pipeline, so that gateways on different Milvus Lite databases cannot
+        split one pipeline's index between them. The binding is deleted with the
+        pipeline. NOT_FOUND if the pipeline does not exist; INVALID_ARGUMENT
+        naming instance.kind or instance.instance_id when empty.
         """
 
 def add_DocumentStateServiceServicer_to_server(servicer: DocumentStateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
