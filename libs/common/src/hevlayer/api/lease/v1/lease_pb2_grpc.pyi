@@ -40,8 +40,10 @@ class LeaseServiceStub:
     """Claims up to limit documents in stage (and documents whose lease expired
     in claim_stage, taken first) and moves them to claim_stage under a new
     lease. Concurrent claimers never receive the same document. Document rows
-    come first, then ids of the segmented queue (whole segments, or a split
-    of one). A document whose lease expired for the pipeline's max_attempts-th
+    come first (expired leases oldest expiry first, then documents of stage by
+    EnqueuedDocument.priority, lower first, then oldest first), then ids of
+    the segmented queue (whole segments in enqueue order, or a split of one).
+    A document whose lease expired for the pipeline's max_attempts-th
     time goes to "failed" (last_error says why) instead of being leased; it
     counts against limit. A paused pipeline answers no leases.
     """
@@ -75,8 +77,10 @@ class LeaseServiceAsyncStub(LeaseServiceStub):
     """Claims up to limit documents in stage (and documents whose lease expired
     in claim_stage, taken first) and moves them to claim_stage under a new
     lease. Concurrent claimers never receive the same document. Document rows
-    come first, then ids of the segmented queue (whole segments, or a split
-    of one). A document whose lease expired for the pipeline's max_attempts-th
+    come first (expired leases oldest expiry first, then documents of stage by
+    EnqueuedDocument.priority, lower first, then oldest first), then ids of
+    the segmented queue (whole segments in enqueue order, or a split of one).
+    A document whose lease expired for the pipeline's max_attempts-th
     time goes to "failed" (last_error says why) instead of being leased; it
     counts against limit. A paused pipeline answers no leases.
     """
@@ -113,8 +117,10 @@ class LeaseServiceServicer(metaclass=_abc_1.ABCMeta):
         """Claims up to limit documents in stage (and documents whose lease expired
         in claim_stage, taken first) and moves them to claim_stage under a new
         lease. Concurrent claimers never receive the same document. Document rows
-        come first, then ids of the segmented queue (whole segments, or a split
-        of one). A document whose lease expired for the pipeline's max_attempts-th
+        come first (expired leases oldest expiry first, then documents of stage by
+        EnqueuedDocument.priority, lower first, then oldest first), then ids of
+        the segmented queue (whole segments in enqueue order, or a split of one).
+        A document whose lease expired for the pipeline's max_attempts-th
         time goes to "failed" (last_error says why) instead of being leased; it
         counts against limit. A paused pipeline answers no leases.
         """

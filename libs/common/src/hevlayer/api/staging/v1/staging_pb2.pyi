@@ -275,19 +275,30 @@ class EnqueuedDocument(_message.Message):
 
     DOCUMENT_ID_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
     """The document's id."""
     content_hash: _builtins.str
     """Optional content hash, compared when skip_unchanged is set."""
+    priority: _builtins.int
+    """Claim priority: lower is claimed first (default 0; negative values are
+    allowed). Claims take documents by (priority, age): among equal
+    priorities the document that entered its stage first. The priority stays
+    with the document through its later stages (staging keeps it) until it is
+    enqueued again. Supported by pipelines with queue_backend "row" only: a
+    non-zero priority for a "segment" pipeline is INVALID_ARGUMENT naming
+    documents[i].priority (segments are claimed whole, in enqueue order).
+    """
     def __init__(
         self,
         *,
         document_id: _builtins.str = ...,
         content_hash: _builtins.str = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "document_id", b"document_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "document_id", b"document_id", "priority", b"priority"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
