@@ -5,12 +5,16 @@
 2. Record them as durable tasks: their ids (absolute paths) go through
    ``EnqueueDocuments`` into stage ``extract`` with ``skip_unchanged``, so an
    unchanged file is not queued again.
-3. Extract workers (asyncio tasks of this process) claim ids from ``extract``
-   into ``extracting`` under leases (``ClaimDocuments``), read the file, run
-   the producer of its kind and stage the chunks (``StageDocuments``), which
-   makes the document ``pending`` for the embedder; a file that cannot be read
-   is moved to ``failed`` with the reason. A crashed ``add`` loses nothing: its
-   leases expire and the next ``add`` claims the ids again.
+3. Extract workers claim ids from ``extract`` into ``extracting`` under leases
+   (``ClaimDocuments``), read the file, run the producer of its kind (or take
+   its chunks from the Artifact Cache) and stage the chunks
+   (``StageDocuments``), which makes the document ``pending`` for the embedder;
+   a file that cannot be read is moved to ``failed`` with the reason. The
+   workers are :class:`hevlayer.ingest.extract_loop.ExtractLoop` tasks of this
+   process, or, with ``remote_workers``, running extract workers
+   (``hevlayer-extractor``) and this process only enqueues and waits. A crashed
+   ``add`` loses nothing: its leases expire and the next ``add`` claims the ids
+   again.
 4. Documents under the given directories whose files are gone are deleted
    (``ListDocuments`` against the tree, then ``DeleteDocuments``): their
    state, chunks and vectors.
@@ -30,40 +34,50 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2
-from hevlayer.api.staging.v1 import staging_pb2
-from hevlayer.cli.resilience import MAX_BACKOFF, retry_seconds
-from hevlayer.client import Claim, Client, Lease, LeaseRef
-from hevlayer.client.errors import NotFound, ServiceError, Unavailable
+from hevlayer.cli.resilience import retry_seconds
+from hevlayer.client import Client
+from hevlayer.client.errors import NotFound, ServiceError
+from hevlayer.ingest.artifacts import ArtifactCache, LocalArtifactCache
+from hevlayer.ingest.extract_loop import (
+    EXTRACT_STAGE,
+    EXTRACTING_STAGE,
+    FAILED_STAGE,
+    Extraction,
+    ExtractLoop,
+    ExtractObserver,
+    LoopOptions,
+    extract_object,
+    to_document,
+)
 from hevlayer.ingest.files import (
     DEFAULT_MAX_FILE_BYTES,
     FileEntry,
     Root,
     Skipped,
-    display_name,
     examine,
     walk,
 )
-from hevlayer.ingest.producers import (
-    DEFAULT_BUDGET,
-    Budget,
-    Chunk,
-    ProducerError,
-    Source,
-    content_hash,
-    detect_kind,
-    select_producer,
-    unsupported_reason,
-)
+from hevlayer.ingest.producers import DEFAULT_BUDGET, Budget
+from hevlayer.ingest.sources import LocalSource, ObjectMissing, SourceError
 
-EXTRACT_STAGE = "extract"
-EXTRACTING_STAGE = "extracting"
+__all__ = [
+    "AddOptions",
+    "AddSummary",
+    "Extraction",
+    "Failure",
+    "Ingest",
+    "Progress",
+    "Reporter",
+    "ensure_pipeline",
+    "extract",
+    "outstanding",
+    "to_document",
+]
+
 PENDING_STAGE = "pending"
 INDEXED_STAGE = "indexed"
-FAILED_STAGE = "failed"
 TERMINAL_STAGES = frozenset({INDEXED_STAGE, FAILED_STAGE})
-MAX_REASON_CHARS = 1000
 _EXAMINE_BATCH = 64
 _DELETE_BATCH = 1000
 
@@ -74,6 +88,9 @@ class AddOptions:
 
     workers: int = 4
     """Extract workers (asyncio tasks; the producers run in threads)."""
+    remote_workers: bool = False
+    """Run no extract workers here: enumerate, enqueue and wait while running extract workers
+    (``hevlayer-extractor``) extract."""
     claim_limit: int = 16
     """Documents one claim takes."""
     lease_seconds: int = 300
@@ -95,6 +112,10 @@ class AddOptions:
     """How often idle workers claim again."""
     queue_backend: pipeline_pb2.QueueBackend.ValueType = pipeline_pb2.QUEUE_BACKEND_UNSPECIFIED
     """Queue backend of the pipeline when ``add`` creates it (unspecified: the server's default)."""
+    artifact_dir: str | None = None
+    """Directory of the Artifact Cache the in-process workers use (None: no cache)."""
+    artifact_bytes: int = 1 << 30
+    """Byte budget of that cache (least recently used entries are evicted beyond it)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +175,10 @@ class AddSummary:
     failures: list[Failure] = field(default_factory=list)
     elapsed: float = 0.0
     by_kind: dict[str, int] = field(default_factory=dict)
+    conversions: int = 0
+    """Producer runs of this process's extract workers."""
+    cache_hits: int = 0
+    """Objects whose chunks came from the Artifact Cache instead."""
 
     @property
     def files_per_second(self) -> float:
@@ -179,10 +204,6 @@ def outstanding(counts: dict[str, int]) -> int:
     return sum(n for stage, n in counts.items() if stage not in TERMINAL_STAGES)
 
 
-def worker_id(number: int) -> str:
-    return f"hevlayer-cli-{socket.gethostname()[:64]}-{os.getpid()}-{number}"
-
-
 async def ensure_pipeline(
     gateway: Client,
     pipeline_id: str,
@@ -203,54 +224,38 @@ async def ensure_pipeline(
     return True
 
 
-def to_document(document_id: str, chunks: Sequence[Chunk], hash_value: str) -> document_pb2.Document:
-    """The Document proto of a producer's chunks."""
-    document = document_pb2.Document(id=document_id, content_hash=hash_value)
-    for chunk in chunks:
-        proto = document.chunks.add(id=chunk.id, text=chunk.text)
-        proto.metadata.update(chunk.metadata)
-    return document
-
-
-@dataclass(frozen=True)
-class Extraction:
-    """The result of reading and chunking one claimed document."""
-
-    document_id: str
-    document: document_pb2.Document | None = None
-    reason: str = ""
-    missing: bool = False
-    kind: str = ""
-
-
 def extract(
     document_id: str, roots: Sequence[Root], budget: Budget, max_bytes: int = DEFAULT_MAX_FILE_BYTES
 ) -> Extraction:
-    """Read the file behind ``document_id`` and run its producer (blocking; run it in a thread)."""
-    path = Path(document_id)
+    """Read the file behind ``document_id`` and run its producer (blocking; no cache)."""
     try:
-        if path.stat().st_size > max_bytes:
-            return Extraction(document_id, reason=f"larger than {max_bytes} bytes")
-        data = path.read_bytes()
-    except FileNotFoundError:
+        obj = LocalSource(roots).read_blocking(document_id, max_bytes)
+    except ObjectMissing:
         return Extraction(document_id, missing=True)
-    except OSError as exc:
-        return Extraction(document_id, reason=f"unreadable: {exc.strerror or exc}")
-    name = display_name(path, roots)
-    kind = detect_kind(name, data[:8192])
-    if kind is None:
-        return Extraction(document_id, reason=unsupported_reason(name, data[:8192]))
-    producer = select_producer(kind)
-    try:
-        chunks = producer.produce(Source(document_id, name, data), budget)
-    except ProducerError as exc:
-        return Extraction(document_id, reason=str(exc), kind=kind)
-    except Exception as exc:  # a producer bug must not stop the run; the file is reported
-        return Extraction(
-            document_id, reason=f"{kind} producer failed: {type(exc).__name__}: {exc}", kind=kind
-        )
-    document = to_document(document_id, chunks, content_hash(data, producer))
-    return Extraction(document_id, document=document, kind=kind)
+    except SourceError as exc:
+        return Extraction(document_id, reason=exc.reason)
+    return extract_object(obj, budget)
+
+
+class _Observer(ExtractObserver):
+    """The in-process loop's events, into the run's summary and progress."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+
+    def finished(self, pipeline_id: str, count: int) -> None:
+        self.ingest._publish()
+
+    def staged(self, pipeline_id: str, document_id: str, chunks: int) -> None:
+        self.ingest.summary.extracted += 1
+        self.ingest.summary.chunks += chunks
+        self.ingest.progress.chunks = self.ingest.summary.chunks
+
+    def failed(self, pipeline_id: str, document_id: str, reason: str) -> None:
+        self.ingest._extract_failures[document_id] = Failure(document_id, reason, EXTRACT_STAGE)
+
+    def deleted(self, pipeline_id: str, count: int) -> None:
+        self.ingest.summary.deleted += count
 
 
 class Ingest:
@@ -264,6 +269,7 @@ class Ingest:
         reporter: Reporter,
         options: AddOptions = AddOptions(),
         clock: Callable[[], float] = time.monotonic,
+        cache: ArtifactCache | None = None,
     ) -> None:
         self.gateway = gateway
         self.pipeline_id = pipeline_id
@@ -280,9 +286,30 @@ class Ingest:
         self._counts: dict[str, int] = {}
         self._counts_changed = asyncio.Event()
         self._extract_failures: dict[str, Failure] = {}
-        self._in_flight = 0
-        self._unavailable_since: float | None = None
-        """When the extract workers' calls started failing UNAVAILABLE (None: they answer)."""
+        self.loop = ExtractLoop(
+            gateway,
+            pipeline_id,
+            LocalSource(self.roots),
+            LoopOptions(
+                claim_limit=options.claim_limit,
+                lease_seconds=options.lease_seconds,
+                poll_seconds=options.poll_seconds,
+                budget=options.budget,
+                max_bytes=options.max_file_bytes,
+                retry_seconds=retry_seconds(),
+                interrupted_reason="add was interrupted",
+                worker_prefix=f"hevlayer-cli-{socket.gethostname()[:64]}-{os.getpid()}",
+            ),
+            cache=cache
+            if cache is not None or options.artifact_dir is None
+            else LocalArtifactCache(options.artifact_dir, options.artifact_bytes),
+            observer=_Observer(self),
+        )
+        """The in-process extract workers (none run with ``remote_workers``)."""
+
+    @property
+    def _in_flight(self) -> int:
+        return self.loop.in_flight
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -298,7 +325,7 @@ class Ingest:
         self._before = outstanding(self._counts)
         stop = asyncio.Event()
         watcher = asyncio.create_task(self._watch(stop))
-        workers = [asyncio.create_task(self._worker(n, stop)) for n in range(self.options.workers)]
+        workers = [] if self.options.remote_workers else self.loop.start(self.options.workers, stop)
         try:
             response = await self.gateway.staging.enqueue(
                 self.pipeline_id, self._batches(), stage=EXTRACT_STAGE, skip_unchanged=True
@@ -319,6 +346,8 @@ class Ingest:
                 if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                     raise result
         self.summary.elapsed = self.clock() - started
+        self.summary.conversions = self.loop.stats.conversions
+        self.summary.cache_hits = self.loop.stats.cache_hits
         await self._collect_states()
         self._publish()
         self.reporter.close()
@@ -328,7 +357,7 @@ class Ingest:
         """Wait until extraction (and, with ``wait``, indexing) is done, a worker fails, or time is up."""
         deadline = None if self.options.wait_timeout is None else started + self.options.wait_timeout
         last_change = self.clock()
-        last_indexed = -1
+        last_indexed = (-1, -1)
         warned = False
         while True:
             for task in workers:
@@ -346,9 +375,22 @@ class Ingest:
                     f"{outstanding(self._counts)} documents are still in flight (they carry on)"
                 )
                 return
-            if self.progress.indexed != last_indexed or self._in_flight:
-                last_indexed = self.progress.indexed
+            moved = (self.progress.indexed, self.progress.extracted)
+            if moved != last_indexed or self._in_flight:
+                last_indexed = moved
                 last_change = now
+            elif (
+                self.options.remote_workers
+                and not warned
+                and self._counts.get(EXTRACT_STAGE, 0) > 0
+                and now - last_change > self.options.stall_seconds
+            ):
+                warned = True
+                self.reporter.note(
+                    f"{self._counts.get(EXTRACT_STAGE, 0)} documents wait in extract and none has been "
+                    f"extracted for {self.options.stall_seconds:.0f} s: is an extract worker "
+                    f"(hevlayer-extractor) running for pipeline {self.pipeline_id!r}?"
+                )
             elif (
                 self.options.wait
                 and not warned
@@ -448,132 +490,6 @@ class Ingest:
         if deleted:
             self.reporter.note(f"deleted {deleted} documents whose files are gone")
         return deleted
-
-    # -- extraction -------------------------------------------------------------------------------
-
-    async def _worker(self, number: int, stop: asyncio.Event) -> None:
-        worker = worker_id(number)
-        idle = self.options.poll_seconds / 4
-        while not stop.is_set():
-            try:
-                leases = await self.gateway.leases.claim(self._claim(worker), self.options.claim_limit)
-            except Unavailable as error:
-                await self._ride_out(error, stop)
-                continue
-            self._unavailable_since = None
-            if not leases:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=idle)
-                idle = min(self.options.poll_seconds, idle * 2)
-                continue
-            idle = self.options.poll_seconds / 4
-            self._in_flight += len(leases)
-            try:
-                await self._process(worker, leases)
-            finally:
-                self._in_flight -= len(leases)
-                self._publish()
-
-    async def _ride_out(self, error: Unavailable, stop: asyncio.Event | None) -> None:
-        """Back off after UNAVAILABLE (a gateway restarting under ``hevlayer up``); re-raise it
-        once the gateway has been unavailable for ``HEVLAYER_RETRY_SECONDS``."""
-        now = time.monotonic()
-        if self._unavailable_since is None:
-            self._unavailable_since = now
-        if now - self._unavailable_since > retry_seconds():
-            raise error
-        pause = min(MAX_BACKOFF, error.retry_after or MAX_BACKOFF / 5)
-        if stop is None:
-            await asyncio.sleep(pause)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=pause)
-
-    def _claim(self, worker: str) -> Claim:
-        return Claim(
-            self.pipeline_id,
-            worker,
-            EXTRACT_STAGE,
-            EXTRACTING_STAGE,
-            lease_seconds=self.options.lease_seconds,
-        )
-
-    async def _process(self, worker: str, leases: Sequence[Lease]) -> None:
-        held = {lease.document_id: lease.fencing_token for lease in leases}
-        try:
-            await self._extract_and_stage(worker, held)
-        except Unavailable as error:
-            # The gateway (or what it needs) went away mid-call: once it answers again, hand the
-            # documents back to ``extract`` (fenced by their tokens: a no-op for any the lost call
-            # did stage) and let the workers claim them again.
-            await self._ride_out(error, None)
-            with contextlib.suppress(ServiceError):
-                await self.gateway.leases.transition_claimed(
-                    self._claim(worker),
-                    [LeaseRef(d, t) for d, t in held.items()],
-                    EXTRACT_STAGE,
-                    reason="the gateway was unavailable during staging",
-                )
-        except asyncio.CancelledError:
-            # Interrupted: hand the documents back to ``extract`` now rather than when the leases expire.
-            with contextlib.suppress(ServiceError, asyncio.CancelledError):
-                await asyncio.wait_for(
-                    self.gateway.leases.transition_claimed(
-                        self._claim(worker),
-                        [LeaseRef(d, t) for d, t in held.items()],
-                        EXTRACT_STAGE,
-                        reason="add was interrupted",
-                    ),
-                    timeout=5,
-                )
-            raise
-
-    async def _extract_and_stage(self, worker: str, held: dict[str, int]) -> None:
-        heartbeat = asyncio.create_task(self._heartbeat(worker, held))
-        try:
-            extractions = await asyncio.gather(
-                *(
-                    asyncio.to_thread(
-                        extract, doc, self.roots, self.options.budget, self.options.max_file_bytes
-                    )
-                    for doc in held
-                )
-            )
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-        missing = [e.document_id for e in extractions if e.missing]
-        failed = [(e.document_id, e.reason) for e in extractions if not e.missing and e.document is None]
-        documents = [e.document for e in extractions if e.document is not None]
-        if documents:
-            results = await self.gateway.staging.stage(
-                self.pipeline_id, documents, leases=[LeaseRef(d.id, held[d.id]) for d in documents]
-            )
-            for result, document in zip(results, documents, strict=False):
-                if result.outcome == staging_pb2.STAGE_OUTCOME_REJECTED:
-                    failed.append((result.document_id, f"rejected: {result.error.message}"))
-                else:
-                    self.summary.extracted += 1
-                    self.summary.chunks += len(document.chunks)
-            self.progress.chunks = self.summary.chunks
-        for document_id, reason in failed:
-            reason = reason[:MAX_REASON_CHARS] or "extraction failed"
-            self._extract_failures[document_id] = Failure(document_id, reason, EXTRACT_STAGE)
-            await self.gateway.leases.transition_claimed(
-                self._claim(worker), [LeaseRef(document_id, held[document_id])], FAILED_STAGE, reason=reason
-            )
-        if missing:
-            self.summary.deleted += await self.gateway.staging.delete_documents(self.pipeline_id, missing)
-
-    async def _heartbeat(self, worker: str, held: dict[str, int]) -> None:
-        interval = max(1.0, self.options.lease_seconds / 3)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(ServiceError):
-                await self.gateway.leases.heartbeat(
-                    self._claim(worker), [LeaseRef(d, t) for d, t in held.items()]
-                )
 
     # -- status -----------------------------------------------------------------------------------
 

@@ -319,6 +319,11 @@ def print_summary(output: Output, summary: AddSummary) -> None:
     output.line(
         f"queued {summary.enqueued}, unchanged {summary.unchanged}, deleted {summary.deleted}; "
         f"extracted {summary.extracted} documents into {summary.chunks} chunks"
+        + (
+            f" ({summary.conversions} converted, {summary.cache_hits} from the artifact cache)"
+            if summary.conversions or summary.cache_hits
+            else ""
+        )
     )
     output.line(
         f"under the given paths: {summary.indexed} indexed, {len(summary.failures)} failed"
@@ -346,6 +351,20 @@ def print_summary(output: Output, summary: AddSummary) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @pipeline_option
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(1, 64), help="Extract workers.")
+@click.option(
+    "--remote-workers",
+    is_flag=True,
+    help="Run no extract workers here: only enumerate, enqueue and wait while running extract workers "
+    "(hevlayer-extractor, docs/ingest.md) extract.",
+)
+@click.option(
+    "--artifact-cache-mb",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Byte budget (MiB) of the Artifact Cache in the data directory that the extract workers "
+    "here reuse conversions from (0: no cache).",
+)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until everything is indexed.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None, help="Stop waiting after SECONDS.")
 @click.option(
@@ -390,6 +409,8 @@ def add_command(
     paths: tuple[Path, ...],
     pipeline: str,
     workers: int,
+    remote_workers: bool,
+    artifact_cache_mb: int,
     wait: bool,
     timeout: float | None,
     delete_missing: bool,
@@ -412,6 +433,9 @@ def add_command(
         raise click.BadParameter("must be below --max-tokens", param_hint="--overlap")
     options = AddOptions(
         workers=workers,
+        remote_workers=remote_workers,
+        artifact_dir=str(settings.data_dir.absolute() / "artifacts") if artifact_cache_mb else None,
+        artifact_bytes=artifact_cache_mb << 20,
         wait=wait,
         wait_timeout=timeout,
         delete_missing=delete_missing,
