@@ -1,0 +1,53 @@
+# syntax=docker/dockerfile:1
+# The embedder (hevlayer-embedder): embeds claimed documents through Triton. From the repository root:
+#   docker build -f deploy/docker/embedder.Dockerfile -t ghcr.io/hev/hevlayer-embedder:0.1.0 .
+# Needs EMBEDDER_TRITON_URL (the Triton image, deploy/docker/triton.Dockerfile) and, for the
+# worker loop, HEVLAYER_GATEWAY_ADDRESS (docs/configuration.md). Writable path: /tmp.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+
+FROM ${UV_IMAGE} AS uv
+
+# Builder: the embedder's environment from uv.lock, only hevlayer-embedder and what it depends on.
+FROM ${PYTHON_IMAGE} AS builder
+COPY --from=uv /uv /usr/local/bin/uv
+ENV UV_PROJECT_ENVIRONMENT=/opt/hevlayer \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_NO_PROGRESS=1
+WORKDIR /src
+COPY pyproject.toml uv.lock ./
+COPY libs ./libs
+COPY services ./services
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --package hevlayer-embedder --frozen --no-dev --no-editable --python /usr/local/bin/python3.11
+
+# Runtime: the same Python image, the environment, a non-root user; no uv, no compilers.
+FROM ${PYTHON_IMAGE}
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="hevlayer-embedder" \
+      org.opencontainers.image.description="The embedder: stateless GPU worker that embeds claimed documents through Triton." \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="https://github.com/hevlayer/hevlayer" \
+      org.opencontainers.image.url="https://github.com/hevlayer/hevlayer/blob/main/docs/kubernetes.md" \
+      org.opencontainers.image.vendor="hevlayer"
+RUN groupadd --system --gid 10001 hevlayer \
+    && useradd --system --uid 10001 --gid hevlayer --home-dir /var/lib/hevlayer --create-home \
+       --shell /usr/sbin/nologin hevlayer
+COPY --from=builder /opt/hevlayer /opt/hevlayer
+COPY deploy/docker/healthcheck.py /usr/local/bin/hevlayer-healthcheck
+ENV PATH=/opt/hevlayer/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/var/lib/hevlayer \
+    HEVLAYER_GRPC_ADDRESS=0.0.0.0:50053 \
+    HEVLAYER_HTTP_ADDRESS=0.0.0.0:9103
+WORKDIR /var/lib/hevlayer
+USER 10001:10001
+# gRPC (EmbeddingService, health, reflection), HTTP (/metrics, /healthz, /readyz).
+EXPOSE 50053 9103
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["/opt/hevlayer/bin/python", "/usr/local/bin/hevlayer-healthcheck"]
+ENTRYPOINT ["hevlayer-embedder"]

@@ -1,0 +1,54 @@
+# syntax=docker/dockerfile:1
+# The summarizer (hevlayer-summarizer): the Job Lane. From the repository root:
+#   docker build -f deploy/docker/summarizer.Dockerfile -t ghcr.io/hev/hevlayer-summarizer:0.1.0 .
+# Stages summaries through SUMMARIZER_GATEWAY_ADDRESS (docs/configuration.md). Writable path:
+# its transformation cache, SUMMARIZER_CACHE_DIR (default ~/.cache/hevlayer/summarizer, under
+# /var/lib/hevlayer here; mount a volume there to keep it across restarts).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+
+FROM ${UV_IMAGE} AS uv
+
+# Builder: the summarizer's environment from uv.lock, only hevlayer-summarizer and what it depends on.
+FROM ${PYTHON_IMAGE} AS builder
+COPY --from=uv /uv /usr/local/bin/uv
+ENV UV_PROJECT_ENVIRONMENT=/opt/hevlayer \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_NO_PROGRESS=1
+WORKDIR /src
+COPY pyproject.toml uv.lock ./
+COPY libs ./libs
+COPY services ./services
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --package hevlayer-summarizer --frozen --no-dev --no-editable --python /usr/local/bin/python3.11
+
+# Runtime: the same Python image, the environment, a non-root user; no uv, no compilers.
+FROM ${PYTHON_IMAGE}
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="hevlayer-summarizer" \
+      org.opencontainers.image.description="The summarizer: the Job Lane (bottom-up directory summaries)." \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="https://github.com/hevlayer/hevlayer" \
+      org.opencontainers.image.url="https://github.com/hevlayer/hevlayer/blob/main/docs/kubernetes.md" \
+      org.opencontainers.image.vendor="hevlayer"
+RUN groupadd --system --gid 10001 hevlayer \
+    && useradd --system --uid 10001 --gid hevlayer --home-dir /var/lib/hevlayer --create-home \
+       --shell /usr/sbin/nologin hevlayer
+COPY --from=builder /opt/hevlayer /opt/hevlayer
+COPY deploy/docker/healthcheck.py /usr/local/bin/hevlayer-healthcheck
+ENV PATH=/opt/hevlayer/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/var/lib/hevlayer \
+    HEVLAYER_GRPC_ADDRESS=0.0.0.0:50054 \
+    HEVLAYER_HTTP_ADDRESS=0.0.0.0:9104
+WORKDIR /var/lib/hevlayer
+USER 10001:10001
+# gRPC (SummaryService, health, reflection), HTTP (/metrics, /healthz, /readyz).
+EXPOSE 50054 9104
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["/opt/hevlayer/bin/python", "/usr/local/bin/hevlayer-healthcheck"]
+ENTRYPOINT ["hevlayer-summarizer"]
