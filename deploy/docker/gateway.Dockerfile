@@ -32,7 +32,7 @@ LABEL org.opencontainers.image.title="hevlayer-gateway" \
       org.opencontainers.image.version="0.1.0" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.source="https://github.com/hevlayer/hevlayer" \
-      org.opencontainers.image.url="https://github.com/hevlayer/hevlayer/blob/main/docs/kubernetes.md" \
+      org.opencontainers.image.url="https://github.com/hevlayer/hevlayer/blob/main/docs/containers.md" \
       org.opencontainers.image.vendor="hevlayer"
 RUN groupadd --system --gid 10001 hevlayer \
     && useradd --system --uid 10001 --gid hevlayer --home-dir /var/lib/hevlayer --create-home \
