@@ -24,10 +24,16 @@ from hevlayer.ingest.producers.base import (
 )
 from hevlayer.ingest.producers.code import CodeProducer
 from hevlayer.ingest.producers.html import HtmlProducer
+from hevlayer.ingest.producers.image import ImageProducer
 from hevlayer.ingest.producers.markdown import MarkdownProducer
+from hevlayer.ingest.producers.message import MessageProducer
+from hevlayer.ingest.producers.notebook import NotebookProducer
 from hevlayer.ingest.producers.pdf import PdfProducer
+from hevlayer.ingest.producers.records import RecordsProducer
+from hevlayer.ingest.producers.slides import SlidesProducer
 from hevlayer.ingest.producers.table import TableProducer
 from hevlayer.ingest.producers.text import TextProducer
+from hevlayer.ingest.producers.word import WordProducer
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -97,11 +103,18 @@ def unsupported_reason(name: str, head: bytes) -> str:
     return "no producer recognizes this file"
 
 
-# The registrations, in detection order. The text producer sniffs any non-binary
-# content, so it stays last.
+# The registrations, in detection order. Binary kinds (PDF, images, Parquet
+# tables) come first: their extension or magic bytes decide before any text
+# sniffing. The text producer sniffs any non-binary content, so it stays last.
 register(PdfProducer())
+register(ImageProducer())
 register(HtmlProducer())
 register(MarkdownProducer())
 register(TableProducer())
+register(RecordsProducer())
+register(NotebookProducer())
+register(MessageProducer())
+register(WordProducer())
+register(SlidesProducer())
 register(CodeProducer())
 register(TextProducer())

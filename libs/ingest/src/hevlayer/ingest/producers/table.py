@@ -1,9 +1,16 @@
-"""Table rows: CSV/TSV and JSON (an array of records, JSON Lines, or an object).
+"""Table rows and schema: CSV/TSV, JSON (an array of records, or an object) and Parquet.
 
 Each row is rendered as ``column: value; column: value`` and consecutive rows
 are packed into one chunk while they fit the budget (at most ``max_rows``); a
 row too long for one chunk is split like text. Chunks carry the first and
 last row numbers and the column names.
+
+After the rows comes one more chunk of kind ``table_schema`` (metadata
+``kind``; ``hevlayer search --kind table_schema`` finds them) for CSV, TSV and
+Parquet: the header and each column's type, inferred from the values for
+CSV/TSV (``integer``, ``number``, ``boolean``, ``date``, ``datetime``, ``text``,
+``empty``), read from the file for Parquet (Arrow types, via pyarrow).
+JSON Lines files are record collections (``records.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -19,8 +27,10 @@ from hevlayer.ingest.producers.base import (
     DEFAULT_BUDGET,
     Budget,
     Chunk,
+    Metadata,
     Producer,
     ProducerError,
+    Scalar,
     Source,
     Span,
     TokenIndex,
@@ -119,50 +129,164 @@ def json_rows(text: str, lines: bool) -> tuple[list[str], list[list[tuple[str, s
     return columns, rows
 
 
+_INTEGER = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?")
+_BOOLEANS = frozenset({"true", "false", "yes", "no"})
+
+
+def infer_type(values: Sequence[str]) -> str:
+    """The narrowest type every non-empty value fits: integer, number, boolean, date, datetime, text."""
+    present = [v.replace(",", "") if _NUMBER.fullmatch(v.replace(",", "")) else v for v in values if v]
+    if not present:
+        return "empty"
+    for name, test in (
+        ("integer", _INTEGER.fullmatch),
+        ("number", _NUMBER.fullmatch),
+        ("date", _DATE.fullmatch),
+        ("datetime", _DATETIME.fullmatch),
+    ):
+        if all(test(v) for v in present):
+            return name
+    if all(v.lower() in _BOOLEANS for v in present):
+        return "boolean"
+    return "text"
+
+
+def csv_schema(columns: Sequence[str], rows: Sequence[Sequence[tuple[str, str]]]) -> list[str]:
+    """``column: type`` lines of a CSV's columns (with the count of empty cells when there are any)."""
+    lines: list[str] = []
+    for position, column in enumerate(columns):
+        values = [row[position][1] if position < len(row) else "" for row in rows]
+        empty = sum(1 for v in values if not v)
+        kind = infer_type(values)
+        lines.append(f"{column}: {kind}" + (f" ({empty} empty)" if empty and kind != "empty" else ""))
+    return lines
+
+
+def parquet_table(data: bytes) -> tuple[list[str], list[str], list[list[tuple[str, str]]]]:
+    """Column names, ``column: type`` lines and rows of a Parquet file (pyarrow)."""
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+    try:
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        schema = parquet.schema_arrow
+        rows: list[list[tuple[str, str]]] = []
+        for batch in parquet.iter_batches(batch_size=4096):
+            for record in batch.to_pylist():
+                rows.append(list(_flatten(record)))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ProducerError(f"unreadable Parquet: {one_line(str(exc), 200)}") from None
+    columns = [field.name for field in schema]
+    lines = [f"{f.name}: {f.type}" + ("" if f.nullable else " (not null)") for f in schema]
+    return columns, lines, rows
+
+
+def row_groups(rendered: Sequence[str], budget: Budget, index: TokenIndex) -> list[tuple[int, int, int]]:
+    """``(first row, end row, end offset)``: consecutive rendered rows (joined by newlines in
+    ``index.text``) packed while they fit the budget and ``max_rows``."""
+    starts: list[int] = []
+    position = 0
+    for line in rendered:
+        starts.append(position)
+        position += len(line) + 1
+    groups: list[tuple[int, int, int]] = []
+    i = 0
+    while i < len(rendered):
+        j = i + 1
+        while (
+            j < len(rendered)
+            and j - i < budget.max_rows
+            and (starts[j] + len(rendered[j])) - starts[i] <= budget.max_chars
+            and index.count(starts[i], starts[j] + len(rendered[j])) <= budget.max_tokens
+        ):
+            j += 1
+        groups.append((i, j, starts[j - 1] + len(rendered[j - 1])))
+        i = j
+    return groups
+
+
+def row_spans(
+    rendered: Sequence[str],
+    budget: Budget,
+    index: TokenIndex,
+    numbers: Sequence[int],
+    names: tuple[str, str] = ("row", "end_row"),
+) -> list[Span]:
+    """Spans of packed rows, each with the first and last row's number (``numbers[i]`` of row i)."""
+    spans: list[Span] = []
+    position = 0
+    starts: list[int] = []
+    for line in rendered:
+        starts.append(position)
+        position += len(line) + 1
+    for i, j, end in row_groups(rendered, budget, index):
+        extra: tuple[tuple[str, Scalar], ...] = ((names[0], numbers[i]), (names[1], numbers[j - 1]))
+        spans.extend(
+            Span(s, e, extra=extra) for s, e in split_text(index.text, budget, starts[i], end, index)
+        )
+    return spans
+
+
 class TableProducer(Producer):
-    """Rows of CSV, TSV, JSON and JSON Lines files."""
+    """Rows of CSV, TSV, JSON and Parquet files, and the schema of CSV, TSV and Parquet files."""
 
     kind = "table"
-    extensions = (".csv", ".tsv", ".tab", ".json", ".jsonl", ".ndjson")
+    version = 2
+    extensions = (".csv", ".tsv", ".tab", ".json", ".parquet")
+
+    def sniff(self, head: bytes) -> bool:
+        return head[:4] == b"PAR1"
 
     def produce(self, source: Source, budget: Budget = DEFAULT_BUDGET) -> list[Chunk]:
-        text = decode_text(source.data)
         suffix = PurePosixPath(source.name).suffix.lower()
-        if suffix in (".json", ".jsonl", ".ndjson"):
-            columns, rows = json_rows(text, lines=suffix != ".json")
+        schema: list[str] = []
+        if suffix == ".parquet" or source.data[:4] == b"PAR1":
+            columns, schema, rows = parquet_table(source.data)
+        elif suffix in (".json", ".jsonl", ".ndjson"):
+            columns, rows = json_rows(decode_text(source.data), lines=suffix != ".json")
         else:
+            text = decode_text(source.data)
             columns, rows = csv_rows(text, "\t" if suffix in (".tsv", ".tab") else None)
+            schema = csv_schema(columns, rows)
         rendered = [render(row) for row in rows]
         body = "\n".join(rendered)
-        starts: list[int] = []
-        position = 0
-        for line in rendered:
-            starts.append(position)
-            position += len(line) + 1
         index = TokenIndex(body)
         column_names = one_line(", ".join(columns), 400)
-        spans: list[Span] = []
-        i = 0
-        while i < len(rows):
-            j = i + 1
-            while (
-                j < len(rows)
-                and j - i < budget.max_rows
-                and (starts[j] + len(rendered[j])) - starts[i] <= budget.max_chars
-                and index.count(starts[i], starts[j] + len(rendered[j])) <= budget.max_tokens
-            ):
-                j += 1
-            end = starts[j - 1] + len(rendered[j - 1])
-            extra = (("row", i + 1), ("end_row", j))
-            pieces = split_text(body, budget, starts[i], end, index)
-            spans.extend(Span(s, e, extra=extra) for s, e in pieces)
-            i = j
-        context = display_name(source.name) + (f" (columns: {column_names})" if column_names else "")
-        return build_chunks(
+        spans = row_spans(rendered, budget, index, range(1, len(rows) + 1))
+        name = display_name(source.name)
+        context = name + (f" (columns: {column_names})" if column_names else "")
+        chunks = build_chunks(
             body,
             spans,
             kind=self.kind,
             name=source.name,
             context=context,
             metadata={"columns": column_names} if column_names else None,
+        )
+        if schema:
+            chunks.extend(
+                self.schema_chunks(source.name, schema, len(rows), column_names, len(chunks), budget)
+            )
+        return chunks
+
+    @staticmethod
+    def schema_chunks(
+        name: str, schema: list[str], row_count: int, column_names: str, ordinal: int, budget: Budget
+    ) -> list[Chunk]:
+        """The ``table_schema`` chunk(s): one ``column: type`` line per column."""
+        text = "\n".join(schema)
+        spans = [Span(s, e) for s, e in split_text(text, budget)]
+        metadata: Metadata = {"columns": column_names, "column_count": len(schema), "rows": row_count}
+        return build_chunks(
+            text,
+            spans,
+            kind="table_schema",
+            name=name,
+            context=f"{display_name(name)}: table schema, {len(schema)} columns, {row_count} rows",
+            first_ordinal=ordinal,
+            locator="schema",
+            metadata=metadata,
         )

@@ -1,0 +1,163 @@
+"""Image descriptions for the image producer (and anything else that needs one).
+
+:func:`describe` is the single entry: it reads the image's facts with Pillow,
+then asks the process's Transformation Cache for the description under the
+image's content address (SHA-256 of the bytes + the provider's token). On a
+miss the provider runs once, inside the process-wide ``description_gate``,
+however many threads ask for the same image at the same moment (single
+flight); a cache hit takes no gate slot.
+
+The process's provider, gate and cache come from :class:`VisionSettings`
+(``HEVLAYER_VISION_*``, ``HEVLAYER_DESCRIPTION_CONCURRENCY``,
+``HEVLAYER_TRANSFORM_CACHE_*``), loaded from the environment on first use;
+:func:`configure` replaces them (at start-up, or in tests).
+
+Everything here blocks: call it from a worker thread (producers already run
+in one); asyncio code uses ``await asyncio.to_thread(describe, data)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from hevlayer.common.config import ConfigError, load_settings
+from hevlayer.ingest.vision.cache import CacheOutcome, Gate, TransformationCache
+from hevlayer.ingest.vision.providers import (
+    Image,
+    ImageInfo,
+    OcrProvider,
+    OpenAIVisionProvider,
+    VisionError,
+    VisionProvider,
+    VisionUnavailable,
+    read_image,
+)
+from hevlayer.ingest.vision.settings import VisionSettings
+
+__all__ = [
+    "CacheOutcome",
+    "Description",
+    "Gate",
+    "Image",
+    "ImageInfo",
+    "OcrProvider",
+    "OpenAIVisionProvider",
+    "Vision",
+    "VisionError",
+    "VisionProvider",
+    "VisionSettings",
+    "VisionUnavailable",
+    "configure",
+    "describe",
+    "description_gate",
+    "provider_for",
+    "read_image",
+    "transformation_cache",
+    "vision",
+]
+
+
+@dataclass(frozen=True)
+class Vision:
+    """The process's image describer: provider, ``description_gate`` and Transformation Cache."""
+
+    provider: VisionProvider
+    gate: Gate
+    cache: TransformationCache
+
+
+@dataclass(frozen=True)
+class Description:
+    """An image's description and facts."""
+
+    text: str
+    """The provider's text (OCR: the words read, possibly empty)."""
+    info: ImageInfo
+    provider: str
+    """The provider's token (``ocr:tesseract:eng``, ``openai:<model>:…``)."""
+    outcome: CacheOutcome
+    """Whether the provider ran for this call (MISS) or its memoized answer was reused."""
+
+
+def provider_for(settings: VisionSettings) -> VisionProvider:
+    """The provider ``settings`` name."""
+    if settings.provider == "openai":
+        return OpenAIVisionProvider(
+            settings.url,
+            settings.model,
+            api_key=settings.api_key,
+            prompt=settings.prompt,
+            max_tokens=settings.max_tokens,
+            timeout_seconds=settings.timeout_seconds,
+            max_attempts=settings.max_attempts,
+        )
+    return OcrProvider(settings.tesseract, settings.ocr_languages, settings.timeout_seconds)
+
+
+_lock = threading.Lock()
+_vision: Vision | None = None
+
+
+def configure(
+    settings: VisionSettings | None = None,
+    *,
+    provider: VisionProvider | None = None,
+    gate: Gate | None = None,
+    cache: TransformationCache | None = None,
+) -> Vision:
+    """Set the process's describer (from ``settings``, default: the environment); parts may be given."""
+    global _vision
+    if settings is None:
+        try:
+            settings = load_settings(VisionSettings)
+        except ConfigError as exc:
+            raise VisionUnavailable(f"configuration error: {exc}") from None
+    directory = Path(os.path.expanduser(settings.cache_dir)) if settings.cache_dir else None
+    built = Vision(
+        provider=provider if provider is not None else provider_for(settings),
+        gate=gate if gate is not None else Gate("description", settings.description_concurrency),
+        cache=cache if cache is not None else TransformationCache(settings.cache_entries, directory),
+    )
+    with _lock:
+        _vision = built
+    return built
+
+
+def vision() -> Vision:
+    """The process's describer (configured from the environment on first use)."""
+    with _lock:
+        current = _vision
+    return current if current is not None else configure()
+
+
+def description_gate() -> Gate:
+    """The process-wide ``description_gate``: image descriptions in flight at once."""
+    return vision().gate
+
+
+def transformation_cache() -> TransformationCache:
+    """The process's Transformation Cache of image descriptions."""
+    return vision().cache
+
+
+def cache_key(image: Image, provider: VisionProvider) -> str:
+    """The content address of an image's description by ``provider``."""
+    return hashlib.sha256(f"image-description\x00{provider.token}\x00{image.digest}".encode()).hexdigest()
+
+
+def describe(data: bytes) -> Description:
+    """The description of the image ``data`` (memoized, single flight, gated). Raises VisionError."""
+    image = read_image(data)
+    current = vision()
+    provider = current.provider
+
+    def run() -> str:
+        with current.gate:
+            return provider.describe(image)
+
+    text, outcome = current.cache.get_or_compute(cache_key(image, provider), run)
+    return Description(text=text, info=image.info, provider=provider.token, outcome=outcome)
