@@ -116,7 +116,7 @@ def hevlayer(
 
 
 def sample_tree(root: Path) -> dict[str, Path]:
-    """A small directory of every kind: text, markdown, code, a PDF, HTML, CSV, JSON; and an image."""
+    """A small directory of text, markdown, code, a PDF, HTML, CSV, JSON; and a binary no producer takes."""
     root.mkdir(parents=True, exist_ok=True)
     files = {
         "notes.txt": "Sourdough bread needs a lively starter, flour, water and salt.\n\n"
@@ -140,7 +140,7 @@ def sample_tree(root: Path) -> dict[str, Path]:
     pdf = root / "glaciers.pdf"
     pdf.write_bytes(make_pdf(["Glaciers carve valleys as they slowly flow downhill."]))
     paths["glaciers.pdf"] = pdf
-    image = root / "photo.png"
-    image.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64))
-    paths["photo.png"] = image
+    binary = root / "firmware.bin"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(64))
+    paths["firmware.bin"] = binary
     return paths

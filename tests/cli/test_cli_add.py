@@ -57,7 +57,7 @@ def test_add_stages_changed_files_only_and_removes_deleted_ones(
     assert summary_line(first, "queued ").startswith(
         "queued 7, unchanged 0, deleted 0; extracted 7 documents"
     )
-    assert f"  {paths['photo.png']}: binary file (.png); no producer for it" in first.stdout
+    assert f"  {paths['firmware.bin']}: binary file (.bin); no producer for it" in first.stdout
     progress = [line for line in first.stdout.splitlines() if line.startswith("enumerated ")]
     assert progress, first
     assert progress[-1].startswith("enumerated 8 files | extracted 7/7 |"), first

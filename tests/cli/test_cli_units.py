@@ -69,11 +69,11 @@ def test_examine_reports_kind_hash_or_reason(tmp_path: Path) -> None:
         "birds.csv": "table",
         "config.json": "table",
         "glaciers.pdf": "pdf",
-        "photo.png": None,
+        "firmware.bin": None,
     }
-    skipped = examine(paths["photo.png"], roots)
+    skipped = examine(paths["firmware.bin"], roots)
     assert isinstance(skipped, Skipped)
-    assert skipped.reason.startswith("binary file (.png)")
+    assert skipped.reason.startswith("binary file (.bin)")
     too_big = examine(paths["notes.txt"], roots, max_bytes=10)
     assert isinstance(too_big, Skipped)
     assert "larger than 10 bytes" in too_big.reason
@@ -115,9 +115,9 @@ def test_extract_reads_chunks_or_says_why(tmp_path: Path) -> None:
     assert repeated is not None
     assert [c.id for c in good.document.chunks] == [c.id for c in repeated.chunks]
     assert extract((tmp_path / "gone.txt").as_posix(), roots, Budget()).missing
-    image = extract(paths["photo.png"].as_posix(), roots, Budget())
-    assert image.document is None
-    assert "binary" in image.reason
+    binary = extract(paths["firmware.bin"].as_posix(), roots, Budget())
+    assert binary.document is None
+    assert "binary" in binary.reason
     broken = tmp_path / "broken.pdf"
     broken.write_bytes(b"%PDF-1.4 not really")
     assert extract(broken.as_posix(), roots, Budget()).reason.startswith("unreadable PDF")

@@ -7,8 +7,9 @@ import json
 
 import pytest
 from cli.support import assert_covers, assert_within_budget, chunk_spans, make_pdf
+from ingest.samples import make_docx, make_message, make_notebook, make_pptx, markdown_cell, text_png
 
-from hevlayer.ingest import producers
+from hevlayer.ingest import producers, vision
 from hevlayer.ingest.producers import (
     DEFAULT_BUDGET,
     Budget,
@@ -48,7 +49,7 @@ def produce(kind: str, name: str, content: str | bytes, budget: Budget = DEFAULT
         ("paper.pdf", b"%PDF-1.7", "pdf"),
         ("index.html", b"<html>", "html"),
         ("rows.csv", b"a,b", "table"),
-        ("rows.JSONL", b"{}", "table"),
+        ("rows.JSONL", b"{}", "record_collection"),
         ("data.json", b"[]", "table"),
         ("no-extension", b"%PDF-1.4\n...", "pdf"),
         ("saved-page", b"<!DOCTYPE html><html>", "html"),
@@ -60,9 +61,10 @@ def test_kind_detection(name: str, head: bytes, kind: str) -> None:
     assert detect_kind(name, head) == kind
 
 
-def test_binary_files_have_no_kind() -> None:
-    assert detect_kind("photo.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR") is None
+def test_binary_files_without_a_producer_have_no_kind() -> None:
+    assert detect_kind("firmware.bin", b"\x7fELF\x02\x01\x01" + bytes(64)) is None
     assert detect_kind("blob", bytes(range(256))) is None
+    assert detect_kind("photo.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR") == "image"
 
 
 def test_unknown_kind_is_an_error() -> None:
@@ -315,7 +317,9 @@ def test_html_drops_scripts_and_styles_and_sections_by_heading() -> None:
 
 def test_csv_rows_carry_column_names_and_row_numbers() -> None:
     rows = "\n".join(f"bird{n},habitat {n}" for n in range(50))
-    chunks = produce("table", "birds.csv", f"species,habitat\n{rows}\n", Budget(max_tokens=60, max_rows=5))
+    produced = produce("table", "birds.csv", f"species,habitat\n{rows}\n", Budget(max_tokens=60, max_rows=5))
+    chunks = [c for c in produced if c.metadata["kind"] == "table"]
+    assert [c.metadata["kind"] for c in produced[len(chunks) :]] == ["table_schema"]
     assert chunks[0].body.startswith("species: bird0; habitat: habitat 0")
     assert chunks[0].metadata["row"] == 1
     assert chunks[0].metadata["columns"] == "species, habitat"
@@ -343,8 +347,19 @@ def test_json_arrays_objects_and_errors() -> None:
         produce("table", "bad.json", "{nope")
 
 
-def test_every_example_file_kind_round_trips() -> None:
+def test_every_example_file_kind_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every registered kind produces deterministic, unique ids for a file of its kind."""
+
+    class Fixed(vision.VisionProvider):
+        @property
+        def token(self) -> str:
+            return "fixed:1"
+
+        def describe(self, image: vision.Image) -> str:
+            return "image text"
+
+    monkeypatch.setattr(vision, "_vision", None)  # the process's describer is put back afterwards
+    vision.configure(vision.VisionSettings(), provider=Fixed())
     examples = {
         "text": ("a.txt", b"some text"),
         "markdown": ("a.md", b"# T\n\nbody"),
@@ -352,11 +367,20 @@ def test_every_example_file_kind_round_trips() -> None:
         "pdf": ("a.pdf", make_pdf(["pdf text"])),
         "html": ("a.html", b"<p>html text</p>"),
         "table": ("a.csv", b"h\nv\n"),
+        "image": ("a.png", text_png(["image"])),
+        "message_stream": ("a.eml", make_message("a@example.org", "subject", "body").as_bytes()),
+        "notebook": ("a.ipynb", make_notebook([markdown_cell("# Notebook")])),
+        "record_collection": ("a.jsonl", b'{"record": 1}\n'),
+        "docx": ("a.docx", make_docx()),
+        "pptx": ("a.pptx", make_pptx()),
     }
+    also = {"table": {"table_schema"}}  # kinds of extra chunks a producer adds
     assert set(examples) == set(producers.kinds())
     for kind, (name, data) in examples.items():
         assert detect_kind(name, data[:100]) == kind
         first = produce(kind, name, data)
         assert first, kind
         assert [c.id for c in first] == [c.id for c in produce(kind, name, data)]
-        assert all(c.metadata["kind"] == kind and c.metadata["path"] == name for c in first)
+        assert len({c.id for c in first}) == len(first)
+        assert all(c.metadata["path"] == name for c in first)
+        assert all(c.metadata["kind"] in {kind, *also.get(kind, ())} for c in first)
