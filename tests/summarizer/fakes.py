@@ -3,7 +3,8 @@
 - :class:`FakeLLM`: an OpenAI-compatible ``POST /v1/chat/completions`` HTTP
   server (aiohttp). It answers a deterministic summary naming the children
   it was shown, records every request, can fail the next requests with given
-  statuses, and can hold replies until released (for concurrency tests).
+  statuses, and can hold replies (all, or those after the first ``hold_after``)
+  until released (for concurrency and kill tests).
 - :class:`FakeStaging`: a gRPC ``StagingService`` (StageDocuments only) that
   records what it was asked to stage, can answer UNAVAILABLE a number of
   times, and can reject given document ids.
@@ -47,6 +48,8 @@ class FakeLLM:
     headers: list[dict[str, str]] = field(default_factory=list)
     failures: list[LLMFailure] = field(default_factory=list)
     hold: asyncio.Event | None = None
+    hold_after: int = 0
+    """With ``hold``: the first ``hold_after`` requests answer at once, later ones wait for it."""
     malformed: bool = False
     in_flight: int = 0
     peak: int = 0
@@ -100,7 +103,7 @@ class FakeLLM:
         self.peak = max(self.peak, self.in_flight)
         self.arrived.set()
         try:
-            if self.hold is not None:
+            if self.hold is not None and len(self.requests) > self.hold_after:
                 await self.hold.wait()
         finally:
             self.in_flight -= 1

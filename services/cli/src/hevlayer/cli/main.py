@@ -452,6 +452,9 @@ def add_command(
             include_hidden=include_hidden,
             exclude=exclude,
             wait=wait,
+            artifact_dir=options.artifact_dir,
+            artifact_bytes=options.artifact_bytes,
+            budget=options.budget,
         )
     summary = add_paths(settings, pipeline, paths, options, plain=plain, summaries=summary_options)
     if summary.timed_out:

@@ -6,9 +6,13 @@ summarizer (``SummaryService.SubmitJob``) while the Object Lane runs:
 1. the files under the directory are enumerated (the same walk and kind
    detection as ``add``) and streamed to the summarizer in batches of
    :data:`BATCH_OBJECTS`, each file with its path relative to the directory,
-   its document id, content hash, kind and a source excerpt (the leading
-   text of a text file; a binary file, such as a PDF or an image, is folded
-   by its name and kind only); the last message sets ``enumeration_complete``;
+   its document id, content hash, kind and a source excerpt: the leading
+   text of a text file; for a file that needs a conversion (a PDF, an image,
+   a Word or PowerPoint file) its derived text from the Artifact Cache
+   (:mod:`hevlayer.ingest.artifacts`, shared with the Object Lane), or, when
+   the Object Lane has not converted it yet, converted here once and stored
+   there for both lanes (its chunks too, so the Object Lane does not convert
+   it again); the last message sets ``enumeration_complete``;
 2. the summarizer folds the directories bottom-up while their files are still
    being extracted and embedded, and stages each summary into the same
    pipeline as a document ``dir:<job id>:/<path>`` of one chunk of kind
@@ -39,7 +43,16 @@ from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.api.summary.v1 import summary_pb2
 from hevlayer.client import Client, ClientOptions
 from hevlayer.client.errors import NotFound, ServiceError
+from hevlayer.ingest.artifacts import (
+    ArtifactCache,
+    LocalArtifactCache,
+    chunks_token,
+    derived_text,
+    encode_chunks,
+    text_token,
+)
 from hevlayer.ingest.files import FileEntry, Root, Skipped, examine, walk
+from hevlayer.ingest.producers import DEFAULT_BUDGET, Budget, ProducerError, Source, select_producer
 from hevlayer.ingest.producers.base import looks_binary
 
 CHUNK_KIND = "directory_summary"
@@ -65,6 +78,11 @@ class SummaryOptions:
     exclude: tuple[str, ...] = ()
     wait: bool = True
     """Follow each job until its summaries are indexed."""
+    artifact_dir: str | None = None
+    """The Artifact Cache directory the Object Lane uses (None: convert without a cache)."""
+    artifact_bytes: int = 1 << 30
+    budget: Budget = DEFAULT_BUDGET
+    """The Object Lane's chunk budget (a conversion done here stores chunks it can reuse)."""
 
 
 @dataclass
@@ -82,6 +100,10 @@ class JobOutcome:
     index_failed: int = 0
     state: str = ""
     deleted: int = 0
+    artifact_hits: int = 0
+    """Files whose derived text came from the Artifact Cache."""
+    conversions: int = 0
+    """Files converted here (not in the Artifact Cache yet)."""
     seconds: float = 0.0
     """From the first SubmitJob message until the job's summaries were indexed."""
 
@@ -102,20 +124,25 @@ def job_id_for(pipeline_id: str, root: Path) -> str:
     return f"{name}-{digest}"
 
 
-def excerpt(path: Path, kind: str) -> str:
-    """The leading text of a text file (tags dropped from HTML, whitespace folded); "" for a
-    binary one, whose derived text the Object Lane holds."""
+def excerpt(path: Path, kind: str) -> str | None:
+    """The leading text of a text file (tags dropped from HTML, whitespace folded); None for a
+    binary one, whose text needs a conversion."""
     try:
         with path.open("rb") as handle:
             head = handle.read(EXCERPT_BYTES)
     except OSError:
         return ""
     if looks_binary(head):
-        return ""
+        return None
     text = head.decode("utf-8", errors="replace")
     if kind == "html":
         text = _TAG.sub(" ", text)
-    return _SPACE.sub(" ", text).strip()
+    return fold(text)
+
+
+def fold(text: str) -> str:
+    """Whitespace folded, cut to about :data:`EXCERPT_BYTES` characters."""
+    return _SPACE.sub(" ", text[: EXCERPT_BYTES * 2]).strip()[:EXCERPT_BYTES]
 
 
 def directories_of(paths: Sequence[str]) -> set[str]:
@@ -128,13 +155,13 @@ def directories_of(paths: Sequence[str]) -> set[str]:
     return out
 
 
-def _job_object(entry: FileEntry, root: Root) -> summary_pb2.JobObject:
+def _job_object(entry: FileEntry, root: Root, text: str) -> summary_pb2.JobObject:
     return summary_pb2.JobObject(
         path=entry.path.relative_to(root.path).as_posix(),
         document_id=entry.document_id,
         content_hash=entry.content_hash,
         kind=entry.kind,
-        text=excerpt(entry.path, entry.kind),
+        text=text,
     )
 
 
@@ -170,6 +197,9 @@ class SummaryJobs:
         self.roots = [r for r in (Root.of(p) for p in paths) if r.is_dir]
         self.options = options
         self.note = note
+        self.artifacts: ArtifactCache | None = (
+            LocalArtifactCache(options.artifact_dir, options.artifact_bytes) if options.artifact_dir else None
+        )
 
     async def run(self) -> list[JobOutcome]:
         """Submit every job, then (with ``wait``) follow each until its summaries are indexed."""
@@ -184,7 +214,7 @@ class SummaryJobs:
         outcome = JobOutcome(root.path.as_posix(), job_id_for(self.pipeline_id, root.path))
         paths: list[str] = []
         job = await summarizer.summaries.submit_job(
-            self.pipeline_id, outcome.job_id, self._batches(root, paths)
+            self.pipeline_id, outcome.job_id, self._batches(root, paths, outcome)
         )
         self.note(
             f"summaries: job {outcome.job_id} submitted ({job.objects} files, {job.directories} directories)"
@@ -197,7 +227,9 @@ class SummaryJobs:
         outcome.seconds = time.monotonic() - started
         return outcome
 
-    async def _batches(self, root: Root, paths: list[str]) -> AsyncIterator[list[summary_pb2.JobObject]]:
+    async def _batches(
+        self, root: Root, paths: list[str], outcome: JobOutcome
+    ) -> AsyncIterator[list[summary_pb2.JobObject]]:
         found: list[Path | Skipped] = await asyncio.to_thread(
             lambda: list(
                 walk([root], include_hidden=self.options.include_hidden, exclude=self.options.exclude)
@@ -206,18 +238,51 @@ class SummaryJobs:
         files = [p for p in found if isinstance(p, Path)]
         for offset in range(0, len(files), BATCH_OBJECTS):
             chunk = files[offset : offset + BATCH_OBJECTS]
-            batch = await asyncio.to_thread(self._objects, chunk, root)
+            examined = await asyncio.to_thread(self._examine, chunk, root)
+            batch = []
+            for entry, text in examined:
+                if text is None:
+                    text = await self._derived_text(entry, outcome)
+                batch.append(_job_object(entry, root, text))
             paths.extend(o.path for o in batch)
             yield batch
 
     @staticmethod
-    def _objects(files: Sequence[Path], root: Root) -> list[summary_pb2.JobObject]:
+    def _examine(files: Sequence[Path], root: Root) -> list[tuple[FileEntry, str | None]]:
         out = []
         for path in files:
             entry = examine(path, [root])
             if isinstance(entry, FileEntry):
-                out.append(_job_object(entry, root))
+                out.append((entry, excerpt(entry.path, entry.kind)))
         return out
+
+    async def _derived_text(self, entry: FileEntry, outcome: JobOutcome) -> str:
+        """A converted file's text: from the Artifact Cache, else converted once and stored
+        there (text and chunks) for both lanes; "" when the conversion fails (the Object
+        Lane reports it)."""
+        producer = select_producer(entry.kind)
+        token = text_token(producer)
+        if self.artifacts is not None:
+            blob = await self.artifacts.get(entry.content_hash, token)
+            if blob is not None:
+                outcome.artifact_hits += 1
+                return fold(blob.decode("utf-8", errors="replace"))
+        budget = self.options.budget
+        try:
+            data = await asyncio.to_thread(entry.path.read_bytes)
+            chunks = await asyncio.to_thread(
+                producer.produce, Source(entry.document_id, entry.name, data), budget
+            )
+        except (OSError, ProducerError):
+            return ""
+        outcome.conversions += 1
+        text = derived_text(chunks)
+        if self.artifacts is not None:
+            await self.artifacts.put(
+                entry.content_hash, chunks_token(producer, budget, entry.name), encode_chunks(chunks)
+            )
+            await self.artifacts.put(entry.content_hash, token, text.encode("utf-8", errors="surrogatepass"))
+        return fold(text)
 
     async def _delete_gone(self, job_id: str, directories: set[str]) -> int:
         """Delete the summaries of directories no longer in the job's tree."""
@@ -275,7 +340,8 @@ def summary_lines(report: SummariesReport) -> list[str]:
         lines.append(
             f"summaries of {job.root} (job {job.job_id}, {job.state}): {job.summarized}/{job.directories} "
             f"directories summarized ({job.cache_hits} from cache){failed}, {job.indexed} indexed"
-            f"{index_failed}{deleted}; {job.seconds:.1f} s"
+            f"{index_failed}{deleted}; converted files: {job.artifact_hits} from the artifact cache, "
+            f"{job.conversions} converted; {job.seconds:.1f} s"
         )
     if report.jobs:
         lines.append(f"summaries added {report.added_seconds:.1f} s after the files were indexed")

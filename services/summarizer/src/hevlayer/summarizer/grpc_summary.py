@@ -119,6 +119,7 @@ class SummaryServicer(summary_pb2_grpc.SummaryServiceServicer):
             snapshot = self._runner.submit(batch_from_proto(request))
         if snapshot is None:
             raise InvalidArgument.field("job_id", "the stream carried no message")
+        await self._runner.flush()
         return pb.SubmitJobResponse(job=job_to_proto(snapshot))
 
     async def WatchJob(

@@ -281,6 +281,7 @@ class JobRunner:
         self.tracking = stager.tracks_indexing
         """Whether summaries' indexing is tracked (the stager stages into a gateway)."""
         self._track_wake = asyncio.Event()
+        self._journal_writer: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -290,6 +291,9 @@ class JobRunner:
         if self.journal is not None:
             for saved in await asyncio.to_thread(self.journal.load):
                 self._restore(saved)
+        if self.journal is not None:
+            self._journal_writer = asyncio.create_task(self.journal.run(), name="summary-journal")
+            self._tasks.append(self._journal_writer)
         if self.tracking:
             self._tasks.append(asyncio.create_task(self._track_forever(), name="summary-tracker"))
         self._tasks.append(asyncio.create_task(self._dispatcher.run(), name="summary-dispatcher"))
@@ -304,14 +308,21 @@ class JobRunner:
             job.close_watchers()
 
     async def stop(self) -> None:
-        """Stop folding: cancel the workers and every fold in flight."""
+        """Stop folding: cancel the workers and every fold in flight; write the journal out."""
         self.close_watchers()
-        tasks = list(self._tasks)
+        tasks = [task for task in self._tasks if task is not self._journal_writer]
         for job in self._jobs.values():
             tasks.extend(job.inflight)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        writer, self._journal_writer = self._journal_writer, None
+        if writer is not None and self.journal is not None:
+            if not writer.done():
+                with contextlib.suppress(OSError):
+                    await self.journal.flush()
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
         self._tasks.clear()
 
     # -- API ------------------------------------------------------------------------
@@ -366,6 +377,11 @@ class JobRunner:
             )
         job.emit()
         return job.snapshot()
+
+    async def flush(self) -> None:
+        """Wait until the journal holds everything accepted so far (SubmitJob answers after it)."""
+        if self.journal is not None and self._journal_writer is not None:
+            await self.journal.flush()
 
     def get(self, job_id: str) -> JobSnapshot:
         """The job now; NOT_FOUND if unknown."""
@@ -720,6 +736,7 @@ class JobRunner:
             self._dispatcher.push(job.id, parent.path, parent.depth)
         if job.tree.finished:
             self._end(job, JobState.FAILED if job.tree.failed else JobState.SUCCEEDED)
+            self._track_wake.set()  # its last summaries were just staged: read their stages now
             log.info(
                 "job ended",
                 extra={

@@ -19,21 +19,28 @@ provider call had answered). A line cut short by the crash (the last one) is
 ignored. When an ended job is forgotten (SUMMARIZER_JOB_RETENTION_SECONDS) its
 journal is deleted.
 
-The journal is plain synchronous file I/O on the event loop: one small append
-per batch or directory.
+Writes are group commits off the event loop: the runner's calls only queue
+an operation (so folding never waits for the disk), and one writer task
+performs the queued operations in order in a thread, with one fsync per
+file touched per round. Order is kept, so a crash loses at most a suffix of
+a journal, never a line in the middle: the lost directories are folded again
+on restart (Transformation Cache hits). SubmitJob answers only after
+:meth:`JobJournal.flush`, so an accepted batch is on disk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hevlayer.summarizer.tree import ObjectSpec, SummaryRecord
 
@@ -77,6 +84,15 @@ def _object_to_json(obj: ObjectSpec) -> dict[str, str]:
     }
 
 
+def _close_under(handles: dict[Path, IO[bytes]], directory: Path) -> None:
+    """Close (after flushing) the open handles of files in ``directory``."""
+    for path in [p for p in handles if p.parent == directory]:
+        handle = handles.pop(path)
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+
+
 def _read_lines(path: Path) -> list[dict[str, Any]]:
     """The JSON lines of ``path``; a last line cut short by a crash is dropped."""
     try:
@@ -104,27 +120,92 @@ class JobJournal:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._queue: list[Callable[[dict[Path, IO[bytes]]], None]] = []
+        self._queued = 0
+        self._written = 0
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._error: BaseException | None = None
 
     def _job_dir(self, job_id: str) -> Path:
         return self.directory / hashlib.sha256(job_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
+    # -- the writer ------------------------------------------------------------------
+
+    def _enqueue(self, operation: Callable[[dict[Path, IO[bytes]]], None]) -> None:
+        self._queue.append(operation)
+        self._queued += 1
+        self._wake.set()
+
+    async def run(self) -> None:
+        """The writer task: perform queued operations in order, a round at a time."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._queue = self._queue, []
+            if not batch:
+                continue
+            try:
+                await asyncio.to_thread(self._perform, batch)
+            except OSError as exc:  # logged and surfaced to the next flush
+                log.error("job journal write failed", extra={"error": str(exc)})
+                self._error = exc
+            async with self._progress:
+                self._written += len(batch)
+                self._progress.notify_all()
+
+    @staticmethod
+    def _perform(batch: list[Callable[[dict[Path, IO[bytes]]], None]]) -> None:
+        handles: dict[Path, IO[bytes]] = {}
+        try:
+            for operation in batch:
+                operation(handles)
+            for handle in handles.values():
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            for handle in handles.values():
+                handle.close()
+
+    async def flush(self) -> None:
+        """Wait until every operation queued so far is on disk; OSError if one failed."""
+        target = self._queued
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._written >= target)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
     def _append(self, path: Path, value: dict[str, Any]) -> None:
-        line = json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n"
-        with path.open("ab") as handle:
-            handle.write(line.encode("utf-8", "surrogatepass"))
-            handle.flush()
-            os.fsync(handle.fileno())
+        line = (json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
+            "utf-8", "surrogatepass"
+        )
+
+        def append(handles: dict[Path, IO[bytes]]) -> None:
+            handle = handles.get(path)
+            if handle is None:
+                handle = handles[path] = path.open("ab")
+            handle.write(line)
+
+        self._enqueue(append)
+
+    # -- operations ------------------------------------------------------------------
 
     def create(self, job_id: str, pipeline_id: str, create_time: datetime) -> None:
         """Start the journal of a new job (an old journal of the same id is replaced)."""
         job_dir = self._job_dir(job_id)
-        if job_dir.exists():
-            shutil.rmtree(job_dir)
-        job_dir.mkdir(parents=True)
         header = {"job_id": job_id, "pipeline_id": pipeline_id, "create_time": create_time.isoformat()}
-        temporary = job_dir / (JOB_FILE + ".tmp")
-        temporary.write_text(json.dumps(header))
-        temporary.replace(job_dir / JOB_FILE)
+
+        def create(handles: dict[Path, IO[bytes]]) -> None:
+            _close_under(handles, job_dir)
+            if job_dir.exists():
+                shutil.rmtree(job_dir)
+            job_dir.mkdir(parents=True)
+            temporary = job_dir / (JOB_FILE + ".tmp")
+            temporary.write_text(json.dumps(header))
+            temporary.replace(job_dir / JOB_FILE)
+
+        self._enqueue(create)
 
     def append_objects(self, job_id: str, objects: list[ObjectSpec], complete: bool) -> None:
         """Record one accepted SubmitJob batch."""
@@ -160,7 +241,13 @@ class JobJournal:
 
     def remove(self, job_id: str) -> None:
         """Forget a job's journal."""
-        shutil.rmtree(self._job_dir(job_id), ignore_errors=True)
+        job_dir = self._job_dir(job_id)
+
+        def remove(handles: dict[Path, IO[bytes]]) -> None:
+            _close_under(handles, job_dir)
+            shutil.rmtree(job_dir, ignore_errors=True)
+
+        self._enqueue(remove)
 
     def load(self) -> list[JournaledJob]:
         """Every journaled job, oldest first; unreadable journals are logged and skipped."""
