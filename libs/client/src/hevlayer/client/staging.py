@@ -24,6 +24,21 @@ _DELETE = method(STAGING_SERVICE, "DeleteDocuments")
 STAGE_BATCH = 64
 """Documents per StageDocuments message when the caller streams single documents."""
 
+EnqueueEntry = tuple[str, str] | tuple[str, str, int]
+"""One id to enqueue: ``(document id, content hash)`` or ``(document id, content hash, priority)``.
+The hash may be ""; the priority (default 0) orders claims, lower first, then oldest first
+(``EnqueuedDocument.priority``; pipelines with queue_backend row only)."""
+
+
+def enqueued_documents(batch: Sequence[EnqueueEntry]) -> list[staging_pb2.EnqueuedDocument]:
+    """The EnqueuedDocument messages of one batch."""
+    return [
+        staging_pb2.EnqueuedDocument(document_id=entry[0], content_hash=entry[1], priority=entry[2])
+        if len(entry) == 3
+        else staging_pb2.EnqueuedDocument(document_id=entry[0], content_hash=entry[1])
+        for entry in batch
+    ]
+
 
 def lease_refs(leases: Iterable[HasLease], *, traced: bool = False) -> list[document_pb2.LeaseRef]:
     """LeaseRef messages of held documents; with ``traced``, each with its trace context."""
@@ -124,13 +139,14 @@ class StagingClient(ServiceClient):
     async def enqueue(
         self,
         pipeline_id: str,
-        batches: AsyncIterable[Sequence[tuple[str, str]]],
+        batches: AsyncIterable[Sequence[EnqueueEntry]],
         *,
         stage: str,
         skip_unchanged: bool,
         timeout: float | None = None,
     ) -> staging_pb2.EnqueueDocumentsResponse:
-        """EnqueueDocuments: batches of ``(document id, content hash)`` into ``stage``, one stream."""
+        """EnqueueDocuments: batches of ``(document id, content hash[, priority])`` into ``stage``,
+        one stream (see :data:`EnqueueEntry`)."""
 
         async def requests() -> AsyncIterator[staging_pb2.EnqueueDocumentsRequest]:
             async for batch in batches:
@@ -138,7 +154,7 @@ class StagingClient(ServiceClient):
                     pipeline_id=pipeline_id,
                     stage=stage,
                     skip_unchanged=skip_unchanged,
-                    documents=[staging_pb2.EnqueuedDocument(document_id=d, content_hash=h) for d, h in batch],
+                    documents=enqueued_documents(batch),
                 )
 
         response: staging_pb2.EnqueueDocumentsResponse = await self._unary(

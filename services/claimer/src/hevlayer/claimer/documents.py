@@ -59,15 +59,17 @@ ON CONFLICT (pipeline_id, document_id) DO UPDATE SET
 RETURNING d.document_id, d.fencing_token, (d.xmax = 0) AS inserted
 """
 
+# $7: each id's claim priority (lower first; kept by staging and transitions).
 ENQUEUE_ROWS_SQL = """
-INSERT INTO documents AS d (pipeline_id, document_id, stage, fencing_token, content_hash, update_time)
-SELECT $1, u.document_id, $3, nextval('fencing_token_seq'), u.content_hash, $5
-FROM unnest($2::text[], $4::text[]) AS u(document_id, content_hash)
+INSERT INTO documents AS d (pipeline_id, document_id, stage, fencing_token, content_hash, update_time,
+                            priority)
+SELECT $1, u.document_id, $3, nextval('fencing_token_seq'), u.content_hash, $5, u.priority
+FROM unnest($2::text[], $4::text[], $7::int[]) AS u(document_id, content_hash, priority)
 ON CONFLICT (pipeline_id, document_id) DO UPDATE SET
     stage = EXCLUDED.stage, claimed_by = NULL, claimed_at = NULL, lease_expires_at = NULL,
     fencing_token = EXCLUDED.fencing_token, attempts = 0, lease_expiries = 0, last_error = '',
     content_hash = CASE WHEN EXCLUDED.content_hash <> '' THEN EXCLUDED.content_hash ELSE d.content_hash END,
-    update_time = EXCLUDED.update_time, trace_parent = NULL
+    update_time = EXCLUDED.update_time, trace_parent = NULL, priority = EXCLUDED.priority
 WHERE NOT ($6 AND EXCLUDED.content_hash <> '' AND d.content_hash = EXCLUDED.content_hash
            AND d.stage <> 'failed')
 RETURNING 1
@@ -151,6 +153,8 @@ class EnqueueBatch:
     content_hashes: Sequence[str]
     stage: str = ""
     skip_unchanged: bool = False
+    priorities: Sequence[int] = ()
+    """Claim priority per id (lower first; missing entries are 0). Row backend only."""
 
 
 @dataclass
@@ -410,9 +414,11 @@ class DocumentStore:
         """Enqueue ids into the pipeline's queue backend.
 
         Row backend: each message is applied atomically (ids become rows in
-        ``stage``, existing ones are re-queued unless unchanged). Segment
-        backend: ids fill manifests of ``segment_size`` ids, each committed
-        when full, the partial ones when the stream ends. A failed stream may
+        ``stage`` with their claim priority, existing ones are re-queued unless
+        unchanged). Segment backend: ids fill manifests of ``segment_size``
+        ids, each committed when full, the partial ones when the stream ends;
+        a non-zero priority is INVALID_ARGUMENT naming ``documents[i].priority``
+        (segments are claimed whole, in enqueue order). A failed stream may
         have enqueued a prefix of its ids; enqueueing again is safe.
         """
         totals = EnqueueTotals()
@@ -454,6 +460,13 @@ class DocumentStore:
                 for i, content_hash in enumerate(batch.content_hashes):
                     if content_hash:
                         v.max_bytes(content_hash, v.MAX_HASH_BYTES, f"documents[{i}].content_hash")
+                if segments is not None and any(batch.priorities):
+                    first = next(i for i, priority in enumerate(batch.priorities) if priority)
+                    raise InvalidArgument.field(
+                        f"documents[{first}].priority",
+                        f"pipeline {cfg.id!r} has queue_backend segment, whose segments are claimed "
+                        "whole in enqueue order: priorities need queue_backend row (leave it 0)",
+                    )
                 if not batch.document_ids:
                     continue
                 if segments is None:
@@ -493,11 +506,15 @@ class DocumentStore:
         return totals
 
     async def _enqueue_rows(self, pipeline_id: str, stage: str, batch: EnqueueBatch) -> tuple[int, int]:
-        """Upsert one message's ids; return (enqueued, distinct ids)."""
+        """Upsert one message's ids (an id named twice: its last entry); return (enqueued,
+        distinct ids)."""
         latest: dict[str, str] = {}
+        priority: dict[str, int] = {}
         hashes = batch.content_hashes
+        priorities = batch.priorities
         for i, doc in enumerate(batch.document_ids):
             latest[doc] = hashes[i] if i < len(hashes) else ""
+            priority[doc] = priorities[i] if i < len(priorities) else 0
         ids = sorted(latest)
 
         async def body(conn: asyncpg.Connection, work: Work) -> int:
@@ -509,6 +526,7 @@ class DocumentStore:
                 [latest[doc] for doc in ids],
                 self.clock(),
                 batch.skip_unchanged,
+                [priority[doc] for doc in ids],
             )
             return len(rows)
 

@@ -98,6 +98,7 @@ class DocumentStateServicer(document_state_pb2_grpc.DocumentStateServiceServicer
                     pipeline_id=batch.pipeline_id,
                     document_ids=[d.document_id for d in documents],
                     content_hashes=[d.content_hash for d in documents],
+                    priorities=[d.priority for d in documents],
                     stage=batch.stage,
                     skip_unchanged=batch.skip_unchanged,
                 )

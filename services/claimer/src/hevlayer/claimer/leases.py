@@ -29,9 +29,12 @@ from hevlayer.claimer.txn import Clock, PipelineConfig, Work, pipeline_config, r
 from hevlayer.client.enums import TransitionOutcome
 from hevlayer.common.errors import InvalidArgument
 
-# The claim: documents whose lease expired in claim_stage first, then
-# unleased documents of stage, both FOR UPDATE SKIP LOCKED through the
-# partial claim index; one UPDATE moves them. A document whose lease expired
+# The claim: documents whose lease expired in claim_stage first (oldest
+# expiry first, through the partial index documents_claimable), then unleased
+# documents of stage by priority, then age (the fencing token: the document
+# that entered the stage first; through the partial index
+# documents_claim_order, migration 0007), both FOR UPDATE SKIP LOCKED; one
+# UPDATE moves them. A document whose lease expired
 # for the max_attempts-th time goes to failed instead (it is returned with
 # stage "failed" and no lease). Parameters: $1 pipeline, $2 stage,
 # $3 claim_stage, $4 limit, $5 worker, $6 now, $7 expires, $8 max_attempts.
@@ -47,6 +50,7 @@ WITH expired AS (
     SELECT document_id FROM documents
     WHERE pipeline_id = $1 AND stage = $2 AND lease_expires_at IS NULL
       AND stage <> ALL ('{indexed,failed}'::text[])
+    ORDER BY priority, fencing_token
     LIMIT $4 - (SELECT count(*) FROM expired)
     FOR UPDATE SKIP LOCKED
 )
