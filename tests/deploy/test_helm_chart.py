@@ -563,6 +563,31 @@ def test_triton_gets_the_gpu_and_the_embedders_point_at_it() -> None:
     assert embedder["EMBEDDER_WORKER_EXCLUDE_PIPELINES"] == "product-images"
 
 
+def test_services_expose_the_documented_ports() -> None:
+    objs = objects("default")
+    services = {
+        s["metadata"]["name"]: {p["name"]: p["port"] for p in s["spec"]["ports"]}
+        for s in of_kind(objs, "Service")
+    }
+    assert services == {
+        "layer-gateway": {"grpc": 50051, "http": 8080},
+        "layer-claimer": {"grpc": 50052, "http": 9102},
+        "layer-embedder": {"grpc": 50053, "http": 9103},
+        "layer-summarizer": {"grpc": 50054, "http": 9104},
+        "layer-extractor": {"http": 9105},
+        "layer-triton": {"http": 8000, "grpc": 8001, "metrics": 8002},
+    }
+    for service in of_kind(objs, "Service"):
+        component = service["metadata"]["labels"]["app.kubernetes.io/component"]
+        deployment = named(objs, "Deployment", f"layer-{component}")
+        assert selects({"matchLabels": service["spec"]["selector"]}, pod_labels(objs, component))
+        declared = {p["name"] for c in containers(deployment) for p in c.get("ports", [])}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= declared
+    models = {p.parent.name for p in (ROOT / "deploy" / "triton" / "model_repository").glob("*/config.pbtxt")}
+    embedder = environment(objs, containers(named(objs, "Deployment", "layer-embedder"))[0])
+    assert embedder["EMBEDDER_MODEL_NAME"] in models
+
+
 # --------------------------------------------------------------------------- disruption budgets
 
 

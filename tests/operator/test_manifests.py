@@ -1,4 +1,4 @@
-"""The manifests: deploy/k8s, the Pipeline CRD, and what the operator renders.
+"""The manifests: the CRDs of deploy/crds and what the operator renders.
 
 Built-in kinds are validated with ``kubernetes-validate --strict`` (an unknown
 kind is only a warning there, so any WARN line fails the test); ScaledObjects
@@ -13,11 +13,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import importlib
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +42,6 @@ from hevlayer.operator import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "deploy" / "k8s"
 CRD = ROOT / "deploy" / "crds" / "pipeline.yaml"
 INFRA_CRD = ROOT / "deploy" / "crds" / "infrarules.yaml"
 DOCS = ROOT / "docs" / "operator.md"
@@ -86,153 +83,23 @@ def kubernetes_validate(paths: list[Path]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def manifest_files() -> list[Path]:
-    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
-
-
-def documents(path: Path) -> Iterator[dict[str, Any]]:
-    for doc in yaml.safe_load_all(path.read_text()):
-        if doc:
-            yield doc
-
-
 def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
     spec = doc.get("spec", {}).get("template", {}).get("spec", {})
     return [*spec.get("initContainers", []), *spec.get("containers", [])]
 
 
-# --------------------------------------------------------------------------- deploy/
+# --------------------------------------------------------------------------- deploy/crds
+# The suite's own manifests are the Helm chart's (deploy/helm/hevlayer, whose crds/ link to
+# deploy/crds), rendered and validated by tests/deploy/test_helm_chart.py.
 
 
-def test_deploy_manifests_validate_strictly() -> None:
-    kubernetes_validate([*manifest_files(), CRD, INFRA_CRD])
+def test_crds_validate_strictly() -> None:
+    kubernetes_validate([CRD, INFRA_CRD])
 
 
-def test_kustomization_lists_every_manifest() -> None:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    assert kustomization["namespace"] == "layer"
-    resources = kustomization["resources"]
-    for resource in resources:
-        assert (K8S / resource).exists(), resource
-    assert sorted(r for r in resources if not r.startswith("..")) == [p.name for p in manifest_files()]
-    assert "../crds" in resources
+def test_crds_kustomization_lists_both_crds() -> None:
     crds = yaml.safe_load((CRD.parent / "kustomization.yaml").read_text())
     assert crds["resources"] == ["pipeline.yaml", "infrarules.yaml"]
-    images = {image["name"] for image in kustomization["images"]}
-    used = {
-        c["image"].rsplit(":", 1)[0]
-        for path in manifest_files()
-        for doc in documents(path)
-        for c in containers(doc)
-        if c["image"].startswith("ghcr.io/hev/")
-    }
-    assert used == images
-
-
-def test_services_expose_the_documented_ports() -> None:
-    services = {
-        doc["metadata"]["name"]: {p["name"]: p["port"] for p in doc["spec"]["ports"]}
-        for path in manifest_files()
-        for doc in documents(path)
-        if doc["kind"] == "Service"
-    }
-    assert services["layer-gateway"] == {"grpc": 50051, "http": 8080}
-    assert services["layer-claimer"] == {"grpc": 50052, "http": 9102}
-    assert services["layer-embedder"] == {"grpc": 50053, "http": 9103}
-    assert services["layer-triton"] == {"http": 8000, "grpc": 8001, "metrics": 8002}
-
-
-def test_claimer_reads_the_database_url_from_a_secret() -> None:
-    [claimer] = [d for d in documents(K8S / "claimer.yaml") if d["kind"] == "Deployment"]
-    env = {e["name"]: e for e in containers(claimer)[0]["env"]}
-    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "layer-database", "key": "url"}
-
-
-def test_embedders_use_the_gpu_triton_serving_deploy_triton() -> None:
-    [triton] = [d for d in documents(K8S / "triton.yaml") if d["kind"] == "Deployment"]
-    [server] = [c for c in containers(triton) if c["name"] == "triton"]
-    assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert "--model-repository=/models" in server["args"]
-    assert triton["spec"]["template"]["spec"]["nodeSelector"] == {"hevlayer.com/pool": "gpu"}
-    models = list((ROOT / "deploy" / "triton" / "model_repository").glob("*/config.pbtxt"))
-    assert any(m.parent.name == "minilm" for m in models), "deploy/triton serves the minilm ensemble"
-    [embedder] = [d for d in documents(K8S / "embedder.yaml") if d["kind"] == "Deployment"]
-    env = {e["name"]: e.get("value") for e in containers(embedder)[0]["env"]}
-    assert env["EMBEDDER_TRITON_URL"] == "layer-triton.layer.svc.cluster.local:8001"
-    assert env["EMBEDDER_MODEL_NAME"] == "minilm"
-
-
-def test_every_variable_in_the_manifests_is_a_setting() -> None:
-    """Env names in deploy/k8s are real settings (docs/configuration.md lists them)."""
-    known = {row.env for row in describe_settings(ServerSettings)}
-    for path in sorted(ROOT.glob("*/*/src/hevlayer/**/settings.py")):
-        parts = path.with_suffix("").parts
-        module = importlib.import_module(".".join(parts[parts.index("src") + 1 :]))
-        for cls in settings_classes(module):
-            known |= {row.env for row in describe_settings(cls)}
-    used: dict[str, str] = {}
-    for path in manifest_files():
-        for doc in documents(path):
-            if doc["kind"] == "ConfigMap":
-                used.update(dict.fromkeys(doc["data"], path.name))
-            for container in containers(doc):
-                used.update({e["name"]: path.name for e in container.get("env", [])})
-    unknown = {name: where for name, where in used.items() if name not in known}
-    assert unknown == {}
-
-
-def test_operator_rbac_is_namespaced_and_covers_its_calls() -> None:
-    """Least privilege: a Role (in the operator's namespace) for Pipelines and what they
-    own; cluster-wide only reading InfraRules and namespace names (kopf's startup). The
-    operator serves its own namespace."""
-    docs = list(documents(K8S / "operator.yaml"))
-    [role] = [d for d in docs if d["kind"] == "Role"]
-    [cluster_role] = [d for d in docs if d["kind"] == "ClusterRole"]
-
-    def allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
-        return any(
-            group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
-            for rule in rules
-        )
-
-    needed = [("hevlayer.com", "pipelines", v) for v in ("get", "list", "watch", "patch")] + [
-        ("hevlayer.com", "pipelines/status", "patch"),
-        ("", "events", "create"),
-    ]
-    for group, resource in (("apps", "deployments"), ("keda.sh", "scaledobjects")):
-        needed += [(group, resource, v) for v in ("get", "create", "patch", "delete")]
-    assert [n for n in needed if not allowed(role["rules"], *n)] == []
-    # Nothing more: no wildcard, no list/watch/update of what it owns, no Secrets.
-    granted = {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-    extra = {("hevlayer.com", "pipelines/status", "get"), ("", "events", "patch")}
-    extra |= {("events.k8s.io", "events", v) for v in ("create", "patch")}
-    assert granted == set(needed) | extra
-    assert cluster_role["rules"] == [
-        {"apiGroups": ["hevlayer.com"], "resources": ["infrarules"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
-    ]
-    [binding] = [d for d in docs if d["kind"] == "RoleBinding"]
-    [cluster_binding] = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
-    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
-    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "Role",
-        "name": role["metadata"]["name"],
-    }
-    assert cluster_binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
-    assert binding["subjects"][0]["name"] == cluster_binding["subjects"][0]["name"] == account
-    container = containers(deployment)[0]
-    env = {e["name"]: e for e in container["env"]}
-    assert env["OPERATOR_NAMESPACES"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert env["OPERATOR_HEALTH_ADDRESS"]["value"] == "0.0.0.0:8080"
 
 
 # --------------------------------------------------------------------------- rendered objects
