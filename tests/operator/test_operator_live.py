@@ -747,7 +747,7 @@ async def test_infra_rules_pools_are_resolved_and_changes_rerender(
     """An unknown pool is refused (Ready=False, an Event, nothing created); adding the pool
     to InfraRules/default, then changing it, re-renders the Pipeline. The status timer is
     slowed down so that only the InfraRules handler can cause these re-renders. The operator
-    serves one namespace, as the Helm chart runs it by default (InfraRules are cluster-scoped all the same)."""
+    serves one namespace, as the Helm chart does by default (InfraRules are cluster-scoped all the same)."""
     service, address = gateway
     cluster.api.namespaces = ("layer", "team-a")
     settings = settings_for(cluster, address, tmp_path, status_interval_seconds=3600.0, namespaces=("layer",))
