@@ -27,6 +27,8 @@ from gateway.helpers import (
     document,
     embed,
     get_document,
+    metric_samples,
+    pack_keys,
     read_chunks,
     stage,
     violations,
@@ -38,10 +40,13 @@ from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
-from hevlayer.client.naming import effective_namespace
+from hevlayer.client.channel import open_channel
+from hevlayer.client.naming import effective_namespace, object_key_of
 from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.processes import ServiceProcess
+from hevlayer.devstack.testing import claimer_metadata
+from hevlayer.gateway.claimer_client import ClaimerClient
 from hevlayer.gateway.sinks.milvus import MilvusSink
 
 
@@ -380,3 +385,89 @@ async def test_gateways_on_two_milvus_lite_databases_never_split_a_pipeline(repl
     namespace = effective_namespace(pid, "")
     assert await _rows(paths[0], namespace) == expected
     assert await _rows(paths[1], namespace) is None
+
+
+async def test_orphan_sweeps_of_two_gateways_never_take_a_staged_documents_chunks(
+    replicas: Replicas, s3: SeaweedS3
+) -> None:
+    """Two gateways stage concurrently while both sweep orphan packs every 0.05 s with no age
+    limit, so that sweeps regularly find packs another gateway (or the same one) has written and
+    not yet recorded. Afterwards every document's backing object exists in S3 and every chunk
+    reads back (the gateways have no chunk cache: reads go to S3)."""
+    sweeping = {
+        "GATEWAY_PACK_SWEEP_SECONDS": "0.05",
+        "GATEWAY_PACK_ORPHAN_AGE_SECONDS": "0",
+        "GATEWAY_CACHE_BACKEND": "none",
+        "GATEWAY_DEFAULT_SINK": "turbopuffer",
+        "GATEWAY_TURBOPUFFER_API_KEY": replicas.sink.fake.api_key,
+        "GATEWAY_TURBOPUFFER_BASE_URL": replicas.sink.fake.base_url,
+    }
+    bucket = replicas.s3_env["S3_BUCKET"]
+    with Processes() as processes:
+        gateways = [
+            processes.add(
+                start_gateway(claimer, replicas.tmp, replicas.traces, **sweeping, **replicas.s3_env)
+            )
+            for claimer in replicas.claimers
+        ]
+        for process in processes.started:
+            process.wait_ready(timeout=60)
+        async with aio.insecure_channel(gateways[0][1]) as a, aio.insecure_channel(gateways[1][1]) as b:
+            pid = await create_pipeline(a)
+            expected: dict[str, list[str]] = {}
+            retried = 0
+
+            async def stager(channel: aio.Channel, name: str) -> None:
+                nonlocal retried
+                for call in range(8):
+                    batch = [document(f"{name}-{call}-{i}", chunks=2) for i in range(3)]
+                    # A staging whose pack was swept 4 times in a row fails UNAVAILABLE, whole:
+                    # staged again, as any client does.
+                    for _ in range(20):
+                        try:
+                            results = await stage(channel, pid, batch)
+                            break
+                        except aio.AioRpcError as error:
+                            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                                raise
+                            retried += 1
+                    else:
+                        raise AssertionError(f"{name}: staging call {call} failed 20 times")
+                    assert all(not r.HasField("error") for r in results), results
+                    for doc in batch:
+                        expected[doc.id] = [chunk.id for chunk in doc.chunks]
+
+            await asyncio.gather(
+                *(stager(channel, f"{side}{n}") for side, channel in (("a", a), ("b", b)) for n in range(3))
+            )
+
+            # From the stores: every document's backing object exists.
+            claimer = ClaimerClient(open_channel(replicas.claimers[0], metadata=claimer_metadata()))
+            try:
+                checks = await claimer.probe(pid, sorted(expected))
+            finally:
+                await claimer.channel.close()
+            assert all(check.found for check in checks), checks
+            objects = set(pack_keys(s3, bucket, pid))
+            missing = [c.document_id for c in checks if object_key_of(c.backing) not in objects]
+            assert missing == [], missing
+            # And every chunk reads back, through the gateway that did not stage it as often.
+            leases = await claim(b, pid, limit=len(expected), worker="reader", lease_seconds=120)
+            assert sorted(leases) == sorted(expected)
+            read: dict[str, list[str]] = {}
+            for response in await read_chunks(b, pid, leases, worker="reader"):
+                assert not response.HasField("error"), response
+                read.setdefault(response.document_id, []).extend(c.id for c in response.chunks)
+            assert read == expected
+            rewritten = [
+                sum(
+                    value
+                    for labels, value in metric_samples(http, "hevlayer_gateway_pack_cleanup_total")
+                    if labels.get("cause") == "rewritten"
+                )
+                for _, _, http in gateways
+            ]
+            print(
+                f"documents {len(expected)}, packs rewritten after a sweep {rewritten}, "
+                f"calls retried {retried}"
+            )

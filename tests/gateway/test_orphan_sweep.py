@@ -2,28 +2,32 @@
 
 A pack is orphaned when a gateway dies between writing it and recording its
 documents with the claimer. The sweep lists a pipeline's packs, keeps those
-younger than the age limit (their RecordStaged may still be in flight) and
-those the claimer reports live (``GetLiveObjects``), and deletes the rest.
-The Stager runs in the test process here, against the stack's claimer and S3,
-so that the age limit can be set below the gateway's floor of 60 s.
+younger than the age limit and those the claimer reports live, condemns the
+rest (``CondemnObjects``: RecordStaged refuses them from then on) and deletes
+them. The Stager runs in the test process here, against the stack's claimer
+and S3, so that a staging can be held between its pack write and RecordStaged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 
 import grpc
 import pytest
 from gateway.conftest import GatewayStack
-from gateway.helpers import create_pipeline, document, pack_keys, stage, violations
+from gateway.helpers import claim, create_pipeline, document, pack_keys, read_chunks, stage, violations
 from gateway.test_chunkstore import s3_settings
 from grpc import aio
 
 from hevlayer.api.claimer.v1 import document_state_pb2, document_state_pb2_grpc
 from hevlayer.client.channel import open_channel
+from hevlayer.client.naming import object_key_of
+from hevlayer.client.types import StagedRecord, StagedResult
 from hevlayer.common.config import ConfigError, load_settings
+from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack.testing import claimer_metadata
 from hevlayer.gateway.cache import NoCache, ResilientCache
 from hevlayer.gateway.chunkstore import ChunkStore, new_pack_key, open_s3_client
@@ -108,7 +112,100 @@ async def test_get_live_objects_validates_and_answers_in_order(
 
 def test_sweep_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="GATEWAY_PACK_ORPHAN_AGE_SECONDS"):
-        load_settings(StagingSettings, {"GATEWAY_PACK_ORPHAN_AGE_SECONDS": "5"})
+        load_settings(StagingSettings, {"GATEWAY_PACK_ORPHAN_AGE_SECONDS": "-1"})
     with pytest.raises(ConfigError, match="GATEWAY_PACK_SWEEP_SECONDS"):
         load_settings(StagingSettings, {"GATEWAY_PACK_SWEEP_SECONDS": "-1"})
     assert load_settings(StagingSettings, {"GATEWAY_PACK_SWEEP_SECONDS": "0"}).pack_sweep_seconds == 0
+
+
+async def test_a_pack_swept_while_its_staging_is_in_flight_is_written_again(
+    channel: aio.Channel, gateway_stack: GatewayStack, stager: Stager
+) -> None:
+    """Two gateways: the first has written a pack and is held before RecordStaged; the second's
+    sweep (no age limit) condemns and deletes it; the first's RecordStaged is then refused, and
+    it writes its documents into a new pack, which they point into and read from."""
+    pid = await create_pipeline(channel)
+    info = await stager.claimer.pipeline(pid)
+    held, release = asyncio.Event(), asyncio.Event()
+    recorded = stager.claimer.record_staged
+    backings: list[list[str]] = []
+
+    async def held_once(
+        pipeline_id: str, records: Sequence[StagedRecord], *, skip_unchanged: bool
+    ) -> tuple[list[StagedResult], list[str]]:
+        backings.append([record.backing for record in records])
+        if len(backings) == 1:
+            held.set()
+            await release.wait()
+        return await recorded(pipeline_id, records, skip_unchanged=skip_unchanged)
+
+    stager.claimer.record_staged = held_once  # type: ignore[method-assign]
+    staging = asyncio.create_task(stager.stage(pid, [document("a", chunks=2), document("b", chunks=1)]))
+    await held.wait()
+    [first] = pack_keys(gateway_stack.s3, gateway_stack.bucket, pid)  # written, not recorded
+
+    sweeper = Stager(stager.claimer, stager.store, stager.cache, stager.settings)  # another gateway
+    assert await sweeper.sweep_orphan_packs(info, min_age_seconds=0) == 1
+    assert pack_keys(gateway_stack.s3, gateway_stack.bucket, pid) == []
+
+    release.set()
+    outcomes = await staging
+    assert [(o.document_id, o.outcome) for o in outcomes] == [("a", "staged"), ("b", "staged")]
+    assert len(backings) == 2, backings
+    assert {object_key_of(b) for b in backings[0]} == {first}
+    [second] = pack_keys(gateway_stack.s3, gateway_stack.bucket, pid)
+    assert second != first
+    assert {object_key_of(b) for b in backings[1]} == {second}
+    # The new pack is live: the sweep keeps it, and the gateway reads the chunks from it (S3:
+    # the in-process stager cached nothing).
+    assert await sweeper.sweep_orphan_packs(info, min_age_seconds=0) == 0
+    leases = await claim(channel, pid)
+    read = {r.document_id: [c.id for c in r.chunks] for r in await read_chunks(channel, pid, leases)}
+    assert read == {"a": ["a-0", "a-1"], "b": ["b-0"]}
+
+
+async def test_record_staged_refuses_a_condemned_pack_and_records_nothing(
+    channel: aio.Channel, gateway_stack: GatewayStack
+) -> None:
+    pid = await create_pipeline(channel)
+    await stage(channel, pid, [document("live")])
+    [live] = pack_keys(gateway_stack.s3, gateway_stack.bucket, pid)
+    orphan = new_pack_key(live.rsplit("/", 1)[0] + "/")
+    direct = open_channel(gateway_stack.claimer_address, metadata=claimer_metadata())
+    try:
+        stub = document_state_pb2_grpc.DocumentStateServiceStub(direct)
+        answer = await stub.CondemnObjects(
+            document_state_pb2.CondemnObjectsRequest(pipeline_id=pid, object_keys=[live, orphan, orphan])
+        )
+        assert list(answer.condemned_object_keys) == [orphan]  # the live pack is kept
+        record = document_state_pb2.StagedRecord(
+            document_id="late", content_hash="h", backing=f"{orphan}#0:10", chunk_count=1
+        )
+        with pytest.raises(aio.AioRpcError) as refused:
+            await stub.RecordStaged(document_state_pb2.RecordStagedRequest(pipeline_id=pid, records=[record]))
+        assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert violations(refused.value) == ["records[0].backing"]
+        assert "PACK_CONDEMNED" in str(status_from_rpc_error(refused.value).details)
+        with pytest.raises(aio.AioRpcError) as missing:
+            await stub.DescribeDocument(
+                document_state_pb2.DescribeDocumentRequest(pipeline_id=pid, document_id="late")
+            )
+        assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+        # Condemning again answers the same; the live pack still serves its document.
+        answer = await stub.CondemnObjects(
+            document_state_pb2.CondemnObjectsRequest(pipeline_id=pid, object_keys=[orphan, live])
+        )
+        assert list(answer.condemned_object_keys) == [orphan]
+        live_answer = await stub.GetLiveObjects(
+            document_state_pb2.GetLiveObjectsRequest(pipeline_id=pid, object_keys=[live])
+        )
+        assert list(live_answer.live_object_keys) == [live]
+        for keys, field in (([""], "object_keys[0]"), ([live, "x\x00"], "object_keys[1]")):
+            with pytest.raises(aio.AioRpcError) as bad:
+                await stub.CondemnObjects(
+                    document_state_pb2.CondemnObjectsRequest(pipeline_id=pid, object_keys=keys)
+                )
+            assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert violations(bad.value) == [field]
+    finally:
+        await direct.close()

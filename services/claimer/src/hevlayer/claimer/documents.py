@@ -19,6 +19,7 @@ from datetime import datetime
 import asyncpg
 
 from hevlayer.claimer import validation as v
+from hevlayer.claimer.condemned import refuse_condemned
 from hevlayer.claimer.database import Database
 from hevlayer.claimer.segments import SegmentQueue, cleanup_of, require_segments
 from hevlayer.claimer.txn import (
@@ -235,6 +236,7 @@ class DocumentStore:
         async def body(conn: asyncpg.Connection, work: Work) -> StagedBatch:
             cfg = await pipeline_config(conn, pipeline_id)
             check_backings(cfg, records)
+            await refuse_condemned(conn, cfg.id, records)  # before any row lock (condemned.py)
             previous = {
                 r[0]: r
                 for r in await conn.fetch(

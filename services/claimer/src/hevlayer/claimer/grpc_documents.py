@@ -10,6 +10,7 @@ from hevlayer.api.claimer.v1 import document_state_pb2 as pb
 from hevlayer.api.claimer.v1 import document_state_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2
 from hevlayer.claimer import validation as v
+from hevlayer.claimer.condemned import Condemnations
 from hevlayer.claimer.documents import DocumentState, DocumentStore, EnqueueBatch
 from hevlayer.claimer.leases import LeaseStore
 from hevlayer.claimer.sink_bindings import SinkBindings
@@ -35,13 +36,20 @@ def state_to_proto(state: DocumentState) -> staging_pb2.DocumentState:
 
 
 class DocumentStateServicer(document_state_pb2_grpc.DocumentStateServiceServicer):
-    """DocumentStateService on top of :class:`DocumentStore`, :class:`LeaseStore` and
-    :class:`SinkBindings`."""
+    """DocumentStateService on top of :class:`DocumentStore`, :class:`LeaseStore`,
+    :class:`SinkBindings` and :class:`Condemnations`."""
 
-    def __init__(self, documents: DocumentStore, leases: LeaseStore, bindings: SinkBindings) -> None:
+    def __init__(
+        self,
+        documents: DocumentStore,
+        leases: LeaseStore,
+        bindings: SinkBindings,
+        condemnations: Condemnations,
+    ) -> None:
         self._documents = documents
         self._leases = leases
         self._bindings = bindings
+        self._condemnations = condemnations
 
     async def RecordStaged(
         self, request: pb.RecordStagedRequest, context: aio.ServicerContext
@@ -156,3 +164,9 @@ class DocumentStateServicer(document_state_pb2_grpc.DocumentStateServiceServicer
         )
         response.bind_time.FromDatetime(bound.bind_time)
         return response
+
+    async def CondemnObjects(
+        self, request: pb.CondemnObjectsRequest, context: aio.ServicerContext
+    ) -> pb.CondemnObjectsResponse:
+        condemned = await self._condemnations.condemn(request.pipeline_id, list(request.object_keys))
+        return pb.CondemnObjectsResponse(condemned_object_keys=condemned)

@@ -15,6 +15,7 @@ from hevlayer.api.claimer.v1 import (
 )
 from hevlayer.api.lease.v1 import lease_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
+from hevlayer.claimer.condemned import Condemnations
 from hevlayer.claimer.database import Database
 from hevlayer.claimer.documents import DocumentStore
 from hevlayer.claimer.grpc_documents import DocumentStateServicer
@@ -105,7 +106,7 @@ async def build(
     app.add_service(
         document_state_pb2.DESCRIPTOR.services_by_name["DocumentStateService"].full_name,
         document_state_pb2_grpc.add_DocumentStateServiceServicer_to_server,
-        DocumentStateServicer(documents, leases, SinkBindings(db)),
+        DocumentStateServicer(documents, leases, SinkBindings(db), Condemnations(db)),
     )
     app.add_service(
         auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,

@@ -248,6 +248,17 @@ class ClaimerClient:
         )
         return set(response.live_object_keys)
 
+    async def condemn_objects(self, pipeline_id: str, object_keys: Sequence[str]) -> list[str]:
+        """CondemnObjects: the keys no live document points into, now condemned (RecordStaged
+        refuses them from now on), in request order; the caller deletes them."""
+        response = await _call(
+            self.documents.CondemnObjects(
+                document_state_pb2.CondemnObjectsRequest(pipeline_id=pipeline_id, object_keys=object_keys),
+                timeout=self.timeout,
+            )
+        )
+        return list(response.condemned_object_keys)
+
     async def bind_sink_instance(
         self, pipeline_id: str, kind: str, instance_id: str, location: str
     ) -> document_state_pb2.SinkInstance:

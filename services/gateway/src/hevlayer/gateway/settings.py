@@ -170,8 +170,9 @@ class StagingSettings:
     )
     pack_orphan_age_seconds: float = setting(
         "GATEWAY_PACK_ORPHAN_AGE_SECONDS",
-        "How old (by the time in its key) a pack must be before the sweep may delete it; far longer than "
-        "any staging call, so a pack whose RecordStaged is still in flight is never touched.",
+        "How old (by the time in its key) a pack must be before the sweep may delete it. Safety does not "
+        "depend on it (the claimer refuses to record a pack the sweep condemned, and that staging is "
+        "written again); longer than any staging call, it spares in-flight stagings that rewrite.",
         3600.0,
     )
 
@@ -194,8 +195,8 @@ class StagingSettings:
             raise ConfigError("GATEWAY_ORPHAN_RETRY_SECONDS: must be > 0")
         if self.pack_sweep_seconds < 0:
             raise ConfigError("GATEWAY_PACK_SWEEP_SECONDS: must be >= 0 (0 disables the sweep)")
-        if self.pack_orphan_age_seconds < 60:
-            raise ConfigError("GATEWAY_PACK_ORPHAN_AGE_SECONDS: must be >= 60")
+        if self.pack_orphan_age_seconds < 0:
+            raise ConfigError("GATEWAY_PACK_ORPHAN_AGE_SECONDS: must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from prometheus_client import Counter, Histogram
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.client.errors import is_definite_failure
-from hevlayer.client.naming import object_key_of, pack_prefix
+from hevlayer.client.naming import pack_prefix
 from hevlayer.client.types import StagedRecord, StagedResult
 from hevlayer.common.errors import (
     FailedPrecondition,
@@ -56,6 +56,7 @@ from hevlayer.common.errors import (
     InvalidArgument,
     NotFound,
     ServiceError,
+    Unavailable,
     Violation,
 )
 from hevlayer.common.metrics import REGISTRY
@@ -92,7 +93,8 @@ ORPHANS = Counter(
     "Pack objects deleted because no document points into them, by cause: released (the claimer "
     "said so), failed (RecordStaged rejected the batch), unchanged (every document was unchanged), "
     "unknown (checked after an ambiguous failure), swept (old packs no live document points into, "
-    "found by the periodic sweep); and 'kept' when a check found them in use.",
+    "found by the periodic sweep); and 'kept' when a check found them in use; 'rewritten' counts "
+    "packs written again because another gateway's sweep condemned them before they were recorded.",
     ["cause"],
     registry=REGISTRY,
 )
@@ -220,6 +222,10 @@ def validate_document(document: document_pb2.Document, limits: Limits) -> list[V
 
 
 _LIVE_OBJECTS_BATCH = 1000
+PACK_CONDEMNED = "PACK_CONDEMNED"
+"""Reason of a RecordStaged refused because a sweep condemned its pack (claimer's condemned.py)."""
+MAX_REWRITES = 3
+"""Times a staging whose pack was condemned before it was recorded is written again."""
 _PACK_NAME = re.compile(r"/([0-9a-f]{16})-[0-9a-f]+\.pack$")
 
 
@@ -300,6 +306,8 @@ class _Submission:
     skip_unchanged: bool
     future: asyncio.Future[list[StagedResult]]
     alone: bool = False
+    rewrites: int = 0
+    """Times its pack was condemned by a sweep before being recorded, and written again."""
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -595,6 +603,9 @@ class Stager:
             )
         except ServiceError as error:
             await self._after_failed_record(pipeline, key, items, error)
+            if error.reason == PACK_CONDEMNED:
+                self._rewrite(batch, key, error)
+                return
             if len(batch) > 1 and error.code is grpc.StatusCode.INVALID_ARGUMENT:
                 # One caller's document may have made the claimer refuse the whole
                 # batch: retry each caller's submission on its own.
@@ -640,6 +651,27 @@ class Stager:
             if not submission.future.done():
                 submission.future.set_result(part)
 
+    def _rewrite(self, batch: list[_Submission], key: str, error: ServiceError) -> None:
+        """RecordStaged refused the pack because a sweep (of any gateway) condemned it first: the
+        staging took longer than GATEWAY_PACK_ORPHAN_AGE_SECONDS and nothing was recorded. Each
+        submission is written again into a new pack, up to :data:`MAX_REWRITES` times; then it
+        fails UNAVAILABLE (the caller's retry stages it whole)."""
+        ORPHANS.labels("rewritten").inc()
+        log.warning("pack %s was swept before it was recorded; writing its documents again", key)
+        for submission in reversed(batch):
+            if submission.rewrites < MAX_REWRITES:
+                submission.rewrites += 1
+                self._enqueue(submission, front=True)
+            elif not submission.future.done():
+                submission.future.set_exception(
+                    Unavailable(
+                        f"staging took longer than GATEWAY_PACK_ORPHAN_AGE_SECONDS {MAX_REWRITES + 1} "
+                        f"times (its pack was swept before it was recorded: {error.message}); "
+                        "nothing was staged, retry",
+                        retry_after=1.0,
+                    )
+                )
+
     async def _after_failed_record(
         self, pipeline: PipelineInfo, key: str, items: list[_Item], error: ServiceError
     ) -> None:
@@ -672,8 +704,9 @@ class Stager:
             if not force and suspect.not_before > now:
                 continue
             try:
-                in_use = await self._referenced(suspect.pipeline_id, key, suspect.document_ids)
-                if not in_use:
+                # Condemned (and then deleted) only if no document points into it; a RecordStaged
+                # of it still in flight is then refused rather than left pointing at nothing.
+                if await self.claimer.condemn_objects(suspect.pipeline_id, [key]):
                     await self.store.delete_objects([key])
                     ORPHANS.labels("unknown").inc()
                 else:
@@ -688,16 +721,16 @@ class Stager:
                 continue
             self._suspects.pop(key, None)
 
-    async def _referenced(self, pipeline_id: str, key: str, document_ids: list[str]) -> bool:
-        checks = await self.claimer.probe(pipeline_id, document_ids)
-        return any(object_key_of(check.backing) == key for check in checks if check.found)
-
     async def sweep_orphan_packs(self, pipeline: PipelineInfo, *, min_age_seconds: float) -> int:
         """Delete the pipeline's pack objects older than ``min_age_seconds`` (by the creation
         time in their key) that no live document points into; return how many.
 
         Such a pack is left when the gateway stops between writing it and recording its
-        documents (or loses a deletion); packs awaiting a check in memory are left to it.
+        documents (or loses a deletion); packs awaiting a check in memory are left to it. The
+        claimer condemns what is deleted (``CondemnObjects``), atomically with respect to
+        ``RecordStaged``: a pack another gateway (replica) has written and is still recording is
+        either seen live and kept, or condemned and its staging refused and written again, so no
+        recorded document ever points into a swept pack, whatever the age limit or clocks.
         """
         cutoff_ns = time.time_ns() - int(min_age_seconds * 1e9)
         old = [
@@ -710,8 +743,7 @@ class Stager:
         deleted = 0
         for start in range(0, len(old), _LIVE_OBJECTS_BATCH):
             keys = old[start : start + _LIVE_OBJECTS_BATCH]
-            live = await self.claimer.live_objects(pipeline.id, keys)
-            doomed = [key for key in keys if key not in live]
+            doomed = await self.claimer.condemn_objects(pipeline.id, keys)
             if doomed:
                 await self.store.delete_objects(doomed)
                 ORPHANS.labels("swept").inc(len(doomed))

@@ -474,6 +474,63 @@ class GetLiveObjectsResponse(_message.Message):
 Global___GetLiveObjectsResponse: _TypeAlias = GetLiveObjectsResponse  # noqa: Y015
 
 @_typing.final
+class CondemnObjectsRequest(_message.Message):
+    """Request of CondemnObjects."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PIPELINE_ID_FIELD_NUMBER: _builtins.int
+    OBJECT_KEYS_FIELD_NUMBER: _builtins.int
+    pipeline_id: _builtins.str
+    """The pipeline."""
+    @_builtins.property
+    def object_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Object keys (the part of a backing before '#') the caller means to
+        delete, at most 10000.
+        """
+
+    def __init__(
+        self,
+        *,
+        pipeline_id: _builtins.str = ...,
+        object_keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object_keys", b"object_keys", "pipeline_id", b"pipeline_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CondemnObjectsRequest: _TypeAlias = CondemnObjectsRequest  # noqa: Y015
+
+@_typing.final
+class CondemnObjectsResponse(_message.Message):
+    """Response of CondemnObjects."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONDEMNED_OBJECT_KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def condemned_object_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The requested keys that no live document points into, in request order:
+        condemned now (or before), the caller deletes them. The other keys are
+        live and must be kept.
+        """
+
+    def __init__(
+        self,
+        *,
+        condemned_object_keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condemned_object_keys", b"condemned_object_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CondemnObjectsResponse: _TypeAlias = CondemnObjectsResponse  # noqa: Y015
+
+@_typing.final
 class EnqueueIdsRequest(_message.Message):
     """One batch of EnqueueIds."""
 

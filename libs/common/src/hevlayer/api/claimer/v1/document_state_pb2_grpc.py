@@ -77,6 +77,11 @@ class DocumentStateServiceStub:
                 request_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsRequest.SerializeToString,
                 response_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsResponse.FromString,
                 _registered_method=True)
+        self.CondemnObjects = channel.unary_unary(
+                '/hevlayer.api.claimer.v1.DocumentStateService/CondemnObjects',
+                request_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.CondemnObjectsRequest.SerializeToString,
+                response_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.CondemnObjectsResponse.FromString,
+                _registered_method=True)
         self.BindSinkInstance = channel.unary_unary(
                 '/hevlayer.api.claimer.v1.DocumentStateService/BindSinkInstance',
                 request_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.BindSinkInstanceRequest.SerializeToString,
@@ -95,7 +100,9 @@ class DocumentStateServiceServicer:
         is lost). Atomic for the batch. Returns the previous backing of each
         document and the objects no document points into any more.
         INVALID_ARGUMENT naming records[i].document_id for an id named twice, and
-        records[i].backing for a backing outside the pipeline's own packs.
+        records[i].backing for a backing outside the pipeline's own packs;
+        FAILED_PRECONDITION (reason PACK_CONDEMNED) naming records[i].backing
+        when its object was condemned by CondemnObjects (swept as an orphan).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,6 +171,21 @@ class DocumentStateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CondemnObjects(self, request, context):
+        """Condemns pack objects that the gateway's orphan sweep is about to delete.
+        Of the given keys, those no live document points into are recorded as
+        condemned (until the pipeline is deleted) and returned; the others are
+        left alone. A later RecordStaged whose backing names a condemned object
+        is refused with FAILED_PRECONDITION (reason PACK_CONDEMNED) and records
+        nothing, so a pack swept while another gateway's staging of it was still
+        in flight is never recorded (that staging fails and is retried). Atomic
+        with respect to RecordStaged: an object is either recorded or condemned,
+        never both. INVALID_ARGUMENT for more than 10000 keys or an empty key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def BindSinkInstance(self, request, context):
         """Binds a pipeline to the sink instance that holds its vectors, the first
         time a gateway uses the pipeline's sink, and returns the instance it is
@@ -220,6 +242,11 @@ def add_DocumentStateServiceServicer_to_server(servicer, server):
                     servicer.GetLiveObjects,
                     request_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsRequest.FromString,
                     response_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsResponse.SerializeToString,
+            ),
+            'CondemnObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.CondemnObjects,
+                    request_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.CondemnObjectsRequest.FromString,
+                    response_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.CondemnObjectsResponse.SerializeToString,
             ),
             'BindSinkInstance': grpc.unary_unary_rpc_method_handler(
                     servicer.BindSinkInstance,
@@ -445,6 +472,33 @@ class DocumentStateService:
             '/hevlayer.api.claimer.v1.DocumentStateService/GetLiveObjects',
             hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsRequest.SerializeToString,
             hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.GetLiveObjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CondemnObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hevlayer.api.claimer.v1.DocumentStateService/CondemnObjects',
+            hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.CondemnObjectsRequest.SerializeToString,
+            hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.CondemnObjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,7 +45,9 @@ class DocumentStateServiceStub:
     is lost). Atomic for the batch. Returns the previous backing of each
     document and the objects no document points into any more.
     INVALID_ARGUMENT naming records[i].document_id for an id named twice, and
-    records[i].backing for a backing outside the pipeline's own packs.
+    records[i].backing for a backing outside the pipeline's own packs;
+    FAILED_PRECONDITION (reason PACK_CONDEMNED) naming records[i].backing
+    when its object was condemned by CondemnObjects (swept as an orphan).
     """
     CheckLeases: _grpc.UnaryUnaryMultiCallable[_document_state_pb2.CheckLeasesRequest, _document_state_pb2.CheckLeasesResponse]
     """Checks that leases are current and returns each document's backing.
@@ -80,6 +82,17 @@ class DocumentStateServiceStub:
     into (the gateway's sweep deletes old pack objects that none does).
     INVALID_ARGUMENT for more than 10000 keys or an empty key.
     """
+    CondemnObjects: _grpc.UnaryUnaryMultiCallable[_document_state_pb2.CondemnObjectsRequest, _document_state_pb2.CondemnObjectsResponse]
+    """Condemns pack objects that the gateway's orphan sweep is about to delete.
+    Of the given keys, those no live document points into are recorded as
+    condemned (until the pipeline is deleted) and returned; the others are
+    left alone. A later RecordStaged whose backing names a condemned object
+    is refused with FAILED_PRECONDITION (reason PACK_CONDEMNED) and records
+    nothing, so a pack swept while another gateway's staging of it was still
+    in flight is never recorded (that staging fails and is retried). Atomic
+    with respect to RecordStaged: an object is either recorded or condemned,
+    never both. INVALID_ARGUMENT for more than 10000 keys or an empty key.
+    """
     BindSinkInstance: _grpc.UnaryUnaryMultiCallable[_document_state_pb2.BindSinkInstanceRequest, _document_state_pb2.BindSinkInstanceResponse]
     """Binds a pipeline to the sink instance that holds its vectors, the first
     time a gateway uses the pipeline's sink, and returns the instance it is
@@ -104,7 +117,9 @@ class DocumentStateServiceAsyncStub(DocumentStateServiceStub):
     is lost). Atomic for the batch. Returns the previous backing of each
     document and the objects no document points into any more.
     INVALID_ARGUMENT naming records[i].document_id for an id named twice, and
-    records[i].backing for a backing outside the pipeline's own packs.
+    records[i].backing for a backing outside the pipeline's own packs;
+    FAILED_PRECONDITION (reason PACK_CONDEMNED) naming records[i].backing
+    when its object was condemned by CondemnObjects (swept as an orphan).
     """
     CheckLeases: _aio.UnaryUnaryMultiCallable[_document_state_pb2.CheckLeasesRequest, _document_state_pb2.CheckLeasesResponse]  # type: ignore[assignment]
     """Checks that leases are current and returns each document's backing.
@@ -139,6 +154,17 @@ class DocumentStateServiceAsyncStub(DocumentStateServiceStub):
     into (the gateway's sweep deletes old pack objects that none does).
     INVALID_ARGUMENT for more than 10000 keys or an empty key.
     """
+    CondemnObjects: _aio.UnaryUnaryMultiCallable[_document_state_pb2.CondemnObjectsRequest, _document_state_pb2.CondemnObjectsResponse]  # type: ignore[assignment]
+    """Condemns pack objects that the gateway's orphan sweep is about to delete.
+    Of the given keys, those no live document points into are recorded as
+    condemned (until the pipeline is deleted) and returned; the others are
+    left alone. A later RecordStaged whose backing names a condemned object
+    is refused with FAILED_PRECONDITION (reason PACK_CONDEMNED) and records
+    nothing, so a pack swept while another gateway's staging of it was still
+    in flight is never recorded (that staging fails and is retried). Atomic
+    with respect to RecordStaged: an object is either recorded or condemned,
+    never both. INVALID_ARGUMENT for more than 10000 keys or an empty key.
+    """
     BindSinkInstance: _aio.UnaryUnaryMultiCallable[_document_state_pb2.BindSinkInstanceRequest, _document_state_pb2.BindSinkInstanceResponse]  # type: ignore[assignment]
     """Binds a pipeline to the sink instance that holds its vectors, the first
     time a gateway uses the pipeline's sink, and returns the instance it is
@@ -166,7 +192,9 @@ class DocumentStateServiceServicer(metaclass=_abc_1.ABCMeta):
         is lost). Atomic for the batch. Returns the previous backing of each
         document and the objects no document points into any more.
         INVALID_ARGUMENT naming records[i].document_id for an id named twice, and
-        records[i].backing for a backing outside the pipeline's own packs.
+        records[i].backing for a backing outside the pipeline's own packs;
+        FAILED_PRECONDITION (reason PACK_CONDEMNED) naming records[i].backing
+        when its object was condemned by CondemnObjects (swept as an orphan).
         """
 
     @_abc_1.abstractmethod
@@ -242,6 +270,23 @@ class DocumentStateServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns which of the given objects some live document's backing points
         into (the gateway's sweep deletes old pack objects that none does).
         INVALID_ARGUMENT for more than 10000 keys or an empty key.
+        """
+
+    @_abc_1.abstractmethod
+    def CondemnObjects(
+        self,
+        request: _document_state_pb2.CondemnObjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_document_state_pb2.CondemnObjectsResponse, _abc.Awaitable[_document_state_pb2.CondemnObjectsResponse]]:
+        """Condemns pack objects that the gateway's orphan sweep is about to delete.
+        Of the given keys, those no live document points into are recorded as
+        condemned (until the pipeline is deleted) and returned; the others are
+        left alone. A later RecordStaged whose backing names a condemned object
+        is refused with FAILED_PRECONDITION (reason PACK_CONDEMNED) and records
+        nothing, so a pack swept while another gateway's staging of it was still
+        in flight is never recorded (that staging fails and is retried). Atomic
+        with respect to RecordStaged: an object is either recorded or condemned,
+        never both. INVALID_ARGUMENT for more than 10000 keys or an empty key.
         """
 
     @_abc_1.abstractmethod
