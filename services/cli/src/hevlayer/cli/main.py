@@ -853,6 +853,12 @@ def tokens_revoke(settings: Settings, token_id: str) -> None:
     default=None,
     help="Queue backend of the pipeline if it is created (see `add --queue`).",
 )
+@click.option(
+    "--summaries/--no-summaries",
+    default=True,
+    show_default=True,
+    help="Also summarize the corpus's directories (the Job Lane) and show a summary search.",
+)
 @click.option("--exit", "exit_after", is_flag=True, help="Stop the suite after the searches.")
 @click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
 @pass_settings
@@ -863,6 +869,7 @@ def demo_command(
     queries: Path | None,
     pipeline: str,
     queue: str | None,
+    summaries: bool,
     exit_after: bool,
     plain: bool,
 ) -> None:
@@ -895,7 +902,15 @@ def demo_command(
         options = AddOptions(
             queue_backend=_QUEUES[queue] if queue else pipeline_pb2.QUEUE_BACKEND_UNSPECIFIED
         )
-        add_paths(local, pipeline, paths, options, plain=plain, output=output)
+        summarizer = next((r.grpc_address for r in stack.running if r.spec.name == "summarizer"), None)
+        if summaries and summarizer is None:
+            output.line("the summarizer is not installed: no directory summaries")
+        summary_options = (
+            SummaryOptions(summarizer, local.client_options(), budget=options.budget)
+            if summaries and summarizer
+            else None
+        )
+        add_paths(local, pipeline, paths, options, plain=plain, output=output, summaries=summary_options)
         shown = [q.query for q in labelled] or [
             "parse command line arguments",
             "compress data with zlib",
@@ -903,10 +918,16 @@ def demo_command(
         ]
         ranked: dict[str, list[str]] = {}
         for text in shown:
-            results = run_async(local, _searcher(pipeline, text, 5))
+            # Files only: directory summaries share the index, but recall is about files.
+            found = run_async(local, _searcher(pipeline, text, 10))
+            results = [r for r in found if r.kind != CHUNK_KIND][:5]
             output.line(f'\nsearch "{text}"')
             print_results(output, results[:3])
             ranked[text] = [_relative(r.document_id, root) for r in results]
+        if summary_options is not None:
+            text = "encode and decode data formats"
+            output.line(f'\nsearch --kind {CHUNK_KIND} "{text}"')
+            print_results(output, run_async(local, _searcher(pipeline, text, 3, CHUNK_KIND)))
         if labelled:
             recall, missed = corpus_module.recall_at_k(labelled, ranked, k=5)
             output.line(f"\nrecall@5 on {len(labelled)} labelled queries: {recall:.2f}")
@@ -917,9 +938,11 @@ def demo_command(
     sys.exit(up(settings.data_dir, suite_services(settings.data_dir), ready=ready))
 
 
-def _searcher(pipeline: str, text: str, k: int) -> Callable[[Client], Awaitable[list[Result]]]:
+def _searcher(
+    pipeline: str, text: str, k: int, kind: str | None = None
+) -> Callable[[Client], Awaitable[list[Result]]]:
     async def body(gateway: Client) -> list[Result]:
-        return await search(gateway, pipeline, text, k=k)
+        return await search(gateway, pipeline, text, k=k, kind=kind)
 
     return body
 
