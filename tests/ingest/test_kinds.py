@@ -26,6 +26,7 @@ from hevlayer.ingest.producers import (
     Chunk,
     ProducerError,
     Source,
+    chunk_kinds,
     detect_kind,
     kinds,
     select_producer,
@@ -45,6 +46,7 @@ def test_the_registry_holds_every_kind_of_the_spec_with_text_last() -> None:
     ]  # fmt: skip
     for kind in kinds():
         assert select_producer(kind).version >= 1
+    assert chunk_kinds() == [*kinds(), "table_schema"], "search --kind offers the schema chunks too"
 
 
 @pytest.mark.parametrize(

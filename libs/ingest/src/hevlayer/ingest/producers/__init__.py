@@ -43,6 +43,7 @@ __all__ = [
     "ProducerError",
     "Source",
     "UnsupportedKind",
+    "chunk_kinds",
     "content_hash",
     "detect_kind",
     "kinds",
@@ -77,6 +78,12 @@ def select_producer(kind: str) -> Producer:
 def kinds() -> list[str]:
     """The registered kinds, in detection order."""
     return list(_REGISTRY)
+
+
+def chunk_kinds() -> list[str]:
+    """Every chunk kind the producers write (metadata ``kind``): the kinds, then their extra ones."""
+    extra = [k for p in _REGISTRY.values() for k in p.extra_chunk_kinds if k not in _REGISTRY]
+    return [*_REGISTRY, *dict.fromkeys(extra)]
 
 
 def detect_kind(name: str, head: bytes) -> str | None:

@@ -123,6 +123,8 @@ class Producer(ABC):
     """Lower-case file name suffixes, with the dot, recognized as this kind."""
     filenames: tuple[str, ...] = ()
     """Exact file names recognized as this kind (``Makefile``)."""
+    extra_chunk_kinds: tuple[str, ...] = ()
+    """Chunk kinds (metadata ``kind``) this producer writes besides its own (``table_schema``)."""
 
     def sniff(self, head: bytes) -> bool:
         """Whether the first bytes of a file with an unknown extension look like this kind."""

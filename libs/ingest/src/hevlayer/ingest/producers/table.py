@@ -235,6 +235,7 @@ class TableProducer(Producer):
 
     kind = "table"
     version = 2
+    extra_chunk_kinds = ("table_schema",)
     extensions = (".csv", ".tsv", ".tab", ".json", ".parquet")
 
     def sniff(self, head: bytes) -> bool:
@@ -283,7 +284,7 @@ class TableProducer(Producer):
         return build_chunks(
             text,
             spans,
-            kind="table_schema",
+            kind=TableProducer.extra_chunk_kinds[0],
             name=name,
             context=f"{display_name(name)}: table schema, {len(schema)} columns, {row_count} rows",
             first_ordinal=ordinal,
