@@ -38,7 +38,7 @@ from hevlayer.client.tokens import ROLE_NAMES, ROLE_VALUES
 from hevlayer.common.auth import bearer_metadata
 from hevlayer.common.config import ConfigError
 from hevlayer.devstack.tokens import read_admin_token
-from hevlayer.ingest.producers import Budget, kinds
+from hevlayer.ingest.producers import Budget, chunk_kinds
 
 T = TypeVar("T")
 
@@ -427,7 +427,9 @@ def add_command(
     embedded and indexed; unchanged ones are skipped; deleted ones are removed.
 
     Supported kinds: text, markdown, code (Python split on definitions), PDF, HTML,
-    and table rows (CSV/TSV/JSON). Unsupported or unreadable files are reported.
+    tables (CSV/TSV/JSON/Parquet rows and schema), JSON Lines records, images
+    (OCR by tesseract, or a vision endpoint: HEVLAYER_VISION_*), mbox/.eml mail,
+    notebooks, Word and PowerPoint. Unsupported or unreadable files are reported.
     """
     if overlap >= max_tokens:
         raise click.BadParameter("must be below --max-tokens", param_hint="--overlap")
@@ -535,7 +537,7 @@ def print_results(output: Output, results: Sequence[Result]) -> None:
 @click.option("-k", "top_k", default=5, show_default=True, type=click.IntRange(1, 250), help="Results.")
 @click.option(
     "--kind",
-    type=click.Choice([*kinds(), CHUNK_KIND]),
+    type=click.Choice([*chunk_kinds(), CHUNK_KIND]),
     default=None,
     help=f"Only files of this kind ({CHUNK_KIND}: the summaries of `add --summaries`).",
 )
