@@ -14,9 +14,14 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import grpc
+import jsonschema  # type: ignore[import-untyped]
 import pytest
+import yaml
 from fakes.turbopuffer_server import FakeTurbopufferThread
 from faults.services import Processes, write_document
 from foundation.conftest import start_claimer, start_gateway
@@ -24,6 +29,7 @@ from gateway.helpers import (
     claim,
     create_pipeline,
     document,
+    embed,
     get_document,
     pack_keys,
     read_chunks,
@@ -46,6 +52,8 @@ class OutageStack:
     bucket: str
     sink: FakeTurbopufferThread
     gateway: str
+    http: str
+    """The gateway's REST (HTTP) address."""
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +73,7 @@ def outage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutageSta
                 start_claimer(database_url, tmp, traces, PIPELINE_DEFAULT_SINK="turbopuffer", **s3_env)
             )
             claimer.wait_ready(timeout=60)
-            gateway, gateway_address, _ = processes.add(
+            gateway, gateway_address, gateway_http = processes.add(
                 start_gateway(
                     claimer_address,
                     tmp,
@@ -79,7 +87,7 @@ def outage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutageSta
                 )
             )
             gateway.wait_ready(timeout=60)
-            yield OutageStack(postgres, s3, bucket, sink, gateway_address)
+            yield OutageStack(postgres, s3, bucket, sink, gateway_address, gateway_http)
     finally:
         sink.stop()
         s3.stop()
@@ -211,3 +219,70 @@ async def test_a_postgresql_restart_is_unavailable_and_the_flow_recovers(
         state = await get_document(channel, pid, doc_id)
         assert state.stage == "indexed"
         assert not state.claimed_by
+
+
+def _error_schema() -> dict[str, Any]:
+    """The REST error body's schema (``Error`` in docs/openapi.yaml)."""
+    spec = yaml.safe_load((Path(__file__).parents[2] / "docs" / "openapi.yaml").read_text())
+    schema: dict[str, Any] = spec["components"]["schemas"]["Error"]
+    return schema
+
+
+async def _rest(
+    session: aiohttp.ClientSession, method: str, url: str, body: dict[str, Any]
+) -> tuple[int, dict[str, Any], str | None]:
+    """(status, JSON body, Retry-After header) of one REST call."""
+    async with session.request(method, url, json=body) as response:
+        return response.status, await response.json(), response.headers.get("Retry-After")
+
+
+async def test_a_failing_sink_is_502_on_rest_and_rest_writes_and_queries_resume(
+    outage_stack: OutageStack, channel: aio.Channel
+) -> None:
+    pid = await create_pipeline(channel)
+    await stage(channel, pid, [document("r", chunks=2)])
+    leases = await claim(channel, pid, worker=WORKER, lease_seconds=60)
+    chunks = [c for r in await read_chunks(channel, pid, leases, worker=WORKER) for c in r.chunks]
+    base = f"http://{outage_stack.http}/v2/pipelines/{pid}"
+    write = {
+        "worker_id": WORKER,
+        "from_stage": "embedding",
+        "fencing_token": leases["r"],
+        "vectors": [{"id": c.id, "vector": embed(c.text), "attributes": {"text": c.text}} for c in chunks],
+    }
+    query = {"vector": embed(chunks[0].text), "top_k": 5}
+    schema = _error_schema()
+
+    def assert_bad_gateway(status: int, body: dict[str, Any], retry_after: str | None) -> None:
+        assert status == 502, body
+        jsonschema.validate(body, schema)
+        error = body["error"]
+        assert (error["code"], error["status"], error["reason"]) == (502, "UNAVAILABLE", "SINK_UNAVAILABLE")
+        assert error["metadata"]["sink"] == "turbopuffer", error
+        assert error["retry_after_seconds"] > 0, error
+        assert retry_after is not None
+        assert int(retry_after) >= 1, retry_after
+        assert "Traceback" not in error["message"], error
+
+    async with aiohttp.ClientSession() as session:
+        outage_stack.sink.fake.fail_next(503, times=100, message="sink down")
+        try:
+            assert_bad_gateway(*await _rest(session, "PUT", f"{base}/documents/r/vectors", write))
+        finally:
+            outage_stack.sink.fake.clear()
+        # Nothing written, the document still the worker's: the same request succeeds once the
+        # sink is back, through the same gateway.
+        state = await get_document(channel, pid, "r")
+        assert (state.stage, state.claimed_by) == ("embedding", WORKER), state
+        status, body, _ = await _rest(session, "PUT", f"{base}/documents/r/vectors", write)
+        assert status == 200, body
+        assert (body["outcome"], body["vectors_written"]) == ("indexed", 2), body
+
+        outage_stack.sink.fake.fail_next(503, times=100, message="sink down")
+        try:
+            assert_bad_gateway(*await _rest(session, "POST", f"{base}/query", query))
+        finally:
+            outage_stack.sink.fake.clear()
+        status, body, _ = await _rest(session, "POST", f"{base}/query", query)
+        assert status == 200, body
+        assert sorted(hit["chunk_id"] for hit in body["hits"]) == ["r-0", "r-1"], body
