@@ -22,7 +22,7 @@ NAMESPACE = "layer"
 
 
 class RenderError(Exception):
-    """The chart refused the values (a template's ``fail``, a missing ``required`` value)."""
+    """The chart refused the values: values.schema.json, a template's ``fail``, a ``required`` value."""
 
 
 def _helm() -> Any:
@@ -39,7 +39,7 @@ def render(
             manifests: dict[str, str] = chart.render(
                 values or {}, name=release, namespace=namespace, is_install=True
             )
-        except helm.HelmRenderError as exc:
+        except (helm.HelmRenderError, helm.HelmValuesError) as exc:
             raise RenderError(str(exc)) from exc
     objects: list[dict[str, Any]] = []
     for path, text in sorted(manifests.items()):
