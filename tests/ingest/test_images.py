@@ -307,3 +307,11 @@ def test_the_environment_chooses_the_provider(monkeypatch: pytest.MonkeyPatch) -
         assert description_gate().limit == 2
         recorded: list[Recorded] = fake.requests
         assert "authorization" not in recorded[0].headers
+
+
+def test_threads_share_one_describer_built_on_first_use() -> None:
+    with ThreadPoolExecutor(8) as pool:
+        built = list(pool.map(lambda _: vision.vision(), range(32)))
+    assert len({id(v) for v in built}) == 1
+    assert description_gate() is built[0].gate
+    assert transformation_cache() is built[0].cache

@@ -102,6 +102,25 @@ _lock = threading.Lock()
 _vision: Vision | None = None
 
 
+def _build(
+    settings: VisionSettings | None,
+    provider: VisionProvider | None,
+    gate: Gate | None,
+    cache: TransformationCache | None,
+) -> Vision:
+    if settings is None:
+        try:
+            settings = load_settings(VisionSettings)
+        except ConfigError as exc:
+            raise VisionUnavailable(f"configuration error: {exc}") from None
+    directory = Path(os.path.expanduser(settings.cache_dir)) if settings.cache_dir else None
+    return Vision(
+        provider=provider if provider is not None else provider_for(settings),
+        gate=gate if gate is not None else Gate("description", settings.description_concurrency),
+        cache=cache if cache is not None else TransformationCache(settings.cache_entries, directory),
+    )
+
+
 def configure(
     settings: VisionSettings | None = None,
     *,
@@ -111,27 +130,20 @@ def configure(
 ) -> Vision:
     """Set the process's describer (from ``settings``, default: the environment); parts may be given."""
     global _vision
-    if settings is None:
-        try:
-            settings = load_settings(VisionSettings)
-        except ConfigError as exc:
-            raise VisionUnavailable(f"configuration error: {exc}") from None
-    directory = Path(os.path.expanduser(settings.cache_dir)) if settings.cache_dir else None
-    built = Vision(
-        provider=provider if provider is not None else provider_for(settings),
-        gate=gate if gate is not None else Gate("description", settings.description_concurrency),
-        cache=cache if cache is not None else TransformationCache(settings.cache_entries, directory),
-    )
+    built = _build(settings, provider, gate, cache)
     with _lock:
         _vision = built
     return built
 
 
 def vision() -> Vision:
-    """The process's describer (configured from the environment on first use)."""
+    """The process's describer, configured from the environment on first use (once, whichever
+    thread gets here first: every thread shares one gate and one cache)."""
+    global _vision
     with _lock:
-        current = _vision
-    return current if current is not None else configure()
+        if _vision is None:
+            _vision = _build(None, None, None, None)
+        return _vision
 
 
 def description_gate() -> Gate:
