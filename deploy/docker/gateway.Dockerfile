@@ -15,14 +15,13 @@ COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_PROJECT_ENVIRONMENT=/opt/hevlayer \
     UV_PYTHON_DOWNLOADS=never \
     UV_COMPILE_BYTECODE=1 \
-    UV_LINK_MODE=copy \
+    UV_NO_CACHE=1 \
     UV_NO_PROGRESS=1
 WORKDIR /src
 COPY pyproject.toml uv.lock ./
 COPY libs ./libs
 COPY services ./services
-RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --package hevlayer-gateway --frozen --no-dev --no-editable --python /usr/local/bin/python3.11
+RUN uv sync --package hevlayer-gateway --frozen --no-dev --no-editable --python /usr/local/bin/python3.11
 
 # Runtime: the same Python image, the environment, a non-root user; no uv, no compilers.
 FROM ${PYTHON_IMAGE}
