@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The claimer (hevlayer-claimer): sole owner of PostgreSQL. From the repository root:
-#   docker build -f deploy/docker/claimer.Dockerfile -t ghcr.io/hev/hevlayer-claimer:0.1.0 .
+#   docker build -f deploy/docker/claimer.Dockerfile -t hevlayer/claimer:0.1.0 .
 # Needs DATABASE_URL and CLAIMER_INTERNAL_TOKEN (docs/configuration.md). Writes nothing to
 # its root filesystem: it runs with a read-only one.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The embedder (hevlayer-embedder): embeds claimed documents through Triton. From the repository root:
-#   docker build -f deploy/docker/embedder.Dockerfile -t ghcr.io/hev/hevlayer-embedder:0.1.0 .
+#   docker build -f deploy/docker/embedder.Dockerfile -t hevlayer/embedder:0.1.0 .
 # Needs EMBEDDER_TRITON_URL (the Triton image, deploy/docker/triton.Dockerfile) and, for the
 # worker loop, HEVLAYER_GATEWAY_ADDRESS (docs/configuration.md). Writable path: /tmp.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm

@@ -2,7 +2,7 @@
 # The extract worker (hevlayer-extractor): claims ids from a pipeline's extract stage through the
 # gateway, reads each object from its source (a path, S3, HTTP), runs the producer of its kind and
 # stages the chunks. From the repository root:
-#   docker build -f deploy/docker/extractor.Dockerfile -t ghcr.io/hev/hevlayer-extractor:0.1.0 .
+#   docker build -f deploy/docker/extractor.Dockerfile -t hevlayer/extractor:0.1.0 .
 # Needs HEVLAYER_GATEWAY_ADDRESS and an API token (docs/configuration.md). Writable path: /tmp.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9

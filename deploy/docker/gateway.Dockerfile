@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The gateway (hevlayer-gateway): the one public gRPC/REST address of hevlayer. From the repository root:
-#   docker build -f deploy/docker/gateway.Dockerfile -t ghcr.io/hev/hevlayer-gateway:0.1.0 .
+#   docker build -f deploy/docker/gateway.Dockerfile -t hevlayer/gateway:0.1.0 .
 # Needs CLAIMER_ADDRESS, CLAIMER_INTERNAL_TOKEN and the S3_* variables (docs/configuration.md).
 # Writable paths: /tmp (the disk chunk cache) and, with the milvus_lite sink only, the working
 # directory /var/lib/hevlayer (GATEWAY_MILVUS_LITE_PATH is relative to it; mount a volume there).

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The operator (hevlayer-operator): reconciles Pipeline resources. From the repository root:
-#   docker build -f deploy/docker/operator.Dockerfile -t ghcr.io/hev/hevlayer-operator:0.1.0 .
+#   docker build -f deploy/docker/operator.Dockerfile -t hevlayer/operator:0.1.0 .
 # Runs with its pod's service account (or OPERATOR_KUBECONFIG) and needs OPERATOR_GATEWAY_ADDRESS
 # (docs/operator.md). It serves no gRPC: its health is kopf's liveness endpoint, GET /healthz on
 # OPERATOR_HEALTH_ADDRESS. Writes nothing to its root filesystem.

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The summarizer (hevlayer-summarizer): the Job Lane. From the repository root:
-#   docker build -f deploy/docker/summarizer.Dockerfile -t ghcr.io/hev/hevlayer-summarizer:0.1.0 .
+#   docker build -f deploy/docker/summarizer.Dockerfile -t hevlayer/summarizer:0.1.0 .
 # Stages summaries through SUMMARIZER_GATEWAY_ADDRESS (docs/configuration.md). Writable path:
 # its transformation cache, SUMMARIZER_CACHE_DIR (default ~/.cache/hevlayer/summarizer, under
 # /var/lib/hevlayer here; mount a volume there to keep it across restarts).

@@ -1,9 +1,9 @@
 # syntax=docker/dockerfile:1
 # Triton Inference Server with the MiniLM model repository of deploy/triton (deploy/triton/README.md):
 # the GPU tier behind the embedders. From the repository root:
-#   docker build -f deploy/docker/triton.Dockerfile -t ghcr.io/hev/hevlayer-triton:0.1.0 .
+#   docker build -f deploy/docker/triton.Dockerfile -t hevlayer/triton:0.1.0 .
 # and, for clusters that copy the repository into the pod with an init container instead,
-#   docker build -f deploy/docker/triton.Dockerfile --target models -t ghcr.io/hev/hevlayer-triton-models:0.1.0 .
+#   docker build -f deploy/docker/triton.Dockerfile --target models -t hevlayer/triton-models:0.1.0 .
 # The repository is built as deploy/triton/README.md says, by hevlayer-triton-repository from
 # hevlayer-embedder's locked environment (the model files come from its PyPI packages, never
 # from a hub). The serving stage is NVIDIA's image plus the Python packages its Python-backend
