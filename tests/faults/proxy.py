@@ -19,6 +19,9 @@ class FaultProxy:
 
     ``delay`` (seconds) is waited before each forwarded chunk, in both directions; ``cut()``
     closes every open connection, and while ``refuse`` is set new connections are closed at once.
+    ``cut_after_upload(n)`` arms a cut in the middle of a transfer: once ``n`` more bytes have
+    been forwarded towards ``target`` (over all connections), every connection is cut and new ones
+    are refused, whatever the timing.
     """
 
     def __init__(self, target: str) -> None:
@@ -28,6 +31,7 @@ class FaultProxy:
         self.address = f"127.0.0.1:{self.port}"
         self.delay = 0.0
         self.refuse = False
+        self._upload_budget: int | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -59,6 +63,20 @@ class FaultProxy:
 
         asyncio.run_coroutine_threadsafe(cut(), self._loop).result(timeout=10)
 
+    def cut_after_upload(self, byte_count: int) -> None:
+        """Cut every connection, and refuse new ones, once ``byte_count`` more bytes have gone
+        towards the target (the data of the chunk that crosses the mark is not forwarded)."""
+
+        async def arm() -> None:
+            self._upload_budget = byte_count
+
+        asyncio.run_coroutine_threadsafe(arm(), self._loop).result(timeout=10)
+
+    @property
+    def tripped(self) -> bool:
+        """True once an armed :meth:`cut_after_upload` has cut (until ``refuse`` is cleared)."""
+        return self.refuse and self._upload_budget == 0
+
     def _close_all(self) -> None:
         for writer in list(self._writers):
             writer.transport.abort()
@@ -75,17 +93,28 @@ class FaultProxy:
             return
         self._writers.update((writer, upstream_writer))
         await asyncio.gather(
-            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer), return_exceptions=True
+            self._pipe(reader, upstream_writer, upload=True),
+            self._pipe(upstream_reader, writer, upload=False),
+            return_exceptions=True,
         )
         for end in (writer, upstream_writer):
             self._writers.discard(end)
             end.transport.abort()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upload: bool
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
                 if self.delay:
                     await asyncio.sleep(self.delay)
+                if upload and self._upload_budget is not None and self._upload_budget > 0:
+                    if len(data) >= self._upload_budget:
+                        self._upload_budget = 0
+                        self.refuse = True
+                        self._close_all()
+                        return
+                    self._upload_budget -= len(data)
                 writer.write(data)
                 await writer.drain()
         writer.transport.abort()
