@@ -22,6 +22,7 @@ COMMANDS = [
     ("pipelines", "create"),
     ("pipelines", "list"),
     ("pipelines", "delete"),
+    ("pipelines", "summaries"),
 ]
 
 
@@ -53,11 +54,21 @@ def test_pipelines_create_list_delete(cli_stack: CliStack) -> None:
     listed = hevlayer("pipelines", "list", env=cli_stack.env)
     assert listed.returncode == 0, listed
     assert listed.stdout.splitlines()[0].split() == [
-        "PIPELINE", "NAMESPACE", "SINK", "QUEUE", "DIMENSION", "PAUSED", "CREATED"
+        "PIPELINE", "NAMESPACE", "SINK", "QUEUE", "DIMENSION", "PAUSED", "SUMMARIES", "CREATED"
     ]  # fmt: skip
     row = next(line for line in listed.stdout.splitlines() if line.startswith(name))
-    assert row.split()[:6] == [name, name.replace("-", "_"), "milvus-lite", "row", "-", "no"]
+    assert row.split()[:7] == [name, name.replace("-", "_"), "milvus-lite", "row", "-", "no", "off"]
     assert not CONTROL.search(listed.stdout)
+
+    switched = hevlayer("pipelines", "summaries", name, "on", env=cli_stack.env)
+    assert switched.returncode == 0, switched
+    assert switched.stdout.strip() == f"pipeline {name}: summaries on"
+    row = next(
+        line
+        for line in hevlayer("pipelines", "list", env=cli_stack.env).stdout.splitlines()
+        if line.startswith(name)
+    )
+    assert row.split()[6] == "on"
 
     status = hevlayer("status", "-p", name, env=cli_stack.env)
     assert status.returncode == 0, status

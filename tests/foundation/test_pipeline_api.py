@@ -192,6 +192,25 @@ async def test_update_paused_and_reject_immutable(stub: pipeline_pb2_grpc.Pipeli
     assert got.pipeline.target_namespace == pid.replace("-", "_")
 
 
+async def test_summaries_enabled_is_stored_and_updatable(stub: pipeline_pb2_grpc.PipelineServiceStub) -> None:
+    off = (await stub.CreatePipeline(pb.CreatePipelineRequest(pipeline=pb.Pipeline(id=_name())))).pipeline
+    assert off.summaries_enabled is False
+    pid = _name()
+    created = await stub.CreatePipeline(
+        pb.CreatePipelineRequest(pipeline=pb.Pipeline(id=pid, summaries_enabled=True))
+    )
+    assert created.pipeline.summaries_enabled is True
+    updated = await stub.UpdatePipeline(
+        pb.UpdatePipelineRequest(
+            pipeline=pb.Pipeline(id=pid, summaries_enabled=False),
+            update_mask=field_mask_pb2.FieldMask(paths=["summaries_enabled"]),
+        )
+    )
+    assert updated.pipeline.summaries_enabled is False
+    got = await stub.GetPipeline(pb.GetPipelineRequest(pipeline_id=pid))
+    assert got.pipeline.summaries_enabled is False
+
+
 async def test_delete_removes(stub: pipeline_pb2_grpc.PipelineServiceStub) -> None:
     pid = _name()
     await stub.CreatePipeline(pb.CreatePipelineRequest(pipeline=pb.Pipeline(id=pid)))

@@ -71,6 +71,7 @@ def pipeline_to_proto(record: PipelineRecord) -> pb.Pipeline:
         dimension=record.dimension,
         create_time=_timestamp(record.create_time),
         update_time=_timestamp(record.update_time),
+        summaries_enabled=record.summaries_enabled,
     )
 
 
@@ -86,6 +87,7 @@ def spec_from_proto(pipeline: pb.Pipeline) -> PipelineSpec:
         queue_backend=_enum_value(BACKENDS, pipeline.queue_backend, "pipeline.queue_backend"),
         sink=_enum_value(SINKS, pipeline.sink, "pipeline.sink"),
         dimension=pipeline.dimension,
+        summaries_enabled=pipeline.summaries_enabled,
     )
 
 

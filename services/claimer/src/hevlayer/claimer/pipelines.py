@@ -26,7 +26,7 @@ QUEUE_BACKENDS = ("segment", "row")
 SINKS = ("milvus_lite", "milvus", "turbopuffer")
 RESERVED_STAGES = ("pending", "indexed", "failed")
 PENDING = "pending"
-UPDATABLE_FIELDS = ("paused", "max_attempts", "default_lease_seconds", "dimension")
+UPDATABLE_FIELDS = ("paused", "max_attempts", "default_lease_seconds", "dimension", "summaries_enabled")
 NAMESPACE_INDEX = "pipelines_sink_namespace"
 """The unique index on (sink, target_namespace) (migration 0004)."""
 MAX_PAGE_SIZE = 1000
@@ -56,6 +56,7 @@ class PipelineSpec:
     queue_backend: str = ""
     sink: str = ""
     dimension: int = 0
+    summaries_enabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class PipelineRecord:
     dimension: int
     create_time: datetime
     update_time: datetime
+    summaries_enabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ def resolve_spec(spec: PipelineSpec, defaults: PipelineDefaults) -> PipelineSpec
         queue_backend=backend,
         sink=sink,
         dimension=spec.dimension,
+        summaries_enabled=spec.summaries_enabled,
     )
 
 
@@ -174,7 +177,7 @@ def decode_page_token(token: str) -> str:
 
 _COLUMNS = (
     "id, target_namespace, distance_metric, paused, max_attempts, default_lease_seconds, "
-    "queue_backend, sink, dimension, create_time, update_time"
+    "queue_backend, sink, dimension, create_time, update_time, summaries_enabled"
 )
 
 
@@ -228,8 +231,9 @@ class PipelineStore:
         """Insert the pipeline; None if the id is taken."""
         row: asyncpg.Record | None = await conn.fetchrow(
             f"""INSERT INTO pipelines (id, target_namespace, distance_metric, paused,
-                    max_attempts, default_lease_seconds, queue_backend, sink, dimension)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                    max_attempts, default_lease_seconds, queue_backend, sink, dimension,
+                    summaries_enabled)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                 ON CONFLICT (id) DO NOTHING
                 RETURNING {_COLUMNS}""",
             resolved.id,
@@ -241,6 +245,7 @@ class PipelineStore:
             resolved.queue_backend,
             resolved.sink,
             resolved.dimension,
+            resolved.summaries_enabled,
         )
         return row
 

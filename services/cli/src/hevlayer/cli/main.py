@@ -33,6 +33,7 @@ from hevlayer.cli.summaries import (
     summary_lines,
 )
 from hevlayer.client import DEFAULT_GATEWAY, Client, ClientOptions, ServiceError
+from hevlayer.client.errors import NotFound
 from hevlayer.client.settings import CA_ENV, CERT_ENV, KEY_ENV, ClientTLSSettings
 from hevlayer.client.tokens import ROLE_NAMES, ROLE_VALUES
 from hevlayer.common.auth import bearer_metadata
@@ -389,10 +390,10 @@ def print_summary(output: Output, summary: AddSummary) -> None:
 )
 @click.option(
     "--summaries/--no-summaries",
-    default=False,
-    show_default=True,
+    default=None,
     help="Also summarize each given directory bottom-up (the Job Lane): one chunk of kind "
-    "directory_summary per directory, found by `search --kind directory_summary`.",
+    "directory_summary per directory, found by `search --kind directory_summary` (default: the "
+    "pipeline's setting, `pipelines summaries NAME on|off`; off for a new pipeline).",
 )
 @click.option(
     "--summarizer",
@@ -419,7 +420,7 @@ def add_command(
     max_tokens: int,
     overlap: int,
     queue: str | None,
-    summaries: bool,
+    summaries: bool | None,
     summarizer_option: str | None,
     plain: bool,
 ) -> None:
@@ -446,6 +447,8 @@ def add_command(
         budget=Budget(max_tokens=max_tokens, overlap_tokens=overlap, max_chars=max(16, max_tokens * 10)),
         queue_backend=_QUEUES[queue] if queue else pipeline_pb2.QUEUE_BACKEND_UNSPECIFIED,
     )
+    if summaries is None:
+        summaries = run_async(settings, lambda gateway: pipeline_summaries_enabled(gateway, pipeline))
     summary_options = None
     if summaries:
         summary_options = SummaryOptions(
@@ -494,6 +497,14 @@ def add_paths(
     for line in lines:
         out.line(line)
     return summary
+
+
+async def pipeline_summaries_enabled(gateway: Client, pipeline_id: str) -> bool:
+    """The pipeline's summaries_enabled; False when it does not exist yet."""
+    try:
+        return (await gateway.pipelines.get(pipeline_id)).summaries_enabled
+    except NotFound:
+        return False
 
 
 def summarizer_address(settings: Settings, option: str | None) -> str:
@@ -690,6 +701,11 @@ def _time(stamp: Timestamp) -> str:
 )
 @click.option("--max-attempts", type=click.IntRange(0, 1000), default=0, help="Claims before failing (0: 5).")
 @click.option("--lease-seconds", type=click.IntRange(0, 86400), default=0, help="Default lease (0: 900).")
+@click.option(
+    "--summaries",
+    is_flag=True,
+    help="Directory summaries on by default: `add` to this pipeline runs as with --summaries.",
+)
 @pass_settings
 def pipelines_create(
     settings: Settings,
@@ -700,6 +716,7 @@ def pipelines_create(
     queue: str | None,
     max_attempts: int,
     lease_seconds: int,
+    summaries: bool,
 ) -> None:
     """Create pipeline NAME (lowercase letters, digits and '-', starting with a letter)."""
     request = pipeline_pb2.Pipeline(
@@ -707,6 +724,7 @@ def pipelines_create(
         target_namespace=namespace,
         max_attempts=max_attempts,
         default_lease_seconds=lease_seconds,
+        summaries_enabled=summaries,
     )
     if metric:
         request.distance_metric = _METRICS[metric]
@@ -738,11 +756,25 @@ def pipelines_list(settings: Settings) -> None:
             _enum_name(p.queue_backend, _QUEUES),
             str(p.dimension or "-"),
             "yes" if p.paused else "no",
+            "on" if p.summaries_enabled else "off",
             _time(p.create_time),
         ]
         for p in pipelines
     ]
-    output.table(("PIPELINE", "NAMESPACE", "SINK", "QUEUE", "DIMENSION", "PAUSED", "CREATED"), rows)
+    output.table(
+        ("PIPELINE", "NAMESPACE", "SINK", "QUEUE", "DIMENSION", "PAUSED", "SUMMARIES", "CREATED"), rows
+    )
+
+
+@pipelines_group.command("summaries")
+@click.argument("pipeline_id", metavar="NAME")
+@click.argument("setting", type=click.Choice(["on", "off"]))
+@pass_settings
+def pipelines_summaries(settings: Settings, pipeline_id: str, setting: str) -> None:
+    """Turn directory summaries on or off by default for `add` to pipeline NAME."""
+    wanted = pipeline_pb2.Pipeline(id=pipeline_id, summaries_enabled=setting == "on")
+    updated = run_async(settings, lambda gateway: gateway.pipelines.update(wanted, ["summaries_enabled"]))
+    Output().line(f"pipeline {updated.id}: summaries {'on' if updated.summaries_enabled else 'off'}")
 
 
 @pipelines_group.command("delete")

@@ -156,6 +156,7 @@ def pipeline_json(pipeline: pipeline_pb2.Pipeline) -> dict[str, JSONValue]:
         "queue_backend": QUEUE_NAMES.get(pipeline.queue_backend),
         "sink": SINK_NAMES.get(pipeline.sink),
         "dimension": pipeline.dimension,
+        "summaries_enabled": pipeline.summaries_enabled,
         "create_time": timestamp_json(pipeline.create_time),
         "update_time": timestamp_json(pipeline.update_time),
     }

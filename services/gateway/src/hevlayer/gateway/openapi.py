@@ -68,6 +68,10 @@ SCHEMAS: dict[str, Any] = {
             "queue_backend": {"type": "string", "enum": ["segment", "row"]},
             "sink": {"type": "string", "enum": ["milvus_lite", "milvus", "turbopuffer"]},
             "dimension": INT,
+            "summaries_enabled": {
+                **BOOL,
+                "description": "Directory summaries on by default for `hevlayer add` (the Job Lane).",
+            },
         },
         ["id"],
     ),
@@ -82,6 +86,7 @@ SCHEMAS: dict[str, Any] = {
             "queue_backend": {"type": ["string", "null"], "enum": ["segment", "row", None]},
             "sink": {"type": ["string", "null"], "enum": ["milvus_lite", "milvus", "turbopuffer", None]},
             "dimension": INT,
+            "summaries_enabled": BOOL,
             "create_time": STAMP,
             "update_time": STAMP,
         },

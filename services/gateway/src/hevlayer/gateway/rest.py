@@ -399,6 +399,7 @@ class RestApi:
             queue_backend=QUEUE_VALUES.get(queue, pipeline_pb2.QUEUE_BACKEND_UNSPECIFIED),
             sink=SINK_VALUES.get(sink, pipeline_pb2.SINK_UNSPECIFIED),
             dimension=get_int(body, "dimension"),
+            summaries_enabled=get_bool(body, "summaries_enabled"),
         )
         created = await self.claimer.create_pipeline(pipeline_pb2.CreatePipelineRequest(pipeline=pipeline))
         return web.json_response(pipeline_json(created), status=201)

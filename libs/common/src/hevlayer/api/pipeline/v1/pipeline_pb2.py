@@ -27,7 +27,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'hevlayer/api/pipeline/v1/pipeline.proto\x12\x18hevlayer.api.pipeline.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x03\n\x08Pipeline\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10target_namespace\x18\x02 \x01(\t\x12\x41\n\x0f\x64istance_metric\x18\x03 \x01(\x0e\x32(.hevlayer.api.pipeline.v1.DistanceMetric\x12\x0e\n\x06paused\x18\x04 \x01(\x08\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\r\x12\x1d\n\x15\x64\x65\x66\x61ult_lease_seconds\x18\x06 \x01(\r\x12=\n\rqueue_backend\x18\x07 \x01(\x0e\x32&.hevlayer.api.pipeline.v1.QueueBackend\x12,\n\x04sink\x18\x08 \x01(\x0e\x32\x1e.hevlayer.api.pipeline.v1.Sink\x12\x11\n\tdimension\x18\t \x01(\r\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf4\x01\n\x0ePipelineStatus\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x44\n\x06\x63ounts\x18\x02 \x03(\x0b\x32\x34.hevlayer.api.pipeline.v1.PipelineStatus.CountsEntry\x12\x15\n\rpending_count\x18\x03 \x01(\x03\x12\x30\n\x0cobserve_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x05 \x01(\x04\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"M\n\x15\x43reatePipelineRequest\x12\x34\n\x08pipeline\x18\x01 \x01(\x0b\x32\".hevlayer.api.pipeline.v1.Pipeline\"N\n\x16\x43reatePipelineResponse\x12\x34\n\x08pipeline\x18\x01 \x01(\x0b\x32\".hevlayer.api.pipeline.v1.Pipeline\")\n\x12GetPipelineRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\"K\n\x13GetPipelineResponse\x12\x34\n\x08pipeline\x18\x01 \x01(\x0b\x32\".hevlayer.api.pipeline.v1.Pipeline\"=\n\x14ListPipelinesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x15ListPipelinesResponse\x12\x35\n\tpipelines\x18\x01 \x03(\x0b\x32\".hevlayer.api.pipeline.v1.Pipeline\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"~\n\x15UpdatePipelineRequest\x12\x34\n\x08pipeline\x18\x01 \x01(\x0b\x32\".hevlayer.api.pipeline.v1.Pipeline\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"N\n\x16UpdatePipelineResponse\x12\x34\n\x08pipeline\x18\x01 \x01(\x0b\x32\".hevlayer.api.pipeline.v1.Pipeline\",\n\x15\x44\x65letePipelineRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\"M\n\x16\x44\x65letePipelineResponse\x12\x19\n\x11\x64\x65leted_documents\x18\x01 \x01(\x03\x12\x18\n\x10\x64\x65leted_segments\x18\x02 \x01(\x03\"/\n\x18GetPipelineStatusRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\"U\n\x19GetPipelineStatusResponse\x12\x38\n\x06status\x18\x01 \x01(\x0b\x32(.hevlayer.api.pipeline.v1.PipelineStatus\"J\n\x1aWatchPipelineStatusRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x17\n\x0fmin_interval_ms\x18\x02 \x01(\r\"W\n\x1bWatchPipelineStatusResponse\x12\x38\n\x06status\x18\x01 \x01(\x0b\x32(.hevlayer.api.pipeline.v1.PipelineStatus*}\n\x0e\x44istanceMetric\x12\x1f\n\x1b\x44ISTANCE_METRIC_UNSPECIFIED\x10\x00\x12#\n\x1f\x44ISTANCE_METRIC_COSINE_DISTANCE\x10\x01\x12%\n!DISTANCE_METRIC_EUCLIDEAN_SQUARED\x10\x02*_\n\x0cQueueBackend\x12\x1d\n\x19QUEUE_BACKEND_UNSPECIFIED\x10\x00\x12\x19\n\x15QUEUE_BACKEND_SEGMENT\x10\x01\x12\x15\n\x11QUEUE_BACKEND_ROW\x10\x02*Y\n\x04Sink\x12\x14\n\x10SINK_UNSPECIFIED\x10\x00\x12\x14\n\x10SINK_MILVUS_LITE\x10\x01\x12\x0f\n\x0bSINK_MILVUS\x10\x02\x12\x14\n\x10SINK_TURBOPUFFER\x10\x03\x32\xd3\x06\n\x0fPipelineService\x12s\n\x0e\x43reatePipeline\x12/.hevlayer.api.pipeline.v1.CreatePipelineRequest\x1a\x30.hevlayer.api.pipeline.v1.CreatePipelineResponse\x12j\n\x0bGetPipeline\x12,.hevlayer.api.pipeline.v1.GetPipelineRequest\x1a-.hevlayer.api.pipeline.v1.GetPipelineResponse\x12p\n\rListPipelines\x12..hevlayer.api.pipeline.v1.ListPipelinesRequest\x1a/.hevlayer.api.pipeline.v1.ListPipelinesResponse\x12s\n\x0eUpdatePipeline\x12/.hevlayer.api.pipeline.v1.UpdatePipelineRequest\x1a\x30.hevlayer.api.pipeline.v1.UpdatePipelineResponse\x12s\n\x0e\x44\x65letePipeline\x12/.hevlayer.api.pipeline.v1.DeletePipelineRequest\x1a\x30.hevlayer.api.pipeline.v1.DeletePipelineResponse\x12|\n\x11GetPipelineStatus\x12\x32.hevlayer.api.pipeline.v1.GetPipelineStatusRequest\x1a\x33.hevlayer.api.pipeline.v1.GetPipelineStatusResponse\x12\x84\x01\n\x13WatchPipelineStatus\x12\x34.hevlayer.api.pipeline.v1.WatchPipelineStatusRequest\x1a\x35.hevlayer.api.pipeline.v1.WatchPipelineStatusResponse0\x01\x42i\n\x1c\x64\x65v.hevlayer.api.pipeline.v1P\x01ZGgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/pipeline/v1;pipelinev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'hevlayer/api/pipeline/v1/pipeline.proto\x12\x18hevlayer.api.pipeline.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x03\n\x08Pipeline\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10target_namespace\x18\x02 \x01(\t\x12\x41\n\x0f\x64istance_metric\x18\x03 \x01(\x0e\x32(.hevlayer.api.pipeline.v1.DistanceMetric\x12\x0e\n\x06paused\x18\x04 \x01(\x08\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\r\x12\x1d\n\x15\x64\x65\x66\x61ult_lease_seconds\x18\x06 \x01(\r\x12=\n\rqueue_backend\x18\x07 \x01(\x0e\x32&.hevlayer.api.pipeline.v1.QueueBackend\x12,\n\x04sink\x18\x08 \x01(\x0e\x32\x1e.hevlayer.api.pipeline.v1.Sink\x12\x11\n\tdimension\x18\t \x01(\r\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11summaries_enabled\x18\x0c \x01(\x08\"\xf4\x01\n\x0ePipelineStatus\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x44\n\x06\x63ounts\x18\x02 \x03(\x0b\x32\x34.hevlayer.api.pipeline.v1.PipelineStatus.CountsEntry\x12\x15\n\rpending_count\x18\x03 \x01(\x03\x12\x30\n\x0cobserve_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x05 \x01(\x04\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"M\n\x15\x43reatePipelineRequest\x12\x34\n\x08pipeline\x18\x01 \x01(\x0b\x32\".hevlayer.api.pipeline.v1.Pipeline\"N\n\x16\x43reatePipelineResponse\x12\x34\n\x08pipeline\x18\x01 \x01(\x0b\x32\".hevlayer.api.pipeline.v1.Pipeline\")\n\x12GetPipelineRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\"K\n\x13GetPipelineResponse\x12\x34\n\x08pipeline\x18\x01 \x01(\x0b\x32\".hevlayer.api.pipeline.v1.Pipeline\"=\n\x14ListPipelinesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x15ListPipelinesResponse\x12\x35\n\tpipelines\x18\x01 \x03(\x0b\x32\".hevlayer.api.pipeline.v1.Pipeline\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"~\n\x15UpdatePipelineRequest\x12\x34\n\x08pipeline\x18\x01 \x01(\x0b\x32\".hevlayer.api.pipeline.v1.Pipeline\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"N\n\x16UpdatePipelineResponse\x12\x34\n\x08pipeline\x18\x01 \x01(\x0b\x32\".hevlayer.api.pipeline.v1.Pipeline\",\n\x15\x44\x65letePipelineRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\"M\n\x16\x44\x65letePipelineResponse\x12\x19\n\x11\x64\x65leted_documents\x18\x01 \x01(\x03\x12\x18\n\x10\x64\x65leted_segments\x18\x02 \x01(\x03\"/\n\x18GetPipelineStatusRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\"U\n\x19GetPipelineStatusResponse\x12\x38\n\x06status\x18\x01 \x01(\x0b\x32(.hevlayer.api.pipeline.v1.PipelineStatus\"J\n\x1aWatchPipelineStatusRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x17\n\x0fmin_interval_ms\x18\x02 \x01(\r\"W\n\x1bWatchPipelineStatusResponse\x12\x38\n\x06status\x18\x01 \x01(\x0b\x32(.hevlayer.api.pipeline.v1.PipelineStatus*}\n\x0e\x44istanceMetric\x12\x1f\n\x1b\x44ISTANCE_METRIC_UNSPECIFIED\x10\x00\x12#\n\x1f\x44ISTANCE_METRIC_COSINE_DISTANCE\x10\x01\x12%\n!DISTANCE_METRIC_EUCLIDEAN_SQUARED\x10\x02*_\n\x0cQueueBackend\x12\x1d\n\x19QUEUE_BACKEND_UNSPECIFIED\x10\x00\x12\x19\n\x15QUEUE_BACKEND_SEGMENT\x10\x01\x12\x15\n\x11QUEUE_BACKEND_ROW\x10\x02*Y\n\x04Sink\x12\x14\n\x10SINK_UNSPECIFIED\x10\x00\x12\x14\n\x10SINK_MILVUS_LITE\x10\x01\x12\x0f\n\x0bSINK_MILVUS\x10\x02\x12\x14\n\x10SINK_TURBOPUFFER\x10\x03\x32\xd3\x06\n\x0fPipelineService\x12s\n\x0e\x43reatePipeline\x12/.hevlayer.api.pipeline.v1.CreatePipelineRequest\x1a\x30.hevlayer.api.pipeline.v1.CreatePipelineResponse\x12j\n\x0bGetPipeline\x12,.hevlayer.api.pipeline.v1.GetPipelineRequest\x1a-.hevlayer.api.pipeline.v1.GetPipelineResponse\x12p\n\rListPipelines\x12..hevlayer.api.pipeline.v1.ListPipelinesRequest\x1a/.hevlayer.api.pipeline.v1.ListPipelinesResponse\x12s\n\x0eUpdatePipeline\x12/.hevlayer.api.pipeline.v1.UpdatePipelineRequest\x1a\x30.hevlayer.api.pipeline.v1.UpdatePipelineResponse\x12s\n\x0e\x44\x65letePipeline\x12/.hevlayer.api.pipeline.v1.DeletePipelineRequest\x1a\x30.hevlayer.api.pipeline.v1.DeletePipelineResponse\x12|\n\x11GetPipelineStatus\x12\x32.hevlayer.api.pipeline.v1.GetPipelineStatusRequest\x1a\x33.hevlayer.api.pipeline.v1.GetPipelineStatusResponse\x12\x84\x01\n\x13WatchPipelineStatus\x12\x34.hevlayer.api.pipeline.v1.WatchPipelineStatusRequest\x1a\x35.hevlayer.api.pipeline.v1.WatchPipelineStatusResponse0\x01\x42i\n\x1c\x64\x65v.hevlayer.api.pipeline.v1P\x01ZGgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/pipeline/v1;pipelinev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,46 +37,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\034dev.hevlayer.api.pipeline.v1P\001ZGgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/pipeline/v1;pipelinev1'
   _globals['_PIPELINESTATUS_COUNTSENTRY']._loaded_options = None
   _globals['_PIPELINESTATUS_COUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_DISTANCEMETRIC']._serialized_start=1877
-  _globals['_DISTANCEMETRIC']._serialized_end=2002
-  _globals['_QUEUEBACKEND']._serialized_start=2004
-  _globals['_QUEUEBACKEND']._serialized_end=2099
-  _globals['_SINK']._serialized_start=2101
-  _globals['_SINK']._serialized_end=2190
+  _globals['_DISTANCEMETRIC']._serialized_start=1904
+  _globals['_DISTANCEMETRIC']._serialized_end=2029
+  _globals['_QUEUEBACKEND']._serialized_start=2031
+  _globals['_QUEUEBACKEND']._serialized_end=2126
+  _globals['_SINK']._serialized_start=2128
+  _globals['_SINK']._serialized_end=2217
   _globals['_PIPELINE']._serialized_start=137
-  _globals['_PIPELINE']._serialized_end=547
-  _globals['_PIPELINESTATUS']._serialized_start=550
-  _globals['_PIPELINESTATUS']._serialized_end=794
-  _globals['_PIPELINESTATUS_COUNTSENTRY']._serialized_start=749
-  _globals['_PIPELINESTATUS_COUNTSENTRY']._serialized_end=794
-  _globals['_CREATEPIPELINEREQUEST']._serialized_start=796
-  _globals['_CREATEPIPELINEREQUEST']._serialized_end=873
-  _globals['_CREATEPIPELINERESPONSE']._serialized_start=875
-  _globals['_CREATEPIPELINERESPONSE']._serialized_end=953
-  _globals['_GETPIPELINEREQUEST']._serialized_start=955
-  _globals['_GETPIPELINEREQUEST']._serialized_end=996
-  _globals['_GETPIPELINERESPONSE']._serialized_start=998
-  _globals['_GETPIPELINERESPONSE']._serialized_end=1073
-  _globals['_LISTPIPELINESREQUEST']._serialized_start=1075
-  _globals['_LISTPIPELINESREQUEST']._serialized_end=1136
-  _globals['_LISTPIPELINESRESPONSE']._serialized_start=1138
-  _globals['_LISTPIPELINESRESPONSE']._serialized_end=1241
-  _globals['_UPDATEPIPELINEREQUEST']._serialized_start=1243
-  _globals['_UPDATEPIPELINEREQUEST']._serialized_end=1369
-  _globals['_UPDATEPIPELINERESPONSE']._serialized_start=1371
-  _globals['_UPDATEPIPELINERESPONSE']._serialized_end=1449
-  _globals['_DELETEPIPELINEREQUEST']._serialized_start=1451
-  _globals['_DELETEPIPELINEREQUEST']._serialized_end=1495
-  _globals['_DELETEPIPELINERESPONSE']._serialized_start=1497
-  _globals['_DELETEPIPELINERESPONSE']._serialized_end=1574
-  _globals['_GETPIPELINESTATUSREQUEST']._serialized_start=1576
-  _globals['_GETPIPELINESTATUSREQUEST']._serialized_end=1623
-  _globals['_GETPIPELINESTATUSRESPONSE']._serialized_start=1625
-  _globals['_GETPIPELINESTATUSRESPONSE']._serialized_end=1710
-  _globals['_WATCHPIPELINESTATUSREQUEST']._serialized_start=1712
-  _globals['_WATCHPIPELINESTATUSREQUEST']._serialized_end=1786
-  _globals['_WATCHPIPELINESTATUSRESPONSE']._serialized_start=1788
-  _globals['_WATCHPIPELINESTATUSRESPONSE']._serialized_end=1875
-  _globals['_PIPELINESERVICE']._serialized_start=2193
-  _globals['_PIPELINESERVICE']._serialized_end=3044
+  _globals['_PIPELINE']._serialized_end=574
+  _globals['_PIPELINESTATUS']._serialized_start=577
+  _globals['_PIPELINESTATUS']._serialized_end=821
+  _globals['_PIPELINESTATUS_COUNTSENTRY']._serialized_start=776
+  _globals['_PIPELINESTATUS_COUNTSENTRY']._serialized_end=821
+  _globals['_CREATEPIPELINEREQUEST']._serialized_start=823
+  _globals['_CREATEPIPELINEREQUEST']._serialized_end=900
+  _globals['_CREATEPIPELINERESPONSE']._serialized_start=902
+  _globals['_CREATEPIPELINERESPONSE']._serialized_end=980
+  _globals['_GETPIPELINEREQUEST']._serialized_start=982
+  _globals['_GETPIPELINEREQUEST']._serialized_end=1023
+  _globals['_GETPIPELINERESPONSE']._serialized_start=1025
+  _globals['_GETPIPELINERESPONSE']._serialized_end=1100
+  _globals['_LISTPIPELINESREQUEST']._serialized_start=1102
+  _globals['_LISTPIPELINESREQUEST']._serialized_end=1163
+  _globals['_LISTPIPELINESRESPONSE']._serialized_start=1165
+  _globals['_LISTPIPELINESRESPONSE']._serialized_end=1268
+  _globals['_UPDATEPIPELINEREQUEST']._serialized_start=1270
+  _globals['_UPDATEPIPELINEREQUEST']._serialized_end=1396
+  _globals['_UPDATEPIPELINERESPONSE']._serialized_start=1398
+  _globals['_UPDATEPIPELINERESPONSE']._serialized_end=1476
+  _globals['_DELETEPIPELINEREQUEST']._serialized_start=1478
+  _globals['_DELETEPIPELINEREQUEST']._serialized_end=1522
+  _globals['_DELETEPIPELINERESPONSE']._serialized_start=1524
+  _globals['_DELETEPIPELINERESPONSE']._serialized_end=1601
+  _globals['_GETPIPELINESTATUSREQUEST']._serialized_start=1603
+  _globals['_GETPIPELINESTATUSREQUEST']._serialized_end=1650
+  _globals['_GETPIPELINESTATUSRESPONSE']._serialized_start=1652
+  _globals['_GETPIPELINESTATUSRESPONSE']._serialized_end=1737
+  _globals['_WATCHPIPELINESTATUSREQUEST']._serialized_start=1739
+  _globals['_WATCHPIPELINESTATUSREQUEST']._serialized_end=1813
+  _globals['_WATCHPIPELINESTATUSRESPONSE']._serialized_start=1815
+  _globals['_WATCHPIPELINESTATUSRESPONSE']._serialized_end=1902
+  _globals['_PIPELINESERVICE']._serialized_start=2220
+  _globals['_PIPELINESERVICE']._serialized_end=3071
 # @@protoc_insertion_point(module_scope)

@@ -117,6 +117,7 @@ class Pipeline(_message.Message):
     DIMENSION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SUMMARIES_ENABLED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Identifier: 1 to 63 characters of lowercase letters, digits and '-',
     starting with a letter (a Kubernetes name). Immutable.
@@ -144,6 +145,13 @@ class Pipeline(_message.Message):
     """Index the pipeline writes to. Immutable."""
     dimension: _builtins.int
     """Vector dimension, fixed by the first write when 0 on create."""
+    summaries_enabled: _builtins.bool
+    """Directory summaries on by default (the Job Lane; the spec's
+    [summary].enabled): `hevlayer add` submits each directory it adds to the
+    summarizer, whose summaries are staged into this pipeline as chunks of
+    kind directory_summary, unless the run says --no-summaries. The servers
+    only store it. Mutable (UpdatePipeline).
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the pipeline was created. Output only."""
@@ -166,10 +174,11 @@ class Pipeline(_message.Message):
         dimension: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        summaries_enabled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "default_lease_seconds", b"default_lease_seconds", "dimension", b"dimension", "distance_metric", b"distance_metric", "id", b"id", "max_attempts", b"max_attempts", "paused", b"paused", "queue_backend", b"queue_backend", "sink", b"sink", "target_namespace", b"target_namespace", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "default_lease_seconds", b"default_lease_seconds", "dimension", b"dimension", "distance_metric", b"distance_metric", "id", b"id", "max_attempts", b"max_attempts", "paused", b"paused", "queue_backend", b"queue_backend", "sink", b"sink", "summaries_enabled", b"summaries_enabled", "target_namespace", b"target_namespace", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -404,7 +413,8 @@ class UpdatePipelineRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to update: any of "paused", "max_attempts", "default_lease_seconds",
-        "dimension" (only while the pipeline's dimension is 0, or to its value).
+        "summaries_enabled", "dimension" (only while the pipeline's dimension is 0,
+        or to its value).
         """
 
     def __init__(

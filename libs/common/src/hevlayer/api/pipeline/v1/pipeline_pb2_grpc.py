@@ -106,8 +106,9 @@ class PipelineServiceServicer:
 
     def UpdatePipeline(self, request, context):
         """Updates the mutable fields named in update_mask (paused, max_attempts,
-        default_lease_seconds, and dimension while it is 0: it is set once, by
-        the first write, and FAILED_PRECONDITION once set to another value).
+        default_lease_seconds, summaries_enabled, and dimension while it is 0: it
+        is set once, by the first write, and FAILED_PRECONDITION once set to
+        another value).
         NOT_FOUND if the pipeline does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

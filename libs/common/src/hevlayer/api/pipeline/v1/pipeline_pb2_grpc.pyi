@@ -51,8 +51,9 @@ class PipelineServiceStub:
     """Lists pipelines ordered by id, a page at a time."""
     UpdatePipeline: _grpc.UnaryUnaryMultiCallable[_pipeline_pb2.UpdatePipelineRequest, _pipeline_pb2.UpdatePipelineResponse]
     """Updates the mutable fields named in update_mask (paused, max_attempts,
-    default_lease_seconds, and dimension while it is 0: it is set once, by
-    the first write, and FAILED_PRECONDITION once set to another value).
+    default_lease_seconds, summaries_enabled, and dimension while it is 0: it
+    is set once, by the first write, and FAILED_PRECONDITION once set to
+    another value).
     NOT_FOUND if the pipeline does not exist.
     """
     DeletePipeline: _grpc.UnaryUnaryMultiCallable[_pipeline_pb2.DeletePipelineRequest, _pipeline_pb2.DeletePipelineResponse]
@@ -88,8 +89,9 @@ class PipelineServiceAsyncStub(PipelineServiceStub):
     """Lists pipelines ordered by id, a page at a time."""
     UpdatePipeline: _aio.UnaryUnaryMultiCallable[_pipeline_pb2.UpdatePipelineRequest, _pipeline_pb2.UpdatePipelineResponse]  # type: ignore[assignment]
     """Updates the mutable fields named in update_mask (paused, max_attempts,
-    default_lease_seconds, and dimension while it is 0: it is set once, by
-    the first write, and FAILED_PRECONDITION once set to another value).
+    default_lease_seconds, summaries_enabled, and dimension while it is 0: it
+    is set once, by the first write, and FAILED_PRECONDITION once set to
+    another value).
     NOT_FOUND if the pipeline does not exist.
     """
     DeletePipeline: _aio.UnaryUnaryMultiCallable[_pipeline_pb2.DeletePipelineRequest, _pipeline_pb2.DeletePipelineResponse]  # type: ignore[assignment]
@@ -146,8 +148,9 @@ class PipelineServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_pipeline_pb2.UpdatePipelineResponse, _abc.Awaitable[_pipeline_pb2.UpdatePipelineResponse]]:
         """Updates the mutable fields named in update_mask (paused, max_attempts,
-        default_lease_seconds, and dimension while it is 0: it is set once, by
-        the first write, and FAILED_PRECONDITION once set to another value).
+        default_lease_seconds, summaries_enabled, and dimension while it is 0: it
+        is set once, by the first write, and FAILED_PRECONDITION once set to
+        another value).
         NOT_FOUND if the pipeline does not exist.
         """
 
