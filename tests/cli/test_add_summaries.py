@@ -128,6 +128,32 @@ def test_add_summaries_end_to_end(live_suite: LiveSuite, tmp_path: Path) -> None
     assert after[f"dir:{job_id}:/optics"][1] != stages[f"dir:{job_id}:/optics"][1]
 
 
+def test_a_pipeline_with_summaries_enabled_summarizes_by_default(
+    live_suite: LiveSuite, tmp_path: Path
+) -> None:
+    pipeline = f"sumon-{uuid.uuid4().hex[:6]}"
+    root = tmp_path / "notes"
+    (root / "day").mkdir(parents=True)
+    (root / "day" / "one.txt").write_text("The first entry of the diary.\n")
+    created = hevlayer("pipelines", "create", pipeline, "--summaries", env=live_suite.env)
+    assert created.returncode == 0, created
+
+    added = hevlayer("add", "--plain", "-p", pipeline, root, env=live_suite.env, timeout=300)
+    assert added.returncode == 0, added
+    assert "directories summarized" in added.stdout
+    stages = asyncio.run(_summary_stages(live_suite, pipeline, job_id_for(pipeline, root)))
+    assert len(stages) == 2
+
+    switched = hevlayer("pipelines", "summaries", pipeline, "off", env=live_suite.env)
+    assert switched.returncode == 0, switched
+    (root / "day" / "two.txt").write_text("The second entry.\n")
+    quiet = hevlayer("add", "--plain", "-p", pipeline, root, env=live_suite.env, timeout=300)
+    assert quiet.returncode == 0, quiet
+    assert "directories summarized" not in quiet.stdout
+    forced = hevlayer("add", "--summaries", "--plain", "-p", pipeline, root, env=live_suite.env, timeout=300)
+    assert "directories summarized" in forced.stdout
+
+
 def test_add_summaries_without_a_summarizer_names_the_option(tmp_path: Path) -> None:
     root = _tree(tmp_path / "tree")
     ran = hevlayer(
