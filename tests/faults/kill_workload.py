@@ -731,7 +731,8 @@ async def chunk_store(stack: KillStack) -> AsyncIterator[ChunkStore]:
 
 async def sweep_orphans(workload: Workload) -> int:
     """The gateway's orphan-pack sweep, run in this process with no age limit (the gateway's
-    own sweep keeps packs younger than its 60 s floor): every pipeline, once the run is quiet."""
+    own sweep keeps packs younger than GATEWAY_PACK_ORPHAN_AGE_SECONDS, an hour): every
+    pipeline, once the run is quiet."""
     from hevlayer.client.channel import open_channel
     from hevlayer.common.auth import INTERNAL_TOKEN_KEY
     from hevlayer.common.config import load_settings

@@ -18,7 +18,16 @@ from contextlib import AsyncExitStack
 import grpc
 import pytest
 from gateway.conftest import GatewayStack
-from gateway.helpers import claim, create_pipeline, document, pack_keys, read_chunks, stage, violations
+from gateway.helpers import (
+    claim,
+    create_pipeline,
+    document,
+    get_document,
+    pack_keys,
+    read_chunks,
+    stage,
+    violations,
+)
 from gateway.test_chunkstore import s3_settings
 from grpc import aio
 
@@ -27,7 +36,7 @@ from hevlayer.client.channel import open_channel
 from hevlayer.client.naming import object_key_of
 from hevlayer.client.types import StagedRecord, StagedResult
 from hevlayer.common.config import ConfigError, load_settings
-from hevlayer.common.errors import status_from_rpc_error
+from hevlayer.common.errors import Unavailable, status_from_rpc_error
 from hevlayer.devstack.testing import claimer_metadata
 from hevlayer.gateway.cache import NoCache, ResilientCache
 from hevlayer.gateway.chunkstore import ChunkStore, new_pack_key, open_s3_client
@@ -209,3 +218,38 @@ async def test_record_staged_refuses_a_condemned_pack_and_records_nothing(
             assert violations(bad.value) == [field]
     finally:
         await direct.close()
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["recorded-answer-lost", "never-recorded"])
+async def test_a_pack_whose_staging_outcome_is_unknown_is_kept_or_deleted_by_the_claimer(
+    channel: aio.Channel, gateway_stack: GatewayStack, stager: Stager, committed: bool
+) -> None:
+    """RecordStaged fails UNAVAILABLE (the claimer may have committed): the pack is a suspect;
+    its check condemns it only if no document points into it."""
+    pid = await create_pipeline(channel)
+    recorded = stager.claimer.record_staged
+
+    async def answer_lost(
+        pipeline_id: str, records: Sequence[StagedRecord], *, skip_unchanged: bool
+    ) -> tuple[list[StagedResult], list[str]]:
+        if committed:
+            await recorded(pipeline_id, records, skip_unchanged=skip_unchanged)
+        raise Unavailable("connection lost before the answer")
+
+    stager.claimer.record_staged = answer_lost  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
+        await stager.stage(pid, [document("u", chunks=2)])
+    [key] = pack_keys(gateway_stack.s3, gateway_stack.bucket, pid)
+    assert stager.suspects == [key]
+    await stager.check_suspects(force=True)
+    assert stager.suspects == []
+    if committed:
+        assert pack_keys(gateway_stack.s3, gateway_stack.bucket, pid) == [key]
+        leases = await claim(channel, pid)
+        read = [c.id for r in await read_chunks(channel, pid, leases) for c in r.chunks]
+        assert read == ["u-0", "u-1"]
+    else:
+        assert pack_keys(gateway_stack.s3, gateway_stack.bucket, pid) == []
+        with pytest.raises(aio.AioRpcError) as unknown:
+            await get_document(channel, pid, "u")
+        assert unknown.value.code() is grpc.StatusCode.NOT_FOUND

@@ -323,7 +323,6 @@ class _Queue:
 @dataclass
 class _Suspect:
     pipeline_id: str
-    document_ids: list[str]
     not_before: float
 
 
@@ -602,7 +601,7 @@ class Stager:
                 pipeline.id, records, skip_unchanged=batch[0].skip_unchanged
             )
         except ServiceError as error:
-            await self._after_failed_record(pipeline, key, items, error)
+            await self._after_failed_record(pipeline, key, error)
             if error.reason == PACK_CONDEMNED:
                 self._rewrite(batch, key, error)
                 return
@@ -672,9 +671,7 @@ class Stager:
                     )
                 )
 
-    async def _after_failed_record(
-        self, pipeline: PipelineInfo, key: str, items: list[_Item], error: ServiceError
-    ) -> None:
+    async def _after_failed_record(self, pipeline: PipelineInfo, key: str, error: ServiceError) -> None:
         """Delete the pack of a batch RecordStaged refused, or schedule a check if the
         outcome is unknown (the claimer may have recorded it before failing)."""
         if is_definite_failure(error):
@@ -683,19 +680,17 @@ class Stager:
                 ORPHANS.labels("failed").inc()
             except ServiceError as exc:
                 log.warning("could not delete pack %s of a failed staging: %s", key, exc.message)
-                self._suspect(pipeline.id, key, items, delay=0.0)
+                self._suspect(pipeline.id, key, delay=0.0)
             return
         log.warning(
             "RecordStaged outcome unknown (%s); pack %s will be checked before deletion",
             error.code.name,
             key,
         )
-        self._suspect(pipeline.id, key, items, delay=self.settings.orphan_retry_seconds)
+        self._suspect(pipeline.id, key, delay=self.settings.orphan_retry_seconds)
 
-    def _suspect(self, pipeline_id: str, key: str, items: list[_Item], *, delay: float) -> None:
-        self._suspects[key] = _Suspect(
-            pipeline_id, [item.document_id for item in items], self._clock() + delay
-        )
+    def _suspect(self, pipeline_id: str, key: str, *, delay: float) -> None:
+        self._suspects[key] = _Suspect(pipeline_id, self._clock() + delay)
 
     async def check_suspects(self, *, force: bool = False) -> None:
         """Delete suspect packs no document points into (those due, or all if ``force``)."""
