@@ -18,7 +18,7 @@ from hevlayer.claimer.database import Database
 from hevlayer.claimer.manifests import ManifestCache, ObjectStore, segment_id_of, segments_prefix
 from hevlayer.common.errors import ServiceError
 
-log = logging.getLogger("hevlayer.claimer.segments")
+log = logging.getLogger("hevlayer.claimer.segments")  # the queue's logger, as before the split
 
 
 class ManifestGarbage:

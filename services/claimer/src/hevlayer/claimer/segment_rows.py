@@ -17,7 +17,7 @@ from datetime import datetime
 import asyncpg
 
 from hevlayer.claimer.database import Database
-from hevlayer.claimer.manifests import ManifestCache, ObjectStore, manifest_key
+from hevlayer.claimer.manifests import ManifestCache, manifest_key
 from hevlayer.claimer.txn import Work
 
 SEGMENT_COLUMNS = (
@@ -104,10 +104,10 @@ def mark_done(done: bytes, count: int, positions: Sequence[int]) -> bytes:
 class SegmentRows:
     """Writes and drops segment rows and their manifests."""
 
-    def __init__(self, db: Database, store: ObjectStore, cache: ManifestCache, segment_size: int) -> None:
+    def __init__(self, db: Database, cache: ManifestCache, segment_size: int) -> None:
         self.db = db
-        self.store = store
         self.cache = cache
+        """Manifests are written through the cache (and read back from it)."""
         self.segment_size = segment_size
         """Ids per segment written by an enqueue (``PIPELINE_SEGMENT_SIZE``)."""
 

@@ -48,7 +48,7 @@ class SegmentQueue:
     """The segmented queue of one claimer: its claim and transition halves over shared rows."""
 
     def __init__(self, db: Database, store: ObjectStore, cache: ManifestCache, segment_size: int) -> None:
-        self.rows = SegmentRows(db, store, cache, segment_size)
+        self.rows = SegmentRows(db, cache, segment_size)
         self.garbage = ManifestGarbage(db, store, cache)
         """The cleanup hooks every transaction that may write manifests passes to
         :func:`hevlayer.claimer.txn.run`; and the sweeper."""
