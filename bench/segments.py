@@ -133,7 +133,8 @@ def run_phase(
     from claims import grpc_worker
 
     worker_body = grpc_worker if per_document or backend == "row" else lease_worker
-    extra = (True,) if worker_body is grpc_worker else ()  # grpc_worker: columnar layout
+    # grpc_worker: columnar layout, plaintext (no Secured)
+    extra = (True, None) if worker_body is grpc_worker else ()
 
     pipeline_id = f"seg-{backend}-{uuid.uuid4().hex[:6]}"
     asyncio.run(create_pipeline(address, pipeline_id, backend))
