@@ -103,6 +103,17 @@ def _exif_text(value: Any) -> str:
     return " ".join(str(value).replace("\x00", " ").split())
 
 
+def _exif_facts(image: Any) -> tuple[str, str]:
+    """EXIF date taken and camera (``""`` when absent; broken EXIF is ignored, never fatal)."""
+    try:
+        exif = image.getexif()
+        taken = exif.get_ifd(_EXIF_IFD).get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME) or ""
+        parts = (_exif_text(exif.get(_EXIF_MAKE, "")), _exif_text(exif.get(_EXIF_MODEL, "")))
+    except Exception:  # EXIF is optional metadata; a malformed block does not stop the image
+        return "", ""
+    return _exif_text(taken), " ".join(part for part in parts if part)
+
+
 def read_image(data: bytes) -> Image:
     """Decode ``data`` with Pillow (fully, so a truncated file fails here); VisionError if it cannot."""
     from PIL import Image as PILImage
@@ -113,19 +124,14 @@ def read_image(data: bytes) -> Image:
             image.load()
             name = image.format or "unknown"
             frames = int(getattr(image, "n_frames", 1) or 1)
-            exif = image.getexif()
-            taken = exif.get_ifd(_EXIF_IFD).get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME) or ""
-            camera = " ".join(
-                part for part in (_exif_text(exif.get(_EXIF_MAKE, "")), _exif_text(exif.get(_EXIF_MODEL, "")))
-                if part
-            )  # fmt: skip
+            taken, camera = _exif_facts(image)
             info = ImageInfo(
                 format=name,
                 mime=_MIME.get(name, f"image/{name.lower()}"),
                 width=image.width,
                 height=image.height,
                 frames=frames,
-                taken=_exif_text(taken),
+                taken=taken,
                 camera=camera,
             )
     except UnidentifiedImageError:
