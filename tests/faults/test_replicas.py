@@ -347,7 +347,8 @@ async def test_gateways_on_two_milvus_lite_databases_never_split_a_pipeline(repl
             results = await write_document(a, pid, "wa", leases["d1"], "d1", chunks)
             assert [(r.vectors_written, r.HasField("error")) for r in results] == [(2, False)], results
 
-            # B refuses the pipeline: queries, writes and its deletion, naming its setting and a.db.
+            # B refuses the pipeline: queries, writes, deletions (of the pipeline, of a document),
+            # naming its setting and a.db.
             error = await _refused(_query(b, pid, "chunk text d1 0"))
             assert str(paths[0]) in (error.details() or ""), error.details()
             assert str(paths[1]) in (error.details() or ""), error.details()
@@ -360,6 +361,12 @@ async def test_gateways_on_two_milvus_lite_databases_never_split_a_pipeline(repl
                     pipeline_pb2.DeletePipelineRequest(pipeline_id=pid)
                 )
             )
+            await _refused(
+                staging_pb2_grpc.StagingServiceStub(b).DeleteDocuments(
+                    staging_pb2.DeleteDocumentsRequest(pipeline_id=pid, document_ids=["d1"])
+                )
+            )
+            assert (await get_document(b, pid, "d1")).stage == "indexed"  # nothing deleted
             # Nothing was written or moved: d2 is still held by wb, and its write through A
             # (the same lease) indexes it in a.db.
             state = await get_document(a, pid, "d2")

@@ -24,11 +24,12 @@ async def delete_documents(
 ) -> int:
     """Delete documents; the number whose state existed.
 
-    Order: state (ForgetDocuments) first, so no worker can write them any
-    more; then the released pack objects; then the sink rows of *every*
-    requested id. A failure after the state is gone (S3, sink) raises, and
-    repeating the call finishes the job: ForgetDocuments ignores unknown ids
-    and the sink deletion is idempotent.
+    Order: the pipeline's sink is opened (and, for Milvus Lite, checked against the
+    database the pipeline is bound to) before anything is deleted, so a gateway that cannot
+    reach the rows deletes nothing; then the state (ForgetDocuments), so no worker can write
+    them any more; then the released pack objects; then the sink rows of *every* requested
+    id. A failure after the state is gone (S3, sink) raises, and repeating the call finishes
+    the job: ForgetDocuments ignores unknown ids and the sink deletion is idempotent.
     """
     if not pipeline_id:
         raise InvalidArgument.field("pipeline_id", "is required")
@@ -41,8 +42,8 @@ async def delete_documents(
     if not ids:
         return 0
     pipeline = await claimer.pipeline(pipeline_id, fresh=True)
-    deleted = await forget_documents(claimer, store, cache, pipeline, ids)
     sink = await writer.sink_for(pipeline)
+    deleted = await forget_documents(claimer, store, cache, pipeline, ids)
     try:
         await sink.delete_documents(pipeline.target_namespace, ids)
     except ServiceError as error:
