@@ -667,9 +667,13 @@ class ImageProcess:
             assert time.monotonic() < deadline, f"{self.name} not healthy after {timeout:.0f}s\n{self.log()}"
             time.sleep(0.1)
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            terminate_group(self.proc, 10.0)
+    def stop(self) -> int | None:
+        """SIGTERM (what ``docker stop`` sends), SIGKILL after 10 s; the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is not None:
+            return self.proc.returncode
+        return terminate_group(self.proc, 10.0)
 
     def log(self) -> str:
         return f"--- {self.log_path} ---\n{log_tail(self.log_path, 60)}"
@@ -678,7 +682,8 @@ class ImageProcess:
 @contextlib.contextmanager
 def running(process: ImageProcess, ready: Any = None) -> Iterator[ImageProcess]:
     """Start ``process``, wait until healthy, check the image's HEALTHCHECK passes; on exit stop it
-    and check the HEALTHCHECK then fails."""
+    with SIGTERM, which it must handle (exit 0: as a container's PID 1 it gets no default signal
+    handling), and check the HEALTHCHECK then fails."""
     try:
         process.start().wait_healthy(ready)
         result = process.healthcheck()
@@ -687,7 +692,8 @@ def running(process: ImageProcess, ready: Any = None) -> Iterator[ImageProcess]:
         )
         yield process
     finally:
-        process.stop()
+        code = process.stop()
+    assert code == 0, f"{process.name} exited with {code} on SIGTERM\n{process.log()}"
     after = process.healthcheck()
     assert after.returncode == 1, f"HEALTHCHECK passed on a stopped {process.name}: {after}"
 
