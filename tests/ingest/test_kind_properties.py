@@ -5,6 +5,8 @@
 - mbox: what :mod:`mailbox` writes, the message producer reads back message by
   message (sender, subject, body), ``From `` lines in bodies included.
 - Notebooks: one chunk group per non-empty cell, in order, covering its text.
+- Damaged binary files (Word, PowerPoint, Parquet, mail, notebooks): chunks or a
+  ProducerError, never another exception.
 """
 
 from __future__ import annotations
@@ -16,9 +18,18 @@ import pytest
 from cli.support import assert_covers, assert_within_budget, chunk_spans
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ingest.samples import make_mbox, make_message, make_notebook
+from ingest.samples import (
+    code_cell,
+    make_docx,
+    make_mbox,
+    make_message,
+    make_notebook,
+    make_parquet,
+    make_pptx,
+    markdown_cell,
+)
 
-from hevlayer.ingest.producers import Budget, ProducerError, Source, select_producer
+from hevlayer.ingest.producers import Budget, ProducerError, Source, chunk_kinds, select_producer
 from hevlayer.ingest.producers.table import _flatten, render
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -145,3 +156,37 @@ def test_notebook_chunks_follow_the_cells(notebook: list[tuple[str, str]], budge
         assert first <= start <= end <= last
         assert chunk.metadata["cell_type"] == notebook[int(chunk.metadata["cell"]) - 1][0]
     assert [int(c.metadata["cell"]) for c in chunks] == sorted(int(c.metadata["cell"]) for c in chunks)
+
+
+DAMAGED = {
+    "docx": ("a.docx", make_docx()),
+    "pptx": ("a.pptx", make_pptx()),
+    "table": ("a.parquet", make_parquet()),
+    "message_stream": ("a.mbox", make_mbox([make_message("a@example.org", "s", "b", html="<p>h</p>")])),
+    "notebook": ("a.ipynb", make_notebook([markdown_cell("# T"), code_cell("x", [{"text": "1"}])])),
+}
+
+
+@SETTINGS
+@given(
+    st.sampled_from(sorted(DAMAGED)),
+    st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=12),
+    st.none() | st.floats(0, 1),
+)
+def test_a_damaged_file_gives_chunks_or_a_producer_error(
+    kind: str, edits: list[tuple[float, int]], cut: float | None
+) -> None:
+    name, data = DAMAGED[kind]
+    damaged = bytearray(data)
+    for where, value in edits:
+        damaged[int(where * len(damaged))] = value
+    if cut is not None:
+        damaged = damaged[: int(cut * len(damaged))]
+    reason = ""
+    try:
+        chunks = select_producer(kind).produce(Source(f"/d/{name}", name, bytes(damaged)))
+    except ProducerError as exc:
+        reason = str(exc) or "(empty message)"
+        chunks = []
+    assert not reason.startswith("(empty"), "a ProducerError says why"
+    assert all(c.body and c.metadata["kind"] in chunk_kinds() for c in chunks)

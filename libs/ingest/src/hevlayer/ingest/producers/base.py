@@ -24,6 +24,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import re
+import zipfile
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +46,22 @@ SNIPPET_CHARS = 240
 
 class ProducerError(Exception):
     """The object cannot be turned into chunks; the message says why (shown to the user)."""
+
+
+PACKAGE_ERRORS: tuple[type[Exception], ...] = (
+    zipfile.BadZipFile,
+    zlib.error,
+    NotImplementedError,  # zipfile: an unsupported compression method or version
+    EOFError,
+    KeyError,  # a part the package's relationships name is missing
+    ValueError,
+    SyntaxError,  # lxml's XMLSyntaxError: a part that is not XML
+    AttributeError,  # XML of an unexpected shape
+    TypeError,
+    IndexError,
+    OSError,
+)
+"""What reading a damaged Office Open XML (zip + XML) package raises in python-docx/python-pptx."""
 
 
 @dataclass(frozen=True)

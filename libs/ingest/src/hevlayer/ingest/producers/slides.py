@@ -10,12 +10,12 @@ read.
 from __future__ import annotations
 
 import io
-import zipfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from hevlayer.ingest.producers.base import (
     DEFAULT_BUDGET,
+    PACKAGE_ERRORS,
     Budget,
     Chunk,
     Producer,
@@ -50,6 +50,7 @@ def slide_texts(data: bytes) -> tuple[list[tuple[str, str]], str]:
     from pptx import Presentation
     from pptx.exc import PackageNotFoundError
 
+    unreadable: tuple[type[Exception], ...] = (PackageNotFoundError, *PACKAGE_ERRORS)
     try:
         deck: Any = Presentation(io.BytesIO(data))
         deck_title = str(deck.core_properties.title or "")
@@ -65,8 +66,9 @@ def slide_texts(data: bytes) -> tuple[list[tuple[str, str]], str]:
                 if notes is not None and notes.text.strip():
                     parts.append("Notes: " + notes.text.strip())
             slides.append((title, "\n\n".join(parts)))
-    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
-        raise ProducerError(f"unreadable PowerPoint file: {one_line(str(exc), 200)}") from None
+    except unreadable as exc:
+        detail = one_line(str(exc), 200) or type(exc).__name__
+        raise ProducerError(f"unreadable PowerPoint file: {detail}") from None
     return slides, deck_title
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import io
 import re
-import zipfile
 from typing import Any
 
 from hevlayer.ingest.producers.base import (
     DEFAULT_BUDGET,
+    PACKAGE_ERRORS,
     Budget,
     Chunk,
     Producer,
@@ -47,6 +47,7 @@ def blocks(data: bytes) -> tuple[list[tuple[str, int]], str]:
     from docx.table import Table
     from docx.text.paragraph import Paragraph
 
+    unreadable: tuple[type[Exception], ...] = (PackageNotFoundError, *PACKAGE_ERRORS)
     try:
         document: Any = docx.Document(io.BytesIO(data))
         title = str(document.core_properties.title or "")
@@ -64,8 +65,9 @@ def blocks(data: bytes) -> tuple[list[tuple[str, int]], str]:
                             cells.append(text)
                     if cells:
                         result.append((" | ".join(cells), 0))
-    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
-        raise ProducerError(f"unreadable Word document: {one_line(str(exc), 200)}") from None
+    except unreadable as exc:
+        detail = one_line(str(exc), 200) or type(exc).__name__
+        raise ProducerError(f"unreadable Word document: {detail}") from None
     return result, title
 
 
