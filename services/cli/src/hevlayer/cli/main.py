@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, overload
 
 import click
 import grpc
@@ -447,12 +447,23 @@ def add_command(
         budget=Budget(max_tokens=max_tokens, overlap_tokens=overlap, max_chars=max(16, max_tokens * 10)),
         queue_backend=_QUEUES[queue] if queue else pipeline_pb2.QUEUE_BACKEND_UNSPECIFIED,
     )
-    if summaries is None:
-        summaries = run_async(settings, lambda gateway: pipeline_summaries_enabled(gateway, pipeline))
+    address = None
+    if summaries is None and run_async(
+        settings, lambda gateway: pipeline_summaries_enabled(gateway, pipeline)
+    ):
+        address = summarizer_address(settings, summarizer_option, required=False)
+        if address is None:
+            click.echo(
+                f"warning: pipeline {pipeline!r} has summaries on, but no summarizer is running here; "
+                "adding without them (pass --summarizer HOST:PORT, or --no-summaries to silence this)",
+                err=True,
+            )
+    elif summaries:
+        address = summarizer_address(settings, summarizer_option)
     summary_options = None
-    if summaries:
+    if address is not None:
         summary_options = SummaryOptions(
-            summarizer_address(settings, summarizer_option),
+            address,
             settings.client_options(),
             include_hidden=include_hidden,
             exclude=exclude,
@@ -507,13 +518,24 @@ async def pipeline_summaries_enabled(gateway: Client, pipeline_id: str) -> bool:
         return False
 
 
-def summarizer_address(settings: Settings, option: str | None) -> str:
-    """``--summarizer``/``HEVLAYER_SUMMARIZER``, else the summarizer of the running `up`."""
+@overload
+def summarizer_address(settings: Settings, option: str | None) -> str: ...
+
+
+@overload
+def summarizer_address(settings: Settings, option: str | None, *, required: bool) -> str | None: ...
+
+
+def summarizer_address(settings: Settings, option: str | None, *, required: bool = True) -> str | None:
+    """``--summarizer``/``HEVLAYER_SUMMARIZER``, else the summarizer of the running `up`; without
+    one, exit with an error (``required``) or None."""
     if option:
         return option
     state = UpState.read(settings.data_dir)
     if state is not None and state.services.get("summarizer"):
         return state.services["summarizer"]
+    if not required:
+        return None
     fail(
         "error: --summaries needs a summarizer: start the suite with `hevlayer up` (it runs one) "
         "or pass --summarizer HOST:PORT (env HEVLAYER_SUMMARIZER)"
