@@ -33,12 +33,19 @@ median of the rounds' ratios is the figure; chunks per Triton CPU second
 
     .venv/bin/python bench/pipeline_efficiency.py            # as recorded in docs/benchmarks.md
     .venv/bin/python bench/pipeline_efficiency.py --quick    # a smaller run
+
+``--triton-url HOST:PORT`` runs the same rounds against a Triton server that
+is already running (the ``deploy/triton`` ensemble on a GPU:
+``bench/gpu_check.sh``) instead of starting the CPU one; the serving-overhead
+rounds (in-process onnxruntime on the CPU) and the per-Triton-CPU-second
+cross-check are left out then.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import tempfile
@@ -74,11 +81,19 @@ STAGES = ("read", "embed", "write", "transition", "heartbeat")
 # -- the suite: every service a real process ------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ExternalTriton:
+    """A Triton server this benchmark did not start (``--triton-url``)."""
+
+    url: str
+    pid: int | None = None
+
+
 @dataclass
 class Suite:
     """PostgreSQL, S3, claimer, gateway and Triton; embedders started with :meth:`start_embedder`."""
 
-    triton: LocalTriton
+    triton: LocalTriton | ExternalTriton
     gateway_address: str
     tmp: Path
     common_env: dict[str, str]
@@ -128,14 +143,21 @@ class Suite:
 
 
 @contextmanager
-def running_suite(model: LocalModel, *, log_level: str = "warning") -> Iterator[Suite]:
-    """Start everything but the embedder in a temporary directory; stop it all at exit."""
+def running_suite(model: LocalModel, *, log_level: str = "warning", triton_url: str = "") -> Iterator[Suite]:
+    """Start everything but the embedder in a temporary directory; stop it all at exit.
+
+    ``triton_url``: use that running Triton server instead of starting the CPU one."""
     with (
         tempfile.TemporaryDirectory(prefix="hevlayer-bench-") as tmp_text,
         PostgresServer(settings=TEST_SETTINGS) as postgres,
         SeaweedS3() as s3,
-        LocalTriton([model], workdir=Path(tmp_text) / "triton") as triton,
+        contextlib.ExitStack() as stack,
     ):
+        triton: LocalTriton | ExternalTriton = (
+            ExternalTriton(triton_url)
+            if triton_url
+            else stack.enter_context(LocalTriton([model], workdir=Path(tmp_text) / "triton"))
+        )
         tmp = Path(tmp_text)
         database_url = postgres.create_database(f"bench_{uuid.uuid4().hex[:8]}")
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
@@ -421,9 +443,14 @@ async def measure(args: argparse.Namespace) -> None:
     short, realistic = make_workloads(embedders["spin off"], args.chunks, args.short)
     pipelines = [f"bench-{round_}" for round_ in range(args.rounds)]
     model = LocalModel(files=files, max_batch_size=args.batch, queue_delay_us=2000)
+    served = (
+        f"on the Triton at {args.triton_url} (model {args.model_name!r})"
+        if args.triton_url
+        else f"on tritonserver 2.51 (Python backend, CPU), max_batch_size {args.batch}"
+    )
     print(
-        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; model all-MiniLM-L6-v2 int8 "
-        f"on tritonserver 2.51 (Python backend, CPU), max_batch_size {args.batch}\n"
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; model all-MiniLM-L6-v2 "
+        f"{served}\n"
         f"realistic: {len(realistic.chunks)} chunks of Python stdlib source, "
         f"{realistic.tokens / len(realistic.chunks):.0f} tokens/chunk, {args.chunks_per_document} chunks per "
         f"document; short: {len(short.chunks)} chunks, {short.tokens / len(short.chunks):.0f} tokens/chunk\n"
@@ -438,10 +465,12 @@ async def measure(args: argparse.Namespace) -> None:
     rates: dict[str, list[float]] = {}
     runs: list[PipelineRun] = []
     raw_cpu: list[CpuUse] = []
-    with running_suite(model) as suite:
+    if args.triton_url:
+        env["EMBEDDER_MODEL_NAME"] = args.model_name
+    with running_suite(model, triton_url=args.triton_url) as suite:
         create_pipelines(suite.gateway_address, pipelines)
         _, embedder_http = suite.start_embedder(pipelines, env)
-        raw = RawTriton(suite.triton.url, model.name)
+        raw = RawTriton(suite.triton.url, args.model_name if args.triton_url else model.name)
 
         async def raw_run() -> float:
             cpu_before = cpu_seconds(suite.roots)
@@ -469,7 +498,8 @@ async def measure(args: argparse.Namespace) -> None:
                     run = await run_pipeline(suite, embedder_http, pipeline_id, documents)
                 runs.append(run)
                 assert run.cpu is not None
-                cpu_ratio = raw_cpu[-1].triton / run.cpu.triton
+                # An external Triton's CPU is not counted (it is not a child of this process).
+                cpu_ratio = raw_cpu[-1].triton / run.cpu.triton if run.cpu.triton else float("nan")
                 rates.setdefault("raw", []).append(raw_rate)
                 rates.setdefault("pipeline", []).append(run.rate)
                 rates.setdefault("ratio", []).append(run.rate / raw_rate)
@@ -495,16 +525,21 @@ async def measure(args: argparse.Namespace) -> None:
 
     med = {key: statistics.median(values) for key, values in rates.items()}
     print()
-    print(f"{'workload':<10} {'in-process spin off':>20} {'spin on':>10} {'raw Triton':>11} {'overhead':>9}")
-    for work in (realistic, short):
-        if f"{work.name} raw" not in med:
-            continue
-        off, on, triton = (med[f"{work.name} {k}"] for k in ("spin off", "spin on", "raw"))
-        print(f"{work.name:<10} {off:>15.1f} ch/s {on:>10.1f} {triton:>11.1f} {triton / max(off, on):>9.2f}")
-    print(
-        "serving overhead (ch/s, medians): raw Triton ÷ the faster in-process setting, "
-        "goal ≥ 0.8 on realistic chunks"
-    )
+    if args.serving_rounds:
+        print(
+            f"{'workload':<10} {'in-process spin off':>20} {'spin on':>10} {'raw Triton':>11} {'overhead':>9}"
+        )
+        for work in (realistic, short):
+            if f"{work.name} raw" not in med:
+                continue
+            off, on, triton = (med[f"{work.name} {k}"] for k in ("spin off", "spin on", "raw"))
+            print(
+                f"{work.name:<10} {off:>15.1f} ch/s {on:>10.1f} {triton:>11.1f} {triton / max(off, on):>9.2f}"
+            )
+        print(
+            "serving overhead (ch/s, medians): raw Triton ÷ the faster in-process setting, "
+            "goal ≥ 0.8 on realistic chunks"
+        )
     ratio = med["ratio"]
     print(
         f"\npipeline efficiency: pipeline {med['pipeline']:.1f} ch/s, raw Triton {med['raw']:.1f} ch/s "
@@ -540,9 +575,15 @@ def main() -> None:
     parser.add_argument("--serving-rounds", type=int, default=2, help="serving overhead rounds")
     parser.add_argument("--skip-short", action="store_true", help="no short-chunk serving figures")
     parser.add_argument("--quick", action="store_true", help="64 realistic chunks, 3 rounds, 1 serving round")
+    parser.add_argument(
+        "--triton-url", default="", help="a running Triton (host:port) instead of the CPU one"
+    )
+    parser.add_argument("--model-name", default="minilm", help="the model to call with --triton-url")
     args = parser.parse_args()
     if args.quick:
         args.chunks, args.short, args.rounds, args.serving_rounds = 64, 512, 3, 1
+    if args.triton_url:
+        args.serving_rounds = 0
     asyncio.run(measure(args))
 
 

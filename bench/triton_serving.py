@@ -17,12 +17,19 @@ the ratio raw Triton ÷ in-process (goal ≥ 0.8 on realistic chunks).
 
     .venv/bin/python bench/triton_serving.py            # defaults as recorded in docs/benchmarks.md
     .venv/bin/python bench/triton_serving.py --quick    # a smaller run
+
+``--triton-url HOST:PORT`` measures a Triton server that is already running
+(for instance the ``deploy/triton`` ensemble on a GPU, ``bench/gpu_check.sh``)
+instead of starting the CPU one; ``--skip-in-process`` leaves out the
+in-process runs (on a GPU server they are no baseline) and prints the raw
+Triton rates alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sysconfig
@@ -130,14 +137,20 @@ async def measure(args: argparse.Namespace) -> None:
     }
     embedders = {label: OnnxEmbedder(files, runtime) for label, runtime in runtimes.items()}
     workloads = make_workloads(embedders["spin off"], args.realistic, args.short)
+    if args.skip_in_process:
+        embedders = {}
     max_batch_size = args.max_batch_size or args.batch
+    served = (
+        f"Triton at {args.triton_url}, model {args.model_name!r}"
+        if args.triton_url
+        else f"Triton 2.51 (Python backend, CPU): {args.instances} instance(s), max_batch_size "
+        f"{max_batch_size}, queue delay {args.queue_delay_us} us, "
+        f"onnxruntime spinning {'on' if args.triton_spinning else 'off'}"
+    )
     print(
         f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
         f"model: all-MiniLM-L6-v2 int8 ONNX ({files.dimension} dims); "
-        f"batch {args.batch}; {args.rounds} rounds\n"
-        f"Triton 2.51 (Python backend, CPU): {args.instances} instance(s), max_batch_size {max_batch_size}, "
-        f"queue delay {args.queue_delay_us} us, {args.concurrency} requests in flight, "
-        f"onnxruntime spinning {'on' if args.triton_spinning else 'off'}"
+        f"batch {args.batch}; {args.rounds} rounds\n{served}, {args.concurrency} requests in flight"
     )
     for work in workloads:
         per_chunk = work.tokens / len(work.chunks)
@@ -150,8 +163,12 @@ async def measure(args: argparse.Namespace) -> None:
         runtime=RuntimeOptions(intra_op_threads=args.threads, allow_spinning=args.triton_spinning),
     )
     rates: dict[tuple[str, str], list[float]] = {}
-    with LocalTriton([model]) as server:
-        raw = RawTriton(server.url, model.name)
+    with contextlib.ExitStack() as stack:
+        if args.triton_url:
+            raw = RawTriton(args.triton_url, args.model_name)
+        else:
+            server = stack.enter_context(LocalTriton([model]))
+            raw = RawTriton(server.url, model.name)
         try:
             for work in workloads:
                 for embedder in embedders.values():
@@ -170,6 +187,13 @@ async def measure(args: argparse.Namespace) -> None:
             await raw.client.close()
 
     print()
+    if not embedders:
+        for work in workloads:
+            rate = statistics.median(rates[(work.name, "triton")])
+            per_chunk = work.tokens / len(work.chunks)
+            print(f"{work.name:<10} raw Triton {rate:>9.1f} ch/s {rate * per_chunk:>10.0f} tokens/s")
+        print("medians over the rounds (no in-process baseline: --skip-in-process)")
+        return
     header = ("workload", "in-process spin off", "in-process spin on", "raw Triton", "ratio")
     print(f"{header[0]:<10} {header[1]:>20} {header[2]:>19} {header[3]:>12} {header[4]:>6}")
     for work in workloads:
@@ -202,6 +226,11 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=0, help="Triton max_batch_size (0: --batch)")
     parser.add_argument("--triton-spinning", action="store_true", help="let onnxruntime spin inside Triton")
     parser.add_argument("--quick", action="store_true", help="64 realistic and 1024 short chunks, 2 rounds")
+    parser.add_argument(
+        "--triton-url", default="", help="a running Triton (host:port) instead of the CPU one"
+    )
+    parser.add_argument("--model-name", default="minilm", help="the model to call with --triton-url")
+    parser.add_argument("--skip-in-process", action="store_true", help="raw Triton rates only")
     args = parser.parse_args()
     if args.quick:
         args.realistic, args.short, args.rounds = 64, 1024, 2
