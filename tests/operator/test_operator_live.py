@@ -55,7 +55,7 @@ INFRA_RULES_PATH = "/apis/hevlayer.com/v1alpha1/infrarules"
 DEPLOYMENTS = "apps/v1/deployments"
 SCALED_OBJECTS = "keda.sh/v1alpha1/scaledobjects"
 GATEWAY_HTTP = "http://layer-gateway.layer.svc.cluster.local:8080"
-WAIT = 30.0  # upper bound of every wait; the conditions normally hold within a second or two
+WAIT = 60.0  # upper bound of every wait (a guard, not a timing check: they normally hold within seconds)
 
 
 # --------------------------------------------------------------------------- fakes
