@@ -7,8 +7,9 @@ summarizer (``SummaryService.SubmitJob``) while the Object Lane runs:
    detection as ``add``) and streamed to the summarizer in batches of
    :data:`BATCH_OBJECTS`, each file with its path relative to the directory,
    its document id, content hash, kind and a source excerpt: the leading
-   text of a text file; for a file that needs a conversion (a PDF, an image,
-   a Word or PowerPoint file) its derived text from the Artifact Cache
+   text of a plain text, Markdown or code file (:data:`PLAIN_KINDS`); for any
+   other kind (a PDF, an image, HTML, a table, a Word or PowerPoint file, ...)
+   its derived text from the Artifact Cache
    (:mod:`hevlayer.ingest.artifacts`, shared with the Object Lane), or, when
    the Object Lane has not converted it yet, converted here once and stored
    there for both lanes (its chunks too, so the Object Lane does not convert
@@ -59,7 +60,8 @@ CHUNK_KIND = "directory_summary"
 BATCH_OBJECTS = 256
 EXCERPT_BYTES = 4096
 """Leading bytes of a text file sent as its excerpt (the summarizer uses about 1200 characters)."""
-_TAG = re.compile(r"<[^>]*>")
+PLAIN_KINDS = frozenset({"text", "markdown", "code"})
+"""Kinds whose leading bytes are their text; every other kind's text comes from its converter."""
 _SPACE = re.compile(r"\s+")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _DELETE_BATCH = 1000
@@ -125,8 +127,10 @@ def job_id_for(pipeline_id: str, root: Path) -> str:
 
 
 def excerpt(path: Path, kind: str) -> str | None:
-    """The leading text of a text file (tags dropped from HTML, whitespace folded); None for a
-    binary one, whose text needs a conversion."""
+    """The leading text of a plain text, Markdown or code file, whitespace folded; None for any
+    other kind (or a binary file), whose text needs its converter."""
+    if kind not in PLAIN_KINDS:
+        return None
     try:
         with path.open("rb") as handle:
             head = handle.read(EXCERPT_BYTES)
@@ -134,10 +138,7 @@ def excerpt(path: Path, kind: str) -> str | None:
         return ""
     if looks_binary(head):
         return None
-    text = head.decode("utf-8", errors="replace")
-    if kind == "html":
-        text = _TAG.sub(" ", text)
-    return fold(text)
+    return fold(head.decode("utf-8", errors="replace"))
 
 
 def fold(text: str) -> str:
@@ -257,7 +258,7 @@ class SummaryJobs:
         return out
 
     async def _derived_text(self, entry: FileEntry, outcome: JobOutcome) -> str:
-        """A converted file's text: from the Artifact Cache, else converted once and stored
+        """A file's converted text: from the Artifact Cache, else converted once and stored
         there (text and chunks) for both lanes; "" when the conversion fails (the Object
         Lane reports it)."""
         producer = select_producer(entry.kind)
