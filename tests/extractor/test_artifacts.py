@@ -16,6 +16,7 @@ from hevlayer.devstack import SeaweedS3
 from hevlayer.ingest.artifacts import (
     ArtifactCache,
     LocalArtifactCache,
+    check_token,
     chunks_token,
     data_hash,
     decode_chunks,
@@ -130,5 +131,6 @@ def test_tokens_name_converter_version_budget_and_name() -> None:
     producer = select_producer("pdf")
     assert text_token(producer) == f"text/pdf/{producer.version}"
     one = chunks_token(producer, DEFAULT_BUDGET, "a/b.pdf")
+    assert check_token(one) == one
     assert one != chunks_token(producer, DEFAULT_BUDGET, "c/b.pdf")
     assert one != chunks_token(producer, Budget(max_tokens=100), "a/b.pdf")

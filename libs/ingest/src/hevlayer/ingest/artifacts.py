@@ -74,7 +74,7 @@ from hevlayer.ingest.s3 import S3Connection, open_s3_client, split_s3_uri
 log = logging.getLogger("hevlayer.ingest.artifacts")
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
-_TOKEN = re.compile(r"^[A-Za-z0-9._/:=+-]{1,200}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9._/:=+,-]{1,200}$")
 _MAX_TOKEN_FILE = 240
 
 Observer = Callable[[str, int], None]
@@ -113,7 +113,7 @@ def normalize_hash(content_hash: str) -> str:
 def check_token(token: str) -> str:
     """``token`` if it is a valid version token; ValueError naming it otherwise."""
     if not _TOKEN.match(token):
-        raise ValueError(f"token {token!r}: expected 1 to 200 of A-Z a-z 0-9 . _ / : = + -")
+        raise ValueError(f"token {token!r}: expected 1 to 200 of A-Z a-z 0-9 . _ / : = + , -")
     return token
 
 

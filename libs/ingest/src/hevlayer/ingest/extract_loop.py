@@ -394,6 +394,14 @@ class ExtractLoop:
             self.stats.failed += 1
             self.observer.failed(self.pipeline_id, document_id, reason)
         if missing:
+            # A claimed id may still live only in a queue segment (no document row that
+            # DeleteDocuments could remove): settle it under its lease first, then delete it.
+            await self.gateway.leases.transition_claimed(
+                self.claim(worker),
+                [LeaseRef(d, held[d]) for d in missing],
+                FAILED_STAGE,
+                reason="the object is gone from its source",
+            )
             deleted = await self.gateway.staging.delete_documents(self.pipeline_id, missing)
             self.stats.deleted += deleted
             self.observer.deleted(self.pipeline_id, deleted)

@@ -23,7 +23,7 @@ import socket
 from contextlib import AsyncExitStack
 
 from hevlayer.client import Client
-from hevlayer.client.errors import ServiceError
+from hevlayer.client.errors import NotFound, ServiceError
 from hevlayer.client.settings import ClientTLSSettings
 from hevlayer.common.config import load_or_exit
 from hevlayer.common.readiness import DependencyMonitor
@@ -41,10 +41,31 @@ log = logging.getLogger("hevlayer.extractor")
 class _Pipeline:
     """The extract loops of one pipeline."""
 
-    def __init__(self, loop: ExtractLoop, count: int) -> None:
+    def __init__(self, loop: ExtractLoop, count: int, restart_seconds: float) -> None:
         self.loop = loop
         self.stop = asyncio.Event()
-        self.tasks = loop.start(count, self.stop)
+        self.restart_seconds = restart_seconds
+        self.tasks = [
+            asyncio.create_task(self._guarded(n), name=f"extract-{loop.pipeline_id}-{n}")
+            for n in range(count)
+        ]
+
+    async def _guarded(self, number: int) -> None:
+        """One worker; an error it stops on is logged and the worker starts again after a pause (the
+        documents it held return to extract when their leases expire). A deleted pipeline ends it."""
+        while not self.stop.is_set():
+            try:
+                await self.loop.worker(number, self.stop)
+            except NotFound as exc:
+                log.info("pipeline gone", extra={"pipeline": self.loop.pipeline_id, "error": exc.message})
+                return
+            except Exception as exc:
+                log.warning(
+                    "extract worker stopped on an error; restarting",
+                    extra={"pipeline": self.loop.pipeline_id, "worker": number, "error": repr(exc)},
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), timeout=self.restart_seconds)
 
     @property
     def ended(self) -> bool:
@@ -100,12 +121,6 @@ class Extractor:
                 wanted = set(self.pipelines)
             for pipeline_id, running in list(self.pipelines.items()):
                 if running.ended:
-                    for task in running.tasks:
-                        if not task.cancelled() and task.exception() is not None:
-                            log.warning(
-                                "extract workers stopped; restarting",
-                                extra={"pipeline": pipeline_id, "error": repr(task.exception())},
-                            )
                     del self.pipelines[pipeline_id]
                 elif pipeline_id not in wanted:
                     running.stop.set()
@@ -118,7 +133,9 @@ class Extractor:
                     cache=self.cache,
                     observer=self.observer,
                 )
-                self.pipelines[pipeline_id] = _Pipeline(loop, self.settings.concurrency)
+                self.pipelines[pipeline_id] = _Pipeline(
+                    loop, self.settings.concurrency, self.settings.refresh_seconds
+                )
                 log.info("working pipeline", extra={"pipeline": pipeline_id})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=self.settings.refresh_seconds)
