@@ -32,6 +32,7 @@ Default addresses per service:
 | claimer | 127.0.0.1:50052 | 127.0.0.1:9102 |
 | embedder | 127.0.0.1:50053 | 127.0.0.1:9103 |
 | summarizer | 127.0.0.1:50054 | 127.0.0.1:9104 |
+| extractor | 127.0.0.1:50055 (health only) | 127.0.0.1:9105 |
 | operator | (none: no gRPC server) | see `OPERATOR_HEALTH_ADDRESS` |
 """
 
