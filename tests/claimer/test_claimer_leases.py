@@ -223,19 +223,20 @@ async def test_released_objects_and_skip_unchanged(stores: Stores) -> None:
     assert first.released_objects == []
     moved = await docs.record_staged(pid, [StagedRecord("a", "ha2", f"{p2}#0:5")])
     assert (moved.results[0].previous_backing, moved.released_objects) == (f"{p1}#0:5", [])
-    claimed = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 1, "w"))
-    assert claimed.document_ids == ["a"]
+    claimed = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 2, "w"))
+    token = dict(zip(claimed.document_ids, claimed.fencing_tokens, strict=True))
+    assert sorted(token) == ["a", "b"]
     same = await docs.record_staged(
         pid,
         [StagedRecord("a", "ha2", f"{p3}#0:5"), StagedRecord("b", "hb2", f"{p3}#5:5")],
         skip_unchanged=True,
     )
     assert [r.unchanged for r in same.results] == [True, False]
-    assert same.results[0].fencing_token == claimed.fencing_tokens[0]  # the lease is kept
+    assert same.results[0].fencing_token == token["a"]  # the lease is kept
     assert same.results[0].previous_backing == ""
     assert same.released_objects == [p1]  # b was p1's last document
-    kept = await stores.leases.check(pid, "w", "embedding", ["a"], claimed.fencing_tokens)
-    assert kept.held == [True]
+    kept = await stores.leases.check(pid, "w", "embedding", ["a", "b"], [token["a"], token["b"]])
+    assert kept.held == [True, False]  # b's lease ended with its re-staging
     backings, deleted, released = await docs.forget(pid, ["a", "b"])
     assert (sorted(backings), deleted, released) == ([f"{p2}#0:5", f"{p3}#5:5"], 2, [p2, p3])
 
