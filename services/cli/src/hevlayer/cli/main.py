@@ -956,7 +956,8 @@ def demo_command(
             )
         output.line(f"adding to pipeline {pipeline} ...")
         options = AddOptions(
-            queue_backend=_QUEUES[queue] if queue else pipeline_pb2.QUEUE_BACKEND_UNSPECIFIED
+            queue_backend=_QUEUES[queue] if queue else pipeline_pb2.QUEUE_BACKEND_UNSPECIFIED,
+            artifact_dir=str(settings.data_dir.absolute() / "artifacts"),
         )
         summarizer = next((r.grpc_address for r in stack.running if r.spec.name == "summarizer"), None)
         if summaries and summarizer is None:
