@@ -96,12 +96,17 @@ class RuntimeOptions:
     the Triton server, its stub and the clients, every spin steals a core from
     the model. ``max_batch_tokens`` caps padded tokens per encoder run: a batch
     is sorted by length and cut into runs, so short texts are not padded to the
-    longest one of the batch.
+    longest one of the batch. It also bounds the memory of a run: onnxruntime's
+    arena keeps the largest run's intermediates (the attention scores alone are
+    ``rows x 12 heads x tokens²`` floats), so 8192 tokens (32 texts of 256 tokens)
+    grew the process to about 1.5 GB, 512 tokens keep it near 300 MB, and the
+    smaller runs take no more CPU time per text (``bench/memory.py``,
+    docs/benchmarks.md). The vectors do not depend on how a batch is cut into runs.
     """
 
     intra_op_threads: int = 0
     allow_spinning: bool = False
-    max_batch_tokens: int = 8192
+    max_batch_tokens: int = 512
     sort_by_length: bool = True
 
 

@@ -50,7 +50,7 @@ class TritonPythonModel:
         options = RuntimeOptions(
             intra_op_threads=int(params.get("intra_op_threads", "0")),
             allow_spinning=params.get("allow_spinning", "false").lower() == "true",
-            max_batch_tokens=int(params.get("max_batch_tokens", "8192")),
+            max_batch_tokens=int(params.get("max_batch_tokens", str(RuntimeOptions.max_batch_tokens))),
         )
         self.embedder = OnnxEmbedder(files, options)
 
