@@ -17,8 +17,19 @@ def test_defaults_work_every_pipeline_with_the_cli_budget() -> None:
         24,
         2000,
     )
-    operator = load_settings(ExtractorSettings, environ={"HEVLAYER_GATEWAY_ADDRESS": "gw:1"})
-    assert operator.gateway == "gw:1"
+    operator = load_settings(
+        ExtractorSettings, environ={"HEVLAYER_GATEWAY_ADDRESS": "gw:1", "HEVLAYER_PIPELINE_ID": "docs"}
+    )
+    assert (operator.gateway, operator.pipeline_ids, operator.all_pipelines) == ("gw:1", ("docs",), False)
+    named = load_settings(
+        ExtractorSettings,
+        environ={
+            "EXTRACTOR_GATEWAY_ADDRESS": "gw:1",
+            "EXTRACTOR_PIPELINES": "a,b",
+            "HEVLAYER_PIPELINE_ID": "c",
+        },
+    )
+    assert named.pipeline_ids == ("a", "b")
 
 
 def test_excluded_pipelines() -> None:
@@ -43,6 +54,7 @@ def test_excluded_pipelines() -> None:
         ({"EXTRACTOR_ARTIFACT_CACHE": "s3:///prefix"}, "EXTRACTOR_ARTIFACT_CACHE"),
         ({"EXTRACTOR_ARTIFACT_CACHE_BYTES": "-1"}, "EXTRACTOR_ARTIFACT_CACHE_BYTES"),
         ({"EXTRACTOR_POLL_SECONDS": "0"}, "EXTRACTOR_POLL_SECONDS"),
+        ({"HEVLAYER_PIPELINE_ID": "Nope"}, "HEVLAYER_PIPELINE_ID"),
     ],
 )
 def test_a_bad_value_names_its_variable(environ: dict[str, str], variable: str) -> None:

@@ -109,7 +109,7 @@ class Extractor:
     async def wanted(self) -> list[str]:
         """The pipelines to work now."""
         if not self.settings.all_pipelines:
-            return list(self.settings.pipelines)
+            return list(self.settings.pipeline_ids)
         return [p.id for p in await self.gateway.pipelines.list() if self.settings.works(p.id)]
 
     async def _supervise(self) -> None:

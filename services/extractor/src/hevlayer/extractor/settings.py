@@ -38,8 +38,14 @@ class ExtractorSettings:
     pipelines: tuple[str, ...] = setting(
         "EXTRACTOR_PIPELINES",
         "Pipelines whose extract stage this worker works: comma-separated ids, or * for every pipeline "
-        "(listed with ListPipelines every EXTRACTOR_REFRESH_SECONDS).",
-        (ALL_PIPELINES,),
+        "(listed with ListPipelines every EXTRACTOR_REFRESH_SECONDS). Empty: HEVLAYER_PIPELINE_ID if set, "
+        "else *.",
+        (),
+    )
+    operator_pipeline_id: str = setting(
+        "HEVLAYER_PIPELINE_ID",
+        "The pipeline the operator's extract Deployment runs for; used when EXTRACTOR_PIPELINES is empty.",
+        "",
     )
     exclude_pipelines: tuple[str, ...] = setting(
         "EXTRACTOR_EXCLUDE_PIPELINES",
@@ -115,8 +121,15 @@ class ExtractorSettings:
         return self.gateway_address or self.operator_gateway_address
 
     @property
+    def pipeline_ids(self) -> tuple[str, ...]:
+        """The pipelines in effect (``("*",)`` for all)."""
+        if self.pipelines:
+            return self.pipelines
+        return (self.operator_pipeline_id,) if self.operator_pipeline_id else (ALL_PIPELINES,)
+
+    @property
     def all_pipelines(self) -> bool:
-        return self.pipelines == (ALL_PIPELINES,)
+        return self.pipeline_ids == (ALL_PIPELINES,)
 
     def works(self, pipeline_id: str) -> bool:
         """With ``*``: whether ``pipeline_id`` is not named by EXTRACTOR_EXCLUDE_PIPELINES."""
@@ -143,8 +156,10 @@ class ExtractorSettings:
             split_address(self.gateway_address, "EXTRACTOR_GATEWAY_ADDRESS")
         if self.operator_gateway_address:
             split_address(self.operator_gateway_address, "HEVLAYER_GATEWAY_ADDRESS")
-        if not self.pipelines:
-            raise ConfigError("EXTRACTOR_PIPELINES: name pipelines, or * for every pipeline")
+        if self.operator_pipeline_id and not _PIPELINE_ID.match(self.operator_pipeline_id):
+            raise ConfigError(
+                f"HEVLAYER_PIPELINE_ID: {self.operator_pipeline_id!r} is not a valid pipeline id"
+            )
         if ALL_PIPELINES in self.pipelines and len(self.pipelines) > 1:
             raise ConfigError("EXTRACTOR_PIPELINES: * cannot be combined with pipeline ids")
         for pipeline_id in self.pipelines:
