@@ -19,7 +19,6 @@ from hevlayer.gateway.chunkstore import (
     CODEC_PLAIN,
     CODEC_ZSTD,
     MERGE_GAP,
-    S3_REQUESTS,
     Backing,
     ChunkStore,
     SegmentCodec,
@@ -29,6 +28,7 @@ from hevlayer.gateway.chunkstore import (
     read_pack_index,
 )
 from hevlayer.gateway.convert import python_to_struct
+from hevlayer.gateway.metrics import S3_REQUESTS
 from hevlayer.gateway.settings import S3Settings
 
 texts = st.text(min_size=0, max_size=300)

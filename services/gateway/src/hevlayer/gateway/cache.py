@@ -32,46 +32,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prometheus_client import Counter, Gauge
-
-from hevlayer.common.metrics import REGISTRY
+from hevlayer.gateway.metrics import CACHE_FAILURES, CACHE_HIT_RATIO, CACHE_LOOKUPS, CACHE_UP, CACHE_WRITES
 from hevlayer.gateway.settings import CacheSettings
 
 log = logging.getLogger("hevlayer.gateway.cache")
 
 T = TypeVar("T")
-
-CACHE_LOOKUPS = Counter(
-    "hevlayer_gateway_chunk_cache_lookups_total",
-    "Chunk cache lookups (one per document segment), by result: hit, miss, error (the backend "
-    "failed or timed out) or skipped (the backend is marked down).",
-    ["backend", "result"],
-    registry=REGISTRY,
-)
-CACHE_HIT_RATIO = Gauge(
-    "hevlayer_gateway_chunk_cache_hit_ratio",
-    "Hits / lookups of the chunk cache since the gateway started (errors and skips count as misses).",
-    ["backend"],
-    registry=REGISTRY,
-)
-CACHE_FAILURES = Counter(
-    "hevlayer_gateway_chunk_cache_failures_total",
-    "Failed or timed-out chunk cache calls, by operation.",
-    ["backend", "operation"],
-    registry=REGISTRY,
-)
-CACHE_WRITES = Counter(
-    "hevlayer_gateway_chunk_cache_writes_total",
-    "Segments written to the chunk cache, by result: stored, dropped (too many writes pending) or failed.",
-    ["backend", "result"],
-    registry=REGISTRY,
-)
-CACHE_UP = Gauge(
-    "hevlayer_gateway_chunk_cache_up",
-    "1 while the chunk cache backend answers, 0 while it is skipped after failures.",
-    ["backend"],
-    registry=REGISTRY,
-)
 
 
 class ChunkCache(abc.ABC):

@@ -46,11 +46,10 @@ import zstandard
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
-from prometheus_client import Counter
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.common.errors import Internal, NotFound, Unavailable
-from hevlayer.common.metrics import REGISTRY
+from hevlayer.gateway.metrics import S3_BYTES, S3_REQUESTS
 from hevlayer.gateway.settings import S3Settings
 
 log = logging.getLogger("hevlayer.gateway.chunkstore")
@@ -64,19 +63,6 @@ CODEC_ZSTD = 1
 MERGE_GAP = 256 * 1024
 MAX_MERGED_READ = 8 * 1024 * 1024
 REASON_S3 = "CHUNK_STORE_UNAVAILABLE"
-
-S3_REQUESTS = Counter(
-    "hevlayer_gateway_s3_requests_total",
-    "S3 requests made by the gateway's chunk store, by operation.",
-    ["operation"],
-    registry=REGISTRY,
-)
-S3_BYTES = Counter(
-    "hevlayer_gateway_s3_bytes_total",
-    "Bytes written to (put) and read from (get) S3 by the chunk store.",
-    ["direction"],
-    registry=REGISTRY,
-)
 
 
 @dataclass(frozen=True, order=True)

@@ -44,7 +44,6 @@ from typing import Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
-from prometheus_client import Counter
 
 from hevlayer.client import EmbeddingClient, TransitionOutcome
 from hevlayer.common.errors import (
@@ -55,9 +54,9 @@ from hevlayer.common.errors import (
     Unavailable,
     Violation,
 )
-from hevlayer.common.metrics import REGISTRY
 from hevlayer.common.telemetry import DOCUMENT_INDEX_SPAN, context_of, traceparent
 from hevlayer.gateway.claimer_client import ClaimerClient, PipelineInfo
+from hevlayer.gateway.metrics import QUERIES, SINK_ERRORS, SINK_OPERATIONS, WRITTEN_DOCUMENTS, WRITTEN_VECTORS
 from hevlayer.gateway.sinks import (
     Hit,
     JSONValue,
@@ -78,27 +77,6 @@ INDEXED = "indexed"
 DEFAULT_TOP_K = 10
 MAX_TOP_K = 1000
 MAX_VECTORS_PER_DOCUMENT = 100_000
-
-WRITTEN_VECTORS = Counter(
-    "hevlayer_gateway_written_vectors_total", "Vectors written to sinks by WriteVectors.", registry=REGISTRY
-)
-WRITTEN_DOCUMENTS = Counter(
-    "hevlayer_gateway_written_documents_total",
-    "Documents handled by WriteVectors, by outcome (indexed, stale_lease, rejected).",
-    ["outcome"],
-    registry=REGISTRY,
-)
-QUERIES = Counter(
-    "hevlayer_gateway_queries_total", "Queries answered, by kind (text, vector).", ["kind"], registry=REGISTRY
-)
-SINK_OPERATIONS = ("open", "describe", "write", "delete", "query", "drop")
-SINK_ERRORS = Counter(
-    "hevlayer_gateway_sink_errors_total",
-    "Failed sink calls, by sink kind and operation (open, describe, write, delete, query, drop); sink "
-    "refusals of invalid input (INVALID_ARGUMENT) are not counted.",
-    ["sink", "operation"],
-    registry=REGISTRY,
-)
 
 
 @dataclass

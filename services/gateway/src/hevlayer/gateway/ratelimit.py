@@ -22,23 +22,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import Counter
-
-from hevlayer.common import metrics
 from hevlayer.common.auth import ADMIN, READER, STAGER, WORKER, Principal
 from hevlayer.common.config import ConfigError
 from hevlayer.common.errors import ResourceExhausted
+from hevlayer.gateway.metrics import RATE_LIMITED
 
 ROLES = (ADMIN, STAGER, WORKER, READER)
 MAX_BUCKETS = 10_000
-
-RATE_LIMITED = Counter(
-    "gateway_rate_limited_total",
-    "Calls refused because their API token was over its rate limit (GATEWAY_RATE_LIMITS), by the "
-    "token's role and the transport (grpc, rest).",
-    ["role", "transport"],
-    registry=metrics.REGISTRY,
-)
 
 Clock = Callable[[], float]
 

@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf import json_format, struct_pb2
-from prometheus_client import Counter, Histogram
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.client.errors import is_definite_failure
@@ -59,11 +58,11 @@ from hevlayer.common.errors import (
     Unavailable,
     Violation,
 )
-from hevlayer.common.metrics import REGISTRY
 from hevlayer.common.telemetry import traceparent
 from hevlayer.gateway.cache import ResilientCache
 from hevlayer.gateway.chunkstore import Backing, ChunkStore, SegmentCodec, new_pack_key
 from hevlayer.gateway.claimer_client import ClaimerClient, LeaseCheck, PipelineInfo
+from hevlayer.gateway.metrics import ORPHANS, PACK_DOCUMENTS, READ_CHUNKS, STAGED_CHUNKS, STAGED_DOCUMENTS
 from hevlayer.gateway.settings import StagingSettings
 
 log = logging.getLogger("hevlayer.gateway.staging")
@@ -72,38 +71,6 @@ MAX_DOCUMENT_ID_BYTES = 512
 MAX_CONTENT_HASH_BYTES = 256
 MAX_VIOLATIONS = 20
 READ_WINDOW = 64
-
-STAGED_DOCUMENTS = Counter(
-    "hevlayer_gateway_staged_documents_total",
-    "Documents handled by StageDocuments, by outcome (staged, unchanged, rejected, failed).",
-    ["outcome"],
-    registry=REGISTRY,
-)
-STAGED_CHUNKS = Counter(
-    "hevlayer_gateway_staged_chunks_total", "Chunks stored by StageDocuments.", registry=REGISTRY
-)
-PACK_DOCUMENTS = Histogram(
-    "hevlayer_gateway_pack_documents",
-    "Documents per pack object (one group commit).",
-    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000),
-    registry=REGISTRY,
-)
-ORPHANS = Counter(
-    "hevlayer_gateway_pack_cleanup_total",
-    "Pack objects deleted because no document points into them, by cause: released (the claimer "
-    "said so), failed (RecordStaged rejected the batch), unchanged (every document was unchanged), "
-    "unknown (checked after an ambiguous failure), swept (old packs no live document points into, "
-    "found by the periodic sweep); and 'kept' when a check found them in use; 'rewritten' counts "
-    "packs written again because another gateway's sweep condemned them before they were recorded.",
-    ["cause"],
-    registry=REGISTRY,
-)
-READ_CHUNKS = Counter(
-    "hevlayer_gateway_read_chunks_total",
-    "Chunks served by ReadChunks and the REST chunks route.",
-    registry=REGISTRY,
-)
-
 
 # -- values ------------------------------------------------------------------------------------
 
