@@ -1,4 +1,5 @@
-"""Deleting documents: their state, chunk backing, cache entries and vectors."""
+"""Deleting documents: their state, chunk backing, cache entries and vectors (the
+transport-free core of DeleteDocuments and of the REST deletion route)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from collections.abc import Sequence
 from hevlayer.common.errors import InvalidArgument, ServiceError
 from hevlayer.gateway.cache import ResilientCache
 from hevlayer.gateway.chunkstore import ChunkStore
-from hevlayer.gateway.claimer_client import ClaimerClient
+from hevlayer.gateway.claimer_client import ClaimerClient, PipelineInfo
 from hevlayer.gateway.indexing import VectorWriter
-from hevlayer.gateway.staging import forget_documents
+from hevlayer.gateway.metrics import ORPHANS
 
 MAX_DELETE = 10_000
 
@@ -48,4 +49,20 @@ async def delete_documents(
         await sink.delete_documents(pipeline.target_namespace, ids)
     except ServiceError as error:
         raise writer.sink_failure(pipeline, "delete", error) from None
+    return deleted
+
+
+async def forget_documents(
+    claimer: ClaimerClient,
+    store: ChunkStore,
+    cache: ResilientCache,
+    pipeline: PipelineInfo,
+    document_ids: Sequence[str],
+) -> int:
+    """Delete documents' state, released pack objects and cache entries; the count deleted."""
+    backings, deleted, released = await claimer.forget(pipeline.id, document_ids)
+    if released:
+        await store.delete_objects(released)
+        ORPHANS.labels("released").inc(len(released))
+    cache.delete_later(pipeline.target_namespace, [b for b in backings if b])
     return deleted

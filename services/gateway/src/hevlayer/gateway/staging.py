@@ -1,5 +1,5 @@
-"""Staging, reading and deleting documents: the transport-free core of
-StagingService and of the REST document routes.
+"""Staging and reading documents: the transport-free core of StagingService and
+of the REST document routes (deleting them is :mod:`hevlayer.gateway.documents`).
 
 **Staging** (:class:`Stager`). Each document is validated (field paths
 relative to the document: ``id``, ``chunks[3].text``, ...; the adapters put
@@ -24,9 +24,6 @@ the storage codec, so a staged document is serialized exactly once.
 
 **Reading** (:class:`ChunkReader`): CheckLeases, then each document's segment
 from the cache, then (misses) from S3 with ranged GETs merged per object.
-
-**Deleting** (:func:`delete_documents`): ForgetDocuments, released objects,
-cache entries and the sink's rows.
 """
 
 from __future__ import annotations
@@ -926,22 +923,3 @@ class ChunkReader:
             found.update(fresh)
             self.cache.put_later(namespace, fresh)
         return found
-
-
-# -- deletion ----------------------------------------------------------------------------------
-
-
-async def forget_documents(
-    claimer: ClaimerClient,
-    store: ChunkStore,
-    cache: ResilientCache,
-    pipeline: PipelineInfo,
-    document_ids: Sequence[str],
-) -> int:
-    """Delete documents' state, released pack objects and cache entries; the count deleted."""
-    backings, deleted, released = await claimer.forget(pipeline.id, document_ids)
-    if released:
-        await store.delete_objects(released)
-        ORPHANS.labels("released").inc(len(released))
-    cache.delete_later(pipeline.target_namespace, [b for b in backings if b])
-    return deleted
