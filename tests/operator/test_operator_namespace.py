@@ -10,10 +10,10 @@ from typing import Any
 from hevlayer.client.naming import NAMESPACE_TAKEN
 from hevlayer.common.errors import AlreadyExists, NotFound, Violation
 from hevlayer.operator import RenderContext, parse_pipeline
-from hevlayer.operator._cogs.gateway import GatewayPipeline, GatewayStatus
-from hevlayer.operator._cogs.kube import Applied
-from hevlayer.operator._core.reconcile import Reconciler
 from hevlayer.operator.conditions import GATEWAY_SYNCED, PIPELINE_CONFLICT, WORKERS_APPLIED
+from hevlayer.operator.gateway_client import GatewayPipeline, GatewayStatus
+from hevlayer.operator.kube_client import Applied
+from hevlayer.operator.reconcile import Reconciler
 from hevlayer.operator.spec import DistanceMetric
 
 CTX = RenderContext(gateway_address="gw:50051", gateway_http_url="http://gw:8080/")

@@ -29,10 +29,10 @@ from hevlayer.operator import (
     status_changes,
     update_patch,
 )
-from hevlayer.operator._cogs.kube import LoginError, connection_from_kubeconfig, login
-from hevlayer.operator._core.handlers import backoff, claim_owner
-from hevlayer.operator._core.reconcile import immutable_mismatch
 from hevlayer.operator.conditions import ready_condition
+from hevlayer.operator.handlers import backoff, claim_owner
+from hevlayer.operator.kube_client import LoginError, connection_from_kubeconfig, login
+from hevlayer.operator.reconcile import immutable_mismatch
 from hevlayer.operator.render import creation_body, is_applied, strip_nones
 from hevlayer.operator.spec import DistanceMetric
 

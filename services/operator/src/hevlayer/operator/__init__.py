@@ -6,19 +6,21 @@ for optional extract workers), within what ``InfraRules/default`` allows
 (pools, images, env), and it reports conditions, replicas and the pending
 count in the Pipeline's status. See ``docs/operator.md``.
 
-Layout (as in kopf): the public API is re-exported here; private layers below
-it are ``_cogs`` (clients: the Kubernetes API and the gateway) and ``_core``
-(reconciliation, kopf handlers, running). The pure modules ``spec``,
-``infra``, ``render`` and ``conditions`` carry the logic and know no transport.
+Modules by role: ``kube_client`` (the Kubernetes API client and login),
+``gateway_client`` (the gateway's PipelineService as the operator's values),
+``reconcile`` (one reconciliation, independent of kopf), ``handlers`` (the kopf
+handlers that glue reconciliation to events) and ``runner`` (clients, registry
+and kopf's main loop); ``main`` is the ``hevlayer-operator`` entry point. The
+pure modules ``spec``, ``infra``, ``render`` and ``conditions`` carry the logic
+and know no transport. The public API is re-exported here.
 """
 
-from hevlayer.operator._cogs.gateway import GatewayClient, GatewayPipeline, GatewayStatus
-from hevlayer.operator._cogs.kube import Applied, KubeClient, KubeError, LoginError, login
-from hevlayer.operator._core.handlers import FINALIZER, build_registry, kopf_settings
-from hevlayer.operator._core.reconcile import Reconciler, Reconciliation, desired_status, status_changes
-from hevlayer.operator._core.running import render_context, run_operator
 from hevlayer.operator.conditions import Condition, merge_conditions
+from hevlayer.operator.gateway_client import GatewayClient, GatewayPipeline, GatewayStatus
+from hevlayer.operator.handlers import FINALIZER, build_registry, kopf_settings
 from hevlayer.operator.infra import Admission, InfraRules, Pool, Refusal, admit, parse_infra_rules
+from hevlayer.operator.kube_client import Applied, KubeClient, KubeError, LoginError, login
+from hevlayer.operator.reconcile import Reconciler, Reconciliation, desired_status, status_changes
 from hevlayer.operator.render import (
     RenderContext,
     extract_name,
@@ -30,6 +32,7 @@ from hevlayer.operator.render import (
     update_patch,
     worker_name,
 )
+from hevlayer.operator.runner import render_context, run_operator
 from hevlayer.operator.settings import OperatorSettings
 from hevlayer.operator.spec import (
     DeletionPolicy,

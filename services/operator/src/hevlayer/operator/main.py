@@ -12,8 +12,8 @@ from hevlayer.common.config import load_or_exit
 from hevlayer.common.logging import configure_logging
 from hevlayer.common.server import ServerSettings
 from hevlayer.common.telemetry import configure_tracing
-from hevlayer.operator._cogs.kube import LoginError
-from hevlayer.operator._core.running import run_operator
+from hevlayer.operator.kube_client import LoginError
+from hevlayer.operator.runner import run_operator
 from hevlayer.operator.settings import OperatorSettings
 
 SERVICE = "operator"

@@ -32,14 +32,6 @@ import kopf
 from hevlayer.client import is_transient
 from hevlayer.common.errors import InvalidArgument, ServiceError
 from hevlayer.operator import conditions as cond
-from hevlayer.operator._cogs.kube import KubeError
-from hevlayer.operator._core.reconcile import (
-    Reconciler,
-    Reconciliation,
-    desired_status,
-    invalid_outcome,
-    status_changes,
-)
 from hevlayer.operator.infra import (
     INVALID_INFRA_RULES,
     InfraRules,
@@ -50,6 +42,14 @@ from hevlayer.operator.infra import (
 )
 from hevlayer.operator.infra import NAME as RULES_NAME
 from hevlayer.operator.infra import PLURAL as RULES_PLURAL
+from hevlayer.operator.kube_client import KubeError
+from hevlayer.operator.reconcile import (
+    Reconciler,
+    Reconciliation,
+    desired_status,
+    invalid_outcome,
+    status_changes,
+)
 from hevlayer.operator.spec import (
     API_VERSION,
     GROUP,

@@ -3,7 +3,7 @@
 Independent of kopf: :class:`Reconciler` takes parsed :class:`Pipeline`
 values and returns a :class:`Reconciliation` (conditions, pending count, whether a
 retry is due); :func:`status_changes` turns it into a status patch. The kopf
-handlers (:mod:`hevlayer.operator._core.handlers`) only glue these to events.
+handlers (:mod:`hevlayer.operator.handlers`) only glue these to events.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from hevlayer.client import is_transient
 from hevlayer.client.naming import NAMESPACE_TAKEN, effective_namespace
 from hevlayer.common.errors import AlreadyExists, NotFound, ServiceError
 from hevlayer.operator import conditions as cond
-from hevlayer.operator._cogs.gateway import GatewayPipeline, GatewayStatus
-from hevlayer.operator._cogs.kube import Applied, KubeError
+from hevlayer.operator.gateway_client import GatewayPipeline, GatewayStatus
 from hevlayer.operator.infra import Admission, Refusal
+from hevlayer.operator.kube_client import Applied, KubeError
 from hevlayer.operator.render import (
     DEPLOYMENT_API,
     SCALED_OBJECT_API,

@@ -11,10 +11,10 @@ import kopf
 
 from hevlayer.client import ClientOptions
 from hevlayer.client.channel import open_channel
-from hevlayer.operator._cogs.gateway import GatewayClient
-from hevlayer.operator._cogs.kube import KubeClient, login
-from hevlayer.operator._core.handlers import build_registry, kopf_settings
-from hevlayer.operator._core.reconcile import Reconciler
+from hevlayer.operator.gateway_client import GatewayClient
+from hevlayer.operator.handlers import build_registry, kopf_settings
+from hevlayer.operator.kube_client import KubeClient, login
+from hevlayer.operator.reconcile import Reconciler
 from hevlayer.operator.render import RenderContext
 from hevlayer.operator.settings import OperatorSettings
 

@@ -1,1 +1,0 @@
-"""Private: clients of the Kubernetes API and of the gateway."""

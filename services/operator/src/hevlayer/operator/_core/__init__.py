@@ -1,1 +1,0 @@
-"""Private: reconciliation, kopf handlers and the operator's main loop."""
