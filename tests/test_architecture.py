@@ -1,7 +1,8 @@
 """The architecture as a contract: the import-linter contracts of ``.importlinter`` hold.
 
 Services never import each other, the dev stack or the CLI; no package has an import cycle
-between its modules; the claimer's cores never import ``grpc``. A failure prints
+between its modules; the claimer's cores never import ``grpc``; the claimer and the gateway
+are layered (main, then the transport, then the cores, each importing only lower layers). A failure prints
 import-linter's report, which names each broken contract and the imports that break it.
 """
 
@@ -29,6 +30,7 @@ def test_the_contracts_cover_the_rules_of_issue_19() -> None:
         "no-cycles",
         "claimer-cores-without-grpc",
         "claimer-layers",
+        "gateway-layers",
     }
 
 
