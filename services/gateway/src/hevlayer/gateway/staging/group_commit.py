@@ -7,7 +7,7 @@ The path of a document (and so of each of its chunks) through this module:
 2. the call's prepared documents are cut into :class:`Submission` s (at most one pack each),
    each carrying the ``results`` future its caller awaits, and appended to the pipeline's
    :class:`PipelineQueue` (:meth:`Stager._enqueue`);
-3. while fewer than ``GATEWAY_FLUSHES_PER_PIPELINE`` flushes are in flight,
+3. while fewer than ``GATEWAY_PACK_FLUSHES_PER_PIPELINE`` flushes are in flight,
    :meth:`Stager._start_flushes` takes the next *batch* off the queue
    (:meth:`Stager._next_batch`: consecutive submissions of any callers that fit one pack)
    and starts a flush task for it. Documents arriving while a flush is in flight therefore
@@ -337,7 +337,7 @@ class Stager:
 
     def _start_flushes(self, pipeline_id: str) -> None:
         """Start flushes of the pipeline's queued submissions while fewer than
-        ``GATEWAY_FLUSHES_PER_PIPELINE`` are in flight; each finished flush starts the next.
+        ``GATEWAY_PACK_FLUSHES_PER_PIPELINE`` are in flight; each finished flush starts the next.
         The queue is dropped once it is empty and idle."""
         queue = self._queues.get(pipeline_id)
         if queue is None:
