@@ -263,6 +263,9 @@ class Stager:
             valid = remaining
 
         if valid:
+            # The hand-off to the group commit: one Submission per pack-sized group, queued on
+            # the pipeline's PipelineQueue; the flush that records it resolves its ``results``
+            # future (``_flush``), which is all this call waits for.
             groups = self._split(valid)
             loop = asyncio.get_running_loop()
             submissions = [
