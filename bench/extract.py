@@ -52,6 +52,7 @@ from hevlayer.api.pipeline.v1.pipeline_pb2 import Pipeline
 from hevlayer.cli import corpus as corpus_module
 from hevlayer.cli.stack import UpState
 from hevlayer.client import Client
+from hevlayer.common.errors import Unauthenticated
 from hevlayer.devstack import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +99,21 @@ def bring_up(data_dir: Path) -> Suite:
     if state is None:
         raise SystemExit(f"hevlayer up --detach returned, but recorded no state in {data_dir}")
     return Suite(data_dir, state.gateway, env)
+
+
+async def check_ours(gateway: str) -> None:
+    """Exit unless the gateway answers without a token (this suite has authentication off)."""
+    client = Client.connect(gateway)
+    try:
+        await client.pipelines.list()
+    except Unauthenticated as error:
+        # Another suite on this machine answers at that address (its gateway restarted on the
+        # port this one was given): the figures would not be this suite's.
+        raise SystemExit(
+            f"the gateway at {gateway} is not this suite's (it wants a token): {error}"
+        ) from None
+    finally:
+        await client.close()
 
 
 def wait_ready(http: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -230,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"suite: {data_dir} (no embedder), gateway {suite.gateway}", flush=True)
     results = {0: Result("in-process")} | {n: Result(f"{n} extractor(s)") for n in args.extractors}
     try:
+        asyncio.run(check_ours(suite.gateway))
         for round_index in range(args.rounds):
             print(f"round {round_index + 1}/{args.rounds}", flush=True)
             for extractors, result in results.items():
