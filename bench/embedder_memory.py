@@ -22,11 +22,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline_efficiency import Suite, create_pipelines, indexed_count, running_suite, stage_documents
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support: the helpers tests share
+
+from pipeline_efficiency import Suite, create_pipelines, indexed_count, running_suite
+from support.staging import stage_documents
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.client.channel import open_channel

@@ -48,23 +48,26 @@ import asyncio
 import contextlib
 import os
 import statistics
+import sys
 import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support: the helpers tests share
+
 import grpc
 from grpc import aio
 from prometheus_client.parser import text_string_to_metric_families
+from support.staging import stage_documents
 from triton_serving import RawTriton, make_workloads, run_in_process
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
-from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
 from hevlayer.client.channel import open_channel
 from hevlayer.common.auth import generate_internal_token
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3, ServiceProcess
@@ -277,24 +280,6 @@ def scrape(http_address: str) -> dict[str, float]:
 
 def delta(after: dict[str, float], before: dict[str, float], key: str) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)
-
-
-async def stage_documents(
-    channel: aio.Channel, pipeline_id: str, documents: Sequence[document_pb2.Document], batch: int = 50
-) -> None:
-    """Stage through one StageDocuments stream; every document must be staged."""
-    stub = staging_pb2_grpc.StagingServiceStub(channel)
-
-    async def requests() -> AsyncIterator[staging_pb2.StageDocumentsRequest]:
-        for start in range(0, len(documents), batch):
-            yield staging_pb2.StageDocumentsRequest(
-                pipeline_id=pipeline_id, documents=documents[start : start + batch]
-            )
-
-    async for response in stub.StageDocuments(requests()):
-        for result in response.results:
-            if result.outcome != staging_pb2.STAGE_OUTCOME_STAGED:
-                raise RuntimeError(f"document {result.document_id} not staged: {result.error.message}")
 
 
 async def indexed_count(channel: aio.Channel, pipeline_id: str) -> int:

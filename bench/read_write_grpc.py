@@ -35,9 +35,12 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support: the helpers tests share
+
 from grpc import aio
 from read_write import Workload
 from staging import Stack, create_pipeline, running_stack
+from support.s3 import gateway_s3_settings
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
@@ -46,7 +49,6 @@ from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
 from hevlayer.client.channel import open_channel
 from hevlayer.gateway.chunkstore import Backing, open_s3_client
 from hevlayer.gateway.convert import python_to_struct
-from hevlayer.gateway.settings import S3Settings
 from hevlayer.gateway.sinks import DistanceMetric
 from hevlayer.gateway.sinks.base import NamespaceSpec, prepare_documents
 
@@ -191,14 +193,7 @@ async def read_all(channel: aio.Channel, pipeline_id: str, tokens: dict[str, int
 
 async def direct_gets(stack: Stack, backings: list[Backing]) -> float:
     """Baseline: one ranged GET per document segment, 32 in flight; seconds."""
-    env = stack.s3.client_env(stack.bucket)
-    settings = S3Settings(
-        endpoint_url=env["S3_ENDPOINT_URL"],
-        access_key_id=env["S3_ACCESS_KEY_ID"],
-        secret_access_key=env["S3_SECRET_ACCESS_KEY"],
-        region=env["S3_REGION"],
-        bucket=stack.bucket,
-    )
+    settings = gateway_s3_settings(stack.s3, stack.bucket)
     async with AsyncExitStack() as exits:
         client = await open_s3_client(settings, exits)
         limit = asyncio.Semaphore(32)

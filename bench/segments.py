@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -34,8 +35,11 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support: the helpers tests share
+
 import asyncpg
 from claims import Metadata, complete_by_columns, create_pipeline, grpc_claim_loop, run_workers, start_process
+from support.s3 import claimer_object_store
 
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3
 
@@ -168,15 +172,7 @@ def run_phase(
 
 
 async def leftover_objects(s3: SeaweedS3, bucket: str) -> list[str]:
-    from hevlayer.claimer.manifests import ObjectStore
-
-    store = ObjectStore(
-        bucket=bucket,
-        endpoint_url=s3.endpoint_url,
-        access_key_id=s3.access_key,
-        secret_access_key=s3.secret_key,
-        region=s3.region,
-    )
+    store = claimer_object_store(s3, bucket)
     await store.open()
     try:
         return await store.list_keys("pipelines/")

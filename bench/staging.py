@@ -46,11 +46,14 @@ from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support: the helpers tests share
+
 import grpc
 from claims import SECURED_GOAL, cpu_seconds, postgres_cpu_seconds
 from grpc import aio
 from prometheus_client.parser import text_string_to_metric_families
 from secured import Secured
+from support.s3 import gateway_s3_settings
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
@@ -60,7 +63,6 @@ from hevlayer.client.options import TLS, ClientOptions
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3, ServiceProcess
 from hevlayer.devstack.ports import free_port
 from hevlayer.gateway.chunkstore import SegmentCodec, open_s3_client
-from hevlayer.gateway.settings import S3Settings
 
 CHUNKS_PER_DOCUMENT = 10
 CHUNK_BYTES = 500
@@ -368,14 +370,7 @@ async def stage_all(
 
 async def baseline_puts(s3: SeaweedS3, bucket: str, documents: list[document_pb2.Document]) -> float:
     """One object per document (the document's segment), 32 puts in flight; seconds taken."""
-    env = s3.client_env(bucket)
-    settings = S3Settings(
-        endpoint_url=env["S3_ENDPOINT_URL"],
-        access_key_id=env["S3_ACCESS_KEY_ID"],
-        secret_access_key=env["S3_SECRET_ACCESS_KEY"],
-        region=env["S3_REGION"],
-        bucket=bucket,
-    )
+    settings = gateway_s3_settings(s3, bucket)
     codec = SegmentCodec("zstd")
     bodies = [(f"baseline/{d.id}", codec.encode(d)) for d in documents]
     async with AsyncExitStack() as stack:

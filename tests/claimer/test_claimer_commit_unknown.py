@@ -15,8 +15,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from claimer.support import Stores, new_pipeline
-from claimer.test_claimer_segments import batches, keys
+from claimer.stores import Stores, batches, keys, new_pipeline
 
 from hevlayer.claimer.database import Database
 from hevlayer.claimer.leases import ClaimRequest

@@ -8,7 +8,7 @@ import asyncio
 import multiprocessing
 from typing import Any
 
-from claimer.support import counters, full_count, make_stores, new_pipeline, stage
+from claimer.stores import counters, full_count, make_stores, new_pipeline, stage
 
 from hevlayer.claimer.database import Database
 from hevlayer.claimer.leases import ClaimRequest, LeaseStore

@@ -5,8 +5,7 @@ EnqueueIds into segments, /metrics, and UNAVAILABLE without PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -14,6 +13,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc import aio
+from support.claimer_grpc import Claimer, new_pipeline, start_bare_claimer
+from support.rpc_errors import violations
 
 from hevlayer.api.claimer.v1 import document_state_pb2 as dpb
 from hevlayer.api.claimer.v1 import document_state_pb2_grpc
@@ -25,76 +26,11 @@ from hevlayer.api.pipeline.v1 import pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2
 from hevlayer.client.naming import incarnation, pack_prefix
 from hevlayer.common.errors import status_from_rpc_error
-from hevlayer.devstack import SeaweedS3, ServiceProcess
 from hevlayer.devstack.ports import free_port
-
-
-class Claimer:
-    def __init__(self, process: ServiceProcess, address: str, http: str) -> None:
-        self.process = process
-        self.address = address
-        self.http = http
-
-
-def start_claimer(env: dict[str, str], tmp: Path) -> tuple[ServiceProcess, str, str]:
-    address = f"127.0.0.1:{free_port()}"
-    http = f"127.0.0.1:{free_port()}"
-    process = ServiceProcess(
-        "hevlayer-claimer",
-        name="claimer",
-        # These tests play the gateway with bare stubs: the internal-token check is off here and
-        # tested in tests/gateway/test_auth.py (a claimer refusing calls without the secret).
-        env={"HEVLAYER_GRPC_ADDRESS": address, "HEVLAYER_HTTP_ADDRESS": http, "CLAIMER_AUTH": "off", **env},
-        log_path=tmp / f"claimer-{uuid.uuid4().hex[:6]}.log",
-        grpc_address=address,
-    ).start()
-    return process, address, http
-
-
-@pytest.fixture(scope="module")
-def claimer(database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Claimer]:
-    bucket = f"claimer-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(bucket)
-    env = {
-        "DATABASE_URL": database_url,
-        "PIPELINE_SEGMENT_SIZE": "10",
-        "HEVLAYER_SHUTDOWN_GRACE_SECONDS": "2",
-        **s3.client_env(bucket),
-    }
-    process, address, http = start_claimer(env, tmp_path_factory.mktemp("claimer"))
-    try:
-        process.wait_ready(timeout=60)
-        yield Claimer(process, address, http)
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-async def channel(claimer: Claimer) -> AsyncIterator[aio.Channel]:
-    async with aio.insecure_channel(claimer.address) as ch:
-        yield ch
-
-
-def violations(error: aio.AioRpcError) -> list[str]:
-    fields: list[str] = []
-    for detail in status_from_rpc_error(error).details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields.extend(v.field for v in bad.field_violations)
-    return fields
 
 
 def has_retry_info(error: aio.AioRpcError) -> bool:
     return any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status_from_rpc_error(error).details)
-
-
-async def new_pipeline(channel: aio.Channel, backend: int = ppb.QUEUE_BACKEND_ROW) -> str:
-    pid = f"g-{uuid.uuid4().hex[:10]}"
-    await pipeline_pb2_grpc.PipelineServiceStub(channel).CreatePipeline(
-        ppb.CreatePipelineRequest(pipeline=ppb.Pipeline(id=pid, queue_backend=backend))  # type: ignore[arg-type]
-    )
-    return pid
 
 
 async def packs_of(channel: aio.Channel, pid: str) -> str:
@@ -672,7 +608,7 @@ async def test_metrics_export_stage_counts(channel: aio.Channel, claimer: Claime
 
 async def test_unreachable_postgres_is_unavailable_with_retry_info(tmp_path: Path) -> None:
     dead = f"postgresql://hevlayer:hevlayer@127.0.0.1:{free_port()}/nothing"
-    process, address, _ = start_claimer(
+    process, address, _ = start_bare_claimer(
         {"DATABASE_URL": dead, "PIPELINE_QUEUE_BACKEND": "row", "HEVLAYER_SHUTDOWN_GRACE_SECONDS": "1"},
         tmp_path,
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from claimer.support import Stores, counters, make_stores, new_pipeline, packs_of, stage, unique_id
+from claimer.stores import Stores, counters, make_stores, new_pipeline, packs_of, stage, unique_id
 
 from hevlayer.claimer.database import Database, migrate, migrations
 from hevlayer.claimer.pipelines import PipelineSpec

@@ -4,7 +4,7 @@ driven through the transport-free stores against a real PostgreSQL."""
 from __future__ import annotations
 
 import pytest
-from claimer.support import Stores, counters, full_count, new_pipeline, packs_of, stage
+from claimer.stores import Stores, batches, counters, full_count, new_pipeline, packs_of, stage
 
 from hevlayer.claimer.leases import ClaimRequest
 from hevlayer.client.enums import TransitionOutcome
@@ -175,8 +175,6 @@ async def test_scan_forget_and_describe(stores: Stores) -> None:
 
 
 async def test_row_enqueue_skip_unchanged(stores: Stores) -> None:
-    from claimer.test_claimer_segments import batches
-
     pid = await new_pipeline(stores, backend="row")
     totals = await stores.documents.enqueue(batches(pid, ["a", "b", "a"], ["1", "2", "1"]))
     assert (totals.enqueued, totals.unchanged, totals.segments_created) == (2, 0, 0)

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from foundation.conftest import start_claimer
 from gateway.helpers import eventually, http_json, metric_samples
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.processes import start_claimer
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.client.channel import open_channel

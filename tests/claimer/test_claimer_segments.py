@@ -3,36 +3,14 @@ segment rows, manifests, splits, expiry, poison, and nothing left behind."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
-from claimer.support import Stores, counters, full_count, new_pipeline, packs_of, stage
+from claimer.stores import Stores, batches, counters, full_count, keys, new_pipeline, packs_of, stage
 
-from hevlayer.claimer.documents import EnqueueBatch
 from hevlayer.claimer.leases import ClaimRequest
-from hevlayer.claimer.manifests import decode_manifest, encode_manifest, segments_prefix
+from hevlayer.claimer.manifests import decode_manifest, encode_manifest
 from hevlayer.client.enums import TransitionOutcome
 from hevlayer.client.types import StagedRecord
-
-
-async def batches(
-    pipeline_id: str,
-    ids: Sequence[str],
-    hashes: Sequence[str] | None = None,
-    *,
-    per_message: int = 7,
-    stage: str = "",
-    skip_unchanged: bool = False,
-) -> AsyncIterator[EnqueueBatch]:
-    """An EnqueueIds stream of ``ids``, ``per_message`` ids per message."""
-    hashes = list(hashes) if hashes is not None else [""] * len(ids)
-    for start in range(0, len(ids), per_message):
-        yield EnqueueBatch(
-            pipeline_id,
-            ids[start : start + per_message],
-            hashes[start : start + per_message],
-            stage=stage,
-            skip_unchanged=skip_unchanged,
-        )
 
 
 async def segment_rows(stores: Stores, pipeline_id: str) -> int:
@@ -40,11 +18,6 @@ async def segment_rows(stores: Stores, pipeline_id: str) -> int:
         return int(
             await conn.fetchval("SELECT count(*) FROM queue_segments WHERE pipeline_id = $1", pipeline_id)
         )
-
-
-async def keys(stores: Stores, pipeline_id: str) -> list[str]:
-    assert stores.objects is not None
-    return await stores.objects.list_keys(segments_prefix(pipeline_id))
 
 
 def test_manifest_roundtrip() -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
-from claimer.support import Stores, counters, full_count, make_stores, packs_of, unique_id
+from claimer.stores import Stores, counters, full_count, make_stores, packs_of, unique_id
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test

@@ -8,15 +8,14 @@ import uuid
 
 import grpc
 import pytest
-from claimer.test_claimer_grpc import channel, claimer, new_pipeline, violations
 from grpc import aio
+from support.claimer_grpc import new_pipeline
+from support.rpc_errors import violations
 
 from hevlayer.api.claimer.v1 import document_state_pb2 as dpb
 from hevlayer.api.claimer.v1 import document_state_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2 as ppb
 from hevlayer.api.pipeline.v1 import pipeline_pb2_grpc
-
-__all__ = ["channel", "claimer"]  # the module's fixtures, shared with test_claimer_grpc
 
 
 async def bind(channel: aio.Channel, pipeline_id: str, instance_id: str, kind: str = "milvus_lite") -> str:

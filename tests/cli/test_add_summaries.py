@@ -15,7 +15,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from cli.support import hevlayer, make_pdf
+from support.cli import hevlayer, make_pdf
 
 from hevlayer.api.summary.v1 import summary_pb2 as pb
 from hevlayer.cli.summaries import job_id_for

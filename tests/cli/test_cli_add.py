@@ -14,8 +14,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from cli.conftest import CliStack
-from cli.support import CONTROL, Ran, hevlayer, sample_tree
+from support.cli import CONTROL, Ran, hevlayer, sample_tree
+from support.stacks import CliStack
 
 from hevlayer.api.staging.v1 import staging_pb2
 from hevlayer.client import Client

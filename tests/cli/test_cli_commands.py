@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from cli.conftest import CliStack
-from cli.support import CONTROL, hevlayer
+from support.cli import CONTROL, hevlayer
+from support.stacks import CliStack
 
 from hevlayer.devstack.ports import free_port
 

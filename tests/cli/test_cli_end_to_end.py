@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli.support import CONTROL, Ran, hevlayer, sample_tree
+from support.cli import CONTROL, Ran, hevlayer, sample_tree
 
 from hevlayer.cli import corpus
 from hevlayer.cli.ingest import extract

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cli.support import CONTROL, sample_tree
+from support.cli import CONTROL, sample_tree
 
 from hevlayer.cli.corpus import (
     CorpusFile,

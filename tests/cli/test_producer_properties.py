@@ -12,9 +12,9 @@ from __future__ import annotations
 import itertools
 import json
 
-from cli.support import assert_covers, assert_within_budget, chunk_spans
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.cli import assert_covers, assert_within_budget, chunk_spans
 
 from hevlayer.ingest.producers import Budget, Source, select_producer
 from hevlayer.ingest.producers.base import TokenIndex, split_text

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli.support import hevlayer
+from support.cli import hevlayer
 
 from hevlayer.cli.stack import EMBEDDER_WORKER_COMMAND, UpState, has_console_script
 from hevlayer.client import Client, ClientOptions

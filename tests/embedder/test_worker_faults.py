@@ -24,13 +24,13 @@ from embedder.worker_support import (
     eventually,
     expected_rows,
     index_rows,
-    stage,
     stage_counts,
     start_embedder,
     start_stack,
     unique,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from support.staging import stage_documents
 
 from hevlayer.client.channel import open_channel
 from hevlayer.devstack import SeaweedS3
@@ -83,7 +83,7 @@ async def test_sigkill_mid_batch_then_a_new_embedder_leaves_every_chunk_exactly_
             await create_pipeline(channel, pipeline_id)
             # ~70-token chunks: the embedder needs seconds for them, so the kill lands mid-run.
             staged = {f"doc-{i:02d}": document(f"doc-{i:02d}", chunks=4, words=40) for i in range(60)}
-            await stage(channel, pipeline_id, list(staged.values()))
+            await stage_documents(channel, pipeline_id, list(staged.values()))
             lease = {"EMBEDDER_WORKER_LEASE_SECONDS": "3", "EMBEDDER_WORKER_BATCH_SIZE": "8"}
             first = start_embedder(service_factory, triton.url, stack.gateway_address, pipeline_id, **lease)
 
@@ -108,7 +108,7 @@ async def test_sigkill_mid_batch_then_a_new_embedder_leaves_every_chunk_exactly_
             changed = indexed[:3] + held[:3]
             for doc_id in changed:
                 staged[doc_id] = document(doc_id, chunks=2, version=2)
-            await stage(channel, pipeline_id, [staged[d] for d in changed])
+            await stage_documents(channel, pipeline_id, [staged[d] for d in changed])
 
             start_embedder(service_factory, triton.url, stack.gateway_address, pipeline_id, **lease)
             await all_indexed(channel, pipeline_id, len(staged))
@@ -137,7 +137,7 @@ async def test_a_triton_outage_mid_run_is_retried_and_loses_nothing(
             await create_pipeline(channel, pipeline_id)
             # ~100-token chunks: Triton needs a few seconds for them, so the outage hits mid-run.
             staged = {f"doc-{i:02d}": document(f"doc-{i:02d}", chunks=3, words=60) for i in range(60)}
-            await stage(channel, pipeline_id, list(staged.values()))
+            await stage_documents(channel, pipeline_id, list(staged.values()))
             embedder = start_embedder(
                 service_factory,
                 triton.url,

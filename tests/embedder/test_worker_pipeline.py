@@ -19,13 +19,13 @@ from embedder.worker_support import (
     eventually,
     expected_rows,
     index_rows,
-    stage,
     stage_counts,
     start_embedder,
     start_stack,
     unique,
 )
 from grpc import aio
+from support.staging import stage_documents
 
 from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
 from hevlayer.client.channel import open_channel
@@ -63,7 +63,7 @@ async def test_staged_documents_are_embedded_indexed_and_queryable(
     await create_pipeline(channel, pipeline_id)
     staged = {f"doc-{i}": document(f"doc-{i}", chunks=1 + i % 4) for i in range(24)}
     staged["empty"] = document("empty", chunks=0)
-    await stage(channel, pipeline_id, list(staged.values()))
+    await stage_documents(channel, pipeline_id, list(staged.values()))
     assert await stage_counts(channel, pipeline_id) == {"pending": len(staged)}
 
     start_embedder(service_factory, triton.url, stack.gateway_address, pipeline_id)
@@ -89,7 +89,7 @@ async def test_staged_documents_are_embedded_indexed_and_queryable(
 
     # Re-staging a document with fewer, different chunks replaces its rows: none is stale.
     staged["doc-7"] = document("doc-7", chunks=2, version=2)
-    await stage(channel, pipeline_id, [staged["doc-7"]])
+    await stage_documents(channel, pipeline_id, [staged["doc-7"]])
     await all_indexed(channel, pipeline_id, len(staged))
     assert actual_rows(await index_rows(channel, pipeline_id)) == expected_rows(staged)
 
@@ -105,7 +105,7 @@ async def test_sigterm_finishes_or_releases_what_is_held_and_exits_0(
     pipeline_id = unique()
     await create_pipeline(channel, pipeline_id)
     staged = {f"doc-{i}": document(f"doc-{i}", chunks=4) for i in range(80)}
-    await stage(channel, pipeline_id, list(staged.values()))
+    await stage_documents(channel, pipeline_id, list(staged.values()))
     embedder = start_embedder(
         service_factory,
         triton.url,
@@ -142,7 +142,7 @@ async def test_every_pipeline_but_the_excluded_ones(
     worked, solo, external = unique("worked"), unique("solo"), unique("external")
     for pipeline_id in (worked, solo, external):
         await create_pipeline(channel, pipeline_id)
-        await stage(channel, pipeline_id, [document(f"doc-{i}", chunks=2) for i in range(3)])
+        await stage_documents(channel, pipeline_id, [document(f"doc-{i}", chunks=2) for i in range(3)])
     embedder = start_embedder(
         service_factory,
         triton.url,

@@ -13,12 +13,12 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from foundation.conftest import start_claimer
 from grpc import aio
+from support.processes import start_claimer
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
@@ -145,23 +145,6 @@ async def create_pipeline(channel: aio.Channel, pipeline_id: str, **fields: obje
     await stub.CreatePipeline(
         pipeline_pb2.CreatePipelineRequest(pipeline=pipeline_pb2.Pipeline(id=pipeline_id, **fields))  # type: ignore[arg-type]
     )
-
-
-async def stage(
-    channel: aio.Channel, pipeline_id: str, documents: Sequence[document_pb2.Document], batch: int = 50
-) -> None:
-    """Stage documents through one StageDocuments stream; every one must be staged."""
-    stub = staging_pb2_grpc.StagingServiceStub(channel)
-
-    async def requests() -> AsyncIterator[staging_pb2.StageDocumentsRequest]:
-        for start in range(0, len(documents), batch):
-            yield staging_pb2.StageDocumentsRequest(
-                pipeline_id=pipeline_id, documents=documents[start : start + batch]
-            )
-
-    async for response in stub.StageDocuments(requests()):
-        for result in response.results:
-            assert result.outcome == staging_pb2.STAGE_OUTCOME_STAGED, result
 
 
 async def stage_counts(channel: aio.Channel, pipeline_id: str) -> dict[str, int]:

@@ -36,6 +36,7 @@ import asyncpg
 import grpc
 from faults.killstack import KillStack
 from grpc import aio
+from support.s3 import gateway_s3_settings
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
@@ -714,16 +715,8 @@ def audit_index(workload: Workload, result: Audit) -> None:
 async def chunk_store(stack: KillStack) -> AsyncIterator[ChunkStore]:
     """The gateway's S3 access to the stack's bucket, in this process."""
     from hevlayer.gateway.chunkstore import ChunkStore, open_s3_client
-    from hevlayer.gateway.settings import S3Settings
 
-    env = stack.s3.client_env(stack.bucket)
-    settings = S3Settings(
-        endpoint_url=env["S3_ENDPOINT_URL"],
-        access_key_id=env["S3_ACCESS_KEY_ID"],
-        secret_access_key=env["S3_SECRET_ACCESS_KEY"],
-        region=env["S3_REGION"],
-        bucket=stack.bucket,
-    )
+    settings = gateway_s3_settings(stack.s3, stack.bucket)
     async with AsyncExitStack() as exits:
         client = await open_s3_client(settings, exits)
         yield ChunkStore(client, stack.bucket)

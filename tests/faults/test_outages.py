@@ -24,7 +24,6 @@ import pytest
 import yaml
 from fakes.turbopuffer_server import FakeTurbopufferThread
 from faults.services import Processes, write_document
-from foundation.conftest import start_claimer, start_gateway
 from gateway.helpers import (
     claim,
     create_pipeline,
@@ -37,6 +36,7 @@ from gateway.helpers import (
 )
 from google.rpc import error_details_pb2
 from grpc import aio
+from support.processes import start_claimer, start_gateway
 
 from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3

@@ -14,9 +14,9 @@ import grpc
 import pytest
 from faults.proxy import FaultProxy
 from faults.services import Processes, write_document
-from foundation.conftest import start_claimer, start_gateway
 from gateway.helpers import claim, create_pipeline, document, get_document, pack_keys, read_chunks, stage
 from grpc import aio
+from support.processes import start_claimer, start_gateway
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.devstack import SeaweedS3

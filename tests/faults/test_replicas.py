@@ -20,7 +20,6 @@ import grpc
 import pytest
 from fakes.turbopuffer_server import FakeTurbopufferThread
 from faults.services import Processes, write_document
-from foundation.conftest import start_claimer, start_gateway
 from gateway.helpers import (
     claim,
     create_pipeline,
@@ -31,10 +30,11 @@ from gateway.helpers import (
     pack_keys,
     read_chunks,
     stage,
-    violations,
 )
 from google.rpc import error_details_pb2
 from grpc import aio
+from support.processes import start_claimer, start_gateway
+from support.rpc_errors import violations
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc

@@ -17,10 +17,10 @@ from typing import Any
 
 import grpc
 import pytest
-from foundation.conftest import start_claimer, start_gateway
 from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.processes import start_claimer, start_gateway
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.lease.v1 import lease_pb2 as pb

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from foundation.conftest import SliceStack, start_claimer, start_gateway
 from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.processes import start_claimer, start_gateway
+from support.stacks import SliceStack
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2 as pb
 from hevlayer.api.pipeline.v1 import pipeline_pb2_grpc

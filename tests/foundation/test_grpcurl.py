@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from foundation.conftest import SliceStack
+from support.stacks import SliceStack
 
 PUBLIC_SERVICES = [
     "hevlayer.api.index.v1.IndexService",

@@ -11,11 +11,11 @@ import aiohttp
 import asyncpg
 import grpc
 import pytest
-from foundation.conftest import SliceStack
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.stacks import SliceStack
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2 as pb
 from hevlayer.api.pipeline.v1 import pipeline_pb2_grpc

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from foundation.conftest import start_claimer, start_gateway
 from gateway.helpers import http_json
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 from grpc import aio
+from support.processes import start_claimer, start_gateway
 
+from hevlayer.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hevlayer.client._requests import start_writer
 from hevlayer.client.channel import open_channel
 from hevlayer.common.auth import SeedToken, bearer_metadata, generate_token, write_seed_file
@@ -122,3 +123,27 @@ async def call_method(channel: aio.Channel, service: str, method: Any, request: 
             await stream
     finally:
         await asyncio.gather(writer, return_exceptions=True)
+
+
+GATEWAY_SERVICES = (
+    "hevlayer.api.pipeline.v1.PipelineService",
+    "hevlayer.api.staging.v1.StagingService",
+    "hevlayer.api.lease.v1.LeaseService",
+    "hevlayer.api.index.v1.IndexService",
+    "hevlayer.api.auth.v1.TokenService",
+)
+ROLE_OF = {"stager": auth_pb2.ROLE_STAGER, "worker": auth_pb2.ROLE_WORKER, "reader": auth_pb2.ROLE_READER}
+
+
+async def make_token(admin: aio.Channel, role: auth_pb2.Role.ValueType, pipelines: Sequence[str] = ()) -> str:
+    """A new token's secret (every pipeline when ``pipelines`` is empty)."""
+    response = await auth_pb2_grpc.TokenServiceStub(admin).CreateToken(
+        auth_pb2.CreateTokenRequest(
+            name=f"test {uuid.uuid4().hex[:6]}",
+            role=role,
+            all_pipelines=not pipelines,
+            pipeline_ids=list(pipelines),
+        )
+    )
+    secret: str = response.secret
+    return secret

@@ -17,7 +17,6 @@ from typing import Any
 from xml.etree import ElementTree
 
 import grpc
-from google.rpc import error_details_pb2
 from grpc import aio
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,7 +25,6 @@ from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
-from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.ports import free_port
 
@@ -176,17 +174,6 @@ async def get_document(channel: aio.Channel, pipeline_id: str, document_id: str)
     )
     state: staging_pb2.DocumentState = response.document
     return state
-
-
-def violations(error: aio.AioRpcError) -> list[str]:
-    """Field paths of the BadRequest detail of a failed call."""
-    found: list[str] = []
-    for detail in status_from_rpc_error(error).details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found.extend(v.field for v in bad.field_violations)
-    return found
 
 
 def bucket_keys(s3: SeaweedS3, bucket: str, prefix: str = "") -> list[str]:

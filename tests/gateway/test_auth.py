@@ -10,14 +10,13 @@ visible to the next call.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from gateway.auth_stack import AuthStack, call_method, running_auth_stack
+from gateway.auth_stack import GATEWAY_SERVICES, ROLE_OF, AuthStack, call_method, make_token
 from gateway.helpers import create_pipeline, document, http_json, pack_keys, stage, unique
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
@@ -30,47 +29,7 @@ from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
 from hevlayer.client.channel import open_channel
 from hevlayer.client.methods import ACCESS, Access
 from hevlayer.common.auth import bearer_metadata, generate_token
-from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.testing import claimer_metadata
-
-
-@pytest.fixture(scope="module")
-def auth_stack(
-    database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[AuthStack]:
-    tmp = tmp_path_factory.mktemp("auth")
-    with running_auth_stack(
-        database_url,
-        s3,
-        tmp,
-        "auth",
-        GATEWAY_CACHE_DIR=str(tmp / "cache"),
-        GATEWAY_MILVUS_LITE_PATH=str(tmp / "vectors.db"),
-    ) as stack:
-        yield stack
-
-
-@pytest.fixture
-async def admin(auth_stack: AuthStack) -> AsyncIterator[aio.Channel]:
-    channel = auth_stack.channel(auth_stack.admin)
-    try:
-        yield channel
-    finally:
-        await channel.close()
-
-
-async def make_token(admin: aio.Channel, role: auth_pb2.Role.ValueType, pipelines: Sequence[str] = ()) -> str:
-    """A new token's secret (every pipeline when ``pipelines`` is empty)."""
-    response = await auth_pb2_grpc.TokenServiceStub(admin).CreateToken(
-        auth_pb2.CreateTokenRequest(
-            name=f"test {uuid.uuid4().hex[:6]}",
-            role=role,
-            all_pipelines=not pipelines,
-            pipeline_ids=list(pipelines),
-        )
-    )
-    secret: str = response.secret
-    return secret
 
 
 async def document_counts(admin: aio.Channel, pipeline_id: str) -> dict[str, int]:
@@ -344,14 +303,6 @@ def test_the_internal_secret_is_required_to_start_a_claimer(tmp_path: Path) -> N
 
 # -- every public method, every role --------------------------------------------------------------
 
-GATEWAY_SERVICES = (
-    "hevlayer.api.pipeline.v1.PipelineService",
-    "hevlayer.api.staging.v1.StagingService",
-    "hevlayer.api.lease.v1.LeaseService",
-    "hevlayer.api.index.v1.IndexService",
-    "hevlayer.api.auth.v1.TokenService",
-)
-ROLE_OF = {"stager": auth_pb2.ROLE_STAGER, "worker": auth_pb2.ROLE_WORKER, "reader": auth_pb2.ROLE_READER}
 NOWHERE = "matrix-nowhere"
 """A pipeline that never exists: an admitted call fails in the service and changes nothing."""
 

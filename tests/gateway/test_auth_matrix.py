@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from gateway.auth_stack import AuthStack, call_method
+from gateway.auth_stack import GATEWAY_SERVICES, ROLE_OF, AuthStack, call_method, make_token
 from gateway.helpers import (
     DIM,
     WORKER,
@@ -41,7 +41,6 @@ from gateway.helpers import (
     http_json,
     stage,
 )
-from gateway.test_auth import GATEWAY_SERVICES, ROLE_OF, admin, auth_stack, make_token
 from google.protobuf import descriptor_pool, field_mask_pb2
 from google.protobuf.message import Message
 from grpc import aio
@@ -55,8 +54,6 @@ from hevlayer.api.staging.v1 import staging_pb2
 from hevlayer.client.methods import ACCESS, TOKEN_SERVICE, Access
 from hevlayer.common.auth import ADMIN
 from hevlayer.gateway.rest import RestApi
-
-__all__ = ["admin", "auth_stack"]  # the fixtures of tests/gateway/test_auth.py, for this module
 
 CLAIM_STAGE = "embedding"
 DESTRUCTIVE = ("WriteVectors", "TransitionDocuments", "DeleteDocuments", "RevokeToken", "DeletePipeline")

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
 import pytest
-from gateway.conftest import GatewayStack, start_stack
 from gateway.helpers import CLAIM_STAGE, DIM, WORKER, claim, create_pipeline, get_document, stage
 from grpc import aio
+from support.stacks import GatewayStack, start_stack
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2 as ix

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from gateway.conftest import RedisServer
 from gateway.fake_aerospike import FakeAerospikeClient
 from prometheus_client.parser import text_string_to_metric_families
+from support.redis_server import RedisServer
 
 from hevlayer.common import metrics
 from hevlayer.devstack.ports import free_port

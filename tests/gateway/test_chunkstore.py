@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.s3 import gateway_s3_settings
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.client.naming import object_key_of, pack_prefix
@@ -110,23 +111,12 @@ def test_pack_keys_are_fresh_and_under_the_pipeline_prefix() -> None:
 # -- against SeaweedFS -----------------------------------------------------------------------------
 
 
-def s3_settings(s3: SeaweedS3, bucket: str) -> S3Settings:
-    env = s3.client_env(bucket)
-    return S3Settings(
-        endpoint_url=env["S3_ENDPOINT_URL"],
-        access_key_id=env["S3_ACCESS_KEY_ID"],
-        secret_access_key=env["S3_SECRET_ACCESS_KEY"],
-        region=env["S3_REGION"],
-        bucket=bucket,
-    )
-
-
 @pytest.fixture
 async def store(s3: SeaweedS3, s3_bucket: str) -> AsyncIterator[ChunkStore]:
     from hevlayer.gateway.chunkstore import open_s3_client
 
     async with AsyncExitStack() as stack:
-        client: Any = await open_s3_client(s3_settings(s3, s3_bucket), stack)
+        client: Any = await open_s3_client(gateway_s3_settings(s3, s3_bucket), stack)
         yield ChunkStore(client, s3_bucket)
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway.conftest import GatewayStack
 from gateway.helpers import DIM, claim, create_pipeline, document, embed, eventually, get_document, stage
 from grpc import aio
+from support.stacks import GatewayStack
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc

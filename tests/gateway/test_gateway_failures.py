@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from gateway.conftest import GatewayStack, start_stack
 from gateway.helpers import create_pipeline, document, eventually, http_json, pack_keys, stage
 from grpc import aio
+from support.stacks import GatewayStack, start_stack
 
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.processes import ServiceProcess

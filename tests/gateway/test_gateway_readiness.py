@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 from fakes.turbopuffer_server import FakeTurbopuffer
-from foundation.conftest import start_gateway
-from gateway.conftest import GatewayStack, start_stack
 from gateway.helpers import eventually, http_json, metric_samples
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.processes import start_gateway
+from support.stacks import GatewayStack, start_stack
 
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.ports import free_port

@@ -11,7 +11,6 @@ from typing import Any
 
 import grpc
 import pytest
-from gateway.conftest import GatewayStack, start_stack
 from gateway.helpers import (
     DIM,
     claim,
@@ -22,10 +21,11 @@ from gateway.helpers import (
     get_document,
     stage,
     unreachable_turbopuffer,
-    violations,
 )
 from google.protobuf import field_mask_pb2
 from grpc import aio
+from support.rpc_errors import violations
+from support.stacks import GatewayStack, start_stack
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2 as ix

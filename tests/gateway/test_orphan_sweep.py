@@ -17,7 +17,6 @@ from contextlib import AsyncExitStack
 
 import grpc
 import pytest
-from gateway.conftest import GatewayStack
 from gateway.helpers import (
     claim,
     create_pipeline,
@@ -26,10 +25,11 @@ from gateway.helpers import (
     pack_keys,
     read_chunks,
     stage,
-    violations,
 )
-from gateway.test_chunkstore import s3_settings
 from grpc import aio
+from support.rpc_errors import violations
+from support.s3 import gateway_s3_settings
+from support.stacks import GatewayStack
 
 from hevlayer.api.claimer.v1 import document_state_pb2, document_state_pb2_grpc
 from hevlayer.client.channel import open_channel
@@ -50,7 +50,7 @@ HOUR_NS = 3600 * 10**9
 @pytest.fixture
 async def stager(gateway_stack: GatewayStack) -> AsyncIterator[Stager]:
     async with AsyncExitStack() as stack:
-        client = await open_s3_client(s3_settings(gateway_stack.s3, gateway_stack.bucket), stack)
+        client = await open_s3_client(gateway_s3_settings(gateway_stack.s3, gateway_stack.bucket), stack)
         channel = open_channel(gateway_stack.claimer_address, metadata=claimer_metadata())
         stack.push_async_callback(channel.close)
         yield Stager(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -37,22 +37,14 @@ LIMITS = f"stager={RATE}:{BURST},reader={RATE}:{BURST}"
 
 
 @pytest.fixture(scope="module")
-def limited_stack(
+def auth_stack(
     database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[AuthStack]:
+    """The conftest's ``auth_stack`` (and so ``admin``), with GATEWAY_RATE_LIMITS set."""
     with running_auth_stack(
         database_url, s3, tmp_path_factory.mktemp("ratelimit"), "rate", GATEWAY_RATE_LIMITS=LIMITS
     ) as stack:
         yield stack
-
-
-@pytest.fixture
-async def admin(limited_stack: AuthStack) -> AsyncIterator[aio.Channel]:
-    channel = limited_stack.channel(limited_stack.admin)
-    try:
-        yield channel
-    finally:
-        await channel.close()
 
 
 async def make_token(admin: aio.Channel, role: auth_pb2.Role.ValueType, pipeline_id: str) -> str:
@@ -101,13 +93,13 @@ def put_raw(url: str, data: bytes, token: str) -> tuple[int, Any, str]:
 
 
 async def test_grpc_refuses_a_token_over_its_rate_with_retry_info_and_not_another(
-    limited_stack: AuthStack, admin: aio.Channel
+    auth_stack: AuthStack, admin: aio.Channel
 ) -> None:
     pipeline_id = await create_pipeline(admin)
     busy = await make_token(admin, auth_pb2.ROLE_READER, pipeline_id)
     calm = await make_token(admin, auth_pb2.ROLE_READER, pipeline_id)
     request = pipeline_pb2.GetPipelineStatusRequest(pipeline_id=pipeline_id)
-    async with limited_stack.channel(busy) as channel, limited_stack.channel(calm) as other:
+    async with auth_stack.channel(busy) as channel, auth_stack.channel(calm) as other:
         stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
         for _ in range(BURST):
             await stub.GetPipelineStatus(request)
@@ -126,24 +118,24 @@ async def test_grpc_refuses_a_token_over_its_rate_with_retry_info_and_not_anothe
         other_stub = pipeline_pb2_grpc.PipelineServiceStub(other)
         for _ in range(BURST):
             await other_stub.GetPipelineStatus(request)
-    refusals = metric_samples(limited_stack.gateway_http, "gateway_rate_limited_total")
+    refusals = metric_samples(auth_stack.gateway_http, "gateway_rate_limited_total")
     assert any(labels == {"role": "reader", "transport": "grpc"} and value >= 1 for labels, value in refusals)
     # The counter is by role and transport only: no token (id or secret) in any label.
     assert all(set(labels) == {"role", "transport"} for labels, _ in refusals)
 
 
 async def test_the_client_library_surfaces_retry_after_and_a_refused_stage_changes_nothing(
-    limited_stack: AuthStack, admin: aio.Channel
+    auth_stack: AuthStack, admin: aio.Channel
 ) -> None:
     pipeline_id = await create_pipeline(admin)
     stager = await make_token(admin, auth_pb2.ROLE_STAGER, pipeline_id)
     options = ClientOptions(metadata=[bearer_metadata(stager)])
-    async with Client.connect(limited_stack.gateway_address, options) as client:
+    async with Client.connect(auth_stack.gateway_address, options) as client:
         for i in range(BURST):
             [result] = await client.staging.stage(pipeline_id, [document(f"doc-{i}")])
             assert result.outcome == staging_pb2.STAGE_OUTCOME_STAGED, result
         counts = await document_counts(admin, pipeline_id)
-        packs = pack_keys(limited_stack.s3, limited_stack.bucket, pipeline_id)
+        packs = pack_keys(auth_stack.s3, auth_stack.bucket, pipeline_id)
         assert counts == {"pending": BURST}
         with pytest.raises(ResourceExhausted) as caught:
             await client.staging.stage(pipeline_id, [document("doc-refused")])
@@ -153,23 +145,23 @@ async def test_the_client_library_surfaces_retry_after_and_a_refused_stage_chang
     assert 0 < error.retry_after <= 1 / RATE
     assert stager not in error.message
     assert await document_counts(admin, pipeline_id) == counts
-    assert pack_keys(limited_stack.s3, limited_stack.bucket, pipeline_id) == packs
+    assert pack_keys(auth_stack.s3, auth_stack.bucket, pipeline_id) == packs
 
 
 async def test_rest_answers_429_with_retry_after_and_a_refused_put_changes_nothing(
-    limited_stack: AuthStack, admin: aio.Channel
+    auth_stack: AuthStack, admin: aio.Channel
 ) -> None:
     pipeline_id = await create_pipeline(admin)
     stager = await make_token(admin, auth_pb2.ROLE_STAGER, pipeline_id)
     path = f"/v2/pipelines/{pipeline_id}/documents"
     chunks = {"chunks": [{"id": "c0", "text": "some text"}]}
     for i in range(BURST):
-        status, body = limited_stack.rest("PUT", f"{path}/doc-{i}", stager, chunks)
+        status, body = auth_stack.rest("PUT", f"{path}/doc-{i}", stager, chunks)
         assert status == 200, body
     counts = await document_counts(admin, pipeline_id)
-    packs = pack_keys(limited_stack.s3, limited_stack.bucket, pipeline_id)
+    packs = pack_keys(auth_stack.s3, auth_stack.bucket, pipeline_id)
     status, headers, raw = put_raw(
-        f"http://{limited_stack.gateway_http}{path}/doc-refused",
+        f"http://{auth_stack.gateway_http}{path}/doc-refused",
         b'{"chunks": [{"id": "c0", "text": "some text"}]}',
         stager,
     )
@@ -179,15 +171,15 @@ async def test_rest_answers_429_with_retry_after_and_a_refused_put_changes_nothi
     assert stager not in raw
     assert '"reason": "RATE_LIMITED"' in raw
     assert await document_counts(admin, pipeline_id) == counts
-    assert pack_keys(limited_stack.s3, limited_stack.bucket, pipeline_id) == packs
+    assert pack_keys(auth_stack.s3, auth_stack.bucket, pipeline_id) == packs
     # The same token is refused on gRPC too: one bucket per token, whatever the transport.
-    async with limited_stack.channel(stager) as channel:
+    async with auth_stack.channel(stager) as channel:
         with pytest.raises(aio.AioRpcError) as refused:
             await pipeline_pb2_grpc.PipelineServiceStub(channel).GetPipelineStatus(
                 pipeline_pb2.GetPipelineStatusRequest(pipeline_id=pipeline_id)
             )
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    refusals = metric_samples(limited_stack.gateway_http, "gateway_rate_limited_total")
+    refusals = metric_samples(auth_stack.gateway_http, "gateway_rate_limited_total")
     assert any(labels == {"role": "stager", "transport": "rest"} and value >= 1 for labels, value in refusals)
 
 
@@ -204,14 +196,14 @@ def sink_documents(stack: AuthStack, pipeline_id: str) -> set[str]:
 
 
 async def test_the_seed_rest_flow_without_worker_id_needs_the_worker_role_on_the_pipeline(
-    limited_stack: AuthStack, admin: aio.Channel
+    auth_stack: AuthStack, admin: aio.Channel
 ) -> None:
     """GET .../chunks and PUT .../vectors without worker_id act as the document's current holder:
     only a worker token of that pipeline (or admin, which ACCESS lets make every call) may."""
     pipeline_id, other_id = await create_pipeline(admin), await create_pipeline(admin)
     await stage(admin, pipeline_id, [document("doc-w", 2), document("doc-a", 2)])
     worker = await make_token(admin, auth_pb2.ROLE_WORKER, pipeline_id)
-    status, body = limited_stack.rest(
+    status, body = auth_stack.rest(
         "POST",
         f"/v2/pipelines/{pipeline_id}/claim",
         worker,
@@ -231,24 +223,24 @@ async def test_the_seed_rest_flow_without_worker_id_needs_the_worker_role_on_the
         return {"vectors": [{"id": f"{doc_id}-{j}", "vector": [1.0, float(j)]} for j in range(2)]}
 
     for who, token in outsiders.items():
-        status, body = limited_stack.rest("GET", f"{base}/doc-w/chunks", token)
+        status, body = auth_stack.rest("GET", f"{base}/doc-w/chunks", token)
         assert (status, body["error"]["status"]) == (403, "PERMISSION_DENIED"), (who, body)
-        status, body = limited_stack.rest("PUT", f"{base}/doc-w/vectors", token, vectors("doc-w"))
+        status, body = auth_stack.rest("PUT", f"{base}/doc-w/vectors", token, vectors("doc-w"))
         assert (status, body["error"]["status"]) == (403, "PERMISSION_DENIED"), (who, body)
         assert token not in str(body)
     # Refused: still claimed, nothing in the sink.
     assert await document_counts(admin, pipeline_id) == {"embedding": 2}
-    assert sink_documents(limited_stack, pipeline_id) == set()
+    assert sink_documents(auth_stack, pipeline_id) == set()
 
     # The worker token of the pipeline: the seed's calls as they are, without worker_id.
-    status, body = limited_stack.rest("GET", f"{base}/doc-w/chunks", worker)
+    status, body = auth_stack.rest("GET", f"{base}/doc-w/chunks", worker)
     assert status == 200, body
     assert [chunk["id"] for chunk in body["chunks"]] == ["doc-w-0", "doc-w-1"]
-    status, body = limited_stack.rest("PUT", f"{base}/doc-w/vectors", worker, vectors("doc-w"))
+    status, body = auth_stack.rest("PUT", f"{base}/doc-w/vectors", worker, vectors("doc-w"))
     assert status == 200, body
     assert (body["outcome"], body["stage"], body["vectors_written"]) == ("indexed", "indexed", 2), body
     # Admin may too (ACCESS: admin may make every call).
-    status, body = limited_stack.rest("PUT", f"{base}/doc-a/vectors", limited_stack.admin, vectors("doc-a"))
+    status, body = auth_stack.rest("PUT", f"{base}/doc-a/vectors", auth_stack.admin, vectors("doc-a"))
     assert status == 200, body
     assert await document_counts(admin, pipeline_id) == {"indexed": 2}
-    assert sink_documents(limited_stack, pipeline_id) == {"doc-w", "doc-a"}
+    assert sink_documents(auth_stack, pipeline_id) == {"doc-w", "doc-a"}

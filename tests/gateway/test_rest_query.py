@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from gateway.conftest import GatewayStack, start_stack
 from gateway.helpers import embed, fake_embedder, http_json, unique, unreachable_turbopuffer
 from gateway.openapi_check import check, errors, request_schema
 from google.protobuf import struct_pb2
 from grpc import aio
+from support.stacks import GatewayStack, start_stack
 
 from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
 from hevlayer.client.channel import open_channel

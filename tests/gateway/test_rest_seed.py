@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 import yaml
-from gateway.conftest import GatewayStack, start_stack
 from gateway.helpers import http_json, pack_keys, unreachable_turbopuffer
 from gateway.openapi_check import check
 from prometheus_client.parser import text_string_to_metric_families
+from support.stacks import GatewayStack, start_stack
 
 from hevlayer.devstack import SeaweedS3
 from hevlayer.gateway.openapi import openapi_document, openapi_yaml

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from gateway.conftest import GatewayStack
 from gateway.helpers import (
     DIM,
     claim,
@@ -28,6 +27,7 @@ from gateway.helpers import (
 )
 from google.protobuf import struct_pb2
 from grpc import aio
+from support.stacks import GatewayStack
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2 as ix

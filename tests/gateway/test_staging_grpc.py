@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from gateway.conftest import GatewayStack
 from gateway.helpers import (
     claim,
     create_pipeline,
@@ -20,9 +19,10 @@ from gateway.helpers import (
     read_chunks,
     stage,
     unique,
-    violations,
 )
 from grpc import aio
+from support.rpc_errors import violations
+from support.stacks import GatewayStack
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc

@@ -15,7 +15,6 @@ import json
 from typing import Any
 
 import pytest
-from cli.support import assert_covers, assert_within_budget, chunk_spans
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ingest.samples import (
@@ -28,6 +27,7 @@ from ingest.samples import (
     make_pptx,
     markdown_cell,
 )
+from support.cli import assert_covers, assert_within_budget, chunk_spans
 
 from hevlayer.ingest.producers import Budget, ProducerError, Source, chunk_kinds, select_producer
 from hevlayer.ingest.producers.table import _flatten, render

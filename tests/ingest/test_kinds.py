@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from cli.support import assert_covers, chunk_spans
 from ingest.samples import (
     code_cell,
     make_docx,
@@ -18,6 +17,7 @@ from ingest.samples import (
     make_pptx,
     markdown_cell,
 )
+from support.cli import assert_covers, chunk_spans
 
 from hevlayer.ingest.files import FileEntry, Root, Skipped, examine
 from hevlayer.ingest.producers import (

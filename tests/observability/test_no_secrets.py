@@ -39,9 +39,9 @@ from typing import Any
 import grpc
 import pytest
 from fakes.turbopuffer_server import FakeTurbopuffer, FakeTurbopufferThread
-from foundation.conftest import start_claimer, start_gateway
 from gateway.helpers import claim, create_pipeline, document, eventually, http_json, read_chunks, stage
 from grpc import aio
+from support.processes import start_claimer, start_gateway
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2 as ix

@@ -31,8 +31,8 @@ from pathlib import Path
 import grpc
 import pytest
 from client.certificates import Authority
-from foundation.conftest import start_claimer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.processes import start_claimer
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2

@@ -1,5 +1,5 @@
-"""Helpers of the CLI tests (imported as ``cli.support``): tiny PDFs, checks on chunks,
-and running the ``hevlayer`` command as a subprocess."""
+"""Helpers of the CLI and ingest tests: tiny PDFs, checks on producers' chunks (coverage,
+budget, spans), and running the ``hevlayer`` command as a subprocess."""
 
 from __future__ import annotations
 

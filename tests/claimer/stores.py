@@ -1,17 +1,18 @@
 """Helpers of the claimer tests: a controllable clock, stores wired on a
-real PostgreSQL and S3, and a full (scanning) count to check the counters."""
+real PostgreSQL and S3, a full (scanning) count to check the counters, EnqueueIds
+streams (``batches``) and the segment objects of a pipeline (``keys``)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from hevlayer.claimer.database import Database
-from hevlayer.claimer.documents import DocumentStore
+from hevlayer.claimer.documents import DocumentStore, EnqueueBatch
 from hevlayer.claimer.leases import LeaseStore
-from hevlayer.claimer.manifests import ManifestCache, ObjectStore
+from hevlayer.claimer.manifests import ManifestCache, ObjectStore, segments_prefix
 from hevlayer.claimer.pipelines import PipelineDefaults, PipelineSpec, PipelineStore
 from hevlayer.claimer.segments import SegmentQueue
 from hevlayer.client.naming import incarnation_of, pack_prefix
@@ -126,3 +127,29 @@ async def full_count(
     for stage_name, count in (extra or {}).items():
         out[stage_name] = out.get(stage_name, 0) + count
     return {k: v for k, v in out.items() if v}
+
+
+async def batches(
+    pipeline_id: str,
+    ids: Sequence[str],
+    hashes: Sequence[str] | None = None,
+    *,
+    per_message: int = 7,
+    stage: str = "",
+    skip_unchanged: bool = False,
+) -> AsyncIterator[EnqueueBatch]:
+    """An EnqueueIds stream of ``ids``, ``per_message`` ids per message."""
+    hashes = list(hashes) if hashes is not None else [""] * len(ids)
+    for start in range(0, len(ids), per_message):
+        yield EnqueueBatch(
+            pipeline_id,
+            ids[start : start + per_message],
+            hashes[start : start + per_message],
+            stage=stage,
+            skip_unchanged=skip_unchanged,
+        )
+
+
+async def keys(stores: Stores, pipeline_id: str) -> list[str]:
+    assert stores.objects is not None
+    return await stores.objects.list_keys(segments_prefix(pipeline_id))
