@@ -14,8 +14,9 @@
   self-heals: ``up`` restarts a process that dies (a test's kill, a crash) on
   the same ports; only a crash loop stops it (docs/operations.md).
 
-Helpers live in ``hevlayer.devstack.testing`` rather than here, so that test
-modules never import ``conftest`` (there is more than one).
+Helpers live in ``hevlayer.devstack.testing`` and ``tests/support`` rather than
+here, so that test modules never import ``conftest`` (there is more than one;
+tests/test_helper_imports.py checks it).
 
 Every server is stopped at teardown even when a test fails, and atexit hooks
 in hevlayer.devstack stop whatever an aborted run left behind.
