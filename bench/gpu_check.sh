@@ -5,8 +5,8 @@
 #
 #     bench/gpu_check.sh
 #
-# Needs: an NVIDIA GPU with its driver (nvidia-smi), the repository's venv (.venv, `make bootstrap`),
-# and one of
+# Needs: an NVIDIA GPU with its driver (nvidia-smi), the repository's venv and local servers
+# (`make bootstrap`: .venv, PostgreSQL and SeaweedFS for the pipeline bench), curl, and one of
 #   * TRITON_URL=host:port   a tritonserver already serving build/triton-gpu (or the same repository);
 #   * `tritonserver` on PATH with the onnxruntime and python backends (inside NVIDIA's
 #     nvcr.io/nvidia/tritonserver:<yy.mm>-py3 image, with `pip install tokenizers`);
@@ -43,6 +43,8 @@ if [[ ! -x "$PY" ]]; then
 fi
 
 left() { echo $((BUDGET - ($(date +%s) - START))); }
+# Seconds for the next step: a share of what is left, at least 1 (`timeout 0` would mean no limit).
+share() { local s=$(( ($(left) - 10) / $1 )); echo $(( s > 0 ? s : 1 )); }
 
 echo "== GPU"
 nvidia-smi --query-gpu=name,driver_version,memory.total,utilization.gpu --format=csv,noheader
@@ -103,11 +105,11 @@ else
 fi
 
 echo "== serving: raw Triton on the GPU ensemble (bench/triton_serving.py)"
-timeout $(( $(left) / 3 )) "$PY" bench/triton_serving.py --triton-url "$URL" --model-name minilm \
+timeout "$(share 3)" "$PY" bench/triton_serving.py --triton-url "$URL" --model-name minilm \
     --skip-in-process --batch 64 --concurrency 4 --realistic 1024 --short 4096 --rounds 3
 
 echo "== efficiency: the pipeline (stage -> claim -> embed -> write) vs raw Triton (bench/pipeline_efficiency.py)"
-timeout $(( $(left) - 10 )) "$PY" bench/pipeline_efficiency.py --triton-url "$URL" --model-name minilm \
+timeout "$(share 1)" "$PY" bench/pipeline_efficiency.py --triton-url "$URL" --model-name minilm \
     --batch 64 --concurrency 4 --chunks 1024 --rounds 3
 
 echo "== gpu_check done in $(( $(date +%s) - START ))s"
