@@ -269,7 +269,7 @@ def test_tokens_create_list_and_revoke(suite: Suite, tmp_path: Path) -> None:
     [row] = [r for r in listed.stdout.splitlines() if r.startswith(token_id)]
     assert "reader" in row
     assert pipeline in row
-    assert secret.rsplit("_", 1)[-1] not in listed.stdout
+    assert secret.split("_", 2)[-1] not in listed.stdout
 
     as_reader = {
         "HEVLAYER_DATA_DIR": str(tmp_path),

@@ -48,7 +48,7 @@ async def refused(call: object, code: grpc.StatusCode, secret: str | None) -> st
     details = caught.value.details() or ""
     if secret:
         assert secret not in details
-        assert secret.rsplit("_", 1)[-1] not in details
+        assert secret.split("_", 2)[-1] not in details  # the secret part (it may hold "_")
     return details
 
 
@@ -197,7 +197,7 @@ async def test_only_admin_manages_tokens_and_no_listing_holds_a_secret(
     wire = listed.SerializeToString()
     for secret in (stager, auth_stack.admin):
         assert secret.encode() not in wire
-        assert secret.rsplit("_", 1)[-1].encode() not in wire
+        assert secret.split("_", 2)[-1].encode() not in wire
 
 
 async def test_create_token_names_the_invalid_field(admin: aio.Channel) -> None:

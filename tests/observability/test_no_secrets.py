@@ -73,7 +73,7 @@ def secrets(postgres_password: str, s3: SeaweedS3, turbopuffer_key: str) -> dict
         "Turbopuffer API key": turbopuffer_key,
     }
     found["API token"] = API_TOKEN.secret
-    found["API token's secret part"] = API_TOKEN.secret.rsplit("_", 1)[-1]
+    found["API token's secret part"] = API_TOKEN.secret.split("_", 2)[-1]
     found["forged API token"] = FORGED_TOKEN
     found["internal token"] = os.environ["CLAIMER_INTERNAL_TOKEN"]
     return found
