@@ -107,6 +107,8 @@ METHODS: tuple[Method, ...] = (
     Method(DOCUMENT_STATE_SERVICE, "ForgetDocuments", False, UNARY),
     Method(DOCUMENT_STATE_SERVICE, "GetContentHashes", True, UNARY),
     Method(DOCUMENT_STATE_SERVICE, "GetLiveObjects", True, UNARY),
+    Method(DOCUMENT_STATE_SERVICE, "CondemnObjects", True, UNARY),
+    Method(DOCUMENT_STATE_SERVICE, "BindSinkInstance", True, UNARY),
     Method(TOKEN_VERIFICATION_SERVICE, "VerifyToken", True, UNARY),
 )
 
@@ -180,6 +182,8 @@ ACCESS: dict[str, Access] = {
         (DOCUMENT_STATE_SERVICE, "ForgetDocuments", _INTERNAL),
         (DOCUMENT_STATE_SERVICE, "GetContentHashes", _INTERNAL),
         (DOCUMENT_STATE_SERVICE, "GetLiveObjects", _INTERNAL),
+        (DOCUMENT_STATE_SERVICE, "CondemnObjects", _INTERNAL),
+        (DOCUMENT_STATE_SERVICE, "BindSinkInstance", _INTERNAL),
         (TOKEN_VERIFICATION_SERVICE, "VerifyToken", _INTERNAL),
     )
 }
