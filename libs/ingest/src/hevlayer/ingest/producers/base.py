@@ -47,6 +47,11 @@ SNIPPET_CHARS = 240
 class ProducerError(Exception):
     """The object cannot be turned into chunks; the message says why (shown to the user)."""
 
+    @classmethod
+    def unreadable(cls, what: str, exc: BaseException) -> ProducerError:
+        """``unreadable <what>: <the parser's message on one line, or its type>``."""
+        return cls(f"unreadable {what}: {one_line(str(exc), 200) or type(exc).__name__}")
+
 
 PACKAGE_ERRORS: tuple[type[Exception], ...] = (
     zipfile.BadZipFile,

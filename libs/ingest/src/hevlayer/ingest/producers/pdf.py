@@ -44,7 +44,7 @@ def page_texts(data: bytes) -> tuple[list[str], str]:
     except ProducerError:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:
-        raise ProducerError(f"unreadable PDF: {one_line(str(exc), 200) or type(exc).__name__}") from None
+        raise ProducerError.unreadable("PDF", exc) from None
     return pages, title
 
 

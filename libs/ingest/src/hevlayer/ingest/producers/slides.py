@@ -67,8 +67,7 @@ def slide_texts(data: bytes) -> tuple[list[tuple[str, str]], str]:
                     parts.append("Notes: " + notes.text.strip())
             slides.append((title, "\n\n".join(parts)))
     except unreadable as exc:
-        detail = one_line(str(exc), 200) or type(exc).__name__
-        raise ProducerError(f"unreadable PowerPoint file: {detail}") from None
+        raise ProducerError.unreadable("PowerPoint file", exc) from None
     return slides, deck_title
 
 

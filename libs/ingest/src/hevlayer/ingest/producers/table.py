@@ -178,8 +178,7 @@ def parquet_table(data: bytes) -> tuple[list[str], list[str], list[list[tuple[st
             for record in batch.to_pylist():
                 rows.append(list(_flatten(record)))
     except (pa.ArrowException, OSError, ValueError, OverflowError, IndexError, KeyError, TypeError) as exc:
-        detail = one_line(str(exc), 200) or type(exc).__name__
-        raise ProducerError(f"unreadable Parquet: {detail}") from None
+        raise ProducerError.unreadable("Parquet", exc) from None
     columns = [field.name for field in schema]
     lines = [f"{f.name}: {f.type}" + ("" if f.nullable else " (not null)") for f in schema]
     return columns, lines, rows

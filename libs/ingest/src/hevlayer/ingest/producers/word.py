@@ -66,8 +66,7 @@ def blocks(data: bytes) -> tuple[list[tuple[str, int]], str]:
                     if cells:
                         result.append((" | ".join(cells), 0))
     except unreadable as exc:
-        detail = one_line(str(exc), 200) or type(exc).__name__
-        raise ProducerError(f"unreadable Word document: {detail}") from None
+        raise ProducerError.unreadable("Word document", exc) from None
     return result, title
 
 
