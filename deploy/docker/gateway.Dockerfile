@@ -21,6 +21,7 @@ WORKDIR /src
 COPY pyproject.toml uv.lock ./
 COPY libs ./libs
 COPY services ./services
+COPY tools ./tools
 RUN uv sync --package hevlayer-gateway --frozen --no-dev --no-editable --python /usr/local/bin/python3.11
 
 # Runtime: the same Python image, the environment, a non-root user; no uv, no compilers.

@@ -25,6 +25,7 @@ WORKDIR /src
 COPY pyproject.toml uv.lock ./
 COPY libs ./libs
 COPY services ./services
+COPY tools ./tools
 RUN uv sync --package hevlayer-embedder --frozen --no-dev --no-editable --python /usr/local/bin/python3.11
 COPY deploy/triton/model_repository ./deploy/triton/model_repository
 RUN /opt/hevlayer/bin/hevlayer-triton-repository --source deploy/triton/model_repository --output /models

@@ -57,16 +57,18 @@ VENV_IN_IMAGE = "/opt/hevlayer"
 WORKDIR_IN_IMAGE = "/var/lib/hevlayer"
 START_TIMEOUT = 120.0  # upper bound; the services are normally SERVING within seconds
 
-# Every package under services/ is a deployable with its own image, except the hevlayer command.
-NOT_DEPLOYED = {"cli"}
-DEPLOYABLES = sorted(
-    p.parent.name for p in (ROOT / "services").glob("*/pyproject.toml") if p.parent.name not in NOT_DEPLOYED
-)
+# Every package under services/ is a deployable with its own image (the hevlayer command is a tool,
+# under tools/, and has none).
+DEPLOYABLES = sorted(p.parent.name for p in (ROOT / "services").glob("*/pyproject.toml"))
 # Debian packages a runtime stage installs besides Python: tesseract for the image producer's OCR.
 SYSTEM_PACKAGES = {"extractor": {"tesseract-ocr"}}
 WORKSPACE_MEMBERS = sorted(
     tomllib.loads(p.read_text())["project"]["name"]
-    for p in [*(ROOT / "libs").glob("*/pyproject.toml"), *(ROOT / "services").glob("*/pyproject.toml")]
+    for p in [
+        *(ROOT / "libs").glob("*/pyproject.toml"),
+        *(ROOT / "services").glob("*/pyproject.toml"),
+        *(ROOT / "tools").glob("*/pyproject.toml"),
+    ]
 )
 OCI_LABELS = {
     "org.opencontainers.image.title": "text",
