@@ -42,12 +42,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import grpc
-
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.client.naming import pack_prefix
 from hevlayer.client.types import StagedRecord, StagedResult
-from hevlayer.common.errors import Internal, ServiceError, Unavailable, Violation
+from hevlayer.common.errors import Internal, InvalidArgument, NotFound, ServiceError, Unavailable, Violation
 from hevlayer.common.telemetry import traceparent
 from hevlayer.gateway.cache import ResilientCache
 from hevlayer.gateway.chunkstore import ChunkStore, SegmentCodec, new_pack_key
@@ -435,14 +433,14 @@ class Stager:
             if error.reason == PACK_CONDEMNED:
                 self._rewrite(batch, key, error)
                 return
-            if len(batch) > 1 and error.code is grpc.StatusCode.INVALID_ARGUMENT:
+            if len(batch) > 1 and isinstance(error, InvalidArgument):
                 # One caller's document may have made the claimer refuse the whole
                 # batch: retry each caller's submission on its own.
                 for submission in reversed(batch):
                     submission.alone = True
                     self._enqueue(submission, front=True)
                 return
-            if error.code is grpc.StatusCode.NOT_FOUND:
+            if isinstance(error, NotFound):
                 self.claimer.forget_pipeline(pipeline.id)
             for submission in batch:
                 if not submission.results.done():
