@@ -2,17 +2,18 @@
 
 A writer that lost its lease can never leave rows on a document that a newer holder
 indexed. The gateway's write path (:class:`VectorWriter`) runs in this process against
-the real claimer (lease checks, claims, the move to indexed) and a real sink: Milvus
-Lite (Turbopuffer's fenced semantics are checked at the sink level by
-test_sink_contract.py, against its local fake). Writer 1 is paused by a hook at a chosen
-step (no sleep decides the order): the test resumes it only after its lease expired and
-writer 2 claimed, wrote and indexed the document.
+the real claimer (lease checks, claims, the move to indexed) and each sink, as
+test_sink_contract.py builds them: Milvus Lite on a temporary file, Milvus over gRPC
+(Milvus Lite's server mode in a child process) and Turbopuffer (the real client against
+the local fake of its HTTP API). Writer 1 is paused by a hook at a chosen step (no sleep
+decides the order): the test resumes it only after its lease expired and writer 2
+claimed, wrote and indexed the document.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,13 @@ from typing import Any
 import pytest
 from gateway.helpers import DIM, claim, create_pipeline, document, embed, eventually, get_document, stage
 from grpc import aio
+from support.fakes.turbopuffer import FakeTurbopufferThread
+from support.milvus_lite import MilvusLiteServer
 from support.stacks import GatewayStack
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
+from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.client.channel import open_channel
 from hevlayer.common.errors import FailedPrecondition
 from hevlayer.devstack.testing import claimer_metadata
@@ -36,9 +40,48 @@ DOC = "contested"
 CHUNKS = [f"{DOC}-0", f"{DOC}-1"]
 
 
-@pytest.fixture
-async def sinks(tmp_path: Path) -> AsyncIterator[SinkPool]:
-    settings = SinkSettings(default_sink=SinkKind.MILVUS_LITE, milvus_lite_path=str(tmp_path / "vectors.db"))
+# Each sink kind, and the Sink value of a pipeline created on it.
+SINKS = {
+    SinkKind.MILVUS_LITE: pipeline_pb2.SINK_MILVUS_LITE,
+    SinkKind.MILVUS: pipeline_pb2.SINK_MILVUS,
+    SinkKind.TURBOPUFFER: pipeline_pb2.SINK_TURBOPUFFER,
+}
+
+
+@pytest.fixture(scope="module")
+def turbopuffer_server() -> Iterator[FakeTurbopufferThread]:
+    server = FakeTurbopufferThread()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusLiteServer]:
+    server = MilvusLiteServer(tmp_path_factory.mktemp("milvus-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=list(SINKS), ids=[kind.value for kind in SINKS])
+async def sinks(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SinkPool]:
+    """The gateway's sink pool with the parameter's kind as its default (and only) sink."""
+    kind: SinkKind = request.param
+    if kind is SinkKind.MILVUS_LITE:
+        settings = SinkSettings(default_sink=kind, milvus_lite_path=str(tmp_path / "vectors.db"))
+    elif kind is SinkKind.MILVUS:
+        server: MilvusLiteServer = request.getfixturevalue("milvus_server")
+        settings = SinkSettings(default_sink=kind, milvus_uri=server.uri)
+    else:
+        fake: FakeTurbopufferThread = request.getfixturevalue("turbopuffer_server")
+        settings = SinkSettings(
+            default_sink=kind,
+            turbopuffer_api_key=fake.fake.api_key,
+            turbopuffer_base_url=fake.fake.base_url,
+            turbopuffer_max_retries=0,
+        )
+    settings.validate()
     pool = SinkPool(settings)
     yield pool
     await pool.close()
@@ -76,9 +119,10 @@ def rows(writer: str) -> list[Row]:
     return [Row(chunk, embed(f"{text} {chunk}"), {"writer": writer}) for chunk in CHUNKS]
 
 
-async def setup(channel: aio.Channel, claimer: ClaimerClient) -> tuple[PipelineInfo, int]:
-    """A pipeline with the document staged and claimed by writer 1 (for ten minutes)."""
-    pid = await create_pipeline(channel, dimension=DIM)
+async def setup(channel: aio.Channel, claimer: ClaimerClient, sinks: SinkPool) -> tuple[PipelineInfo, int]:
+    """A pipeline on the pool's sink with the document staged and claimed by writer 1 (for ten
+    minutes)."""
+    pid = await create_pipeline(channel, dimension=DIM, sink=SINKS[sinks.resolve()])
     await stage(channel, pid, [document(DOC, chunks=len(CHUNKS))])
     first = await claim(channel, pid, worker="writer-1", lease_seconds=600)
     return await claimer.pipeline(pid), first[DOC]
@@ -153,7 +197,8 @@ async def paused_write(
 ) -> PausedWrite:
     """Start writer 1's write and wait until it reaches ``step(sink)`` (an object and the name
     of its async method), where it is held."""
-    pipeline, token = await setup(channel, claimer)
+    pipeline, token = await setup(channel, claimer, sinks)
+    assert pipeline.sink == sinks.resolve().value
     writer = VectorWriter(claimer, sinks)
     sink = await sinks.get()
     pause = Pause()
