@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 from google.rpc import error_details_pb2
+from grpc import aio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,7 +13,9 @@ from hevlayer.common.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    Unimplemented,
     Violation,
+    service_error_from_rpc_error,
 )
 
 
@@ -69,3 +72,24 @@ def test_violations_round_trip(pairs: list[tuple[str, str]], message: str) -> No
 
 def test_already_exists_reason() -> None:
     assert _details(AlreadyExists("dup").to_status_proto())["ErrorInfo"].reason == "ALREADY_EXISTS"  # type: ignore[attr-defined]
+
+
+async def test_a_method_the_server_lacks_comes_back_as_unimplemented() -> None:
+    """A peer without the method (an older gateway without StreamLeases) answers UNIMPLEMENTED;
+    the caller gets :class:`Unimplemented` and can tell it by class, without grpc."""
+    server = aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/hevlayer.lease.v1.LeaseService/StreamLeases")
+            try:
+                await call(b"")
+            except aio.AioRpcError as error:
+                rebuilt = service_error_from_rpc_error(error)
+            else:
+                raise AssertionError("a server without services answered the call")
+    finally:
+        await server.stop(None)
+    assert isinstance(rebuilt, Unimplemented)
+    assert rebuilt.code is grpc.StatusCode.UNIMPLEMENTED

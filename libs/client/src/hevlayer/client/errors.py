@@ -25,6 +25,7 @@ from hevlayer.common.errors import (
     ServiceError,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
     Violation,
     service_error_from_rpc_error,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "ServiceError",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "Violation",
     "error_from_rpc",
     "is_definite_failure",

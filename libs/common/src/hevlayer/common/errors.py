@@ -147,6 +147,13 @@ class PermissionDenied(ServiceError):
     default_reason = "PERMISSION_DENIED"
 
 
+class Unimplemented(ServiceError):
+    """UNIMPLEMENTED: the server does not offer the method (an older peer)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"
+
+
 class Internal(ServiceError):
     """INTERNAL: a bug; the message is safe to show, details are in the logs."""
 
@@ -165,6 +172,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
         ResourceExhausted,
         Unauthenticated,
         PermissionDenied,
+        Unimplemented,
         Internal,
     )
 }

@@ -20,13 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import grpc
+from google.rpc import code_pb2
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.client import WriteOutcome, WriteResult
 from hevlayer.embedder.document_trace import DocumentTrace
-
-_NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]
 
 
 class Fate(enum.Enum):
@@ -47,7 +45,7 @@ def fate_of(result: WriteResult) -> Fate:
     document was deleted meanwhile: NOT_FOUND) or failed (the gateway refused it)."""
     if result.outcome is WriteOutcome.INDEXED:
         return Fate.INDEXED
-    if result.outcome is WriteOutcome.STALE_LEASE or result.error_code == _NOT_FOUND:
+    if result.outcome is WriteOutcome.STALE_LEASE or result.error_code == code_pb2.NOT_FOUND:
         return Fate.LOST
     return Fate.FAILED
 

@@ -36,10 +36,19 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 
-import grpc
+from google.rpc import code_pb2
 from opentelemetry.trace import Span
 
-from hevlayer.client import Claim, Client, DocumentVectors, Lease, NotFound, ServiceError, WriteResult
+from hevlayer.client import (
+    Claim,
+    Client,
+    DocumentVectors,
+    Lease,
+    NotFound,
+    ServiceError,
+    Unimplemented,
+    WriteResult,
+)
 from hevlayer.common.telemetry import DOCUMENT_READ_SPAN
 from hevlayer.embedder import worker_metrics as metrics
 from hevlayer.embedder.chunk_queue import ChunkQueue
@@ -55,8 +64,6 @@ MAX_BATCH = 10_000
 MAX_REASON_BYTES = 4096
 POLL_SECONDS = 1.0
 """Interval of ClaimDocuments polls in the fallback mode, when nothing was claimable."""
-_CODE_FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION.value[0]
-_CODE_NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]
 
 
 class Credits:
@@ -378,7 +385,7 @@ class PipelineWorker:
                     await self._credits.wait(POLL_SECONDS)
                     continue
             except ServiceError as error:
-                if error.code == grpc.StatusCode.UNIMPLEMENTED and self.streaming:
+                if isinstance(error, Unimplemented) and self.streaming:
                     log.info(
                         "%s: StreamLeases is not implemented by the gateway; polling ClaimDocuments",
                         self.pipeline_id,
@@ -447,7 +454,9 @@ class PipelineWorker:
                     unread.pop(document.document_id, None)
                     code = response.error.code
                     outcome = (
-                        Fate.LOST if code in (_CODE_FAILED_PRECONDITION, _CODE_NOT_FOUND) else Fate.RELEASED
+                        Fate.LOST
+                        if code in (code_pb2.FAILED_PRECONDITION, code_pb2.NOT_FOUND)
+                        else Fate.RELEASED
                     )
                     message = f"ReadChunks: {response.error.message}"
                     span = spans.pop(document.document_id, None)
