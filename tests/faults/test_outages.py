@@ -3,7 +3,7 @@ PostgreSQL restarted under a running claimer.
 
 The module runs its own PostgreSQL and S3 server (SeaweedFS), each stopped and started again on
 the same port and data (the session's shared ones must stay up), a claimer and a gateway, and
-the Turbopuffer sink on the local fake of its HTTP API (``tests/fakes/turbopuffer_server.py``),
+the Turbopuffer sink on the local fake of its HTTP API (``tests/support/fakes/turbopuffer.py``),
 whose injected 503 answers play a sink that is down. Neither service is restarted: what the
 tests check is that each recovers by itself once the dependency is back.
 """
@@ -22,7 +22,6 @@ import grpc
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
-from fakes.turbopuffer_server import FakeTurbopufferThread
 from faults.services import Processes, write_document
 from gateway.helpers import (
     claim,
@@ -36,6 +35,7 @@ from gateway.helpers import (
 )
 from google.rpc import error_details_pb2
 from grpc import aio
+from support.fakes.turbopuffer import FakeTurbopufferThread
 from support.processes import start_claimer, start_gateway
 
 from hevlayer.common.errors import status_from_rpc_error

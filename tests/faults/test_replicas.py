@@ -1,7 +1,7 @@
 """Replicas: two gateways and two claimers on one PostgreSQL, one S3 bucket and one sink.
 
 The sink every gateway shares is Turbopuffer, served by the local fake of its HTTP API
-(``tests/fakes/turbopuffer_server.py``; no Turbopuffer server runs here, and Milvus Lite has a
+(``tests/support/fakes/turbopuffer.py``; no Turbopuffer server runs here, and Milvus Lite has a
 single owner). Gateway ``i`` forwards to claimer ``i``; both claimers share the database and the
 bucket. Workers are plain clients of the gateways (claim, read chunks, write vectors), one per
 gateway, so that a document staged through one gateway is often claimed, read and written
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from fakes.turbopuffer_server import FakeTurbopufferThread
 from faults.services import Processes, write_document
 from gateway.helpers import (
     claim,
@@ -33,6 +32,7 @@ from gateway.helpers import (
 )
 from google.rpc import error_details_pb2
 from grpc import aio
+from support.fakes.turbopuffer import FakeTurbopufferThread
 from support.processes import start_claimer, start_gateway
 from support.rpc_errors import violations
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes.turbopuffer_server import FakeTurbopuffer
 from gateway.helpers import eventually, http_json, metric_samples
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.fakes.turbopuffer import FakeTurbopuffer
 from support.processes import start_gateway
 from support.stacks import GatewayStack, start_stack
 

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
 import pytest
-from fakes.turbopuffer_server import FakeTurbopufferThread
 from gateway.helpers import CLAIM_STAGE, WORKER, unique
 from grpc import aio
+from support.fakes.turbopuffer import FakeTurbopufferThread
 from support.stacks import GatewayStack, start_stack
 
 from hevlayer.api.claimer.v1 import document_state_pb2 as dpb

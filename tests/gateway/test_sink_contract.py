@@ -4,7 +4,7 @@
 * ``milvus``: pymilvus ``MilvusClient(uri=...)`` over gRPC to Milvus Lite's
   server mode in a child process (standing in for Milvus / Zilliz).
 * ``turbopuffer``: the real ``turbopuffer`` client against the local fake
-  server (``tests/fakes/turbopuffer_server.py``); no Turbopuffer server can
+  server (``tests/support/fakes/turbopuffer.py``); no Turbopuffer server can
   run here.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from fakes.milvus_server import MilvusLiteServer
-from fakes.turbopuffer_server import FakeTurbopufferThread
+from support.fakes.turbopuffer import FakeTurbopufferThread
+from support.milvus_lite import MilvusLiteServer
 
 from hevlayer.common.errors import FailedPrecondition, InvalidArgument
 from hevlayer.gateway.sinks import DistanceMetric, Hit, JSONValue, NamespaceSpec, Row, Sink

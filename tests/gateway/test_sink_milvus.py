@@ -8,13 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakes.milvus_server import MilvusLiteServer, free_port
 from hypothesis import given
 from hypothesis import strategies as st
 from milvus_lite.search.filter.tokens import TokenKind, tokenize
 from pymilvus import DataType, MilvusClient
+from support.milvus_lite import MilvusLiteServer
 
 from hevlayer.common.errors import FailedPrecondition, Unavailable
+from hevlayer.devstack.ports import free_port
 from hevlayer.gateway.sinks import DistanceMetric, NamespaceSpec, Row
 from hevlayer.gateway.sinks.base import PreparedFilter, filter_tag
 from hevlayer.gateway.sinks.milvus import MilvusSink, collection_schema, filter_expression, milvus_string

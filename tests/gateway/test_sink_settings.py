@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakes.turbopuffer_server import FakeTurbopufferThread
+from support.fakes.turbopuffer import FakeTurbopufferThread
 
 from hevlayer.common.config import ConfigError, describe_settings, load_settings
 from hevlayer.gateway.sinks import DistanceMetric, Row, SinkKind, SinkPool, SinkSettings, open_sink

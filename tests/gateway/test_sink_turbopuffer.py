@@ -1,6 +1,6 @@
 """The Turbopuffer sink on the wire: what the real client sends, atomic writes, failures.
 
-The server is ``tests/fakes/turbopuffer_server.py`` (no Turbopuffer server
+The server is ``tests/support/fakes/turbopuffer.py`` (no Turbopuffer server
 exists here); the client is the real ``turbopuffer`` package.
 """
 
@@ -13,11 +13,11 @@ from typing import Any, cast
 
 import pytest
 import turbopuffer
-from fakes.milvus_server import free_port
-from fakes.turbopuffer_server import FakeTurbopufferThread
+from support.fakes.turbopuffer import FakeTurbopufferThread
 from turbopuffer.types import RowParam
 
 from hevlayer.common.errors import FailedPrecondition, Unavailable
+from hevlayer.devstack.ports import free_port
 from hevlayer.gateway.sinks import DistanceMetric, Row, filter_tag, vector_id
 from hevlayer.gateway.sinks import turbopuffer as tpuf_sink
 from hevlayer.gateway.sinks.turbopuffer import TurbopufferSink

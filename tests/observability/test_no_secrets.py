@@ -38,9 +38,9 @@ from typing import Any
 
 import grpc
 import pytest
-from fakes.turbopuffer_server import FakeTurbopuffer, FakeTurbopufferThread
 from gateway.helpers import claim, create_pipeline, document, eventually, http_json, read_chunks, stage
 from grpc import aio
+from support.fakes.turbopuffer import FakeTurbopuffer, FakeTurbopufferThread
 from support.processes import start_claimer, start_gateway
 
 from hevlayer.api.document.v1 import document_pb2

@@ -18,7 +18,7 @@ upserts, so a document's old and new rows are never visible together, and
 a retried request converges to the same rows.
 
 No Turbopuffer server can run in this repository's tests; they run this sink
-against ``tests/fakes/turbopuffer_server.py`` (see ``docs/sinks.md``).
+against ``tests/support/fakes/turbopuffer.py`` (see ``docs/sinks.md``).
 """
 
 from __future__ import annotations

@@ -17,12 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    """A TCP port that was free on the loopback interface a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from hevlayer.devstack.ports import free_port
 
 
 class MilvusLiteServer:
