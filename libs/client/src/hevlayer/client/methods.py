@@ -84,6 +84,7 @@ METHODS: tuple[Method, ...] = (
     Method(STAGING_SERVICE, "GetDocument", True, UNARY),
     Method(STAGING_SERVICE, "ListDocuments", True, 600.0),
     Method(STAGING_SERVICE, "DeleteDocuments", False, 600.0),
+    Method(STAGING_SERVICE, "WatchDocuments", True, None),
     Method(LEASE_SERVICE, "ClaimDocuments", False, UNARY),
     Method(LEASE_SERVICE, "HeartbeatLeases", True, UNARY),
     Method(LEASE_SERVICE, "TransitionDocuments", False, UNARY),
@@ -109,6 +110,7 @@ METHODS: tuple[Method, ...] = (
     Method(DOCUMENT_STATE_SERVICE, "GetLiveObjects", True, UNARY),
     Method(DOCUMENT_STATE_SERVICE, "CondemnObjects", True, UNARY),
     Method(DOCUMENT_STATE_SERVICE, "BindSinkInstance", True, UNARY),
+    Method(DOCUMENT_STATE_SERVICE, "WatchChanges", True, None),
     Method(TOKEN_VERIFICATION_SERVICE, "VerifyToken", True, UNARY),
 )
 
@@ -158,6 +160,8 @@ ACCESS: dict[str, Access] = {
         (STAGING_SERVICE, "GetDocument", Access(frozenset({STAGER}))),
         (STAGING_SERVICE, "ListDocuments", Access(frozenset({STAGER}))),
         (STAGING_SERVICE, "DeleteDocuments", Access(frozenset({STAGER}))),
+        # Like ListDocuments: the Job Lane's success hook (the summarizer) holds a stager token.
+        (STAGING_SERVICE, "WatchDocuments", Access(frozenset({STAGER}))),
         # CPU workers of the Object Lane claim ids from their own stage (extract) and stage them.
         (LEASE_SERVICE, "ClaimDocuments", Access(_LEASES)),
         (LEASE_SERVICE, "HeartbeatLeases", Access(_LEASES)),
@@ -184,6 +188,7 @@ ACCESS: dict[str, Access] = {
         (DOCUMENT_STATE_SERVICE, "GetLiveObjects", _INTERNAL),
         (DOCUMENT_STATE_SERVICE, "CondemnObjects", _INTERNAL),
         (DOCUMENT_STATE_SERVICE, "BindSinkInstance", _INTERNAL),
+        (DOCUMENT_STATE_SERVICE, "WatchChanges", _INTERNAL),
         (TOKEN_VERIFICATION_SERVICE, "VerifyToken", _INTERNAL),
     )
 }

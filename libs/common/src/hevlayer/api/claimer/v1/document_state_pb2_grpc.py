@@ -87,6 +87,11 @@ class DocumentStateServiceStub:
                 request_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.BindSinkInstanceRequest.SerializeToString,
                 response_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.BindSinkInstanceResponse.FromString,
                 _registered_method=True)
+        self.WatchChanges = channel.unary_stream(
+                '/hevlayer.api.claimer.v1.DocumentStateService/WatchChanges',
+                request_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.WatchChangesRequest.SerializeToString,
+                response_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.WatchChangesResponse.FromString,
+                _registered_method=True)
 
 
 class DocumentStateServiceServicer:
@@ -200,6 +205,17 @@ class DocumentStateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchChanges(self, request, context):
+        """Streams the changes of the pipeline's documents as they commit: the
+        claimer side of StagingService.WatchDocuments (same semantics, statuses
+        and bounds), which the gateway forwards here. The changes are logged by
+        triggers in the transactions that make them and announced with
+        PostgreSQL NOTIFY, so they are seen only once committed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DocumentStateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +268,11 @@ def add_DocumentStateServiceServicer_to_server(servicer, server):
                     servicer.BindSinkInstance,
                     request_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.BindSinkInstanceRequest.FromString,
                     response_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.BindSinkInstanceResponse.SerializeToString,
+            ),
+            'WatchChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchChanges,
+                    request_deserializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.WatchChangesRequest.FromString,
+                    response_serializer=hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.WatchChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -526,6 +547,33 @@ class DocumentStateService:
             '/hevlayer.api.claimer.v1.DocumentStateService/BindSinkInstance',
             hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.BindSinkInstanceRequest.SerializeToString,
             hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.BindSinkInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hevlayer.api.claimer.v1.DocumentStateService/WatchChanges',
+            hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.WatchChangesRequest.SerializeToString,
+            hevlayer_dot_api_dot_claimer_dot_v1_dot_document__state__pb2.WatchChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -103,6 +103,13 @@ class DocumentStateServiceStub:
     pipeline. NOT_FOUND if the pipeline does not exist; INVALID_ARGUMENT
     naming instance.kind or instance.instance_id when empty.
     """
+    WatchChanges: _grpc.UnaryStreamMultiCallable[_document_state_pb2.WatchChangesRequest, _document_state_pb2.WatchChangesResponse]
+    """Streams the changes of the pipeline's documents as they commit: the
+    claimer side of StagingService.WatchDocuments (same semantics, statuses
+    and bounds), which the gateway forwards here. The changes are logged by
+    triggers in the transactions that make them and announced with
+    PostgreSQL NOTIFY, so they are seen only once committed.
+    """
 
 @_typing.type_check_only
 class DocumentStateServiceAsyncStub(DocumentStateServiceStub):
@@ -174,6 +181,13 @@ class DocumentStateServiceAsyncStub(DocumentStateServiceStub):
     split one pipeline's index between them. The binding is deleted with the
     pipeline. NOT_FOUND if the pipeline does not exist; INVALID_ARGUMENT
     naming instance.kind or instance.instance_id when empty.
+    """
+    WatchChanges: _aio.UnaryStreamMultiCallable[_document_state_pb2.WatchChangesRequest, _document_state_pb2.WatchChangesResponse]  # type: ignore[assignment]
+    """Streams the changes of the pipeline's documents as they commit: the
+    claimer side of StagingService.WatchDocuments (same semantics, statuses
+    and bounds), which the gateway forwards here. The changes are logged by
+    triggers in the transactions that make them and announced with
+    PostgreSQL NOTIFY, so they are seen only once committed.
     """
 
 class DocumentStateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -303,6 +317,19 @@ class DocumentStateServiceServicer(metaclass=_abc_1.ABCMeta):
         split one pipeline's index between them. The binding is deleted with the
         pipeline. NOT_FOUND if the pipeline does not exist; INVALID_ARGUMENT
         naming instance.kind or instance.instance_id when empty.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchChanges(
+        self,
+        request: _document_state_pb2.WatchChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_document_state_pb2.WatchChangesResponse], _abc.AsyncIterator[_document_state_pb2.WatchChangesResponse]]:
+        """Streams the changes of the pipeline's documents as they commit: the
+        claimer side of StagingService.WatchDocuments (same semantics, statuses
+        and bounds), which the gateway forwards here. The changes are logged by
+        triggers in the transactions that make them and announced with
+        PostgreSQL NOTIFY, so they are seen only once committed.
         """
 
 def add_DocumentStateServiceServicer_to_server(servicer: DocumentStateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -565,3 +565,147 @@ class DeleteDocumentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteDocumentsResponse: _TypeAlias = DeleteDocumentsResponse  # noqa: Y015
+
+@_typing.final
+class WatchDocumentsRequest(_message.Message):
+    """Request of WatchDocuments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PIPELINE_ID_FIELD_NUMBER: _builtins.int
+    ID_PREFIX_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    pipeline_id: _builtins.str
+    """The pipeline."""
+    id_prefix: _builtins.str
+    """Only documents whose id starts with this prefix; empty for all."""
+    cursor: _builtins.str
+    """Where to resume: the cursor of a response received earlier. Empty: start
+    with a snapshot.
+    """
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only changes into these stages (for example "indexed" and "failed"), and
+        in a snapshot only documents in them; empty for all. Deletions are
+        always sent.
+        """
+
+    def __init__(
+        self,
+        *,
+        pipeline_id: _builtins.str = ...,
+        id_prefix: _builtins.str = ...,
+        stages: _abc.Iterable[_builtins.str] | None = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "id_prefix", b"id_prefix", "pipeline_id", b"pipeline_id", "stages", b"stages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchDocumentsRequest: _TypeAlias = WatchDocumentsRequest  # noqa: Y015
+
+@_typing.final
+class WatchDocumentsResponse(_message.Message):
+    """One message of WatchDocuments: a part of a snapshot, or changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_COMPLETE_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    snapshot: _builtins.bool
+    """The message belongs to a snapshot (at the start of the stream, or a
+    resync).
+    """
+    snapshot_complete: _builtins.bool
+    """The last message of a snapshot."""
+    cursor: _builtins.str
+    """Opaque position after this message, to pass as
+    WatchDocumentsRequest.cursor when reconnecting. Empty on the messages of
+    a snapshot before the one with snapshot_complete.
+    """
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___DocumentChange]:
+        """Changes in commit order; in a snapshot, the documents' current states
+        ordered by id. May be empty (a message that only advances the cursor, or
+        completes an empty snapshot).
+        """
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___DocumentChange] | None = ...,
+        snapshot: _builtins.bool = ...,
+        snapshot_complete: _builtins.bool = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "cursor", b"cursor", "snapshot", b"snapshot", "snapshot_complete", b"snapshot_complete"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchDocumentsResponse: _TypeAlias = WatchDocumentsResponse  # noqa: Y015
+
+@_typing.final
+class DocumentChange(_message.Message):
+    """One committed change of a document (or, in a snapshot, its state)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    FENCING_TOKEN_FIELD_NUMBER: _builtins.int
+    CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Per-pipeline change number: increasing in commit order, without gaps
+    between the changes of one pipeline. In a snapshot, the number of the
+    last change the snapshot reflects.
+    """
+    document_id: _builtins.str
+    """The document's id."""
+    stage: _builtins.str
+    """The stage the document entered ("pending", "indexed", "failed" or a
+    worker-defined stage); empty when the document was deleted.
+    """
+    deleted: _builtins.bool
+    """Set when the document was deleted (its state, chunks and vectors)."""
+    fencing_token: _builtins.int
+    """The document's fencing token after the change (a deletion: its last
+    token). A later staging or lease of the document has a larger token.
+    """
+    content_hash: _builtins.str
+    """Content hash of the document's staged chunks (or of the enqueued id)."""
+    last_error: _builtins.str
+    """Reason of the last failure (stage "failed"), if any."""
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change committed (its transaction's time)."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        document_id: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        deleted: _builtins.bool = ...,
+        fencing_token: _builtins.int = ...,
+        content_hash: _builtins.str = ...,
+        last_error: _builtins.str = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "content_hash", b"content_hash", "deleted", b"deleted", "document_id", b"document_id", "fencing_token", b"fencing_token", "last_error", b"last_error", "sequence", b"sequence", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DocumentChange: _TypeAlias = DocumentChange  # noqa: Y015

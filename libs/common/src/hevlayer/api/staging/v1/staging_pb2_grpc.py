@@ -67,6 +67,11 @@ class StagingServiceStub:
                 request_serializer=hevlayer_dot_api_dot_staging_dot_v1_dot_staging__pb2.DeleteDocumentsRequest.SerializeToString,
                 response_deserializer=hevlayer_dot_api_dot_staging_dot_v1_dot_staging__pb2.DeleteDocumentsResponse.FromString,
                 _registered_method=True)
+        self.WatchDocuments = channel.unary_stream(
+                '/hevlayer.api.staging.v1.StagingService/WatchDocuments',
+                request_serializer=hevlayer_dot_api_dot_staging_dot_v1_dot_staging__pb2.WatchDocumentsRequest.SerializeToString,
+                response_deserializer=hevlayer_dot_api_dot_staging_dot_v1_dot_staging__pb2.WatchDocumentsResponse.FromString,
+                _registered_method=True)
 
 
 class StagingServiceServicer:
@@ -124,6 +129,39 @@ class StagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchDocuments(self, request, context):
+        """Streams the changes of the pipeline's documents as they commit: every
+        change of a document's stage or fencing token (staged, enqueued, claimed,
+        transitioned to a stage, indexed, failed) and every deletion, in commit
+        order, never one of a transaction that rolled back. Each change is a
+        DocumentChange with a per-pipeline sequence number.
+
+        Without a cursor the stream starts with a snapshot: the state of every
+        matching document row, in messages with snapshot set (ordered by id),
+        the last of which has snapshot_complete set and the cursor the snapshot
+        reflects; the changes committed after it follow. With the cursor of an
+        earlier response the stream resumes after it: a client that reconnects
+        with the last cursor it processed misses nothing and sees nothing twice.
+        When the changes after a cursor are no longer retained (older than the
+        claimer's CLAIMER_CHANGE_RETENTION_SECONDS; a watcher that falls that far
+        behind, too), or the cursor is of an earlier pipeline of the same name,
+        the stream resyncs: it sends a snapshot again (snapshot set), after which
+        the client replaces what it knew of the matching documents.
+
+        The stream lasts until the client cancels it or its deadline passes. It
+        is bounded on the server: changes are read from PostgreSQL in batches as
+        the client reads them (a slow client makes the server wait, it does not
+        make it buffer). RESOURCE_EXHAUSTED when the claimer already serves
+        CLAIMER_MAX_WATCHES streams; NOT_FOUND when the pipeline does not exist
+        or is deleted while watched; INVALID_ARGUMENT naming pipeline_id,
+        id_prefix, stages[i] or cursor. Ids that live only in the segmented queue
+        have no row: they are not in snapshots, but their moves to indexed and
+        failed are changes like any other.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StagingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +194,11 @@ def add_StagingServiceServicer_to_server(servicer, server):
                     servicer.DeleteDocuments,
                     request_deserializer=hevlayer_dot_api_dot_staging_dot_v1_dot_staging__pb2.DeleteDocumentsRequest.FromString,
                     response_serializer=hevlayer_dot_api_dot_staging_dot_v1_dot_staging__pb2.DeleteDocumentsResponse.SerializeToString,
+            ),
+            'WatchDocuments': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDocuments,
+                    request_deserializer=hevlayer_dot_api_dot_staging_dot_v1_dot_staging__pb2.WatchDocumentsRequest.FromString,
+                    response_serializer=hevlayer_dot_api_dot_staging_dot_v1_dot_staging__pb2.WatchDocumentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -322,6 +365,33 @@ class StagingService:
             '/hevlayer.api.staging.v1.StagingService/DeleteDocuments',
             hevlayer_dot_api_dot_staging_dot_v1_dot_staging__pb2.DeleteDocumentsRequest.SerializeToString,
             hevlayer_dot_api_dot_staging_dot_v1_dot_staging__pb2.DeleteDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hevlayer.api.staging.v1.StagingService/WatchDocuments',
+            hevlayer_dot_api_dot_staging_dot_v1_dot_staging__pb2.WatchDocumentsRequest.SerializeToString,
+            hevlayer_dot_api_dot_staging_dot_v1_dot_staging__pb2.WatchDocumentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

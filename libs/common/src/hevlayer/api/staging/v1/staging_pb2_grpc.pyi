@@ -61,6 +61,35 @@ class StagingServiceStub:
     """Streams the pipeline's documents ordered by id, optionally of one stage."""
     DeleteDocuments: _grpc.UnaryUnaryMultiCallable[_staging_pb2.DeleteDocumentsRequest, _staging_pb2.DeleteDocumentsResponse]
     """Deletes documents: their state, chunk backing and vectors."""
+    WatchDocuments: _grpc.UnaryStreamMultiCallable[_staging_pb2.WatchDocumentsRequest, _staging_pb2.WatchDocumentsResponse]
+    """Streams the changes of the pipeline's documents as they commit: every
+    change of a document's stage or fencing token (staged, enqueued, claimed,
+    transitioned to a stage, indexed, failed) and every deletion, in commit
+    order, never one of a transaction that rolled back. Each change is a
+    DocumentChange with a per-pipeline sequence number.
+
+    Without a cursor the stream starts with a snapshot: the state of every
+    matching document row, in messages with snapshot set (ordered by id),
+    the last of which has snapshot_complete set and the cursor the snapshot
+    reflects; the changes committed after it follow. With the cursor of an
+    earlier response the stream resumes after it: a client that reconnects
+    with the last cursor it processed misses nothing and sees nothing twice.
+    When the changes after a cursor are no longer retained (older than the
+    claimer's CLAIMER_CHANGE_RETENTION_SECONDS; a watcher that falls that far
+    behind, too), or the cursor is of an earlier pipeline of the same name,
+    the stream resyncs: it sends a snapshot again (snapshot set), after which
+    the client replaces what it knew of the matching documents.
+
+    The stream lasts until the client cancels it or its deadline passes. It
+    is bounded on the server: changes are read from PostgreSQL in batches as
+    the client reads them (a slow client makes the server wait, it does not
+    make it buffer). RESOURCE_EXHAUSTED when the claimer already serves
+    CLAIMER_MAX_WATCHES streams; NOT_FOUND when the pipeline does not exist
+    or is deleted while watched; INVALID_ARGUMENT naming pipeline_id,
+    id_prefix, stages[i] or cursor. Ids that live only in the segmented queue
+    have no row: they are not in snapshots, but their moves to indexed and
+    failed are changes like any other.
+    """
 
 @_typing.type_check_only
 class StagingServiceAsyncStub(StagingServiceStub):
@@ -92,6 +121,35 @@ class StagingServiceAsyncStub(StagingServiceStub):
     """Streams the pipeline's documents ordered by id, optionally of one stage."""
     DeleteDocuments: _aio.UnaryUnaryMultiCallable[_staging_pb2.DeleteDocumentsRequest, _staging_pb2.DeleteDocumentsResponse]  # type: ignore[assignment]
     """Deletes documents: their state, chunk backing and vectors."""
+    WatchDocuments: _aio.UnaryStreamMultiCallable[_staging_pb2.WatchDocumentsRequest, _staging_pb2.WatchDocumentsResponse]  # type: ignore[assignment]
+    """Streams the changes of the pipeline's documents as they commit: every
+    change of a document's stage or fencing token (staged, enqueued, claimed,
+    transitioned to a stage, indexed, failed) and every deletion, in commit
+    order, never one of a transaction that rolled back. Each change is a
+    DocumentChange with a per-pipeline sequence number.
+
+    Without a cursor the stream starts with a snapshot: the state of every
+    matching document row, in messages with snapshot set (ordered by id),
+    the last of which has snapshot_complete set and the cursor the snapshot
+    reflects; the changes committed after it follow. With the cursor of an
+    earlier response the stream resumes after it: a client that reconnects
+    with the last cursor it processed misses nothing and sees nothing twice.
+    When the changes after a cursor are no longer retained (older than the
+    claimer's CLAIMER_CHANGE_RETENTION_SECONDS; a watcher that falls that far
+    behind, too), or the cursor is of an earlier pipeline of the same name,
+    the stream resyncs: it sends a snapshot again (snapshot set), after which
+    the client replaces what it knew of the matching documents.
+
+    The stream lasts until the client cancels it or its deadline passes. It
+    is bounded on the server: changes are read from PostgreSQL in batches as
+    the client reads them (a slow client makes the server wait, it does not
+    make it buffer). RESOURCE_EXHAUSTED when the claimer already serves
+    CLAIMER_MAX_WATCHES streams; NOT_FOUND when the pipeline does not exist
+    or is deleted while watched; INVALID_ARGUMENT naming pipeline_id,
+    id_prefix, stages[i] or cursor. Ids that live only in the segmented queue
+    have no row: they are not in snapshots, but their moves to indexed and
+    failed are changes like any other.
+    """
 
 class StagingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Stages documents and serves their chunks. Served publicly by the gateway,
@@ -156,5 +214,40 @@ class StagingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_staging_pb2.DeleteDocumentsResponse, _abc.Awaitable[_staging_pb2.DeleteDocumentsResponse]]:
         """Deletes documents: their state, chunk backing and vectors."""
+
+    @_abc_1.abstractmethod
+    def WatchDocuments(
+        self,
+        request: _staging_pb2.WatchDocumentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_staging_pb2.WatchDocumentsResponse], _abc.AsyncIterator[_staging_pb2.WatchDocumentsResponse]]:
+        """Streams the changes of the pipeline's documents as they commit: every
+        change of a document's stage or fencing token (staged, enqueued, claimed,
+        transitioned to a stage, indexed, failed) and every deletion, in commit
+        order, never one of a transaction that rolled back. Each change is a
+        DocumentChange with a per-pipeline sequence number.
+
+        Without a cursor the stream starts with a snapshot: the state of every
+        matching document row, in messages with snapshot set (ordered by id),
+        the last of which has snapshot_complete set and the cursor the snapshot
+        reflects; the changes committed after it follow. With the cursor of an
+        earlier response the stream resumes after it: a client that reconnects
+        with the last cursor it processed misses nothing and sees nothing twice.
+        When the changes after a cursor are no longer retained (older than the
+        claimer's CLAIMER_CHANGE_RETENTION_SECONDS; a watcher that falls that far
+        behind, too), or the cursor is of an earlier pipeline of the same name,
+        the stream resyncs: it sends a snapshot again (snapshot set), after which
+        the client replaces what it knew of the matching documents.
+
+        The stream lasts until the client cancels it or its deadline passes. It
+        is bounded on the server: changes are read from PostgreSQL in batches as
+        the client reads them (a slow client makes the server wait, it does not
+        make it buffer). RESOURCE_EXHAUSTED when the claimer already serves
+        CLAIMER_MAX_WATCHES streams; NOT_FOUND when the pipeline does not exist
+        or is deleted while watched; INVALID_ARGUMENT naming pipeline_id,
+        id_prefix, stages[i] or cursor. Ids that live only in the segmented queue
+        have no row: they are not in snapshots, but their moves to indexed and
+        failed are changes like any other.
+        """
 
 def add_StagingServiceServicer_to_server(servicer: StagingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
