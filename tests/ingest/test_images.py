@@ -21,6 +21,7 @@ from hevlayer.common.config import ConfigError, load_settings
 from hevlayer.ingest import vision
 from hevlayer.ingest.files import FileEntry, Root, examine
 from hevlayer.ingest.producers import Chunk, ProducerError, Source, detect_kind, select_producer
+from hevlayer.ingest.transform import TOKEN, TransformationCache
 from hevlayer.ingest.vision import (
     CacheOutcome,
     Gate,
@@ -31,7 +32,6 @@ from hevlayer.ingest.vision import (
     description_gate,
     transformation_cache,
 )
-from hevlayer.ingest.vision.cache import TransformationCache
 from hevlayer.ingest.vision.settings import DEFAULT_PROMPT
 
 WORDS = ["Glacier", "meltwater", "report", "Volcano", "ash", "2026"]
@@ -40,7 +40,7 @@ WORDS = ["Glacier", "meltwater", "report", "Volcano", "ash", "2026"]
 @pytest.fixture(autouse=True)
 def fresh_vision(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test configures its own describer; the process's one is put back afterwards."""
-    for name in ("HEVLAYER_VISION_PROVIDER", "HEVLAYER_VISION_URL", "HEVLAYER_TRANSFORM_CACHE_DIR"):
+    for name in ("HEVLAYER_VISION_PROVIDER", "HEVLAYER_VISION_URL", "HEVLAYER_TRANSFORM_CACHE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(vision, "_vision", None)
 
@@ -219,7 +219,7 @@ def test_concurrent_requests_for_one_image_make_one_provider_call() -> None:
     with fake_vision_server() as fake:
         current = configure(openai_settings(fake, description_concurrency=callers))
         # The one provider call is held until every other caller has joined it.
-        fake.hold = lambda f: current.cache.joins >= callers - 1
+        fake.hold = lambda f: current.cache.joined >= callers - 1
         with ThreadPoolExecutor(callers) as pool:
             results = list(pool.map(lambda _: describe(data), range(callers)))
         assert fake.held_too_long == 0
@@ -252,32 +252,33 @@ def test_the_description_gate_bounds_provider_calls_in_flight() -> None:
 def test_the_cache_directory_serves_later_processes(tmp_path: Path) -> None:
     data = encoded(Image.new("RGB", (8, 8), "purple"), "PNG")
     with fake_vision_server() as fake:
-        configure(openai_settings(fake, cache_dir=str(tmp_path / "transformations")))
+        configure(openai_settings(fake, cache=str(tmp_path / "transformations")))
         assert describe(data).outcome is CacheOutcome.MISS
-        configure(openai_settings(fake, cache_dir=str(tmp_path / "transformations")))  # a new process
+        configure(openai_settings(fake, cache=str(tmp_path / "transformations")))  # a new process
         assert describe(data).outcome is CacheOutcome.HIT
-        configure(openai_settings(fake, model="another-model", cache_dir=str(tmp_path / "transformations")))
+        configure(openai_settings(fake, model="another-model", cache=str(tmp_path / "transformations")))
         assert describe(data).outcome is CacheOutcome.MISS, "another model is another key"
     assert len(fake.requests) == 2
-    assert len(list((tmp_path / "transformations").glob("*/*.json"))) == 2
+    entries = (tmp_path / "transformations").glob(f"*/*/{TOKEN.replace('/', '%2F')}")
+    assert len(list(entries)) == 2
 
 
 def test_the_cache_is_bounded_and_shares_failures_without_keeping_them() -> None:
     cache = TransformationCache(max_entries=2)
     keys = [f"{n:064x}" for n in range(3)]
     for key in keys:
-        cache.get_or_compute(key, lambda: "value")
+        cache.get_or_compute_sync(key, lambda: "value")
     assert len(cache) == 2
-    assert cache.get_or_compute(keys[0], lambda: "again")[1] is CacheOutcome.MISS
+    assert cache.get_or_compute_sync(keys[0], lambda: "again")[1] is CacheOutcome.MISS
 
     def fail() -> str:
         raise RuntimeError("provider down")
 
     with pytest.raises(RuntimeError, match="provider down"):
-        cache.get_or_compute(keys[1], fail)
-    assert cache.get_or_compute(keys[1], lambda: "later")[0] in {"value", "later"}
+        cache.get_or_compute_sync(keys[1], fail)
+    assert cache.get_or_compute_sync(keys[1], lambda: "later")[0] in {"value", "later"}
     with pytest.raises(ValueError, match="64 lower-case hex"):
-        cache.get_or_compute("not-a-key", lambda: "x")
+        cache.get_or_compute_sync("not-a-key", lambda: "x")
     with pytest.raises(ValueError, match="limit must be >= 1"):
         Gate("description", 0)
 

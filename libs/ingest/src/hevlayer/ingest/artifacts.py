@@ -45,6 +45,19 @@ Public API (all a caller needs)::
 - **Counters**: :class:`CacheStats` (and the ``observer`` callback each cache takes, which the
   extract worker turns into Prometheus counters). Conversions are counted by the extract loop
   (``ExtractStats.conversions``): a run where every object hits performs none.
+- **Single flight** (:meth:`ArtifactCache.flight`): ``async with cache.flight(hash, token):``
+  holds the conversion of one object by one converter (``token`` = :func:`version_token`) for
+  everyone else: a caller that misses takes the flight, looks again (someone may have just
+  stored the entry), converts only when still missing, stores, and leaves. Within one process
+  every cache object of the same location shares one lock per flight (the Object Lane's
+  ``ExtractLoop`` and the Job Lane's ``SummaryJobs`` in one ``hevlayer add`` each hold their
+  own cache object). Across processes a local directory adds a lock file per flight
+  (``<root>/.locks/...``, ``fcntl.flock``; the holder unlinks it on leaving, so none pile up):
+  a second process reaching the same unconverted object waits and then reads the entry. S3
+  has no lock: two processes (extract workers on two machines) that miss the same object at
+  the same moment both convert it and both store the same entry (the last write wins; the
+  cost is one duplicate conversion, never a wrong entry, since the key is the content and the
+  converter's version).
 - **Failures**: the cache is an optimisation. A read or write error is logged and counted as a
   miss (``get``) or ignored (``put``); the caller converts as if there were no cache.
 """
@@ -53,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -61,7 +75,7 @@ import re
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,6 +90,9 @@ log = logging.getLogger("hevlayer.ingest.artifacts")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9._/:=+,-]{1,200}$")
 _MAX_TOKEN_FILE = 240
+_LOCKS = ".locks"
+"""Directory of the lock files under a local cache's root (skipped by the index)."""
+_LOCK_POLL_SECONDS = 0.02
 
 Observer = Callable[[str, int], None]
 """Called with an event (``hit``, ``miss``, ``put``, ``eviction``) and a count."""
@@ -221,6 +238,32 @@ class ArtifactCache(ABC):
             log.warning("artifact cache write failed", extra={"key": key, "token": token, "error": str(exc)})
             self._count("errors")
 
+    @contextlib.asynccontextmanager
+    async def flight(self, content_hash: str, token: str) -> AsyncIterator[None]:
+        """Hold the single flight of ``(content_hash, token)`` (see the module docstring): one
+        holder at a time in this process (every cache object of the same location) and, for a
+        local directory, across processes."""
+        key = normalize_hash(content_hash)
+        check_token(token)
+        async with _flights.hold(self._flight_name(key, token)):
+            lock = self._file_lock(key, token)
+            if lock is None:
+                yield
+                return
+            await lock.acquire_async()
+            try:
+                yield
+            finally:
+                await asyncio.to_thread(lock.release)
+
+    @abstractmethod
+    def _flight_name(self, key: str, token: str) -> str:
+        """A name of the flight, the same for every cache object of this location."""
+
+    def _file_lock(self, key: str, token: str) -> FileLock | None:
+        """The cross-process lock of the flight; None where the store has none."""
+        return None
+
     def _count(self, field: str, n: int = 1) -> None:
         if n <= 0:
             return
@@ -259,6 +302,16 @@ class LocalArtifactCache(ArtifactCache):
 
     def path(self, key: str, token: str) -> Path:
         return self.directory / key[:2] / key / _token_name(token)
+
+    def lock_path(self, key: str, token: str) -> Path:
+        """The lock file of the flight of ``(key, token)``."""
+        return self.directory / _LOCKS / key[:2] / f"{key}.{_token_name(token)}"
+
+    def _flight_name(self, key: str, token: str) -> str:
+        return str(self.lock_path(key, token).absolute())
+
+    def _file_lock(self, key: str, token: str) -> FileLock:
+        return FileLock(self.lock_path(key, token))
 
     async def _get(self, key: str, token: str) -> bytes | None:
         path = self.path(key, token)
@@ -301,7 +354,8 @@ class LocalArtifactCache(ArtifactCache):
         index: dict[Path, tuple[int, float]] = {}
         if not self.directory.is_dir():
             return index
-        for directory, _, files in os.walk(self.directory):
+        for directory, subdirectories, files in os.walk(self.directory):
+            subdirectories[:] = [d for d in subdirectories if d != _LOCKS]
             for name in files:
                 if name.startswith(".tmp-"):
                     continue
@@ -350,6 +404,9 @@ class S3ArtifactCache(ArtifactCache):
 
     def key(self, key: str, token: str) -> str:
         return f"{self.prefix}{key}/{_token_name(token)}"
+
+    def _flight_name(self, key: str, token: str) -> str:
+        return f"s3://{self.bucket}/{self.key(key, token)}"
 
     async def _get(self, key: str, token: str) -> bytes | None:
         from botocore.exceptions import ClientError
@@ -413,6 +470,94 @@ class S3ArtifactCache(ArtifactCache):
             del self._index[object_key]
         self.stats.bytes = total
         return len(victims)
+
+
+class FileLock:
+    """An exclusive lock on a lock file (``fcntl.flock``): between processes, and between the
+    open files of one process. The holder unlinks the file on release; an acquirer that locked
+    a file unlinked meanwhile (its path now names another file, or none) tries again, so two
+    holders never hold "the same" path at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free (never blocks); whether it was taken."""
+        return self._take(blocking=False)
+
+    def acquire(self) -> None:
+        """Take the lock, waiting for its holder (blocks the calling thread)."""
+        self._take(blocking=True)
+
+    async def acquire_async(self) -> None:
+        """Take the lock, waiting for its holder without blocking the event loop: a non-blocking
+        attempt (a few local system calls) every few milliseconds, so a cancelled wait holds
+        nothing. (The holder is another process: there is nothing in this one to wait on.)"""
+        attempts = 0
+        while not self.try_acquire():
+            attempts += 1
+            await asyncio.sleep(min(_LOCK_POLL_SECONDS * attempts, 0.2))
+
+    def release(self) -> None:
+        """Unlink the lock file and let the next holder in."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(fd)  # closing the file releases the flock
+
+    def _take(self, *, blocking: bool) -> bool:
+        if self._fd is not None:
+            raise RuntimeError(f"lock {self.path} is already held by this object")
+        while True:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                return True
+            os.close(fd)  # the previous holder unlinked it: lock the new file
+
+
+class _Flights:
+    """The in-process half of single flight: one asyncio lock per flight name, shared by every
+    cache object of the process (on its event loop), dropped when no one holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(name, (asyncio.Lock(), 0))
+        self._locks[name] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[name]
+            if users == 1:
+                del self._locks[name]
+            else:
+                self._locks[name] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+_flights = _Flights()
 
 
 async def open_artifact_cache(

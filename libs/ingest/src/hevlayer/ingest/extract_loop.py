@@ -9,7 +9,9 @@ Shared by ``hevlayer add`` (its in-process workers) and the extract worker deplo
 2. read each object from its source (:mod:`hevlayer.ingest.sources`: the id names it);
 3. consult the Artifact Cache (:mod:`hevlayer.ingest.artifacts`) for the object's chunks
    (content hash + producer version + budget + name); on a miss run the producer of the
-   object's kind in a thread (a *conversion*) and store its chunks and derived text;
+   object's kind in a thread (a *conversion*) and store its chunks and derived text, under the
+   cache's single flight (another lane or worker converting the same object now is waited for
+   and its entry read);
 4. ``StageDocuments`` with the leases (fenced: a lease lost meanwhile rejects the write), which
    makes the documents ``pending`` for the embedder. An object that cannot be read or
    converted is moved to ``failed`` with the reason; one that is gone is deleted.
@@ -41,6 +43,7 @@ from hevlayer.ingest.artifacts import (
     derived_text,
     encode_chunks,
     text_token,
+    version_token,
 )
 from hevlayer.ingest.files import DEFAULT_MAX_FILE_BYTES
 from hevlayer.ingest.producers import (
@@ -338,29 +341,43 @@ class ExtractLoop:
             return Extraction(obj.document_id, reason=reason, size=size)
         key = await asyncio.to_thread(data_hash, obj.data)
         token = chunks_token(producer, self.options.budget, obj.name)
-        blob = await cache.get(key, token)
-        if blob is not None:
-            try:
-                chunks = decode_chunks(blob)
-            except ValueError:
-                blob = None
-            else:
-                self.stats.cache_hits += 1
-                document = to_document(
-                    obj.document_id, chunks, f"sha256:{key};{producer.kind}/{producer.version}"
+        cached = await self._cached(obj, producer, cache, key, token)
+        if cached is not None:
+            return cached
+        # Single flight: whoever else converts this object now (the Job Lane, another worker on
+        # this directory) finishes first, and its entry is read instead of converting again.
+        async with cache.flight(key, version_token(producer)):
+            cached = await self._cached(obj, producer, cache, key, token)
+            if cached is not None:
+                return cached
+            started = time.perf_counter()
+            converted, reason = await asyncio.to_thread(convert, obj, producer, self.options.budget)
+            seconds = time.perf_counter() - started
+            if converted is None:
+                return Extraction(
+                    obj.document_id, reason=reason, kind=producer.kind, size=size, converted=True
                 )
-                return Extraction(obj.document_id, document=document, kind=producer.kind, size=size)
-        started = time.perf_counter()
-        converted, reason = await asyncio.to_thread(convert, obj, producer, self.options.budget)
-        seconds = time.perf_counter() - started
-        if converted is None:
-            return Extraction(obj.document_id, reason=reason, kind=producer.kind, size=size, converted=True)
-        await cache.put(key, token, encode_chunks(converted))
-        await cache.put(key, text_token(producer), derived_text(converted).encode(errors="surrogatepass"))
+            await cache.put(key, token, encode_chunks(converted))
+            await cache.put(key, text_token(producer), derived_text(converted).encode(errors="surrogatepass"))
         document = to_document(obj.document_id, converted, content_hash(obj.data, producer))
         return Extraction(
             obj.document_id, document=document, kind=producer.kind, size=size, converted=True, seconds=seconds
         )
+
+    async def _cached(
+        self, obj: ObjectData, producer: Producer, cache: ArtifactCache, key: str, token: str
+    ) -> Extraction | None:
+        """The extraction of ``obj`` from its cached chunks; None on a miss."""
+        blob = await cache.get(key, token)
+        if blob is None:
+            return None
+        try:
+            chunks = decode_chunks(blob)
+        except ValueError:
+            return None
+        self.stats.cache_hits += 1
+        document = to_document(obj.document_id, chunks, f"sha256:{key};{producer.kind}/{producer.version}")
+        return Extraction(obj.document_id, document=document, kind=producer.kind, size=len(obj.data))
 
     async def _extract_and_stage(self, worker: str, held: dict[str, int]) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(worker, held))

@@ -13,7 +13,9 @@ summarizer (``SummaryService.SubmitJob``) while the Object Lane runs:
    (:mod:`hevlayer.ingest.artifacts`, shared with the Object Lane), or, when
    the Object Lane has not converted it yet, converted here once and stored
    there for both lanes (its chunks too, so the Object Lane does not convert
-   it again); the last message sets ``enumeration_complete``;
+   it again), under the cache's single flight (when both lanes reach the same
+   unconverted file at the same moment, one converts and the other reads); the
+   last message sets ``enumeration_complete``;
 2. the summarizer folds the directories bottom-up while their files are still
    being extracted and embedded, and stages each summary into the same
    pipeline as a document ``dir:<job id>:/<path>`` of one chunk of kind
@@ -51,9 +53,10 @@ from hevlayer.ingest.artifacts import (
     derived_text,
     encode_chunks,
     text_token,
+    version_token,
 )
 from hevlayer.ingest.files import FileEntry, Root, Skipped, examine, walk
-from hevlayer.ingest.producers import DEFAULT_BUDGET, Budget, ProducerError, Source, select_producer
+from hevlayer.ingest.producers import DEFAULT_BUDGET, Budget, Producer, ProducerError, Source, select_producer
 from hevlayer.ingest.producers.base import looks_binary
 
 CHUNK_KIND = "directory_summary"
@@ -259,15 +262,26 @@ class SummaryJobs:
 
     async def _derived_text(self, entry: FileEntry, outcome: JobOutcome) -> str:
         """A file's converted text: from the Artifact Cache, else converted once and stored
-        there (text and chunks) for both lanes; "" when the conversion fails (the Object
-        Lane reports it)."""
+        there (text and chunks) for both lanes, under the cache's single flight (when the
+        Object Lane is converting the same file at this moment, its text is read once it is
+        done); "" when the conversion fails (the Object Lane reports it)."""
         producer = select_producer(entry.kind)
+        if self.artifacts is None:
+            text = await self._convert(entry, producer, outcome)
+            return "" if text is None else fold(text)
         token = text_token(producer)
-        if self.artifacts is not None:
-            blob = await self.artifacts.get(entry.content_hash, token)
-            if blob is not None:
-                outcome.artifact_hits += 1
-                return fold(blob.decode("utf-8", errors="replace"))
+        blob = await self.artifacts.get(entry.content_hash, token)
+        if blob is None:
+            async with self.artifacts.flight(entry.content_hash, version_token(producer)):
+                blob = await self.artifacts.get(entry.content_hash, token)
+                if blob is None:
+                    text = await self._convert(entry, producer, outcome)
+                    return "" if text is None else fold(text)
+        outcome.artifact_hits += 1
+        return fold(blob.decode("utf-8", errors="replace"))
+
+    async def _convert(self, entry: FileEntry, producer: Producer, outcome: JobOutcome) -> str | None:
+        """Convert ``entry`` here and store its text and chunks; None when it cannot be."""
         budget = self.options.budget
         try:
             data = await asyncio.to_thread(entry.path.read_bytes)
@@ -275,15 +289,17 @@ class SummaryJobs:
                 producer.produce, Source(entry.document_id, entry.name, data), budget
             )
         except (OSError, ProducerError):
-            return ""
+            return None
         outcome.conversions += 1
         text = derived_text(chunks)
         if self.artifacts is not None:
             await self.artifacts.put(
                 entry.content_hash, chunks_token(producer, budget, entry.name), encode_chunks(chunks)
             )
-            await self.artifacts.put(entry.content_hash, token, text.encode("utf-8", errors="surrogatepass"))
-        return fold(text)
+            await self.artifacts.put(
+                entry.content_hash, text_token(producer), text.encode("utf-8", "surrogatepass")
+            )
+        return text
 
     async def _delete_gone(self, job_id: str, directories: set[str]) -> int:
         """Delete the summaries of directories no longer in the job's tree."""

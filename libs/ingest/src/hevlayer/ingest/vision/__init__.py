@@ -1,16 +1,20 @@
 """Image descriptions for the image producer (and anything else that needs one).
 
 :func:`describe` is the single entry: it reads the image's facts with Pillow,
-then asks the process's Transformation Cache for the description under the
-image's content address (SHA-256 of the bytes + the provider's token). On a
-miss the provider runs once, inside the process-wide ``description_gate``,
-however many threads ask for the same image at the same moment (single
-flight); a cache hit takes no gate slot.
+then asks the process's Transformation Cache (:mod:`hevlayer.ingest.transform`,
+the one the summarizer's folds use too) for the description under the image's
+content address (:func:`cache_key`: the provider's token, the description's
+version and the SHA-256 of the bytes). On a miss the provider runs once,
+inside the process-wide ``description_gate``, however many threads ask for the
+same image at the same moment (single flight; with a directory backing, however
+many processes); a cache hit takes no gate slot.
 
 The process's provider, gate and cache come from :class:`VisionSettings`
 (``HEVLAYER_VISION_*``, ``HEVLAYER_DESCRIPTION_CONCURRENCY``,
-``HEVLAYER_TRANSFORM_CACHE_*``), loaded from the environment on first use;
-:func:`configure` replaces them (at start-up, or in tests).
+``HEVLAYER_TRANSFORM_CACHE*``: memory only, or also a directory or an
+``s3://bucket/prefix`` shared by every process configured with it), loaded from
+the environment on first use; :func:`configure` replaces them (at start-up, or
+in tests).
 
 Everything here blocks: call it from a worker thread (producers already run
 in one); asyncio code uses ``await asyncio.to_thread(describe, data)``.
@@ -18,14 +22,13 @@ in one); asyncio code uses ``await asyncio.to_thread(describe, data)``.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from hevlayer.common.config import ConfigError, load_settings
-from hevlayer.ingest.vision.cache import CacheOutcome, Gate, TransformationCache
+from hevlayer.ingest.transform import CacheOutcome, TransformationCache, expand_location
+from hevlayer.ingest.transform import cache_key as transformation_key
+from hevlayer.ingest.vision.gate import Gate
 from hevlayer.ingest.vision.providers import (
     Image,
     ImageInfo,
@@ -51,6 +54,7 @@ __all__ = [
     "VisionProvider",
     "VisionSettings",
     "VisionUnavailable",
+    "cache_key",
     "configure",
     "describe",
     "description_gate",
@@ -68,6 +72,8 @@ class Vision:
     provider: VisionProvider
     gate: Gate
     cache: TransformationCache
+    owns_cache: bool = False
+    """The cache was built here (closed when the describer is replaced)."""
 
 
 @dataclass(frozen=True)
@@ -113,11 +119,20 @@ def _build(
             settings = load_settings(VisionSettings)
         except ConfigError as exc:
             raise VisionUnavailable(f"configuration error: {exc}") from None
-    directory = Path(os.path.expanduser(settings.cache_dir)) if settings.cache_dir else None
+    provider = provider if provider is not None else provider_for(settings)
+    owns_cache = cache is None
+    if cache is None:
+        try:
+            cache = TransformationCache(
+                settings.cache_entries, expand_location(settings.cache), settings.cache_bytes
+            )
+        except (OSError, ValueError) as exc:
+            raise VisionUnavailable(f"HEVLAYER_TRANSFORM_CACHE {settings.cache!r}: {exc}") from None
     return Vision(
-        provider=provider if provider is not None else provider_for(settings),
+        provider=provider,
         gate=gate if gate is not None else Gate("description", settings.description_concurrency),
-        cache=cache if cache is not None else TransformationCache(settings.cache_entries, directory),
+        cache=cache,
+        owns_cache=owns_cache,
     )
 
 
@@ -132,7 +147,9 @@ def configure(
     global _vision
     built = _build(settings, provider, gate, cache)
     with _lock:
-        _vision = built
+        replaced, _vision = _vision, built
+    if replaced is not None and replaced.owns_cache and replaced.cache is not built.cache:
+        replaced.cache.close()
     return built
 
 
@@ -156,9 +173,14 @@ def transformation_cache() -> TransformationCache:
     return vision().cache
 
 
+DESCRIPTION_VERSION = "image-description/1"
+"""The prompt version of a description's cache key (the provider's token names its prompt)."""
+
+
 def cache_key(image: Image, provider: VisionProvider) -> str:
-    """The content address of an image's description by ``provider``."""
-    return hashlib.sha256(f"image-description\x00{provider.token}\x00{image.digest}".encode()).hexdigest()
+    """The content address of an image's description by ``provider``: the Transformation
+    Cache's key of (provider token, :data:`DESCRIPTION_VERSION`, the image's SHA-256)."""
+    return transformation_key(provider.token, DESCRIPTION_VERSION, [image.digest])
 
 
 def describe(data: bytes) -> Description:
@@ -171,5 +193,5 @@ def describe(data: bytes) -> Description:
         with current.gate:
             return provider.describe(image)
 
-    text, outcome = current.cache.get_or_compute(cache_key(image, provider), run)
+    text, outcome = current.cache.get_or_compute_sync(cache_key(image, provider), run)
     return Description(text=text, info=image.info, provider=provider.token, outcome=outcome)

@@ -76,11 +76,19 @@ class VisionSettings:
         "Descriptions kept in memory by the Transformation Cache (least recently used go first).",
         4096,
     )
-    cache_dir: str = setting(
-        "HEVLAYER_TRANSFORM_CACHE_DIR",
-        "Directory where the Transformation Cache also keeps descriptions across processes "
-        "(`~` is expanded); empty: memory only.",
+    cache: str = setting(
+        "HEVLAYER_TRANSFORM_CACHE",
+        "Where the Transformation Cache also keeps descriptions, for later runs and other "
+        "processes: a directory (`~` is expanded) or `s3://bucket/prefix` (endpoint and "
+        "credentials from the AWS environment: `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...); "
+        "empty: memory only. Every process given the same location shares the entries (the "
+        "summarizer's `SUMMARIZER_TRANSFORM_CACHE` too).",
         "",
+    )
+    cache_bytes: int = setting(
+        "HEVLAYER_TRANSFORM_CACHE_BYTES",
+        "Size bound of HEVLAYER_TRANSFORM_CACHE's entries; least recently used go first.",
+        1 << 30,
     )
 
     def validate(self) -> None:
@@ -106,5 +114,9 @@ class VisionSettings:
                 raise ConfigError(f"{name}: must be >= 1, got {value}")
         if self.timeout_seconds <= 0:
             raise ConfigError(f"HEVLAYER_VISION_TIMEOUT_SECONDS: must be > 0, got {self.timeout_seconds}")
+        if self.cache_bytes < 0:
+            raise ConfigError(f"HEVLAYER_TRANSFORM_CACHE_BYTES: must be >= 0, got {self.cache_bytes}")
+        if self.cache.startswith("s3://") and not self.cache[len("s3://") :].split("/", 1)[0]:
+            raise ConfigError(f"HEVLAYER_TRANSFORM_CACHE: no bucket in {self.cache!r}")
         if not self.ocr_languages.strip():
             raise ConfigError("HEVLAYER_OCR_LANGUAGES: must not be empty")
