@@ -11,12 +11,13 @@ from hevlayer.common.config import load_or_exit
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
 from hevlayer.summarizer.cache import TransformationCache
 from hevlayer.summarizer.gates import configure_gates
+from hevlayer.summarizer.gateway_stager import GrpcStager
 from hevlayer.summarizer.grpc_summary import SummaryServicer
 from hevlayer.summarizer.jobs import JobLimits, JobRunner
 from hevlayer.summarizer.journal import JobJournal
 from hevlayer.summarizer.providers import ExtractiveProvider, OpenAIChatProvider, SummaryProvider
 from hevlayer.summarizer.settings import GRPC_DEFAULTS, SummarizerSettings
-from hevlayer.summarizer.staging import GrpcStager, MemoryStager, Stager
+from hevlayer.summarizer.staging import MemoryStager, Stager
 
 log = logging.getLogger("hevlayer.summarizer")
 
