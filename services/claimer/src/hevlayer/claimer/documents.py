@@ -43,20 +43,23 @@ _STATE_COLUMNS = (
     "content_hash, chunk_count, update_time"
 )
 
-# $7: the trace context of each record ('' stores NULL).
+# $7: the trace context of each record ('' stores NULL). $8: each record's claim priority
+# (NULL: 0 for a new row); $9: the ids whose existing row takes it (ids leased from a segment
+# take their segment's priority; other rows keep theirs).
 RECORD_STAGED_SQL = """
 INSERT INTO documents AS d (pipeline_id, document_id, stage, fencing_token, content_hash, backing,
-                            chunk_count, update_time, trace_parent)
+                            chunk_count, update_time, trace_parent, priority)
 SELECT $1, u.document_id, 'pending', nextval('fencing_token_seq'), u.content_hash, u.backing,
-       u.chunk_count, $6, NULLIF(u.trace_parent, '')
-FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $7::text[])
-     AS u(document_id, content_hash, backing, chunk_count, trace_parent)
+       u.chunk_count, $6, NULLIF(u.trace_parent, ''), coalesce(u.priority, 0)
+FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $7::text[], $8::int[])
+     AS u(document_id, content_hash, backing, chunk_count, trace_parent, priority)
 ON CONFLICT (pipeline_id, document_id) DO UPDATE SET
     stage = 'pending', claimed_by = NULL, claimed_at = NULL, lease_expires_at = NULL,
     fencing_token = EXCLUDED.fencing_token, attempts = 0, lease_expiries = 0, last_error = '',
     content_hash = EXCLUDED.content_hash, backing = EXCLUDED.backing,
     chunk_count = EXCLUDED.chunk_count, update_time = EXCLUDED.update_time,
-    trace_parent = EXCLUDED.trace_parent
+    trace_parent = EXCLUDED.trace_parent,
+    priority = CASE WHEN d.document_id = ANY($9::text[]) THEN EXCLUDED.priority ELSE d.priority END
 RETURNING d.document_id, d.fencing_token, (d.xmax = 0) AS inserted
 """
 
@@ -155,7 +158,7 @@ class EnqueueBatch:
     stage: str = ""
     skip_unchanged: bool = False
     priorities: Sequence[int] = ()
-    """Claim priority per id (lower first; missing entries are 0). Row backend only."""
+    """Claim priority per id (lower first; missing entries are 0)."""
 
 
 @dataclass
@@ -171,6 +174,21 @@ class EnqueueTotals:
 class _Buffer:
     ids: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
+
+
+def _by_priority(
+    ids: list[str], hashes: list[str], priorities: Sequence[int]
+) -> dict[int, tuple[list[str], list[str]]]:
+    """A message's ids and hashes grouped by claim priority (a missing priority or hash reads
+    0 or ""), each group in message order."""
+    if not any(priorities):
+        return {0: (ids, hashes)}
+    groups: dict[int, tuple[list[str], list[str]]] = {}
+    for i, doc in enumerate(ids):
+        group = groups.setdefault(priorities[i] if i < len(priorities) else 0, ([], []))
+        group[0].append(doc)
+        group[1].append(hashes[i] if i < len(hashes) else "")
+    return groups
 
 
 def _state(row: asyncpg.Record) -> DocumentState:
@@ -260,6 +278,12 @@ class DocumentStore:
                         unchanged.add(record.document_id)
             todo = [r for r in records if r.document_id not in unchanged]
             tokens: dict[str, int] = {}
+            leased = [r for r in records if r.lease_token > 0]
+            priorities: dict[str, int] = {}
+            if todo and leased and self._segments is not None:
+                priorities = await self._segments.rows.priorities_of(
+                    conn, cfg.id, [r.document_id for r in leased], [r.lease_token for r in leased]
+                )
             if todo:
                 rows = await conn.fetch(
                     RECORD_STAGED_SQL,
@@ -270,6 +294,8 @@ class DocumentStore:
                     [r.chunk_count for r in todo],
                     self.clock(),
                     [r.trace_parent for r in todo],
+                    [priorities.get(r.document_id) for r in todo],
+                    list(priorities),
                 )
                 for doc, token, inserted in rows:
                     if not inserted and doc not in previous:
@@ -281,7 +307,6 @@ class DocumentStore:
                 [r.backing for r in todo],
                 [previous[r.document_id]["backing"] for r in todo if r.document_id in previous],
             )
-            leased = [r for r in records if r.lease_token > 0]
             if leased and self._segments is not None:
                 await self._segments.transitions.release_staged(
                     conn, work, cfg.id, [r.document_id for r in leased], [r.lease_token for r in leased]
@@ -418,28 +443,28 @@ class DocumentStore:
         Row backend: each message is applied atomically (ids become rows in
         ``stage`` with their claim priority, existing ones are re-queued unless
         unchanged). Segment backend: ids fill manifests of ``segment_size``
-        ids, each committed when full, the partial ones when the stream ends;
-        a non-zero priority is INVALID_ARGUMENT naming ``documents[i].priority``
-        (segments are claimed whole, in enqueue order). A failed stream may
-        have enqueued a prefix of its ids; enqueueing again is safe.
+        ids, one buffer per (stage, priority) so that a segment holds ids of one
+        priority, each committed when full, the partial ones when the stream ends.
+        A failed stream may have enqueued a prefix of its ids; enqueueing again is
+        safe.
         """
         totals = EnqueueTotals()
         pipeline_id: str | None = None
         cfg = None
-        buffers: dict[str, _Buffer] = {}
+        buffers: dict[tuple[str, int], _Buffer] = {}
         flushes: set[asyncio.Task[None]] = set()
         limit = asyncio.Semaphore(self._flush_concurrency)
         segments: SegmentQueue | None = None
 
-        async def flush(stage: str, ids: list[str], hashes: list[str]) -> None:
+        async def flush(stage: str, priority: int, ids: list[str], hashes: list[str]) -> None:
             assert segments is not None
             assert pipeline_id is not None
             async with limit:
-                count = await segments.claims.enqueue_segment(pipeline_id, stage, ids, hashes)
+                count = await segments.claims.enqueue_segment(pipeline_id, stage, ids, hashes, priority)
             totals.enqueued += count
 
-        def spawn(stage: str, ids: list[str], hashes: list[str]) -> None:
-            task = asyncio.create_task(flush(stage, ids, hashes))
+        def spawn(stage: str, priority: int, ids: list[str], hashes: list[str]) -> None:
+            task = asyncio.create_task(flush(stage, priority, ids, hashes))
             flushes.add(task)
             totals.segments_created += 1
 
@@ -462,13 +487,6 @@ class DocumentStore:
                 for i, content_hash in enumerate(batch.content_hashes):
                     if content_hash:
                         v.max_bytes(content_hash, v.MAX_HASH_BYTES, f"documents[{i}].content_hash")
-                if segments is not None and any(batch.priorities):
-                    first = next(i for i, priority in enumerate(batch.priorities) if priority)
-                    raise InvalidArgument.field(
-                        f"documents[{first}].priority",
-                        f"pipeline {cfg.id!r} has queue_backend segment, whose segments are claimed "
-                        "whole in enqueue order: priorities need queue_backend row (leave it 0)",
-                    )
                 if not batch.document_ids:
                     continue
                 if segments is None:
@@ -478,25 +496,27 @@ class DocumentStore:
                     continue
                 ids = list(batch.document_ids)
                 hashes = list(batch.content_hashes)
+                priorities = list(batch.priorities)
                 if batch.skip_unchanged:
-                    ids, hashes = await self._drop_unchanged(cfg.id, ids, hashes)
+                    ids, hashes, priorities = await self._drop_unchanged(cfg.id, ids, hashes, priorities)
                     totals.unchanged += len(batch.document_ids) - len(ids)
-                buffer = buffers.setdefault(stage, _Buffer())
-                buffer.ids.extend(ids)
-                buffer.hashes.extend(hashes)
                 size = segments.segment_size
-                while len(buffer.ids) >= size:
-                    spawn(stage, buffer.ids[:size], buffer.hashes[:size])
-                    del buffer.ids[:size]
-                    del buffer.hashes[:size]
+                for priority, (group_ids, group_hashes) in _by_priority(ids, hashes, priorities).items():
+                    buffer = buffers.setdefault((stage, priority), _Buffer())
+                    buffer.ids.extend(group_ids)
+                    buffer.hashes.extend(group_hashes)
+                    while len(buffer.ids) >= size:
+                        spawn(stage, priority, buffer.ids[:size], buffer.hashes[:size])
+                        del buffer.ids[:size]
+                        del buffer.hashes[:size]
                 for task in [t for t in flushes if t.done()]:
                     flushes.discard(task)
                     task.result()
             if pipeline_id is None:
                 raise InvalidArgument.field("pipeline_id", "is required (the stream sent no message)")
-            for stage, buffer in buffers.items():
+            for (stage, priority), buffer in sorted(buffers.items()):
                 if buffer.ids:
-                    spawn(stage, buffer.ids, buffer.hashes)
+                    spawn(stage, priority, buffer.ids, buffer.hashes)
             if flushes:
                 await asyncio.gather(*flushes)
                 flushes.clear()
@@ -541,13 +561,14 @@ class DocumentStore:
         return enqueued, len(ids)
 
     async def _drop_unchanged(
-        self, pipeline_id: str, ids: list[str], hashes: list[str]
-    ) -> tuple[list[str], list[str]]:
-        """Ids whose content hash differs from their row's (or that have none)."""
+        self, pipeline_id: str, ids: list[str], hashes: list[str], priorities: list[int]
+    ) -> tuple[list[str], list[str], list[int]]:
+        """Ids whose content hash differs from their row's (or that have none), with their
+        hashes and priorities."""
         pairs = [(doc, hashes[i] if i < len(hashes) else "") for i, doc in enumerate(ids)]
         with_hash = [doc for doc, h in pairs if h]
         if not with_hash:
-            return ids, [h for _, h in pairs]
+            return ids, [h for _, h in pairs], priorities
         async with self._db.acquire() as conn:
             rows = await conn.fetch(
                 """SELECT document_id, content_hash FROM documents
@@ -557,5 +578,9 @@ class DocumentStore:
                 with_hash,
             )
         stored = {r[0]: r[1] for r in rows}
-        kept = [(doc, h) for doc, h in pairs if not h or stored.get(doc) != h]
-        return [doc for doc, _ in kept], [h for _, h in kept]
+        kept = [i for i, (doc, h) in enumerate(pairs) if not h or stored.get(doc) != h]
+        return (
+            [pairs[i][0] for i in kept],
+            [pairs[i][1] for i in kept],
+            [priorities[i] for i in kept if i < len(priorities)],
+        )

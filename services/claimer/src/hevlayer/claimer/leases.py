@@ -24,35 +24,50 @@ import asyncpg
 from hevlayer.claimer import metrics
 from hevlayer.claimer import validation as v
 from hevlayer.claimer.database import Database
+from hevlayer.claimer.segment_claims import ANY_PRIORITY
 from hevlayer.claimer.segments import SegmentQueue, cleanup_of
 from hevlayer.claimer.txn import Clock, PipelineConfig, Work, pipeline_config, run, system_clock
 from hevlayer.client.enums import TransitionOutcome
 from hevlayer.common.errors import InvalidArgument
 
-# The claim: documents whose lease expired in claim_stage first (oldest
-# expiry first, through the partial index documents_claimable), then unleased
-# documents of stage by priority, then age (the fencing token: the document
-# that entered the stage first; through the partial index
-# documents_claim_order, migration 0007), both FOR UPDATE SKIP LOCKED; one
-# UPDATE moves them. A document whose lease expired
-# for the max_attempts-th time goes to failed instead (it is returned with
-# stage "failed" and no lease). Parameters: $1 pipeline, $2 stage,
-# $3 claim_stage, $4 limit, $5 worker, $6 now, $7 expires, $8 max_attempts.
+# The claim, in the order of the seed's durable task queue, "priority ASC, started_at ASC":
+# the stage's claimable documents by priority (lower first); within one priority, documents
+# whose lease expired in claim_stage first (oldest expiry first: they entered the stage
+# before any document still queued there), then unleased documents of stage by age (the
+# fencing token: the document that entered the stage first). A reclaimed document keeps its
+# priority, so an expired lease of priority 5 waits behind a queued document of priority 0.
+# Each half reads its own partial index (documents_claimable for the expired range,
+# documents_claim_order of migration 0007 for the queued ones, in order), both FOR UPDATE
+# SKIP LOCKED with the claim's limit; `chosen` merges them and keeps the limit's first (the
+# rest, locked, are released at commit). One UPDATE moves them. A document whose lease
+# expired for the max_attempts-th time goes to failed instead (it is returned with stage
+# "failed" and no lease). Parameters: $1 pipeline, $2 stage, $3 claim_stage, $4 limit,
+# $5 worker, $6 now, $7 expires, $8 max_attempts, $9 the largest priority taken (a claim
+# that also takes segments stops the rows at the best segment's priority).
 CLAIM_SQL = """
 WITH expired AS (
-    SELECT document_id FROM documents
+    SELECT document_id, priority, lease_expires_at FROM documents
     WHERE pipeline_id = $1 AND stage = $3 AND lease_expires_at <= $6
-      AND stage <> ALL ('{indexed,failed}'::text[])
-    ORDER BY lease_expires_at
+      AND stage <> ALL ('{indexed,failed}'::text[]) AND priority <= $9
+    ORDER BY priority, lease_expires_at
     LIMIT $4
     FOR UPDATE SKIP LOCKED
 ), fresh AS (
-    SELECT document_id FROM documents
+    SELECT document_id, priority, fencing_token FROM documents
     WHERE pipeline_id = $1 AND stage = $2 AND lease_expires_at IS NULL
-      AND stage <> ALL ('{indexed,failed}'::text[])
+      AND stage <> ALL ('{indexed,failed}'::text[]) AND priority <= $9
     ORDER BY priority, fencing_token
-    LIMIT $4 - (SELECT count(*) FROM expired)
+    LIMIT $4
     FOR UPDATE SKIP LOCKED
+), chosen AS (
+    SELECT document_id, reclaimed FROM (
+        SELECT document_id, priority, true AS reclaimed, lease_expires_at AS expiry,
+               NULL::bigint AS token FROM expired
+        UNION ALL
+        SELECT document_id, priority, false, NULL::timestamptz, fencing_token FROM fresh
+    ) c
+    ORDER BY priority, reclaimed DESC, expiry, token
+    LIMIT $4
 )
 UPDATE documents d SET
     stage = CASE WHEN d.lease_expires_at IS NOT NULL AND d.lease_expiries + 1 >= $8::int
@@ -72,9 +87,22 @@ UPDATE documents d SET
     lease_expiries = d.lease_expiries + (d.lease_expires_at IS NOT NULL)::int,
     fencing_token = nextval('fencing_token_seq')
 WHERE d.pipeline_id = $1
-  AND d.document_id = ANY (ARRAY(SELECT document_id FROM expired UNION ALL SELECT document_id FROM fresh))
+  AND d.document_id = ANY (ARRAY(SELECT document_id FROM chosen))
 RETURNING d.document_id, d.stage, d.fencing_token, d.attempts, d.content_hash, d.chunk_count,
-          (SELECT count(*) FROM expired) AS expired, coalesce(d.trace_parent, '')
+          (SELECT count(*) FROM chosen WHERE reclaimed) AS expired, coalesce(d.trace_parent, '')
+"""
+
+# The smallest priority among the documents a claim could take (NULL: none); a claim of a
+# segmented pipeline compares it with the best segment's. Not locked.
+BEST_ROW_PRIORITY_SQL = """
+SELECT least(
+    (SELECT priority FROM documents
+     WHERE pipeline_id = $1 AND stage = $2 AND lease_expires_at IS NULL
+       AND stage <> ALL ('{indexed,failed}'::text[])
+     ORDER BY priority, fencing_token LIMIT 1),
+    (SELECT min(priority) FROM documents
+     WHERE pipeline_id = $1 AND stage = $3 AND lease_expires_at <= $4
+       AND stage <> ALL ('{indexed,failed}'::text[])))
 """
 
 # The documents of a request that the worker holds, found by primary key one
@@ -308,38 +336,51 @@ class LeaseStore:
             claimed = Claimed(request.claim_stage, request.worker_id, expires)
             if cfg.paused:
                 return claimed
-            rows = await conn.fetch(
-                CLAIM_SQL,
-                cfg.id,
-                request.stage,
-                request.claim_stage,
-                request.limit,
-                request.worker_id,
-                now,
-                expires,
-                cfg.max_attempts,
-            )
-            if rows:
-                claim_stage = request.claim_stage
-                claimed.expired = int(rows[0][6])
-                columns = list(zip(*rows, strict=True))
-                if columns[1].count(claim_stage) != len(rows):  # some went to failed
-                    leased = [r for r in rows if r[1] == claim_stage]
-                    claimed.poisoned = len(rows) - len(leased)
-                    columns = list(zip(*leased, strict=True)) if leased else [()] * 8
-                claimed.document_ids = list(columns[0])
-                claimed.fencing_tokens = list(columns[2])
-                claimed.attempts = list(columns[3])
-                claimed.content_hashes = list(columns[4])
-                claimed.chunk_counts = list(columns[5])
-                claimed.trace_parents = list(columns[7])
             segments = self._segment_queue(cfg)
-            want = request.limit - len(rows)
-            if segments is not None and want > 0:
-                got = await segments.claims.claim(
-                    conn, work, cfg, request.stage, request.claim_stage, request.worker_id, now, expires, want
+            if segments is None:
+                await self._claim_rows(conn, cfg, request, now, expires, request.limit, ANY_PRIORITY, claimed)
+                return claimed
+            # rows and segments of a segmented pipeline, merged by priority: each round takes
+            # from the side holding the smallest priority, up to the other side's best (rows
+            # first on a tie); a side that yields nothing (all locked by other claims) is left
+            # out of the next rounds
+            want = request.limit
+            rows_dry = segments_dry = False
+            while want > 0:
+                row_best = (
+                    None
+                    if rows_dry
+                    else await conn.fetchval(
+                        BEST_ROW_PRIORITY_SQL, cfg.id, request.stage, request.claim_stage, now
+                    )
                 )
-                if got.ids or got.poisoned:
+                segment_best = (
+                    None
+                    if segments_dry
+                    else await segments.claims.best_priority(
+                        conn, cfg.id, request.stage, request.claim_stage, now
+                    )
+                )
+                if row_best is None and segment_best is None:
+                    break
+                if segment_best is None or (row_best is not None and row_best <= segment_best):
+                    bound = ANY_PRIORITY if segment_best is None else segment_best
+                    taken = await self._claim_rows(conn, cfg, request, now, expires, want, bound, claimed)
+                    rows_dry = taken == 0
+                else:
+                    bound = ANY_PRIORITY if row_best is None else int(row_best)
+                    got = await segments.claims.claim(
+                        conn,
+                        work,
+                        cfg,
+                        request.stage,
+                        request.claim_stage,
+                        request.worker_id,
+                        now,
+                        expires,
+                        want,
+                        bound,
+                    )
                     claimed.document_ids.extend(got.ids)
                     claimed.fencing_tokens.extend(got.tokens)
                     claimed.attempts.extend(got.attempts)
@@ -348,6 +389,9 @@ class LeaseStore:
                     claimed.trace_parents.extend([""] * len(got.ids))
                     claimed.expired += got.expired + got.poisoned
                     claimed.poisoned += got.poisoned
+                    taken = len(got.ids)
+                    segments_dry = taken == 0 and got.poisoned == 0
+                want -= taken
             return claimed
 
         claimed = await run(self._db, body, self._cleanup)
@@ -361,6 +405,48 @@ class LeaseStore:
             poisoned=claimed.poisoned,
         )
         return claimed
+
+    @staticmethod
+    async def _claim_rows(
+        conn: asyncpg.Connection,
+        cfg: PipelineConfig,
+        request: ClaimRequest,
+        now: datetime,
+        expires: datetime,
+        limit: int,
+        max_priority: int,
+        claimed: Claimed,
+    ) -> int:
+        """Claim up to ``limit`` document rows of priority <= ``max_priority`` into
+        ``claimed``; return how many rows the claim took (leased or failed)."""
+        rows = await conn.fetch(
+            CLAIM_SQL,
+            cfg.id,
+            request.stage,
+            request.claim_stage,
+            limit,
+            request.worker_id,
+            now,
+            expires,
+            cfg.max_attempts,
+            max_priority,
+        )
+        if not rows:
+            return 0
+        claim_stage = request.claim_stage
+        claimed.expired += int(rows[0][6])
+        columns = list(zip(*rows, strict=True))
+        if columns[1].count(claim_stage) != len(rows):  # some went to failed
+            leased = [r for r in rows if r[1] == claim_stage]
+            claimed.poisoned += len(rows) - len(leased)
+            columns = list(zip(*leased, strict=True)) if leased else [()] * 8
+        claimed.document_ids.extend(columns[0])
+        claimed.fencing_tokens.extend(columns[2])
+        claimed.attempts.extend(columns[3])
+        claimed.content_hashes.extend(columns[4])
+        claimed.chunk_counts.extend(columns[5])
+        claimed.trace_parents.extend(columns[7])
+        return len(rows)
 
     # -- heartbeat -----------------------------------------------------------------
 

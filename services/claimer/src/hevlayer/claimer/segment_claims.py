@@ -35,21 +35,40 @@ from hevlayer.claimer.segment_rows import (
 from hevlayer.claimer.txn import PipelineConfig, Work, run
 from hevlayer.common.errors import NotFound
 
+# The next segment a claim may take, locked: expired ones in the claim stage (lowest
+# priority, then oldest expiry first, through queue_segments_claimable), and queued ones in
+# the stage (lowest priority, then enqueue order, through queue_segments_claim_order,
+# migration 0010). $4 / $3: the largest priority the claim takes (a claim that also takes
+# document rows stops the segments at the best row's priority).
 CLAIM_EXPIRED_SEGMENT_SQL = f"""
 SELECT {SEGMENT_COLUMNS} FROM queue_segments
-WHERE pipeline_id = $1 AND stage = $2 AND lease_expires_at <= $3 AND remaining > 0
-ORDER BY lease_expires_at, segment_id
+WHERE pipeline_id = $1 AND stage = $2 AND lease_expires_at <= $3 AND remaining > 0 AND priority <= $4
+ORDER BY priority, lease_expires_at, segment_id
 LIMIT 1
 FOR UPDATE SKIP LOCKED
 """
 
 CLAIM_FRESH_SEGMENT_SQL = f"""
 SELECT {SEGMENT_COLUMNS} FROM queue_segments
-WHERE pipeline_id = $1 AND stage = $2 AND lease_expires_at IS NULL AND remaining > 0
-ORDER BY segment_id
+WHERE pipeline_id = $1 AND stage = $2 AND lease_expires_at IS NULL AND remaining > 0 AND priority <= $3
+ORDER BY priority, queue_order
 LIMIT 1
 FOR UPDATE SKIP LOCKED
 """
+
+# The smallest priority among the segments a claim could take (NULL: none). Not locked: the
+# claim that follows locks what it takes and skips what others hold.
+BEST_SEGMENT_PRIORITY_SQL = """
+SELECT least(
+    (SELECT priority FROM queue_segments
+     WHERE pipeline_id = $1 AND stage = $2 AND lease_expires_at IS NULL AND remaining > 0
+     ORDER BY priority, queue_order LIMIT 1),
+    (SELECT min(priority) FROM queue_segments
+     WHERE pipeline_id = $1 AND stage = $3 AND lease_expires_at <= $4 AND remaining > 0))
+"""
+
+ANY_PRIORITY = 2**31 - 1
+"""The largest int32: a claim bounded by it takes every priority."""
 
 
 @dataclass
@@ -76,10 +95,10 @@ class SegmentClaims:
         self._garbage = garbage
 
     async def enqueue_segment(
-        self, pipeline_id: str, stage: str, ids: Sequence[str], hashes: Sequence[str]
+        self, pipeline_id: str, stage: str, ids: Sequence[str], hashes: Sequence[str], priority: int = 0
     ) -> int:
-        """Write one queued segment (ids de-duplicated, first occurrence kept) and
-        commit its row; return the number of ids it holds."""
+        """Write one queued segment of ids of one claim ``priority`` (ids de-duplicated, first
+        occurrence kept) and commit its row; return the number of ids it holds."""
         if any(hashes):
             pairs = dict(zip(ids, list(hashes) + [""] * (len(ids) - len(hashes)), strict=False))
             unique, unique_hashes = list(pairs), list(pairs.values())
@@ -92,7 +111,9 @@ class SegmentClaims:
             (segment_id,) = await self._rows.new_segment_ids(conn, 1)
             key = await self._rows.write_manifest(work, pipeline_id, segment_id, unique, keep_hashes)
             await self._rows.insert_segments(
-                conn, pipeline_id, [(segment_id, stage, key, len(unique), None, None, None, 0, 0)]
+                conn,
+                pipeline_id,
+                [(segment_id, stage, key, len(unique), None, None, None, 0, 0, priority, None)],
             )
             return len(unique)
 
@@ -114,21 +135,35 @@ class SegmentClaims:
         now: datetime,
         expires: datetime,
         want: int,
+        max_priority: int = ANY_PRIORITY,
     ) -> SegmentLeases:
-        """Lease up to ``want`` ids from segments (expired ones in claim_stage first)."""
+        """Lease up to ``want`` ids from segments of priority <= ``max_priority``, lowest
+        priority first; within one priority, segments whose lease expired in claim_stage
+        (oldest expiry first), then queued ones of stage in enqueue order."""
         out = SegmentLeases()
-        fresh_exhausted = False
+        expired_row: asyncpg.Record | None = None
+        fresh_row: asyncpg.Record | None = None
         expired_exhausted = False
-        while want > 0 and not (fresh_exhausted and expired_exhausted):
-            row = None
-            if not expired_exhausted:
-                row = await conn.fetchrow(CLAIM_EXPIRED_SEGMENT_SQL, cfg.id, claim_stage, now)
-                expired_exhausted = row is None
-            if row is None:
-                row = await conn.fetchrow(CLAIM_FRESH_SEGMENT_SQL, cfg.id, stage)
-                fresh_exhausted = row is None
-                if row is None:
-                    break
+        fresh_exhausted = False
+        while want > 0:
+            # one locked candidate of each kind; the one not taken stays ours for the next
+            # round (locked rows are skipped by concurrent claims until this one commits)
+            if expired_row is None and not expired_exhausted:
+                expired_row = await conn.fetchrow(
+                    CLAIM_EXPIRED_SEGMENT_SQL, cfg.id, claim_stage, now, max_priority
+                )
+                expired_exhausted = expired_row is None
+            if fresh_row is None and not fresh_exhausted:
+                fresh_row = await conn.fetchrow(CLAIM_FRESH_SEGMENT_SQL, cfg.id, stage, max_priority)
+                fresh_exhausted = fresh_row is None
+            if expired_row is not None and (
+                fresh_row is None or expired_row["priority"] <= fresh_row["priority"]
+            ):
+                row, expired_row = expired_row, None
+            elif fresh_row is not None:
+                row, fresh_row = fresh_row, None
+            else:
+                break
             segment = segment_of(row)
             expired = segment.lease_expires_at is not None
             manifest = await self._rows.cache.get(segment.manifest_key)
@@ -183,6 +218,13 @@ class SegmentClaims:
             want -= len(taken)
         return out
 
+    async def best_priority(
+        self, conn: asyncpg.Connection, pipeline_id: str, stage: str, claim_stage: str, now: datetime
+    ) -> int | None:
+        """The smallest priority of a segment a claim could take now (None: no segment)."""
+        best = await conn.fetchval(BEST_SEGMENT_PRIORITY_SQL, pipeline_id, stage, claim_stage, now)
+        return None if best is None else int(best)
+
     async def _split(
         self,
         conn: asyncpg.Connection,
@@ -227,6 +269,8 @@ class SegmentClaims:
                     expires,
                     attempts,
                     expiries,
+                    segment.priority,
+                    segment.queue_order,
                 ),
                 (
                     rest_id,
@@ -238,6 +282,8 @@ class SegmentClaims:
                     segment.lease_expires_at,
                     segment.attempts,
                     segment.lease_expiries,
+                    segment.priority,
+                    segment.queue_order,
                 ),
             ],
         )

@@ -22,19 +22,21 @@ from hevlayer.claimer.txn import Work
 
 SEGMENT_COLUMNS = (
     "segment_id, pipeline_id, stage, manifest_key, id_count, remaining, done, claimed_by, "
-    "lease_expires_at, fencing_token, attempts, lease_expiries"
+    "lease_expires_at, fencing_token, attempts, lease_expiries, priority, queue_order"
 )
 
 
 _INSERT_SEGMENTS_SQL = """
 INSERT INTO queue_segments (segment_id, pipeline_id, stage, manifest_key, id_count, remaining,
-                            claimed_by, claimed_at, lease_expires_at, fencing_token, attempts, lease_expiries)
+                            claimed_by, claimed_at, lease_expires_at, fencing_token, attempts, lease_expiries,
+                            priority, queue_order)
 SELECT u.segment_id, $1, u.stage, u.manifest_key, u.id_count, u.id_count,
-       u.claimed_by, u.claimed_at, u.lease_expires_at, nextval('fencing_token_seq'), u.attempts, u.expiries
+       u.claimed_by, u.claimed_at, u.lease_expires_at, nextval('fencing_token_seq'), u.attempts, u.expiries,
+       u.priority, coalesce(u.queue_order, u.segment_id)
 FROM unnest($2::bigint[], $3::text[], $4::text[], $5::int[], $6::text[], $7::timestamptz[],
-            $8::timestamptz[], $9::int[], $10::int[])
+            $8::timestamptz[], $9::int[], $10::int[], $11::int[], $12::bigint[])
      AS u(segment_id, stage, manifest_key, id_count, claimed_by, claimed_at, lease_expires_at,
-          attempts, expiries)
+          attempts, expiries, priority, queue_order)
 ORDER BY u.segment_id
 RETURNING segment_id, fencing_token
 """
@@ -46,6 +48,14 @@ SELECT $1, u.document_id, 'failed', $2, $3, $4, $5, u.content_hash, $6
 FROM unnest($7::text[], $8::text[]) AS u(document_id, content_hash)
 ON CONFLICT (pipeline_id, document_id) DO NOTHING
 """
+
+
+SegmentInsert = tuple[
+    int, str, str, int, str | None, datetime | None, datetime | None, int, int, int, int | None
+]
+"""A new queue_segments row: (segment_id, stage, manifest key, id count, claimed_by,
+claimed_at, lease_expires_at, attempts, lease_expiries, priority, queue_order); a queue_order
+of None is the segment id (a segment of newly queued ids)."""
 
 
 @dataclass
@@ -64,6 +74,10 @@ class Segment:
     fencing_token: int
     attempts: int
     lease_expiries: int
+    priority: int
+    """Claim priority of every id in the segment (lower first; migration 0010)."""
+    queue_order: int
+    """Enqueue order among the segments of one priority (a split's halves keep the old one)."""
 
     def held_by(self, stage: str, worker_id: str, now: datetime) -> bool:
         """True while ``worker_id`` holds a live lease on it in ``stage``."""
@@ -129,13 +143,29 @@ class SegmentRows:
         self,
         conn: asyncpg.Connection,
         pipeline_id: str,
-        rows: Sequence[tuple[int, str, str, int, str | None, datetime | None, datetime | None, int, int]],
+        rows: Sequence[SegmentInsert],
     ) -> dict[int, int]:
-        """Insert segment rows (segment_id, stage, key, count, claimed_by,
-        claimed_at, lease_expires_at, attempts, expiries); return their tokens."""
+        """Insert segment rows; return their tokens."""
         columns = list(zip(*rows, strict=True))
         result = await conn.fetch(_INSERT_SEGMENTS_SQL, pipeline_id, *[list(c) for c in columns])
         return {int(r[0]): int(r[1]) for r in result}
+
+    async def priorities_of(
+        self, conn: asyncpg.Connection, pipeline_id: str, ids: Sequence[str], tokens: Sequence[int]
+    ) -> dict[str, int]:
+        """The claim priority of each id whose lease token is a segment's (that segment's);
+        ids leased otherwise are left out."""
+        wanted = sorted({t for t in tokens if t > 0})
+        if not wanted:
+            return {}
+        rows = await conn.fetch(
+            """SELECT fencing_token, priority FROM queue_segments
+               WHERE fencing_token = ANY($2::bigint[]) AND pipeline_id = $1""",
+            pipeline_id,
+            wanted,
+        )
+        by_token = {int(r[0]): int(r[1]) for r in rows}
+        return {doc: by_token[token] for doc, token in zip(ids, tokens, strict=True) if token in by_token}
 
     async def drop(self, conn: asyncpg.Connection, work: Work, segments: Sequence[Segment]) -> None:
         """Delete segment rows and record their manifests as garbage."""

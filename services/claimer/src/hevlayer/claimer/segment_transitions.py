@@ -3,8 +3,9 @@
 - A transition marks the moved positions in the segment's ``done`` bitmap;
   ids moved to ``indexed`` only bump the counter; to ``failed`` they become
   document rows carrying the reason; to ``pending`` or another worker stage
-  they become a new queued segment. A segment with nothing remaining is
-  deleted with its manifest.
+  they become new queued segments, one per claim priority of the segments they
+  came from (a segment holds ids of one priority). A segment with nothing
+  remaining is deleted with its manifest.
 - Staging an id leased from a segment (``RecordStaged`` with its lease token)
   takes it out of its segment: it has a document row from then on.
 
@@ -43,7 +44,10 @@ class SegmentMoves:
     segments: dict[int, Segment] = field(default_factory=dict)
     moved_ids: list[str] = field(default_factory=list)
     moved_hashes: list[str] = field(default_factory=list)
-    new_segment: tuple[int, str] | None = None
+    moved_priorities: list[int] = field(default_factory=list)
+    """The claim priority of each moved id (its segment's), when ``moved_ids`` is filled."""
+    new_segments: list[tuple[int, str, int, int]] = field(default_factory=list)
+    """The queued segments the moved ids go to: (segment_id, manifest key, priority, count)."""
     new_token: int = 0
     count: int = 0
     """Ids moved (``moved_ids`` may stay empty when only the count matters: to indexed)."""
@@ -186,21 +190,35 @@ class SegmentTransitions:
     async def _read_moved(self, moves: SegmentMoves) -> None:
         """Fill ``moved_ids`` and ``moved_hashes`` from the manifests, in move order."""
         for segment_id, positions in moves.per_segment.items():
-            manifest = await self._rows.cache.get(moves.segments[segment_id].manifest_key)
+            segment = moves.segments[segment_id]
+            manifest = await self._rows.cache.get(segment.manifest_key)
             moves.moved_ids.extend(manifest.ids[p] for p in positions)
             moves.moved_hashes.extend(manifest.hash_at(p) for p in positions)
+            moves.moved_priorities.extend([segment.priority] * len(positions))
 
     async def _destination(
         self, conn: asyncpg.Connection, work: Work, cfg: PipelineConfig, to_stage: str, moves: SegmentMoves
     ) -> None:
-        """The moved ids' new token, and the manifest of their new segment when they go
-        to pending or a worker stage."""
+        """The moved ids' new token, and the manifests of their new segments (one per
+        priority, in the order the priorities first occur) when they go to pending or a worker
+        stage."""
         moves.new_token = int(await conn.fetchval("SELECT nextval('fencing_token_seq')"))
-        if to_stage not in (INDEXED, FAILED):
-            (segment_id,) = await self._rows.new_segment_ids(conn, 1)
-            hashes = moves.moved_hashes if any(moves.moved_hashes) else None
-            key = await self._rows.write_manifest(work, cfg.id, segment_id, moves.moved_ids, hashes)
-            moves.new_segment = (segment_id, key)
+        if to_stage in (INDEXED, FAILED):
+            return
+        groups: dict[int, list[int]] = {}
+        for index, priority in enumerate(moves.moved_priorities):
+            groups.setdefault(priority, []).append(index)
+        segment_ids = await self._rows.new_segment_ids(conn, len(groups))
+        for segment_id, (priority, indices) in zip(segment_ids, groups.items(), strict=True):
+            if len(groups) == 1:
+                ids, hashes = moves.moved_ids, moves.moved_hashes
+            else:
+                ids = [moves.moved_ids[i] for i in indices]
+                hashes = [moves.moved_hashes[i] for i in indices]
+            key = await self._rows.write_manifest(
+                work, cfg.id, segment_id, ids, hashes if any(hashes) else None
+            )
+            moves.new_segments.append((segment_id, key, priority, len(ids)))
 
     async def prepare_lease_transition(
         self,
@@ -271,10 +289,14 @@ class SegmentTransitions:
                 moves.moved_ids,
                 moves.moved_hashes,
             )
-        elif moves.new_segment is not None:
-            segment_id, key = moves.new_segment
+        elif moves.new_segments:
             await self._rows.insert_segments(
-                conn, cfg.id, [(segment_id, to_stage, key, count, None, None, None, 0, 0)]
+                conn,
+                cfg.id,
+                [
+                    (segment_id, to_stage, key, size, None, None, None, 0, 0, priority, None)
+                    for segment_id, key, priority, size in moves.new_segments
+                ],
             )
 
     async def _take_out(
