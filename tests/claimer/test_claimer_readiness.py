@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway.helpers import eventually, http_json, metric_samples
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.polling import eventually
 from support.processes import start_claimer
+from support.service_http import http_json, metric_samples
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.client.channel import open_channel

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway.helpers import eventually, http_json, metric_samples
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.polling import eventually
+from support.service_http import http_json, metric_samples
 
 from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from hevlayer.devstack.ports import free_port

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from types import TracebackType
 
-from gateway.helpers import embed
 from grpc import aio
+from support.vectors import embed
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2 as ix

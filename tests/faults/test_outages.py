@@ -23,20 +23,15 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
 from faults.services import Processes, write_document
-from gateway.helpers import (
-    claim,
-    create_pipeline,
-    document,
-    embed,
-    get_document,
-    pack_keys,
-    read_chunks,
-    stage,
-)
 from google.rpc import error_details_pb2
 from grpc import aio
 from support.fakes.turbopuffer import FakeTurbopufferThread
+from support.leases import claim, read_chunks
+from support.pipelines import create_pipeline
 from support.processes import start_claimer, start_gateway
+from support.s3 import pack_keys
+from support.staging import document, get_document, stage
+from support.vectors import embed
 
 from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3

@@ -14,9 +14,12 @@ import grpc
 import pytest
 from faults.proxy import FaultProxy
 from faults.services import Processes, write_document
-from gateway.helpers import claim, create_pipeline, document, get_document, pack_keys, read_chunks, stage
 from grpc import aio
+from support.leases import claim, read_chunks
+from support.pipelines import create_pipeline
 from support.processes import start_claimer, start_gateway
+from support.s3 import pack_keys
+from support.staging import document, get_document, stage
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.devstack import SeaweedS3

@@ -19,22 +19,17 @@ from pathlib import Path
 import grpc
 import pytest
 from faults.services import Processes, write_document
-from gateway.helpers import (
-    claim,
-    create_pipeline,
-    document,
-    embed,
-    get_document,
-    metric_samples,
-    pack_keys,
-    read_chunks,
-    stage,
-)
 from google.rpc import error_details_pb2
 from grpc import aio
 from support.fakes.turbopuffer import FakeTurbopufferThread
+from support.leases import claim, read_chunks
+from support.pipelines import create_pipeline
 from support.processes import start_claimer, start_gateway
 from support.rpc_errors import violations
+from support.s3 import pack_keys
+from support.service_http import metric_samples
+from support.staging import document, get_document, stage
+from support.vectors import embed
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.helpers import http_json
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 from grpc import aio
 from support.processes import start_claimer, start_gateway
+from support.service_http import http_json
 
 from hevlayer.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hevlayer.client._requests import start_writer

@@ -17,10 +17,13 @@ from typing import Any
 import grpc
 import pytest
 from gateway.auth_stack import GATEWAY_SERVICES, ROLE_OF, AuthStack, call_method, make_token
-from gateway.helpers import create_pipeline, document, http_json, pack_keys, stage, unique
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 from grpc import aio
+from support.pipelines import create_pipeline, unique
+from support.s3 import pack_keys
+from support.service_http import http_json
+from support.staging import document, stage
 
 from hevlayer.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hevlayer.api.claimer.v1 import document_state_pb2, document_state_pb2_grpc

@@ -30,20 +30,15 @@ import asyncpg
 import grpc
 import pytest
 from gateway.auth_stack import GATEWAY_SERVICES, ROLE_OF, AuthStack, call_method, make_token
-from gateway.helpers import (
-    DIM,
-    WORKER,
-    bucket_keys,
-    claim,
-    create_pipeline,
-    document,
-    embed,
-    http_json,
-    stage,
-)
 from google.protobuf import descriptor_pool, field_mask_pb2
 from google.protobuf.message import Message
 from grpc import aio
+from support.leases import WORKER, claim
+from support.pipelines import create_pipeline
+from support.s3 import bucket_keys
+from support.service_http import http_json
+from support.staging import document, stage
+from support.vectors import DIM, embed
 
 from hevlayer.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hevlayer.api.document.v1 import document_pb2

@@ -10,9 +10,12 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
 import pytest
-from gateway.helpers import CLAIM_STAGE, DIM, WORKER, claim, create_pipeline, get_document, stage
 from grpc import aio
+from support.leases import CLAIM_STAGE, WORKER, claim
+from support.pipelines import create_pipeline
 from support.stacks import GatewayStack, start_stack
+from support.staging import get_document, stage
+from support.vectors import DIM
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2 as ix

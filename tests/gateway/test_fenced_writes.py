@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway.helpers import DIM, claim, create_pipeline, document, embed, eventually, get_document, stage
 from grpc import aio
 from support.fakes.turbopuffer import FakeTurbopufferThread
+from support.leases import claim
 from support.milvus_lite import MilvusLiteServer
+from support.pipelines import create_pipeline
+from support.polling import eventually
 from support.stacks import GatewayStack
+from support.staging import document, get_document, stage
+from support.vectors import DIM, embed
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc

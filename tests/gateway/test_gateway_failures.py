@@ -10,9 +10,13 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from gateway.helpers import create_pipeline, document, eventually, http_json, pack_keys, stage
 from grpc import aio
+from support.pipelines import create_pipeline
+from support.polling import eventually
+from support.s3 import pack_keys
+from support.service_http import http_json
 from support.stacks import GatewayStack, start_stack
+from support.staging import document, stage
 
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.processes import ServiceProcess

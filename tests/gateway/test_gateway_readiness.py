@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway.helpers import eventually, http_json, metric_samples
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.fakes.turbopuffer import FakeTurbopuffer
+from support.polling import eventually
 from support.processes import start_gateway
+from support.service_http import http_json, metric_samples
 from support.stacks import GatewayStack, start_stack
 
 from hevlayer.devstack import SeaweedS3

@@ -1,6 +1,7 @@
 """IndexService end to end: WriteVectors into a real Milvus Lite with lease and
 fencing checks by the real claimer, sink failures, and Query by vector and by
-text (through a stand-in embedding service)."""
+text (embedded by the live suite's real embedder, all-MiniLM-L6-v2: the vectors
+written are that model's, so a text query finds the chunk of that text)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,14 @@ from typing import Any
 
 import grpc
 import pytest
-from gateway.helpers import (
-    DIM,
-    claim,
-    create_pipeline,
-    document,
-    embed,
-    fake_embedder,
-    get_document,
-    stage,
-    unreachable_turbopuffer,
-)
 from google.protobuf import field_mask_pb2
 from grpc import aio
+from support.leases import claim
+from support.pipelines import create_pipeline
 from support.rpc_errors import violations
-from support.stacks import GatewayStack, start_stack
+from support.stacks import GatewayStack, start_stack, unreachable_turbopuffer
+from support.staging import document, get_document, stage
+from support.vectors import model_vectors
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2 as ix
@@ -33,19 +27,23 @@ from hevlayer.api.index.v1 import index_pb2_grpc
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.devstack import SeaweedS3
+from hevlayer.devstack.testing import LiveSuite
+
+DIM = 384
+"""The dimension of the live suite's model (all-MiniLM-L6-v2)."""
 
 
 @pytest.fixture(scope="module")
-def embedder_address() -> Iterator[str]:
-    with fake_embedder() as address:
-        yield address
+def embedder_address(live_suite: LiveSuite) -> str:
+    """The live suite's embedder: the gateway embeds text queries with it, the tests their chunks."""
+    return live_suite.services["embedder"]
 
 
 @pytest.fixture(scope="module")
 def gateway_stack(
     database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory, embedder_address: str
 ) -> Iterator[GatewayStack]:
-    """The stack with an embedder and a Turbopuffer sink that cannot be reached."""
+    """The stack with the live suite's embedder and a Turbopuffer sink that cannot be reached."""
     stack = start_stack(
         database_url,
         s3,
@@ -61,13 +59,30 @@ def gateway_stack(
         stack.stop()
 
 
-def vectors_of(doc: document_pb2.Document, *, dim: int = DIM) -> list[document_pb2.Vector]:
-    out = []
-    for chunk in doc.chunks:
-        vector = document_pb2.Vector(id=chunk.id, values=embed(chunk.text)[:dim] + [0.5] * max(0, dim - DIM))
-        vector.attributes.update({"text": chunk.text, "page": chunk.metadata["page"], "lang": "en"})
-        out.append(vector)
-    return out
+class ChunkVectors:
+    """The live suite's model's vectors: ``await vectors_of(doc)`` gives each chunk's, with
+    attributes text, page and lang (padded with 0.5 to a larger ``dim``); ``await
+    vectors_of.text(t)`` one text's."""
+
+    def __init__(self, embedder_address: str) -> None:
+        self.embedder_address = embedder_address
+
+    async def __call__(self, doc: document_pb2.Document, *, dim: int = DIM) -> list[document_pb2.Vector]:
+        values = await model_vectors(self.embedder_address, [chunk.text for chunk in doc.chunks])
+        out = []
+        for chunk, chunk_values in zip(doc.chunks, values, strict=True):
+            vector = document_pb2.Vector(id=chunk.id, values=chunk_values + [0.5] * max(0, dim - DIM))
+            vector.attributes.update({"text": chunk.text, "page": chunk.metadata["page"], "lang": "en"})
+            out.append(vector)
+        return out
+
+    async def text(self, text: str) -> list[float]:
+        return (await model_vectors(self.embedder_address, [text]))[0]
+
+
+@pytest.fixture(scope="module")
+def vectors_of(embedder_address: str) -> ChunkVectors:
+    return ChunkVectors(embedder_address)
 
 
 async def write(
@@ -104,12 +119,12 @@ async def query(channel: aio.Channel, pipeline_id: str, **kwargs: object) -> lis
     return list(response.hits)
 
 
-async def test_write_index_and_query(channel: aio.Channel) -> None:
+async def test_write_index_and_query(channel: aio.Channel, vectors_of: ChunkVectors) -> None:
     pid = await create_pipeline(channel)
     docs = [document(f"doc-{i}", chunks=3) for i in range(3)]
     await stage(channel, pid, docs)
     leases = await claim(channel, pid)
-    results = await write(channel, pid, {d.id: (leases[d.id], vectors_of(d)) for d in docs})
+    results = await write(channel, pid, {d.id: (leases[d.id], await vectors_of(d)) for d in docs})
     assert [(r.document_id, r.outcome, r.vectors_written) for r in results] == [
         (d.id, ix.WRITE_OUTCOME_INDEXED, 3) for d in docs
     ]
@@ -117,7 +132,9 @@ async def test_write_index_and_query(channel: aio.Channel) -> None:
         assert (await get_document(channel, pid, doc.id)).stage == "indexed"
 
     target = docs[1].chunks[2]
-    hits = await query(channel, pid, vector=ix.QueryVector(values=embed(target.text)), top_k=3)
+    hits = await query(
+        channel, pid, vector=ix.QueryVector(values=await vectors_of.text(target.text)), top_k=3
+    )
     assert hits[0].document_id == "doc-1"
     assert hits[0].chunk_id == target.id
     assert hits[0].score == pytest.approx(1.0, abs=1e-4)
@@ -130,7 +147,11 @@ async def test_write_index_and_query(channel: aio.Channel) -> None:
     assert hits[0].score >= hits[1].score >= hits[2].score
 
     filtered = await query(
-        channel, pid, vector=ix.QueryVector(values=embed(target.text)), top_k=10, filter=_struct({"page": 0})
+        channel,
+        pid,
+        vector=ix.QueryVector(values=await vectors_of.text(target.text)),
+        top_k=10,
+        filter=_struct({"page": 0}),
     )
     assert {h.chunk_id for h in filtered} == {f"doc-{i}-0" for i in range(3)}
 
@@ -146,39 +167,46 @@ def _struct(values: dict[str, Any]) -> Any:
     return struct
 
 
-async def test_a_stale_writer_writes_nothing(channel: aio.Channel) -> None:
+async def test_a_stale_writer_writes_nothing(channel: aio.Channel, vectors_of: ChunkVectors) -> None:
     pid = await create_pipeline(channel)
     doc = document("contested")
     await stage(channel, pid, [doc])
     old = await claim(channel, pid)
     # Re-staging bumps the fencing token: the first worker's lease is gone.
     await stage(channel, pid, [document("contested", text="new version")])
-    results = await write(channel, pid, {doc.id: (old[doc.id], vectors_of(doc))})
+    results = await write(channel, pid, {doc.id: (old[doc.id], await vectors_of(doc))})
     assert results[0].outcome == ix.WRITE_OUTCOME_STALE_LEASE
     assert results[0].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert results[0].vectors_written == 0
-    assert await query(channel, pid, vector=ix.QueryVector(values=embed(doc.chunks[0].text)), top_k=10) == []
+    assert (
+        await query(
+            channel, pid, vector=ix.QueryVector(values=await vectors_of.text(doc.chunks[0].text)), top_k=10
+        )
+        == []
+    )
     assert (await get_document(channel, pid, doc.id)).stage == "pending"
 
     fresh = await claim(channel, pid)
-    wrong_worker = await write(channel, pid, {doc.id: (fresh[doc.id], vectors_of(doc))}, worker="intruder")
+    wrong_worker = await write(
+        channel, pid, {doc.id: (fresh[doc.id], await vectors_of(doc))}, worker="intruder"
+    )
     assert wrong_worker[0].outcome == ix.WRITE_OUTCOME_STALE_LEASE
-    right = await write(channel, pid, {doc.id: (fresh[doc.id], vectors_of(doc))})
+    right = await write(channel, pid, {doc.id: (fresh[doc.id], await vectors_of(doc))})
     assert right[0].outcome == ix.WRITE_OUTCOME_INDEXED
 
 
-async def test_dimension_is_fixed_by_the_first_write(channel: aio.Channel) -> None:
+async def test_dimension_is_fixed_by_the_first_write(channel: aio.Channel, vectors_of: ChunkVectors) -> None:
     pid = await create_pipeline(channel)
     docs = [document("first"), document("second"), document("third")]
     await stage(channel, pid, docs)
     leases = await claim(channel, pid)
-    await write(channel, pid, {"first": (leases["first"], vectors_of(docs[0]))})
+    await write(channel, pid, {"first": (leases["first"], await vectors_of(docs[0]))})
     results = await write(
         channel,
         pid,
         {
-            "second": (leases["second"], vectors_of(docs[1], dim=DIM + 2)),
-            "third": (leases["third"], vectors_of(docs[2])),
+            "second": (leases["second"], await vectors_of(docs[1], dim=DIM + 2)),
+            "third": (leases["third"], await vectors_of(docs[2])),
         },
     )
     assert [r.outcome for r in results] == [ix.WRITE_OUTCOME_REJECTED, ix.WRITE_OUTCOME_INDEXED]
@@ -203,27 +231,27 @@ async def test_dimension_is_fixed_by_the_first_write(channel: aio.Channel) -> No
     assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert violations(caught.value) == ["pipeline.dimension"]
 
-    duplicate = vectors_of(docs[1])
+    duplicate = await vectors_of(docs[1])
     duplicate[2].id = duplicate[0].id
     [dup] = await write(channel, pid, {"second": (leases["second"], duplicate)})
     assert dup.outcome == ix.WRITE_OUTCOME_REJECTED
     assert [v.field for v in dup.error.field_violations] == ["vectors[2].id"]
 
 
-async def test_rewriting_a_document_replaces_its_rows(channel: aio.Channel) -> None:
+async def test_rewriting_a_document_replaces_its_rows(channel: aio.Channel, vectors_of: ChunkVectors) -> None:
     pid = await create_pipeline(channel)
     doc = document("evolving", chunks=3)
     await stage(channel, pid, [doc])
     leases = await claim(channel, pid)
-    await write(channel, pid, {doc.id: (leases[doc.id], vectors_of(doc))})
+    await write(channel, pid, {doc.id: (leases[doc.id], await vectors_of(doc))})
     smaller = document("evolving", chunks=1, text="v2")
     await stage(channel, pid, [smaller])
     leases = await claim(channel, pid)
-    await write(channel, pid, {doc.id: (leases[doc.id], vectors_of(smaller))})
+    await write(channel, pid, {doc.id: (leases[doc.id], await vectors_of(smaller))})
     hits = await query(
         channel,
         pid,
-        vector=ix.QueryVector(values=embed(doc.chunks[1].text)),
+        vector=ix.QueryVector(values=await vectors_of.text(doc.chunks[1].text)),
         top_k=10,
         filter=_struct({"document_id": "evolving"}),
     )
@@ -232,13 +260,15 @@ async def test_rewriting_a_document_replaces_its_rows(channel: aio.Channel) -> N
     ]
 
 
-async def test_a_sink_failure_is_unavailable_and_the_document_can_be_reclaimed(channel: aio.Channel) -> None:
+async def test_a_sink_failure_is_unavailable_and_the_document_can_be_reclaimed(
+    channel: aio.Channel, vectors_of: ChunkVectors
+) -> None:
     pid = await create_pipeline(channel, sink=pipeline_pb2.SINK_TURBOPUFFER)
     doc = document("unlucky")
     await stage(channel, pid, [doc])
     leases = await claim(channel, pid, lease_seconds=4)
     with pytest.raises(aio.AioRpcError) as caught:
-        await write(channel, pid, {doc.id: (leases[doc.id], vectors_of(doc))})
+        await write(channel, pid, {doc.id: (leases[doc.id], await vectors_of(doc))})
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
     state = await get_document(channel, pid, doc.id)
     assert state.stage == "embedding"
@@ -273,7 +303,7 @@ async def test_text_queries_need_an_embedder_and_vectors_a_dimension(channel: ai
     assert violations(caught.value) == ["filter.tags"]
 
 
-async def test_malformed_streams(channel: aio.Channel) -> None:
+async def test_malformed_streams(channel: aio.Channel, vectors_of: ChunkVectors) -> None:
     pid = await create_pipeline(channel)
     await stage(channel, pid, [document("x"), document("y")])
     leases = await claim(channel, pid)
@@ -299,7 +329,7 @@ async def test_malformed_streams(channel: aio.Channel) -> None:
             worker_id="gpu-worker-0",
             from_stage="embedding",
             lease=document_pb2.LeaseRef(document_id="x", fencing_token=leases["x"]),
-            vectors=vectors_of(document("x"))[:1],
+            vectors=(await vectors_of(document("x")))[:1],
         )
 
     response = await stub.WriteVectors(unfinished())

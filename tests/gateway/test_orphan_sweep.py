@@ -17,19 +17,13 @@ from contextlib import AsyncExitStack
 
 import grpc
 import pytest
-from gateway.helpers import (
-    claim,
-    create_pipeline,
-    document,
-    get_document,
-    pack_keys,
-    read_chunks,
-    stage,
-)
 from grpc import aio
+from support.leases import claim, read_chunks
+from support.pipelines import create_pipeline
 from support.rpc_errors import violations
-from support.s3 import gateway_s3_settings
+from support.s3 import gateway_s3_settings, pack_keys
 from support.stacks import GatewayStack
+from support.staging import document, get_document, stage
 
 from hevlayer.api.claimer.v1 import document_state_pb2, document_state_pb2_grpc
 from hevlayer.client.channel import open_channel

@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
 import pytest
-from gateway.helpers import CLAIM_STAGE, WORKER, unique
 from grpc import aio
 from support.fakes.turbopuffer import FakeTurbopufferThread
+from support.leases import CLAIM_STAGE, WORKER
+from support.pipelines import unique
 from support.stacks import GatewayStack, start_stack
 
 from hevlayer.api.claimer.v1 import document_state_pb2 as dpb

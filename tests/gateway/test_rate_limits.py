@@ -19,9 +19,12 @@ from typing import Any
 import grpc
 import pytest
 from gateway.auth_stack import AuthStack, running_auth_stack
-from gateway.helpers import create_pipeline, document, metric_samples, pack_keys, stage
 from google.rpc import error_details_pb2
 from grpc import aio
+from support.pipelines import create_pipeline
+from support.s3 import pack_keys
+from support.service_http import metric_samples
+from support.staging import document, stage
 
 from hevlayer.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc

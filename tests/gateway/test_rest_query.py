@@ -1,6 +1,6 @@
 """``POST /v2/pipelines/{id}/query`` against a live gateway (real claimer, PostgreSQL,
-SeaweedFS, Milvus Lite, and a stand-in embedding service for text): text and
-vector queries, filters, top_k, errors naming the field, the same hits as
+SeaweedFS, Milvus Lite, and the live suite's real embedder for text and for the
+vectors written): text and vector queries, filters, top_k, errors naming the field, the same hits as
 IndexService.Query, and every answer checked against docs/openapi.yaml."""
 
 from __future__ import annotations
@@ -9,15 +9,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from gateway.helpers import embed, fake_embedder, http_json, unique, unreachable_turbopuffer
 from gateway.openapi_check import check, errors, request_schema
 from google.protobuf import struct_pb2
 from grpc import aio
-from support.stacks import GatewayStack, start_stack
+from support.pipelines import unique
+from support.service_http import http_json
+from support.stacks import GatewayStack, start_stack, unreachable_turbopuffer
+from support.vectors import model_vectors
 
 from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
 from hevlayer.client.channel import open_channel
 from hevlayer.devstack import SeaweedS3
+from hevlayer.devstack.testing import LiveSuite
 from hevlayer.gateway.openapi import openapi_document
 
 P = "/v2/pipelines/{pipeline_id}"
@@ -28,23 +31,22 @@ CHUNKS = 3
 
 @pytest.fixture(scope="module")
 def gateway_stack(
-    database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
+    database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory, live_suite: LiveSuite
 ) -> Iterator[GatewayStack]:
-    """The stack with a stand-in embedding service and a Turbopuffer sink that cannot be reached."""
-    with fake_embedder() as embedder_address:
-        stack = start_stack(
-            database_url,
-            s3,
-            tmp_path_factory.mktemp("rest-query"),
-            {
-                "EMBEDDER_ADDRESS": embedder_address,
-                **unreachable_turbopuffer(),
-            },
-        )
-        try:
-            yield stack
-        finally:
-            stack.stop()
+    """The stack with the live suite's embedder and a Turbopuffer sink that cannot be reached."""
+    stack = start_stack(
+        database_url,
+        s3,
+        tmp_path_factory.mktemp("rest-query"),
+        {
+            "EMBEDDER_ADDRESS": live_suite.services["embedder"],
+            **unreachable_turbopuffer(),
+        },
+    )
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +59,16 @@ def chunk_text(document: int, chunk: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def indexed(gateway_stack: GatewayStack) -> str:
+async def vectors(live_suite: LiveSuite) -> dict[str, list[float]]:
+    """Each chunk text's vector from the live suite's model."""
+    texts = [chunk_text(d, c) for d in range(DOCUMENTS) for c in range(CHUNKS)]
+    return dict(zip(texts, await model_vectors(live_suite.services["embedder"], texts), strict=True))
+
+
+@pytest.fixture(scope="module")
+def indexed(gateway_stack: GatewayStack, vectors: dict[str, list[float]]) -> str:
     """A pipeline of 3 documents x 3 chunks, indexed through the REST routes: each
-    chunk's vector is ``embed(text)`` with attributes text, page and lang."""
+    chunk's vector is the model's vector of its text, with attributes text, page and lang."""
     base = gateway_stack.base_url
     pid = unique("query")
     status, body = http_json("POST", f"{base}/v2/pipelines", {"id": pid})
@@ -78,16 +87,16 @@ def indexed(gateway_stack: GatewayStack) -> str:
     assert status == 200, body
     assert len(body["documents"]) == DOCUMENTS, body
     for d in range(DOCUMENTS):
-        vectors = [
+        rows = [
             {
                 "id": f"doc-{d}-{c}",
-                "vector": embed(chunk_text(d, c)),
+                "vector": vectors[chunk_text(d, c)],
                 "attributes": {"text": chunk_text(d, c), "page": c, "lang": "en" if d < 2 else "de"},
             }
             for c in range(CHUNKS)
         ]
         status, body = http_json(
-            "PUT", f"{base}/v2/pipelines/{pid}/documents/doc-{d}/vectors", {"vectors": vectors}
+            "PUT", f"{base}/v2/pipelines/{pid}/documents/doc-{d}/vectors", {"vectors": rows}
         )
         assert status == 200, body
         assert body["outcome"] == "indexed", body
@@ -106,8 +115,10 @@ def hits_of(spec: dict[str, Any], status: int, body: Any) -> list[dict[str, Any]
     return hits
 
 
-def test_vector_query(gateway_stack: GatewayStack, indexed: str, spec: dict[str, Any]) -> None:
-    status, body = query(gateway_stack, indexed, {"vector": embed(chunk_text(1, 2)), "top_k": 3})
+def test_vector_query(
+    gateway_stack: GatewayStack, indexed: str, spec: dict[str, Any], vectors: dict[str, list[float]]
+) -> None:
+    status, body = query(gateway_stack, indexed, {"vector": vectors[chunk_text(1, 2)], "top_k": 3})
     hits = hits_of(spec, status, body)
     assert body["pipeline_id"] == indexed
     assert len(hits) == 3
@@ -134,8 +145,10 @@ def test_text_query_is_embedded_by_the_embedding_service(
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
 
 
-def test_top_k(gateway_stack: GatewayStack, indexed: str, spec: dict[str, Any]) -> None:
-    vector = embed(chunk_text(0, 0))
+def test_top_k(
+    gateway_stack: GatewayStack, indexed: str, spec: dict[str, Any], vectors: dict[str, list[float]]
+) -> None:
+    vector = vectors[chunk_text(0, 0)]
     for top_k, expected in ((1, 1), (4, 4), (None, DOCUMENTS * CHUNKS), (0, DOCUMENTS * CHUNKS)):
         body: dict[str, Any] = {"vector": vector}
         if top_k is not None:
@@ -146,8 +159,10 @@ def test_top_k(gateway_stack: GatewayStack, indexed: str, spec: dict[str, Any]) 
     assert len(hits_of(spec, status, answer)) == DOCUMENTS * CHUNKS
 
 
-def test_filter(gateway_stack: GatewayStack, indexed: str, spec: dict[str, Any]) -> None:
-    vector = embed(chunk_text(0, 0))
+def test_filter(
+    gateway_stack: GatewayStack, indexed: str, spec: dict[str, Any], vectors: dict[str, list[float]]
+) -> None:
+    vector = vectors[chunk_text(0, 0)]
     status, body = query(gateway_stack, indexed, {"vector": vector, "filter": {"page": 0}})
     assert {hit["chunk_id"] for hit in hits_of(spec, status, body)} == {"doc-0-0", "doc-1-0", "doc-2-0"}
     status, body = query(gateway_stack, indexed, {"vector": vector, "filter": {"page": 1, "lang": "de"}})
@@ -156,9 +171,11 @@ def test_filter(gateway_stack: GatewayStack, indexed: str, spec: dict[str, Any])
     assert hits_of(spec, status, body) == []
 
 
-async def test_the_same_hits_as_index_service_query(gateway_stack: GatewayStack, indexed: str) -> None:
+async def test_the_same_hits_as_index_service_query(
+    gateway_stack: GatewayStack, indexed: str, vectors: dict[str, list[float]]
+) -> None:
     """The route and its gRPC twin answer the same query with the same hits."""
-    vector = embed(chunk_text(2, 1))
+    vector = vectors[chunk_text(2, 1)]
     status, body = query(gateway_stack, indexed, {"vector": vector, "top_k": 5, "filter": {"lang": "en"}})
     assert status == 200, body
     channel: aio.Channel = open_channel(gateway_stack.gateway_address)

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 import yaml
-from gateway.helpers import http_json, pack_keys, unreachable_turbopuffer
 from gateway.openapi_check import check
 from prometheus_client.parser import text_string_to_metric_families
-from support.stacks import GatewayStack, start_stack
+from support.s3 import pack_keys
+from support.service_http import http_json
+from support.stacks import GatewayStack, start_stack, unreachable_turbopuffer
 
 from hevlayer.devstack import SeaweedS3
 from hevlayer.gateway.openapi import openapi_document, openapi_yaml
@@ -405,3 +406,61 @@ def _resolve(spec: dict[str, Any], schema: Any) -> None:
     elif isinstance(schema, list):
         for value in schema:
             _resolve(spec, value)
+
+
+@pytest.mark.parametrize("queue_backend", ["QUEUE_BACKEND_ROW", "QUEUE_BACKEND_SEGMENT"])
+def test_enqueued_ids_carry_a_priority(
+    gateway_stack: GatewayStack, spec: dict[str, Any], queue_backend: str
+) -> None:
+    """``POST .../documents/stage`` with ``create_missing`` takes a ``priorities`` list
+    parallel to ``document_ids``; claims take the lowest priority first, on both backends.
+    A bad priority is 400 INVALID_ARGUMENT naming the field."""
+    import jsonschema
+
+    base = gateway_stack.base_url
+    pipeline_id = f"prio-{queue_backend[14:].lower()}"
+    status, body = http_json(
+        "POST", f"{base}/v2/pipelines", {"id": pipeline_id, "queue_backend": queue_backend}
+    )
+    assert status == 201, body
+    stage_url = f"{base}/v2/pipelines/{pipeline_id}/documents/stage"
+    request = {
+        "document_ids": ["later", "plain", "urgent"],
+        "stage": "extract",
+        "create_missing": True,
+        "priorities": [7, 0, -2],
+    }
+    jsonschema.validate(request, spec["components"]["schemas"]["StageRequest"])
+    status, body = http_json("POST", stage_url, request)
+    assert status == 200, body
+    check(spec, P + "/documents/stage", "post", 200, body)
+    assert body["enqueued"] == 3
+
+    claim = {"stage": "extract", "claim_stage": "extracting", "limit": 1, "worker_id": "cpu-0"}
+    order = []
+    for _ in range(3):
+        status, body = http_json("POST", f"{base}/v2/pipelines/{pipeline_id}/claim", claim)
+        assert status == 200, body
+        order.extend(d["document_id"] for d in body["documents"])
+    assert order == ["urgent", "plain", "later"]
+
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"priorities": [1]}, "priorities"),
+        ({"priorities": [0, 2**31]}, "priorities[1]"),
+        ({"priorities": ["high", 0]}, "priorities[0]"),
+        ({"priorities": [0, True]}, "priorities[1]"),
+        ({"create_missing": False, "from_stage": "extracting", "worker_id": "w"}, "priorities"),
+    ]
+    for change, field in bad:
+        request = {
+            "document_ids": ["a", "b"],
+            "stage": "extract",
+            "create_missing": True,
+            "priorities": [0, 0],
+        }
+        request.update(change)
+        status, body = http_json("POST", stage_url, request)
+        assert status == 400, (change, body)
+        check(spec, P + "/documents/stage", "post", 400, body)
+        assert body["error"]["status"] == "INVALID_ARGUMENT"
+        assert [v["field"] for v in body["error"]["field_violations"]] == [field], change

@@ -10,9 +10,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
-from gateway.helpers import claim, create_pipeline, document, metric_samples, stage, unreachable_turbopuffer
 from grpc import aio
-from support.stacks import GatewayStack, start_stack
+from support.leases import claim
+from support.pipelines import create_pipeline
+from support.service_http import metric_samples
+from support.stacks import GatewayStack, start_stack, unreachable_turbopuffer
+from support.staging import document, stage
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2 as ix

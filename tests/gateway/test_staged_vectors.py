@@ -14,20 +14,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from gateway.helpers import (
-    DIM,
-    claim,
-    create_pipeline,
-    document,
-    embed,
-    get_document,
-    http_json,
-    read_chunks,
-    stage,
-)
 from google.protobuf import struct_pb2
 from grpc import aio
+from support.leases import claim, read_chunks
+from support.pipelines import create_pipeline
+from support.service_http import http_json
 from support.stacks import GatewayStack
+from support.staging import document, get_document, stage
+from support.vectors import DIM, embed
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2 as ix

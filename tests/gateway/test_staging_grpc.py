@@ -9,20 +9,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from gateway.helpers import (
-    claim,
-    create_pipeline,
-    document,
-    get_document,
-    metric_samples,
-    pack_keys,
-    read_chunks,
-    stage,
-    unique,
-)
 from grpc import aio
+from support.leases import claim, read_chunks
+from support.pipelines import create_pipeline, unique
 from support.rpc_errors import violations
+from support.s3 import pack_keys
+from support.service_http import metric_samples
 from support.stacks import GatewayStack
+from support.staging import document, get_document, stage
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc

@@ -38,10 +38,14 @@ from typing import Any
 
 import grpc
 import pytest
-from gateway.helpers import claim, create_pipeline, document, eventually, http_json, read_chunks, stage
 from grpc import aio
 from support.fakes.turbopuffer import FakeTurbopuffer, FakeTurbopufferThread
+from support.leases import claim, read_chunks
+from support.pipelines import create_pipeline
+from support.polling import eventually
 from support.processes import start_claimer, start_gateway
+from support.service_http import http_json
+from support.staging import document, stage
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2 as ix

@@ -12,12 +12,24 @@ helpers. Bench scripts import the same modules: pytest's ``pythonpath`` has ``te
 - ``cli``: running the ``hevlayer`` command, sample trees and PDFs, checks on producers' chunks.
 - ``claimer_grpc``: a claimer process driven with bare stubs (``start_bare_claimer``) and
   ``new_pipeline`` over its PipelineService.
+- ``pipelines``: fresh pipeline ids (``unique``) and ``create_pipeline`` through a gateway.
+- ``staging``: documents (``document``) staged through one StageDocuments stream (``stage``,
+  ``stage_documents``) and read back (``get_document``).
+- ``leases``: a worker's ``claim`` and ``read_chunks`` through the gateway.
+- ``vectors``: vectors to write without a model (``embed``, ``DIM``) or the live suite's
+  model's (``model_vectors``).
+- ``embedding_worker``: a claimer + gateway for embedder-worker runs (``start_stack``),
+  embedders with the worker on, worded documents and the index's rows.
+- ``service_http``: JSON over HTTP (``http_json``) and ``/metrics`` samples.
+- ``polling``: ``eventually``, a bounded wait for background work.
 - ``rpc_errors``: the field paths of a failed call's BadRequest detail (``violations``).
-- ``s3``: the claimer's ``ObjectStore`` and the gateway's ``S3Settings`` for a test bucket.
-- ``staging``: staging documents through one StageDocuments stream (``stage_documents``).
+- ``s3``: the claimer's ``ObjectStore``, the gateway's ``S3Settings`` and a bucket's keys.
+- ``milvus_lite``: Milvus Lite's gRPC server mode on a free port (a real Milvus endpoint).
+- ``fakes``: local fakes of services that cannot run here (Turbopuffer, an LLM server).
 
-Helpers of one directory's tests stay next to them (``claimer/stores.py``,
-``gateway/helpers.py``, ``gateway/auth_stack.py``...), imported as ``claimer.stores``. No test
-directory may hold a module named ``support``: pytest puts a test's own directory first on
-``sys.path``, where it would hide this package.
+Helpers of one directory's tests only stay next to them, named after what they hold
+(``claimer/stores.py``, ``gateway/auth_stack.py``...), imported as ``claimer.stores``; never
+``helpers``, ``fakes`` or ``*support*`` (tests/test_helper_imports.py). No test directory may
+hold a module named ``support``: pytest puts a test's own directory first on ``sys.path``,
+where it would hide this package.
 """

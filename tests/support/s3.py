@@ -1,6 +1,9 @@
-"""Clients of a ``SeaweedS3`` bucket as the services configure them (claimer and gateway)."""
+"""Clients of a ``SeaweedS3`` bucket as the services configure them (claimer and gateway), and
+the keys a bucket holds."""
 
 from __future__ import annotations
+
+from xml.etree import ElementTree
 
 from hevlayer.claimer.manifests import ObjectStore
 from hevlayer.devstack import SeaweedS3
@@ -28,3 +31,24 @@ def gateway_s3_settings(s3: SeaweedS3, bucket: str) -> S3Settings:
         region=env["S3_REGION"],
         bucket=bucket,
     )
+
+
+def bucket_keys(s3: SeaweedS3, bucket: str, prefix: str = "") -> list[str]:
+    """Every key of ``bucket`` under ``prefix`` (one signed ListObjects; tests stay below 1000)."""
+    status, body = s3.request("GET", f"/{bucket}")
+    if status != 200:
+        raise RuntimeError(f"listing {bucket} failed: {status} {body[:200]!r}")
+    root = ElementTree.fromstring(body)
+    keys: list[str] = []
+    for element in root.iter():
+        tag = element.tag.rsplit("}", 1)[-1]
+        if tag == "IsTruncated" and element.text == "true":
+            raise RuntimeError(f"bucket {bucket} holds more than one page of keys")
+        if tag == "Key" and element.text and element.text.startswith(prefix):
+            keys.append(element.text)
+    return sorted(keys)
+
+
+def pack_keys(s3: SeaweedS3, bucket: str, pipeline_id: str) -> list[str]:
+    """The keys of one pipeline's pack objects."""
+    return [k for k in bucket_keys(s3, bucket, f"pipelines/{pipeline_id}/") if k.endswith(".pack")]

@@ -5,6 +5,7 @@
   ``tmp`` and extra gateway environment (tests that need another cache backend or sink).
 - ``CliStack`` / ``start_cli_stack(...)``: a stack without an embedding service, so documents
   stop at ``pending``; ``gateway_env`` adds ``EMBEDDER_ADDRESS`` for a stack that embeds.
+- ``unreachable_turbopuffer()``: gateway settings of a Turbopuffer sink nobody answers.
 
 The caller stops what it started (``stop()``); the conftests' fixtures do it at teardown.
 """
@@ -16,8 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hevlayer.devstack import SeaweedS3
+from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.processes import ServiceProcess
 from support.processes import start_claimer, start_gateway
+
+
+def unreachable_turbopuffer() -> dict[str, str]:
+    """Gateway settings of a Turbopuffer sink nobody answers (for sink failures: 502,
+    UNAVAILABLE, sink error metrics): a free loopback port, no retries, short timeouts."""
+    return {
+        "GATEWAY_TURBOPUFFER_API_KEY": "test-key",
+        "GATEWAY_TURBOPUFFER_BASE_URL": f"http://127.0.0.1:{free_port()}",
+        "GATEWAY_TURBOPUFFER_MAX_RETRIES": "0",
+        "GATEWAY_SINK_TIMEOUT_SECONDS": "5",
+    }
 
 
 @dataclass
