@@ -52,32 +52,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import uuid4
 
+from memory import make_run_corpus
+
 from hevlayer.api.pipeline.v1.pipeline_pb2 import Pipeline
-from hevlayer.cli import corpus as corpus_module
 from hevlayer.cli.stack import UpState
 from hevlayer.client import Client
 from hevlayer.common.errors import Unauthenticated
 from hevlayer.devstack import free_ports
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HEVLAYER = BIN / "hevlayer"
 EXTRACTOR = BIN / "hevlayer-extractor"
-QUERIES = ROOT / "tests" / "cli" / "queries.json"
 READY_TIMEOUT = 60.0
-
-
-def make_run_corpus(target: Path) -> tuple[Path, int, int]:
-    """The corpus of ``make run`` (``hevlayer demo``'s defaults), copied under ``target``."""
-    labelled = corpus_module.load_queries(QUERIES)
-    source = corpus_module.stdlib_dir()
-    files = corpus_module.choose_stdlib_corpus(
-        corpus_module.stdlib_files(source),
-        token_budget=corpus_module.DEFAULT_CORPUS_TOKENS,
-        must_include=[m for q in labelled for m in q.relevant],
-    )
-    root = corpus_module.materialize(files, source, target)
-    return root, len(files), sum(f.tokens for f in files)
 
 
 @dataclass
