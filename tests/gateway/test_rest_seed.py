@@ -406,3 +406,61 @@ def _resolve(spec: dict[str, Any], schema: Any) -> None:
     elif isinstance(schema, list):
         for value in schema:
             _resolve(spec, value)
+
+
+@pytest.mark.parametrize("queue_backend", ["row", "segment"])
+def test_enqueued_ids_carry_a_priority(
+    gateway_stack: GatewayStack, spec: dict[str, Any], queue_backend: str
+) -> None:
+    """``POST .../documents/stage`` with ``create_missing`` takes a ``priorities`` list
+    parallel to ``document_ids``; claims take the lowest priority first, on both backends.
+    A bad priority is 400 INVALID_ARGUMENT naming the field."""
+    import jsonschema  # type: ignore[import-untyped]
+
+    base = gateway_stack.base_url
+    pipeline_id = f"prio-{queue_backend}"
+    status, body = http_json(
+        "POST", f"{base}/v2/pipelines", {"id": pipeline_id, "queue_backend": queue_backend}
+    )
+    assert status == 201, body
+    stage_url = f"{base}/v2/pipelines/{pipeline_id}/documents/stage"
+    request = {
+        "document_ids": ["later", "plain", "urgent"],
+        "stage": "extract",
+        "create_missing": True,
+        "priorities": [7, 0, -2],
+    }
+    jsonschema.validate(request, spec["components"]["schemas"]["StageRequest"])
+    status, body = http_json("POST", stage_url, request)
+    assert status == 200, body
+    check(spec, P + "/documents/stage", "post", 200, body)
+    assert body["enqueued"] == 3
+
+    claim = {"stage": "extract", "claim_stage": "extracting", "limit": 1, "worker_id": "cpu-0"}
+    order: list[str] = []
+    for _ in range(3):
+        status, body = http_json("POST", f"{base}/v2/pipelines/{pipeline_id}/claim", claim)
+        assert status == 200, body
+        order.extend(d["document_id"] for d in body["documents"])
+    assert order == ["urgent", "plain", "later"]
+
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"priorities": [1]}, "priorities"),
+        ({"priorities": [0, 2**31]}, "priorities[1]"),
+        ({"priorities": ["high", 0]}, "priorities[0]"),
+        ({"priorities": [0, True]}, "priorities[1]"),
+        ({"create_missing": False, "from_stage": "extracting", "worker_id": "w"}, "priorities"),
+    ]
+    for change, field in bad:
+        request = {
+            "document_ids": ["a", "b"],
+            "stage": "extract",
+            "create_missing": True,
+            "priorities": [0, 0],
+        }
+        request.update(change)
+        status, body = http_json("POST", stage_url, request)
+        assert status == 400, (change, body)
+        check(spec, P + "/documents/stage", "post", 400, body)
+        assert body["error"]["status"] == "INVALID_ARGUMENT"
+        assert [v["field"] for v in body["error"]["field_violations"]] == [field], change

@@ -196,6 +196,12 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Enqueue the ids as lightweight documents (without from_stage/worker_id).",
             },
             "skip_unchanged": BOOL,
+            "priorities": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1},
+                "description": "With create_missing: the claim priority of each id (one per "
+                "document id; lower is claimed first, then oldest first; default 0).",
+            },
         },
         ["document_ids", "stage"],
     ),

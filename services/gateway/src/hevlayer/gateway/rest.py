@@ -255,6 +255,26 @@ def get_tokens(body: Mapping[str, Any], key: str, count: int) -> list[int]:
     return tokens
 
 
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+
+
+def get_priorities(body: Mapping[str, Any], key: str, count: int) -> list[int]:
+    """Optional claim priorities parallel to a list of ids (``EnqueuedDocument.priority``:
+    int32, lower is claimed first; absent: 0 for every id)."""
+    value = body.get(key)
+    if value is None:
+        return [0] * count
+    if not isinstance(value, list) or len(value) != count:
+        raise InvalidArgument.field(key, f"must be a list of {count} integers (one per document id)")
+    for index, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int) or not INT32_MIN <= item <= INT32_MAX:
+            raise InvalidArgument.field(
+                f"{key}[{index}]", f"must be an integer from {INT32_MIN} to {INT32_MAX}, got {item!r}"
+            )
+    return list(value)
+
+
 # -- pipeline stage counts for /v2/metrics ----------------------------------------------------
 
 
@@ -477,11 +497,15 @@ class RestApi:
             for key in ("from_stage", "worker_id", "fencing_tokens"):
                 if body.get(key) is not None:
                     raise InvalidArgument.field(key, "must be absent with create_missing (ids are enqueued)")
+            priorities = get_priorities(body, "priorities", len(ids))
 
             async def batches() -> AsyncIterator[staging_pb2.EnqueueDocumentsRequest]:
                 yield staging_pb2.EnqueueDocumentsRequest(
                     pipeline_id=pipeline_id,
-                    documents=[staging_pb2.EnqueuedDocument(document_id=d) for d in ids],
+                    documents=[
+                        staging_pb2.EnqueuedDocument(document_id=d, priority=p)
+                        for d, p in zip(ids, priorities, strict=True)
+                    ],
                     stage=stage,
                     skip_unchanged=get_bool(body, "skip_unchanged"),
                 )
@@ -494,6 +518,10 @@ class RestApi:
                     "unchanged": enqueued.unchanged,
                     "segments_created": enqueued.segments_created,
                 }
+            )
+        if body.get("priorities") is not None:
+            raise InvalidArgument.field(
+                "priorities", "only with create_missing (a priority is set when an id is enqueued)"
             )
         tokens = await self.resolve_tokens(pipeline_id, ids, get_tokens(body, "fencing_tokens", len(ids)))
         moves = await self.claimer.transition(
