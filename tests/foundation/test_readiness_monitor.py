@@ -197,3 +197,45 @@ async def test_an_outage_is_logged_once_and_a_slow_start_not_at_all(
         ("WARNING", "dependency store is down: ConnectionError: connection refused"),
         ("INFO", "dependency store is up again"),
     ]
+
+
+async def test_watched_dependencies_are_probed_between_the_startup_and_the_shutdown_hooks() -> None:
+    """ServiceApp.watch_dependencies: the first round after the startup hooks (they open what the
+    probes need), health and /readyz from its results, no probe once the shutdown hooks run
+    (they close what the probes use)."""
+    settings = ServerSettings(grpc_address="127.0.0.1:0", http_address="127.0.0.1:0")
+    events: list[str] = []
+
+    async def probe() -> None:
+        events.append("probe")
+
+    async def startup() -> None:
+        events.append("startup")
+
+    async def shutdown() -> None:
+        events.append("shutdown")
+        await asyncio.sleep(0.2)  # ten probe intervals: a monitor still running would probe
+        events.append("shut")
+
+    app = ServiceApp(f"probe{uuid.uuid4().hex[:6]}", settings, serving_on_start=False)
+    monitor = app.watch_dependencies(
+        {"database": probe}, ReadinessSettings(interval_seconds=0.02, timeout_seconds=0.01)
+    )
+    app.on_startup(startup)
+    app.on_shutdown(shutdown)
+    await app.start()
+    try:
+        for _ in range(500):
+            if await health(app) == SERVING:
+                break
+            await asyncio.sleep(0.02)
+        assert await health(app) == SERVING
+        assert monitor.ready
+        status, body = await asyncio.to_thread(readyz, app)
+        assert (status, body["dependencies"]) == (200, {"database": {"up": True}})
+    finally:
+        await app.stop()
+    assert events[0] == "startup"
+    assert "probe" in events
+    assert events[-2:] == ["shutdown", "shut"]
+    assert events.count("shutdown") == 1

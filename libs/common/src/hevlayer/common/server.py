@@ -16,7 +16,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,8 @@ from hevlayer.common.config import ConfigError, setting, split_address
 from hevlayer.common.interceptors import Admission, ServerInterceptor
 from hevlayer.common.limits import MAX_MESSAGE_BYTES
 from hevlayer.common.logging import configure_logging
+from hevlayer.common.readiness import DependencyMonitor, Probe
+from hevlayer.common.settings import ReadinessSettings
 from hevlayer.common.telemetry import configure_tracing
 
 stream_status.install()  # grpc/grpc#36066: keep a refused stream's status
@@ -174,6 +176,7 @@ class ServiceApp:
         self._middlewares: list[Any] = []
         self._readiness: list[Callable[[], Awaitable[bool]]] = []
         self._readiness_reports: list[Callable[[], dict[str, Any]]] = []
+        self._monitors: list[DependencyMonitor] = []
         self.grpc_port = 0
         self.http_port = 0
         self._interceptor = ServerInterceptor(settings.grpc_max_concurrent_rpcs)
@@ -239,6 +242,20 @@ class ServiceApp:
         if report is not None:
             self._readiness_reports.append(report)
 
+    def watch_dependencies(
+        self, probes: Mapping[str, Probe], settings: ReadinessSettings
+    ) -> DependencyMonitor:
+        """Readiness from ``probes`` (what this service depends on): a
+        :class:`~hevlayer.common.readiness.DependencyMonitor` that turns gRPC health SERVING or
+        NOT_SERVING with its results, adds them to ``/readyz``, starts probing once the startup
+        hooks have run and stops before the shutdown hooks run (they may close what it probes).
+        The monitor is returned for :meth:`~DependencyMonitor.probe_once` (SERVING at once, once
+        the service has connected)."""
+        monitor = DependencyMonitor(self.name, probes, settings, self.set_serving)
+        self._monitors.append(monitor)
+        self.add_readiness_check(monitor.check, monitor.report)
+        return monitor
+
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "service": self.name})
 
@@ -262,6 +279,8 @@ class ServiceApp:
         await self.set_serving(self._serving_on_start)
         for hook in self._startup:
             await hook()
+        for monitor in self._monitors:
+            monitor.start()
         host, port = split_address(self.settings.grpc_address, "HEVLAYER_GRPC_ADDRESS")
         if self.settings.tls_cert:
             credentials = tls.server_credentials(
@@ -328,6 +347,8 @@ class ServiceApp:
         runner = getattr(self, "_runner", None)
         if runner is not None:
             await runner.cleanup()
+        for monitor in self._monitors:
+            await monitor.stop()
         for hook in reversed(self._shutdown):
             try:
                 await hook()

@@ -18,7 +18,6 @@ from hevlayer.client import TLS, Client
 from hevlayer.client.settings import ClientTLSSettings
 from hevlayer.common.config import ConfigError, load_or_exit
 from hevlayer.common.errors import ServiceError, Unavailable
-from hevlayer.common.readiness import DependencyMonitor
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
 from hevlayer.common.settings import ReadinessSettings
 from hevlayer.embedder.embedding import Embedder
@@ -144,16 +143,12 @@ async def build(
             raise Unavailable(f"Triton does not report model {client.model_name!r} ready")
 
     # After the model is described: NOT_SERVING / 503 while Triton does not answer, SERVING once it does.
-    monitor = DependencyMonitor(
-        "embedder", {"triton": triton}, readiness or ReadinessSettings(), app.set_serving
-    )
+    monitor = app.watch_dependencies({"triton": triton}, readiness or ReadinessSettings())
 
     async def startup() -> None:
-        monitor.start()
         tasks.append(asyncio.create_task(connect(), name="triton-connect"))
 
     async def shutdown() -> None:
-        await monitor.stop()
         for task in tasks:
             task.cancel()
         for task in drained:
@@ -163,7 +158,6 @@ async def build(
 
     app.on_startup(startup)
     app.on_shutdown(shutdown)
-    app.add_readiness_check(monitor.check, monitor.report)
 
 
 def main() -> None:

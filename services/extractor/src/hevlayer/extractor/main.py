@@ -26,7 +26,6 @@ from hevlayer.client import Client
 from hevlayer.client.errors import NotFound, ServiceError
 from hevlayer.client.settings import ClientTLSSettings
 from hevlayer.common.config import load_or_exit
-from hevlayer.common.readiness import DependencyMonitor
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
 from hevlayer.common.settings import ReadinessSettings
 from hevlayer.extractor.metrics import MetricsObserver, cache_event
@@ -183,25 +182,20 @@ async def build(
     async def gateway_probe() -> None:
         await gateway.pipelines.list(timeout=5)
 
-    monitor = DependencyMonitor(
-        "extractor", {"gateway": gateway_probe}, readiness or ReadinessSettings(), app.set_serving
-    )
+    app.watch_dependencies({"gateway": gateway_probe}, readiness or ReadinessSettings())
 
     async def startup() -> None:
-        monitor.start()
         extractor.start()
 
     async def shutdown() -> None:
         try:
             await extractor.drain(settings.drain_seconds)
         finally:
-            await monitor.stop()
             await stack.aclose()
             await gateway.close()
 
     app.on_startup(startup)
     app.on_shutdown(shutdown)
-    app.add_readiness_check(monitor.check, monitor.report)
 
 
 def main() -> None:

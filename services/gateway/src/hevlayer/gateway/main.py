@@ -23,7 +23,7 @@ from hevlayer.common.auth import INTERNAL_TOKEN_KEY
 from hevlayer.common.config import ConfigError, load_or_exit
 from hevlayer.common.errors import FailedPrecondition, NotFound, ServiceError
 from hevlayer.common.guard import GuardInterceptor
-from hevlayer.common.readiness import DependencyMonitor, Probe
+from hevlayer.common.readiness import Probe
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
 from hevlayer.common.settings import ReadinessSettings
 from hevlayer.gateway.auth import GatewayGuard, TokenCache, rest_middleware
@@ -277,16 +277,13 @@ async def build(app: ServiceApp, settings: Settings, guard: GatewayGuard | None 
         S3: s3_probe(s3_client, settings.s3.bucket),
         SINK: sink_probe,
     }
-    monitor = DependencyMonitor("gateway", probes, settings.readiness, app.set_serving)
-    app.add_readiness_check(monitor.check, monitor.report)
+    app.watch_dependencies(probes, settings.readiness)
 
     async def startup() -> None:
         await cache.start()
         stager.start()
-        monitor.start()
 
     async def shutdown() -> None:
-        await monitor.stop()
         await sink_probe.close()
         await stager.close()
         await cache.close()
