@@ -20,6 +20,7 @@ _READ = method(STAGING_SERVICE, "ReadChunks")
 _GET = method(STAGING_SERVICE, "GetDocument")
 _LIST = method(STAGING_SERVICE, "ListDocuments")
 _DELETE = method(STAGING_SERVICE, "DeleteDocuments")
+_WATCH = method(STAGING_SERVICE, "WatchDocuments")
 
 STAGE_BATCH = 64
 """Documents per StageDocuments message when the caller streams single documents."""
@@ -195,6 +196,27 @@ class StagingClient(ServiceClient):
         async for response in self._stream(_LIST, self._stub.ListDocuments, request, timeout):
             for document in response.documents:
                 yield document
+
+    async def watch_documents(
+        self,
+        pipeline_id: str,
+        *,
+        id_prefix: str = "",
+        stages: Sequence[str] = (),
+        cursor: str = "",
+        timeout: float | None = None,
+    ) -> AsyncGenerator[staging_pb2.WatchDocumentsResponse, None]:
+        """The pipeline's committed document changes, message by message, until the caller
+        stops reading (or ``timeout``). Without ``cursor`` the stream starts with a snapshot
+        (messages with ``snapshot`` set, the last with ``snapshot_complete``); with the
+        ``cursor`` of a message received earlier it resumes after that message. A snapshot
+        may come again later (a resync): the caller then replaces its view. Not retried:
+        a caller that loses the stream watches again with its last cursor."""
+        request = staging_pb2.WatchDocumentsRequest(
+            pipeline_id=pipeline_id, id_prefix=id_prefix, stages=list(stages), cursor=cursor
+        )
+        async for response in self._stream(_WATCH, self._stub.WatchDocuments, request, timeout):
+            yield response
 
     async def delete_documents(
         self, pipeline_id: str, document_ids: Iterable[str], *, timeout: float | None = None

@@ -10,6 +10,7 @@ from hevlayer.api.claimer.v1 import document_state_pb2 as pb
 from hevlayer.api.claimer.v1 import document_state_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2
 from hevlayer.claimer import validation as v
+from hevlayer.claimer.changes import Change, ChangeLog, WatchUpdate, watch_spec
 from hevlayer.claimer.condemned import Condemnations
 from hevlayer.claimer.documents import DocumentState, DocumentStore, EnqueueBatch
 from hevlayer.claimer.leases import LeaseStore
@@ -35,9 +36,34 @@ def state_to_proto(state: DocumentState) -> staging_pb2.DocumentState:
     return message
 
 
+def change_to_proto(change: Change) -> staging_pb2.DocumentChange:
+    """The API form of a logged change."""
+    message = staging_pb2.DocumentChange(
+        sequence=change.sequence,
+        document_id=change.document_id,
+        stage=change.stage,
+        deleted=change.deleted,
+        fencing_token=change.fencing_token,
+        content_hash=change.content_hash,
+        last_error=change.last_error,
+    )
+    message.change_time.FromDatetime(change.change_time)
+    return message
+
+
+def update_to_proto(update: WatchUpdate) -> staging_pb2.WatchDocumentsResponse:
+    """The API form of one watch message."""
+    return staging_pb2.WatchDocumentsResponse(
+        changes=[change_to_proto(c) for c in update.changes],
+        snapshot=update.snapshot,
+        snapshot_complete=update.snapshot_complete,
+        cursor=update.cursor,
+    )
+
+
 class DocumentStateServicer(document_state_pb2_grpc.DocumentStateServiceServicer):
     """DocumentStateService on top of :class:`DocumentStore`, :class:`LeaseStore`,
-    :class:`SinkBindings` and :class:`Condemnations`."""
+    :class:`SinkBindings`, :class:`Condemnations` and :class:`ChangeLog`."""
 
     def __init__(
         self,
@@ -45,11 +71,13 @@ class DocumentStateServicer(document_state_pb2_grpc.DocumentStateServiceServicer
         leases: LeaseStore,
         bindings: SinkBindings,
         condemnations: Condemnations,
+        changes: ChangeLog,
     ) -> None:
         self._documents = documents
         self._leases = leases
         self._bindings = bindings
         self._condemnations = condemnations
+        self._changes = changes
 
     async def RecordStaged(
         self, request: pb.RecordStagedRequest, context: aio.ServicerContext
@@ -170,3 +198,11 @@ class DocumentStateServicer(document_state_pb2_grpc.DocumentStateServiceServicer
     ) -> pb.CondemnObjectsResponse:
         condemned = await self._condemnations.condemn(request.pipeline_id, list(request.object_keys))
         return pb.CondemnObjectsResponse(condemned_object_keys=condemned)
+
+    async def WatchChanges(
+        self, request: pb.WatchChangesRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchChangesResponse]:
+        watch = request.watch
+        spec = watch_spec(watch.pipeline_id, watch.id_prefix, list(watch.stages), watch.cursor)
+        async for update in self._changes.watch(spec):
+            yield pb.WatchChangesResponse(update=update_to_proto(update))

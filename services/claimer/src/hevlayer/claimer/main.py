@@ -15,6 +15,7 @@ from hevlayer.api.claimer.v1 import (
 )
 from hevlayer.api.lease.v1 import lease_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
+from hevlayer.claimer import changes
 from hevlayer.claimer.condemned import Condemnations
 from hevlayer.claimer.database import Database
 from hevlayer.claimer.documents import DocumentStore
@@ -64,6 +65,14 @@ async def build(
         lease_seconds=settings.default_lease_seconds,
     )
     notifier = StatusNotifier(settings.database_url)
+    change_notifier = StatusNotifier(settings.database_url, changes.CHANNEL)
+    change_log = changes.ChangeLog(
+        db,
+        change_notifier,
+        app.stopping,
+        max_watches=settings.max_watches,
+        retention_seconds=settings.change_retention_seconds,
+    )
     objects: ObjectStore | None = None
     segments: SegmentQueue | None = None
     if settings.s3_bucket:
@@ -106,7 +115,7 @@ async def build(
     app.add_service(
         document_state_pb2.DESCRIPTOR.services_by_name["DocumentStateService"].full_name,
         document_state_pb2_grpc.add_DocumentStateServiceServicer_to_server,
-        DocumentStateServicer(documents, leases, SinkBindings(db), Condemnations(db)),
+        DocumentStateServicer(documents, leases, SinkBindings(db), Condemnations(db), change_log),
     )
     app.add_service(
         auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
@@ -125,6 +134,8 @@ async def build(
                 added = await tokens.seed(seeds)
                 log.info("bootstrap tokens: %d of %d added", added, len(seeds))
             await notifier.start()
+            await change_notifier.start()
+            change_log.start_sweeper()
             if segments is not None:
                 segments.garbage.start_sweeper()
             refresher.start()
@@ -136,6 +147,7 @@ async def build(
     async def wake_watchers_on_stop() -> None:
         await app.stopping.wait()
         notifier.wake_all()
+        change_notifier.wake_all()
 
     async def startup() -> None:
         if objects is not None:
@@ -151,7 +163,9 @@ async def build(
         await refresher.stop()
         if segments is not None:
             await segments.garbage.stop_sweeper()
+        await change_log.stop_sweeper()
         await notifier.close()
+        await change_notifier.close()
         await db.close()
         if objects is not None:
             await objects.close()

@@ -323,6 +323,10 @@ class PipelineStore:
             exists = await conn.fetchval("SELECT 1 FROM pipelines WHERE id = $1 FOR UPDATE", pipeline_id)
             if exists is None:
                 raise NotFound(f"pipeline {pipeline_id!r} not found", metadata={"pipeline_id": pipeline_id})
+            # Without its change head the deletion of its documents logs no changes (migration
+            # 0011); the notification ends its watches (NOT_FOUND) once this commits.
+            await conn.execute("DELETE FROM document_change_heads WHERE pipeline_id = $1", pipeline_id)
+            await conn.execute("SELECT pg_notify('hevlayer_document_changes', $1)", pipeline_id)
             documents = await conn.fetchval(
                 """WITH gone AS (DELETE FROM documents WHERE pipeline_id = $1 RETURNING 1)
                    SELECT count(*) FROM gone""",

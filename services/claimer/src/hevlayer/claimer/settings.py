@@ -106,6 +106,18 @@ class ClaimerSettings:
         "(unsafe; only for a claimer no one but the gateway can reach).",
         "on",
     )
+    change_retention_seconds: float = setting(
+        "CLAIMER_CHANGE_RETENTION_SECONDS",
+        "How long document changes stay in the change log behind WatchDocuments: a watcher that "
+        "reconnects with an older cursor (or falls further behind) receives a snapshot again instead.",
+        86400.0,
+    )
+    max_watches: int = setting(
+        "CLAIMER_MAX_WATCHES",
+        "Most WatchDocuments streams one claimer serves at once (RESOURCE_EXHAUSTED beyond). Each holds "
+        "one batch of changes in memory, whatever its client's speed.",
+        256,
+    )
     bootstrap_tokens_file: str = setting(
         "CLAIMER_BOOTSTRAP_TOKENS_FILE",
         "JSON file of API tokens (hashes, roles, scopes; no secrets) inserted at startup when absent: how "
@@ -135,6 +147,10 @@ class ClaimerSettings:
             raise ConfigError("PIPELINE_SEGMENT_SIZE: must be between 1 and 1000000")
         if self.manifest_cache_ids < 0:
             raise ConfigError("CLAIMER_MANIFEST_CACHE_IDS: must be >= 0")
+        if self.change_retention_seconds < 1:
+            raise ConfigError("CLAIMER_CHANGE_RETENTION_SECONDS: must be >= 1")
+        if self.max_watches < 1:
+            raise ConfigError("CLAIMER_MAX_WATCHES: must be >= 1")
         if self.s3_endpoint_url and not self.s3_endpoint_url.startswith(("http://", "https://")):
             raise ConfigError("S3_ENDPOINT_URL: expected an http:// or https:// URL")
 

@@ -1,9 +1,11 @@
-"""Fan-out of pipeline status changes from PostgreSQL LISTEN/NOTIFY.
+"""Fan-out of per-pipeline notifications from PostgreSQL LISTEN/NOTIFY.
 
-One dedicated connection listens on ``hevlayer_status`` (counter triggers
-notify it with the pipeline id); each watcher waits on a per-pipeline
-:class:`asyncio.Condition`-like generation counter, so any number of
-``WatchPipelineStatus`` streams cost one connection.
+One dedicated connection listens on a channel whose payload is a pipeline id:
+``hevlayer_status`` (counter triggers notify it) for ``WatchPipelineStatus``,
+``hevlayer_document_changes`` (the change log's triggers) for ``WatchChanges``
+(:mod:`hevlayer.claimer.changes`). Each watcher waits on a per-pipeline
+:class:`asyncio.Condition`-like generation counter, so any number of streams
+cost one connection per channel.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ CHANNEL = "hevlayer_status"
 class StatusNotifier:
     """Per-pipeline change generations fed by LISTEN/NOTIFY."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, channel: str = CHANNEL) -> None:
         self._dsn = dsn
+        self._channel = channel
         self._conn: asyncpg.Connection | None = None
         self._generation: dict[str, int] = defaultdict(int)
         self._events: dict[str, asyncio.Event] = {}
@@ -44,7 +47,7 @@ class StatusNotifier:
 
     async def start(self) -> None:
         """Keep a listening connection open, reconnecting after failures."""
-        self._task = asyncio.create_task(self._run(), name="status-listener")
+        self._task = asyncio.create_task(self._run(), name=f"listener-{self._channel}")
 
     async def _run(self) -> None:
         delay = 0.2
@@ -53,7 +56,7 @@ class StatusNotifier:
                 conn = await asyncpg.connect(self._dsn, timeout=10)
                 terminated = asyncio.Event()
                 conn.add_termination_listener(lambda _c, ev=terminated: ev.set())
-                await conn.add_listener(CHANNEL, self._on_notify)
+                await conn.add_listener(self._channel, self._on_notify)
                 self._conn = conn
                 delay = 0.2
                 # Changes may have been missed while disconnected.
@@ -64,7 +67,7 @@ class StatusNotifier:
                 closed.cancel()
                 lost.cancel()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("status listener disconnected (%s); retrying in %.1fs", exc, delay)
+                log.warning("listener of %s disconnected (%s); retrying in %.1fs", self._channel, exc, delay)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._closed.wait(), delay)
                 delay = min(delay * 2, 5.0)

@@ -317,6 +317,21 @@ class ClaimerClient:
         finally:
             call.cancel()
 
+    async def watch(
+        self, request: staging_pb2.WatchDocumentsRequest, *, timeout: float | None = None
+    ) -> AsyncIterator[staging_pb2.WatchDocumentsResponse]:
+        """WatchChanges, message by message (as long as the caller reads, or ``timeout``)."""
+        call = self.documents.WatchChanges(
+            document_state_pb2.WatchChangesRequest(watch=request), timeout=timeout
+        )
+        try:
+            async for response in call:
+                yield response.update
+        except aio.AioRpcError as error:
+            raise service_error_from_rpc_error(error) from None
+        finally:
+            call.cancel()
+
     async def enqueue(
         self, batches: AsyncIterator[staging_pb2.EnqueueDocumentsRequest], *, timeout: float | None = None
     ) -> staging_pb2.EnqueueDocumentsResponse:

@@ -185,6 +185,18 @@ class StagingServicer(staging_pb2_grpc.StagingServiceServicer):
         ):
             yield staging_pb2.ListDocumentsResponse(documents=batch)
 
+    async def WatchDocuments(
+        self, request: staging_pb2.WatchDocumentsRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[staging_pb2.WatchDocumentsResponse]:
+        """Relayed to the claimer's WatchChanges, which validates the request (the
+        claimer owns the change log); each message is passed on as the caller reads."""
+        if not request.pipeline_id:
+            raise InvalidArgument.field("pipeline_id", "is required")
+        remaining = context.time_remaining()
+        timeout = remaining if remaining is not None and remaining < 1e9 else None
+        async for update in self.claimer.watch(request, timeout=timeout):
+            yield update
+
     async def DeleteDocuments(
         self, request: staging_pb2.DeleteDocumentsRequest, context: aio.ServicerContext
     ) -> staging_pb2.DeleteDocumentsResponse:
