@@ -15,21 +15,20 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from embedder.worker_support import (
+from prometheus_client.parser import text_string_to_metric_families
+from support.embedding_worker import (
     actual_rows,
     all_indexed,
-    create_pipeline,
     document,
     documents,
-    eventually,
     expected_rows,
     index_rows,
     stage_counts,
     start_embedder,
-    start_stack,
-    unique,
 )
-from prometheus_client.parser import text_string_to_metric_families
+from support.pipelines import create_pipeline, unique
+from support.polling import eventually
+from support.stacks import start_stack
 from support.staging import stage_documents
 
 from hevlayer.client.channel import open_channel

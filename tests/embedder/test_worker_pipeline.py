@@ -9,22 +9,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from embedder.worker_support import (
-    WorkerStack,
+from grpc import aio
+from support.embedding_worker import (
     actual_rows,
     all_indexed,
-    create_pipeline,
     document,
     documents,
-    eventually,
     expected_rows,
     index_rows,
     stage_counts,
     start_embedder,
-    start_stack,
-    unique,
 )
-from grpc import aio
+from support.pipelines import create_pipeline, unique
+from support.polling import eventually
+from support.stacks import GatewayStack, start_stack
 from support.staging import stage_documents
 
 from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
@@ -37,9 +35,9 @@ from hevlayer.embedder.triton_local import LocalTriton
 @pytest.fixture(scope="module")
 def stack(
     database_url: str, s3: SeaweedS3, embedder_address: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerStack]:
+) -> Iterator[GatewayStack]:
     running = start_stack(
-        database_url, s3, tmp_path_factory.mktemp("worker"), embedder_address=embedder_address
+        database_url, s3, tmp_path_factory.mktemp("worker"), {"EMBEDDER_ADDRESS": embedder_address}
     )
     try:
         yield running
@@ -48,7 +46,7 @@ def stack(
 
 
 @pytest.fixture
-async def channel(stack: WorkerStack) -> AsyncIterator[aio.Channel]:
+async def channel(stack: GatewayStack) -> AsyncIterator[aio.Channel]:
     chan = open_channel(stack.gateway_address)
     try:
         yield chan
@@ -57,7 +55,7 @@ async def channel(stack: WorkerStack) -> AsyncIterator[aio.Channel]:
 
 
 async def test_staged_documents_are_embedded_indexed_and_queryable(
-    stack: WorkerStack, channel: aio.Channel, triton: LocalTriton, service_factory: ServiceFactory
+    stack: GatewayStack, channel: aio.Channel, triton: LocalTriton, service_factory: ServiceFactory
 ) -> None:
     pipeline_id = unique()
     await create_pipeline(channel, pipeline_id)
@@ -96,7 +94,7 @@ async def test_staged_documents_are_embedded_indexed_and_queryable(
 
 @pytest.mark.parametrize("drain_seconds", ["0", "20"])
 async def test_sigterm_finishes_or_releases_what_is_held_and_exits_0(
-    stack: WorkerStack,
+    stack: GatewayStack,
     channel: aio.Channel,
     triton: LocalTriton,
     service_factory: ServiceFactory,
@@ -135,7 +133,7 @@ async def test_sigterm_finishes_or_releases_what_is_held_and_exits_0(
 
 
 async def test_every_pipeline_but_the_excluded_ones(
-    stack: WorkerStack, channel: aio.Channel, triton: LocalTriton, service_factory: ServiceFactory
+    stack: GatewayStack, channel: aio.Channel, triton: LocalTriton, service_factory: ServiceFactory
 ) -> None:
     """EMBEDDER_WORKER_PIPELINES=* leaves the pipelines of EMBEDDER_WORKER_EXCLUDE_PIPELINES
     (ids, or prefixes ending in *) to other workers: their documents are never claimed."""

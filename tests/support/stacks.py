@@ -67,6 +67,11 @@ class GatewayStack:
         """The gateway's REST base URL."""
         return f"http://{self.gateway_http}"
 
+    @property
+    def milvus_path(self) -> Path:
+        """The gateway's Milvus Lite file (read it once the gateway has stopped)."""
+        return Path(self.env["GATEWAY_MILVUS_LITE_PATH"])
+
     def stop(self) -> None:
         """Stop both processes."""
         for proc in (self.gateway, self.claimer):

@@ -1,102 +1,28 @@
-"""Helpers of the worker tests (imported as ``embedder.worker_support``).
-
-A :class:`WorkerStack` is a claimer and a gateway (real processes on the
-test's PostgreSQL and SeaweedFS S3, Milvus Lite in a temporary directory);
-embedders with the worker on are started with :func:`start_embedder`.
-Documents are staged, watched and counted through the gateway only, as a
-user would.
+"""Driving the embedder's worker loop in tests: embedders with the worker on
+(:func:`start_embedder`, in front of a ``support.stacks`` gateway), documents of
+distinct worded chunks, and what got staged and indexed, counted through the
+gateway only, as a user would.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 from grpc import aio
-from support.processes import start_claimer
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
-from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
-from hevlayer.devstack import SeaweedS3
-from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.processes import ServiceProcess
 from hevlayer.devstack.testing import ServiceFactory
+from support.polling import eventually
 
 WORDS = [
     *("river", "mountain", "forest", "desert", "ocean", "valley", "glacier", "canyon", "meadow"),
     *("island", "volcano", "prairie", "lagoon", "tundra", "savanna", "delta", "plateau", "marsh"),
     *("reef", "harbor"),
 ]
-
-
-@dataclass
-class WorkerStack:
-    """A running claimer + gateway for worker tests."""
-
-    claimer: ServiceProcess
-    gateway: ServiceProcess
-    gateway_address: str
-    milvus_path: Path
-    tmp: Path
-    env: dict[str, str] = field(default_factory=dict)
-
-    def stop(self) -> None:
-        for proc in (self.gateway, self.claimer):
-            proc.stop(grace=10)
-
-
-def start_stack(
-    database_url: str, s3: SeaweedS3, tmp: Path, *, embedder_address: str = "", **claimer_env: str
-) -> WorkerStack:
-    """Start a claimer and a gateway on a new bucket; the caller stops them."""
-    bucket = f"emb-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(bucket)
-    s3_env = s3.client_env(bucket)
-    claimer, claimer_address, _ = start_claimer(
-        database_url, tmp, tmp / "traces.jsonl", HEVLAYER_LOG_FORMAT="text", **s3_env, **claimer_env
-    )
-    gateway: ServiceProcess | None = None
-    try:
-        claimer.wait_ready(timeout=60)
-        grpc_address = f"127.0.0.1:{free_port()}"
-        milvus_path = tmp / "vectors.db"
-        env = {
-            **s3_env,
-            "CLAIMER_ADDRESS": claimer_address,
-            "HEVLAYER_GRPC_ADDRESS": grpc_address,
-            "HEVLAYER_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
-            "HEVLAYER_SHUTDOWN_GRACE_SECONDS": "5",
-            "HEVLAYER_LOG_FORMAT": "text",
-            "GATEWAY_CACHE_DIR": str(tmp / "cache"),
-            "GATEWAY_MILVUS_LITE_PATH": str(milvus_path),
-            "EMBEDDER_ADDRESS": embedder_address,
-            # The worker tests exercise batching, credits and faults; authentication is tested
-            # in tests/gateway/test_auth.py.
-            "GATEWAY_AUTH": "off",
-        }
-        gateway = ServiceProcess(
-            "hevlayer-gateway",
-            name="gateway",
-            env=env,
-            log_path=tmp / f"gateway-{uuid.uuid4().hex[:6]}.log",
-            grpc_address=grpc_address,
-        ).start()
-        gateway.wait_ready(timeout=60)
-    except BaseException:
-        if gateway is not None:
-            print(gateway.log_tail(80))
-            gateway.stop(grace=5)
-        print(claimer.log_tail(80))
-        claimer.stop(grace=5)
-        raise
-    return WorkerStack(claimer, gateway, grpc_address, milvus_path, tmp, env)
 
 
 def start_embedder(
@@ -122,10 +48,6 @@ def start_embedder(
     )
 
 
-def unique(prefix: str = "w") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
 def text_of(document_id: str, index: int, version: int = 1, words: int = 6) -> str:
     """A distinct chunk text of about ``words`` words."""
     body = " ".join(WORDS[(index * 7 + k * 3 + version) % len(WORDS)] for k in range(words))
@@ -138,13 +60,6 @@ def document(document_id: str, chunks: int, version: int = 1, words: int = 6) ->
         chunk = doc.chunks.add(id=f"c{index}", text=text_of(document_id, index, version, words))
         chunk.metadata.update({"position": index, "version": version})
     return doc
-
-
-async def create_pipeline(channel: aio.Channel, pipeline_id: str, **fields: object) -> None:
-    stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
-    await stub.CreatePipeline(
-        pipeline_pb2.CreatePipelineRequest(pipeline=pipeline_pb2.Pipeline(id=pipeline_id, **fields))  # type: ignore[arg-type]
-    )
 
 
 async def stage_counts(channel: aio.Channel, pipeline_id: str) -> dict[str, int]:
@@ -162,15 +77,6 @@ async def documents(channel: aio.Channel, pipeline_id: str) -> list[staging_pb2.
     async for response in stub.ListDocuments(staging_pb2.ListDocumentsRequest(pipeline_id=pipeline_id)):
         out.extend(response.documents)
     return out
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll ``check`` until true; a bound, not a timing assertion."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        await asyncio.sleep(0.1)
 
 
 async def all_indexed(channel: aio.Channel, pipeline_id: str, count: int, timeout: float = 90) -> None:
