@@ -2,8 +2,7 @@
 ``hevlayer.client.staging.enqueue`` on the gateway, which forwards them to the claimer, and
 claimed back with ``ClaimDocuments`` on the gateway. Claims take unleased documents by
 priority (lower first), then age (the document that entered its stage first); the priority
-stays with a document through its transitions. Pipelines with queue_backend segment refuse a
-non-zero priority, naming ``documents[i].priority``.
+stays with a document through its transitions. Both queue backends honour it.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from hevlayer.client import Client
 from hevlayer.client.enums import TransitionOutcome
 from hevlayer.client.staging import EnqueueEntry
 from hevlayer.client.types import Claim
-from hevlayer.common.errors import InvalidArgument
 
 EXTRACT = "extract"
 EXTRACTING = "extracting"
@@ -124,22 +122,21 @@ async def test_enqueueing_again_sets_the_new_priority(client: Client) -> None:
     assert await claim_ids(client, claim, 1) == ["first"]
 
 
-async def test_segment_pipelines_refuse_a_priority_naming_the_field(client: Client) -> None:
+async def test_segment_pipelines_claim_by_priority_too(client: Client) -> None:
+    """The default backend honours priorities: an enqueue writes one segment per priority and
+    claims take segments by (priority, enqueue order)."""
     pipeline_id = await new_pipeline(client, QUEUE_BACKEND_SEGMENT)
 
     async def batches() -> AsyncIterator[list[EnqueueEntry]]:
-        yield [("plain", ""), ("urgent", "", -1)]
+        yield [("plain", ""), ("urgent", "", -1), ("later", "", 4)]
+        yield [("plain-2", "", 0)]
 
-    with pytest.raises(InvalidArgument) as refused:
-        await client.staging.enqueue(pipeline_id, batches(), stage=EXTRACT, skip_unchanged=False)
-    assert [v.field for v in refused.value.violations] == ["documents[1].priority"]
-    assert "queue_backend row" in refused.value.violations[0].description
-
-    async def plain() -> AsyncIterator[list[EnqueueEntry]]:
-        yield [("plain", ""), ("zero", "", 0)]
-
-    response = await client.staging.enqueue(pipeline_id, plain(), stage=EXTRACT, skip_unchanged=False)
-    assert response.enqueued == 2
+    response = await client.staging.enqueue(pipeline_id, batches(), stage=EXTRACT, skip_unchanged=False)
+    assert response.enqueued == 4
+    claim = extract_claim(pipeline_id)
+    assert await claim_ids(client, claim, 1) == ["urgent"]
+    assert await claim_ids(client, claim, 2) == ["plain", "plain-2"]
+    assert await claim_ids(client, claim, 2) == ["later"]
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
