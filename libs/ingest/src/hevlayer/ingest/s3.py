@@ -7,8 +7,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from hevlayer.common import s3
 
 
 @dataclass(frozen=True)
@@ -32,25 +31,17 @@ class S3Connection:
 async def open_s3_client(
     connection: S3Connection, stack: AsyncExitStack, *, max_connections: int = 32
 ) -> Any:
-    """An aiobotocore S3 client for ``connection``, closed when ``stack`` closes."""
-    kwargs: dict[str, Any] = {
-        "region_name": connection.region or "us-east-1",
-        "config": AioConfig(
-            max_pool_connections=max_connections,
-            retries={"max_attempts": 3, "mode": "standard"},
-            s3={"addressing_style": "path"},
-            connect_timeout=5,
-            read_timeout=60,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        ),
-    }
-    if connection.endpoint_url:
-        kwargs["endpoint_url"] = connection.endpoint_url
-    if connection.access_key_id:
-        kwargs["aws_access_key_id"] = connection.access_key_id
-        kwargs["aws_secret_access_key"] = connection.secret_access_key
-    return await stack.enter_async_context(get_session().create_client("s3", **kwargs))
+    """An aiobotocore S3 client for ``connection``, closed when ``stack`` closes
+    (:func:`hevlayer.common.s3.open_s3_client`; 60 s read timeout)."""
+    return await s3.open_s3_client(
+        stack,
+        endpoint_url=connection.endpoint_url,
+        access_key_id=connection.access_key_id,
+        secret_access_key=connection.secret_access_key,
+        region=connection.region,
+        max_connections=max_connections,
+        read_timeout=60,
+    )
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import zstandard
 
+from hevlayer.common import s3
 from hevlayer.common.errors import Internal, Unavailable
 
 log = logging.getLogger("hevlayer.claimer.manifests")
@@ -128,39 +129,27 @@ class ObjectStore:
         timeout: float = 30.0,
     ) -> None:
         self.bucket = bucket
-        self._endpoint_url = endpoint_url or None
-        self._access_key_id = access_key_id or None
-        self._secret_access_key = secret_access_key or None
-        self._region = region or None
+        self._endpoint_url = endpoint_url
+        self._access_key_id = access_key_id
+        self._secret_access_key = secret_access_key
+        self._region = region
         self._max_connections = max_connections
         self._timeout = timeout
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
 
     async def open(self) -> None:
-        """Create the client (no request is made)."""
-        from aiobotocore.config import AioConfig
-        from aiobotocore.session import get_session
-
-        config = AioConfig(
-            max_pool_connections=self._max_connections,
+        """Create the client (no request is made; :func:`hevlayer.common.s3.open_s3_client`)."""
+        self._stack = contextlib.AsyncExitStack()
+        self._client = await s3.open_s3_client(
+            self._stack,
+            endpoint_url=self._endpoint_url,
+            access_key_id=self._access_key_id,
+            secret_access_key=self._secret_access_key,
+            region=self._region,
+            max_connections=self._max_connections,
             connect_timeout=self._timeout,
             read_timeout=self._timeout,
-            retries={"max_attempts": 3, "mode": "standard"},
-            s3={"addressing_style": "path"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        self._stack = contextlib.AsyncExitStack()
-        self._client = await self._stack.enter_async_context(
-            get_session().create_client(
-                "s3",
-                endpoint_url=self._endpoint_url,
-                aws_access_key_id=self._access_key_id,
-                aws_secret_access_key=self._secret_access_key,
-                region_name=self._region,
-                config=config,
-            )
         )
 
     async def close(self) -> None:

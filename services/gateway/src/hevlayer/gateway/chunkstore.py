@@ -43,11 +43,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import zstandard
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from hevlayer.api.document.v1 import document_pb2
+from hevlayer.common import s3
 from hevlayer.common.errors import Internal, NotFound, Unavailable
 from hevlayer.gateway.metrics import S3_BYTES, S3_REQUESTS
 from hevlayer.gateway.settings import S3Settings
@@ -309,23 +308,15 @@ class ChunkStore:
 async def open_s3_client(
     settings: S3Settings, stack: AsyncExitStack, *, max_connections: int = 64, max_attempts: int = 3
 ) -> Any:
-    """An aiobotocore S3 client for ``settings``, closed when ``stack`` closes."""
-    session = get_session()
-    kwargs: dict[str, Any] = {
-        "region_name": settings.region,
-        "config": AioConfig(
-            max_pool_connections=max_connections,
-            retries={"max_attempts": max_attempts, "mode": "standard"},
-            s3={"addressing_style": "path"},
-            connect_timeout=5,
-            read_timeout=30,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        ),
-    }
-    if settings.endpoint_url:
-        kwargs["endpoint_url"] = settings.endpoint_url
-    if settings.access_key_id:
-        kwargs["aws_access_key_id"] = settings.access_key_id
-        kwargs["aws_secret_access_key"] = settings.secret_access_key
-    return await stack.enter_async_context(session.create_client("s3", **kwargs))
+    """An aiobotocore S3 client for ``settings``, closed when ``stack`` closes
+    (:func:`hevlayer.common.s3.open_s3_client`; 30 s read timeout)."""
+    return await s3.open_s3_client(
+        stack,
+        endpoint_url=settings.endpoint_url,
+        access_key_id=settings.access_key_id,
+        secret_access_key=settings.secret_access_key,
+        region=settings.region,
+        max_connections=max_connections,
+        max_attempts=max_attempts,
+        read_timeout=30,
+    )
