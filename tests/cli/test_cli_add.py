@@ -19,6 +19,7 @@ from support.stacks import CliStack
 
 from hevlayer.api.staging.v1 import staging_pb2
 from hevlayer.client import Client
+from hevlayer.client.types import Claim
 
 SUPPORTED = ["birds.csv", "config.json", "glaciers.pdf", "guide.md", "notes.txt", "orbit.py", "page.html"]
 
@@ -121,3 +122,43 @@ def test_add_creates_the_pipeline_and_prints_plain_progress(cli_stack: CliStack,
     )
     assert summary_line(ran, "took ").endswith("chunks/s")
     assert documents(cli_stack, pipeline)["one.txt"].stage == "pending"
+
+
+@pytest.mark.parametrize("queue", ["row", "segment"])
+def test_add_priority_orders_the_claims(cli_stack: CliStack, tmp_path: Path, queue: str) -> None:
+    """``add --priority N`` enqueues every file with priority N; the priority stays with the
+    documents through extraction, so the embedder's claims from ``pending`` take a later
+    ``add --priority -1`` before an earlier backlog of priority 5."""
+    pipeline = f"prio-{queue}-{uuid.uuid4().hex[:6]}"
+    created = hevlayer("pipelines", "create", pipeline, "--queue", queue, env=cli_stack.env)
+    assert created.returncode == 0, created
+    backlog, urgent = tmp_path / "backlog", tmp_path / "urgent"
+    backlog.mkdir()
+    urgent.mkdir()
+    for n in range(3):
+        (backlog / f"old-{n}.txt").write_text(f"backlog note number {n} about slow glaciers\n")
+    (urgent / "hot.txt").write_text("an urgent note about a volcano\n")
+    for tree, priority in ((backlog, "5"), (urgent, "-1")):
+        ran = add(cli_stack, pipeline, tree, extra=("--priority", priority))
+        assert ran.returncode == 0, ran
+
+    async def claims() -> list[list[str]]:
+        async with Client.connect(cli_stack.gateway_address) as gateway:
+            claim = Claim(
+                pipeline_id=pipeline, worker_id="gpu-0", from_stage="pending", claim_stage="embedding"
+            )
+            return [
+                sorted(Path(lease.document_id).name for lease in await gateway.leases.claim(claim, limit))
+                for limit in (1, 10)
+            ]
+
+    assert asyncio.run(claims()) == [["hot.txt"], ["old-0.txt", "old-1.txt", "old-2.txt"]]
+
+
+def test_add_refuses_a_priority_outside_int32(cli_stack: CliStack, tmp_path: Path) -> None:
+    ran = hevlayer(
+        "add", tmp_path, "-p", "prio-bad", "--no-wait", "--priority", str(2**31), env=cli_stack.env
+    )
+    assert ran.returncode == 2, ran
+    assert "--priority" in ran.stderr, ran
+    assert "2147483648" in ran.stderr, ran

@@ -38,6 +38,7 @@ from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.cli.resilience import retry_seconds
 from hevlayer.client import Client
 from hevlayer.client.errors import NotFound, ServiceError
+from hevlayer.client.staging import EnqueueEntry
 from hevlayer.ingest.artifacts import ArtifactCache, LocalArtifactCache
 from hevlayer.ingest.extract_loop import (
     EXTRACT_STAGE,
@@ -116,6 +117,9 @@ class AddOptions:
     """Directory of the Artifact Cache the in-process workers use (None: no cache)."""
     artifact_bytes: int = 1 << 30
     """Byte budget of that cache (least recently used entries are evicted beyond it)."""
+    priority: int = 0
+    """Claim priority of every id this run enqueues (``EnqueuedDocument.priority``, an int32:
+    lower is claimed first, then oldest first; 0 is the default)."""
 
 
 @dataclass(frozen=True)
@@ -426,14 +430,15 @@ class Ingest:
 
     # -- enumeration ------------------------------------------------------------------------------
 
-    async def _batches(self) -> AsyncIterator[list[tuple[str, str]]]:
-        """``(document id, content hash)`` batches of the supported files, as they are examined."""
+    async def _batches(self) -> AsyncIterator[list[EnqueueEntry]]:
+        """``(document id, content hash, priority)`` batches of the supported files, as they are
+        examined."""
         paths: list[Path | Skipped] = await asyncio.to_thread(
             lambda: list(
                 walk(self.roots, include_hidden=self.options.include_hidden, exclude=self.options.exclude)
             )
         )
-        batch: list[tuple[str, str]] = []
+        batch: list[EnqueueEntry] = []
         for offset in range(0, len(paths), _EXAMINE_BATCH):
             items = paths[offset : offset + _EXAMINE_BATCH]
             examined = await asyncio.to_thread(self._examine_all, items)
@@ -444,7 +449,7 @@ class Ingest:
                     continue
                 self.summary.supported += 1
                 self.summary.by_kind[item.kind] = self.summary.by_kind.get(item.kind, 0) + 1
-                batch.append((item.document_id, item.content_hash))
+                batch.append((item.document_id, item.content_hash, self.options.priority))
             self.progress.files = self.summary.files
             if len(batch) >= self.options.enqueue_batch:
                 self._sent += len(batch)

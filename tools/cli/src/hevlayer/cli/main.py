@@ -403,6 +403,15 @@ def print_summary(output: Output, summary: AddSummary) -> None:
     metavar="HOST:PORT",
     help="Summarizer address for --summaries (env HEVLAYER_SUMMARIZER; default: the running `up`'s).",
 )
+@click.option(
+    "--priority",
+    default=0,
+    show_default=True,
+    type=click.IntRange(-(2**31), 2**31 - 1),
+    help="Claim priority of every file this run queues (an int32): extract workers and embedders "
+    "take lower priorities first, then the oldest; a queued file of priority -1 goes before a "
+    "backlog of priority 0.",
+)
 @click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
 @pass_settings
 def add_command(
@@ -422,6 +431,7 @@ def add_command(
     queue: str | None,
     summaries: bool | None,
     summarizer_option: str | None,
+    priority: int,
     plain: bool,
 ) -> None:
     """Add files and directories: new and changed files are extracted, chunked,
@@ -446,6 +456,7 @@ def add_command(
         exclude=exclude,
         budget=Budget(max_tokens=max_tokens, overlap_tokens=overlap, max_chars=max(16, max_tokens * 10)),
         queue_backend=_QUEUES[queue] if queue else pipeline_pb2.QUEUE_BACKEND_UNSPECIFIED,
+        priority=priority,
     )
     address = None
     if summaries is None and run_async(
