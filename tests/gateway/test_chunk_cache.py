@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from gateway.fake_aerospike import FakeAerospikeClient
 from prometheus_client.parser import text_string_to_metric_families
+from support.fakes.aerospike import FakeAerospikeClient
 from support.redis_server import RedisServer
 
 from hevlayer.common import metrics

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from summarizer.fakes import FakeLLM
+from support.fakes.llm import FakeLLM
 
 
 @pytest.fixture

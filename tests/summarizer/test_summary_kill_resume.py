@@ -16,7 +16,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from summarizer.fakes import FakeLLM
+from support.fakes.llm import FakeLLM
 
 from hevlayer.api.summary.v1 import summary_pb2 as pb
 from hevlayer.client import Client, Pipeline

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from summarizer.fakes import FakeLLM, LLMFailure
+from support.fakes.llm import FakeLLM, LLMFailure
 
 from hevlayer.summarizer.providers import (
     DIRECTORY_KIND,

@@ -1,58 +1,75 @@
 """SummaryService through a real ``hevlayer-summarizer`` process over real channels.
 
-The summarizer stages into a fake gateway StagingService (a real gRPC server
-in the test process) or, for the LLM test, calls the fake chat-completions
-server. The real gateway's StagingService is exercised separately once the
-gateway serves it.
+The summarizer stages into the live suite's real gateway (whose embedder worker
+indexes the summaries), except in the staging-outage test, whose gateway is
+a fake that refuses the first streams (the real one cannot be made to); the
+LLM test calls the fake chat-completions server (no LLM runs here).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc import aio
-from summarizer.fakes import FakeLLM, FakeStaging
+from support.fakes.llm import FakeLLM
+from support.fakes.staging import StagingOutage
+from support.pipelines import create_pipeline
+from support.polling import eventually
 
+from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
+from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
 from hevlayer.api.summary.v1 import summary_pb2 as pb
 from hevlayer.api.summary.v1 import summary_pb2_grpc
 from hevlayer.client.channel import open_channel
 from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack.processes import ServiceProcess
-from hevlayer.devstack.testing import ServiceFactory
+from hevlayer.devstack.testing import LiveSuite, ServiceFactory
 
 GUARD = 30.0
+PIPELINE = f"summaries-{uuid.uuid4().hex[:8]}"
+"""The live gateway's pipeline the summaries are staged into (its embedder worker indexes them)."""
 
 
 @pytest.fixture(scope="module")
-async def staging() -> AsyncIterator[FakeStaging]:
-    fake = await FakeStaging().start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
+async def gateway(live_suite: LiveSuite) -> AsyncIterator[aio.Channel]:
+    """A channel to the live suite's gateway, where ``PIPELINE`` exists."""
+    async with open_channel(live_suite.gateway) as channel:
+        await create_pipeline(channel, PIPELINE)
+        yield channel
 
 
-@pytest.fixture(scope="module")
-def summarizer(staging: FakeStaging, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    tmp = tmp_path_factory.mktemp("summarizer")
+def start_summarizer(tmp: Path, gateway_address: str) -> tuple[ServiceFactory, ServiceProcess]:
     factory = ServiceFactory(tmp)
     try:
-        yield factory(
+        return factory, factory(
             "hevlayer-summarizer",
             name="summarizer",
             env={
-                "SUMMARIZER_GATEWAY_ADDRESS": staging.address,
+                "SUMMARIZER_GATEWAY_ADDRESS": gateway_address,
                 "SUMMARIZER_CACHE_DIR": str(tmp / "cache"),
                 "HEVLAYER_SHUTDOWN_GRACE_SECONDS": "2",
             },
         )
     except BaseException:
         print(factory.report())
+        factory.stop_all()
         raise
+
+
+@pytest.fixture(scope="module")
+def summarizer(
+    live_suite: LiveSuite, gateway: aio.Channel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """A summarizer staging into the live suite's gateway."""
+    factory, process = start_summarizer(tmp_path_factory.mktemp("summarizer"), live_suite.gateway)
+    try:
+        yield process
     finally:
         factory.stop_all()
 
@@ -98,14 +115,14 @@ def _violations(error: aio.AioRpcError) -> list[str]:
     return fields
 
 
-async def test_submit_watch_get(stub: summary_pb2_grpc.SummaryServiceStub, staging: FakeStaging) -> None:
+async def test_submit_watch_get(stub: summary_pb2_grpc.SummaryServiceStub, gateway: aio.Channel) -> None:
     paths = ["README.md", "src/a.py", "src/pkg/b.py", "src/pkg/c.py", "docs/guide.md"]
     submitted = await _submit(
         stub,
         [
-            pb.SubmitJobRequest(pipeline_id="code", job_id="e2e", objects=_objects(paths[:2])),
+            pb.SubmitJobRequest(pipeline_id=PIPELINE, job_id="e2e", objects=_objects(paths[:2])),
             pb.SubmitJobRequest(
-                pipeline_id="code", job_id="e2e", objects=_objects(paths[2:]), enumeration_complete=True
+                pipeline_id=PIPELINE, job_id="e2e", objects=_objects(paths[2:]), enumeration_complete=True
             ),
         ],
     )
@@ -136,37 +153,68 @@ async def test_submit_watch_get(stub: summary_pb2_grpc.SummaryServiceStub, stagi
     root = (await stub.GetSummary(pb.GetSummaryRequest(job_id="e2e", path=""))).summary
     assert root.child_count == 3
 
-    # Staged through the (fake) gateway: one document per directory, bottom-up.
-    ids = [i for i in staging.order if i.startswith("dir:e2e:")]
-    assert sorted(ids) == ["dir:e2e:/", "dir:e2e:/docs", "dir:e2e:/src", "dir:e2e:/src/pkg"]
-    assert ids.index("dir:e2e:/src/pkg") < ids.index("dir:e2e:/src") < ids.index("dir:e2e:/")
-    document = staging.documents["dir:e2e:/src/pkg"]
-    assert document.content_hash == pkg.cache_key
-    assert [c.id for c in document.chunks] == ["summary"]
-    assert document.chunks[0].text == pkg.text
-    assert staging.metadata("dir:e2e:/src/pkg") == {
+    # Staged through the gateway: one document per directory, bottom-up, each one chunk
+    # "summary" holding the summary's text and metadata; the embedder worker indexes them.
+    listing = staging_pb2_grpc.StagingServiceStub(gateway).ListDocuments(
+        staging_pb2.ListDocumentsRequest(pipeline_id=PIPELINE, id_prefix="dir:e2e:"), timeout=GUARD
+    )
+    staged = {d.document_id: d async for batch in listing for d in batch.documents}
+    assert sorted(staged) == ["dir:e2e:/", "dir:e2e:/docs", "dir:e2e:/src", "dir:e2e:/src/pkg"]
+    assert all(d.chunk_count == 1 for d in staged.values())
+    assert staged["dir:e2e:/src/pkg"].content_hash == pkg.cache_key
+    times = [staged[i].update_time.ToNanoseconds() for i in ("dir:e2e:/src/pkg", "dir:e2e:/src", "dir:e2e:/")]
+    assert times == sorted(times)
+
+    index = index_pb2_grpc.IndexServiceStub(gateway)
+
+    async def indexed() -> bool:
+        response = await staging_pb2_grpc.StagingServiceStub(gateway).GetDocument(
+            staging_pb2.GetDocumentRequest(pipeline_id=PIPELINE, document_id="dir:e2e:/src/pkg"),
+            timeout=GUARD,
+        )
+        return bool(response.document.stage == "indexed")
+
+    await eventually(indexed, timeout=120, what="the summary of src/pkg indexed")
+    only_pkg = struct_pb2.Struct()
+    only_pkg.update({"document_id": "dir:e2e:/src/pkg"})
+    [hit] = (
+        await index.Query(
+            index_pb2.QueryRequest(pipeline_id=PIPELINE, text=pkg.text, top_k=5, filter=only_pkg),
+            timeout=GUARD,
+        )
+    ).hits
+    assert hit.chunk_id == "summary"
+    attributes = dict(hit.attributes)
+    assert attributes["text"] == pkg.text
+    assert {k: attributes[k] for k in ("kind", "path", "job_id")} == {
         "kind": "directory_summary",
         "path": "src/pkg",
         "job_id": "e2e",
     }
-    request = next(r for r in staging.requests if r.documents[0].id == "dir:e2e:/src/pkg")
-    assert request.pipeline_id == "code"
-    assert request.skip_unchanged
 
 
-async def test_staging_outage_is_retried(
-    stub: summary_pb2_grpc.SummaryServiceStub, staging: FakeStaging
-) -> None:
-    staging.unavailable = 2
-    await _submit(
-        stub,
-        [
-            pb.SubmitJobRequest(
-                pipeline_id="code", job_id="outage", objects=_objects(["x.py"]), enumeration_complete=True
+async def test_staging_outage_is_retried(tmp_path: Path) -> None:
+    staging = await StagingOutage(unavailable=2).start()
+    factory, process = start_summarizer(tmp_path, staging.address)
+    try:
+        assert process.grpc_address is not None
+        async with open_channel(process.grpc_address) as channel:
+            stub = summary_pb2_grpc.SummaryServiceStub(channel)
+            await _submit(
+                stub,
+                [
+                    pb.SubmitJobRequest(
+                        pipeline_id=PIPELINE,
+                        job_id="outage",
+                        objects=_objects(["x.py"]),
+                        enumeration_complete=True,
+                    )
+                ],
             )
-        ],
-    )
-    final = (await _watch(stub, "outage"))[-1].job
+            final = (await _watch(stub, "outage"))[-1].job
+    finally:
+        factory.stop_all()
+        await staging.stop()
     assert final.state == pb.JOB_STATE_SUCCEEDED
     assert "dir:outage:/" in staging.documents
     assert staging.unavailable == 0
@@ -174,15 +222,15 @@ async def test_staging_outage_is_retried(
 
 async def test_errors(stub: summary_pb2_grpc.SummaryServiceStub) -> None:
     bad_cases = [
-        ([pb.SubmitJobRequest(pipeline_id="code", job_id="", objects=_objects(["a.py"]))], "job_id"),
+        ([pb.SubmitJobRequest(pipeline_id=PIPELINE, job_id="", objects=_objects(["a.py"]))], "job_id"),
         (
-            [pb.SubmitJobRequest(pipeline_id="code", job_id="bad", objects=_objects(["ok.py", "../x.py"]))],
+            [pb.SubmitJobRequest(pipeline_id=PIPELINE, job_id="bad", objects=_objects(["ok.py", "../x.py"]))],
             "objects[1].path",
         ),
         (
             [
-                pb.SubmitJobRequest(pipeline_id="code", job_id="mixed", objects=_objects(["a.py"])),
-                pb.SubmitJobRequest(pipeline_id="code", job_id="other", objects=_objects(["b.py"])),
+                pb.SubmitJobRequest(pipeline_id=PIPELINE, job_id="mixed", objects=_objects(["a.py"])),
+                pb.SubmitJobRequest(pipeline_id=PIPELINE, job_id="other", objects=_objects(["b.py"])),
             ],
             "job_id",
         ),
@@ -196,7 +244,7 @@ async def test_errors(stub: summary_pb2_grpc.SummaryServiceStub) -> None:
         assert (caught.value.details() or "").startswith(field)
 
     await _submit(
-        stub, [pb.SubmitJobRequest(pipeline_id="code", job_id="open", objects=_objects(["a/b.py"]))]
+        stub, [pb.SubmitJobRequest(pipeline_id=PIPELINE, job_id="open", objects=_objects(["a/b.py"]))]
     )
     with pytest.raises(aio.AioRpcError) as caught:
         await stub.GetSummary(pb.GetSummaryRequest(job_id="open", path="a"))
@@ -216,7 +264,7 @@ async def test_errors(stub: summary_pb2_grpc.SummaryServiceStub) -> None:
     assert cancelled.state == pb.JOB_STATE_CANCELLED
     # The id of an ended job starts the job anew.
     anew = await _submit(
-        stub, [pb.SubmitJobRequest(pipeline_id="code", job_id="open", objects=_objects(["c.py"]))]
+        stub, [pb.SubmitJobRequest(pipeline_id=PIPELINE, job_id="open", objects=_objects(["c.py"]))]
     )
     assert (anew.job.state, anew.job.objects) == (pb.JOB_STATE_ENUMERATING, 1)
 
@@ -224,13 +272,13 @@ async def test_errors(stub: summary_pb2_grpc.SummaryServiceStub) -> None:
         stub,
         [
             pb.SubmitJobRequest(
-                pipeline_id="code", job_id="done", objects=_objects(["a.py"]), enumeration_complete=True
+                pipeline_id=PIPELINE, job_id="done", objects=_objects(["a.py"]), enumeration_complete=True
             )
         ],
     )
     assert (await _watch(stub, "done"))[-1].job.state == pb.JOB_STATE_SUCCEEDED
     anew = await _submit(
-        stub, [pb.SubmitJobRequest(pipeline_id="code", job_id="done", objects=_objects(["b.py"]))]
+        stub, [pb.SubmitJobRequest(pipeline_id=PIPELINE, job_id="done", objects=_objects(["b.py"]))]
     )
     assert (anew.job.state, anew.job.objects) == (pb.JOB_STATE_ENUMERATING, 1)
 
@@ -256,7 +304,7 @@ async def test_llm_provider_through_the_process(
     async with open_channel(process.grpc_address) as channel:
         stub = summary_pb2_grpc.SummaryServiceStub(channel)
         batch = pb.SubmitJobRequest(
-            pipeline_id="code",
+            pipeline_id=PIPELINE,
             job_id="llm",
             objects=_objects(["a.py", "lib/b.py"]),
             enumeration_complete=True,
