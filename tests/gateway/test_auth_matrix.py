@@ -182,6 +182,7 @@ def grpc_requests(world: World) -> dict[str, Callable[[], Message]]:
         ),
         "GetDocument": lambda: staging_pb2.GetDocumentRequest(pipeline_id=b, document_id=world.documents[0]),
         "ListDocuments": lambda: staging_pb2.ListDocumentsRequest(pipeline_id=b),
+        "WatchDocuments": lambda: staging_pb2.WatchDocumentsRequest(pipeline_id=b),
         "DeleteDocuments": lambda: staging_pb2.DeleteDocumentsRequest(
             pipeline_id=b, document_ids=world.documents
         ),

@@ -349,3 +349,35 @@ async def test_resume_after_a_gateway_and_claimer_restart_misses_nothing(
         claimer.stop(grace=5)
     assert [(c.document_id, c.stage) for c in changes] == [("a", "indexed"), ("b", "pending")]
     assert [c.sequence for c in changes] == [claimed.sequence + 1, claimed.sequence + 2]
+
+
+async def test_segment_queue_ids_moved_to_indexed_or_failed_are_changes(channel: aio.Channel) -> None:
+    """Ids of the segmented queue have no document rows while queued: their moves to indexed
+    are logged by the claimer itself, those to failed by the rows they become."""
+    pid = await create_pipeline(channel, queue_backend=pipeline_pb2.QUEUE_BACKEND_SEGMENT)
+    staging = staging_pb2_grpc.StagingServiceStub(channel)
+
+    async def enqueue() -> AsyncIterator[st.EnqueueDocumentsRequest]:
+        yield st.EnqueueDocumentsRequest(
+            pipeline_id=pid,
+            documents=[st.EnqueuedDocument(document_id=d, content_hash=f"h-{d}") for d in ("s1", "s2", "s3")],
+        )
+
+    assert (await staging.EnqueueDocuments(enqueue())).enqueued == 3
+    watch = Watch(channel, pid)
+    try:
+        assert await watch.snapshot() == []  # queued ids have no rows
+        leases = await claim(channel, pid)
+        assert sorted(leases) == ["s1", "s2", "s3"]
+        await transition(channel, pid, {"s1": leases["s1"], "s3": leases["s3"]}, "indexed")
+        await transition(channel, pid, {"s2": leases["s2"]}, "failed", reason="unreadable")
+        changes = await watch.changes(3)
+    finally:
+        watch.close()
+    assert [(c.document_id, c.stage) for c in changes] == [
+        ("s1", "indexed"),
+        ("s3", "indexed"),
+        ("s2", "failed"),
+    ]
+    assert [c.content_hash for c in changes] == ["h-s1", "h-s3", "h-s2"]
+    assert changes[2].last_error == "unreadable"

@@ -1,7 +1,8 @@
 """Held segment leases: heartbeats, checks, transitions and staging of segment-leased ids.
 
 - A transition marks the moved positions in the segment's ``done`` bitmap;
-  ids moved to ``indexed`` only bump the counter; to ``failed`` they become
+  ids moved to ``indexed`` bump the counter and are logged in the change log
+  (``WatchDocuments``); to ``failed`` they become
   document rows carrying the reason; to ``pending`` or another worker stage
   they become new queued segments, one per claim priority of the segments they
   came from (a segment holds ids of one priority). A segment with nothing
@@ -32,6 +33,11 @@ from hevlayer.claimer.segment_rows import (
 )
 from hevlayer.claimer.txn import PipelineConfig, Work
 from hevlayer.claimer.validation import FAILED, INDEXED
+
+LOG_CHANGES_SQL = (
+    "SELECT log_document_changes($1, $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])"
+)
+"""Append changes of ids without document rows to the change log (hevlayer.claimer.changes)."""
 
 
 @dataclass
@@ -253,8 +259,7 @@ class SegmentTransitions:
             moved.append(len(positions))
         if not moves.segments:
             return moves, moved
-        if to_stage != INDEXED:
-            await self._read_moved(moves)
+        await self._read_moved(moves)  # to indexed too: the change log names each id
         moves.count = sum(moved)
         await self._destination(conn, work, cfg, to_stage, moves)
         return moves, moved
@@ -272,6 +277,19 @@ class SegmentTransitions:
         """Write a prepared transition: bitmaps, completed segments, destination."""
         if not moves.segments:
             return
+        if to_stage == INDEXED:
+            # No rows fire the change log's triggers (migration 0011): log the moves here, first,
+            # so that the pipeline's change head is locked before its counters, as in the
+            # triggers' statements.
+            await conn.execute(
+                LOG_CHANGES_SQL,
+                cfg.id,
+                moves.moved_ids,
+                [INDEXED] * len(moves.moved_ids),
+                [moves.new_token] * len(moves.moved_ids),
+                moves.moved_hashes,
+                [""] * len(moves.moved_ids),
+            )
         await self._take_out(conn, work, moves.segments, moves.per_segment)
         count = moves.count
         if to_stage == INDEXED:
