@@ -28,8 +28,6 @@ import functools
 import hashlib
 import importlib
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ import pytest
 import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from deploy.helm_render import CHART, NAMESPACE, ROOT, RenderError, chart_crds, lint, render
+from support.manifests import SEED_PIPELINE, kubernetes_validate
 
 from hevlayer.common.auth import SeedToken, token_hash, token_id_of
 from hevlayer.common.config import load_settings
@@ -145,17 +144,6 @@ def environment(objs: list[dict[str, Any]], container: dict[str, Any]) -> dict[s
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def kubernetes_validate(paths: list[Path]) -> None:
-    """``kubernetes-validate --strict`` (the Kubernetes version it ships); any WARN fails."""
-    script = Path(sys.executable).with_name("kubernetes-validate")
-    result = subprocess.run(
-        [str(script), "--strict", *map(str, paths)], capture_output=True, text=True, timeout=120
-    )
-    problems = [line for line in result.stdout.splitlines() if not line.startswith("INFO ")]
-    assert problems == [], result.stdout + result.stderr
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def closed(schema: Any) -> Any:
@@ -784,29 +772,6 @@ def test_operator_rbac_is_namespaced_unless_asked() -> None:
         environment(wide, containers(named(wide, "Deployment", "layer-operator"))[0])["OPERATOR_NAMESPACES"]
         == ""
     )
-
-
-SEED_PIPELINE = """
-apiVersion: hevlayer.com/v1alpha1
-kind: Pipeline
-metadata:
-  name: product-images
-  namespace: layer
-  uid: 6b3a55a2-3f0e-4d38-9d7e-5c0e1f0a2b11
-spec:
-  target:
-    namespace: products
-  worker:
-    image: ghcr.io/hev/product-image-worker:latest
-    batchSize: 64
-    timeoutSeconds: 60
-  scaling:
-    pool: cpu
-    mode: autoscale
-    replicas:
-      min: 0
-      max: 8
-"""
 
 
 def test_the_gpu_pipeline_the_chart_declares_becomes_a_keda_scaled_gpu_worker(tmp_path: Path) -> None:

@@ -14,8 +14,6 @@ import copy
 import dataclasses
 import functools
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.manifests import SEED_PIPELINE, kubernetes_validate
 
 from hevlayer.common.config import describe_settings, settings_classes
 from hevlayer.common.errors import InvalidArgument
@@ -49,38 +48,6 @@ CTX = RenderContext(
     gateway_address="layer-gateway.layer.svc.cluster.local:50051",
     gateway_http_url="http://layer-gateway.layer.svc.cluster.local:8080",
 )
-SEED_EXAMPLE = """
-apiVersion: hevlayer.com/v1alpha1
-kind: Pipeline
-metadata:
-  name: product-images
-  namespace: layer
-  uid: 6b3a55a2-3f0e-4d38-9d7e-5c0e1f0a2b11
-spec:
-  target:
-    namespace: products
-  worker:
-    image: ghcr.io/hev/product-image-worker:latest
-    batchSize: 64
-    timeoutSeconds: 60
-  scaling:
-    pool: cpu
-    mode: autoscale
-    replicas:
-      min: 0
-      max: 8
-"""
-
-
-def kubernetes_validate(paths: list[Path]) -> None:
-    """``kubernetes-validate --strict`` on ``paths``; fail on any error or warning."""
-    script = Path(sys.executable).with_name("kubernetes-validate")
-    result = subprocess.run(
-        [str(script), "--strict", *map(str, paths)], capture_output=True, text=True, timeout=120
-    )
-    problems = [line for line in result.stdout.splitlines() if not line.startswith("INFO ")]
-    assert problems == [], result.stdout + result.stderr
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -174,7 +141,7 @@ def rendered_objects(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def seed_pipeline(extra: dict[str, Any]) -> dict[str, Any]:
-    body: dict[str, Any] = yaml.safe_load(SEED_EXAMPLE)
+    body: dict[str, Any] = yaml.safe_load(SEED_PIPELINE)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(body["spec"].get(key), dict):
             body["spec"][key] = {**body["spec"][key], **value}
@@ -362,7 +329,7 @@ def test_the_rendered_worker_environment_configures_the_embedder_worker() -> Non
     from hevlayer.common.config import load_settings
     from hevlayer.embedder.settings import WorkerSettings
 
-    pipeline = parse_pipeline(yaml.safe_load(SEED_EXAMPLE))
+    pipeline = parse_pipeline(yaml.safe_load(SEED_PIPELINE))
     [container] = containers(render_deployment(pipeline, CTX))
     environ = {e["name"]: e["value"] for e in container["env"]}
     settings = load_settings(WorkerSettings, environ=environ)
@@ -385,7 +352,7 @@ def test_the_rendered_worker_environment_configures_the_embedder_worker() -> Non
 
 
 def test_seed_example_renders_the_seed_trigger() -> None:
-    scaled = render_scaled_object(parse_pipeline(yaml.safe_load(SEED_EXAMPLE)), CTX)
+    scaled = render_scaled_object(parse_pipeline(yaml.safe_load(SEED_PIPELINE)), CTX)
     assert scaled is not None
     assert scaled["spec"]["triggers"] == [
         {
@@ -481,7 +448,7 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
 
 def test_crd_accepts_the_seed_example() -> None:
     schema = crd_schema()
-    assert structural_errors(schema, yaml.safe_load(SEED_EXAMPLE)) == []
+    assert structural_errors(schema, yaml.safe_load(SEED_PIPELINE)) == []
     for extra in SPECS:
         assert structural_errors(schema, seed_pipeline(extra)) == [], extra
 

@@ -25,6 +25,7 @@ helpers. Bench scripts import the same modules: pytest's ``pythonpath`` has ``te
 - ``rpc_errors``: the field paths of a failed call's BadRequest detail (``violations``).
 - ``s3``: the claimer's ``ObjectStore``, the gateway's ``S3Settings`` and a bucket's keys.
 - ``milvus_lite``: Milvus Lite's gRPC server mode on a free port (a real Milvus endpoint).
+- ``manifests``: the seed's example Pipeline (``SEED_PIPELINE``) and ``kubernetes_validate``.
 - ``fakes``: local fakes of services that cannot run here (Turbopuffer, an LLM server).
 
 Helpers of one directory's tests only stay next to them, named after what they hold
