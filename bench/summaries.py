@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hevlayer.summarizer.cache import TransformationCache
+from hevlayer.ingest.transform import TransformationCache
 from hevlayer.summarizer.gates import Gate
 from hevlayer.summarizer.jobs import JobRunner, JobState, SubmitBatch
 from hevlayer.summarizer.journal import JobJournal
@@ -82,8 +82,7 @@ async def run_job(runner: JobRunner, job_id: str, objects: list[ObjectSpec]) -> 
 
 
 async def make_runner(directory: Path, provider: SummaryProvider, gate: int, workers: int) -> JobRunner:
-    cache = TransformationCache(directory / "cache", 1 << 30)
-    await cache.open()
+    cache = TransformationCache(location=directory / "transformations", max_bytes=1 << 30)
     runner = JobRunner(
         provider,
         cache,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hevlayer.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from hevlayer.summarizer.cache import TransformationCache
+from hevlayer.ingest.transform import TransformationCache
 from hevlayer.summarizer.gates import Gate
 from hevlayer.summarizer.jobs import JobEvent, JobLimits, JobRunner, JobSnapshot, JobState, SubmitBatch
 from hevlayer.summarizer.providers import ChildInput, ExtractiveProvider, ProviderError, SummaryProvider
@@ -107,8 +107,7 @@ async def _runner(
     stager: MemoryStager | None = None,
     **kwargs: object,
 ) -> AsyncIterator[JobRunner]:
-    cache = TransformationCache(tmp_path / "cache", 1 << 24)
-    await cache.open()
+    cache = TransformationCache(location=tmp_path / "transformations", max_bytes=1 << 24)
     kwargs.setdefault("gate", Gate("summary", 4))
     runner = JobRunner(
         provider or ScriptedProvider(),
@@ -121,6 +120,7 @@ async def _runner(
         yield runner
     finally:
         await runner.stop()
+        cache.close()
 
 
 async def _events(runner: JobRunner, job_id: str) -> list[JobEvent]:

@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from hevlayer.summarizer.cache import TransformationCache
+from hevlayer.ingest.transform import TransformationCache
 from hevlayer.summarizer.gates import Gate
 from hevlayer.summarizer.jobs import JobEvent, JobRunner, JobState, SubmitBatch
 from hevlayer.summarizer.journal import EVENTS_FILE, JobJournal
@@ -73,8 +73,7 @@ class StagesStager(MemoryStager):
 async def _runner(
     tmp_path: Path, provider: SummaryProvider, stager: MemoryStager, journal: bool = True
 ) -> AsyncIterator[JobRunner]:
-    cache = TransformationCache(tmp_path / "cache", 1 << 24)
-    await cache.open()
+    cache = TransformationCache(location=tmp_path / "transformations", max_bytes=1 << 24)
     runner = JobRunner(
         provider,
         cache,
@@ -89,6 +88,7 @@ async def _runner(
         yield runner
     finally:
         await runner.stop()
+        cache.close()
 
 
 async def _events(runner: JobRunner, job_id: str, until_indexed: bool = False) -> list[JobEvent]:

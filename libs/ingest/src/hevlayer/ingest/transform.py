@@ -173,6 +173,7 @@ class TransformationCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, str] = OrderedDict()
         self._in_flight: dict[str, concurrent.futures.Future[str]] = {}
+        self._leaders: set[asyncio.Task[tuple[str, CacheOutcome]]] = set()
         self._io: _IoLoop | None = None
         self._stack: AsyncExitStack | None = None
         self.store: ArtifactCache | None = None
@@ -197,7 +198,10 @@ class TransformationCache:
             self._emit(event, count)
 
     def close(self) -> None:
-        """Close the backing's client and stop its thread (memory entries stay usable)."""
+        """Cancel the computations still in flight for coroutines (their lock files are
+        released), close the backing's client and stop its thread (memory entries stay usable)."""
+        for leader in list(self._leaders):
+            leader.get_loop().call_soon_threadsafe(leader.cancel)
         io, self._io = self._io, None
         if io is None:
             return
@@ -268,6 +272,8 @@ class TransformationCache:
             return await asyncio.shield(asyncio.wrap_future(shared)), CacheOutcome.JOINED
         leader = asyncio.create_task(self._lead(key, compute), name=f"transform-{key[:12]}")
         leader.add_done_callback(_consume_exception)
+        self._leaders.add(leader)
+        leader.add_done_callback(self._leaders.discard)
         return await asyncio.shield(leader)
 
     async def _lead(self, key: str, compute: Callable[[], Awaitable[str]]) -> tuple[str, CacheOutcome]:

@@ -1,15 +1,20 @@
-"""Process-wide provider concurrency gates: ``summary_gate`` and ``description_gate``.
+"""The process-wide provider concurrency gate of the summarizer: ``summary_gate``.
 
 A gate bounds how many calls to one provider are in flight at once in this
-process, whichever job or lane makes them: every fold of every job draws
-from the same ``summary_gate``, so running more jobs does not multiply the
-pressure on the summary LLM. ``description_gate`` is the VLM budget; the
-summarizer receives image descriptions as ``JobObject.text`` and makes no VLM
-call itself today, so it is configured and exposed but not drawn from yet.
+process, whichever job makes them: every fold of every job draws from the same
+``summary_gate``, so running more jobs does not multiply the pressure on the
+summary LLM.
 
-:func:`configure_gates` sets the limits once at start-up (from
-``SUMMARIZER_SUMMARY_CONCURRENCY`` / ``SUMMARIZER_DESCRIPTION_CONCURRENCY``);
-:func:`summary_gate` and :func:`description_gate` return the process's gates.
+The summarizer has no ``description_gate``: it makes no vision call. An image's
+description reaches it as ``JobObject.text``, made by whoever converted the
+image (``hevlayer add``'s Object Lane or its Job Lane conversions, or an extract
+worker), under *that* process's ``description_gate``
+(:func:`hevlayer.ingest.vision.description_gate`), the one budget both lanes of
+``add`` draw from. The summarizer never reads an object's bytes (``JobObject``
+carries no source), so it has nothing to describe.
+
+:func:`configure_gates` sets the limit once at start-up (from
+``SUMMARIZER_SUMMARY_CONCURRENCY``); :func:`summary_gate` returns the process's gate.
 """
 
 from __future__ import annotations
@@ -63,19 +68,18 @@ class Gate:
 
 @dataclass(frozen=True)
 class ProviderGates:
-    """The process's gates, one per provider."""
+    """The process's gates, one per provider the summarizer calls."""
 
     summary: Gate
-    description: Gate
 
 
 _gates: ProviderGates | None = None
 
 
-def configure_gates(summary_limit: int, description_limit: int) -> ProviderGates:
+def configure_gates(summary_limit: int) -> ProviderGates:
     """Set the process-wide gates (at start-up, before any call goes through them)."""
     global _gates
-    _gates = ProviderGates(Gate("summary", summary_limit), Gate("description", description_limit))
+    _gates = ProviderGates(Gate("summary", summary_limit))
     return _gates
 
 
@@ -83,15 +87,10 @@ def provider_gates() -> ProviderGates:
     """The process-wide gates (default limits until :func:`configure_gates` runs)."""
     global _gates
     if _gates is None:
-        _gates = ProviderGates(Gate("summary", DEFAULT_LIMIT), Gate("description", DEFAULT_LIMIT))
+        _gates = ProviderGates(Gate("summary", DEFAULT_LIMIT))
     return _gates
 
 
 def summary_gate() -> Gate:
     """The gate of summary LLM calls."""
     return provider_gates().summary
-
-
-def description_gate() -> Gate:
-    """The gate of VLM description calls."""
-    return provider_gates().description

@@ -9,7 +9,7 @@ fold each one:
 
 1. gather the children: sub-directories (their summaries) and files (their
    ``text`` excerpts), sorted by name;
-2. key = :func:`~hevlayer.summarizer.cache.cache_key` (model, prompt version,
+2. key = :func:`~hevlayer.ingest.transform.cache_key` (model, prompt version,
    the children's digests); the Transformation Cache answers, or runs the
    provider once (single flight) inside the process-wide ``summary_gate``;
 3. stage the summary through the :class:`~hevlayer.summarizer.staging.Stager`;
@@ -60,8 +60,8 @@ from hevlayer.common.errors import (
     InvalidArgument,
     NotFound,
 )
+from hevlayer.ingest.transform import CacheOutcome, TransformationCache, cache_key
 from hevlayer.summarizer import metrics
-from hevlayer.summarizer.cache import CacheOutcome, Transformation, TransformationCache, cache_key
 from hevlayer.summarizer.gates import Gate, summary_gate
 from hevlayer.summarizer.journal import JobJournal, JournaledJob
 from hevlayer.summarizer.providers import DIRECTORY_KIND, ChildInput, ProviderError, SummaryProvider
@@ -696,18 +696,17 @@ class JobRunner:
         provider = self.provider
         key = cache_key(provider.model, provider.prompt_version, [c.digest() for c in children])
 
-        async def compute() -> Transformation:
+        async def compute() -> str:
             async with self.gate:
-                text = await provider.summarize(children)
-            return Transformation(text=text, model=provider.model)
+                return await provider.summarize(children)
 
-        value, outcome = await self.cache.get_or_compute(key, compute)
-        staged = StagedSummary(job.pipeline_id, job.id, node.path, value.text, key)
+        text, outcome = await self.cache.get_or_compute(key, compute)
+        staged = StagedSummary(job.pipeline_id, job.id, node.path, text, key)
         await self.stager.stage(staged)
         record = SummaryRecord(
-            text=value.text,
+            text=text,
             cache_key=key,
-            model=value.model,
+            model=provider.model,  # the key names the model: a hit was made by it too
             child_count=len(children),
             document_id=staged.document_id,
         )

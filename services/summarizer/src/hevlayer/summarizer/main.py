@@ -9,7 +9,8 @@ from hevlayer.api.summary.v1 import summary_pb2, summary_pb2_grpc
 from hevlayer.client.settings import ClientTLSSettings
 from hevlayer.common.config import load_or_exit
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
-from hevlayer.summarizer.cache import TransformationCache
+from hevlayer.ingest.transform import TransformationCache
+from hevlayer.summarizer import metrics
 from hevlayer.summarizer.gates import configure_gates
 from hevlayer.summarizer.gateway_stager import GrpcStager
 from hevlayer.summarizer.grpc_summary import SummaryServicer
@@ -57,13 +58,23 @@ def make_stager(settings: SummarizerSettings, client_tls: ClientTLSSettings | No
     )
 
 
+def cache_event(event: str, count: int) -> None:
+    """The Transformation Cache's events as the summarizer's metrics."""
+    if event in ("hit", "joined", "miss"):
+        metrics.CACHE_LOOKUPS.labels(event).inc(count)
+    elif event == "eviction":
+        metrics.CACHE_EVICTIONS.inc(count)
+
+
 async def build(
     app: ServiceApp, settings: SummarizerSettings, client_tls: ClientTLSSettings | None = None
 ) -> None:
     """Wire the summarizer's runner and servicer into ``app``."""
-    gates = configure_gates(settings.summary_concurrency, settings.description_concurrency)
+    gates = configure_gates(settings.summary_concurrency)
     provider = make_provider(settings)
-    cache = TransformationCache(settings.cache_path, settings.cache_max_bytes)
+    cache = TransformationCache(
+        location=settings.transform_location, max_bytes=settings.cache_max_bytes, observer=cache_event
+    )
     stager = make_stager(settings, client_tls)
     runner = JobRunner(
         provider,
@@ -86,7 +97,6 @@ async def build(
         runner.close_watchers()
 
     async def startup() -> None:
-        await cache.open()
         await runner.start()
         tasks.append(asyncio.create_task(end_watches_on_stop(), name="end-watches"))
         log.info(
@@ -106,6 +116,7 @@ async def build(
         await runner.stop()
         await stager.close()
         await provider.close()
+        await asyncio.to_thread(cache.close)
 
     app.on_startup(startup)
     app.on_shutdown(shutdown)

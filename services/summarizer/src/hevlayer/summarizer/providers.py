@@ -11,7 +11,7 @@
 
 A provider sees only the children (names, kinds, excerpts), never the
 directory's path, so its output is a function of the inputs the cache key
-is made of (:mod:`hevlayer.summarizer.cache`). ``prompt_version`` names
+is made of (:mod:`hevlayer.ingest.transform`). ``prompt_version`` names
 everything else that shapes the output (prompt text, budgets).
 """
 
@@ -28,8 +28,8 @@ from typing import Any
 
 import aiohttp
 
+from hevlayer.ingest.transform import digest
 from hevlayer.summarizer import metrics
-from hevlayer.summarizer.cache import digest
 
 log = logging.getLogger("hevlayer.summarizer.providers")
 

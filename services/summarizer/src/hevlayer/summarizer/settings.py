@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hevlayer.common.config import ConfigError, setting, split_address
+from hevlayer.ingest.transform import expand_location
 
 GRPC_DEFAULTS = {
     "HEVLAYER_GRPC_ADDRESS": "127.0.0.1:50054",
@@ -86,12 +87,6 @@ class SummarizerSettings:
         "Process-wide summary_gate: summary provider calls in flight at once, over all jobs.",
         4,
     )
-    description_concurrency: int = setting(
-        "SUMMARIZER_DESCRIPTION_CONCURRENCY",
-        "Process-wide description_gate: VLM description calls in flight at once (reserved: the "
-        "summarizer receives descriptions as JobObject.text and makes no VLM call today).",
-        4,
-    )
     workers: int = setting(
         "SUMMARIZER_WORKERS",
         "Directories folded at once (cache look-ups and staging included; provider calls are "
@@ -100,12 +95,23 @@ class SummarizerSettings:
     )
     cache_dir: str = setting(
         "SUMMARIZER_CACHE_DIR",
-        "Directory of the transformation cache (content-addressed summaries); ~ is expanded.",
+        "The summarizer's state directory: the job journals (`jobs/`) and, unless "
+        "SUMMARIZER_TRANSFORM_CACHE says otherwise, the Transformation Cache (`transformations/`); "
+        "~ is expanded.",
         "~/.cache/hevlayer/summarizer",
+    )
+    transform_cache: str = setting(
+        "SUMMARIZER_TRANSFORM_CACHE",
+        "Where the Transformation Cache keeps summaries (beyond its memory): a directory (~ is "
+        "expanded) or `s3://bucket/prefix` (endpoint and credentials from the AWS environment: "
+        "`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...). Empty: `transformations/` under "
+        "SUMMARIZER_CACHE_DIR. Give several summarizers, extract workers and `hevlayer add` "
+        "(`HEVLAYER_TRANSFORM_CACHE`) the same location to share one cache.",
+        "",
     )
     cache_max_bytes: int = setting(
         "SUMMARIZER_CACHE_MAX_BYTES",
-        "Size bound of the transformation cache directory; least recently used entries go first.",
+        "Size bound of the Transformation Cache's stored entries; least recently used go first.",
         268435456,
     )
     gateway_address: str = setting(
@@ -143,6 +149,14 @@ class SummarizerSettings:
         return Path(os.path.expanduser(self.cache_dir))
 
     @property
+    def transform_location(self) -> str:
+        """Where the Transformation Cache stores entries: SUMMARIZER_TRANSFORM_CACHE (~ expanded),
+        else ``transformations/`` under SUMMARIZER_CACHE_DIR."""
+        if not self.transform_cache:
+            return str(self.cache_path / "transformations")
+        return expand_location(self.transform_cache)
+
+    @property
     def journal_path(self) -> Path:
         """Where the job journals live: ``jobs/`` under SUMMARIZER_CACHE_DIR."""
         return self.cache_path / "jobs"
@@ -166,7 +180,6 @@ class SummarizerSettings:
             "SUMMARIZER_MAX_OBJECT_TEXT_BYTES": self.max_object_text_bytes,
             "SUMMARIZER_MAX_JOB_OBJECTS": self.max_job_objects,
             "SUMMARIZER_SUMMARY_CONCURRENCY": self.summary_concurrency,
-            "SUMMARIZER_DESCRIPTION_CONCURRENCY": self.description_concurrency,
             "SUMMARIZER_WORKERS": self.workers,
             "SUMMARIZER_CACHE_MAX_BYTES": self.cache_max_bytes,
             "SUMMARIZER_STAGE_MAX_ATTEMPTS": self.stage_max_attempts,
@@ -185,5 +198,7 @@ class SummarizerSettings:
                 raise ConfigError(f"{name}: must be > 0, got {seconds}")
         if not self.cache_dir:
             raise ConfigError("SUMMARIZER_CACHE_DIR: must not be empty")
+        if self.transform_cache.startswith("s3://") and not self.transform_cache[5:].split("/", 1)[0]:
+            raise ConfigError(f"SUMMARIZER_TRANSFORM_CACHE: no bucket in {self.transform_cache!r}")
         if self.gateway_address:
             split_address(self.gateway_address, "SUMMARIZER_GATEWAY_ADDRESS")

@@ -1,0 +1,163 @@
+"""The Artifact Cache's single flight (hevlayer.ingest.artifacts: ArtifactCache.flight, FileLock):
+one holder at a time per (content, converter) among every cache object of a process, and across
+processes on a local directory."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from hevlayer.devstack import SeaweedS3
+from hevlayer.ingest.artifacts import (
+    ArtifactCache,
+    FileLock,
+    LocalArtifactCache,
+    data_hash,
+    open_artifact_cache,
+)
+from hevlayer.ingest.s3 import S3Connection
+
+GUARD = 30.0  # a hang guard, not a timing assertion
+KEY = data_hash(b"the object")
+TOKEN = "pdf/1"
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition()`` holds (a hang guard of GUARD seconds, not a timing assertion)."""
+    async with asyncio.timeout(GUARD):
+        while not condition():  # noqa: ASYNC110 (another process's files to poll)
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture(params=["local", "s3"])
+async def two_caches(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[ArtifactCache, ArtifactCache]]:
+    """Two cache objects on one location (as the Object Lane and the Job Lane of one `add` hold)."""
+    async with AsyncExitStack() as stack:
+        location = str(tmp_path / "artifacts")
+        connection: S3Connection | None = None
+        if request.param == "s3":
+            s3: SeaweedS3 = request.getfixturevalue("s3")
+            bucket: str = request.getfixturevalue("s3_bucket")
+            location = f"s3://{bucket}/artifacts"
+            connection = S3Connection(s3.endpoint_url, s3.access_key, s3.secret_key, s3.region)
+        first = await open_artifact_cache(location, 1 << 20, connection, stack)
+        second = await open_artifact_cache(location, 1 << 20, connection, stack)
+        yield first, second
+
+
+async def test_one_holder_at_a_time_across_cache_objects_of_a_process(
+    two_caches: tuple[ArtifactCache, ArtifactCache],
+) -> None:
+    first, second = two_caches
+    events: list[str] = []
+    inside = asyncio.Event()
+    release = asyncio.Event()
+    conversions = 0
+
+    async def lane(name: str, cache: ArtifactCache, hold: bool) -> bytes:
+        nonlocal conversions
+        blob = await cache.get(KEY, "text/" + TOKEN)
+        if blob is not None:
+            return blob
+        async with cache.flight(KEY, TOKEN):
+            events.append(f"{name} in")
+            if hold:
+                inside.set()
+                await release.wait()
+            blob = await cache.get(KEY, "text/" + TOKEN)
+            if blob is None:
+                conversions += 1
+                blob = f"converted by {name}".encode()
+                await cache.put(KEY, "text/" + TOKEN, blob)
+            events.append(f"{name} out")
+            return blob
+
+    object_lane = asyncio.create_task(lane("object lane", first, hold=True))
+    await asyncio.wait_for(inside.wait(), GUARD)
+    job_lane = asyncio.create_task(lane("job lane", second, hold=False))
+    await until(lambda: second.stats.misses == 1)  # the job lane missed and went for the flight
+    for _ in range(10):  # from its miss to the flight's lock there is no I/O: a few loop turns
+        await asyncio.sleep(0)
+    assert events == ["object lane in"], "the job lane entered while the object lane converted"
+    release.set()
+    results = await asyncio.wait_for(asyncio.gather(object_lane, job_lane), GUARD)
+    assert list(results) == [b"converted by object lane"] * 2
+    assert conversions == 1
+    assert events[:2] == ["object lane in", "object lane out"]
+
+
+def test_a_file_lock_excludes_other_open_files_and_is_removed_by_its_holder(tmp_path: Path) -> None:
+    path = tmp_path / "locks" / "one"
+    holder, other = FileLock(path), FileLock(path)
+    assert holder.try_acquire()
+    assert not other.try_acquire()
+    holder.release()
+    assert not path.exists()
+    assert other.try_acquire()
+    assert path.exists()
+    other.release()
+    holder.acquire()
+    with pytest.raises(RuntimeError, match="already held"):
+        holder.acquire()
+    holder.release()
+
+
+_OTHER_PROCESS = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from pathlib import Path
+    from hevlayer.ingest.artifacts import LocalArtifactCache
+    location, key, token, started, go = sys.argv[1:6]
+
+    async def main() -> None:
+        cache = LocalArtifactCache(location, 1 << 20)
+        async with cache.flight(key, token):
+            Path(started).touch()
+            while not Path(go).exists():
+                await asyncio.sleep(0.01)
+            await cache.put(key, "text/" + token, b"converted by the other process")
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_second_process_waits_and_reads_the_entry(tmp_path: Path) -> None:
+    location, started, go = tmp_path / "artifacts", tmp_path / "started", tmp_path / "go"
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _OTHER_PROCESS, str(location), KEY, TOKEN, str(started), str(go)
+    )
+    try:
+        await until(lambda: started.exists() or other.returncode is not None)
+        assert started.exists(), "the other process did not take the flight"
+        cache = LocalArtifactCache(location, 1 << 20)
+        converted: list[bytes] = []
+
+        async def lane() -> bytes:
+            async with cache.flight(KEY, TOKEN):
+                blob = await cache.get(KEY, "text/" + TOKEN)
+                if blob is None:
+                    converted.append(b"converted here")
+                    return b"converted here"
+                return blob
+
+        waiting = asyncio.create_task(lane())
+        # Gives a cache without a cross-process lock the time to convert; not a timing assertion.
+        await asyncio.sleep(0.3)
+        go.touch()
+        assert await asyncio.wait_for(waiting, GUARD) == b"converted by the other process"
+        assert converted == []
+        assert await asyncio.wait_for(other.wait(), GUARD) == 0
+    finally:
+        if other.returncode is None:
+            other.kill()
+            await other.wait()
+    assert not [p for p in (location / ".locks").rglob("*") if p.is_file()], "holders remove their lock files"
