@@ -129,10 +129,7 @@ class ObjectStore:
         timeout: float = 30.0,
     ) -> None:
         self.bucket = bucket
-        self._endpoint_url = endpoint_url
-        self._access_key_id = access_key_id
-        self._secret_access_key = secret_access_key
-        self._region = region
+        self._endpoint = s3.S3Connection(endpoint_url, access_key_id, secret_access_key, region)
         self._max_connections = max_connections
         self._timeout = timeout
         self._client: Any = None
@@ -143,10 +140,7 @@ class ObjectStore:
         self._stack = contextlib.AsyncExitStack()
         self._client = await s3.open_s3_client(
             self._stack,
-            endpoint_url=self._endpoint_url,
-            access_key_id=self._access_key_id,
-            secret_access_key=self._secret_access_key,
-            region=self._region,
+            self._endpoint,
             max_connections=self._max_connections,
             connect_timeout=self._timeout,
             read_timeout=self._timeout,

@@ -311,12 +311,5 @@ async def open_s3_client(
     """An aiobotocore S3 client for ``settings``, closed when ``stack`` closes
     (:func:`hevlayer.common.s3.open_s3_client`; 30 s read timeout)."""
     return await s3.open_s3_client(
-        stack,
-        endpoint_url=settings.endpoint_url,
-        access_key_id=settings.access_key_id,
-        secret_access_key=settings.secret_access_key,
-        region=settings.region,
-        max_connections=max_connections,
-        max_attempts=max_attempts,
-        read_timeout=30,
+        stack, settings, max_connections=max_connections, max_attempts=max_attempts, read_timeout=30
     )
