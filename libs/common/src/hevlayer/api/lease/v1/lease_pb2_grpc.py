@@ -66,11 +66,13 @@ class LeaseServiceServicer:
 
     def ClaimDocuments(self, request, context):
         """Claims up to limit documents in stage (and documents whose lease expired
-        in claim_stage, taken first) and moves them to claim_stage under a new
-        lease. Concurrent claimers never receive the same document. Document rows
-        come first (expired leases oldest expiry first, then documents of stage by
-        EnqueuedDocument.priority, lower first, then oldest first), then ids of
-        the segmented queue (whole segments in enqueue order, or a split of one).
+        in claim_stage) and moves them to claim_stage under a new lease.
+        Concurrent claimers never receive the same document. Order: by
+        EnqueuedDocument.priority, lower first (an expired lease keeps its
+        priority); within one priority expired leases (oldest expiry first), then
+        documents of stage oldest first (ids of the segmented queue in enqueue
+        order, whole segments or a split of one; a document row before a segment
+        of the same priority).
         A document whose lease expired for the pipeline's max_attempts-th
         time goes to "failed" (last_error says why) instead of being leased; it
         counts against limit. A paused pipeline answers no leases.

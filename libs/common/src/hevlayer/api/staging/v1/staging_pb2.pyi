@@ -284,10 +284,10 @@ class EnqueuedDocument(_message.Message):
     """Claim priority: lower is claimed first (default 0; negative values are
     allowed). Claims take documents by (priority, age): among equal
     priorities the document that entered its stage first. The priority stays
-    with the document through its later stages (staging keeps it) until it is
-    enqueued again. Supported by pipelines with queue_backend "row" only: a
-    non-zero priority for a "segment" pipeline is INVALID_ARGUMENT naming
-    documents[i].priority (segments are claimed whole, in enqueue order).
+    with the document through its later stages (staging keeps it), and
+    through a lease that expires, until it is enqueued again. Both queue
+    backends honour it (a "segment" pipeline writes one segment per
+    priority).
     """
     def __init__(
         self,
