@@ -28,7 +28,7 @@ STAGE_BATCH = 64
 EnqueueEntry = tuple[str, str] | tuple[str, str, int]
 """One id to enqueue: ``(document id, content hash)`` or ``(document id, content hash, priority)``.
 The hash may be ""; the priority (default 0) orders claims, lower first, then oldest first
-(``EnqueuedDocument.priority``; pipelines with queue_backend row only)."""
+(``EnqueuedDocument.priority``; both queue backends)."""
 
 
 def enqueued_documents(batch: Sequence[EnqueueEntry]) -> list[staging_pb2.EnqueuedDocument]:
