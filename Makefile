@@ -31,7 +31,7 @@ export UV_NO_PROGRESS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml tools/*/pyproject.toml)
-MYPY_TARGETS = $(wildcard libs/common/src/hevlayer/common libs/client/src/hevlayer/client libs/devstack/src/hevlayer/devstack libs/ingest/src/hevlayer/ingest \
+MYPY_TARGETS = $(wildcard libs/common/src/hevlayer/common libs/client/src/hevlayer/client libs/devstack/src/hevlayer/devstack libs/triton/src/hevlayer/triton libs/ingest/src/hevlayer/ingest \
 	services/*/src/hevlayer/* tools/*/src/hevlayer/*) $(if $(wildcard tests/*.py tests/*/*.py),tests) \
 	$(if $(wildcard bench/*.py bench/*/*.py),bench) $(wildcard examples/*/*.py)
 

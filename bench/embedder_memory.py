@@ -34,7 +34,7 @@ from support.staging import stage_documents
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.client.channel import open_channel
-from hevlayer.embedder.triton_local import LocalModel
+from hevlayer.triton.local import LocalModel
 
 WORDS = [
     "alpha",

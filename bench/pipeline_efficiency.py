@@ -2,7 +2,7 @@
 
 Every service is a real process: PostgreSQL, SeaweedFS S3, the claimer, the
 gateway (Milvus Lite), a real ``tritonserver`` (the nvidia-pytriton binary,
-CPU, started with :class:`hevlayer.embedder.triton_local.LocalTriton`) and one
+CPU, started with :class:`hevlayer.triton.local.LocalTriton`) and one
 embedder whose worker loop claims, reads, embeds and writes. The workload is
 the Python standard library source cut into 100 to 250 token chunks (the
 realistic workload of ``bench/triton_serving.py``), grouped into documents
@@ -72,8 +72,8 @@ from hevlayer.client.channel import open_channel
 from hevlayer.common.auth import generate_internal_token
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3, ServiceProcess
 from hevlayer.devstack.ports import free_port
-from hevlayer.embedder.onnx_model import OnnxEmbedder, RuntimeOptions, minilm_files
-from hevlayer.embedder.triton_local import LocalModel, LocalTriton
+from hevlayer.triton.local import LocalModel, LocalTriton
+from hevlayer.triton.onnx_model import OnnxEmbedder, RuntimeOptions, minilm_files
 
 INTERNAL_TOKEN = generate_internal_token()
 """The shared secret of the claimer this bench starts and the gateway in front of it."""

@@ -3,11 +3,11 @@
 The same model (all-MiniLM-L6-v2 int8, the same tokenization, pooling and
 normalization code) embeds the same chunks at the same batch size twice:
 
-* in-process: :class:`hevlayer.embedder.onnx_model.OnnxEmbedder` called in a
+* in-process: :class:`hevlayer.triton.onnx_model.OnnxEmbedder` called in a
   loop, measured with onnxruntime's thread spinning off and on; the faster of
   the two is the baseline;
 * through a real ``tritonserver`` (the nvidia-pytriton binary, Python backend,
-  started here by :class:`hevlayer.embedder.triton_local.LocalTriton`), called
+  started here by :class:`hevlayer.triton.local.LocalTriton`), called
   with ``tritonclient.grpc.aio`` keeping ``--concurrency`` requests in flight.
 
 Two workloads: short chunks (single lines of Python standard library source,
@@ -42,8 +42,8 @@ import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc.aio as triton_aio
 
-from hevlayer.embedder.onnx_model import OnnxEmbedder, RuntimeOptions, minilm_files
-from hevlayer.embedder.triton_local import LocalModel, LocalTriton
+from hevlayer.triton.local import LocalModel, LocalTriton
+from hevlayer.triton.onnx_model import OnnxEmbedder, RuntimeOptions, minilm_files
 
 
 @dataclass(frozen=True)

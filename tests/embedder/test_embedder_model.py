@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hevlayer.embedder.onnx_model import (
+from hevlayer.triton.onnx_model import (
     MINILM_ONNX_SHA256,
     MINILM_TOKENIZER_SHA256,
     ModelFiles,

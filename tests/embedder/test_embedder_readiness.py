@@ -18,7 +18,7 @@ from support.service_http import http_json, metric_samples
 from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.testing import ServiceFactory
-from hevlayer.embedder.triton_local import LocalModel, LocalTriton
+from hevlayer.triton.local import LocalModel, LocalTriton
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

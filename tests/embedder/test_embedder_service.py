@@ -18,7 +18,7 @@ from hevlayer.common.errors import service_error_from_rpc_error
 from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.processes import health_status
 from hevlayer.devstack.testing import ServiceFactory
-from hevlayer.embedder.triton_local import LocalModel, LocalTriton
+from hevlayer.triton.local import LocalModel, LocalTriton
 
 PARAPHRASES = ("a cat sits on the mat", "a kitten is on the rug")
 UNRELATED = "the stock market fell sharply today"

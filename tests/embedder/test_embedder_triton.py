@@ -11,10 +11,10 @@ import pytest
 from hevlayer.common.errors import FailedPrecondition, Unavailable
 from hevlayer.common.metrics import REGISTRY
 from hevlayer.devstack.ports import free_port
-from hevlayer.embedder.onnx_model import OnnxEmbedder
 from hevlayer.embedder.triton_client import RetryPolicy, TritonEmbeddingClient
-from hevlayer.embedder.triton_local import LocalModel, LocalTriton
-from hevlayer.embedder.triton_repository import prepare_repository
+from hevlayer.triton.local import LocalModel, LocalTriton
+from hevlayer.triton.onnx_model import OnnxEmbedder
+from hevlayer.triton.repository import prepare_repository
 
 DEPLOY_REPOSITORY = Path(__file__).resolve().parents[2] / "deploy" / "triton" / "model_repository"
 FAST_RETRY = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05)

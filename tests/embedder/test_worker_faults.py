@@ -35,7 +35,7 @@ from hevlayer.client.channel import open_channel
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.processes import ServiceProcess
 from hevlayer.devstack.testing import ServiceFactory
-from hevlayer.embedder.triton_local import LocalModel, LocalTriton
+from hevlayer.triton.local import LocalModel, LocalTriton
 
 
 def metric(process: ServiceProcess, name: str) -> float:

@@ -29,7 +29,7 @@ from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
 from hevlayer.client.channel import open_channel
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.testing import ServiceFactory
-from hevlayer.embedder.triton_local import LocalTriton
+from hevlayer.triton.local import LocalTriton
 
 
 @pytest.fixture(scope="module")

