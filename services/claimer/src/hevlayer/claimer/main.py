@@ -35,7 +35,6 @@ from hevlayer.claimer.tokens import TokenStore
 from hevlayer.common.auth import INTERNAL_TOKEN_KEY, SeedToken, read_seed_file
 from hevlayer.common.config import ConfigError, load_or_exit
 from hevlayer.common.guard import GuardInterceptor, SharedSecretGuard
-from hevlayer.common.readiness import DependencyMonitor
 from hevlayer.common.server import ServerSettings, ServiceApp, run_service
 from hevlayer.common.settings import ReadinessSettings
 
@@ -94,9 +93,7 @@ async def build(
     leases = LeaseStore(db, segments)
     documents = DocumentStore(db, segments)
     refresher = StageCountRefresher(db)
-    monitor = DependencyMonitor(
-        "claimer", {"postgresql": db.ping}, readiness or ReadinessSettings(), app.set_serving
-    )
+    monitor = app.watch_dependencies({"postgresql": db.ping}, readiness or ReadinessSettings())
     tokens = TokenStore(db)
     seeds: list[SeedToken] = []
     if settings.bootstrap_tokens_file:
@@ -152,12 +149,10 @@ async def build(
     async def startup() -> None:
         if objects is not None:
             await objects.open()
-        monitor.start()
         tasks.append(asyncio.create_task(connect(), name="db-connect"))
         tasks.append(asyncio.create_task(wake_watchers_on_stop(), name="wake-watchers"))
 
     async def shutdown() -> None:
-        await monitor.stop()
         for task in tasks:
             task.cancel()
         await refresher.stop()
@@ -172,7 +167,6 @@ async def build(
 
     app.on_startup(startup)
     app.on_shutdown(shutdown)
-    app.add_readiness_check(monitor.check, monitor.report)
 
 
 def main() -> None:
