@@ -6,8 +6,8 @@ import itertools
 import json
 
 import pytest
-from ingest.samples import make_docx, make_message, make_notebook, make_pptx, markdown_cell, text_png
 from support.cli import assert_covers, assert_within_budget, chunk_spans, make_pdf
+from support.sample_files import make_docx, make_message, make_notebook, make_pptx, markdown_cell, text_png
 
 from hevlayer.ingest import producers, vision
 from hevlayer.ingest.producers import (

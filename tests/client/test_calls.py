@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from client.scripted import Script, serve
+from support.fakes.pipeline_service import Script, serve
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2 as pb
 from hevlayer.client import (

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from client.scripted import Script, serve
+from support.fakes.pipeline_service import Script, serve
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2 as pb
 from hevlayer.client import AlreadyExists, NotFound, SyncClient

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from client.certificates import Authority
-from client.scripted import Script, serve
+from support.certificates import Authority
+from support.fakes.pipeline_service import Script, serve
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2 as pb
 from hevlayer.client import TLS, Client, ClientOptions, ServiceError, Unavailable

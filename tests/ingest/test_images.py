@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from ingest.samples import text_png
 from PIL import Image
 from support.fakes.vision import FakeVision, Recorded, fake_vision_server
+from support.sample_files import text_png
 
 from hevlayer.common.config import ConfigError, load_settings
 from hevlayer.ingest import vision

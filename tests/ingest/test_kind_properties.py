@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ingest.samples import (
+from support.cli import assert_covers, assert_within_budget, chunk_spans
+from support.sample_files import (
     code_cell,
     make_docx,
     make_mbox,
@@ -27,7 +28,6 @@ from ingest.samples import (
     make_pptx,
     markdown_cell,
 )
-from support.cli import assert_covers, assert_within_budget, chunk_spans
 
 from hevlayer.ingest.producers import Budget, ProducerError, Source, chunk_kinds, select_producer
 from hevlayer.ingest.producers.table import _flatten, render

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from ingest.samples import (
+from support.cli import assert_covers, chunk_spans
+from support.sample_files import (
     code_cell,
     make_docx,
     make_mbox,
@@ -17,7 +18,6 @@ from ingest.samples import (
     make_pptx,
     markdown_cell,
 )
-from support.cli import assert_covers, chunk_spans
 
 from hevlayer.ingest.files import FileEntry, Root, Skipped, examine
 from hevlayer.ingest.producers import (

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from client.certificates import Authority
-from client.scripted import Script, ScriptedPipelines
+from support.certificates import Authority
+from support.fakes.pipeline_service import Script, ScriptedPipelines
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2 as pb
 from hevlayer.api.pipeline.v1 import pipeline_pb2_grpc

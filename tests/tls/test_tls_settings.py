@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from client.certificates import Authority
+from support.certificates import Authority
 
 from hevlayer.claimer.settings import server_defaults
 from hevlayer.client import ClientOptions

@@ -4,6 +4,8 @@
 - ``aerospike``: the part of ``aerospike.Client`` the gateway's Aerospike chunk cache uses.
 - ``llm``: an OpenAI-compatible chat-completions server, for the summarizer's LLM provider.
 - ``vision``: an OpenAI-compatible vision endpoint, for image descriptions (``hevlayer.ingest``).
+- ``pipeline_service``: a PipelineService whose failures and stalls a test scripts, for the
+  client's retries and deadlines.
 - ``staging``: a StagingService that refuses the first streams UNAVAILABLE (the real gateway
   cannot be made to), for the summarizer's retry of a staging outage.
 

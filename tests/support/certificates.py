@@ -1,4 +1,4 @@
-"""A throwaway certificate authority, server and client certificates (imported as ``client.certificates``)."""
+"""A throwaway certificate authority, server and client certificates (``support.certificates``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""A PipelineService on a real port whose answers a test scripts (imported as ``client.scripted``).
+"""A PipelineService on a real port whose answers a test scripts: failures and stalls the real
+service cannot be made to produce, for the client's retries and deadlines.
 
 Each method pops the next scripted failure for its name (a ServiceError, or a
 number of seconds to stall before answering) and otherwise answers from a
