@@ -18,7 +18,7 @@ summaries (the Job Lane, asyncio) and the image descriptions of :mod:`hevlayer.i
   prompt map to the same entry, whichever lane, job, path or process asks.
 - **Memory**: an LRU of ``max_entries`` texts, always.
 - **Backing** (optional ``location``): a directory, or ``s3://bucket/prefix``, holding one
-  entry per key in the Artifact Cache's store (:mod:`hevlayer.ingest.artifacts`: same layout,
+  entry per key in the Artifact Cache's store (:mod:`hevlayer.ingest.store`: same layout,
   same byte bound ``max_bytes`` with least-recently-used eviction, the entry's token is
   :data:`TOKEN`). Every process configured with the same location shares the entries: a
   description the Object Lane computed is a hit for any other process that asks for the same
@@ -27,7 +27,7 @@ summaries (the Job Lane, asyncio) and the image descriptions of :mod:`hevlayer.i
 - **Single flight**: concurrent requests for one key in one process (threads and coroutines
   alike) run ``compute`` once and share its result; a failure is shared too, and not cached.
   With a directory backing the computing request also holds a lock file of the key
-  (:class:`~hevlayer.ingest.artifacts.FileLock`), so a second process reaching the same key at
+  (:class:`~hevlayer.ingest.store.FileLock`), so a second process reaching the same key at
   the same moment waits, then reads the entry instead of computing it. An S3 backing has no
   cross-process lock: two processes that miss the same key at the same moment both compute it
   (one wasted provider call; both store the same entry).
@@ -51,13 +51,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    # Imported where used: the artifacts module imports the producers, whose image producer
-    # imports hevlayer.ingest.vision, which imports this module.
-    from hevlayer.ingest.artifacts import ArtifactCache, FileLock
-    from hevlayer.ingest.s3 import S3Connection
+from hevlayer.ingest.s3 import S3Connection
+from hevlayer.ingest.store import ArtifactCache, FileLock, LocalArtifactCache, open_artifact_cache
 
 log = logging.getLogger("hevlayer.ingest.transform")
 
@@ -188,8 +185,6 @@ class TransformationCache:
                 raise
 
     async def _open_store(self, max_bytes: int, s3: S3Connection | None) -> ArtifactCache:
-        from hevlayer.ingest.artifacts import open_artifact_cache
-
         assert self._stack is not None
         return await open_artifact_cache(self.location, max_bytes, s3, self._stack, self._store_event)
 
@@ -355,8 +350,6 @@ class TransformationCache:
     # -- the backing -----------------------------------------------------------------------------
 
     def _file_lock(self, key: str) -> FileLock | None:
-        from hevlayer.ingest.artifacts import FileLock, LocalArtifactCache
-
         if isinstance(self.store, LocalArtifactCache):
             return FileLock(self.store.lock_path(key, TOKEN))
         return None
