@@ -1,7 +1,11 @@
 """``hevlayer add``: the Object Lane on the client side.
 
-1. Enumerate the files under the given paths; detect each one's kind and
-   content hash (SHA-256 of the bytes, plus the producer's kind and version).
+1. Enumerate the files under the given paths, and the objects under the given
+   ``s3://bucket/prefix`` URIs (or the one object ``s3://bucket/key`` names;
+   aiobotocore with the ``EXTRACTOR_S3_*`` endpoint and credentials the extract
+   workers use); detect each one's kind and content hash (SHA-256 of the bytes,
+   plus the producer's kind and version: the hash the extract loop stages, so
+   an unchanged object is skipped like an unchanged file).
 2. Record them as durable tasks: their ids (absolute paths) go through
    ``EnqueueDocuments`` into stage ``extract`` with ``skip_unchanged``, so an
    unchanged file is not queued again.
@@ -15,9 +19,9 @@
    (``hevlayer-extractor``) and this process only enqueues and waits. A crashed
    ``add`` loses nothing: its leases expire and the next ``add`` claims the ids
    again.
-4. Documents under the given directories whose files are gone are deleted
-   (``ListDocuments`` against the tree, then ``DeleteDocuments``): their
-   state, chunks and vectors.
+4. Documents under the given directories (and S3 prefixes) whose files (objects)
+   are gone are deleted (``ListDocuments`` against the tree, then
+   ``DeleteDocuments``): their state, chunks and vectors.
 5. Progress per stage comes from ``WatchPipelineStatus``; with ``wait`` the
    run ends when the pipeline has nothing left in flight.
 """
@@ -29,7 +33,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -59,8 +63,16 @@ from hevlayer.ingest.files import (
     examine,
     walk,
 )
-from hevlayer.ingest.producers import DEFAULT_BUDGET, Budget
-from hevlayer.ingest.sources import LocalSource, ObjectMissing, SourceError
+from hevlayer.ingest.producers import (
+    DEFAULT_BUDGET,
+    Budget,
+    content_hash,
+    detect_kind,
+    select_producer,
+    unsupported_reason,
+)
+from hevlayer.ingest.s3 import S3Connection, open_s3_client
+from hevlayer.ingest.sources import LocalSource, ObjectData, ObjectMissing, S3Source, SourceError, Sources
 
 __all__ = [
     "AddOptions",
@@ -71,8 +83,11 @@ __all__ = [
     "Progress",
     "Reporter",
     "ensure_pipeline",
+    "examine_object",
     "extract",
+    "is_s3_uri",
     "outstanding",
+    "s3_connection_from_env",
     "to_document",
 ]
 
@@ -81,6 +96,37 @@ INDEXED_STAGE = "indexed"
 TERMINAL_STAGES = frozenset({INDEXED_STAGE, FAILED_STAGE})
 _EXAMINE_BATCH = 64
 _DELETE_BATCH = 1000
+_HEAD_BYTES = 8192
+_S3_READS = 8
+"""S3 objects read at once while enumerating."""
+
+
+def is_s3_uri(path: str | os.PathLike[str]) -> bool:
+    """Whether an ``add`` argument names S3 (``s3://bucket/prefix`` or ``s3://bucket/key``)."""
+    return str(path).startswith("s3://")
+
+
+def s3_connection_from_env(environ: Mapping[str, str] = os.environ) -> S3Connection:
+    """The S3 endpoint and credentials of ``add s3://...``: the variables the extract worker reads
+    (``EXTRACTOR_S3_ENDPOINT_URL``, ``EXTRACTOR_S3_ACCESS_KEY_ID``,
+    ``EXTRACTOR_S3_SECRET_ACCESS_KEY``, ``EXTRACTOR_S3_REGION``); unset ones fall back to
+    botocore's defaults (AWS, the default credential chain)."""
+    return S3Connection(
+        environ.get("EXTRACTOR_S3_ENDPOINT_URL", ""),
+        environ.get("EXTRACTOR_S3_ACCESS_KEY_ID", ""),
+        environ.get("EXTRACTOR_S3_SECRET_ACCESS_KEY", ""),
+        environ.get("EXTRACTOR_S3_REGION", "") or "us-east-1",
+    )
+
+
+def examine_object(obj: ObjectData) -> tuple[str, str] | Skipped:
+    """An object's kind and content hash (what :func:`hevlayer.ingest.files.examine` gives a
+    file, and the hash the extract loop stages), or why it is skipped."""
+    head = obj.data[:_HEAD_BYTES]
+    kind = detect_kind(obj.name, head)
+    if kind is None:
+        return Skipped(obj.document_id, unsupported_reason(obj.name, head))
+    return kind, content_hash(obj.data, select_producer(kind))
 
 
 @dataclass(frozen=True)
@@ -117,6 +163,8 @@ class AddOptions:
     """Directory of the Artifact Cache the in-process workers use (None: no cache)."""
     artifact_bytes: int = 1 << 30
     """Byte budget of that cache (least recently used entries are evicted beyond it)."""
+    s3: S3Connection | None = None
+    """The S3 endpoint of ``s3://`` arguments (None: :func:`s3_connection_from_env`)."""
     priority: int = 0
     """Claim priority of every id this run enqueues (``EnqueuedDocument.priority``, an int32:
     lower is claimed first, then oldest first; 0 is the default)."""
@@ -277,7 +325,11 @@ class Ingest:
     ) -> None:
         self.gateway = gateway
         self.pipeline_id = pipeline_id
-        self.roots = [Root.of(p) for p in paths]
+        self.roots = [Root.of(p) for p in paths if not is_s3_uri(p)]
+        self.s3_uris = [str(p) for p in paths if is_s3_uri(p)]
+        """``s3://`` arguments: prefixes (or single objects) enumerated with :class:`S3Source`."""
+        self._s3: S3Source | None = None
+        self._sources = Sources([LocalSource(self.roots)])
         self.reporter = reporter
         self.options = options
         self.clock = clock
@@ -293,7 +345,7 @@ class Ingest:
         self.loop = ExtractLoop(
             gateway,
             pipeline_id,
-            LocalSource(self.roots),
+            self._sources,
             LoopOptions(
                 claim_limit=options.claim_limit,
                 lease_seconds=options.lease_seconds,
@@ -318,6 +370,15 @@ class Ingest:
     # -- the run ----------------------------------------------------------------------------------
 
     async def run(self) -> AddSummary:
+        if not self.s3_uris:
+            return await self._run()
+        async with contextlib.AsyncExitStack() as stack:
+            client = await open_s3_client(self.options.s3 or s3_connection_from_env(), stack)
+            self._s3 = S3Source(client)
+            self._sources.sources.append(self._s3)
+            return await self._run()
+
+    async def _run(self) -> AddSummary:
         started = self.clock()
         self.summary.created_pipeline = await ensure_pipeline(
             self.gateway, self.pipeline_id, self.options.queue_backend
@@ -456,11 +517,83 @@ class Ingest:
                 yield batch
                 batch = []
             self._publish()
+        async for obj in self._s3_objects():
+            self.summary.files += 1
+            self.progress.files = self.summary.files
+            if isinstance(obj, Skipped):
+                self.summary.skipped.append(obj)
+                continue
+            document_id, kind, hash_value = obj
+            self.summary.supported += 1
+            self.summary.by_kind[kind] = self.summary.by_kind.get(kind, 0) + 1
+            batch.append((document_id, hash_value, self.options.priority))
+            if len(batch) >= self.options.enqueue_batch:
+                self._sent += len(batch)
+                yield batch
+                batch = []
+                self._publish()
         if batch:
             self._sent += len(batch)
             yield batch
         self.progress.files_done = True
         self._publish()
+
+    def _s3_members(self, uri: str, found: str) -> bool:
+        """Whether the listed object ``found`` belongs to the argument ``uri``: the object
+        itself, or one under the prefix (``s3://b/docs`` takes ``s3://b/docs/a.md`` but not
+        ``s3://b/docs-old/a.md``)."""
+        if uri.endswith("/") or uri.count("/") == 2:
+            return True
+        return found == uri or found.startswith(uri + "/")
+
+    async def _s3_objects(self) -> AsyncIterator[tuple[str, str, str] | Skipped]:
+        """``(document id, kind, content hash)`` of every object the ``s3://`` arguments name
+        (read :data:`_S3_READS` at a time, each whole: the hash is of its bytes), or why one
+        is skipped."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self._s3 is None:
+            return
+        s3 = self._s3
+        for uri in self.s3_uris:
+            listed: list[str] = []
+            too_large: list[Skipped] = []
+            try:
+                async for found, size, _etag in s3.list_objects(uri):
+                    if not self._s3_members(uri, found):
+                        continue
+                    self._present.add(found)
+                    if size > self.options.max_file_bytes:
+                        too_large.append(
+                            Skipped(found, f"larger than {self.options.max_file_bytes} bytes ({size})")
+                        )
+                    else:
+                        listed.append(found)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "") or str(exc)
+                yield Skipped(uri, f"S3 refused the listing: {code}")
+                continue
+            except (BotoCoreError, OSError, ValueError) as exc:
+                yield Skipped(uri, f"S3 listing failed: {exc}")
+                continue
+            for skipped in too_large:
+                yield skipped
+            if not listed and not too_large:
+                yield Skipped(uri, "no S3 object under it")
+                continue
+            for offset in range(0, len(listed), _S3_READS):
+                reads = await asyncio.gather(
+                    *[s3.read(d, self.options.max_file_bytes) for d in listed[offset : offset + _S3_READS]],
+                    return_exceptions=True,
+                )
+                for document_id, read in zip(listed[offset : offset + _S3_READS], reads, strict=True):
+                    if isinstance(read, SourceError):
+                        yield Skipped(document_id, read.reason)
+                    elif isinstance(read, BaseException):
+                        raise read
+                    else:
+                        examined = examine_object(read)
+                        yield examined if isinstance(examined, Skipped) else (document_id, *examined)
 
     def _examine_all(self, items: Sequence[Path | Skipped]) -> list[FileEntry | Skipped]:
         out: list[FileEntry | Skipped] = []
@@ -486,6 +619,17 @@ class Ingest:
                 with contextlib.suppress(NotFound):
                     await self.gateway.staging.get_document(self.pipeline_id, root.id_prefix)
                     gone.append(root.id_prefix)
+        for uri in self.s3_uris:
+            if uri in self._present:  # one object, still there
+                continue
+            prefix = uri if uri.endswith("/") or uri.count("/") == 2 else uri + "/"
+            async for document in self.gateway.staging.list_documents(self.pipeline_id, id_prefix=prefix):
+                if document.document_id not in self._present:
+                    gone.append(document.document_id)
+            if prefix != uri:  # the argument may also have named one object, now gone
+                with contextlib.suppress(NotFound):
+                    await self.gateway.staging.get_document(self.pipeline_id, uri)
+                    gone.append(uri)
         deleted = 0
         unique = sorted(set(gone))
         for offset in range(0, len(unique), _DELETE_BATCH):
@@ -545,11 +689,10 @@ class Ingest:
         failures = dict(self._extract_failures)
         stages: dict[str, int] = {}
         seen: set[str] = set()
-        for root in self.roots:
-            async for document in self.gateway.staging.list_documents(
-                self.pipeline_id, id_prefix=root.id_prefix
-            ):
-                if document.document_id in seen:
+        prefixes = [(root.id_prefix, "") for root in self.roots] + [(uri, uri) for uri in self.s3_uris]
+        for prefix, uri in prefixes:
+            async for document in self.gateway.staging.list_documents(self.pipeline_id, id_prefix=prefix):
+                if document.document_id in seen or (uri and not self._s3_members(uri, document.document_id)):
                     continue
                 seen.add(document.document_id)
                 stages[document.stage] = stages.get(document.stage, 0) + 1

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.cli import corpus as corpus_module
-from hevlayer.cli.ingest import AddOptions, AddSummary, Ingest, Reporter
+from hevlayer.cli.ingest import AddOptions, AddSummary, Ingest, Reporter, is_s3_uri, s3_connection_from_env
 from hevlayer.cli.progress import PlainReporter, RichReporter, is_terminal
 from hevlayer.cli.resilience import connect_riding_restarts, riding_budget
 from hevlayer.cli.search import Result, search
@@ -349,7 +349,7 @@ def print_summary(output: Output, summary: AddSummary) -> None:
 
 
 @cli.command("add")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, metavar="PATHS...")
 @pipeline_option
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(1, 64), help="Extract workers.")
 @click.option(
@@ -416,7 +416,7 @@ def print_summary(output: Output, summary: AddSummary) -> None:
 @pass_settings
 def add_command(
     settings: Settings,
-    paths: tuple[Path, ...],
+    paths: tuple[str, ...],
     pipeline: str,
     workers: int,
     remote_workers: bool,
@@ -437,6 +437,12 @@ def add_command(
     """Add files and directories: new and changed files are extracted, chunked,
     embedded and indexed; unchanged ones are skipped; deleted ones are removed.
 
+    A path may also be s3://bucket/prefix (every object under it) or
+    s3://bucket/key (one object), read with the extract workers' S3 settings
+    (EXTRACTOR_S3_ENDPOINT_URL, EXTRACTOR_S3_ACCESS_KEY_ID,
+    EXTRACTOR_S3_SECRET_ACCESS_KEY, EXTRACTOR_S3_REGION; unset: AWS and its
+    default credential chain).
+
     Supported kinds: text, markdown, code (Python split on definitions), PDF, HTML,
     tables (CSV/TSV/JSON/Parquet rows and schema), JSON Lines records, images
     (OCR by tesseract, or a vision endpoint: HEVLAYER_VISION_*), mbox/.eml mail,
@@ -444,6 +450,17 @@ def add_command(
     """
     if overlap >= max_tokens:
         raise click.BadParameter("must be below --max-tokens", param_hint="--overlap")
+    for path in paths:
+        if is_s3_uri(path) and len(path) <= len("s3://"):
+            raise click.BadParameter(
+                f"{path!r}: expected s3://bucket/prefix or s3://bucket/key", param_hint="PATHS"
+            )
+    targets: list[str | Path] = [p if is_s3_uri(p) else Path(p) for p in paths]
+    local = [p for p in targets if isinstance(p, Path)]
+    if summaries and len(local) < len(targets):
+        raise click.BadParameter(
+            "summaries fold local directories only; add s3:// paths without them", param_hint="--summaries"
+        )
     options = AddOptions(
         workers=workers,
         remote_workers=remote_workers,
@@ -457,6 +474,7 @@ def add_command(
         budget=Budget(max_tokens=max_tokens, overlap_tokens=overlap, max_chars=max(16, max_tokens * 10)),
         queue_backend=_QUEUES[queue] if queue else pipeline_pb2.QUEUE_BACKEND_UNSPECIFIED,
         priority=priority,
+        s3=s3_connection_from_env() if len(local) < len(targets) else None,
     )
     address = None
     if summaries is None and run_async(
@@ -483,7 +501,9 @@ def add_command(
             artifact_bytes=options.artifact_bytes,
             budget=options.budget,
         )
-    summary = add_paths(settings, pipeline, paths, options, plain=plain, summaries=summary_options)
+    if summary_options is not None and not local:
+        summary_options = None  # nothing local to summarize
+    summary = add_paths(settings, pipeline, targets, options, plain=plain, summaries=summary_options)
     if summary.timed_out:
         sys.exit(EXIT_TIMEOUT)
 
@@ -491,7 +511,7 @@ def add_command(
 def add_paths(
     settings: Settings,
     pipeline: str,
-    paths: Sequence[Path],
+    paths: Sequence[str | Path],
     options: AddOptions,
     *,
     plain: bool = False,
@@ -507,7 +527,8 @@ def add_paths(
             ingest = Ingest(gateway, pipeline, paths, reporter, options).run()
             if summaries is None:
                 return await ingest
-            jobs = SummaryJobs(gateway, pipeline, paths, summaries, reporter.note)
+            local = [p for p in paths if isinstance(p, Path)]
+            jobs = SummaryJobs(gateway, pipeline, local, summaries, reporter.note)
             result, report = await run_with_summaries(ingest, jobs, options.queue_backend)
             lines.extend(summary_lines(report))
             return result
