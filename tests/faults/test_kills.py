@@ -26,6 +26,7 @@ import contextlib
 import os
 import random
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,34 +138,64 @@ async def test_every_process_killed_mid_run_loses_nothing_and_leaves_nothing(kil
         raise
 
 
-def test_a_triton_launcher_killed_takes_its_server_with_it(tmp_path: Path) -> None:
+# A parent that never reaps the orphans below it (as a container's PID 1 that is no init): the
+# launcher's children are reparented to it when the launcher dies and stay zombies there. It
+# waits for the launcher alone, then sleeps until the test kills it.
+UNREAPING_PARENT = """
+import ctypes, subprocess, sys, time
+ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+subprocess.run(sys.argv[1:], check=False)
+time.sleep(3600)
+"""
+
+
+@pytest.mark.parametrize("parent", ["test", "unreaping"])
+def test_a_triton_launcher_killed_takes_its_server_with_it(tmp_path: Path, parent: str) -> None:
     """``hevlayer-triton-local`` (Triton under ``hevlayer up``) runs tritonserver in a session of
-    its own; killed with SIGKILL, the launcher must not leave that server holding the port
-    (a restarted launcher could not bind it)."""
-    launcher = ServiceProcess(
-        [
-            str(find_console_script("hevlayer-triton-local")),
-            "--grpc-port",
-            str(free_port()),
-            "--workdir",
-            str(tmp_path / "triton"),
-        ],
-        name="triton",
-        log_path=tmp_path / "triton.log",
-    ).start()
+    its own; killed with SIGKILL, the launcher must not leave that server holding the port (a
+    restarted launcher could not bind it), nor the server's Python backend stubs holding the
+    model. The launcher runs under the test, or under a parent that never reaps orphans: there the
+    dead server surely stays a zombie, which the stub's own check of its server (``kill(pid, 0)``)
+    takes for alive."""
+    launcher_argv = [
+        str(find_console_script("hevlayer-triton-local")),
+        "--grpc-port",
+        str(free_port()),
+        "--workdir",
+        str(tmp_path / "triton"),
+    ]
+    argv = launcher_argv if parent == "test" else [sys.executable, "-c", UNREAPING_PARENT, *launcher_argv]
+    root = ServiceProcess(argv, name="triton", log_path=tmp_path / "triton.log").start()
     servers: list[int] = []
+    stubs: list[int] = []
     try:
         deadline = time.monotonic() + 120
-        while not servers:
-            assert launcher.running, launcher.log_tail()
-            assert time.monotonic() < deadline, "no tritonserver started"
-            servers = [pid for pid in descendants(launcher.pid or 0) if process_name(pid) == "tritonserver"]
+        while not stubs:  # the stubs start once the server loads the model
+            assert root.running, root.log_tail()
+            assert time.monotonic() < deadline, f"no tritonserver with its stubs started\n{root.log_tail()}"
+            below = descendants(root.pid or 0)
+            servers = [pid for pid in below if process_name(pid) == "tritonserver"]
+            stubs = [
+                pid
+                for s in servers
+                for pid in descendants(s)
+                if process_name(pid).startswith("triton_python")
+            ]
             time.sleep(0.1)
-        os.kill(launcher.pid or 0, signal.SIGKILL)  # the launcher alone, not its group
-        launcher.wait(timeout=30)
+        launcher = root.pid if parent == "test" else _launcher_below(root.pid or 0)
+        os.kill(launcher or 0, signal.SIGKILL)  # the launcher alone, not its group
+        if parent == "test":
+            root.wait(timeout=30)
         wait_gone(servers)
+        wait_gone(stubs)
     finally:
-        launcher.kill()
-        for pid in servers:  # what a failed run left behind
+        root.kill()
+        for pid in [*servers, *stubs]:  # what a failed run left behind
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _launcher_below(pid: int) -> int:
+    launchers = [child for child in descendants(pid) if process_name(child) == "hevlayer-triton"]
+    assert len(launchers) == 1, f"no single hevlayer-triton-local below pid {pid}: {launchers}"
+    return launchers[0]

@@ -19,11 +19,14 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
+from hevlayer.triton.server_watch import exit_with_server
+
 
 class TritonPythonModel:
     """The Python backend's model class."""
 
     def initialize(self, args: dict[str, str]) -> None:
+        exit_with_server()  # the stub must not outlive a killed server
         config = json.loads(args["model_config"])
         self.inputs: list[str] = [i["name"] for i in config["input"]]
         self.outputs: list[str] = [o["name"] for o in config["output"]]

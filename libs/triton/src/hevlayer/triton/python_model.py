@@ -24,6 +24,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
 from hevlayer.triton.onnx_model import ModelFiles, OnnxEmbedder, RuntimeOptions
+from hevlayer.triton.server_watch import exit_with_server
 
 
 def _parameters(config: dict[str, Any]) -> dict[str, str]:
@@ -35,6 +36,7 @@ class TritonPythonModel:
     """The Python backend's model class (one instance per model instance)."""
 
     def initialize(self, args: dict[str, str]) -> None:
+        exit_with_server()  # the stub must not outlive a killed server
         config = json.loads(args["model_config"])
         params = _parameters(config)
         self.input_name: str = config["input"][0]["name"]
