@@ -1,6 +1,7 @@
 """The transport adapter of the summarizer's staging: :class:`GrpcStager` stages directory
 summaries through the gateway's public ``StagingService.StageDocuments`` over gRPC (with
-:class:`hevlayer.client.StagingClient`) and reads their stages back with ``ListDocuments``.
+:class:`hevlayer.client.StagingClient`) and follows their documents' changes with
+``WatchDocuments`` (the completion tracker's success hook).
 
 What a summary document is, the :class:`~hevlayer.summarizer.staging.Stager` interface the
 job runner sees, and the in-memory stager live in the core module
@@ -12,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import AsyncIterator
 
 import grpc
 
 from hevlayer.client import Client, ClientOptions, ServiceError, StageOutcome
 from hevlayer.common.errors import GOOGLE_RPC_CODE_NAMES
-from hevlayer.summarizer.staging import StagedSummary, StageError, Stager
+from hevlayer.summarizer.staging import DocumentUpdate, StagedSummary, StageError, Stager
 
 log = logging.getLogger("hevlayer.summarizer.staging")
 
@@ -54,7 +56,7 @@ class GrpcStager(Stager):
         self.backoff_max = backoff_max
         self._client = Client.connect(address, options)
 
-    async def stage(self, summary: StagedSummary) -> None:
+    async def stage(self, summary: StagedSummary) -> int:
         for attempt in range(1, self.max_attempts + 1):
             try:
                 results = await self._client.staging.stage(
@@ -85,18 +87,23 @@ class GrpcStager(Stager):
                 raise StageError(
                     f"the gateway rejected {summary.document_id!r}: {code_name}: {result.error.message}"
                 )
-            return
+            return int(result.fencing_token)
         raise StageError(f"StageDocuments to {self.address}: no attempt made")  # max_attempts < 1
 
-    async def document_stages(self, pipeline_id: str, id_prefix: str) -> dict[str, str] | None:
-        """ListDocuments of the pipeline under ``id_prefix``: document id to stage.
-        ServiceError propagates (the tracker logs it and asks again later)."""
-        return {
-            document.document_id: document.stage
-            async for document in self._client.staging.list_documents(
-                pipeline_id, id_prefix=id_prefix, timeout=self.timeout
+    async def watch_documents(
+        self, pipeline_id: str, id_prefix: str, cursor: str
+    ) -> AsyncIterator[DocumentUpdate]:
+        """WatchDocuments of the pipeline under ``id_prefix``, resumed after ``cursor``.
+        ServiceError propagates (NOT_FOUND included); the stream has no deadline."""
+        async for message in self._client.staging.watch_documents(
+            pipeline_id, id_prefix=id_prefix, cursor=cursor
+        ):
+            yield DocumentUpdate(
+                states=[(c.document_id, c.stage, c.fencing_token) for c in message.changes],
+                snapshot=message.snapshot,
+                snapshot_complete=message.snapshot_complete,
+                cursor=message.cursor,
             )
-        }
 
     async def close(self) -> None:
         await self._client.close()

@@ -33,13 +33,13 @@ and vectors.
 Success hooks. A staged summary is embedded and written by the embedding
 tail (an embedder worker and the gateway's WriteVectors), which moves its
 document to stage ``indexed`` (or ``failed``) in the pipeline's durable state.
-The completion tracker (:meth:`JobRunner._track_forever`) reads those stages
-through the gateway (``ListDocuments`` under the job's ``dir:<job_id>:/``
-prefix, every ``index_poll_seconds`` while a job has summaries not yet
-settled) and runs the hook :meth:`JobRunner._indexed`, which advances the
-job's ``indexed_directories`` / ``index_failed_directories`` and tells its
-watchers; ``WatchJob`` with ``until_indexed`` streams until every summary is
-settled.
+The claimer pushes each such change as it commits (``WatchDocuments``); the
+completion tracker (:class:`~hevlayer.summarizer.completion.CompletionTracker`,
+one watch per pipeline with jobs to settle, resumed from its cursor after a
+lost connection, starting from a snapshot after a restart) runs the hook
+:meth:`JobRunner._indexed`, which advances the job's ``indexed_directories`` /
+``index_failed_directories`` and tells its watchers; ``WatchJob`` with
+``until_indexed`` streams until every summary is settled.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ from hevlayer.common.errors import (
 )
 from hevlayer.ingest.transform import CacheOutcome, TransformationCache, cache_key
 from hevlayer.summarizer import metrics
+from hevlayer.summarizer.completion import CompletionTracker
 from hevlayer.summarizer.gates import Gate, summary_gate
 from hevlayer.summarizer.journal import JobJournal, JournaledJob
 from hevlayer.summarizer.providers import DIRECTORY_KIND, ChildInput, ProviderError, SummaryProvider
@@ -280,7 +281,9 @@ class JobRunner:
         self.index_poll_seconds = index_poll_seconds
         self.tracking = stager.tracks_indexing
         """Whether summaries' indexing is tracked (the stager stages into a gateway)."""
-        self._track_wake = asyncio.Event()
+        self._tracker: CompletionTracker[Job] = CompletionTracker(
+            stager, self._jobs.values, self._indexed, retry_seconds=index_poll_seconds
+        )
         self._journal_writer: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------
@@ -295,7 +298,7 @@ class JobRunner:
             self._journal_writer = asyncio.create_task(self.journal.run(), name="summary-journal")
             self._tasks.append(self._journal_writer)
         if self.tracking:
-            self._tasks.append(asyncio.create_task(self._track_forever(), name="summary-tracker"))
+            self._tasks.append(asyncio.create_task(self._tracker.run(), name="summary-tracker"))
         self._tasks.append(asyncio.create_task(self._dispatcher.run(), name="summary-dispatcher"))
         for n in range(self.workers):
             self._tasks.append(asyncio.create_task(self._work(), name=f"summary-worker-{n}"))
@@ -426,7 +429,7 @@ class JobRunner:
             if last(first) or self._closing:
                 return
             if until_indexed:
-                self._track_wake.set()
+                self._tracker.wake()
             while True:
                 event = await queue.get()
                 if event is None:
@@ -492,6 +495,7 @@ class JobRunner:
 
     def _forget(self, job: Job) -> None:
         del self._jobs[job.id]
+        self._tracker.forget(job)
         metrics.JOBS.labels(job.state.value).dec()
         if self.journal is not None:
             self.journal.remove(job.id)
@@ -543,45 +547,22 @@ class JobRunner:
             },
         )
 
-    async def _track_forever(self) -> None:
-        """The completion tracker: every ``index_poll_seconds`` (sooner when a watcher
-        asks), read the stages of each job's unsettled summaries and run the hook."""
-        while True:
-            self._track_wake.clear()
-            for job in list(self._jobs.values()):
-                if not job.unsettled():
-                    continue
-                try:
-                    stages = await self.stager.document_stages(
-                        job.pipeline_id, summary_document_id(job.id, "")
-                    )
-                except NotFound:
-                    stages = {}  # the pipeline is gone, and its summaries with it
-                except Exception as exc:  # ServiceError or a channel failure: ask again later
-                    log.warning(
-                        "completion tracker: cannot read summary states",
-                        extra={"job_id": job.id, "error": f"{type(exc).__name__}: {exc}"},
-                    )
-                    continue
-                if stages is not None and self._jobs.get(job.id) is job:
-                    self._indexed(job, stages)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._track_wake.wait(), timeout=self.index_poll_seconds)
-
-    def _indexed(self, job: Job, stages: dict[str, str]) -> None:
-        """The success hook: advance the job's indexed (and index-failed) count from the
-        stages of its staged summaries."""
+    def _indexed(self, job: Job, settled: dict[str, str]) -> None:
+        """The success hook (called by the completion tracker as the claimer reports the
+        summaries' documents indexed, failed or deleted): advance the job's indexed (and
+        index-failed) count and tell its watchers."""
+        if self._jobs.get(job.id) is not job:
+            return
+        unsettled = job.unsettled()
         changed = False
-        for document_id in job.unsettled():
-            stage = stages.get(document_id)
-            if stage == INDEXED_STAGE:
-                job.indexed.add(document_id)
-                metrics.SUMMARIES_SETTLED.labels("indexed").inc()
-            elif stage is None or stage == FAILED_STAGE:
-                job.index_failed.add(document_id)
-                metrics.SUMMARIES_SETTLED.labels("failed").inc()
-            else:
+        for document_id, outcome in settled.items():
+            if document_id not in unsettled:
                 continue
+            if outcome == INDEXED_STAGE:
+                job.indexed.add(document_id)
+            else:
+                job.index_failed.add(document_id)
+            metrics.SUMMARIES_SETTLED.labels(outcome).inc()
             changed = True
         if changed:
             job.emit()
@@ -702,7 +683,9 @@ class JobRunner:
 
         text, outcome = await self.cache.get_or_compute(key, compute)
         staged = StagedSummary(job.pipeline_id, job.id, node.path, text, key)
-        await self.stager.stage(staged)
+        token = await self.stager.stage(staged)
+        if self.tracking:
+            self._tracker.staged(staged.document_id, token)
         record = SummaryRecord(
             text=text,
             cache_key=key,
@@ -716,6 +699,8 @@ class JobRunner:
         if self.journal is not None:
             self.journal.record_summarized(job.id, node.path, record, outcome.reused)
         parent = job.tree.mark_summarized(node.path, record)
+        if self.tracking:
+            self._tracker.check(job, record.document_id)  # its change may have come first
         if outcome.reused:
             job.cache_hits += 1
         metrics.DIRECTORIES.labels("summarized").inc()
@@ -735,7 +720,7 @@ class JobRunner:
             self._dispatcher.push(job.id, parent.path, parent.depth)
         if job.tree.finished:
             self._end(job, JobState.FAILED if job.tree.failed else JobState.SUCCEEDED)
-            self._track_wake.set()  # its last summaries were just staged: read their stages now
+            self._tracker.wake()  # its watch ends once its summaries are settled
             log.info(
                 "job ended",
                 extra={

@@ -138,8 +138,9 @@ class SummarizerSettings:
 
     index_poll_seconds: float = setting(
         "SUMMARIZER_INDEX_POLL_SECONDS",
-        "How often the completion tracker reads the stages of staged, not yet indexed summaries "
-        "through the gateway (ListDocuments) to advance each job's indexed_directories.",
+        "How soon the completion tracker watches its summaries' documents again (WatchDocuments "
+        "through the gateway, resumed from its cursor) after the stream was lost, doubling up to 30 s "
+        "while it keeps failing; also how often it looks for pipelines to watch.",
         1.0,
     )
 

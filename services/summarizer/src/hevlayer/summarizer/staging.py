@@ -20,6 +20,7 @@ and imports no transport: the interface, the summary document, and
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from google.protobuf import struct_pb2
@@ -71,21 +72,41 @@ class StagedSummary:
         )
 
 
+@dataclass(frozen=True)
+class DocumentUpdate:
+    """One message of the gateway's ``WatchDocuments`` stream, as the completion tracker
+    (:mod:`hevlayer.summarizer.completion`) reads it."""
+
+    states: list[tuple[str, str, int]]
+    """``(document id, stage, fencing token)`` per change, in commit order (in a snapshot:
+    each document's current state, by id). Stage "" means the document was deleted."""
+    snapshot: bool = False
+    """The message is part of a snapshot (the stream's start, or a resync)."""
+    snapshot_complete: bool = False
+    """The last message of a snapshot."""
+    cursor: str = ""
+    """Where to resume after this message (empty inside a snapshot)."""
+
+
 class Stager(abc.ABC):
     """Sends directory summaries into the embedding tail."""
 
     tracks_indexing = False
-    """Whether :meth:`document_stages` reports where staged summaries are in the embedding tail."""
+    """Whether :meth:`watch_documents` reports how staged summaries move through the
+    embedding tail."""
 
     @abc.abstractmethod
-    async def stage(self, summary: StagedSummary) -> None:
-        """Stage one summary; raise :class:`StageError` when it cannot be."""
+    async def stage(self, summary: StagedSummary) -> int:
+        """Stage one summary and return its document's fencing token (0 if this stager has
+        none); raise :class:`StageError` when it cannot be."""
 
-    async def document_stages(self, pipeline_id: str, id_prefix: str) -> dict[str, str] | None:
-        """The stage of every staged document whose id starts with ``id_prefix`` (the
-        completion tracker's view of the embedding tail); None when this stager stages
-        nowhere that indexes (nothing to track)."""
-        return None
+    def watch_documents(self, pipeline_id: str, id_prefix: str, cursor: str) -> AsyncIterator[DocumentUpdate]:
+        """The committed changes of the pipeline's documents under ``id_prefix``: a snapshot
+        first without ``cursor``, else the changes after it (``StagingService.WatchDocuments``).
+        Raises ``NotFound`` when the pipeline does not exist; any other error ends the stream
+        (the tracker watches again from its last cursor). Only stagers with
+        ``tracks_indexing`` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} does not track indexing")
 
     async def close(self) -> None:
         """Release connections."""
@@ -99,6 +120,7 @@ class MemoryStager(Stager):
     documents: dict[str, StagedSummary] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
 
-    async def stage(self, summary: StagedSummary) -> None:
+    async def stage(self, summary: StagedSummary) -> int:
         self.documents[summary.document_id] = summary
         self.order.append(summary.document_id)
+        return 0
