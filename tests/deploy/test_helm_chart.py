@@ -37,7 +37,7 @@ import pytest
 import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from deploy.helm_render import CHART, NAMESPACE, ROOT, RenderError, chart_crds, lint, render
-from support.manifests import SEED_PIPELINE, kubernetes_validate
+from support.manifests import SEED_PIPELINE, kubernetes_validate, without_nones
 
 from hevlayer.common.auth import SeedToken, token_hash, token_id_of
 from hevlayer.common.config import load_settings
@@ -812,7 +812,7 @@ def test_the_gpu_pipeline_the_chart_declares_becomes_a_keda_scaled_gpu_worker(tm
     model = ScaledObject.model_validate(scaled)
     assert model.model_dump(by_alias=True, exclude_none=True, mode="json") == scaled
     path = tmp_path / "worker.yaml"
-    path.write_text(yaml.safe_dump(_without_nones(worker)))
+    path.write_text(yaml.safe_dump(without_nones(worker)))
     kubernetes_validate([path])
     # The worker's token is the chart's worker token, allowed by the chart's InfraRules.
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
@@ -847,14 +847,6 @@ def test_service_monitors_scrape_each_services_metrics() -> None:
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitors["layer-gateway"]["spec"]["endpoints"][0]["path"] == "/v2/metrics"
     assert of_kind(objects("default"), "ServiceMonitor") == []
-
-
-def _without_nones(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_nones(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_nones(v) for v in value]
-    return value
 
 
 def test_checksum_annotations_roll_pods_when_their_config_changes() -> None:

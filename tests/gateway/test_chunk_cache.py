@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support.clock import Clock
 from support.fakes.aerospike import FakeAerospikeClient
 from support.redis_server import RedisServer
 
@@ -25,14 +26,6 @@ from hevlayer.gateway.cache import (
     open_cache,
 )
 from hevlayer.gateway.settings import CacheSettings
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(params=["disk", "redis", "aerospike"])

@@ -8,6 +8,7 @@ import copy
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.clock import Clock
 
 from hevlayer.common import metrics
 from hevlayer.common.auth import READER, STAGER, WORKER, Principal
@@ -15,16 +16,6 @@ from hevlayer.common.config import ConfigError
 from hevlayer.common.errors import ResourceExhausted
 from hevlayer.gateway.ratelimit import DEFAULT_RATE, Rate, RateLimiter, TokenBucket, parse_rates
 from hevlayer.gateway.settings import GatewaySettings
-
-
-class Clock:
-    """A clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def principal(token_id: str, role: str = READER) -> Principal:

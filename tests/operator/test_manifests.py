@@ -22,7 +22,7 @@ import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.manifests import SEED_PIPELINE, kubernetes_validate
+from support.manifests import SEED_PIPELINE, kubernetes_validate, without_nones
 
 from hevlayer.common.config import describe_settings, settings_classes
 from hevlayer.common.errors import InvalidArgument
@@ -159,7 +159,7 @@ def test_rendered_deployments_validate_strictly(tmp_path: Path) -> None:
         bodies += [o for o in rendered_objects(seed_pipeline(extra)) if o["kind"] == "Deployment"]
         for number, body in enumerate(bodies):
             path = tmp_path / f"deployment-{index}-{number}.yaml"
-            path.write_text(yaml.safe_dump(_without_nones(body)))
+            path.write_text(yaml.safe_dump(without_nones(body)))
             paths.append(path)
     assert len(paths) > 2 * len(SPECS)
     kubernetes_validate(paths)
@@ -544,11 +544,3 @@ def test_printer_columns_point_at_schema_fields(path: Path) -> None:
     status = schema["properties"]["status"]["properties"]
     assert {"conditions", "observedGeneration", "pendingCount", "replicas", "readyReplicas"} <= set(status)
     assert {"extractReplicas", "extractReadyReplicas"} <= set(status)
-
-
-def _without_nones(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_nones(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_nones(v) for v in value]
-    return value

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 SEED_PIPELINE = """
 apiVersion: hevlayer.com/v1alpha1
@@ -41,3 +42,13 @@ def kubernetes_validate(paths: list[Path]) -> None:
     problems = [line for line in result.stdout.splitlines() if not line.startswith("INFO ")]
     assert problems == [], result.stdout + result.stderr
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def without_nones(value: Any) -> Any:
+    """``value`` with every ``None`` field of its mappings dropped, at every depth (a rendered
+    object as ``kubectl`` would write it)."""
+    if isinstance(value, dict):
+        return {k: without_nones(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nones(v) for v in value]
+    return value
