@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -197,7 +197,7 @@ class ChangeLog:
 
     # -- watching ---------------------------------------------------------------------
 
-    async def watch(self, spec: WatchSpec) -> AsyncIterator[WatchUpdate]:
+    async def watch(self, spec: WatchSpec) -> AsyncGenerator[WatchUpdate, None]:
         """The watch's messages until the client goes away (or the claimer stops:
         UNAVAILABLE). NOT_FOUND when the pipeline does not exist or is deleted."""
         if self.active >= self.max_watches:
