@@ -210,8 +210,9 @@ class StagingClient(ServiceClient):
         stops reading (or ``timeout``). Without ``cursor`` the stream starts with a snapshot
         (messages with ``snapshot`` set, the last with ``snapshot_complete``); with the
         ``cursor`` of a message received earlier it resumes after that message. A snapshot
-        may come again later (a resync): the caller then replaces its view. Not retried:
-        a caller that loses the stream watches again with its last cursor."""
+        may come again later (a resync): the caller then replaces its view. The channel
+        retries the call only before its first message (gRPC's rule for streams): a caller
+        that loses the stream later watches again with its last cursor."""
         request = staging_pb2.WatchDocumentsRequest(
             pipeline_id=pipeline_id, id_prefix=id_prefix, stages=list(stages), cursor=cursor
         )
