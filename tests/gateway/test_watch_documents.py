@@ -29,6 +29,7 @@ from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2 as st
 from hevlayer.api.staging.v1 import staging_pb2_grpc
+from hevlayer.client import Client, NotFound
 from hevlayer.client.channel import open_channel
 from hevlayer.devstack import SeaweedS3
 
@@ -381,3 +382,27 @@ async def test_segment_queue_ids_moved_to_indexed_or_failed_are_changes(channel:
     ]
     assert [c.content_hash for c in changes] == ["h-s1", "h-s3", "h-s2"]
     assert changes[2].last_error == "unreadable"
+
+
+async def test_the_python_client_watches_and_resumes(
+    gateway_stack: GatewayStack, channel: aio.Channel
+) -> None:
+    pid = await create_pipeline(channel)
+    await stage_documents(channel, pid, [document("a", chunks=1)])
+    client = Client.connect(gateway_stack.gateway_address)
+    try:
+        stream = client.staging.watch_documents(pid, stages=["indexed"])
+        first = await asyncio.wait_for(stream.__anext__(), READ_TIMEOUT)
+        assert (first.snapshot, first.snapshot_complete, list(first.changes)) == (True, True, [])
+        await stream.aclose()
+        leases = await claim(channel, pid)
+        await transition(channel, pid, leases, "indexed")
+        resumed = client.staging.watch_documents(pid, stages=["indexed"], cursor=first.cursor)
+        update = await asyncio.wait_for(resumed.__anext__(), READ_TIMEOUT)
+        assert [(c.document_id, c.stage) for c in update.changes] == [("a", "indexed")]
+        await resumed.aclose()
+        with pytest.raises(NotFound):
+            async for _ in client.staging.watch_documents(f"gone-{uuid.uuid4().hex[:6]}"):
+                pass
+    finally:
+        await client.close()
