@@ -10,6 +10,8 @@ and a real Redis server, for the gateway tests.
 
 - ``auth_stack`` (module) and ``admin``: claimer and gateway with GATEWAY_AUTH=on, and a
   channel with the seeded admin token (tests/gateway/auth_stack.py).
+- ``turbopuffer_server`` (module): the Turbopuffer HTTP API fake (support/fakes/turbopuffer.py)
+  in a thread; ``milvus_server`` (module): Milvus Lite's gRPC server mode on a free port.
 
 Tests that need another cache backend or sink start their own stack with
 ``support.stacks.start_stack(...)``.
@@ -22,6 +24,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from gateway.auth_stack import AuthStack, running_auth_stack
 from grpc import aio
+from support.fakes.turbopuffer import FakeTurbopufferThread
+from support.milvus_lite import MilvusLiteServer
 from support.redis_server import RedisServer
 from support.stacks import GatewayStack, start_stack
 
@@ -89,3 +93,19 @@ async def admin(auth_stack: AuthStack) -> AsyncIterator[aio.Channel]:
         yield channel
     finally:
         await channel.close()
+
+
+@pytest.fixture(scope="module")
+def turbopuffer_server() -> Iterator[FakeTurbopufferThread]:
+    server = FakeTurbopufferThread()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusLiteServer]:
+    server = MilvusLiteServer(tmp_path_factory.mktemp("milvus-server"))
+    server.start()
+    yield server
+    server.stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -34,22 +34,6 @@ E1 = [1.0, 0.0, 0.0, 0.0]
 E2 = [0.8, 0.6, 0.0, 0.0]
 E3 = [0.0, 1.0, 0.0, 0.0]
 E4 = [-1.0, 0.0, 0.0, 0.0]
-
-
-@pytest.fixture(scope="module")
-def turbopuffer_server() -> Iterator[FakeTurbopufferThread]:
-    server = FakeTurbopufferThread()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusLiteServer]:
-    server = MilvusLiteServer(tmp_path_factory.mktemp("milvus-server"))
-    server.start()
-    yield server
-    server.stop()
 
 
 async def open_test_sink(kind: str, request: pytest.FixtureRequest, directory: Path) -> Sink:

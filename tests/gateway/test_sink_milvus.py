@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,6 @@ from hevlayer.gateway.sinks.milvus import MilvusSink, collection_schema, filter_
 
 E1 = [1.0, 0.0, 0.0, 0.0]
 E2 = [0.0, 1.0, 0.0, 0.0]
-
-
-@pytest.fixture(scope="module")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusLiteServer]:
-    server = MilvusLiteServer(tmp_path_factory.mktemp("milvus-server"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @given(st.text())

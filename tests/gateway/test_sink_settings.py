@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,6 @@ from hevlayer.common.config import ConfigError, describe_settings, load_settings
 from hevlayer.gateway.sinks import DistanceMetric, Row, SinkKind, SinkPool, SinkSettings, open_sink
 from hevlayer.gateway.sinks.milvus import MilvusSink
 from hevlayer.gateway.sinks.turbopuffer import TurbopufferSink
-
-
-@pytest.fixture(scope="module")
-def turbopuffer_server() -> Iterator[FakeTurbopufferThread]:
-    server = FakeTurbopufferThread()
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_defaults_select_milvus_lite() -> None:
