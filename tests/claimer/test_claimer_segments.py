@@ -303,3 +303,27 @@ async def test_whole_segment_leases_move_by_token(seg_stores: Stores) -> None:
     assert late.moved == [0]
     assert late.new_fencing_token == 0
     assert await counters(stores.db, pid) == {"embedding": 5, "indexed": 20, "failed": 5}
+
+
+async def test_an_id_queued_twice_is_claimed_once_per_claim(seg_stores: Stores) -> None:
+    """An EnqueueDocuments retried after its answer was lost queues its ids again, in another
+    segment. One claim never returns an id twice (a stager sends one lease per id, and the
+    gateway refuses a duplicate with INVALID_ARGUMENT): the claim ends before the segment that
+    repeats it, and the next claim takes that segment, duplicate included."""
+    stores = seg_stores
+    pid = await new_pipeline(stores, backend="segment")
+    await stores.documents.enqueue(batches(pid, ["a", "b", "c"], per_message=3))
+    await stores.documents.enqueue(batches(pid, ["c", "d"], per_message=2))
+    assert await segment_rows(stores, pid) == 2
+
+    first = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 10, "w1"))
+    assert first.document_ids == ["a", "b", "c"]
+    second = await stores.leases.claim(ClaimRequest(pid, "pending", "embedding", 10, "w1"))
+    assert second.document_ids == ["c", "d"]
+    assert set(second.fencing_tokens).isdisjoint(first.fencing_tokens)
+    for claim in (first, second):
+        done = await stores.leases.transition(
+            pid, "embedding", "w1", "indexed", claim.document_ids, claim.fencing_tokens
+        )
+        assert set(done.outcomes) == {TransitionOutcome.MOVED}
+    assert await segment_rows(stores, pid) == 0

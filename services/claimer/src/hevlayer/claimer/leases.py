@@ -380,6 +380,7 @@ class LeaseStore:
                         expires,
                         want,
                         bound,
+                        claimed.document_ids,
                     )
                     claimed.document_ids.extend(got.ids)
                     claimed.fencing_tokens.extend(got.tokens)

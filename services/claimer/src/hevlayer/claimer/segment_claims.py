@@ -16,7 +16,7 @@ Claims work inside the caller's transaction (see :mod:`hevlayer.claimer.txn`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -95,10 +95,18 @@ class SegmentClaims:
         self._garbage = garbage
 
     async def enqueue_segment(
-        self, pipeline_id: str, stage: str, ids: Sequence[str], hashes: Sequence[str], priority: int = 0
+        self,
+        pipeline_id: str,
+        stage: str,
+        ids: Sequence[str],
+        hashes: Sequence[str],
+        priority: int = 0,
+        segment_id: int | None = None,
     ) -> int:
         """Write one queued segment of ids of one claim ``priority`` (ids de-duplicated, first
-        occurrence kept) and commit its row; return the number of ids it holds."""
+        occurrence kept) and commit its row; return the number of ids it holds. ``segment_id``:
+        one the caller drew from :meth:`SegmentRows.new_segment_ids` beforehand (its enqueue
+        order; None: drawn here)."""
         if any(hashes):
             pairs = dict(zip(ids, list(hashes) + [""] * (len(ids) - len(hashes)), strict=False))
             unique, unique_hashes = list(pairs), list(pairs.values())
@@ -108,12 +116,12 @@ class SegmentClaims:
             keep_hashes = None
 
         async def body(conn: asyncpg.Connection, work: Work) -> int:
-            (segment_id,) = await self._rows.new_segment_ids(conn, 1)
-            key = await self._rows.write_manifest(work, pipeline_id, segment_id, unique, keep_hashes)
+            (new_id,) = [segment_id] if segment_id is not None else await self._rows.new_segment_ids(conn, 1)
+            key = await self._rows.write_manifest(work, pipeline_id, new_id, unique, keep_hashes)
             await self._rows.insert_segments(
                 conn,
                 pipeline_id,
-                [(segment_id, stage, key, len(unique), None, None, None, 0, 0, priority, None)],
+                [(new_id, stage, key, len(unique), None, None, None, 0, 0, priority, None)],
             )
             return len(unique)
 
@@ -136,15 +144,19 @@ class SegmentClaims:
         expires: datetime,
         want: int,
         max_priority: int = ANY_PRIORITY,
+        claimed_ids: Iterable[str] = (),
     ) -> SegmentLeases:
         """Lease up to ``want`` ids from segments of priority <= ``max_priority``, lowest
         priority first; within one priority, segments whose lease expired in claim_stage
-        (oldest expiry first), then queued ones of stage in enqueue order."""
+        (oldest expiry first), then queued ones of stage in enqueue order. An id appears at
+        most once in one claim: the claim ends before a segment holding an id it already took, or
+        one of ``claimed_ids`` (what the claim took before this call)."""
         out = SegmentLeases()
         expired_row: asyncpg.Record | None = None
         fresh_row: asyncpg.Record | None = None
         expired_exhausted = False
         fresh_exhausted = False
+        taken_ids = set(claimed_ids)
         while want > 0:
             # one locked candidate of each kind; the one not taken stays ours for the next
             # round (locked rows are skipped by concurrent claims until this one commits)
@@ -168,6 +180,12 @@ class SegmentClaims:
             expired = segment.lease_expires_at is not None
             manifest = await self._rows.cache.get(segment.manifest_key)
             positions = remaining_positions(segment.done, segment.id_count)
+            if taken_ids and not taken_ids.isdisjoint(manifest.ids[p] for p in positions):
+                # An id queued twice (an EnqueueDocuments retried after its answer was lost
+                # lands in two segments) must not come back twice in one claim: a stager
+                # sends one lease per id (a duplicate is INVALID_ARGUMENT). This segment
+                # stays as it is, for a later claim.
+                break
             if expired and segment.lease_expiries + 1 >= cfg.max_attempts:
                 await self._poison(conn, work, cfg, segment, manifest, positions, now)
                 out.poisoned += len(positions)
@@ -208,6 +226,7 @@ class SegmentClaims:
             out.segments += 1
             ids = manifest.ids
             out.ids.extend(ids[p] for p in taken)
+            taken_ids.update(ids[p] for p in taken)
             out.tokens.extend([int(token)] * len(taken))
             out.attempts.extend([attempts] * len(taken))
             if manifest.hashes is not None:
