@@ -208,6 +208,7 @@ async def test_a_rolled_back_change_is_never_sent(channel: aio.Channel, gateway_
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"stages": ["indexed", "Not A Stage!"]}, "stages[1]"),
         ({"id_prefix": "x" * 600}, "id_prefix"),
+        ({"id_prefix": "a\x00"}, "id_prefix"),
     ],
 )
 async def test_invalid_arguments_name_the_field(

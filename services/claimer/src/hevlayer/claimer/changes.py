@@ -116,6 +116,8 @@ def watch_spec(pipeline_id: str, id_prefix: str, stages: Sequence[str], cursor: 
     v.validate_pipeline_id(pipeline_id)
     if id_prefix:
         v.max_bytes(id_prefix, v.MAX_DOCUMENT_ID_BYTES, "id_prefix")
+        if "\x00" in id_prefix:  # PostgreSQL's text cannot hold it: no document id has it
+            raise InvalidArgument.field("id_prefix", "must not contain NUL characters")
     for i, stage in enumerate(stages):
         v.stage_name(stage, f"stages[{i}]")
     incarnation: int | None = None
