@@ -4,18 +4,17 @@ calls work again. Every wait is a bounded poll."""
 
 from __future__ import annotations
 
-import urllib.error
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from support.polling import eventually
 from support.processes import start_claimer
-from support.service_http import http_json, metric_samples
+from support.readiness import health, readyz
+from support.service_http import metric_samples
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.client.channel import open_channel
@@ -32,20 +31,6 @@ def own_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
     """A PostgreSQL with a persistent directory and a fixed port, so it can be stopped and restarted."""
     with PostgresServer(tmp_path / "pg", port=free_port(), settings={"fsync": "off"}) as server:
         yield server
-
-
-def readyz(http_address: str) -> tuple[int, Any]:
-    try:
-        return http_json("GET", f"http://{http_address}/readyz")
-    except urllib.error.URLError:
-        return 0, {}
-
-
-async def health(address: str) -> int:
-    async with aio.insecure_channel(address) as channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-        status: int = reply.status
-        return status
 
 
 async def test_readiness_follows_postgresql(own_postgres: PostgresServer, tmp_path: Path) -> None:

@@ -4,16 +4,16 @@ back. Every wait is a bounded poll."""
 
 from __future__ import annotations
 
-import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from support.polling import eventually
-from support.service_http import http_json, metric_samples
+from support.readiness import health, readyz
+from support.service_http import metric_samples
 
 from hevlayer.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from hevlayer.devstack.ports import free_port
@@ -33,20 +33,6 @@ def own_triton(tmp_path: Path) -> Iterator[LocalTriton]:
         yield server
     finally:
         server.cleanup()
-
-
-def readyz(http_address: str) -> tuple[int, Any]:
-    try:
-        return http_json("GET", f"http://{http_address}/readyz")
-    except urllib.error.URLError:
-        return 0, {}
-
-
-async def health(address: str) -> int:
-    async with aio.insecure_channel(address) as channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-        status: int = reply.status
-        return status
 
 
 async def test_readiness_follows_triton(own_triton: LocalTriton, service_factory: ServiceFactory) -> None:

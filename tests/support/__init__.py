@@ -22,6 +22,7 @@ helpers. Bench scripts import the same modules: pytest's ``pythonpath`` has ``te
   chunks, and what got staged and indexed.
 - ``service_http``: JSON over HTTP (``http_json``) and ``/metrics`` samples.
 - ``polling``: ``eventually``, a bounded wait for background work.
+- ``readiness``: a service's ``/readyz`` answer and gRPC health status.
 - ``rpc_errors``: the field paths of a failed call's BadRequest detail (``violations``).
 - ``s3``: the claimer's ``ObjectStore``, the gateway's ``S3Settings`` and a bucket's keys.
 - ``milvus_lite``: Milvus Lite's gRPC server mode on a free port (a real Milvus endpoint).
