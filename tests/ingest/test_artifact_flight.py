@@ -12,16 +12,17 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from hevlayer.devstack import SeaweedS3
 from hevlayer.ingest.artifacts import (
     ArtifactCache,
     FileLock,
-    LocalArtifactCache,
     data_hash,
     open_artifact_cache,
 )
-from hevlayer.ingest.s3 import S3Connection
+from hevlayer.ingest.s3 import S3Connection, open_s3_client
+from hevlayer.ingest.store import S3ArtifactCache
 
 GUARD = 30.0  # a hang guard, not a timing assertion
 KEY = data_hash(b"the object")
@@ -113,51 +114,102 @@ def test_a_file_lock_excludes_other_open_files_and_is_removed_by_its_holder(tmp_
 _OTHER_PROCESS = textwrap.dedent(
     """
     import asyncio, sys, time
+    from contextlib import AsyncExitStack
     from pathlib import Path
-    from hevlayer.ingest.artifacts import LocalArtifactCache
-    location, key, token, started, go = sys.argv[1:6]
+    from hevlayer.ingest.artifacts import open_artifact_cache
+    from hevlayer.ingest.s3 import S3Connection
+    location, key, token, started, go, endpoint, access, secret, region = sys.argv[1:10]
 
     async def main() -> None:
-        cache = LocalArtifactCache(location, 1 << 20)
-        async with cache.flight(key, token):
-            Path(started).touch()
-            while not Path(go).exists():
-                await asyncio.sleep(0.01)
-            await cache.put(key, "text/" + token, b"converted by the other process")
+        async with AsyncExitStack() as stack:
+            connection = S3Connection(endpoint, access, secret, region)
+            cache = await open_artifact_cache(location, 1 << 20, connection, stack)
+            async with cache.flight(key, token):
+                Path(started).touch()
+                while not Path(go).exists():
+                    await asyncio.sleep(0.01)
+                await cache.put(key, "text/" + token, b"converted by the other process")
 
     asyncio.run(main())
     """
 )
 
 
-async def test_a_second_process_waits_and_reads_the_entry(tmp_path: Path) -> None:
-    location, started, go = tmp_path / "artifacts", tmp_path / "started", tmp_path / "go"
+@pytest.mark.parametrize("backing", ["directory", "s3"])
+async def test_a_second_process_waits_and_reads_the_entry(
+    backing: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A lock file on a directory; on S3 a lock object that a conditional put creates."""
+    location, started, go = str(tmp_path / "artifacts"), tmp_path / "started", tmp_path / "go"
+    connection = S3Connection()
+    if backing == "s3":
+        s3: SeaweedS3 = request.getfixturevalue("s3")
+        bucket: str = request.getfixturevalue("s3_bucket")
+        location = f"s3://{bucket}/artifacts"
+        connection = S3Connection(s3.endpoint_url, s3.access_key, s3.secret_key, s3.region)
     other = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _OTHER_PROCESS, str(location), KEY, TOKEN, str(started), str(go)
+        sys.executable,
+        "-c",
+        _OTHER_PROCESS,
+        location,
+        KEY,
+        TOKEN,
+        str(started),
+        str(go),
+        connection.endpoint_url,
+        connection.access_key_id,
+        connection.secret_access_key,
+        connection.region,
     )
-    try:
-        await until(lambda: started.exists() or other.returncode is not None)
-        assert started.exists(), "the other process did not take the flight"
-        cache = LocalArtifactCache(location, 1 << 20)
-        converted: list[bytes] = []
+    async with AsyncExitStack() as stack:
+        try:
+            await until(lambda: started.exists() or other.returncode is not None)
+            assert started.exists(), "the other process did not take the flight"
+            cache = await open_artifact_cache(location, 1 << 20, connection, stack)
+            converted: list[bytes] = []
 
-        async def lane() -> bytes:
-            async with cache.flight(KEY, TOKEN):
-                blob = await cache.get(KEY, "text/" + TOKEN)
-                if blob is None:
-                    converted.append(b"converted here")
-                    return b"converted here"
-                return blob
+            async def lane() -> bytes:
+                async with cache.flight(KEY, TOKEN):
+                    blob = await cache.get(KEY, "text/" + TOKEN)
+                    if blob is None:
+                        converted.append(b"converted here")
+                        return b"converted here"
+                    return blob
 
-        waiting = asyncio.create_task(lane())
-        # Gives a cache without a cross-process lock the time to convert; not a timing assertion.
-        await asyncio.sleep(0.3)
-        go.touch()
-        assert await asyncio.wait_for(waiting, GUARD) == b"converted by the other process"
-        assert converted == []
-        assert await asyncio.wait_for(other.wait(), GUARD) == 0
-    finally:
-        if other.returncode is None:
-            other.kill()
-            await other.wait()
-    assert not [p for p in (location / ".locks").rglob("*") if p.is_file()], "holders remove their lock files"
+            waiting = asyncio.create_task(lane())
+            # Gives a cache without a cross-process lock the time to convert; not a timing assertion.
+            await asyncio.sleep(0.3)
+            go.touch()
+            assert await asyncio.wait_for(waiting, GUARD) == b"converted by the other process"
+            assert converted == []
+            assert await asyncio.wait_for(other.wait(), GUARD) == 0
+        finally:
+            if other.returncode is None:
+                other.kill()
+                await other.wait()
+        if isinstance(cache, S3ArtifactCache):
+            listed = await cache._client.list_objects_v2(Bucket=cache.bucket, Prefix=f"{cache.prefix}.locks/")
+            assert not listed.get("Contents"), "holders remove their lock objects"
+            assert await cache.get(KEY, "text/" + TOKEN) is not None
+            await cache.put(data_hash(b"more"), "t/1", b"x")
+            assert cache.stats.bytes == len(b"converted by the other process") + 1, "locks are not entries"
+        else:
+            locks = [p for p in (Path(location) / ".locks").rglob("*") if p.is_file()]
+            assert not locks, "holders remove their lock files"
+
+
+async def test_a_stale_s3_lock_is_removed(s3: SeaweedS3, s3_bucket: str) -> None:
+    connection = S3Connection(s3.endpoint_url, s3.access_key, s3.secret_key, s3.region)
+    async with AsyncExitStack() as stack:
+        client = await open_s3_client(connection, stack)
+        cache = S3ArtifactCache(client, s3_bucket, "artifacts", 1 << 20, lock_seconds=1.0)
+        lock_key = cache.lock_key(KEY, TOKEN)
+        # The lock object of a holder that died: nobody will delete it.
+        await client.put_object(Bucket=s3_bucket, Key=lock_key, Body=b"a holder that died")
+        # Ages the planted lock past lock_seconds by the server's (second-resolution) clock.
+        await asyncio.sleep(2.5)
+        async with cache.flight(KEY, TOKEN):
+            head = await client.head_object(Bucket=s3_bucket, Key=lock_key)
+            assert head["ContentLength"] == 32, "the stale lock was replaced by this flight's own"
+        with pytest.raises(ClientError):
+            await client.head_object(Bucket=s3_bucket, Key=lock_key)  # released

@@ -12,6 +12,7 @@ import textwrap
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from support.fakes.vision import fake_vision_server
 
 from hevlayer.devstack import SeaweedS3
 from hevlayer.ingest import vision
-from hevlayer.ingest.s3 import S3Connection
+from hevlayer.ingest.s3 import S3Connection, open_s3_client
 from hevlayer.ingest.transform import TOKEN, CacheOutcome, TransformationCache, cache_key
 from hevlayer.ingest.vision import VisionSettings, configure, describe, read_image
 
@@ -304,8 +305,9 @@ _OTHER_PROCESS = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
+    from hevlayer.ingest.s3 import S3Connection
     from hevlayer.ingest.transform import TransformationCache
-    location, key, started, go = sys.argv[1:5]
+    location, key, started, go, endpoint, access, secret, region = sys.argv[1:9]
 
     def compute() -> str:
         Path(started).touch()
@@ -313,31 +315,43 @@ _OTHER_PROCESS = textwrap.dedent(
             time.sleep(0.01)
         return "from the other process"
 
-    cache = TransformationCache(location=location)
+    cache = TransformationCache(location=location, s3=S3Connection(endpoint, access, secret, region))
     print(cache.get_or_compute_sync(key, compute)[1].value)
     cache.close()
     """
 )
 
 
-async def test_a_second_process_waits_for_the_first_on_a_directory(
-    tmp_path: Path, caches: list[TransformationCache]
+@pytest.mark.parametrize("backing", ["directory", "s3"])
+async def test_a_second_process_waits_for_the_first(
+    backing: str, request: pytest.FixtureRequest, tmp_path: Path, caches: list[TransformationCache]
 ) -> None:
-    location, started, go = tmp_path / "cache", tmp_path / "started", tmp_path / "go"
+    """A lock file on a directory, a lock object made by a conditional put on S3."""
+    location, started, go = str(tmp_path / "cache"), tmp_path / "started", tmp_path / "go"
+    connection = S3Connection()
+    if backing == "s3":
+        s3: SeaweedS3 = request.getfixturevalue("s3")
+        bucket: str = request.getfixturevalue("s3_bucket")
+        location = f"s3://{bucket}/transformations"
+        connection = S3Connection(s3.endpoint_url, s3.access_key, s3.secret_key, s3.region)
     other = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         _OTHER_PROCESS,
-        str(location),
+        location,
         _key(9),
         str(started),
         str(go),
+        connection.endpoint_url,
+        connection.access_key_id,
+        connection.secret_access_key,
+        connection.region,
         stdout=asyncio.subprocess.PIPE,
     )
     try:
         await until(lambda: started.exists() or other.returncode is not None)
         assert started.exists(), "the other process did not start computing"
-        cache = TransformationCache(location=location)
+        cache = TransformationCache(location=location, s3=connection)
         caches.append(cache)
         calls = 0
 
@@ -358,7 +372,20 @@ async def test_a_second_process_waits_for_the_first_on_a_directory(
         if other.returncode is None:
             other.kill()
             await other.wait()
-    assert not [p for p in (location / ".locks").rglob("*") if p.is_file()], "holders remove their lock files"
+    if backing == "directory":
+        locks = [str(p) for p in (Path(location) / ".locks").rglob("*") if p.is_file()]
+    else:
+        locks = await _lock_objects(connection, location)
+    assert not locks, "holders remove their locks"
+
+
+async def _lock_objects(connection: S3Connection, location: str) -> list[str]:
+    """The lock objects under an ``s3://`` cache location."""
+    bucket, prefix = location.removeprefix("s3://").split("/", 1)
+    async with AsyncExitStack() as stack:
+        client = await open_s3_client(connection, stack)
+        listed = await client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/.locks/")
+    return [str(item["Key"]) for item in listed.get("Contents", [])]
 
 
 def _png(colour: str) -> bytes:

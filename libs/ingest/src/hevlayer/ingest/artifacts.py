@@ -53,11 +53,14 @@ Public API (all a caller needs)::
   ``ExtractLoop`` and the Job Lane's ``SummaryJobs`` in one ``hevlayer add`` each hold their
   own cache object). Across processes a local directory adds a lock file per flight
   (``<root>/.locks/...``, ``fcntl.flock``; the holder unlinks it on leaving, so none pile up):
-  a second process reaching the same unconverted object waits and then reads the entry. S3
-  has no lock: two processes (extract workers on two machines) that miss the same object at
-  the same moment both convert it and both store the same entry (the last write wins; the
-  cost is one duplicate conversion, never a wrong entry, since the key is the content and the
-  converter's version).
+  a second process reaching the same unconverted object waits and then reads the entry. On S3
+  the lock is an object (``<prefix>.locks/<hash>/<token>``, never listed as an entry) that a
+  conditional put (``If-None-Match: *``) creates, so exactly one process holds it; the others
+  poll until it is deleted (``If-Match`` on its own ETag) or stale: older than
+  ``S3ArtifactCache.lock_seconds`` (120 s) by the server's clock, when a waiter removes it and
+  converts. A holder that died delays the others by that much at most; one slower than that has
+  a second process convert too (one duplicate conversion, never a wrong entry: the key is the
+  content and the converter's version).
 - **Failures**: the cache is an optimisation. A read or write error is logged and counted as a
   miss (``get``) or ignored (``put``); the caller converts as if there were no cache.
 """

@@ -19,10 +19,12 @@ import os
 import re
 import tempfile
 import time
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -37,6 +39,10 @@ _MAX_TOKEN_FILE = 240
 _LOCKS = ".locks"
 """Directory of the lock files under a local cache's root (skipped by the index)."""
 _LOCK_POLL_SECONDS = 0.02
+S3_LOCK_SECONDS = 120.0
+"""Default ``S3ArtifactCache.lock_seconds``."""
+_LOCK_TAKEN = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
+_MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 
 Observer = Callable[[str, int], None]
 """Called with an event (``hit``, ``miss``, ``put``, ``eviction``) and a count."""
@@ -127,23 +133,35 @@ class ArtifactCache(ABC):
         key = normalize_hash(content_hash)
         check_token(token)
         async with _flights.hold(self._flight_name(key, token)):
-            lock = self._file_lock(key, token)
-            if lock is None:
-                yield
-                return
-            await lock.acquire_async()
+            try:
+                release = await self._acquire_shared(key, token)
+            except Exception as exc:  # the lock is an optimisation too: without it, convert anyway
+                log.warning(
+                    "artifact cache lock failed", extra={"key": key, "token": token, "error": str(exc)}
+                )
+                self._count("errors")
+                release = None
             try:
                 yield
             finally:
-                await asyncio.to_thread(lock.release)
+                if release is not None:
+                    try:
+                        await release()
+                    except Exception as exc:
+                        log.warning(
+                            "artifact cache unlock failed",
+                            extra={"key": key, "token": token, "error": str(exc)},
+                        )
+                        self._count("errors")
 
     @abstractmethod
     def _flight_name(self, key: str, token: str) -> str:
         """A name of the flight, the same for every cache object of this location."""
 
-    def _file_lock(self, key: str, token: str) -> FileLock | None:
-        """The cross-process lock of the flight; None where the store has none."""
-        return None
+    @abstractmethod
+    async def _acquire_shared(self, key: str, token: str) -> Callable[[], Awaitable[None]] | None:
+        """Take the flight's lock shared with other processes (waiting for its holder); the
+        coroutine function that releases it, or None when there is nothing to release."""
 
     def _count(self, field: str, n: int = 1) -> None:
         if n <= 0:
@@ -191,8 +209,14 @@ class LocalArtifactCache(ArtifactCache):
     def _flight_name(self, key: str, token: str) -> str:
         return str(self.lock_path(key, token).absolute())
 
-    def _file_lock(self, key: str, token: str) -> FileLock:
-        return FileLock(self.lock_path(key, token))
+    async def _acquire_shared(self, key: str, token: str) -> Callable[[], Awaitable[None]]:
+        lock = FileLock(self.lock_path(key, token))
+        await lock.acquire_async()
+
+        async def release() -> None:
+            await asyncio.to_thread(lock.release)
+
+        return release
 
     async def _get(self, key: str, token: str) -> bytes | None:
         path = self.path(key, token)
@@ -275,19 +299,74 @@ class S3ArtifactCache(ArtifactCache):
     """The cache in an S3 bucket under a prefix (the extract workers of a cluster)."""
 
     def __init__(
-        self, client: Any, bucket: str, prefix: str, max_bytes: int, observer: Observer | None = None
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str,
+        max_bytes: int,
+        observer: Observer | None = None,
+        *,
+        lock_seconds: float = S3_LOCK_SECONDS,
     ) -> None:
         super().__init__(max_bytes, observer)
         self._client = client
         self.bucket = bucket
         self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self.lock_seconds = lock_seconds
+        """How long a flight's lock object is honoured: older, it is stale (its holder died or
+        is slow) and a waiter removes it and takes the flight."""
         self._index: dict[str, tuple[int, float]] | None = None
 
     def key(self, key: str, token: str) -> str:
         return f"{self.prefix}{key}/{_token_name(token)}"
 
+    def lock_key(self, key: str, token: str) -> str:
+        """The lock object of the flight of ``(key, token)`` (not an entry: never listed or evicted)."""
+        return f"{self.prefix}{_LOCKS}/{key}/{_token_name(token)}"
+
     def _flight_name(self, key: str, token: str) -> str:
         return f"s3://{self.bucket}/{self.key(key, token)}"
+
+    async def _acquire_shared(self, key: str, token: str) -> Callable[[], Awaitable[None]] | None:
+        """A conditional put (``If-None-Match: *``) of the lock object: exactly one process
+        creates it. The others poll until it is gone (released) or stale: older than
+        ``lock_seconds`` by the server's clock, it is removed with ``If-Match`` on its ETag (so
+        only that very lock goes) and the waiter takes the flight. A holder that died thus
+        delays the others by ``lock_seconds`` at most; one that is slower than that has a second
+        process convert too (a duplicate conversion, never a wrong entry)."""
+        from botocore.exceptions import ClientError
+
+        lock_key = self.lock_key(key, token)
+        body = uuid.uuid4().hex.encode()  # a unique ETag: If-Match removes only this lock
+        attempts = 0
+        while True:
+            try:
+                response = await self._client.put_object(
+                    Bucket=self.bucket, Key=lock_key, Body=body, IfNoneMatch="*"
+                )
+            except ClientError as exc:
+                if _error_code(exc) not in _LOCK_TAKEN:
+                    raise
+            else:
+                etag = str(response.get("ETag", ""))
+
+                async def release(etag: str = etag) -> None:
+                    with contextlib.suppress(ClientError):
+                        await self._client.delete_object(Bucket=self.bucket, Key=lock_key, IfMatch=etag)
+
+                return release
+            try:
+                head = await self._client.head_object(Bucket=self.bucket, Key=lock_key)
+            except ClientError as exc:
+                if _error_code(exc) in _MISSING:
+                    continue  # released meanwhile: try again at once
+                raise
+            if _age_seconds(head) > self.lock_seconds:
+                with contextlib.suppress(ClientError):
+                    await self._client.delete_object(Bucket=self.bucket, Key=lock_key, IfMatch=head["ETag"])
+                continue
+            attempts += 1
+            await asyncio.sleep(min(_LOCK_POLL_SECONDS * attempts, 1.0))
 
     async def _get(self, key: str, token: str) -> bytes | None:
         from botocore.exceptions import ClientError
@@ -320,6 +399,8 @@ class S3ArtifactCache(ArtifactCache):
         while True:
             response = await self._client.list_objects_v2(**kwargs)
             for item in response.get("Contents", []):
+                if item["Key"].startswith(f"{self.prefix}{_LOCKS}/"):
+                    continue  # a flight's lock object, not an entry
                 index[item["Key"]] = (int(item["Size"]), item["LastModified"].timestamp())
             if not response.get("IsTruncated"):
                 return index
@@ -414,31 +495,49 @@ class FileLock:
 
 
 class _Flights:
-    """The in-process half of single flight: one asyncio lock per flight name, shared by every
-    cache object of the process (on its event loop), dropped when no one holds or awaits it."""
+    """The in-process half of single flight: one asyncio lock per flight name and event loop,
+    shared by every cache object of the process on that loop, dropped when no one holds or awaits
+    it. (Cache objects on other loops of the process meet at the shared lock: a lock file or the
+    S3 lock object.)"""
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks: dict[tuple[int, str], tuple[asyncio.Lock, int]] = {}
 
     @contextlib.asynccontextmanager
     async def hold(self, name: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(name, (asyncio.Lock(), 0))
-        self._locks[name] = (lock, users + 1)
+        at = (id(asyncio.get_running_loop()), name)
+        lock, users = self._locks.get(at, (asyncio.Lock(), 0))
+        self._locks[at] = (lock, users + 1)
         try:
             async with lock:
                 yield
         finally:
-            lock, users = self._locks[name]
+            lock, users = self._locks[at]
             if users == 1:
-                del self._locks[name]
+                del self._locks[at]
             else:
-                self._locks[name] = (lock, users - 1)
+                self._locks[at] = (lock, users - 1)
 
     def __len__(self) -> int:
         return len(self._locks)
 
 
 _flights = _Flights()
+
+
+def _error_code(exc: Any) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _age_seconds(head: dict[str, Any]) -> float:
+    """How old an object is by the server's clock (its Date header), so clock skew between this
+    machine and the server does not matter."""
+    headers = head.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    try:
+        now = parsedate_to_datetime(headers["date"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        now = time.time()
+    return now - float(head["LastModified"].timestamp())
 
 
 async def open_artifact_cache(

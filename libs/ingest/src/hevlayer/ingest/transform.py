@@ -26,11 +26,12 @@ summaries (the Job Lane, asyncio) and the image descriptions of :mod:`hevlayer.i
   loop can use one cache.
 - **Single flight**: concurrent requests for one key in one process (threads and coroutines
   alike) run ``compute`` once and share its result; a failure is shared too, and not cached.
-  With a directory backing the computing request also holds a lock file of the key
-  (:class:`~hevlayer.ingest.store.FileLock`), so a second process reaching the same key at
-  the same moment waits, then reads the entry instead of computing it. An S3 backing has no
-  cross-process lock: two processes that miss the same key at the same moment both compute it
-  (one wasted provider call; both store the same entry).
+  With a backing the computing request also holds the store's single flight of the key
+  (:meth:`~hevlayer.ingest.store.ArtifactCache.flight`: a lock file on a directory, a lock
+  object created with a conditional put on S3), so a second process reaching the same key at
+  the same moment waits, then reads the entry instead of computing it. On S3 a lock object
+  older than the store's ``lock_seconds`` (120 s) is stale (its holder died, or is that slow):
+  a waiter removes it and computes.
 - **Failures** of the backing (unreadable, unwritable, unreachable) count as a miss or are
   ignored: the cache is an optimisation.
 """
@@ -48,13 +49,13 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hevlayer.ingest.s3 import S3Connection
-from hevlayer.ingest.store import ArtifactCache, FileLock, LocalArtifactCache, open_artifact_cache
+from hevlayer.ingest.store import ArtifactCache, open_artifact_cache
 
 log = logging.getLogger("hevlayer.ingest.transform")
 
@@ -137,11 +138,11 @@ class _IoLoop:
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
-    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = IO_TIMEOUT_SECONDS) -> T:
         if threading.current_thread() is self.thread:
             coroutine.close()
             raise RuntimeError("the Transformation Cache's I/O loop cannot wait on itself")
-        return self.submit(coroutine).result(IO_TIMEOUT_SECONDS)
+        return self.submit(coroutine).result(timeout)
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -171,6 +172,8 @@ class TransformationCache:
         self._entries: OrderedDict[str, str] = OrderedDict()
         self._in_flight: dict[str, concurrent.futures.Future[str]] = {}
         self._leaders: set[asyncio.Task[tuple[str, CacheOutcome]]] = set()
+        self._held: set[AbstractAsyncContextManager[None]] = set()
+        """Flights taken on the I/O loop and not left yet (touched only there)."""
         self._io: _IoLoop | None = None
         self._stack: AsyncExitStack | None = None
         self.store: ArtifactCache | None = None
@@ -200,6 +203,8 @@ class TransformationCache:
         io, self._io = self._io, None
         if io is None:
             return
+        with contextlib.suppress(Exception):
+            io.call(self._exit_all())  # the lock files and lock objects of unfinished computations
         if self._stack is not None:
             with contextlib.suppress(Exception):
                 io.call(self._stack.aclose())
@@ -237,18 +242,17 @@ class TransformationCache:
         if shared is not None:
             return shared.result(), CacheOutcome.JOINED
         future = self._in_flight[key]
-        lock = self._file_lock(key)
+        io = self._io
         try:
-            if lock is not None:
-                lock.acquire()
+            flight = None if io is None else io.call(self._enter_flight(key), timeout=None)
             try:
                 stored = self._load(key)
                 computed = compute() if stored is None else None
                 if computed is not None:
                     self._save(key, computed)
             finally:
-                if lock is not None:
-                    lock.release()
+                if flight is not None:
+                    self._leave_sync(flight)
         except BaseException as exc:
             self._fail(key, future, exc)
             raise
@@ -273,18 +277,17 @@ class TransformationCache:
 
     async def _lead(self, key: str, compute: Callable[[], Awaitable[str]]) -> tuple[str, CacheOutcome]:
         future = self._in_flight[key]
-        lock = self._file_lock(key)
+        io = self._io
         try:
-            if lock is not None:
-                await lock.acquire_async()
+            flight = None if io is None else await self._aenter_flight(io, key)
             try:
                 stored = await self._aload(key)
                 computed = await compute() if stored is None else None
                 if computed is not None:
                     await self._asave(key, computed)
             finally:
-                if lock is not None:
-                    lock.release()
+                if flight is not None:
+                    await self._leave(flight)
         except BaseException as exc:
             self._fail(key, future, exc)
             raise
@@ -349,10 +352,56 @@ class TransformationCache:
 
     # -- the backing -----------------------------------------------------------------------------
 
-    def _file_lock(self, key: str) -> FileLock | None:
-        if isinstance(self.store, LocalArtifactCache):
-            return FileLock(self.store.lock_path(key, TOKEN))
-        return None
+    async def _enter_flight(self, key: str) -> AbstractAsyncContextManager[None] | None:
+        """(On the I/O loop.) Take the store's single flight of ``key``: waits while another
+        process computes it (a lock file on a directory, a lock object on S3)."""
+        if self.store is None:
+            return None
+        flight = self.store.flight(key, TOKEN)
+        await flight.__aenter__()
+        self._held.add(flight)
+        return flight
+
+    async def _exit_flight(self, flight: AbstractAsyncContextManager[None]) -> None:
+        """(On the I/O loop.) Leave a flight :meth:`_enter_flight` took, unless already left."""
+        if flight in self._held:
+            self._held.discard(flight)
+            await flight.__aexit__(None, None, None)
+
+    async def _exit_all(self) -> None:
+        """(On the I/O loop.) Leave every flight still held (the cache is closing)."""
+        for flight in list(self._held):
+            await self._exit_flight(flight)
+
+    def _leave_sync(self, flight: AbstractAsyncContextManager[None]) -> None:
+        io = self._io
+        if io is None:
+            return  # closed: close() left every flight
+        with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
+            io.call(self._exit_flight(flight))
+
+    async def _leave(self, flight: AbstractAsyncContextManager[None]) -> None:
+        io = self._io
+        if io is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            await asyncio.wrap_future(io.submit(self._exit_flight(flight)))
+
+    async def _aenter_flight(self, io: _IoLoop, key: str) -> AbstractAsyncContextManager[None] | None:
+        entering = io.submit(self._enter_flight(key))
+        try:
+            return await asyncio.wrap_future(entering)
+        except asyncio.CancelledError:
+            # Cancelled while waiting: leave the flight if the I/O loop took it all the same.
+            def leave(done: concurrent.futures.Future[AbstractAsyncContextManager[None] | None]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    flight = done.result()
+                    if flight is not None and self._io is not None:
+                        with contextlib.suppress(RuntimeError):
+                            io.submit(self._exit_flight(flight))
+
+            entering.add_done_callback(leave)
+            raise
 
     async def _read(self, key: str) -> str | None:
         assert self.store is not None
