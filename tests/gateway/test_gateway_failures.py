@@ -5,7 +5,6 @@ deletes those no document points into."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import grpc
@@ -19,7 +18,6 @@ from support.stacks import GatewayStack, start_stack
 from support.staging import document, stage
 
 from hevlayer.devstack import SeaweedS3
-from hevlayer.devstack.processes import ServiceProcess
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +54,7 @@ async def test_a_lost_claimer_leaves_no_orphan_pack(gateway_stack: GatewayStack)
         # The packs are written but unaccounted for: the gateway keeps them until it can check.
         assert len(pack_keys(stack.s3, stack.bucket, pid)) == 3
 
-        restarted = ServiceProcess(
-            stack.claimer.command,
-            name="claimer",
-            env=stack.claimer.env,
-            log_path=stack.tmp / f"claimer-again-{uuid.uuid4().hex[:6]}.log",
-            grpc_address=stack.claimer.grpc_address,
-        ).start()
-        stack.claimer = restarted
-        restarted.wait_ready(timeout=60)
+        stack.restart_claimer()
 
         async def only_the_kept_pack() -> bool:
             return pack_keys(stack.s3, stack.bucket, pid) == [kept]

@@ -28,7 +28,6 @@ from support.stacks import GatewayStack, start_stack
 
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.ports import free_port
-from hevlayer.devstack.processes import ServiceProcess
 
 SERVICES = (
     "",
@@ -142,15 +141,7 @@ async def test_claimer_down_then_back(stack: GatewayStack) -> None:
     assert set((await health(stack)).values()) == {NOT_SERVING}
     assert dependency_up(stack) == {"claimer": 0.0, "s3": 1.0, "sink": 1.0}
 
-    restarted = ServiceProcess(
-        stack.claimer.command,
-        name="claimer",
-        env=stack.claimer.env,
-        log_path=stack.tmp / f"claimer-again-{uuid.uuid4().hex[:6]}.log",
-        grpc_address=stack.claimer.grpc_address,
-    ).start()
-    stack.claimer = restarted
-    restarted.wait_ready(timeout=60)
+    stack.restart_claimer()
     await assert_ready(stack)
 
 

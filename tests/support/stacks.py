@@ -77,6 +77,19 @@ class GatewayStack:
         for proc in (self.gateway, self.claimer):
             proc.stop(grace=10)
 
+    def restart_claimer(self) -> ServiceProcess:
+        """Start the claimer again (after a test stopped or killed it) with the same settings and
+        ports, and wait until it serves; the new process."""
+        self.claimer = ServiceProcess(
+            self.claimer.command,
+            name="claimer",
+            env=self.claimer.env,
+            log_path=self.tmp / f"claimer-again-{uuid.uuid4().hex[:6]}.log",
+            grpc_address=self.claimer.grpc_address,
+        ).start()
+        self.claimer.wait_ready(timeout=60)
+        return self.claimer
+
 
 def start_stack(
     database_url: str, s3: SeaweedS3, tmp: Path, gateway_env: dict[str, str] | None = None
