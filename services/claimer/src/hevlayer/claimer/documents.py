@@ -455,16 +455,36 @@ class DocumentStore:
         flushes: set[asyncio.Task[None]] = set()
         limit = asyncio.Semaphore(self._flush_concurrency)
         segments: SegmentQueue | None = None
+        # Segment ids are the enqueue order of the segments (claims take a priority's segments
+        # by it): the flushes run concurrently, so each draws its id in turn, in the order the
+        # stream filled the segments, before it writes.
+        turns = asyncio.Condition()
+        next_turn = [0]
 
-        async def flush(stage: str, priority: int, ids: list[str], hashes: list[str]) -> None:
+        async def draw_segment_id(turn: int) -> int:
+            assert segments is not None
+            async with turns:
+                await turns.wait_for(lambda: next_turn[0] == turn)
+                try:
+                    async with self._db.acquire() as conn:
+                        (segment_id,) = await segments.rows.new_segment_ids(conn, 1)
+                finally:
+                    next_turn[0] += 1
+                    turns.notify_all()
+            return segment_id
+
+        async def flush(stage: str, priority: int, ids: list[str], hashes: list[str], turn: int) -> None:
             assert segments is not None
             assert pipeline_id is not None
+            segment_id = await draw_segment_id(turn)
             async with limit:
-                count = await segments.claims.enqueue_segment(pipeline_id, stage, ids, hashes, priority)
+                count = await segments.claims.enqueue_segment(
+                    pipeline_id, stage, ids, hashes, priority, segment_id
+                )
             totals.enqueued += count
 
         def spawn(stage: str, priority: int, ids: list[str], hashes: list[str]) -> None:
-            task = asyncio.create_task(flush(stage, priority, ids, hashes))
+            task = asyncio.create_task(flush(stage, priority, ids, hashes, totals.segments_created))
             flushes.add(task)
             totals.segments_created += 1
 
