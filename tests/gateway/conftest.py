@@ -6,7 +6,8 @@ and a real Redis server, for the gateway tests.
   install it (``apt-get install -y redis-server``).
 - ``gateway_stack`` (module): claimer and gateway processes on a fresh
   database and a fresh bucket, the gateway with a disk cache and a Milvus
-  Lite file in a temporary directory.
+  Lite file in a temporary directory, and the settings of ``gateway_env``
+  (module; none unless a test module overrides it).
 
 - ``auth_stack`` (module) and ``admin``: claimer and gateway with GATEWAY_AUTH=on, and a
   channel with the seeded admin token (tests/gateway/auth_stack.py).
@@ -43,11 +44,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="module")
+def gateway_env() -> dict[str, str]:
+    """Extra settings of the module's gateway: a test module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 def gateway_stack(
-    database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+    database_url: str,
+    s3: SeaweedS3,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+    gateway_env: dict[str, str],
 ) -> Iterator[GatewayStack]:
     """Claimer + gateway (disk cache, Milvus Lite) for one test module."""
-    stack = start_stack(database_url, s3, tmp_path_factory.mktemp("gateway"))
+    stack = start_stack(database_url, s3, tmp_path_factory.mktemp("gateway"), gateway_env)
     try:
         yield stack
     finally:

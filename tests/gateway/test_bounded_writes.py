@@ -6,14 +6,13 @@ stream's other documents are written."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import pytest
 from grpc import aio
 from support.leases import CLAIM_STAGE, WORKER, claim
 from support.pipelines import create_pipeline
-from support.stacks import GatewayStack, start_stack
 from support.staging import get_document, stage
 from support.vectors import DIM
 
@@ -21,26 +20,14 @@ from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2 as ix
 from hevlayer.api.index.v1 import index_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
-from hevlayer.devstack import SeaweedS3
 from hevlayer.gateway.grpc_index import WriteLimits
 
 MAX_DOCUMENT_BYTES = 16 * 1024
 
 
 @pytest.fixture(scope="module")
-def gateway_stack(
-    database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayStack]:
-    stack = start_stack(
-        database_url,
-        s3,
-        tmp_path_factory.mktemp("bounded-writes"),
-        {"GATEWAY_WRITE_MAX_DOCUMENT_BYTES": str(MAX_DOCUMENT_BYTES), "GATEWAY_WRITE_BUFFER_BYTES": "8192"},
-    )
-    try:
-        yield stack
-    finally:
-        stack.stop()
+def gateway_env() -> dict[str, str]:
+    return {"GATEWAY_WRITE_MAX_DOCUMENT_BYTES": str(MAX_DOCUMENT_BYTES), "GATEWAY_WRITE_BUFFER_BYTES": "8192"}
 
 
 def vectors(count: int, *, dim: int = DIM, prefix: str = "c") -> list[document_pb2.Vector]:

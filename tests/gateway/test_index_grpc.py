@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -17,7 +17,7 @@ from grpc import aio
 from support.leases import claim
 from support.pipelines import create_pipeline
 from support.rpc_errors import violations
-from support.stacks import GatewayStack, start_stack, unreachable_turbopuffer
+from support.stacks import unreachable_turbopuffer
 from support.staging import document, get_document, stage
 from support.vectors import model_vectors
 
@@ -26,7 +26,6 @@ from hevlayer.api.index.v1 import index_pb2 as ix
 from hevlayer.api.index.v1 import index_pb2_grpc
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
-from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.testing import LiveSuite
 
 DIM = 384
@@ -40,23 +39,12 @@ def embedder_address(live_suite: LiveSuite) -> str:
 
 
 @pytest.fixture(scope="module")
-def gateway_stack(
-    database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory, embedder_address: str
-) -> Iterator[GatewayStack]:
-    """The stack with the live suite's embedder and a Turbopuffer sink that cannot be reached."""
-    stack = start_stack(
-        database_url,
-        s3,
-        tmp_path_factory.mktemp("index"),
-        {
-            "EMBEDDER_ADDRESS": embedder_address,
-            **unreachable_turbopuffer(),
-        },
-    )
-    try:
-        yield stack
-    finally:
-        stack.stop()
+def gateway_env(embedder_address: str) -> dict[str, str]:
+    """The gateway embeds with the live suite's embedder; its Turbopuffer sink cannot be reached."""
+    return {
+        "EMBEDDER_ADDRESS": embedder_address,
+        **unreachable_turbopuffer(),
+    }
 
 
 class ChunkVectors:

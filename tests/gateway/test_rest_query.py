@@ -5,7 +5,6 @@ IndexService.Query, and every answer checked against docs/openapi.yaml."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,12 +13,11 @@ from google.protobuf import struct_pb2
 from grpc import aio
 from support.pipelines import unique
 from support.service_http import http_json
-from support.stacks import GatewayStack, start_stack, unreachable_turbopuffer
+from support.stacks import GatewayStack, unreachable_turbopuffer
 from support.vectors import model_vectors
 
 from hevlayer.api.index.v1 import index_pb2, index_pb2_grpc
 from hevlayer.client.channel import open_channel
-from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.testing import LiveSuite
 from hevlayer.gateway.openapi import openapi_document
 
@@ -30,23 +28,12 @@ CHUNKS = 3
 
 
 @pytest.fixture(scope="module")
-def gateway_stack(
-    database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory, live_suite: LiveSuite
-) -> Iterator[GatewayStack]:
-    """The stack with the live suite's embedder and a Turbopuffer sink that cannot be reached."""
-    stack = start_stack(
-        database_url,
-        s3,
-        tmp_path_factory.mktemp("rest-query"),
-        {
-            "EMBEDDER_ADDRESS": live_suite.services["embedder"],
-            **unreachable_turbopuffer(),
-        },
-    )
-    try:
-        yield stack
-    finally:
-        stack.stop()
+def gateway_env(live_suite: LiveSuite) -> dict[str, str]:
+    """The gateway embeds with the live suite's embedder; its Turbopuffer sink cannot be reached."""
+    return {
+        "EMBEDDER_ADDRESS": live_suite.services["embedder"],
+        **unreachable_turbopuffer(),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,8 @@ from gateway.openapi_check import check
 from prometheus_client.parser import text_string_to_metric_families
 from support.s3 import pack_keys
 from support.service_http import http_json
-from support.stacks import GatewayStack, start_stack, unreachable_turbopuffer
+from support.stacks import GatewayStack, unreachable_turbopuffer
 
-from hevlayer.devstack import SeaweedS3
 from hevlayer.gateway.openapi import openapi_document, openapi_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,22 +84,9 @@ KEDA_QUERY = 'sum(layer_pipeline_stage_count{pipeline_id="product-images",stage=
 
 
 @pytest.fixture(scope="module")
-def gateway_stack(
-    database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayStack]:
-    """The stack, plus a Turbopuffer sink that cannot be reached (for 502)."""
-    stack = start_stack(
-        database_url,
-        s3,
-        tmp_path_factory.mktemp("rest"),
-        {
-            **unreachable_turbopuffer(),
-        },
-    )
-    try:
-        yield stack
-    finally:
-        stack.stop()
+def gateway_env() -> dict[str, str]:
+    """A Turbopuffer sink that cannot be reached (for 502)."""
+    return unreachable_turbopuffer()
 
 
 @pytest.fixture(scope="module")
