@@ -71,7 +71,9 @@ class StagingServiceStub:
     Without a cursor the stream starts with a snapshot: the state of every
     matching document row, in messages with snapshot set (ordered by id),
     the last of which has snapshot_complete set and the cursor the snapshot
-    reflects; the changes committed after it follow. With the cursor of an
+    reflects; the changes committed after it follow (a snapshot is read after
+    its cursor, so it may already show a change that then follows as a change
+    too: applied in order, the view is exact). With the cursor of an
     earlier response the stream resumes after it: a client that reconnects
     with the last cursor it processed misses nothing and sees nothing twice.
     When the changes after a cursor are no longer retained (older than the
@@ -87,8 +89,8 @@ class StagingServiceStub:
     CLAIMER_MAX_WATCHES streams; NOT_FOUND when the pipeline does not exist
     or is deleted while watched; INVALID_ARGUMENT naming pipeline_id,
     id_prefix, stages[i] or cursor. Ids that live only in the segmented queue
-    have no row: they are not in snapshots, but their moves to indexed and
-    failed are changes like any other.
+    have no row: they are not in snapshots and their claims are not changes,
+    but their moves to indexed and failed are changes like any other.
     """
 
 @_typing.type_check_only
@@ -131,7 +133,9 @@ class StagingServiceAsyncStub(StagingServiceStub):
     Without a cursor the stream starts with a snapshot: the state of every
     matching document row, in messages with snapshot set (ordered by id),
     the last of which has snapshot_complete set and the cursor the snapshot
-    reflects; the changes committed after it follow. With the cursor of an
+    reflects; the changes committed after it follow (a snapshot is read after
+    its cursor, so it may already show a change that then follows as a change
+    too: applied in order, the view is exact). With the cursor of an
     earlier response the stream resumes after it: a client that reconnects
     with the last cursor it processed misses nothing and sees nothing twice.
     When the changes after a cursor are no longer retained (older than the
@@ -147,8 +151,8 @@ class StagingServiceAsyncStub(StagingServiceStub):
     CLAIMER_MAX_WATCHES streams; NOT_FOUND when the pipeline does not exist
     or is deleted while watched; INVALID_ARGUMENT naming pipeline_id,
     id_prefix, stages[i] or cursor. Ids that live only in the segmented queue
-    have no row: they are not in snapshots, but their moves to indexed and
-    failed are changes like any other.
+    have no row: they are not in snapshots and their claims are not changes,
+    but their moves to indexed and failed are changes like any other.
     """
 
 class StagingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -230,7 +234,9 @@ class StagingServiceServicer(metaclass=_abc_1.ABCMeta):
         Without a cursor the stream starts with a snapshot: the state of every
         matching document row, in messages with snapshot set (ordered by id),
         the last of which has snapshot_complete set and the cursor the snapshot
-        reflects; the changes committed after it follow. With the cursor of an
+        reflects; the changes committed after it follow (a snapshot is read after
+        its cursor, so it may already show a change that then follows as a change
+        too: applied in order, the view is exact). With the cursor of an
         earlier response the stream resumes after it: a client that reconnects
         with the last cursor it processed misses nothing and sees nothing twice.
         When the changes after a cursor are no longer retained (older than the
@@ -246,8 +252,8 @@ class StagingServiceServicer(metaclass=_abc_1.ABCMeta):
         CLAIMER_MAX_WATCHES streams; NOT_FOUND when the pipeline does not exist
         or is deleted while watched; INVALID_ARGUMENT naming pipeline_id,
         id_prefix, stages[i] or cursor. Ids that live only in the segmented queue
-        have no row: they are not in snapshots, but their moves to indexed and
-        failed are changes like any other.
+        have no row: they are not in snapshots and their claims are not changes,
+        but their moves to indexed and failed are changes like any other.
         """
 
 def add_StagingServiceServicer_to_server(servicer: StagingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
