@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -315,6 +316,26 @@ def test_wait_ready_times_out_while_not_serving(tmp_path: Path) -> None:
             process.wait_ready(address, timeout=1.5)
         assert time.monotonic() - started < 10
     assert process.returncode == 0
+
+
+def test_a_process_gets_only_its_environment_when_it_does_not_inherit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``inherit_environment=False``: ``env`` is the whole environment (what the local Triton
+    passes, having removed ``PYTHONHOME`` from its own); by default it is merged over ours."""
+    show = [sys.executable, "-c", "import json, os; print(json.dumps(sorted(os.environ)))"]
+    monkeypatch.setenv("HEVLAYER_TEST_INHERITED", "1")
+    alone = ServiceProcess(
+        show, env={"ONLY": "1"}, inherit_environment=False, log_path=tmp_path / "alone.log"
+    ).start()
+    merged = ServiceProcess(show, env={"ONLY": "1"}, log_path=tmp_path / "merged.log").start()
+    assert alone.wait(timeout=20) == 0
+    assert merged.wait(timeout=20) == 0
+    # CPython may add LC_CTYPE when it coerces the C locale.
+    assert set(json.loads(alone.log_path.read_text())) - {"LC_CTYPE"} == {"ONLY"}
+    assert {"ONLY", "HEVLAYER_TEST_INHERITED"} <= set(json.loads(merged.log_path.read_text()))
+    alone.stop()
+    merged.stop()
 
 
 def test_console_script_names_resolve_next_to_the_interpreter(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import atexit
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,15 @@ def health_status(address: str, service: str = "", timeout: float = 1.0) -> str:
         return _check(health_pb2_grpc.HealthStub(channel), service, timeout)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _check(stub: health_pb2_grpc.HealthStub, service: str, timeout: float) -> str:
     try:
         response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -78,8 +88,11 @@ class ServiceProcess(Lifecycle):
 
     ``command`` is a console-script name (``"hevlayer-claimer"``, looked up
     next to ``sys.executable`` first, then on PATH), a path, or an argv list.
-    ``env`` is merged over ``os.environ``. ``grpc_address`` is the default
-    address for ``wait_ready``.
+    ``env`` is merged over ``os.environ`` (or, with ``inherit_environment=False``, is the whole
+    environment). ``grpc_address`` is the default address for ``wait_ready``.
+    ``die_with_parent``: the kernel kills the process when the one that started it dies, even by
+    SIGKILL (``prctl(PR_SET_PDEATHSIG)``, Linux), so that a killed launcher leaves no server
+    holding its port.
     """
 
     def __init__(
@@ -91,8 +104,12 @@ class ServiceProcess(Lifecycle):
         log_path: str | os.PathLike[str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         grpc_address: str | None = None,
+        inherit_environment: bool = True,
+        die_with_parent: bool = False,
     ) -> None:
         self.command = command
+        self.inherit_environment = inherit_environment
+        self.die_with_parent = die_with_parent
         self.name = name or Path(command if isinstance(command, str) else command[0]).name
         self.env = dict(env or {})
         if log_path is None:
@@ -141,12 +158,13 @@ class ServiceProcess(Lifecycle):
         try:
             self._proc = subprocess.Popen(
                 self.argv,
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env} if self.inherit_environment else dict(self.env),
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_handle,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         except BaseException:
             self._log_handle.close()

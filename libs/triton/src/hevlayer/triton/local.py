@@ -30,7 +30,6 @@ Use :class:`LocalTriton` from Python (tests, devstack) or the
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import glob
 import json
@@ -38,8 +37,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -47,12 +44,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from hevlayer.common.processes import kill_group, log_tail, terminate_group
+from hevlayer.common.processes import log_tail
+from hevlayer.devstack.ports import free_port
+from hevlayer.devstack.processes import ServiceProcess
 from hevlayer.triton.onnx_model import ModelFiles, RuntimeOptions, minilm_files
 
 DEFAULT_MODEL_NAME = "minilm"
@@ -189,14 +188,6 @@ def write_model_repository(directory: Path, models: list[LocalModel]) -> Path:
     return directory
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that is free now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _python_libdir() -> str:
     libdir = sysconfig.get_config_var("LIBDIR")
     return str(libdir) if libdir else ""
@@ -208,10 +199,11 @@ class LocalTriton:
     ``grpc_port`` 0 picks a free port. ``model_repository`` serves an existing
     repository (its Python models must be importable here) instead of writing
     one from ``models``. ``tls``: TLS or mutual TLS on the gRPC endpoint. The
-    process runs in its own process group, logging to ``<workdir>/tritonserver.log``.
-    ``die_with_parent``: the kernel kills ``tritonserver`` when the process that started it
-    dies, even by SIGKILL (Linux; what ``hevlayer-triton-local`` asks for, so that a launcher
-    killed under a supervisor leaves no server holding its port).
+    process is the dev stack's :class:`~hevlayer.devstack.processes.ServiceProcess`: its own
+    process group (the backend stubs included), logging to ``<workdir>/tritonserver.log``,
+    killed at exit. ``die_with_parent``: the kernel kills ``tritonserver`` when the process that
+    started it dies, even by SIGKILL (Linux; what ``hevlayer-triton-local`` asks for, so that a
+    launcher killed under a supervisor leaves no server holding its port).
     """
 
     def __init__(
@@ -240,8 +232,7 @@ class LocalTriton:
         self.model_repository = model_repository
         self.log_verbose = log_verbose
         self.shm_prefix = f"hevlayer_{os.getpid()}_{secrets.token_hex(4)}_"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self._process: ServiceProcess | None = None
 
     @property
     def url(self) -> str:
@@ -254,11 +245,11 @@ class LocalTriton:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._process.pid if self._process is not None else None
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._process is not None and self._process.running
 
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.log_path, lines)
@@ -310,31 +301,24 @@ class LocalTriton:
 
     def start(self) -> Self:
         """Start the server (returns at once; see :meth:`wait_ready`)."""
-        if self._proc is not None:
-            raise TritonStartError(f"tritonserver already started (pid {self._proc.pid})")
+        if self._process is not None:
+            raise TritonStartError(f"tritonserver already started (pid {self._process.pid})")
         argv, env = self.command()
-        self._log = self.log_path.open("ab")
-        try:
-            self._proc = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
-            )
-        except BaseException:
-            self._log.close()
-            self._log = None
-            raise
-        atexit.register(self.kill)
+        self._process = ServiceProcess(
+            argv,
+            name="tritonserver",
+            env=env,
+            inherit_environment=False,
+            log_path=self.log_path,
+            cwd=self.workdir,
+            die_with_parent=self.die_with_parent,
+        ).start()
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> Self:
         """Block until every model is ready; TritonStartError with the log tail otherwise."""
-        if self._proc is None:
+        process = self._process
+        if process is None:
             raise TritonStartError("tritonserver has not been started")
         deadline = time.monotonic() + timeout
         names = [m.name for m in self.models] if self.model_repository is None else []
@@ -344,9 +328,9 @@ class LocalTriton:
         )
         try:
             while True:
-                if self._proc.poll() is not None:
+                if not process.running:
                     raise TritonStartError(
-                        f"tritonserver exited with {self._proc.returncode} before it was ready\n"
+                        f"tritonserver exited with {process.returncode} before it was ready\n"
                         f"--- {self.log_path} ---\n{self.log_tail()}"
                     )
                 with contextlib.suppress(InferenceServerException):
@@ -356,7 +340,7 @@ class LocalTriton:
                         return self
                 if time.monotonic() > deadline:
                     raise TritonStartError(
-                        f"tritonserver (pid {self._proc.pid}) not ready on {self.url} after {timeout:.0f}s\n"
+                        f"tritonserver (pid {process.pid}) not ready on {self.url} after {timeout:.0f}s\n"
                         f"--- {self.log_path} ---\n{self.log_tail()}"
                     )
                 time.sleep(0.1)
@@ -372,15 +356,11 @@ class LocalTriton:
         return self._end(0.0)
 
     def _end(self, grace: float) -> int | None:
-        proc = self._proc
-        if proc is None:
+        process = self._process
+        if process is None:
             return None
-        atexit.unregister(self.kill)
-        code = terminate_group(proc, grace) if grace > 0 else kill_group(proc)
-        self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        code = process.stop(grace) if grace > 0 else process.kill()
+        self._process = None
         for path in glob.glob(f"/dev/shm/{self.shm_prefix}*"):
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -408,15 +388,6 @@ class LocalTriton:
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``)."""
-    if sys.platform == "linux":
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> None:
