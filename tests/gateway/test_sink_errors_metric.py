@@ -6,22 +6,21 @@ The stack's Turbopuffer sink points at a port nobody listens on; its default sin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from grpc import aio
-from support.leases import claim
+from support.leases import claim, write_vectors
 from support.pipelines import create_pipeline
 from support.service_http import metric_samples
-from support.stacks import GatewayStack, start_stack, unreachable_turbopuffer
+from support.stacks import GatewayStack, unreachable_turbopuffer
 from support.staging import document, stage
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.index.v1 import index_pb2 as ix
 from hevlayer.api.index.v1 import index_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2
-from hevlayer.devstack import SeaweedS3
 
 METRIC = "hevlayer_gateway_sink_errors_total"
 OPERATIONS = ("open", "describe", "write", "delete", "query")
@@ -29,21 +28,8 @@ DIM = 4
 
 
 @pytest.fixture(scope="module")
-def gateway_stack(
-    database_url: str, s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayStack]:
-    stack = start_stack(
-        database_url,
-        s3,
-        tmp_path_factory.mktemp("sink-errors"),
-        {
-            **unreachable_turbopuffer(),
-        },
-    )
-    try:
-        yield stack
-    finally:
-        stack.stop()
+def gateway_env() -> dict[str, str]:
+    return unreachable_turbopuffer()
 
 
 @pytest.fixture
@@ -66,18 +52,7 @@ def sink_errors(stack: GatewayStack) -> dict[tuple[str, str], float]:
 async def write_one(channel: aio.Channel, pipeline_id: str, doc: document_pb2.Document, token: int) -> None:
     """WriteVectors of one document (one vector per chunk)."""
     vectors = [document_pb2.Vector(id=chunk.id, values=[1.0] * DIM) for chunk in doc.chunks]
-
-    async def requests() -> AsyncIterator[ix.WriteVectorsRequest]:
-        yield ix.WriteVectorsRequest(
-            pipeline_id=pipeline_id,
-            worker_id="gpu-worker-0",
-            from_stage="embedding",
-            lease=document_pb2.LeaseRef(document_id=doc.id, fencing_token=token),
-            vectors=vectors,
-            end_of_document=True,
-        )
-
-    await index_pb2_grpc.IndexServiceStub(channel).WriteVectors(requests())
+    await write_vectors(channel, pipeline_id, doc.id, token, vectors)
 
 
 async def test_the_default_sinks_series_exist_at_zero(gateway_stack: GatewayStack) -> None:

@@ -40,7 +40,7 @@ import grpc
 import pytest
 from grpc import aio
 from support.fakes.turbopuffer import FakeTurbopuffer, FakeTurbopufferThread
-from support.leases import claim, read_chunks
+from support.leases import claim, read_chunks, write_vectors
 from support.pipelines import create_pipeline
 from support.polling import eventually
 from support.processes import start_claimer, start_gateway
@@ -228,23 +228,15 @@ async def channel(suite: Suite) -> AsyncIterator[aio.Channel]:
         await chan.close()
 
 
-async def write_vectors(
+async def write_chunks(
     channel: aio.Channel, pipeline_id: str, doc: document_pb2.Document, token: int
 ) -> None:
-    async def requests() -> AsyncIterator[ix.WriteVectorsRequest]:
-        yield ix.WriteVectorsRequest(
-            pipeline_id=pipeline_id,
-            worker_id="gpu-worker-0",
-            from_stage="embedding",
-            lease=document_pb2.LeaseRef(document_id=doc.id, fencing_token=token),
-            vectors=[
-                document_pb2.Vector(id=chunk.id, values=[1.0, float(i), 0.5, 0.25])
-                for i, chunk in enumerate(doc.chunks)
-            ],
-            end_of_document=True,
-        )
-
-    await index_pb2_grpc.IndexServiceStub(channel).WriteVectors(requests())
+    """WriteVectors of ``doc``'s chunks, a vector each."""
+    vectors = [
+        document_pb2.Vector(id=chunk.id, values=[1.0, float(i), 0.5, 0.25])
+        for i, chunk in enumerate(doc.chunks)
+    ]
+    await write_vectors(channel, pipeline_id, doc.id, token, vectors)
 
 
 async def expect_rpc_error(
@@ -286,7 +278,7 @@ async def test_no_secret_in_logs_errors_metrics_or_spans(
     assert set(leases) == {doc.id for doc in docs}
     assert len(await read_chunks(channel, pipeline_id, leases)) >= 1
     for doc in docs[:3]:
-        await write_vectors(channel, pipeline_id, doc, leases[doc.id])
+        await write_chunks(channel, pipeline_id, doc, leases[doc.id])
     reply = await index_pb2_grpc.IndexServiceStub(channel).Query(
         ix.QueryRequest(pipeline_id=pipeline_id, vector=ix.QueryVector(values=[1.0, 0.0, 0.5, 0.25]), top_k=3)
     )
@@ -360,7 +352,7 @@ async def test_no_secret_in_logs_errors_metrics_or_spans(
     code = await expect_rpc_error(
         evidence,
         "WriteVectors while Turbopuffer fails",
-        lambda: write_vectors(channel, pipeline_id, docs[3], leases[docs[3].id]),
+        lambda: write_chunks(channel, pipeline_id, docs[3], leases[docs[3].id]),
     )
     assert code is grpc.StatusCode.UNAVAILABLE
     suite.turbopuffer.clear()
