@@ -453,6 +453,7 @@ def bare_worker(dsn: str, pipeline_id: str, worker: str, batch: int, ready: Any,
     """The claimer's two statements on asyncpg, nothing in between."""
     from hevlayer.claimer.database import SERVER_SETTINGS
     from hevlayer.claimer.leases import CLAIM_SQL, TRANSITION_SQL
+    from hevlayer.claimer.segment_claims import ANY_PRIORITY
 
     async def main() -> tuple[int, list[float], float]:
         conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
@@ -476,6 +477,7 @@ def bare_worker(dsn: str, pipeline_id: str, worker: str, batch: int, ready: Any,
                         now,
                         now + timedelta(seconds=600),
                         5,
+                        ANY_PRIORITY,
                     )
                 latencies.append(time.perf_counter() - started)
                 if not rows:
