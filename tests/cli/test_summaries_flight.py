@@ -2,19 +2,28 @@
 convert each file once: the Object Lane (``ExtractLoop.extract``, as ``add``'s in-process
 extract workers run it) and the Job Lane (``SummaryJobs``' enumeration, which converts the files
 whose text it sends to the summarizer) each hold their own Artifact Cache object on the same
-directory, and the cache's single flight makes one of them wait and read the other's entry."""
+directory, and the cache's single flight makes one of them wait and read the other's entry.
+Through the live suite: ``hevlayer add --summaries`` of a tree of images describes each image
+once (one call to the vision endpoint, though both lanes need it), and a second add of the
+unchanged tree converts nothing and calls the endpoint no more."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import re
+import uuid
 from pathlib import Path
 from typing import cast
 
-from support.cli import make_pdf
+from PIL import Image
+from support.cli import hevlayer, make_pdf
+from support.fakes.vision import fake_vision_server
 
 from hevlayer.api.summary.v1 import summary_pb2
 from hevlayer.cli.summaries import JobOutcome, SummaryJobs, SummaryOptions
 from hevlayer.client import Client
+from hevlayer.devstack.testing import LiveSuite
 from hevlayer.ingest.artifacts import LocalArtifactCache
 from hevlayer.ingest.extract_loop import ExtractLoop
 from hevlayer.ingest.files import Root, document_id
@@ -81,3 +90,45 @@ async def test_both_lanes_at_once_convert_each_file_once(tmp_path: Path) -> None
         f"object lane converted {stats.conversions}, job lane {outcome.conversions}: "
         "some file was converted by both"
     )
+
+
+def _png(seed: bytes, n: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (seed[0], seed[1], n * 40)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _job_lane_converted(stdout: str) -> tuple[int, int]:
+    """(from the artifact cache, converted) of the Job Lane's line."""
+    found = re.search(r"converted files: (\d+) from the artifact cache, (\d+) converted", stdout)
+    assert found is not None, stdout
+    return int(found[1]), int(found[2])
+
+
+def test_add_with_summaries_describes_each_image_once(live_suite: LiveSuite, tmp_path: Path) -> None:
+    pipeline = f"img-{uuid.uuid4().hex[:6]}"
+    root = tmp_path / "album"
+    seed = uuid.uuid4().bytes  # images no other test has described
+    for n in range(3):
+        path = root / ("holidays" if n else "") / f"photo-{n}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_png(seed, n))
+    (root / "notes.txt").write_text("Photos of the harbour, the lighthouse and the ferry.\n")
+    with fake_vision_server() as fake:
+        env = {
+            **live_suite.env,
+            "HEVLAYER_VISION_PROVIDER": "openai",
+            "HEVLAYER_VISION_URL": fake.url,
+            "HEVLAYER_VISION_MODEL": "vision-test",
+            "HEVLAYER_TRANSFORM_CACHE": "",
+        }
+        first = hevlayer("add", "--summaries", "--plain", "-p", pipeline, root, env=env, timeout=300)
+        assert first.returncode == 0, first
+        assert len(fake.requests) == 3, "each image described once, though both lanes need its text"
+        assert sum(_job_lane_converted(first.stdout)) == 3
+
+        second = hevlayer("add", "--summaries", "--plain", "-p", pipeline, root, env=env, timeout=300)
+        assert second.returncode == 0, second
+        assert "unchanged 4" in second.stdout, second.stdout
+        assert _job_lane_converted(second.stdout) == (3, 0)
+        assert len(fake.requests) == 3, "a second add of unchanged files calls the provider no more"
