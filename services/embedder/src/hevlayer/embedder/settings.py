@@ -77,7 +77,10 @@ class EmbedderSettings:
         4,
     )
     triton_timeout_seconds: float = setting(
-        "EMBEDDER_TRITON_TIMEOUT_SECONDS", "Deadline of one Triton request.", 60.0
+        "EMBEDDER_TRITON_TIMEOUT_SECONDS",
+        "Deadline of one Triton request, per request of this embedder in flight at Triton when it is sent "
+        "(its own included): the requests ahead of it run first.",
+        60.0,
     )
     retry_attempts: int = setting(
         "EMBEDDER_TRITON_RETRY_ATTEMPTS",

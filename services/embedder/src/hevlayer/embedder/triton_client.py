@@ -130,6 +130,8 @@ class TritonEmbeddingClient:
         self._timeout = timeout
         self.retry = retry or RetryPolicy()
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._at_triton = 0
+        """This client's infer requests sent and not yet answered."""
         self._info: ModelInfo | None = None
         self._info_lock = asyncio.Lock()
         self._client = triton_aio.InferenceServerClient(
@@ -262,15 +264,23 @@ class TritonEmbeddingClient:
         async def infer() -> Vectors:
             async with self._slots:
                 started = time.perf_counter()
+                # The deadline covers this client's requests ahead of this one: Triton's model runs
+                # them first (one instance runs one batch at a time), so on a slow or loaded machine
+                # a fixed deadline expired the last requests in flight while they waited. Triton
+                # still ran them, their retries ran again, and the model spent most of its time on
+                # answers nobody waited for (bench/e2e_vs_script.py, docs/benchmarks.md).
+                deadline = self._timeout * (self._at_triton + 1)
+                self._at_triton += 1
                 try:
                     result = await self._client.infer(
                         info.name,
                         [tensor],
                         model_version=info.version,
                         outputs=outputs,
-                        client_timeout=self._timeout,
+                        client_timeout=deadline,
                     )
                 finally:
+                    self._at_triton -= 1
                     TRITON_REQUEST_SECONDS.labels(info.name).observe(time.perf_counter() - started)
             array = result.as_numpy(info.output_name)
             if array is None:
