@@ -13,7 +13,7 @@ claimed, wrote and indexed the document.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,22 +50,6 @@ SINKS = {
     SinkKind.MILVUS: pipeline_pb2.SINK_MILVUS,
     SinkKind.TURBOPUFFER: pipeline_pb2.SINK_TURBOPUFFER,
 }
-
-
-@pytest.fixture(scope="module")
-def turbopuffer_server() -> Iterator[FakeTurbopufferThread]:
-    server = FakeTurbopufferThread()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusLiteServer]:
-    server = MilvusLiteServer(tmp_path_factory.mktemp("milvus-server"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=list(SINKS), ids=[kind.value for kind in SINKS])
