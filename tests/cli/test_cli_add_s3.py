@@ -22,12 +22,12 @@ def put(s3: SeaweedS3, bucket: str, key: str, data: bytes) -> None:
     assert status == 200, body
 
 
-def add(live_suite: LiveSuite, s3: SeaweedS3, pipeline: str, *args: str) -> Ran:
+def add(live_suite: LiveSuite, s3: SeaweedS3, pipeline: str, *args: str, secret: str | None = None) -> Ran:
     env = {
         **live_suite.env,
         "EXTRACTOR_S3_ENDPOINT_URL": s3.endpoint_url,
         "EXTRACTOR_S3_ACCESS_KEY_ID": s3.access_key,
-        "EXTRACTOR_S3_SECRET_ACCESS_KEY": s3.secret_key,
+        "EXTRACTOR_S3_SECRET_ACCESS_KEY": s3.secret_key if secret is None else secret,
         "EXTRACTOR_S3_REGION": s3.region,
     }
     ran = hevlayer(
@@ -91,6 +91,12 @@ def test_add_an_s3_prefix_then_search_finds_its_text(
     pruned = add(live_suite, s3, pipeline, f"s3://{bucket}/docs")
     assert line(pruned, "queued ").startswith("queued 0, unchanged 1, deleted 1"), pruned
     assert "orchard" not in search(live_suite, pipeline, "apples stored in a cellar")
+
+    # a prefix that cannot be listed (a wrong secret) is reported, and nothing under it deleted
+    refused = add(live_suite, s3, pipeline, f"s3://{bucket}/docs", secret="not-the-secret")
+    assert f"s3://{bucket}/docs: S3 refused the listing: " in refused.stdout, refused
+    assert line(refused, "queued ").startswith("queued 0, unchanged 0, deleted 0"), refused
+    assert f"s3://{bucket}/docs/volcano.md" in top(live_suite, pipeline, "lava from a shield volcano")
 
     one = add(live_suite, s3, f"{pipeline}-one", f"s3://{bucket}/docs-old/ignored.txt")
     assert line(one, "queued ").startswith("queued 1, unchanged 0"), one

@@ -329,6 +329,8 @@ class Ingest:
         self.s3_uris = [str(p) for p in paths if is_s3_uri(p)]
         """``s3://`` arguments: prefixes (or single objects) enumerated with :class:`S3Source`."""
         self._s3: S3Source | None = None
+        self._s3_unlisted: set[str] = set()
+        """``s3://`` arguments whose listing failed: nothing under them is deleted."""
         self._sources = Sources([LocalSource(self.roots)])
         self.reporter = reporter
         self.options = options
@@ -532,7 +534,9 @@ class Ingest:
                 yield batch
                 batch = []
                 self._publish()
-        if batch:
+        if batch or not self._sent:
+            # an empty message when nothing was queued: the stream still names the pipeline
+            # (a stream without messages is INVALID_ARGUMENT)
             self._sent += len(batch)
             yield batch
         self.progress.files_done = True
@@ -570,10 +574,12 @@ class Ingest:
                     else:
                         listed.append(found)
             except ClientError as exc:
+                self._s3_unlisted.add(uri)
                 code = exc.response.get("Error", {}).get("Code", "") or str(exc)
                 yield Skipped(uri, f"S3 refused the listing: {code}")
                 continue
             except (BotoCoreError, OSError, ValueError) as exc:
+                self._s3_unlisted.add(uri)
                 yield Skipped(uri, f"S3 listing failed: {exc}")
                 continue
             for skipped in too_large:
@@ -620,7 +626,7 @@ class Ingest:
                     await self.gateway.staging.get_document(self.pipeline_id, root.id_prefix)
                     gone.append(root.id_prefix)
         for uri in self.s3_uris:
-            if uri in self._present:  # one object, still there
+            if uri in self._present or uri in self._s3_unlisted:  # one object, still there; or unknown
                 continue
             prefix = uri if uri.endswith("/") or uri.count("/") == 2 else uri + "/"
             async for document in self.gateway.staging.list_documents(self.pipeline_id, id_prefix=prefix):
