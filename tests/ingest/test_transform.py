@@ -203,6 +203,28 @@ async def test_a_cancelled_caller_leaves_the_shared_computation_running(
     assert _key(3) in cache
 
 
+async def test_a_cancelled_joiner_leaves_the_flight_to_the_others(caches: list[TransformationCache]) -> None:
+    cache = TransformationCache()
+    caches.append(cache)
+    release = asyncio.Event()
+
+    async def compute() -> str:
+        await release.wait()
+        return "kept"
+
+    leader = asyncio.create_task(cache.get_or_compute(_key(4), compute))
+    await until(lambda: _key(4) in cache._in_flight)
+    quitter = asyncio.create_task(cache.get_or_compute(_key(4), compute))
+    stayer = asyncio.create_task(cache.get_or_compute(_key(4), compute))
+    await until(lambda: cache.joined == 2)
+    quitter.cancel()
+    release.set()
+    assert await asyncio.wait_for(leader, GUARD) == ("kept", CacheOutcome.MISS)
+    assert await asyncio.wait_for(stayer, GUARD) == ("kept", CacheOutcome.JOINED)
+    with pytest.raises(asyncio.CancelledError):
+        await quitter
+
+
 def test_memory_is_bounded_and_the_directory_outlives_it(
     tmp_path: Path, caches: list[TransformationCache]
 ) -> None:

@@ -333,7 +333,8 @@ class TransformationCache:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
             del self._in_flight[key]
-        future.set_result(value)
+        if not future.done():  # (a joiner's wait is shielded, so nothing else settles it)
+            future.set_result(value)
         outcome = CacheOutcome.MISS if stored is None else CacheOutcome.HIT
         self._emit(outcome.value)
         return value, outcome
@@ -341,6 +342,8 @@ class TransformationCache:
     def _fail(self, key: str, future: concurrent.futures.Future[str], exc: BaseException) -> None:
         with self._lock:
             self._in_flight.pop(key, None)
+        if future.done():
+            return
         if isinstance(exc, asyncio.CancelledError):
             future.cancel()
         else:
