@@ -326,6 +326,7 @@ class PipelineStore:
             # Without its change head the deletion of its documents logs no changes (migration
             # 0011); the notification ends its watches (NOT_FOUND) once this commits.
             await conn.execute("DELETE FROM document_change_heads WHERE pipeline_id = $1", pipeline_id)
+            await conn.execute("DELETE FROM document_changes WHERE pipeline_id = $1", pipeline_id)
             await conn.execute("SELECT pg_notify('hevlayer_document_changes', $1)", pipeline_id)
             documents = await conn.fetchval(
                 """WITH gone AS (DELETE FROM documents WHERE pipeline_id = $1 RETURNING 1)
