@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.lease.v1 import lease_pb2
-from hevlayer.claimer.wire import encode_leases, encode_transition_results, varints
+from hevlayer.claimer.wire import encode_lease_columns, encode_leases, encode_transition_results, varints
 
 UINT64 = st.integers(min_value=0, max_value=2**64 - 1)
 IDS = st.text(min_size=1, max_size=40)
@@ -89,3 +89,43 @@ def test_encoded_leases_carry_trace_parents(rows: list[tuple[str, int, str, str]
         encode_leases("embedding", "w", expires, ids, tokens, [1] * len(ids), hashes, [0] * len(ids))
     )
     assert [lease.trace_parent for lease in bare.leases] == [""] * len(ids)
+
+
+# columns drawn from few values, so that some are uniform (one value repeated) and some are not
+FEW_TOKENS = st.sampled_from([1, 127, 128, 2**40, 2**64 - 1])
+FEW_COUNTS = st.sampled_from([0, 1, 300, 2**32 - 1])
+FEW_TEXTS = st.sampled_from(["", "h", "%d", "x" * 200, "\u00e9t\u00e9"])
+
+
+@given(
+    st.lists(st.tuples(IDS, FEW_TOKENS, FEW_COUNTS, FEW_TEXTS, FEW_COUNTS, FEW_TEXTS), max_size=30),
+    st.text(min_size=1, max_size=300),
+    st.booleans(),
+)
+def test_encoded_lease_columns_parse_to_the_same_columns(
+    rows: list[tuple[str, int, int, str, int, str]], worker: str, with_parents: bool
+) -> None:
+    ids, tokens, attempts, hashes, counts, parents = (
+        (list(column) for column in zip(*rows, strict=True)) if rows else ([],) * 6
+    )
+    expires = datetime(2030, 1, 1, 12, 30, 5, 123456, tzinfo=UTC)
+    data = encode_lease_columns(
+        "embedding", worker, expires, ids, tokens, attempts, hashes, counts, parents if with_parents else ()
+    )
+    expected = lease_pb2.ClaimDocumentsResponse()
+    if rows:
+        expected.lease_columns.CopyFrom(
+            lease_pb2.LeaseColumns(
+                stage="embedding",
+                worker_id=worker,
+                document_ids=ids,
+                fencing_tokens=tokens,
+                attempts=attempts,
+                content_hashes=hashes,
+                chunk_counts=counts,
+                trace_parents=parents if with_parents else [],
+            )
+        )
+        expected.lease_columns.expires_at.FromDatetime(expires)
+    assert lease_pb2.ClaimDocumentsResponse.FromString(data) == expected
+    assert lease_pb2.StreamLeasesResponse.FromString(data).lease_columns == expected.lease_columns

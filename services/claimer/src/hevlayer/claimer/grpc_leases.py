@@ -21,7 +21,7 @@ from hevlayer.claimer import validation as v
 from hevlayer.claimer.leases import Claimed, ClaimRequest, LeaseStore
 from hevlayer.claimer.status_watch import StatusNotifier
 from hevlayer.claimer.validation import validate_pipeline_id
-from hevlayer.claimer.wire import encode_leases, encode_transition_results
+from hevlayer.claimer.wire import encode_lease_columns, encode_leases, encode_transition_results
 from hevlayer.client.enums import TransitionOutcome
 from hevlayer.common.encoded import Encoded
 from hevlayer.common.errors import InvalidArgument
@@ -53,20 +53,22 @@ def layout(value: int, field: str = "layout") -> int:
     return value
 
 
-def claimed_columns(claimed: Claimed) -> pb.LeaseColumns:
-    """A claim result as LeaseColumns (every column is extended from a list in C)."""
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(claimed.expires_at)
-    return pb.LeaseColumns(
-        stage=claimed.stage,
-        worker_id=claimed.worker_id,
-        expires_at=stamp,
-        document_ids=claimed.document_ids,
-        fencing_tokens=claimed.fencing_tokens,
-        attempts=claimed.attempts,
-        content_hashes=claimed.content_hashes,
-        chunk_counts=claimed.chunk_counts,
-        trace_parents=claimed.trace_parents if any(claimed.trace_parents) else (),
+def claimed_columns(claimed: Claimed) -> Encoded:
+    """The wire form of ``LeaseColumns lease_columns = 2`` for a claim result: a whole
+    ClaimDocumentsResponse or StreamLeasesResponse in the columnar layout
+    (:func:`hevlayer.claimer.wire.encode_lease_columns`)."""
+    return Encoded(
+        encode_lease_columns(
+            claimed.stage,
+            claimed.worker_id,
+            claimed.expires_at,
+            claimed.document_ids,
+            claimed.fencing_tokens,
+            claimed.attempts,
+            claimed.content_hashes,
+            claimed.chunk_counts,
+            claimed.trace_parents if any(claimed.trace_parents) else (),
+        )
     )
 
 
@@ -189,9 +191,7 @@ class LeaseServicer:
             )
         )
         if columns:
-            if not len(claimed):
-                return pb.ClaimDocumentsResponse()
-            return pb.ClaimDocumentsResponse(lease_columns=claimed_columns(claimed))
+            return claimed_columns(claimed)
         return claimed_bytes(claimed)
 
     async def HeartbeatLeases(
@@ -330,7 +330,7 @@ class LeaseServicer:
                     if len(claimed):
                         credits -= len(claimed)
                         if columns:
-                            yield pb.StreamLeasesResponse(lease_columns=claimed_columns(claimed))
+                            yield claimed_columns(claimed)
                         else:
                             yield claimed_bytes(claimed)
                         continue

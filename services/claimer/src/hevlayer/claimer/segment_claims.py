@@ -156,7 +156,9 @@ class SegmentClaims:
         fresh_row: asyncpg.Record | None = None
         expired_exhausted = False
         fresh_exhausted = False
-        taken_ids = set(claimed_ids)
+        # the ids taken so far, as a set only once a second segment is looked at (a claim of
+        # one whole segment builds none)
+        taken_ids: set[str] | None = None
         while want > 0:
             # one locked candidate of each kind; the one not taken stays ours for the next
             # round (locked rows are skipped by concurrent claims until this one commits)
@@ -180,6 +182,9 @@ class SegmentClaims:
             expired = segment.lease_expires_at is not None
             manifest = await self._rows.cache.get(segment.manifest_key)
             positions = remaining_positions(segment.done, segment.id_count)
+            if taken_ids is None and (out.ids or claimed_ids):
+                taken_ids = set(claimed_ids)
+                taken_ids.update(out.ids)
             if taken_ids and not taken_ids.isdisjoint(manifest.ids[p] for p in positions):
                 # An id queued twice (an EnqueueDocuments retried after its answer was lost
                 # lands in two segments) must not come back twice in one claim: a stager
@@ -225,13 +230,17 @@ class SegmentClaims:
                 out.splits += 1
             out.segments += 1
             ids = manifest.ids
-            out.ids.extend(ids[p] for p in taken)
-            taken_ids.update(ids[p] for p in taken)
+            # every id of the manifest, in order (a segment nothing was done in): no per-id pick
+            whole = len(taken) == len(ids)
+            first = len(out.ids)
+            out.ids.extend(ids if whole else [ids[p] for p in taken])
+            if taken_ids is not None:
+                taken_ids.update(out.ids[first:])
             out.tokens.extend([int(token)] * len(taken))
             out.attempts.extend([attempts] * len(taken))
             if manifest.hashes is not None:
                 hashes = manifest.hashes
-                out.hashes.extend(hashes[p] for p in taken)
+                out.hashes.extend(hashes if whole else [hashes[p] for p in taken])
             else:
                 out.hashes.extend([""] * len(taken))
             want -= len(taken)

@@ -21,6 +21,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
 from hevlayer.api.document.v1 import document_pb2
+from hevlayer.api.lease.v1 import lease_pb2
 
 _VARINT = re.compile(rb"[\x80-\xff]*[\x00-\x7f]", re.S)
 
@@ -164,3 +165,78 @@ def encode_transition_results(ids: Sequence[str], outcomes: Sequence[int], token
         columns.append(varints(outcomes))
     template = _optional_varint(b"\x18", tokens, template, columns)
     return _length_delimited(b"\x0a", [template % row for row in zip(*columns, strict=True)])
+
+
+def _varint(value: int) -> bytes:
+    """The varint encoding of one non-negative value."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _uniform(values: Sequence[object]) -> bool:
+    """True if every value equals the first (one C-level count)."""
+    return values.count(values[0]) == len(values)
+
+
+def _repeated_constant(field: int, value: object, count: int) -> bytes:
+    """Wire bytes of ``count`` entries of ``value`` in repeated field ``field``: ``count``
+    length-delimited entries for a string, one packed varint field for an integer."""
+    if isinstance(value, str):
+        data = value.encode()
+        return (_varint(field << 3 | 2) + _varint(len(data)) + data) * count
+    if not isinstance(value, int) or value < 0:
+        raise TypeError(f"field {field}: expected a string or a non-negative integer, got {value!r}")
+    body = _varint(value) * count
+    return _varint(field << 3 | 2) + _varint(len(body)) + body
+
+
+# LeaseColumns' columns: (field name, field number), in field order.
+_LEASE_COLUMNS = (
+    ("document_ids", 4),
+    ("fencing_tokens", 5),
+    ("attempts", 6),
+    ("content_hashes", 7),
+    ("chunk_counts", 8),
+    ("trace_parents", 9),
+)
+
+
+def encode_lease_columns(
+    stage: str,
+    worker_id: str,
+    expires_at: datetime,
+    ids: Sequence[str],
+    tokens: Sequence[int],
+    attempts: Sequence[int],
+    hashes: Sequence[str],
+    chunk_counts: Sequence[int],
+    trace_parents: Sequence[str] = (),
+) -> bytes:
+    """Wire bytes of ``LeaseColumns lease_columns = 2`` (a whole ClaimDocumentsResponse or
+    StreamLeasesResponse in the columnar layout; no leases: b"", the empty response).
+
+    A column whose entries are all the same (a segment's token, attempts, empty hashes and
+    chunk counts; often attempts in a claim of rows) is written as one value repeated by a
+    bytes multiplication instead of converting every entry to a protobuf value; the other
+    columns are extended by the protobuf library. Concatenated fields parse as one message, in
+    any order. ``trace_parents`` may be empty (no lease carries one)."""
+    if not ids:
+        return b""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(expires_at)
+    message = lease_pb2.LeaseColumns(stage=stage, worker_id=worker_id, expires_at=stamp)
+    constants: list[bytes] = []
+    columns = (ids, tokens, attempts, hashes, chunk_counts, trace_parents)
+    for (name, number), values in zip(_LEASE_COLUMNS, columns, strict=True):
+        if not values:
+            continue
+        if len(values) > 1 and _uniform(values):
+            constants.append(_repeated_constant(number, values[0], len(values)))
+        else:
+            getattr(message, name).extend(values)
+    body = message.SerializeToString() + b"".join(constants)
+    return b"\x12" + _varint(len(body)) + body
