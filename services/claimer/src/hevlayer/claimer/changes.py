@@ -4,8 +4,18 @@ Triggers on ``documents`` (migration 0011) append every committed change of a
 document's stage or fencing token, and every deletion, to ``document_changes``
 with a per-pipeline number that has no gaps and follows commit order, and
 notify ``hevlayer_document_changes`` with the pipeline id. Moves of ids that
-live only in the segmented queue to ``indexed`` are logged by
-:func:`log_segment_moves`.
+live only in the segmented queue to ``indexed`` are logged by the claimer
+(``log_document_changes``).
+
+Only pipelines somebody watches are logged (migration 0013): a watch turns
+logging on (:meth:`ChangeLog.watch_pipeline`, in a transaction of its own,
+committed before the watch reads anything) until the claimer's clock +
+``CLAIMER_CHANGE_RETENTION_SECONDS`` (+ two refresh intervals), and every open
+watch moves that on every refresh interval (a tenth of the retention, at most
+a minute). A pipeline nobody watches costs a read of its head row and a shared
+advisory lock per statement, and no row. Turning logging on after a period
+without it skips a number, so a cursor issued before that period finds the
+change after it missing and resyncs, like a swept one.
 
 A watch (:meth:`ChangeLog.watch`) is a loop over the log, not a queue: it
 reads the changes after its position in batches of ``CHANGE_BATCH``, yields
@@ -36,6 +46,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -237,11 +248,20 @@ class ChangeLog:
 
     async def _watch(self, spec: WatchSpec) -> AsyncIterator[WatchUpdate]:
         pid = spec.pipeline_id
+        # Logging on before the first read: with a cursor, a period without logging shows as a
+        # skipped number; without one, every change after the snapshot's head is logged.
+        await self.watch_pipeline(pid)
+        refreshed = time.monotonic()
         seen = self._notifier.generation(pid)  # before the first read: no notification is lost
         incarnation = spec.incarnation
         position = spec.position if incarnation is not None else 0
         sent = position
         while True:
+            if time.monotonic() - refreshed >= self.refresh_seconds:
+                # Late (a slow client kept the watch in its yield) is safe: if logging went off
+                # meanwhile, this skips a number and the next read resyncs.
+                await self.watch_pipeline(pid)
+                refreshed = time.monotonic()
             current, head, changes = await self._read(pid, position)
             continuable = (
                 current == incarnation
@@ -271,7 +291,7 @@ class ChangeLog:
                 sent = position
             if self._stopping.is_set():
                 raise Unavailable("the claimer is stopping; watch again", retry_after=1.0)
-            seen = await self._notifier.wait_change(pid, seen, KEEPALIVE_SECONDS)
+            seen = await self._notifier.wait_change(pid, seen, min(KEEPALIVE_SECONDS, self.refresh_seconds))
             if self._stopping.is_set():
                 raise Unavailable("the claimer is stopping; watch again", retry_after=1.0)
 
@@ -340,12 +360,34 @@ class ChangeLog:
             if deleted < SWEEP_BATCH:
                 return total
 
+    @property
+    def refresh_seconds(self) -> float:
+        """How often an open watch keeps its pipeline's logging on (and the sweep runs)."""
+        return min(60.0, max(1.0, self.retention_seconds / 10))
+
+    async def watch_pipeline(self, pipeline_id: str) -> None:
+        """Turn the pipeline's change logging on, or keep it on, until the retention (plus two
+        refresh intervals) from now, in a committed transaction of its own. Nothing when the
+        pipeline does not exist (the watch's read answers NOT_FOUND)."""
+        seconds = self.retention_seconds + 2 * self.refresh_seconds
+        for attempt in range(5):
+            try:
+                async with self._db.acquire() as conn:
+                    await conn.fetchval("SELECT watch_document_changes($1, $2)", pipeline_id, seconds)
+                return
+            except asyncpg.DeadlockDetectedError:
+                # Transactions waiting on each other's rows and queued behind this exclusive
+                # lock; PostgreSQL usually reorders the queue instead, else one of us retries.
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+
     def start_sweeper(self) -> None:
         """Sweep every tenth of the retention (at most every minute), in the background."""
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="change-log-sweeper")
 
     async def _sweep_forever(self) -> None:
-        interval = min(60.0, max(1.0, self.retention_seconds / 10))
+        interval = self.refresh_seconds
         while True:
             try:
                 swept = await self.sweep_once()

@@ -1,8 +1,9 @@
 """Held segment leases: heartbeats, checks, transitions and staging of segment-leased ids.
 
 - A transition marks the moved positions in the segment's ``done`` bitmap;
-  ids moved to ``indexed`` bump the counter and are logged in the change log
-  (``WatchDocuments``); to ``failed`` they become
+  ids moved to ``indexed`` bump the counter and, while somebody watches the
+  pipeline (``document_changes_logged``, migration 0013), are logged in the
+  change log (``WatchDocuments``); to ``failed`` they become
   document rows carrying the reason; to ``pending`` or another worker stage
   they become new queued segments, one per claim priority of the segments they
   came from (a segment holds ids of one priority). A segment with nothing
@@ -38,6 +39,8 @@ LOG_CHANGES_SQL = (
     "SELECT log_document_changes($1, $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])"
 )
 """Append changes of ids without document rows to the change log (hevlayer.claimer.changes)."""
+CHANGES_LOGGED_SQL = "SELECT document_changes_logged($1)"
+"""Whether the pipeline's changes are logged in this transaction (someone watches it; migration 0013)."""
 
 
 @dataclass
@@ -57,6 +60,8 @@ class SegmentMoves:
     new_token: int = 0
     count: int = 0
     """Ids moved (``moved_ids`` may stay empty when only the count matters: to indexed)."""
+    log_changes: bool = False
+    """Log the moves in the change log (to indexed, while the pipeline is watched)."""
 
 
 class SegmentTransitions:
@@ -190,6 +195,7 @@ class SegmentTransitions:
             return moves
         await self._read_moved(moves)
         moves.count = len(moves.moved_ids)
+        moves.log_changes = to_stage == INDEXED and bool(await conn.fetchval(CHANGES_LOGGED_SQL, cfg.id))
         await self._destination(conn, work, cfg, to_stage, moves)
         return moves
 
@@ -240,7 +246,8 @@ class SegmentTransitions:
         """Whole segment leases: lock the segments the tokens name; every remaining id
         of each one the worker holds in ``from_stage`` moves. Returns the moves and, per
         token, how many ids move (0: not held, or named before). Manifests are read
-        only when the ids go somewhere other than indexed."""
+        only when the ids go somewhere other than indexed, or to indexed while the
+        pipeline's changes are logged (the change log names each id)."""
         moves = SegmentMoves()
         segments = await self.by_tokens(conn, cfg.id, tokens, lock=True)
         moved: list[int] = []
@@ -259,7 +266,10 @@ class SegmentTransitions:
             moved.append(len(positions))
         if not moves.segments:
             return moves, moved
-        await self._read_moved(moves)  # to indexed too: the change log names each id
+        if to_stage == INDEXED:
+            moves.log_changes = bool(await conn.fetchval(CHANGES_LOGGED_SQL, cfg.id))
+        if to_stage != INDEXED or moves.log_changes:
+            await self._read_moved(moves)
         moves.count = sum(moved)
         await self._destination(conn, work, cfg, to_stage, moves)
         return moves, moved
@@ -277,7 +287,7 @@ class SegmentTransitions:
         """Write a prepared transition: bitmaps, completed segments, destination."""
         if not moves.segments:
             return
-        if to_stage == INDEXED:
+        if moves.log_changes:
             # No rows fire the change log's triggers (migration 0011): log the moves here, first,
             # so that the pipeline's change head is locked before its counters, as in the
             # triggers' statements.
