@@ -60,7 +60,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support: the helpers tests share
 
 from claims import postgres_cpu_seconds
-from memory import HEVLAYER, Sampler, generated_corpus, make_run_corpus
+from memory import HEVLAYER, Sampler, chosen_corpus
 from staging import make_documents
 from support.fakes.turbopuffer import FakeTurbopufferThread
 from support.processes import start_claimer, start_gateway
@@ -153,12 +153,7 @@ async def indexed_counts(gateway: str, pipeline_id: str) -> tuple[int, int]:
 def run_suite(args: argparse.Namespace) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="hevlayer-capacity-", dir="/tmp"))
     env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
-    if args.files:
-        corpus, files, tokens = generated_corpus(data_dir / "corpus", args.files, args.file_tokens)
-        what = f"{files} generated files of about {args.file_tokens} tokens ({tokens:,} tokens)"
-    else:
-        corpus, files, tokens = make_run_corpus(data_dir / "corpus")
-        what = f"the make run corpus: {files} standard library files ({tokens:,} tokens)"
+    corpus, what = chosen_corpus(data_dir / "corpus", args.files, args.file_tokens)
     print(f"\n== part suite: {what}; data dir {data_dir}", flush=True)
     up = subprocess.run([*HEVLAYER, "--data-dir", str(data_dir), "up", "--detach"], env=env, check=False)
     if up.returncode != 0:

@@ -305,15 +305,20 @@ def generated_corpus(target: Path, count: int, file_tokens: int) -> tuple[Path, 
 # -- the run ---------------------------------------------------------------------------------------
 
 
+def chosen_corpus(target: Path, files: int, file_tokens: int) -> tuple[Path, str]:
+    """``--files N`` generated files of ``--file-tokens`` tokens, else the make run corpus, under
+    ``target``; with a line that says which."""
+    if files:
+        corpus, count, tokens = generated_corpus(target, files, file_tokens)
+        return corpus, f"{count} generated files of about {file_tokens} tokens ({tokens:,} tokens)"
+    corpus, count, tokens = make_run_corpus(target)
+    return corpus, f"the make run corpus: {count} standard library files ({tokens:,} tokens)"
+
+
 def run(args: argparse.Namespace) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="hevlayer-mem-", dir="/tmp"))
     env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
-    if args.files:
-        corpus, files, tokens = generated_corpus(data_dir / "corpus", args.files, args.file_tokens)
-        what = f"{files} generated files of about {args.file_tokens} tokens ({tokens:,} tokens)"
-    else:
-        corpus, files, tokens = make_run_corpus(data_dir / "corpus")
-        what = f"the make run corpus: {files} standard library files ({tokens:,} tokens)"
+    corpus, what = chosen_corpus(data_dir / "corpus", args.files, args.file_tokens)
     print(f"data dir {data_dir}; corpus: {what}", flush=True)
     load = os.getloadavg()
     started = time.monotonic()
