@@ -109,7 +109,9 @@ class ClaimerSettings:
     change_retention_seconds: float = setting(
         "CLAIMER_CHANGE_RETENTION_SECONDS",
         "How long document changes stay in the change log behind WatchDocuments: a watcher that "
-        "reconnects with an older cursor (or falls further behind) receives a snapshot again instead.",
+        "reconnects with an older cursor (or falls further behind) receives a snapshot again instead. "
+        "Also how long after its last watch a pipeline's changes are still logged (an unwatched "
+        "pipeline writes no change rows).",
         86400.0,
     )
     max_watches: int = setting(
