@@ -312,6 +312,9 @@ class LeaseStore:
         self._segments = segments
         self._cleanup = cleanup_of(segments)
         self.clock = clock
+        self._segmented: set[str] = set()
+        """Pipelines last seen segmented: their claims go straight to the transaction (a
+        hint only; the transaction reads the pipeline's settings itself)."""
 
     def _segment_queue(self, cfg: PipelineConfig) -> SegmentQueue | None:
         return self._segments if cfg.segmented else None
@@ -395,7 +398,28 @@ class LeaseStore:
                 want -= taken
             return claimed
 
-        claimed = await run(self._db, body, self._cleanup)
+        async def rows_only(conn: asyncpg.Connection, work: Work) -> Claimed | None:
+            # A pipeline of document rows only is claimed by one statement, atomic by itself:
+            # no BEGIN and no COMMIT round trip (the claim's row locks, its counters' and the
+            # change log's, end with the statement). None: the pipeline is segmented.
+            cfg = await pipeline_config(conn, request.pipeline_id)
+            if cfg.segmented:
+                return None
+            now = self.clock()
+            expires = now + timedelta(seconds=request.lease_seconds or cfg.default_lease_seconds)
+            claimed = Claimed(request.claim_stage, request.worker_id, expires)
+            if not cfg.paused:
+                await self._claim_rows(conn, cfg, request, now, expires, request.limit, ANY_PRIORITY, claimed)
+            return claimed
+
+        found: Claimed | None = None
+        if request.pipeline_id not in self._segmented:
+            found = await run(self._db, rows_only, self._cleanup, transaction=False)
+            if found is None:
+                self._segmented.add(request.pipeline_id)
+        # segmented pipelines (and, should the pipeline have been recreated as one of rows,
+        # its rows too) in one transaction, which reads the pipeline's settings again
+        claimed = found if found is not None else await run(self._db, body, self._cleanup)
         attempts = claimed.attempts
         metrics.observe_claim(
             request.pipeline_id,

@@ -107,13 +107,17 @@ async def run(
     db: Database,
     body: Callable[[asyncpg.Connection, Work], Awaitable[T]],
     cleanup: ObjectCleanup | None = None,
+    *,
+    transaction: bool = True,
 ) -> T:
     """Run ``body`` in a transaction, retrying deadlocks; hand the S3 side effects to ``cleanup``
-    (none: the body writes no objects)."""
+    (none: the body writes no objects). ``transaction=False``: ``body`` gets a pooled
+    connection outside any transaction (each statement commits by itself; a body of one
+    writing statement saves the BEGIN and COMMIT round trips) and is retried the same way."""
     for attempt in range(ATTEMPTS):
         work = Work()
         try:
-            async with db.transaction() as conn:
+            async with db.transaction() if transaction else db.acquire() as conn:
                 result = await body(conn, work)
         except BaseException as exc:
             if work.written and cleanup is not None:
