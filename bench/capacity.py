@@ -68,9 +68,11 @@ from support.processes import start_claimer, start_gateway
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.client import Client
+from hevlayer.client.options import ClientOptions
 from hevlayer.client.types import Claim, DocumentVectors, Lease
 from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3
 from hevlayer.devstack.processes import ServiceProcess
+from hevlayer.devstack.tokens import read_admin_token
 
 TICK = os.sysconf("SC_CLK_TCK")
 DIMENSION = 384
@@ -140,10 +142,11 @@ def postgres_dir(data_dir: Path) -> Path | None:
     return None
 
 
-async def indexed_counts(gateway: str, pipeline_id: str) -> tuple[int, int]:
-    """(documents indexed, their chunks) of a pipeline."""
+async def indexed_counts(gateway: str, pipeline_id: str, token: str | None) -> tuple[int, int]:
+    """(documents indexed, their chunks) of a pipeline (``token``: the suite's admin token)."""
     documents = chunks = 0
-    async with Client.connect(gateway) as client:
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    async with Client.connect(gateway, ClientOptions(metadata=metadata)) as client:
         async for state in client.staging.list_documents(pipeline_id, stage="indexed"):
             documents += 1
             chunks += state.chunk_count
@@ -195,7 +198,9 @@ def run_suite(args: argparse.Namespace) -> int:
         if code != 0:
             print(f"hevlayer add exited with {code}; logs in {data_dir}", file=sys.stderr)
             return code
-        documents, chunks = asyncio.run(indexed_counts(state["gateway"], pipeline_id))
+        documents, chunks = asyncio.run(
+            indexed_counts(state["gateway"], pipeline_id, read_admin_token(data_dir))
+        )
         seconds = sampler.seconds()
         seconds["postgres"] = pg_seconds
         print(
