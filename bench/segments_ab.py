@@ -1,0 +1,94 @@
+"""The segment phase of bench/segments.py (enqueue, then claim + complete by lease token)
+against two claimer code versions on the same PostgreSQL and SeaweedFS S3, alternated round by
+round, so that the machine's other load hits both alike.
+
+Each version is a claimer process whose ``PYTHONPATH`` puts a copy of a claimer package first
+(``NAME=DIR``, DIR holding ``hevlayer/claimer``; ``NAME=`` for the working tree). Prints, per
+phase and as medians, ids/s (end to end, enqueue, claim + complete) and the claimer's CPU per
+id (its own /proc time over the phase: the least noisy view on a shared machine).
+
+    mkdir -p /tmp/before/hevlayer && git archive HEAD~1 services/claimer/src/hevlayer/claimer \\
+        | tar -x --strip-components=3 -C /tmp/before
+    .venv/bin/python bench/segments_ab.py --ids 200000 --rounds 4 before=/tmp/before after=
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support: the helpers tests share
+
+from claims import cpu_seconds, start_process
+from segments import run_phase
+
+from hevlayer.devstack import TEST_SETTINGS, PostgresServer, SeaweedS3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--ids", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "versions", nargs=2, help="NAME=DIR (DIR/hevlayer/claimer first on PYTHONPATH; empty: tree)"
+    )
+    args = parser.parse_args()
+    versions = dict(v.split("=", 1) for v in args.versions)
+    if len(versions) != 2:
+        raise SystemExit("versions: two different names, e.g. before=/tmp/before after=")
+    logs = Path(tempfile.mkdtemp(prefix="hevlayer-bench-segments-ab-"))
+    print(
+        f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; logs in {logs}", flush=True
+    )
+    bucket = "bench"
+    results: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in versions}
+    with PostgresServer(settings=TEST_SETTINGS) as postgres, SeaweedS3(buckets=(bucket,)) as s3:
+        claimers = {}
+        for name, path in versions.items():
+            env = {
+                "DATABASE_URL": postgres.dsn,
+                "PIPELINE_SEGMENT_SIZE": "10000",
+                "CLAIMER_MANIFEST_CACHE_IDS": str(max(args.ids, 1)),
+                **s3.client_env(bucket),
+            }
+            if path:
+                env["PYTHONPATH"] = path
+            claimers[name] = start_process("hevlayer-claimer", env, logs, name=f"claimer-{name}")
+        try:
+            for round_number in range(args.rounds):
+                order = list(versions) if round_number % 2 == 0 else list(reversed(versions))
+                for name in order:
+                    process, address = claimers[name]
+                    before = cpu_seconds(process.pid)
+                    total, enqueue, drain, _ = run_phase(
+                        address, postgres.dsn, "segment", args.ids, args.workers, 10_000
+                    )
+                    cpu = (cpu_seconds(process.pid) - before) / args.ids * 1e6
+                    results[name].append((args.ids / total, args.ids / enqueue, args.ids / drain, cpu))
+                    print(
+                        f"{name}: {args.ids / total:,.0f} ids/s (enqueue {args.ids / enqueue:,.0f}, "
+                        f"claim+complete {args.ids / drain:,.0f}); claimer CPU {cpu:.2f} us/id; "
+                        f"load {os.getloadavg()[0]:.2f}",
+                        flush=True,
+                    )
+        finally:
+            for process, _ in claimers.values():
+                process.stop()
+    for name, rows in results.items():
+        print(
+            f"median {name}: {statistics.median(r[0] for r in rows):,.0f} ids/s (enqueue "
+            f"{statistics.median(r[1] for r in rows):,.0f}, claim+complete "
+            f"{statistics.median(r[2] for r in rows):,.0f}); claimer CPU "
+            f"{statistics.median(r[3] for r in rows):.2f} us/id"
+        )
+
+
+if __name__ == "__main__":
+    main()
