@@ -19,13 +19,12 @@ from pathlib import Path
 import grpc
 import pytest
 from faults.services import Processes, write_document
-from google.rpc import error_details_pb2
 from grpc import aio
 from support.fakes.turbopuffer import FakeTurbopufferThread
 from support.leases import claim, read_chunks
 from support.pipelines import create_pipeline
 from support.processes import start_claimer, start_gateway
-from support.rpc_errors import violations
+from support.rpc_errors import reason, violations
 from support.s3 import pack_keys
 from support.service_http import metric_samples
 from support.staging import document, get_document, stage
@@ -37,7 +36,6 @@ from hevlayer.api.pipeline.v1 import pipeline_pb2, pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2, staging_pb2_grpc
 from hevlayer.client.channel import open_channel
 from hevlayer.client.naming import effective_namespace, object_key_of
-from hevlayer.common.errors import status_from_rpc_error
 from hevlayer.devstack import SeaweedS3
 from hevlayer.devstack.processes import ServiceProcess
 from hevlayer.devstack.testing import claimer_metadata
@@ -272,16 +270,6 @@ async def test_two_gateways_and_two_claimers_index_every_document_exactly_once(
     assert sorted(rows) == sorted((d, c) for d, chunks in expected.items() for c in chunks)
 
 
-def _reason(error: aio.AioRpcError) -> str:
-    """The ErrorInfo reason of a failed call ("" if none)."""
-    for detail in status_from_rpc_error(error).details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return ""
-
-
 async def _query(channel: aio.Channel, pipeline_id: str, text: str) -> list[tuple[str, str]]:
     """(document id, chunk id) of the hits of a vector query for ``text``."""
     response = await index_pb2_grpc.IndexServiceStub(channel).Query(
@@ -297,7 +285,7 @@ async def _refused(call: Awaitable[object]) -> aio.AioRpcError:
     with pytest.raises(aio.AioRpcError) as refused:
         await call
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value
-    assert _reason(refused.value) == "SINK_INSTANCE_MISMATCH", refused.value
+    assert reason(refused.value) == "SINK_INSTANCE_MISMATCH", refused.value
     assert violations(refused.value) == ["GATEWAY_MILVUS_LITE_PATH"], refused.value
     return refused.value
 

@@ -15,6 +15,7 @@ from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.rpc_errors import reason
 from support.stacks import SliceStack
 
 from hevlayer.api.pipeline.v1 import pipeline_pb2 as pb
@@ -34,15 +35,6 @@ def _violations(error: aio.AioRpcError) -> list[tuple[str, str]]:
             detail.Unpack(bad)
             found.extend((v.field, v.description) for v in bad.field_violations)
     return found
-
-
-def _reason(error: aio.AioRpcError) -> str:
-    for detail in status_from_rpc_error(error).details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return ""
 
 
 @pytest.fixture
@@ -82,7 +74,7 @@ async def test_create_twice_is_already_exists(stub: pipeline_pb2_grpc.PipelineSe
         )
     assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert pid in (caught.value.details() or "")
-    assert _reason(caught.value) == "ALREADY_EXISTS"
+    assert reason(caught.value) == "ALREADY_EXISTS"
     # Nothing was overwritten by the failed create.
     got = await stub.GetPipeline(pb.GetPipelineRequest(pipeline_id=pid))
     assert got.pipeline == first.pipeline

@@ -17,3 +17,13 @@ def violations(error: aio.AioRpcError) -> list[str]:
             detail.Unpack(bad)
             found.extend(v.field for v in bad.field_violations)
     return found
+
+
+def reason(error: aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed call ("" if it carries none)."""
+    for detail in status_from_rpc_error(error).details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
