@@ -94,10 +94,10 @@ class FailingStager(MemoryStager):
         super().__init__()
         self.fail_paths = fail_paths
 
-    async def stage(self, summary: StagedSummary) -> None:
+    async def stage(self, summary: StagedSummary) -> int:
         if summary.path in self.fail_paths:
             raise StageError("scripted staging failure")
-        await super().stage(summary)
+        return await super().stage(summary)
 
 
 @contextlib.asynccontextmanager
