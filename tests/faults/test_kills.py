@@ -182,6 +182,13 @@ def test_a_triton_launcher_killed_takes_its_server_with_it(tmp_path: Path, paren
                 if process_name(pid).startswith("triton_python")
             ]
             time.sleep(0.1)
+        # Kill a server that serves: once the model is loaded (its stubs have run `initialize`,
+        # which starts their watch of the server), not while the stubs are still importing.
+        server_log = tmp_path / "triton" / "tritonserver.log"
+        while "successfully loaded" not in (server_log.read_text() if server_log.exists() else ""):
+            assert root.running, root.log_tail()
+            assert time.monotonic() < deadline, f"the model did not load\n{root.log_tail()}"
+            time.sleep(0.1)
         launcher = root.pid if parent == "test" else _launcher_below(root.pid or 0)
         os.kill(launcher or 0, signal.SIGKILL)  # the launcher alone, not its group
         if parent == "test":
