@@ -53,25 +53,6 @@ def layout(value: int, field: str = "layout") -> int:
     return value
 
 
-def claimed_columns(claimed: Claimed) -> Encoded:
-    """The wire form of ``LeaseColumns lease_columns = 2`` for a claim result: a whole
-    ClaimDocumentsResponse or StreamLeasesResponse in the columnar layout
-    (:func:`hevlayer.claimer.wire.encode_lease_columns`)."""
-    return Encoded(
-        encode_lease_columns(
-            claimed.stage,
-            claimed.worker_id,
-            claimed.expires_at,
-            claimed.document_ids,
-            claimed.fencing_tokens,
-            claimed.attempts,
-            claimed.content_hashes,
-            claimed.chunk_counts,
-            claimed.trace_parents if any(claimed.trace_parents) else (),
-        )
-    )
-
-
 def _request_refs(
     request: Message, columns_field: str, messages_field: str
 ) -> tuple[list[str], list[int], str]:
@@ -148,11 +129,14 @@ def record_transitions(
         span.end(end_time=end_ns)
 
 
-def claimed_bytes(claimed: Claimed) -> Encoded:
-    """The wire form of ``repeated Lease leases = 1`` for a claim result: a whole
-    ClaimDocumentsResponse or StreamLeasesResponse."""
+def claimed_wire(claimed: Claimed, columns: bool) -> Encoded:
+    """The wire form of a claim result, a whole ClaimDocumentsResponse or StreamLeasesResponse:
+    ``LeaseColumns lease_columns = 2`` with ``columns``
+    (:func:`hevlayer.claimer.wire.encode_lease_columns`), else ``repeated Lease leases = 1``
+    (:func:`hevlayer.claimer.wire.encode_leases`)."""
+    encode = encode_lease_columns if columns else encode_leases
     return Encoded(
-        encode_leases(
+        encode(
             claimed.stage,
             claimed.worker_id,
             claimed.expires_at,
@@ -190,9 +174,7 @@ class LeaseServicer:
                 lease_seconds=request.lease_seconds,
             )
         )
-        if columns:
-            return claimed_columns(claimed)
-        return claimed_bytes(claimed)
+        return claimed_wire(claimed, columns)
 
     async def HeartbeatLeases(
         self, request: pb.HeartbeatLeasesRequest, context: aio.ServicerContext
@@ -329,10 +311,7 @@ class LeaseServicer:
                     )
                     if len(claimed):
                         credits -= len(claimed)
-                        if columns:
-                            yield claimed_columns(claimed)
-                        else:
-                            yield claimed_bytes(claimed)
+                        yield claimed_wire(claimed, columns)
                         continue
                 # No await since the credit check when credits == 0, so no credit can have
                 # been granted unseen between the check and the clear.
