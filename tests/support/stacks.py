@@ -33,6 +33,15 @@ def unreachable_turbopuffer() -> dict[str, str]:
     }
 
 
+def _stop_after_failed_start(claimer: ServiceProcess, gateway: ServiceProcess | None) -> None:
+    """Print the logs of a stack that did not come up, and stop what of it runs."""
+    if gateway is not None:
+        print(gateway.log_tail(80))
+        gateway.stop(grace=5)
+    print(claimer.log_tail(80))
+    claimer.stop(grace=5)
+
+
 @dataclass
 class SliceStack:
     """Addresses and processes of a running claimer + gateway."""
@@ -117,11 +126,7 @@ def start_stack(
         )
         gateway.wait_ready(timeout=60)
     except BaseException:
-        if gateway is not None:
-            print(gateway.log_tail(80))
-            gateway.stop(grace=5)
-        print(claimer.log_tail(80))
-        claimer.stop(grace=5)
+        _stop_after_failed_start(claimer, gateway)
         raise
     return GatewayStack(
         s3=s3,
@@ -184,10 +189,6 @@ def start_cli_stack(
         )
         gateway.wait_ready(timeout=90)
     except BaseException:
-        if gateway is not None:
-            print(gateway.log_tail(80))
-            gateway.stop(grace=5)
-        print(claimer.log_tail(80))
-        claimer.stop(grace=5)
+        _stop_after_failed_start(claimer, gateway)
         raise
     return CliStack(address, claimer, gateway)
