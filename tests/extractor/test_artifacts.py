@@ -11,8 +11,8 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+from support.s3 import cache_location
 
-from hevlayer.devstack import SeaweedS3
 from hevlayer.ingest.artifacts import (
     ArtifactCache,
     LocalArtifactCache,
@@ -27,7 +27,6 @@ from hevlayer.ingest.artifacts import (
     text_token,
 )
 from hevlayer.ingest.producers import DEFAULT_BUDGET, Budget, Chunk, Source, select_producer
-from hevlayer.ingest.s3 import S3Connection
 
 KEY_A = data_hash(b"a")
 KEY_B = data_hash(b"b")
@@ -41,13 +40,7 @@ Opener = Callable[[int], Awaitable[ArtifactCache]]
 async def open_cache(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
     """Opens a fresh cache with a byte budget: in a directory, or under a prefix of a fresh bucket."""
     async with AsyncExitStack() as stack:
-        location = str(tmp_path / "artifacts")
-        connection: S3Connection | None = None
-        if request.param == "s3":
-            s3: SeaweedS3 = request.getfixturevalue("s3")
-            bucket: str = request.getfixturevalue("s3_bucket")
-            location = f"s3://{bucket}/artifacts"
-            connection = S3Connection(s3.endpoint_url, s3.access_key, s3.secret_key, s3.region)
+        location, connection = cache_location(request, tmp_path, "artifacts", on_s3=request.param == "s3")
 
         async def opener(max_bytes: int) -> ArtifactCache:
             return await open_artifact_cache(location, max_bytes, connection, stack)

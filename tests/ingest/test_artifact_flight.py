@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
+from support.s3 import cache_location
 
 from hevlayer.devstack import SeaweedS3
 from hevlayer.ingest.artifacts import (
@@ -42,13 +43,7 @@ async def two_caches(
 ) -> AsyncIterator[tuple[ArtifactCache, ArtifactCache]]:
     """Two cache objects on one location (as the Object Lane and the Job Lane of one `add` hold)."""
     async with AsyncExitStack() as stack:
-        location = str(tmp_path / "artifacts")
-        connection: S3Connection | None = None
-        if request.param == "s3":
-            s3: SeaweedS3 = request.getfixturevalue("s3")
-            bucket: str = request.getfixturevalue("s3_bucket")
-            location = f"s3://{bucket}/artifacts"
-            connection = S3Connection(s3.endpoint_url, s3.access_key, s3.secret_key, s3.region)
+        location, connection = cache_location(request, tmp_path, "artifacts", on_s3=request.param == "s3")
         first = await open_artifact_cache(location, 1 << 20, connection, stack)
         second = await open_artifact_cache(location, 1 << 20, connection, stack)
         yield first, second
@@ -140,13 +135,9 @@ async def test_a_second_process_waits_and_reads_the_entry(
     backing: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """A lock file on a directory; on S3 a lock object that a conditional put creates."""
-    location, started, go = str(tmp_path / "artifacts"), tmp_path / "started", tmp_path / "go"
-    connection = S3Connection()
-    if backing == "s3":
-        s3: SeaweedS3 = request.getfixturevalue("s3")
-        bucket: str = request.getfixturevalue("s3_bucket")
-        location = f"s3://{bucket}/artifacts"
-        connection = S3Connection(s3.endpoint_url, s3.access_key, s3.secret_key, s3.region)
+    started, go = tmp_path / "started", tmp_path / "go"
+    location, on_s3 = cache_location(request, tmp_path, "artifacts", on_s3=backing == "s3")
+    connection = on_s3 or S3Connection()
     other = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",

@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 from support.fakes.vision import fake_vision_server
+from support.s3 import cache_location
 
 from hevlayer.devstack import SeaweedS3
 from hevlayer.ingest import vision
@@ -349,13 +350,9 @@ async def test_a_second_process_waits_for_the_first(
     backing: str, request: pytest.FixtureRequest, tmp_path: Path, caches: list[TransformationCache]
 ) -> None:
     """A lock file on a directory, a lock object made by a conditional put on S3."""
-    location, started, go = str(tmp_path / "cache"), tmp_path / "started", tmp_path / "go"
-    connection = S3Connection()
-    if backing == "s3":
-        s3: SeaweedS3 = request.getfixturevalue("s3")
-        bucket: str = request.getfixturevalue("s3_bucket")
-        location = f"s3://{bucket}/transformations"
-        connection = S3Connection(s3.endpoint_url, s3.access_key, s3.secret_key, s3.region)
+    started, go = tmp_path / "started", tmp_path / "go"
+    location, on_s3 = cache_location(request, tmp_path, "transformations", on_s3=backing == "s3")
+    connection = on_s3 or S3Connection()
     other = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",

@@ -3,9 +3,13 @@ the keys a bucket holds."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from xml.etree import ElementTree
 
+import pytest
+
 from hevlayer.claimer.manifests import ObjectStore
+from hevlayer.common.s3 import S3Connection
 from hevlayer.devstack import SeaweedS3
 from hevlayer.gateway.settings import S3Settings
 
@@ -52,3 +56,16 @@ def bucket_keys(s3: SeaweedS3, bucket: str, prefix: str = "") -> list[str]:
 def pack_keys(s3: SeaweedS3, bucket: str, pipeline_id: str) -> list[str]:
     """The keys of one pipeline's pack objects."""
     return [k for k in bucket_keys(s3, bucket, f"pipelines/{pipeline_id}/") if k.endswith(".pack")]
+
+
+def cache_location(
+    request: pytest.FixtureRequest, tmp_path: Path, name: str, *, on_s3: bool
+) -> tuple[str, S3Connection | None]:
+    """Where a test keeps a cache named ``name``: a directory under ``tmp_path``, or (``on_s3``)
+    a prefix of the test's fresh bucket (the ``s3`` and ``s3_bucket`` fixtures) with the
+    connection to it."""
+    if not on_s3:
+        return str(tmp_path / name), None
+    s3: SeaweedS3 = request.getfixturevalue("s3")
+    bucket: str = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/{name}", S3Connection(s3.endpoint_url, s3.access_key, s3.secret_key, s3.region)
