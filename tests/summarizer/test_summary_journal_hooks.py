@@ -17,7 +17,7 @@ from hevlayer.summarizer.gates import Gate
 from hevlayer.summarizer.jobs import JobEvent, JobRunner, JobState, SubmitBatch
 from hevlayer.summarizer.journal import EVENTS_FILE, JobJournal
 from hevlayer.summarizer.providers import ChildInput, ExtractiveProvider, SummaryProvider
-from hevlayer.summarizer.staging import DocumentUpdate, MemoryStager, StagedSummary
+from hevlayer.summarizer.staging import DocumentUpdate, MemoryStager, StagedSummary, TrackingStager
 from hevlayer.summarizer.tree import ObjectSpec
 
 GUARD = 30.0  # hang guard for awaits, not a timing assertion
@@ -53,14 +53,12 @@ class CountingProvider(SummaryProvider):
         return await self.inner.summarize(children)
 
 
-class StagesStager(MemoryStager):
+class StagesStager(MemoryStager, TrackingStager):
     """An in-memory stager with the claimer's change stream: staging and the test's
     :meth:`move` append changes (a new fencing token each, like the claimer) to a log that
     :meth:`watch_documents` serves like ``WatchDocuments`` (a snapshot without a cursor, else the
     changes after it, or a snapshot again when the log was dropped). ``fail_after`` ends the
     next stream with an error after that many messages (a lost gateway)."""
-
-    tracks_indexing = True
 
     def __init__(self) -> None:
         super().__init__()

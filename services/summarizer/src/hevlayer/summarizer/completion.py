@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
 from hevlayer.common.errors import NotFound
-from hevlayer.summarizer.staging import DocumentUpdate, Stager, summary_document_id
+from hevlayer.summarizer.staging import DocumentUpdate, TrackingStager, summary_document_id
 
 log = logging.getLogger("hevlayer.summarizer.completion")
 
@@ -72,7 +72,7 @@ class CompletionTracker(Generic[J]):
 
     def __init__(
         self,
-        stager: Stager,
+        stager: TrackingStager,
         jobs: Callable[[], Iterable[J]],
         hook: Callable[[J, dict[str, str]], None],
         *,

@@ -19,14 +19,14 @@ import grpc
 
 from hevlayer.client import Client, ClientOptions, ServiceError, StageOutcome
 from hevlayer.common.errors import GOOGLE_RPC_CODE_NAMES
-from hevlayer.summarizer.staging import DocumentUpdate, StagedSummary, StageError, Stager
+from hevlayer.summarizer.staging import DocumentUpdate, StagedSummary, StageError, TrackingStager
 
 log = logging.getLogger("hevlayer.summarizer.staging")
 
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
-class GrpcStager(Stager):
+class GrpcStager(TrackingStager):
     """Stages through the gateway's StagingService with :class:`hevlayer.client.StagingClient`.
 
     StageDocuments is not retried by the client library (a stream's outcome is
@@ -36,8 +36,6 @@ class GrpcStager(Stager):
     retried up to ``max_attempts`` times with jittered exponential backoff (or
     the server's RetryInfo delay, when longer).
     """
-
-    tracks_indexing = True
 
     def __init__(
         self,

@@ -72,6 +72,7 @@ from hevlayer.summarizer.staging import (
     StagedSummary,
     StageError,
     Stager,
+    TrackingStager,
     summary_document_id,
 )
 from hevlayer.summarizer.tree import (
@@ -279,11 +280,12 @@ class JobRunner:
         self._closing = False
         self.journal = journal
         self.index_poll_seconds = index_poll_seconds
-        self.tracking = stager.tracks_indexing
-        """Whether summaries' indexing is tracked (the stager stages into a gateway)."""
-        self._tracker: CompletionTracker[Job] = CompletionTracker(
-            stager, self._jobs.values, self._indexed, retry_seconds=index_poll_seconds
+        self._tracker: CompletionTracker[Job] | None = (
+            CompletionTracker(stager, self._jobs.values, self._indexed, retry_seconds=index_poll_seconds)
+            if isinstance(stager, TrackingStager)
+            else None
         )
+        """Tracks summaries' indexing when the stager can (it stages into a gateway)."""
         self._journal_writer: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------
@@ -297,7 +299,7 @@ class JobRunner:
         if self.journal is not None:
             self._journal_writer = asyncio.create_task(self.journal.run(), name="summary-journal")
             self._tasks.append(self._journal_writer)
-        if self.tracking:
+        if self._tracker is not None:
             self._tasks.append(asyncio.create_task(self._tracker.run(), name="summary-tracker"))
         self._tasks.append(asyncio.create_task(self._dispatcher.run(), name="summary-dispatcher"))
         for n in range(self.workers):
@@ -409,7 +411,7 @@ class JobRunner:
     def settled(self, job: JobSnapshot) -> bool:
         """Every summary of the (ended) job is indexed or failed in the embedding tail, or
         indexing is not tracked."""
-        if not self.tracking:
+        if self._tracker is None:
             return True
         return job.indexed_directories + job.index_failed_directories >= job.summarized_directories
 
@@ -428,7 +430,7 @@ class JobRunner:
             yield JobEvent(first)
             if last(first) or self._closing:
                 return
-            if until_indexed:
+            if until_indexed and self._tracker is not None:
                 self._tracker.wake()
             while True:
                 event = await queue.get()
@@ -495,7 +497,8 @@ class JobRunner:
 
     def _forget(self, job: Job) -> None:
         del self._jobs[job.id]
-        self._tracker.forget(job)
+        if self._tracker is not None:
+            self._tracker.forget(job)
         metrics.JOBS.labels(job.state.value).dec()
         if self.journal is not None:
             self.journal.remove(job.id)
@@ -684,7 +687,7 @@ class JobRunner:
         text, outcome = await self.cache.get_or_compute(key, compute)
         staged = StagedSummary(job.pipeline_id, job.id, node.path, text, key)
         token = await self.stager.stage(staged)
-        if self.tracking:
+        if self._tracker is not None:
             self._tracker.staged(staged.document_id, token)
         record = SummaryRecord(
             text=text,
@@ -699,7 +702,7 @@ class JobRunner:
         if self.journal is not None:
             self.journal.record_summarized(job.id, node.path, record, outcome.reused)
         parent = job.tree.mark_summarized(node.path, record)
-        if self.tracking:
+        if self._tracker is not None:
             self._tracker.check(job, record.document_id)  # its change may have come first
         if outcome.reused:
             job.cache_hits += 1
@@ -720,7 +723,8 @@ class JobRunner:
             self._dispatcher.push(job.id, parent.path, parent.depth)
         if job.tree.finished:
             self._end(job, JobState.FAILED if job.tree.failed else JobState.SUCCEEDED)
-            self._tracker.wake()  # its watch ends once its summaries are settled
+            if self._tracker is not None:
+                self._tracker.wake()  # its watch ends once its summaries are settled
             log.info(
                 "job ended",
                 extra={

@@ -91,26 +91,26 @@ class DocumentUpdate:
 class Stager(abc.ABC):
     """Sends directory summaries into the embedding tail."""
 
-    tracks_indexing = False
-    """Whether :meth:`watch_documents` reports how staged summaries move through the
-    embedding tail."""
-
     @abc.abstractmethod
     async def stage(self, summary: StagedSummary) -> int:
         """Stage one summary and return its document's fencing token (0 if this stager has
         none); raise :class:`StageError` when it cannot be."""
 
+    async def close(self) -> None:
+        """Release connections."""
+        return None
+
+
+class TrackingStager(Stager):
+    """A stager that also reports how staged summaries move through the embedding tail (the
+    summarizer tracks their indexing only with one)."""
+
+    @abc.abstractmethod
     def watch_documents(self, pipeline_id: str, id_prefix: str, cursor: str) -> AsyncIterator[DocumentUpdate]:
         """The committed changes of the pipeline's documents under ``id_prefix``: a snapshot
         first without ``cursor``, else the changes after it (``StagingService.WatchDocuments``).
         Raises ``NotFound`` when the pipeline does not exist; any other error ends the stream
-        (the tracker watches again from its last cursor). Only stagers with
-        ``tracks_indexing`` implement it."""
-        raise NotImplementedError(f"{type(self).__name__} does not track indexing")
-
-    async def close(self) -> None:
-        """Release connections."""
-        return None
+        (the tracker watches again from its last cursor)."""
 
 
 @dataclass
