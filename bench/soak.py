@@ -47,6 +47,7 @@ from faults.kill_workload import (
     audit_bucket,
     audit_database,
     audit_index,
+    sweep_orphan_manifests,
     sweep_orphans,
 )
 from faults.killstack import PROCESSES, KillStack
@@ -211,6 +212,7 @@ async def soak(args: argparse.Namespace) -> int:
                 await asyncio.sleep(0.5)
             await workload.finish(timeout=600)
             await sweep_orphans(workload)
+            await sweep_orphan_manifests(workload)
             result = Audit()
             live = await audit_database(workload, result)
             await audit_bucket(workload, live, result)

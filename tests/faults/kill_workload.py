@@ -36,7 +36,7 @@ import asyncpg
 import grpc
 from faults.killstack import KillStack
 from grpc import aio
-from support.s3 import gateway_s3_settings
+from support.s3 import claimer_object_store, gateway_s3_settings
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.lease.v1 import lease_pb2, lease_pb2_grpc
@@ -709,6 +709,28 @@ def audit_index(workload: Workload, result: Audit) -> None:
         for key in sorted(set(expected) - set(rows)):
             result.lost += 1
             result.fail(f"{model.pipeline_id}: missing row {key[:2]}")
+
+
+async def sweep_orphan_manifests(workload: Workload) -> int:
+    """The claimer's sweep of segment manifests no segment row references, run in this process
+    with no age limit (the claimer's own sweep keeps manifests younger than
+    CLAIMER_MANIFEST_ORPHAN_AGE_SECONDS, 15 minutes): what a claimer killed between writing a
+    manifest and committing, or a COMMIT whose outcome could not be learned, left behind."""
+    from hevlayer.claimer.database import Database
+    from hevlayer.claimer.manifests import ManifestCache
+    from hevlayer.claimer.segment_garbage import ManifestGarbage
+
+    stack = workload.stack
+    db = Database(stack.dsn, min_size=1, max_size=2, timeout=10)
+    objects = claimer_object_store(stack.s3, stack.bucket)
+    await db.open()
+    await objects.open()
+    try:
+        garbage = ManifestGarbage(db, objects, ManifestCache(objects, 0))
+        return await garbage.sweep_unreferenced(min_age_seconds=0)
+    finally:
+        await objects.close()
+        await db.close()
 
 
 @asynccontextmanager

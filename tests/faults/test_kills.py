@@ -32,7 +32,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faults.kill_workload import Audit, Workload, audit_bucket, audit_database, audit_index, sweep_orphans
+from faults.kill_workload import (
+    Audit,
+    Workload,
+    audit_bucket,
+    audit_database,
+    audit_index,
+    sweep_orphan_manifests,
+    sweep_orphans,
+)
 from faults.killstack import PROCESSES, KillStack, descendants, process_name, wait_gone
 
 from hevlayer.devstack.ports import free_port
@@ -109,6 +117,7 @@ async def test_every_process_killed_mid_run_loses_nothing_and_leaves_nothing(kil
             events = await run_kills(kill_stack, workload, schedule)
             await workload.finish(timeout=600)
             swept = await sweep_orphans(workload)
+            swept_manifests = await sweep_orphan_manifests(workload)
 
             result = Audit()
             live_objects = await audit_database(workload, result)
@@ -126,7 +135,7 @@ async def test_every_process_killed_mid_run_loses_nothing_and_leaves_nothing(kil
                     for m in workload.pipelines.values()
                 ),
                 f"summarizer: {len(workload.job_ids)} jobs, {workload.job_submissions} submissions",
-                f"orphan packs swept: {swept}",
+                f"orphan packs swept: {swept}, orphan manifests swept: {swept_manifests}",
                 f"audited {result.documents} documents, {result.chunks} index rows: lost {result.lost}, "
                 f"stale {result.stale}, duplicated {result.duplicated}",
                 f"errors clients retried: {dict(workload.errors.codes)}",

@@ -83,7 +83,11 @@ async def build(
             region=settings.s3_region,
         )
         segments = SegmentQueue(
-            db, objects, ManifestCache(objects, settings.manifest_cache_ids), settings.segment_size
+            db,
+            objects,
+            ManifestCache(objects, settings.manifest_cache_ids),
+            settings.segment_size,
+            orphan_age_seconds=settings.manifest_orphan_age_seconds,
         )
     if segments is None and settings.default_queue_backend == "segment":
         log.warning(

@@ -19,6 +19,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import zstandard
@@ -109,6 +110,15 @@ def decode_manifest(data: bytes) -> Manifest:
     if len(ids) != count or (hashes is not None and len(hashes) != count):
         raise ValueError("manifest count does not match its contents")
     return Manifest(ids, hashes)
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object of a listing."""
+
+    key: str
+    last_modified: datetime
+    """When S3 says the object was written (timezone-aware)."""
 
 
 class ObjectStore:
@@ -215,8 +225,12 @@ class ObjectStore:
 
     async def list_keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix``."""
+        return [item.key for item in await self.list_objects(prefix)]
+
+    async def list_objects(self, prefix: str) -> list[StoredObject]:
+        """Every object under ``prefix`` with the time S3 says it was written."""
         client = self._require()
-        keys: list[str] = []
+        objects: list[StoredObject] = []
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
@@ -224,9 +238,11 @@ class ObjectStore:
                 kwargs["ContinuationToken"] = token
             async with self._errors("list"):
                 response = await client.list_objects_v2(**kwargs)
-            keys.extend(item["Key"] for item in response.get("Contents") or [])
+            objects.extend(
+                StoredObject(item["Key"], item["LastModified"]) for item in response.get("Contents") or []
+            )
             if not response.get("IsTruncated"):
-                return keys
+                return objects
             token = response.get("NextContinuationToken")
 
 

@@ -4,7 +4,14 @@ A transaction that orphans manifests (a split, a completed segment, a deleted pi
 them in ``segment_garbage`` and hands them to :meth:`ManifestGarbage.collect` after its commit;
 one that does not commit hands what it wrote to :meth:`ManifestGarbage.discard`. Both are the
 hooks :func:`hevlayer.claimer.txn.run` calls (:class:`~hevlayer.claimer.txn.ObjectCleanup`).
-Whatever a crash leaves behind is deleted by the sweeper.
+Whatever a crash leaves behind is deleted by the sweeper: the manifests recorded in
+``segment_garbage`` every minute, and, less often, every manifest of a segment pipeline that no
+segment row references once it is ``CLAIMER_MANIFEST_ORPHAN_AGE_SECONDS`` old. Those are the
+manifests of transactions that never committed and could not clean up: the claimer killed between
+its manifest PUT and its COMMIT, or PostgreSQL lost in the middle of a COMMIT and still unreachable
+when the claimer asked whether the commit happened. No transaction commits a manifest it wrote
+more than :data:`~hevlayer.claimer.txn.MAX_UNCOMMITTED_SECONDS` earlier, so an unreferenced
+manifest older than the orphan age will never be referenced.
 """
 
 from __future__ import annotations
@@ -12,11 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
 from hevlayer.claimer.database import Database
 from hevlayer.claimer.manifests import ManifestCache, ObjectStore, segment_id_of, segments_prefix
 from hevlayer.common.errors import ServiceError
+
+DEFAULT_ORPHAN_AGE_SECONDS = 900.0
+"""``CLAIMER_MANIFEST_ORPHAN_AGE_SECONDS``'s default (its least value is 300: five times the
+longest a writer may take to commit, with room for the commit itself and for the difference
+between the claimer's and S3's clocks)."""
 
 log = logging.getLogger("hevlayer.claimer.segments")  # the queue's logger, as before the split
 
@@ -24,10 +38,21 @@ log = logging.getLogger("hevlayer.claimer.segments")  # the queue's logger, as b
 class ManifestGarbage:
     """Deletes uncommitted and orphaned manifests (the transactions' cleanup hooks) and sweeps."""
 
-    def __init__(self, db: Database, store: ObjectStore, cache: ManifestCache) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: ObjectStore,
+        cache: ManifestCache,
+        *,
+        orphan_age_seconds: float = DEFAULT_ORPHAN_AGE_SECONDS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._db = db
         self.store = store
         self.cache = cache
+        self.orphan_age_seconds = orphan_age_seconds
+        """How old an unreferenced manifest must be before :meth:`sweep_unreferenced` deletes it."""
+        self._clock = clock
         self._sweeper: asyncio.Task[None] | None = None
 
     async def discard(self, keys: Sequence[str], *, outcome_unknown: bool = False) -> None:
@@ -81,15 +106,64 @@ class ManifestGarbage:
             await self.collect(keys)
         return len(keys)
 
+    async def sweep_unreferenced(self, min_age_seconds: float | None = None) -> int:
+        """Delete the manifests of every segment pipeline that no segment row references and that
+        are at least ``min_age_seconds`` old (default: :attr:`orphan_age_seconds`; 0 only where
+        nothing is being enqueued, as in an audit once a run is quiet); return how many."""
+        age = timedelta(seconds=self.orphan_age_seconds if min_age_seconds is None else min_age_seconds)
+        async with self._db.acquire() as conn:
+            pipelines = [
+                r[0] for r in await conn.fetch("SELECT id FROM pipelines WHERE queue_backend = 'segment'")
+            ]
+        deleted = 0
+        for pipeline_id in pipelines:
+            cutoff = self._clock() - age
+            old = [
+                o.key
+                for o in await self.store.list_objects(segments_prefix(pipeline_id))
+                if o.last_modified <= cutoff
+            ]
+            old = [key for key in old if segment_id_of(key) is not None]
+            if not old:
+                continue
+            async with self._db.acquire() as conn:
+                referenced = {
+                    r[0]
+                    for r in await conn.fetch(
+                        "SELECT manifest_key FROM queue_segments WHERE manifest_key = ANY($1::text[])", old
+                    )
+                }
+            orphans = [key for key in old if key not in referenced]
+            if orphans:
+                self.cache.forget(orphans)
+                await self.store.delete(orphans)
+                log.warning(
+                    "deleted %d manifests of pipeline %s that no segment references (left by a "
+                    "transaction that did not commit)",
+                    len(orphans),
+                    pipeline_id,
+                )
+                deleted += len(orphans)
+        return deleted
+
     def start_sweeper(self, interval: float = 60.0) -> None:
-        """Sweep garbage now and every ``interval`` seconds."""
+        """Sweep garbage now and every ``interval`` seconds; unreferenced manifests now and every
+        third of :attr:`orphan_age_seconds` (at least ``interval``)."""
+        orphan_interval = max(interval, self.orphan_age_seconds / 3)
 
         async def loop() -> None:
+            next_orphan_sweep = 0.0
             while True:
                 try:
                     await self.sweep()
                 except ServiceError as exc:
                     log.warning("garbage sweep failed: %s", exc)
+                if time.monotonic() >= next_orphan_sweep:
+                    try:
+                        await self.sweep_unreferenced()
+                        next_orphan_sweep = time.monotonic() + orphan_interval
+                    except ServiceError as exc:
+                        log.warning("sweep of unreferenced manifests failed: %s", exc)
                 await asyncio.sleep(interval)
 
         self._sweeper = asyncio.create_task(loop(), name="segment-garbage-sweeper")

@@ -135,7 +135,7 @@ class SegmentRows:
     ) -> str:
         """PUT one manifest, recorded in ``work`` for cleanup if the transaction fails."""
         key = manifest_key(pipeline_id, segment_id)
-        work.written.append(key)
+        work.writing(key)
         await self.cache.put(key, ids, hashes)
         return key
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 from hevlayer.claimer.database import Database
 from hevlayer.claimer.manifests import ManifestCache, ObjectStore
 from hevlayer.claimer.segment_claims import SegmentClaims
-from hevlayer.claimer.segment_garbage import ManifestGarbage
+from hevlayer.claimer.segment_garbage import DEFAULT_ORPHAN_AGE_SECONDS, ManifestGarbage
 from hevlayer.claimer.segment_rows import SegmentRows
 from hevlayer.claimer.segment_transitions import SegmentTransitions
 from hevlayer.common.errors import FailedPrecondition
@@ -47,9 +47,17 @@ from hevlayer.common.errors import FailedPrecondition
 class SegmentQueue:
     """The segmented queue of one claimer: its claim and transition halves over shared rows."""
 
-    def __init__(self, db: Database, store: ObjectStore, cache: ManifestCache, segment_size: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: ObjectStore,
+        cache: ManifestCache,
+        segment_size: int,
+        *,
+        orphan_age_seconds: float = DEFAULT_ORPHAN_AGE_SECONDS,
+    ) -> None:
         self.rows = SegmentRows(db, cache, segment_size)
-        self.garbage = ManifestGarbage(db, store, cache)
+        self.garbage = ManifestGarbage(db, store, cache, orphan_age_seconds=orphan_age_seconds)
         """The cleanup hooks every transaction that may write manifests passes to
         :func:`hevlayer.claimer.txn.run`; and the sweeper."""
         self.claims = SegmentClaims(self.rows, self.garbage)

@@ -78,6 +78,14 @@ class ClaimerSettings:
         "Ids of decoded segment manifests kept in memory (manifests are immutable; 0 disables the cache).",
         1_000_000,
     )
+    manifest_orphan_age_seconds: float = setting(
+        "CLAIMER_MANIFEST_ORPHAN_AGE_SECONDS",
+        "Age after which a segment manifest no segment row references is deleted (what a claimer killed "
+        "between writing a manifest and committing leaves). At least 300: a transaction that wrote a "
+        "manifest more than 60 s earlier is retried instead of committed, and the claimer's and S3's "
+        "clocks may differ.",
+        900.0,
+    )
     s3_endpoint_url: str = setting(
         "S3_ENDPOINT_URL", "S3 endpoint for segment manifests; empty means AWS's default endpoint.", ""
     )
@@ -149,6 +157,8 @@ class ClaimerSettings:
             raise ConfigError("PIPELINE_SEGMENT_SIZE: must be between 1 and 1000000")
         if self.manifest_cache_ids < 0:
             raise ConfigError("CLAIMER_MANIFEST_CACHE_IDS: must be >= 0")
+        if self.manifest_orphan_age_seconds < 300:
+            raise ConfigError("CLAIMER_MANIFEST_ORPHAN_AGE_SECONDS: must be >= 300")
         if self.change_retention_seconds < 1:
             raise ConfigError("CLAIMER_CHANGE_RETENTION_SECONDS: must be >= 1")
         if self.max_watches < 1:

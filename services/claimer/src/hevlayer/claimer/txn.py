@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -82,6 +83,14 @@ async def pipeline_config(
     return PipelineConfig(**dict(row))
 
 
+MAX_UNCOMMITTED_SECONDS = 60.0
+"""Longest time from an attempt's first manifest write to its commit. An attempt past it is
+started over instead of committed, so a manifest no row references once it is older than this
+(plus the commit's own time) is one no transaction will ever reference: the sweeper of
+:class:`~hevlayer.claimer.segment_garbage.ManifestGarbage` deletes such manifests once they are
+``CLAIMER_MANIFEST_ORPHAN_AGE_SECONDS`` old (at least five times this)."""
+
+
 @dataclass
 class Work:
     """Side effects of one transaction attempt."""
@@ -90,6 +99,25 @@ class Work:
     """Manifests written during the attempt (deleted if it does not commit)."""
     garbage: list[str] = field(default_factory=list)
     """Manifests orphaned by the attempt (recorded in segment_garbage; deleted after commit)."""
+    first_write: float | None = None
+    """``time.monotonic()`` when the attempt began writing its first manifest."""
+
+    def writing(self, key: str) -> None:
+        """Record a manifest about to be written (before its PUT: a PUT that fails may still
+        have written it)."""
+        if self.first_write is None:
+            self.first_write = time.monotonic()
+        self.written.append(key)
+
+    def check_age(self) -> None:
+        """Just before the commit: :class:`RetryTransaction` if the attempt's first manifest was
+        written more than :data:`MAX_UNCOMMITTED_SECONDS` ago (the orphan sweeper may count it
+        as abandoned by then)."""
+        if self.first_write is not None and time.monotonic() - self.first_write > MAX_UNCOMMITTED_SECONDS:
+            raise RetryTransaction(
+                f"{len(self.written)} manifests written more than "
+                f"{MAX_UNCOMMITTED_SECONDS:.0f} s before the commit"
+            )
 
 
 class ObjectCleanup(Protocol):
@@ -119,6 +147,7 @@ async def run(
         try:
             async with db.transaction() if transaction else db.acquire() as conn:
                 result = await body(conn, work)
+                work.check_age()
         except BaseException as exc:
             if work.written and cleanup is not None:
                 # A lost connection may have lost only COMMIT's answer, not the commit.
