@@ -33,6 +33,7 @@ from hevlayer.devstack import (
     health_status,
 )
 from hevlayer.devstack.__main__ import up
+from hevlayer.devstack.ports import ephemeral_range
 from hevlayer.devstack.testing import ServiceFactory, health_stub_argv
 
 
@@ -67,6 +68,20 @@ def test_free_ports_are_distinct_and_bindable() -> None:
     assert len(set(ports)) == 5
     assert all(1024 <= port < 65536 for port in ports)
     assert free_port(exclude=ports) not in ports
+
+
+def test_free_ports_lie_outside_the_ephemeral_range() -> None:
+    """A server restarted on its port must find it free: no outgoing connection can take a port
+    outside the range the kernel picks local ports from."""
+    low, high = ephemeral_range()
+    ports = free_ports(50)
+    assert not [port for port in ports if low <= port <= high]
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", ports[0]))
+        listener.listen()
+        with socket.create_connection(("127.0.0.1", ports[0])) as outgoing:
+            # the range read is the one the kernel gives outgoing connections their ports from
+            assert low <= outgoing.getsockname()[1] <= high
 
 
 # -- PostgreSQL --------------------------------------------------------------------
