@@ -65,7 +65,7 @@ def test_add_stages_changed_files_only_and_removes_deleted_ones(
     state = documents(cli_stack, pipeline)
     assert sorted(state) == SUPPORTED
     assert all(d.stage == "pending" and d.chunk_count >= 1 for d in state.values()), state
-    assert state["orbit.py"].content_hash.endswith(";code/1")
+    assert state["orbit.py"].content_hash.endswith(";code/2")
 
     again = add(cli_stack, pipeline, tree)
     assert again.returncode == 0, again

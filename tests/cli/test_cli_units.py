@@ -58,7 +58,7 @@ def test_examine_reports_kind_hash_or_reason(tmp_path: Path) -> None:
     assert isinstance(entry, FileEntry)
     assert (entry.kind, entry.name) == ("code", "orbit.py")
     assert entry.content_hash.startswith("sha256:")
-    assert entry.content_hash.endswith(";code/1")
+    assert entry.content_hash.endswith(";code/2")
     assert entry.document_id == paths["orbit.py"].as_posix()
     kinds = {name: getattr(examine(path, roots), "kind", None) for name, path in paths.items()}
     assert kinds == {
@@ -109,7 +109,7 @@ def test_extract_reads_chunks_or_says_why(tmp_path: Path) -> None:
     good = extract(paths["guide.md"].as_posix(), roots, Budget())
     assert good.document is not None
     assert good.kind == "markdown"
-    assert good.document.content_hash.endswith(";markdown/1")
+    assert good.document.content_hash.endswith(";markdown/2")
     assert good.document.chunks[0].metadata["path"] == "guide.md"
     repeated = extract(paths["guide.md"].as_posix(), roots, Budget()).document
     assert repeated is not None

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from support.cli import assert_covers, assert_within_budget, chunk_spans
 
 from hevlayer.ingest.producers import Budget, Source, select_producer
-from hevlayer.ingest.producers.base import TokenIndex, split_text
+from hevlayer.ingest.producers.base import split_text
 from hevlayer.ingest.producers.html import extract
 from hevlayer.ingest.producers.table import json_rows, render
 
@@ -45,7 +45,7 @@ budgets = st.builds(
 def check_spans(text: str, spans: list[tuple[int, int]], budget: Budget) -> None:
     assert_covers(text, spans)
     assert_within_budget(text, spans, budget)
-    index = TokenIndex(text)
+    index = budget.index(text)
     for start, end in spans:
         assert start < end
         assert not text[start].isspace(), "bodies are trimmed"

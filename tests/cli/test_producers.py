@@ -92,8 +92,8 @@ def test_a_new_kind_is_one_producer_and_one_registration(monkeypatch: pytest.Mon
 
 def test_content_hash_is_sha256_of_the_bytes_and_names_the_producer() -> None:
     value = content_hash(b"abc", select_producer("text"))
-    assert value == "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad;text/1"
-    assert content_hash(b"abc", select_producer("code")).endswith(";code/1")
+    assert value == "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad;text/2"
+    assert content_hash(b"abc", select_producer("code")).endswith(";code/2")
 
 
 def test_decoding_never_fails() -> None:

@@ -85,7 +85,7 @@ def test_every_image_format_is_detected_by_extension_and_by_magic_bytes(tmp_path
         entry = examine(path, [Root.of(tmp_path)])
         assert isinstance(entry, FileEntry), entry
         assert entry.kind == "image"
-        assert entry.content_hash.endswith(";image/1")
+        assert entry.content_hash.endswith(";image/2")
 
 
 # -- the offline default: tesseract OCR + metadata ---------------------------------------------------

@@ -278,7 +278,7 @@ def test_a_csv_has_a_schema_chunk_with_inferred_types() -> None:
     assert (schema.metadata["column_count"], schema.metadata["rows"]) == (6, 3)
     assert schema.metadata["columns"] == "station, depth, active, installed, reading_at, note"
     assert rows[0].body.startswith("station: north; depth: 12")
-    assert select_producer("table").version == 2, "new chunks for the same input: a new version"
+    assert select_producer("table").version == 3, "new chunks for the same input: a new version"
     integers = produce("table", "n.csv", b"n\n1\n-2\n3,000\n")[-1]
     assert integers.body == "n: integer"
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hevlayer.ingest.producers import Budget, Chunk
-from hevlayer.ingest.producers.base import TokenIndex
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 """Control characters other than tab and newline (ANSI escapes start with \\x1b)."""
@@ -65,7 +64,8 @@ def assert_covers(text: str, spans: Sequence[tuple[int, int]]) -> None:
 
 
 def assert_within_budget(text: str, spans: Sequence[tuple[int, int]], budget: Budget) -> None:
-    index = TokenIndex(text)
+    """No span has more characters or tokens (the budget's, counted in the whole text) than allowed."""
+    index = budget.index(text)
     for start, end in spans:
         assert end - start <= budget.max_chars, (start, end)
         assert index.count(start, end) <= budget.max_tokens, (start, end, index.count(start, end))

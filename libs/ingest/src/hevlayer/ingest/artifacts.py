@@ -119,7 +119,10 @@ def text_token(producer: Producer) -> str:
 def chunks_token(producer: Producer, budget: Budget, name: str) -> str:
     """Token of an object's chunks: the producer's version, the budget and the display name
     (the context lines carry the name, so two files with the same bytes differ)."""
-    shape = f"{budget.max_tokens},{budget.overlap_tokens},{budget.max_chars},{budget.max_rows}"
+    shape = (
+        f"{budget.max_tokens},{budget.overlap_tokens},{budget.max_chars},{budget.max_rows},"
+        f"{budget.tokenizer},{budget.text_limit}"
+    )
     named = hashlib.blake2b(name.encode(errors="surrogatepass"), digest_size=8).hexdigest()
     return f"chunks/{version_token(producer)}/{shape}/{named}"
 

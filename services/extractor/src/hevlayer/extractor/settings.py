@@ -88,12 +88,15 @@ class ExtractorSettings:
         64 * 1024 * 1024,
     )
     chunk_max_tokens: int = setting(
-        "EXTRACTOR_CHUNK_MAX_TOKENS", "Most tokens in one chunk body (hevlayer add --max-tokens).", 200
+        "EXTRACTOR_CHUNK_MAX_TOKENS",
+        "Most embedding-model tokens in one chunk body (hevlayer add --max-tokens); the model's 256-token"
+        " window, less the chunk's context line, caps it.",
+        256,
     )
     chunk_overlap_tokens: int = setting(
         "EXTRACTOR_CHUNK_OVERLAP_TOKENS",
-        "Most tokens two consecutive chunk bodies share (hevlayer add --overlap).",
-        24,
+        "Most embedding-model tokens two consecutive chunk bodies share (hevlayer add --overlap).",
+        28,
     )
     http_timeout_seconds: float = setting(
         "EXTRACTOR_HTTP_TIMEOUT_SECONDS", "Deadline of one GET of an http(s):// object.", 60.0

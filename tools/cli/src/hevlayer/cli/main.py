@@ -377,9 +377,19 @@ def print_summary(output: Output, summary: AddSummary) -> None:
 @click.option("--include-hidden", is_flag=True, help="Also add dot-files and dot-directories.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out matching files and directories.")
 @click.option(
-    "--max-tokens", default=200, show_default=True, type=click.IntRange(16, 2000), help="Chunk size."
+    "--max-tokens",
+    default=256,
+    show_default=True,
+    type=click.IntRange(16, 2000),
+    help="Chunk size in the embedding model's tokens (a chunk and its context line fit the model's 256).",
 )
-@click.option("--overlap", default=24, show_default=True, type=click.IntRange(0, 500), help="Chunk overlap.")
+@click.option(
+    "--overlap",
+    default=28,
+    show_default=True,
+    type=click.IntRange(0, 500),
+    help="Chunk overlap in model tokens.",
+)
 @click.option(
     "--queue",
     type=click.Choice(list(_QUEUES)),

@@ -4,40 +4,60 @@ A producer turns one object (a file's bytes) into chunks. Everything here is
 transport-free and deterministic: the same bytes, path and budget always give
 the same chunks with the same ids.
 
+Budgets count tokens of a :class:`~hevlayer.ingest.tokenizer.TokenCounter`:
+by default the embedding model's own WordPiece tokens (all-MiniLM-L6-v2 reads
+at most 256, ``[CLS]`` and ``[SEP]`` included, and drops the rest), so that
+what is embedded is what the model sees; ``Budget(tokenizer="regex")`` counts
+``TOKEN`` units instead and sets no limit on the embedded text.
+
 Spans. Text-like producers cut a *text* (the decoded file, one PDF page, the
 text extracted from HTML, the rendered rows of a table) into chunk *bodies*
 that are slices ``text[start:end]``. The splitter guarantees:
 
 - every non-whitespace character of the text lies in at least one body (only
   whitespace between units is dropped);
-- each body has at most ``budget.max_tokens`` tokens and
-  ``budget.max_chars`` characters;
+- each body has at most ``budget.max_tokens`` tokens (counted in the whole
+  text's tokenization) and ``budget.max_chars`` characters;
 - two consecutive bodies share at most ``budget.overlap_tokens`` tokens.
+
+It cuts between paragraphs, else between lines, else between words (what the
+model tokenizes on its own), and only a word too long for the budget on its
+own is cut between its tokens (or, past ``max_chars``, its characters).
 
 The embedded ``Chunk.text`` is a short context line (file, heading, module
 docstring) followed by the body, so that a chunk of ``argparse.py`` knows it
-is about argparse even when its body never says so.
+is about argparse even when its body never says so. With the model's
+tokenizer the embedded text fits the model: producers split each text with
+``budget.for_head(...)``, the budget left for bodies under their context line
+(``max_text_tokens`` minus ``[CLS]``/``[SEP]`` and the line's tokens), and
+:func:`build_chunks` counts every embedded text and, should one still be over
+(a body cut inside a word can tokenize longer on its own; a context line
+longer than half the window), shortens its context line, never its body. So
+no chunk's embedded text has more than ``max_text_tokens`` model tokens unless
+its body alone has (a word longer than ``max_chars`` cut between characters).
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import re
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
+
+from hevlayer.ingest.tokenizer import COUNTERS, MINILM, REGEX, TokenCounter
+from hevlayer.ingest.tokenizer import TOKEN as TOKEN
 
 Scalar = str | int | float | bool
 Metadata = dict[str, Scalar]
 
-TOKEN = re.compile(r"\w{1,10}|[^\w\s]")
-"""A token-ish unit: a run of at most 10 word characters, or one other
-non-whitespace character. Close to a subword tokenizer's count for prose and
-code, and it bounds a token's length, so a budget in tokens bounds characters."""
+MODEL_MAX_TOKENS = 256
+"""The embedding model's window: all-MiniLM-L6-v2 reads at most this many tokens, [CLS] and [SEP] included."""
 
 _BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
 _MAX_CONTEXT_CHARS = 240
@@ -71,16 +91,22 @@ PACKAGE_ERRORS: tuple[type[Exception], ...] = (
 
 @dataclass(frozen=True)
 class Budget:
-    """Size limits of one chunk body."""
+    """Size limits of one chunk, in the tokens of ``tokenizer``."""
 
-    max_tokens: int = 200
-    """Most tokens (see ``TOKEN``) in one body."""
-    overlap_tokens: int = 24
+    max_tokens: int = MODEL_MAX_TOKENS
+    """Most tokens in one body (with the model's tokenizer, also what the window leaves: ``for_head``)."""
+    overlap_tokens: int = 28
     """Most tokens two consecutive bodies of one text share."""
-    max_chars: int = 2000
+    max_chars: int = 2560
     """Most characters in one body."""
     max_rows: int = 20
     """Most table rows in one chunk."""
+    tokenizer: str = MINILM.name
+    """What counts tokens: ``minilm`` (the embedding model's WordPiece tokens) or ``regex``
+    (``TOKEN`` units)."""
+    max_text_tokens: int | None = None
+    """Most model tokens in one embedded text, [CLS] and [SEP] included; None: the model's window
+    (``MODEL_MAX_TOKENS``) with the model's tokenizer, no limit with ``regex``."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -91,9 +117,56 @@ class Budget:
             raise ValueError("max_chars must be at least 16")
         if self.max_rows < 1:
             raise ValueError("max_rows must be at least 1")
+        if self.tokenizer not in COUNTERS:
+            raise ValueError(
+                f"tokenizer must be one of {', '.join(sorted(COUNTERS))}, not {self.tokenizer!r}"
+            )
+        if self.max_text_tokens is not None:
+            if self.counter.special_tokens == 0:
+                raise ValueError(f"max_text_tokens needs the model's tokenizer ({MINILM.name!r})")
+            if self.max_text_tokens < 2 * (self.counter.special_tokens + 1):
+                raise ValueError(f"max_text_tokens must be at least {2 * (self.counter.special_tokens + 1)}")
+
+    @property
+    def counter(self) -> TokenCounter:
+        """The token counter named by ``tokenizer``."""
+        return COUNTERS[self.tokenizer]
+
+    @property
+    def text_limit(self) -> int:
+        """Most tokens of one embedded text, special tokens included; 0: no limit."""
+        if self.max_text_tokens is not None:
+            return self.max_text_tokens
+        return MODEL_MAX_TOKENS if self.counter.special_tokens else 0
+
+    def index(self, text: str) -> TokenIndex:
+        """The token index of ``text`` in this budget's tokens."""
+        return TokenIndex(text, self.counter)
+
+    def for_head(self, context: str = "", span_context: str = "", title: str = "") -> Budget:
+        """The budget of bodies embedded after this context line (as :func:`build_chunks` writes it).
+
+        Without a text limit, this budget. With one, ``max_tokens`` is what the window leaves
+        (the limit less the special tokens and the line's tokens), at most this budget's, and
+        at least half the window (a longer line is shortened by ``build_chunks``); the overlap
+        stays below it.
+        """
+        limit = self.text_limit
+        if not limit:
+            return self
+        room = limit - self.counter.special_tokens
+        head = head_line(context, span_context, title)
+        body = min(self.max_tokens, max(room // 2, room - (self.counter.count(head) if head else 0)))
+        if body == self.max_tokens:
+            return self
+        return replace(self, max_tokens=body, overlap_tokens=min(self.overlap_tokens, body - 1))
 
 
 DEFAULT_BUDGET = Budget()
+"""The model's WordPiece tokens: bodies as long as the window leaves, a 28-token overlap."""
+REGEX_BUDGET = Budget(max_tokens=200, overlap_tokens=24, max_chars=2000, tokenizer=REGEX.name)
+"""The budget before the model's tokens were counted: 200 ``TOKEN`` units, a 24-unit overlap,
+no limit on the embedded text (for a caller that cannot load the tokenizer)."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +305,12 @@ class LineIndex:
         return -1
 
 
+def head_line(context: str = "", span_context: str = "", title: str = "") -> str:
+    """The context line(s) a chunk's embedded text starts with: the producer's context, the span's,
+    its title (on one line), each on its own line."""
+    return "\n".join(part for part in (context, span_context, one_line(title) if title else "") if part)
+
+
 def build_chunks(
     text: str,
     spans: Iterable[Span],
@@ -243,11 +322,13 @@ def build_chunks(
     first_ordinal: int = 0,
     locator: str = "",
     metadata: Metadata | None = None,
+    budget: Budget | None = None,
 ) -> list[Chunk]:
     """Chunks of the given body spans of ``text``, with ids and metadata.
 
     ``context`` starts every chunk's text; a span's title is added after it.
-    ``lines``, when given, adds ``line`` and ``end_line``.
+    ``lines``, when given, adds ``line`` and ``end_line``. With a ``budget`` that limits the
+    embedded text, a context line that would take it over the limit is shortened.
     """
     chunks: list[Chunk] = []
     for offset, span in enumerate(spans):
@@ -263,9 +344,8 @@ def build_chunks(
             meta["end_line"] = lines.line(max(span.start, span.end - 1))
         meta.update(span.extra)
         meta["snippet"] = one_line(body, SNIPPET_CHARS)
-        title = one_line(span.title) if span.title else ""
-        head = [part for part in (context, span.context, title) if part]
-        embedded = "\n".join([*head, body]) if head else body
+        head = head_line(context, span.context, span.title)
+        embedded = f"{head}\n{body}" if head else body
         chunks.append(
             Chunk(
                 id=chunk_id(ordinal, body, f"{locator}:{span.start}"),
@@ -275,22 +355,44 @@ def build_chunks(
                 metadata=meta,
             )
         )
+    if budget is not None and budget.text_limit and chunks:
+        chunks = _fit_heads(chunks, budget)
     return chunks
+
+
+def _fit_heads(chunks: list[Chunk], budget: Budget) -> list[Chunk]:
+    """``chunks`` with each embedded text within ``budget.text_limit`` tokens: a context line that
+    takes it over is cut to the tokens the body leaves (none if the body alone fills the window)."""
+    counter = budget.counter
+    room = budget.text_limit - counter.special_tokens
+    fitted: list[Chunk] = []
+    for chunk, tokens in zip(chunks, counter.counts([c.text for c in chunks]), strict=True):
+        head = chunk.text[: len(chunk.text) - len(chunk.body)].removesuffix("\n")
+        if tokens <= room or not head:
+            fitted.append(chunk)
+            continue
+        kept = counter.prefix(head, room - counter.count(chunk.body))
+        fitted.append(replace(chunk, text=f"{kept}\n{chunk.body}" if kept else chunk.body))
+    return fitted
 
 
 # -- the splitter ----------------------------------------------------------------------------------
 
 
 class TokenIndex:
-    """Token offsets of one text, to count the tokens of any slice in O(log n)."""
+    """Token offsets of one text, to count the tokens of any slice in O(log n).
 
-    def __init__(self, text: str) -> None:
+    The text is tokenized once, whole, by ``counter`` (``TOKEN`` units by default; a budget's
+    index counts its tokenizer's: ``Budget.index``).
+    """
+
+    def __init__(self, text: str, counter: TokenCounter = REGEX) -> None:
         self.text = text
-        self.starts: list[int] = []
-        self.ends: list[int] = []
-        for match in TOKEN.finditer(text):
-            self.starts.append(match.start())
-            self.ends.append(match.end())
+        tokens = counter.tokens(text)
+        self.starts: list[int] = tokens.starts
+        self.ends: list[int] = tokens.ends
+        self.words: list[int] = tokens.words
+        """Offsets where words start (what the tokenizer tokenizes on its own)."""
 
     def count(self, start: int, end: int) -> int:
         """Tokens lying wholly inside ``text[start:end]``."""
@@ -331,22 +433,41 @@ def _pieces(text: str, start: int, end: int, separator: re.Pattern[str]) -> list
 _NEWLINE = re.compile("\n")
 
 
+def _cut(text: str, start: int, end: int, cuts: Sequence[int]) -> list[tuple[int, int]]:
+    """Trimmed, non-empty pieces of ``text[start:end]`` cut at the sorted offsets ``cuts``."""
+    first = bisect.bisect_right(cuts, start)
+    last = bisect.bisect_left(cuts, end)
+    bounds = [start, *cuts[first:last], end]
+    return [piece for s, e in itertools.pairwise(bounds) if (piece := trim(text, s, e))]
+
+
 def _units(index: TokenIndex, start: int, end: int, budget: Budget) -> list[tuple[int, int]]:
-    """Pieces that each fit the budget: paragraphs, else their lines, else single tokens."""
+    """Pieces that each fit the budget: paragraphs, else their lines, else their words, else a
+    word's tokens, else (a token longer than ``max_chars``) its characters."""
 
     def fits(s: int, e: int) -> bool:
         return e - s <= budget.max_chars and index.count(s, e) <= budget.max_tokens
 
+    text = index.text
     units: list[tuple[int, int]] = []
-    for paragraph in _pieces(index.text, start, end, _BLANK_LINE):
+    for paragraph in _pieces(text, start, end, _BLANK_LINE):
         if fits(*paragraph):
             units.append(paragraph)
             continue
-        for line in _pieces(index.text, paragraph[0], paragraph[1], _NEWLINE):
+        for line in _pieces(text, paragraph[0], paragraph[1], _NEWLINE):
             if fits(*line):
                 units.append(line)
-            else:
-                units.extend(index.tokens_in(*line))
+                continue
+            for word in _cut(text, *line, index.words):
+                if fits(*word):
+                    units.append(word)
+                    continue
+                for token in _cut(text, *word, index.starts):
+                    if fits(*token):
+                        units.append(token)
+                        continue
+                    cuts = range(token[0] + budget.max_chars, token[1], budget.max_chars)
+                    units.extend(_cut(text, *token, cuts))
     return units
 
 
@@ -384,6 +505,6 @@ def split_text(
     index: TokenIndex | None = None,
 ) -> list[tuple[int, int]]:
     """Bodies ``(start, end)`` of ``text[start:end]``: paragraphs packed up to the budget."""
-    index = index if index is not None else TokenIndex(text)
+    index = index if index is not None else budget.index(text)
     stop = len(text) if end is None else end
     return group(index, _units(index, start, stop, budget), budget)

@@ -22,7 +22,6 @@ from hevlayer.ingest.producers.base import (
     Producer,
     Source,
     Span,
-    TokenIndex,
     build_chunks,
     decode_text,
     display_name,
@@ -145,20 +144,29 @@ def _keyword(node: ast.stmt) -> str:
 
 
 class _PythonSplitter:
-    def __init__(self, text: str, budget: Budget) -> None:
+    def __init__(self, text: str, budget: Budget, head: str) -> None:
         self.text = text
         self.budget = budget
-        self.index = TokenIndex(text)
+        self.head = head
+        self.index = budget.index(text)
         self.lines = LineIndex(text)
         self.source_lines = text.split("\n")
+        self._within: dict[tuple[str, str], Budget] = {}
+
+    def within(self, context: str, title: str) -> Budget:
+        """The budget of a body embedded after the file's line, ``context`` and ``title``."""
+        key = (context, title)
+        if key not in self._within:
+            self._within[key] = self.budget.for_head(self.head, context, title)
+        return self._within[key]
 
     def offset(self, line: int) -> int:
         """Offset of 1-based ``line``; the text's end past the last line."""
         value = self.lines.offset(line)
         return len(self.text) if value < 0 else value
 
-    def fits(self, start: int, end: int) -> bool:
-        return end - start <= self.budget.max_chars and self.index.count(start, end) <= self.budget.max_tokens
+    def fits(self, start: int, end: int, within: Budget) -> bool:
+        return end - start <= within.max_chars and self.index.count(start, end) <= within.max_tokens
 
     def start_line(self, node: ast.stmt, floor: int) -> int:
         """First line of a statement: its decorators and the comment block right above it."""
@@ -197,7 +205,7 @@ class _PythonSplitter:
 
     def plain(self, first_line: int, last_line: int, title: str, context: str) -> list[Unit]:
         start, end = self.offset(first_line), self.offset(last_line + 1)
-        bodies = split_text(self.text, self.budget, start, end, self.index)
+        bodies = split_text(self.text, self.within(context, title), start, end, self.index)
         return [Unit(s, e, title, context, mergeable=len(bodies) == 1) for s, e in bodies]
 
     def definition(
@@ -208,7 +216,7 @@ class _PythonSplitter:
         if span is None:
             return []
         name = f"{prefix}{node.name}"
-        if self.fits(*span):
+        if self.fits(*span, self.within(context, name)):
             return [Unit(span[0], span[1], name, context)]
         if isinstance(node, ast.ClassDef) and any(isinstance(n, _DEFINITIONS) for n in node.body):
             doc = ast.get_docstring(node, clean=True) or ""
@@ -220,8 +228,9 @@ class _PythonSplitter:
             units = self.plain(first_line, header_end, f"class {name}", context)
             units.extend(self.units(node.body, header_end + 1, last_line, f"{name}.", inner))
             return units
-        bodies = split_text(self.text, self.budget, span[0], span[1], self.index)
-        return [Unit(s, e, f"{_keyword(node)} {name}", context, mergeable=False) for s, e in bodies]
+        title = f"{_keyword(node)} {name}"
+        bodies = split_text(self.text, self.within(context, title), span[0], span[1], self.index)
+        return [Unit(s, e, title, context, mergeable=False) for s, e in bodies]
 
     def merge(self, units: list[Unit]) -> list[Span]:
         """Neighbouring small units packed into one span while they fit (never across contexts)."""
@@ -229,39 +238,45 @@ class _PythonSplitter:
         i = 0
         while i < len(units):
             j = i + 1
+            titles = [units[i].title] if units[i].title else []
             if units[i].mergeable:
-                while (
-                    j < len(units)
-                    and units[j].mergeable
-                    and units[j].context == units[i].context
-                    and self.fits(units[i].start, units[j].end)
-                ):
+                while j < len(units) and units[j].mergeable and units[j].context == units[i].context:
+                    joined = (
+                        titles
+                        if units[j].title in titles or not units[j].title
+                        else [*titles, units[j].title]
+                    )
+                    if not self.fits(
+                        units[i].start, units[j].end, self.within(units[i].context, ", ".join(joined))
+                    ):
+                        break
+                    titles = joined
                     j += 1
-            titles: list[str] = []
-            for unit in units[i:j]:
-                if unit.title and unit.title not in titles:
-                    titles.append(unit.title)
             spans.append(Span(units[i].start, units[j - 1].end, ", ".join(titles), units[i].context))
             i = j
         return spans
 
 
-def python_spans(text: str, budget: Budget) -> tuple[list[Span], str] | None:
-    """Spans of a Python text and its module docstring; None if it does not parse."""
+def python_spans(text: str, budget: Budget, label: str = "") -> tuple[list[Span], str] | None:
+    """Spans of a Python text and the file's context line (``label``, with the first paragraph of
+    the module docstring if any); None if it does not parse."""
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
-    splitter = _PythonSplitter(text, budget)
+    docstring = ast.get_docstring(tree, clean=True) or ""
+    head = f"{label}: {one_line(first_paragraph(docstring), 200)}" if docstring else label
+    splitter = _PythonSplitter(text, budget, head)
     last_line = text.count("\n") + 1
     units = splitter.units(tree.body, 1, last_line, "", "")
-    return splitter.merge(units), ast.get_docstring(tree, clean=True) or ""
+    return splitter.merge(units), head
 
 
 class CodeProducer(Producer):
     """Source files of programming languages."""
 
     kind = "code"
+    version = 2  # 2: budgets in the embedding model's tokens
     extensions = tuple(LANGUAGES)
     filenames = tuple(FILENAMES)
 
@@ -272,14 +287,12 @@ class CodeProducer(Producer):
         text = decode_text(source.data)
         language = language_of(source.name, source.data[:256]) or "text"
         label = display_name(source.name)
-        context = label
-        parsed = python_spans(text, budget) if language == "python" else None
+        parsed = python_spans(text, budget, label) if language == "python" else None
         if parsed is not None:
-            spans, docstring = parsed
-            if docstring:
-                context = f"{label}: {one_line(first_paragraph(docstring), 200)}"
+            spans, context = parsed
         else:
-            spans = [Span(s, e) for s, e in split_text(text, budget)]
+            context = label
+            spans = [Span(s, e) for s, e in split_text(text, budget.for_head(context))]
         return build_chunks(
             text,
             spans,
@@ -288,4 +301,5 @@ class CodeProducer(Producer):
             context=context,
             lines=LineIndex(text),
             metadata={"language": language},
+            budget=budget,
         )

@@ -14,7 +14,6 @@ from hevlayer.ingest.producers.base import (
     Producer,
     Source,
     Span,
-    TokenIndex,
     build_chunks,
     decode_text,
     display_name,
@@ -137,6 +136,7 @@ class HtmlProducer(Producer):
     """HTML pages."""
 
     kind = "html"
+    version = 2  # 2: budgets in the embedding model's tokens
     extensions = (".html", ".htm", ".xhtml")
 
     def sniff(self, head: bytes) -> bool:
@@ -145,16 +145,18 @@ class HtmlProducer(Producer):
 
     def produce(self, source: Source, budget: Budget = DEFAULT_BUDGET) -> list[Chunk]:
         page = extract(decode_text(source.data))
-        index = TokenIndex(page.text)
+        index = budget.index(page.text)
+        context = display_name(source.name) + (f": {page.title}" if page.title else "")
         spans: list[Span] = []
         for start, end, path in page.sections:
             title = " > ".join(path)
-            spans.extend(Span(s, e, title) for s, e in split_text(page.text, budget, start, end, index))
-        context = display_name(source.name) + (f": {page.title}" if page.title else "")
+            within = budget.for_head(context, title=title)
+            spans.extend(Span(s, e, title) for s, e in split_text(page.text, within, start, end, index))
         return build_chunks(
             page.text,
             spans,
             kind=self.kind,
             name=source.name,
             context=context,
+            budget=budget,
         )

@@ -41,6 +41,7 @@ class ImageProducer(Producer):
     """Raster images, described by the process's vision provider."""
 
     kind = "image"
+    version = 2  # 2: budgets in the embedding model's tokens
     extensions = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".gif", ".tif", ".tiff")
 
     def sniff(self, head: bytes) -> bool:
@@ -69,5 +70,7 @@ class ImageProducer(Producer):
         context = (
             f"{display_name(source.name)} ({summary})" if description.text else display_name(source.name)
         )
-        spans = [Span(s, e) for s, e in split_text(text, budget)]
-        return build_chunks(text, spans, kind=self.kind, name=source.name, context=context, metadata=metadata)
+        spans = [Span(s, e) for s, e in split_text(text, budget.for_head(context))]
+        return build_chunks(
+            text, spans, kind=self.kind, name=source.name, context=context, metadata=metadata, budget=budget
+        )

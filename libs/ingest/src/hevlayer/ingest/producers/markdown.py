@@ -14,7 +14,6 @@ from hevlayer.ingest.producers.base import (
     Producer,
     Source,
     Span,
-    TokenIndex,
     build_chunks,
     decode_text,
     display_name,
@@ -83,22 +82,26 @@ class MarkdownProducer(Producer):
     """Markdown files."""
 
     kind = "markdown"
+    version = 2  # 2: budgets in the embedding model's tokens
     extensions = (".md", ".markdown", ".mdown", ".mkd")
 
     def produce(self, source: Source, budget: Budget = DEFAULT_BUDGET) -> list[Chunk]:
         text = decode_text(source.data)
-        index = TokenIndex(text)
+        index = budget.index(text)
+        context = display_name(source.name)
         spans: list[Span] = []
         for section in sections(text):
             title = " > ".join(section.path)
+            within = budget.for_head(context, title=title)
             spans.extend(
-                Span(s, e, title) for s, e in split_text(text, budget, section.start, section.end, index)
+                Span(s, e, title) for s, e in split_text(text, within, section.start, section.end, index)
             )
         return build_chunks(
             text,
             spans,
             kind=self.kind,
             name=source.name,
-            context=display_name(source.name),
+            context=context,
             lines=LineIndex(text),
+            budget=budget,
         )

@@ -120,6 +120,7 @@ class MessageProducer(Producer):
     """mbox files and ``.eml`` messages."""
 
     kind = "message_stream"
+    version = 2  # 2: budgets in the embedding model's tokens
     extensions = (".mbox", ".mbx", ".eml")
 
     def sniff(self, head: bytes) -> bool:
@@ -162,7 +163,8 @@ class MessageProducer(Producer):
             if attachments:
                 metadata["attachments"] = ", ".join(attachments)
             context = f"{name}: {one_line(subject, 160)}" if subject else name
-            spans = [Span(s, e, extra=(("message", number),)) for s, e in split_text(text, budget)]
+            within = budget.for_head(context)
+            spans = [Span(s, e, extra=(("message", number),)) for s, e in split_text(text, within)]
             chunks.extend(
                 build_chunks(
                     text,
@@ -173,6 +175,7 @@ class MessageProducer(Producer):
                     first_ordinal=len(chunks),
                     locator=f"message{number}",
                     metadata=metadata,
+                    budget=budget,
                 )
             )
         return chunks

@@ -21,7 +21,6 @@ from hevlayer.ingest.producers.base import (
     ProducerError,
     Source,
     Span,
-    TokenIndex,
     build_chunks,
     decode_text,
     display_name,
@@ -89,6 +88,7 @@ class NotebookProducer(Producer):
     """Jupyter notebooks, cell by cell."""
 
     kind = "notebook"
+    version = 2  # 2: budgets in the embedding model's tokens
     extensions = (".ipynb",)
 
     def produce(self, source: Source, budget: Budget = DEFAULT_BUDGET) -> list[Chunk]:
@@ -116,14 +116,15 @@ class NotebookProducer(Producer):
             pieces.append(text)
             position += len(text)
         body = "\n\n".join(pieces)
-        index = TokenIndex(body)
+        index = budget.index(body)
+        context = display_name(source.name) + (f" ({one_line(language, 40)} notebook)" if language else "")
         spans: list[Span] = []
         for start, end, number, cell_type, title in ranges:
             extra = (("cell", number), ("cell_type", cell_type))
+            within = budget.for_head(context, title=title)
             spans.extend(
-                Span(s, e, title, extra=extra) for s, e in split_text(body, budget, start, end, index)
+                Span(s, e, title, extra=extra) for s, e in split_text(body, within, start, end, index)
             )
-        context = display_name(source.name) + (f" ({one_line(language, 40)} notebook)" if language else "")
         return build_chunks(
             body,
             spans,
@@ -131,4 +132,5 @@ class NotebookProducer(Producer):
             name=source.name,
             context=context,
             metadata={"language": language} if language else None,
+            budget=budget,
         )

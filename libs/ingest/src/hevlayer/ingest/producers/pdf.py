@@ -52,6 +52,7 @@ class PdfProducer(Producer):
     """PDF documents, page by page."""
 
     kind = "pdf"
+    version = 2  # 2: budgets in the embedding model's tokens
     extensions = (".pdf",)
 
     def sniff(self, head: bytes) -> bool:
@@ -61,8 +62,9 @@ class PdfProducer(Producer):
         pages, title = page_texts(source.data)
         context = display_name(source.name) + (f": {one_line(title, 160)}" if title else "")
         chunks: list[Chunk] = []
+        within = budget.for_head(context)
         for number, text in enumerate(pages, start=1):
-            spans = [Span(s, e, extra=(("page", number),)) for s, e in split_text(text, budget)]
+            spans = [Span(s, e, extra=(("page", number),)) for s, e in split_text(text, within)]
             chunks.extend(
                 build_chunks(
                     text,
@@ -73,6 +75,7 @@ class PdfProducer(Producer):
                     first_ordinal=len(chunks),
                     locator=f"page{number}",
                     metadata={"title": one_line(title)} if title else None,
+                    budget=budget,
                 )
             )
         return chunks

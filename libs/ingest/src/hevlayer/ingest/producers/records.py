@@ -19,7 +19,6 @@ from hevlayer.ingest.producers.base import (
     Producer,
     ProducerError,
     Source,
-    TokenIndex,
     build_chunks,
     decode_text,
     display_name,
@@ -49,6 +48,7 @@ class RecordsProducer(Producer):
     """JSON Lines files, records packed into chunks."""
 
     kind = "record_collection"
+    version = 2  # 2: budgets in the embedding model's tokens
     extensions = (".jsonl", ".ndjson")
 
     def produce(self, source: Source, budget: Budget = DEFAULT_BUDGET) -> list[Chunk]:
@@ -62,11 +62,11 @@ class RecordsProducer(Producer):
                     fields.append(key)
             rendered.append(render(pairs))
         body = "\n".join(rendered)
-        index = TokenIndex(body)
+        index = budget.index(body)
         numbers = [number for number, _ in parsed]
-        spans = row_spans(rendered, budget, index, numbers, ("line", "end_line"))
         names = one_line(", ".join(fields), 400)
         context = display_name(source.name) + (f" (fields: {names})" if names else "")
+        spans = row_spans(rendered, budget.for_head(context), index, numbers, ("line", "end_line"))
         return build_chunks(
             body,
             spans,
@@ -74,4 +74,5 @@ class RecordsProducer(Producer):
             name=source.name,
             context=context,
             metadata={"fields": names} if names else None,
+            budget=budget,
         )

@@ -22,7 +22,6 @@ from hevlayer.ingest.producers.base import (
     ProducerError,
     Source,
     Span,
-    TokenIndex,
     build_chunks,
     display_name,
     one_line,
@@ -75,6 +74,7 @@ class SlidesProducer(Producer):
     """PowerPoint presentations (Office Open XML), slide by slide."""
 
     kind = "pptx"
+    version = 2  # 2: budgets in the embedding model's tokens
     extensions = (".pptx", ".pptm")
 
     def produce(self, source: Source, budget: Budget = DEFAULT_BUDGET) -> list[Chunk]:
@@ -90,11 +90,11 @@ class SlidesProducer(Producer):
             pieces.append(text)
             position = start + len(text)
         body = "\n\n".join(pieces)
-        index = TokenIndex(body)
+        index = budget.index(body)
+        context = display_name(source.name) + (f": {one_line(deck_title, 160)}" if deck_title else "")
         spans = [
             Span(s, e, title, extra=(("slide", number),))
             for start, end, number, title in ranges
-            for s, e in split_text(body, budget, start, end, index)
+            for s, e in split_text(body, budget.for_head(context, title=title), start, end, index)
         ]
-        context = display_name(source.name) + (f": {one_line(deck_title, 160)}" if deck_title else "")
-        return build_chunks(body, spans, kind=self.kind, name=source.name, context=context)
+        return build_chunks(body, spans, kind=self.kind, name=source.name, context=context, budget=budget)

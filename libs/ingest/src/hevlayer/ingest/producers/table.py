@@ -234,7 +234,7 @@ class TableProducer(Producer):
     """Rows of CSV, TSV, JSON and Parquet files, and the schema of CSV, TSV and Parquet files."""
 
     kind = "table"
-    version = 2
+    version = 3  # 3: budgets in the embedding model's tokens
     extra_chunk_kinds = ("table_schema",)
     extensions = (".csv", ".tsv", ".tab", ".json", ".parquet")
 
@@ -254,11 +254,11 @@ class TableProducer(Producer):
             schema = csv_schema(columns, rows)
         rendered = [render(row) for row in rows]
         body = "\n".join(rendered)
-        index = TokenIndex(body)
+        index = budget.index(body)
         column_names = one_line(", ".join(columns), 400)
-        spans = row_spans(rendered, budget, index, range(1, len(rows) + 1))
         name = display_name(source.name)
         context = name + (f" (columns: {column_names})" if column_names else "")
+        spans = row_spans(rendered, budget.for_head(context), index, range(1, len(rows) + 1))
         chunks = build_chunks(
             body,
             spans,
@@ -266,6 +266,7 @@ class TableProducer(Producer):
             name=source.name,
             context=context,
             metadata={"columns": column_names} if column_names else None,
+            budget=budget,
         )
         if schema:
             chunks.extend(
@@ -279,15 +280,17 @@ class TableProducer(Producer):
     ) -> list[Chunk]:
         """The ``table_schema`` chunk(s): one ``column: type`` line per column."""
         text = "\n".join(schema)
-        spans = [Span(s, e) for s, e in split_text(text, budget)]
+        context = f"{display_name(name)}: table schema, {len(schema)} columns, {row_count} rows"
+        spans = [Span(s, e) for s, e in split_text(text, budget.for_head(context))]
         metadata: Metadata = {"columns": column_names, "column_count": len(schema), "rows": row_count}
         return build_chunks(
             text,
             spans,
             kind=TableProducer.extra_chunk_kinds[0],
             name=name,
-            context=f"{display_name(name)}: table schema, {len(schema)} columns, {row_count} rows",
+            context=context,
             first_ordinal=ordinal,
             locator="schema",
             metadata=metadata,
+            budget=budget,
         )

@@ -22,6 +22,7 @@ class TextProducer(Producer):
     """Any readable text (the fallback for unknown extensions that are not binary)."""
 
     kind = "text"
+    version = 2  # 2: budgets in the embedding model's tokens
     extensions = (".txt", ".text", ".rst", ".log", ".cfg", ".ini", ".toml", ".yaml", ".yml", ".tex")
     filenames = ("README", "LICENSE", "COPYING", "NEWS", "CHANGES", "AUTHORS")
 
@@ -30,12 +31,14 @@ class TextProducer(Producer):
 
     def produce(self, source: Source, budget: Budget = DEFAULT_BUDGET) -> list[Chunk]:
         text = decode_text(source.data)
-        spans = [Span(s, e) for s, e in split_text(text, budget)]
+        context = display_name(source.name)
+        spans = [Span(s, e) for s, e in split_text(text, budget.for_head(context))]
         return build_chunks(
             text,
             spans,
             kind=self.kind,
             name=source.name,
-            context=display_name(source.name),
+            context=context,
             lines=LineIndex(text),
+            budget=budget,
         )

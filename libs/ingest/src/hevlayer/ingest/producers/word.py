@@ -22,7 +22,6 @@ from hevlayer.ingest.producers.base import (
     ProducerError,
     Source,
     Span,
-    TokenIndex,
     build_chunks,
     display_name,
     one_line,
@@ -74,6 +73,7 @@ class WordProducer(Producer):
     """Word documents (Office Open XML)."""
 
     kind = "docx"
+    version = 2  # 2: budgets in the embedding model's tokens
     extensions = (".docx", ".docm")
 
     def produce(self, source: Source, budget: Budget = DEFAULT_BUDGET) -> list[Chunk]:
@@ -100,11 +100,11 @@ class WordProducer(Producer):
         body = "\n\n".join(pieces)
         if position > section_start:
             sections.append((section_start, position, " > ".join(t for _, t in stack)))
-        index = TokenIndex(body)
+        index = budget.index(body)
+        context = display_name(source.name) + (f": {one_line(title, 160)}" if title else "")
         spans = [
             Span(s, e, path)
             for start, end, path in sections
-            for s, e in split_text(body, budget, start, end, index)
+            for s, e in split_text(body, budget.for_head(context, title=path), start, end, index)
         ]
-        context = display_name(source.name) + (f": {one_line(title, 160)}" if title else "")
-        return build_chunks(body, spans, kind=self.kind, name=source.name, context=context)
+        return build_chunks(body, spans, kind=self.kind, name=source.name, context=context, budget=budget)
