@@ -159,6 +159,41 @@ class EnqueueBatch:
     skip_unchanged: bool = False
     priorities: Sequence[int] = ()
     """Claim priority per id (lower first; missing entries are 0)."""
+    columns_from: int | None = None
+    """Where the ids of the message's columns (``document_ids``) start: error messages name
+    ``documents[i]`` before it and ``document_ids[i - columns_from]`` from it on (None: every
+    id came from ``documents``)."""
+
+    def id_field(self, i: int) -> str:
+        """The request field of id ``i``, as errors name it."""
+        start = self.columns_from
+        return f"documents[{i}]" if start is None or i < start else f"document_ids[{i - start}]"
+
+    def hash_field(self, i: int) -> str:
+        """The request field of hash ``i``, as errors name it."""
+        start = self.columns_from
+        if start is None or i < start:
+            return f"documents[{i}].content_hash"
+        return f"content_hashes[{i - start}]"
+
+
+def check_enqueue_batch(batch: EnqueueBatch) -> None:
+    """INVALID_ARGUMENT naming the first invalid id (empty, NUL, over 512 bytes) or content
+    hash (over 256 bytes) of one message. The common case (every id 1 to 128 characters, no
+    NUL; no hash over 64 characters) is decided by C-level passes over the columns, without a
+    Python step per id; only a batch that fails them is walked id by id to name the field."""
+    ids = batch.document_ids
+    if ids:
+        lengths = list(map(len, ids))
+        if min(lengths) == 0 or max(lengths) > v.MAX_DOCUMENT_ID_BYTES // 4 or "\x00" in "".join(ids):
+            for i, value in enumerate(ids):
+                if not value or len(value) > v.MAX_DOCUMENT_ID_BYTES // 4 or "\x00" in value:
+                    v.document_id(value, batch.id_field(i))
+    hashes = batch.content_hashes
+    if hashes and max(map(len, hashes)) > v.MAX_HASH_BYTES // 4:
+        for i, content_hash in enumerate(hashes):
+            if content_hash:
+                v.max_bytes(content_hash, v.MAX_HASH_BYTES, batch.hash_field(i))
 
 
 @dataclass
@@ -502,11 +537,12 @@ class DocumentStore:
                     )
                 assert cfg is not None
                 stage = v.claimable_stage(batch.stage or v.PENDING, "stage")
-                v.batch_size(len(batch.document_ids), "documents", 100_000)
-                v.document_ids(batch.document_ids, "documents")
-                for i, content_hash in enumerate(batch.content_hashes):
-                    if content_hash:
-                        v.max_bytes(content_hash, v.MAX_HASH_BYTES, f"documents[{i}].content_hash")
+                v.batch_size(
+                    len(batch.document_ids),
+                    "documents" if batch.columns_from != 0 else "document_ids",
+                    100_000,
+                )
+                check_enqueue_batch(batch)
                 if not batch.document_ids:
                     continue
                 if segments is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import AsyncIterator
 
 from grpc import aio
@@ -16,6 +17,47 @@ from hevlayer.claimer.documents import DocumentState, DocumentStore, EnqueueBatc
 from hevlayer.claimer.leases import LeaseStore
 from hevlayer.claimer.sink_bindings import SinkBindings
 from hevlayer.client.types import StagedRecord
+from hevlayer.common.errors import InvalidArgument
+
+_DOCUMENT_ID = operator.attrgetter("document_id")
+_CONTENT_HASH = operator.attrgetter("content_hash")
+_PRIORITY = operator.attrgetter("priority")
+
+
+def enqueue_batch(batch: staging_pb2.EnqueueDocumentsRequest) -> EnqueueBatch:
+    """The store's form of one EnqueueDocumentsRequest: the ids of ``documents``, then those
+    of the ``document_ids`` column, with their hashes and priorities aligned by position.
+
+    The columns become Python lists by one C-level copy each (no message per id). A
+    ``content_hashes`` or ``priorities`` column that is neither empty nor as long as
+    ``document_ids`` is INVALID_ARGUMENT naming it; the ids and hashes themselves are checked
+    by the store (:func:`~hevlayer.claimer.documents.check_enqueue_batch`), before anything of
+    the message is enqueued."""
+    ids = list(batch.document_ids)
+    count = len(ids)
+    hashes = list(batch.content_hashes)
+    priorities = list(batch.priorities)
+    for name, column in (("content_hashes", hashes), ("priorities", priorities)):
+        if column and len(column) != count:
+            raise InvalidArgument.field(
+                name, f"must be empty or hold one entry per document_ids entry ({count}), got {len(column)}"
+            )
+    if not hashes:
+        hashes = [""] * count
+    documents = batch.documents
+    if documents:
+        ids = [*map(_DOCUMENT_ID, documents), *ids]
+        hashes = [*map(_CONTENT_HASH, documents), *hashes]
+        priorities = [*map(_PRIORITY, documents), *(priorities or [0] * count)]
+    return EnqueueBatch(
+        pipeline_id=batch.pipeline_id,
+        document_ids=ids,
+        content_hashes=hashes,
+        priorities=priorities,
+        stage=batch.stage,
+        skip_unchanged=batch.skip_unchanged,
+        columns_from=len(documents) if count else None,
+    )
 
 
 def state_to_proto(state: DocumentState) -> staging_pb2.DocumentState:
@@ -128,16 +170,7 @@ class DocumentStateServicer(document_state_pb2_grpc.DocumentStateServiceServicer
     ) -> pb.EnqueueIdsResponse:
         async def batches() -> AsyncIterator[EnqueueBatch]:
             async for message in request_iterator:
-                batch = message.batch
-                documents = batch.documents
-                yield EnqueueBatch(
-                    pipeline_id=batch.pipeline_id,
-                    document_ids=[d.document_id for d in documents],
-                    content_hashes=[d.content_hash for d in documents],
-                    priorities=[d.priority for d in documents],
-                    stage=batch.stage,
-                    skip_unchanged=batch.skip_unchanged,
-                )
+                yield enqueue_batch(message.batch)
 
         totals = await self._documents.enqueue(batches())
         return pb.EnqueueIdsResponse(

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hevlayer.api.document.v1 import document_pb2 as hevlayer_dot_api_dot_document_dot_v1_dot_document__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%hevlayer/api/staging/v1/staging.proto\x12\x17hevlayer.api.staging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'hevlayer/api/document/v1/document.proto\"\x96\x02\n\rDocumentState\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x12\n\nclaimed_by\x18\x04 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x08 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\t \x01(\r\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaf\x01\n\x15StageDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x35\n\tdocuments\x18\x02 \x03(\x0b\x32\".hevlayer.api.document.v1.Document\x12\x16\n\x0eskip_unchanged\x18\x03 \x01(\x08\x12\x32\n\x06leases\x18\x04 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\"O\n\x16StageDocumentsResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.hevlayer.api.staging.v1.StageResult\"\xbe\x01\n\x0bStageResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x36\n\x07outcome\x18\x02 \x01(\x0e\x32%.hevlayer.api.staging.v1.StageOutcome\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\x12\x36\n\x05\x65rror\x18\x05 \x01(\x0b\x32\'.hevlayer.api.document.v1.DocumentError\"\x93\x01\n\x17\x45nqueueDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12<\n\tdocuments\x18\x02 \x03(\x0b\x32).hevlayer.api.staging.v1.EnqueuedDocument\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x16\n\x0eskip_unchanged\x18\x04 \x01(\x08\"O\n\x10\x45nqueuedDocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\"Y\n\x18\x45nqueueDocumentsResponse\x12\x10\n\x08\x65nqueued\x18\x01 \x01(\x03\x12\x11\n\tunchanged\x18\x02 \x01(\x03\x12\x18\n\x10segments_created\x18\x03 \x01(\x03\"~\n\x11ReadChunksRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x32\n\x06leases\x18\x04 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\"\xab\x01\n\x12ReadChunksResponse\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12/\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x1f.hevlayer.api.document.v1.Chunk\x12\x17\n\x0f\x65nd_of_document\x18\x03 \x01(\x08\x12\x36\n\x05\x65rror\x18\x04 \x01(\x0b\x32\'.hevlayer.api.document.v1.DocumentError\">\n\x12GetDocumentRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\"O\n\x13GetDocumentResponse\x12\x38\n\x08\x64ocument\x18\x01 \x01(\x0b\x32&.hevlayer.api.staging.v1.DocumentState\"M\n\x14ListDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tid_prefix\x18\x03 \x01(\t\"R\n\x15ListDocumentsResponse\x12\x39\n\tdocuments\x18\x01 \x03(\x0b\x32&.hevlayer.api.staging.v1.DocumentState\"C\n\x16\x44\x65leteDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"*\n\x17\x44\x65leteDocumentsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"_\n\x15WatchDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x11\n\tid_prefix\x18\x02 \x01(\t\x12\x0e\n\x06stages\x18\x03 \x03(\t\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\"\x8f\x01\n\x16WatchDocumentsResponse\x12\x38\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\'.hevlayer.api.staging.v1.DocumentChange\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12\x19\n\x11snapshot_complete\x18\x03 \x01(\x08\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\"\xc9\x01\n\x0e\x44ocumentChange\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x04 \x01(\x08\x12\x15\n\rfencing_token\x18\x05 \x01(\x04\x12\x14\n\x0c\x63ontent_hash\x18\x06 \x01(\t\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12/\n\x0b\x63hange_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x80\x01\n\x0cStageOutcome\x12\x1d\n\x19STAGE_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14STAGE_OUTCOME_STAGED\x10\x01\x12\x1b\n\x17STAGE_OUTCOME_UNCHANGED\x10\x02\x12\x1a\n\x16STAGE_OUTCOME_REJECTED\x10\x03\x32\xb2\x06\n\x0eStagingService\x12u\n\x0eStageDocuments\x12..hevlayer.api.staging.v1.StageDocumentsRequest\x1a/.hevlayer.api.staging.v1.StageDocumentsResponse(\x01\x30\x01\x12y\n\x10\x45nqueueDocuments\x12\x30.hevlayer.api.staging.v1.EnqueueDocumentsRequest\x1a\x31.hevlayer.api.staging.v1.EnqueueDocumentsResponse(\x01\x12g\n\nReadChunks\x12*.hevlayer.api.staging.v1.ReadChunksRequest\x1a+.hevlayer.api.staging.v1.ReadChunksResponse0\x01\x12h\n\x0bGetDocument\x12+.hevlayer.api.staging.v1.GetDocumentRequest\x1a,.hevlayer.api.staging.v1.GetDocumentResponse\x12p\n\rListDocuments\x12-.hevlayer.api.staging.v1.ListDocumentsRequest\x1a..hevlayer.api.staging.v1.ListDocumentsResponse0\x01\x12t\n\x0f\x44\x65leteDocuments\x12/.hevlayer.api.staging.v1.DeleteDocumentsRequest\x1a\x30.hevlayer.api.staging.v1.DeleteDocumentsResponse\x12s\n\x0eWatchDocuments\x12..hevlayer.api.staging.v1.WatchDocumentsRequest\x1a/.hevlayer.api.staging.v1.WatchDocumentsResponse0\x01\x42\x66\n\x1b\x64\x65v.hevlayer.api.staging.v1P\x01ZEgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/staging/v1;stagingv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%hevlayer/api/staging/v1/staging.proto\x12\x17hevlayer.api.staging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'hevlayer/api/document/v1/document.proto\"\x96\x02\n\rDocumentState\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x12\n\nclaimed_by\x18\x04 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x08 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\t \x01(\r\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaf\x01\n\x15StageDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x35\n\tdocuments\x18\x02 \x03(\x0b\x32\".hevlayer.api.document.v1.Document\x12\x16\n\x0eskip_unchanged\x18\x03 \x01(\x08\x12\x32\n\x06leases\x18\x04 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\"O\n\x16StageDocumentsResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.hevlayer.api.staging.v1.StageResult\"\xbe\x01\n\x0bStageResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x36\n\x07outcome\x18\x02 \x01(\x0e\x32%.hevlayer.api.staging.v1.StageOutcome\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\x12\x36\n\x05\x65rror\x18\x05 \x01(\x0b\x32\'.hevlayer.api.document.v1.DocumentError\"\xd5\x01\n\x17\x45nqueueDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12<\n\tdocuments\x18\x02 \x03(\x0b\x32).hevlayer.api.staging.v1.EnqueuedDocument\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x16\n\x0eskip_unchanged\x18\x04 \x01(\x08\x12\x14\n\x0c\x64ocument_ids\x18\x05 \x03(\t\x12\x16\n\x0e\x63ontent_hashes\x18\x06 \x03(\t\x12\x12\n\npriorities\x18\x07 \x03(\x05\"O\n\x10\x45nqueuedDocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\"Y\n\x18\x45nqueueDocumentsResponse\x12\x10\n\x08\x65nqueued\x18\x01 \x01(\x03\x12\x11\n\tunchanged\x18\x02 \x01(\x03\x12\x18\n\x10segments_created\x18\x03 \x01(\x03\"~\n\x11ReadChunksRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x32\n\x06leases\x18\x04 \x03(\x0b\x32\".hevlayer.api.document.v1.LeaseRef\"\xab\x01\n\x12ReadChunksResponse\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12/\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x1f.hevlayer.api.document.v1.Chunk\x12\x17\n\x0f\x65nd_of_document\x18\x03 \x01(\x08\x12\x36\n\x05\x65rror\x18\x04 \x01(\x0b\x32\'.hevlayer.api.document.v1.DocumentError\">\n\x12GetDocumentRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\"O\n\x13GetDocumentResponse\x12\x38\n\x08\x64ocument\x18\x01 \x01(\x0b\x32&.hevlayer.api.staging.v1.DocumentState\"M\n\x14ListDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tid_prefix\x18\x03 \x01(\t\"R\n\x15ListDocumentsResponse\x12\x39\n\tdocuments\x18\x01 \x03(\x0b\x32&.hevlayer.api.staging.v1.DocumentState\"C\n\x16\x44\x65leteDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"*\n\x17\x44\x65leteDocumentsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"_\n\x15WatchDocumentsRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x11\n\tid_prefix\x18\x02 \x01(\t\x12\x0e\n\x06stages\x18\x03 \x03(\t\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\"\x8f\x01\n\x16WatchDocumentsResponse\x12\x38\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\'.hevlayer.api.staging.v1.DocumentChange\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12\x19\n\x11snapshot_complete\x18\x03 \x01(\x08\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\"\xc9\x01\n\x0e\x44ocumentChange\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x04 \x01(\x08\x12\x15\n\rfencing_token\x18\x05 \x01(\x04\x12\x14\n\x0c\x63ontent_hash\x18\x06 \x01(\t\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12/\n\x0b\x63hange_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x80\x01\n\x0cStageOutcome\x12\x1d\n\x19STAGE_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14STAGE_OUTCOME_STAGED\x10\x01\x12\x1b\n\x17STAGE_OUTCOME_UNCHANGED\x10\x02\x12\x1a\n\x16STAGE_OUTCOME_REJECTED\x10\x03\x32\xb2\x06\n\x0eStagingService\x12u\n\x0eStageDocuments\x12..hevlayer.api.staging.v1.StageDocumentsRequest\x1a/.hevlayer.api.staging.v1.StageDocumentsResponse(\x01\x30\x01\x12y\n\x10\x45nqueueDocuments\x12\x30.hevlayer.api.staging.v1.EnqueueDocumentsRequest\x1a\x31.hevlayer.api.staging.v1.EnqueueDocumentsResponse(\x01\x12g\n\nReadChunks\x12*.hevlayer.api.staging.v1.ReadChunksRequest\x1a+.hevlayer.api.staging.v1.ReadChunksResponse0\x01\x12h\n\x0bGetDocument\x12+.hevlayer.api.staging.v1.GetDocumentRequest\x1a,.hevlayer.api.staging.v1.GetDocumentResponse\x12p\n\rListDocuments\x12-.hevlayer.api.staging.v1.ListDocumentsRequest\x1a..hevlayer.api.staging.v1.ListDocumentsResponse0\x01\x12t\n\x0f\x44\x65leteDocuments\x12/.hevlayer.api.staging.v1.DeleteDocumentsRequest\x1a\x30.hevlayer.api.staging.v1.DeleteDocumentsResponse\x12s\n\x0eWatchDocuments\x12..hevlayer.api.staging.v1.WatchDocumentsRequest\x1a/.hevlayer.api.staging.v1.WatchDocumentsResponse0\x01\x42\x66\n\x1b\x64\x65v.hevlayer.api.staging.v1P\x01ZEgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/staging/v1;stagingv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hevlayer.api.staging.v1.sta
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\033dev.hevlayer.api.staging.v1P\001ZEgithub.com/hevlayer/hevlayer/gen/go/hevlayer/api/staging/v1;stagingv1'
-  _globals['_STAGEOUTCOME']._serialized_start=2366
-  _globals['_STAGEOUTCOME']._serialized_end=2494
+  _globals['_STAGEOUTCOME']._serialized_start=2432
+  _globals['_STAGEOUTCOME']._serialized_end=2560
   _globals['_DOCUMENTSTATE']._serialized_start=141
   _globals['_DOCUMENTSTATE']._serialized_end=419
   _globals['_STAGEDOCUMENTSREQUEST']._serialized_start=422
@@ -46,33 +46,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STAGERESULT']._serialized_start=681
   _globals['_STAGERESULT']._serialized_end=871
   _globals['_ENQUEUEDOCUMENTSREQUEST']._serialized_start=874
-  _globals['_ENQUEUEDOCUMENTSREQUEST']._serialized_end=1021
-  _globals['_ENQUEUEDDOCUMENT']._serialized_start=1023
-  _globals['_ENQUEUEDDOCUMENT']._serialized_end=1102
-  _globals['_ENQUEUEDOCUMENTSRESPONSE']._serialized_start=1104
-  _globals['_ENQUEUEDOCUMENTSRESPONSE']._serialized_end=1193
-  _globals['_READCHUNKSREQUEST']._serialized_start=1195
-  _globals['_READCHUNKSREQUEST']._serialized_end=1321
-  _globals['_READCHUNKSRESPONSE']._serialized_start=1324
-  _globals['_READCHUNKSRESPONSE']._serialized_end=1495
-  _globals['_GETDOCUMENTREQUEST']._serialized_start=1497
-  _globals['_GETDOCUMENTREQUEST']._serialized_end=1559
-  _globals['_GETDOCUMENTRESPONSE']._serialized_start=1561
-  _globals['_GETDOCUMENTRESPONSE']._serialized_end=1640
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=1642
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=1719
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=1721
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=1803
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=1805
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=1872
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=1874
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=1916
-  _globals['_WATCHDOCUMENTSREQUEST']._serialized_start=1918
-  _globals['_WATCHDOCUMENTSREQUEST']._serialized_end=2013
-  _globals['_WATCHDOCUMENTSRESPONSE']._serialized_start=2016
-  _globals['_WATCHDOCUMENTSRESPONSE']._serialized_end=2159
-  _globals['_DOCUMENTCHANGE']._serialized_start=2162
-  _globals['_DOCUMENTCHANGE']._serialized_end=2363
-  _globals['_STAGINGSERVICE']._serialized_start=2497
-  _globals['_STAGINGSERVICE']._serialized_end=3315
+  _globals['_ENQUEUEDOCUMENTSREQUEST']._serialized_end=1087
+  _globals['_ENQUEUEDDOCUMENT']._serialized_start=1089
+  _globals['_ENQUEUEDDOCUMENT']._serialized_end=1168
+  _globals['_ENQUEUEDOCUMENTSRESPONSE']._serialized_start=1170
+  _globals['_ENQUEUEDOCUMENTSRESPONSE']._serialized_end=1259
+  _globals['_READCHUNKSREQUEST']._serialized_start=1261
+  _globals['_READCHUNKSREQUEST']._serialized_end=1387
+  _globals['_READCHUNKSRESPONSE']._serialized_start=1390
+  _globals['_READCHUNKSRESPONSE']._serialized_end=1561
+  _globals['_GETDOCUMENTREQUEST']._serialized_start=1563
+  _globals['_GETDOCUMENTREQUEST']._serialized_end=1625
+  _globals['_GETDOCUMENTRESPONSE']._serialized_start=1627
+  _globals['_GETDOCUMENTRESPONSE']._serialized_end=1706
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=1708
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=1785
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=1787
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=1869
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=1871
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=1938
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=1940
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=1982
+  _globals['_WATCHDOCUMENTSREQUEST']._serialized_start=1984
+  _globals['_WATCHDOCUMENTSREQUEST']._serialized_end=2079
+  _globals['_WATCHDOCUMENTSRESPONSE']._serialized_start=2082
+  _globals['_WATCHDOCUMENTSRESPONSE']._serialized_end=2225
+  _globals['_DOCUMENTCHANGE']._serialized_start=2228
+  _globals['_DOCUMENTCHANGE']._serialized_end=2429
+  _globals['_STAGINGSERVICE']._serialized_start=2563
+  _globals['_STAGINGSERVICE']._serialized_end=3381
 # @@protoc_insertion_point(module_scope)
