@@ -10,6 +10,10 @@ id (its own /proc time over the phase: the least noisy view on a shared machine)
     mkdir -p /tmp/before/hevlayer && git archive HEAD~1 services/claimer/src/hevlayer/claimer \\
         | tar -x --strip-components=3 -C /tmp/before
     .venv/bin/python bench/segments_ab.py --ids 200000 --rounds 4 before=/tmp/before after=
+
+A claimer from before the ``document_ids`` column (issue 18) needs its ids as one message
+each: ``--per-message before``. Claim + complete is timed from when the workers are connected
+(:class:`segments.Phase`).
 """
 
 from __future__ import annotations
@@ -39,8 +43,17 @@ def main() -> None:
     parser.add_argument(
         "versions", nargs=2, help="NAME=DIR (DIR/hevlayer/claimer first on PYTHONPATH; empty: tree)"
     )
+    parser.add_argument(
+        "--per-message",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="enqueue one EnqueuedDocument message per id to this version (a claimer without the "
+        "document_ids column ignores it); others get the column",
+    )
     args = parser.parse_args()
     versions = dict(v.split("=", 1) for v in args.versions)
+    per_message = set(args.per_message)
     if len(versions) != 2:
         raise SystemExit("versions: two different names, e.g. before=/tmp/before after=")
     logs = Path(tempfile.mkdtemp(prefix="hevlayer-bench-segments-ab-"))
@@ -67,15 +80,22 @@ def main() -> None:
                 for name in order:
                     process, address = claimers[name]
                     before = cpu_seconds(process.pid)
-                    total, enqueue, drain, _ = run_phase(
-                        address, postgres.dsn, "segment", args.ids, args.workers, 10_000
+                    phase = run_phase(
+                        address,
+                        postgres.dsn,
+                        "segment",
+                        args.ids,
+                        args.workers,
+                        10_000,
+                        columns=name not in per_message,
                     )
                     cpu = (cpu_seconds(process.pid) - before) / args.ids * 1e6
-                    results[name].append((args.ids / total, args.ids / enqueue, args.ids / drain, cpu))
+                    rates = (args.ids / phase.total, args.ids / phase.enqueue, args.ids / phase.drain)
+                    results[name].append((*rates, cpu))
                     print(
-                        f"{name}: {args.ids / total:,.0f} ids/s (enqueue {args.ids / enqueue:,.0f}, "
-                        f"claim+complete {args.ids / drain:,.0f}); claimer CPU {cpu:.2f} us/id; "
-                        f"load {os.getloadavg()[0]:.2f}",
+                        f"{name}: {rates[0]:,.0f} ids/s (enqueue {rates[1]:,.0f}, "
+                        f"claim+complete {rates[2]:,.0f}); claimer CPU {cpu:.2f} us/id; "
+                        f"workers' start-up {phase.startup:.2f} s; load {os.getloadavg()[0]:.2f}",
                         flush=True,
                     )
         finally:

@@ -500,12 +500,11 @@ class RestApi:
             priorities = get_priorities(body, "priorities", len(ids))
 
             async def batches() -> AsyncIterator[staging_pb2.EnqueueDocumentsRequest]:
+                # the columnar form: one string per id, no EnqueuedDocument message each
                 yield staging_pb2.EnqueueDocumentsRequest(
                     pipeline_id=pipeline_id,
-                    documents=[
-                        staging_pb2.EnqueuedDocument(document_id=d, priority=p)
-                        for d, p in zip(ids, priorities, strict=True)
-                    ],
+                    document_ids=ids,
+                    priorities=priorities if any(priorities) else (),
                     stage=stage,
                     skip_unchanged=get_bool(body, "skip_unchanged"),
                 )
