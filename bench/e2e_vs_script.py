@@ -63,14 +63,15 @@ from uuid import uuid4
 
 import numpy as np
 from extract import TOOK, Suite, check_ours, stage_counts
-from memory import make_run_corpus, postmaster_pid
+from memory import QUERIES, make_run_corpus, postmaster_pid
 from pipeline_efficiency import cpu_seconds, scrape
 
+from hevlayer.cli import corpus as corpus_module
 from hevlayer.cli.stack import UpState
-from hevlayer.ingest.producers import detect_kind, select_producer
-from hevlayer.ingest.producers.base import Source, decode_text
+from hevlayer.ingest.producers import DEFAULT_BUDGET, Budget, Chunk, detect_kind, select_producer
+from hevlayer.ingest.producers.base import REGEX_BUDGET, Source, decode_text
 from hevlayer.triton.local import DEFAULT_MODEL_NAME
-from hevlayer.triton.onnx_model import RuntimeOptions, mean_pool_normalize, minilm_files
+from hevlayer.triton.onnx_model import OnnxEmbedder, RuntimeOptions, mean_pool_normalize, minilm_files
 
 BENCH = Path(__file__).resolve()
 BIN = Path(sys.executable).parent
@@ -172,6 +173,13 @@ class Coverage:
     covered: int = 0
     total: int = 0
     """Non-whitespace characters: within the window, and in the corpus."""
+    over: int = 0
+    """Chunks longer than the window (before truncation)."""
+    cut: int = 0
+    """Tokens the truncation drops from those chunks."""
+    chunk_seconds: float = 0.0
+    """CPU seconds of cutting the corpus into chunks (the producers, for the suite)."""
+    files: int = 0
 
     @property
     def share(self) -> float:
@@ -221,14 +229,31 @@ def suite_runs(lengths: Sequence[int], batch: int, max_batch_tokens: int) -> int
     return padded
 
 
-def coverage(corpus: Path, chunk_chars: int, batch: int) -> tuple[Coverage, Coverage]:
-    """What the script and the suite embed of the corpus: (script, suite)."""
+def coverage(
+    corpus: Path,
+    chunk_chars: int,
+    batch: int,
+    budget: Budget = DEFAULT_BUDGET,
+    keep: list[Chunk] | None = None,
+) -> tuple[Coverage, Coverage]:
+    """What the script and the suite embed of the corpus: (script, suite); the suite's chunks with
+    ``budget`` (``add``'s default), appended to ``keep`` when given."""
     from tokenizers import Tokenizer
 
     files = minilm_files()
     tokenizer = Tokenizer.from_file(str(files.tokenizer_path))
     tokenizer.enable_truncation(max_length=files.max_length)
     tokenizer.no_padding()
+    whole = Tokenizer.from_file(str(files.tokenizer_path))  # untruncated: what the window cuts off
+    whole.no_truncation()
+    whole.no_padding()
+
+    def overflow(side: Coverage, texts: list[str]) -> None:
+        for encoding in whole.encode_batch(texts):
+            if len(encoding.ids) > files.max_length:
+                side.over += 1
+                side.cut += len(encoding.ids) - files.max_length
+
     script, suite = Coverage(), Coverage()
     script_lengths: list[int] = []
     suite_lengths: list[int] = []
@@ -239,7 +264,11 @@ def coverage(corpus: Path, chunk_chars: int, batch: int) -> tuple[Coverage, Cove
         for side in (script, suite):
             side.total += counts[len(text)]
         # The script's chunks.
+        started = time.process_time()
         pieces = script_chunks(text, chunk_chars)
+        script.chunk_seconds += time.process_time() - started
+        script.files += 1
+        overflow(script, [p for _, p in pieces])
         spans = []
         for (start, _piece), encoding in zip(
             pieces, tokenizer.encode_batch([p for _, p in pieces]), strict=True
@@ -253,7 +282,13 @@ def coverage(corpus: Path, chunk_chars: int, batch: int) -> tuple[Coverage, Cove
         kind = detect_kind(name, data[:4096])
         if kind is None:
             continue
-        produced = select_producer(kind).produce(Source(str(path), name, data))
+        started = time.process_time()
+        produced = select_producer(kind).produce(Source(str(path), name, data), budget)
+        if keep is not None:
+            keep.extend(produced)
+        suite.chunk_seconds += time.process_time() - started
+        suite.files += 1
+        overflow(suite, [c.text for c in produced])
         spans = []
         for chunk, encoding in zip(produced, tokenizer.encode_batch([c.text for c in produced]), strict=True):
             suite_lengths.append(len(encoding.ids))
@@ -270,6 +305,32 @@ def coverage(corpus: Path, chunk_chars: int, batch: int) -> tuple[Coverage, Cove
     suite.real = sum(suite_lengths)
     suite.padded = suite_runs(suite_lengths, batch, RuntimeOptions.max_batch_tokens)
     return script, suite
+
+
+def offline_recall(chunks: Sequence[Chunk], k: int = 5) -> tuple[float, list[str]]:
+    """recall@k of ``make run``'s labelled queries over ``chunks``, without the suite: the chunks'
+    embedded texts and the queries go through the same ONNX model in this process (the vectors
+    Triton would give), chunks are ranked by cosine, the best chunk per document kept, and the
+    first ``k`` documents scored as ``make run`` scores them. Returns (recall, missed queries)."""
+    labelled = corpus_module.load_queries(QUERIES)
+    embedder = OnnxEmbedder(minilm_files(), RuntimeOptions())
+    vectors = np.concatenate(
+        [embedder.embed([c.text for c in chunks[i : i + 256]]) for i in range(0, len(chunks), 256)]
+    )
+    queries = embedder.embed([q.query for q in labelled])
+    ranked: dict[str, list[str]] = {}
+    for query, vector in zip(labelled, queries, strict=True):
+        order = np.argsort(-(vectors @ vector), kind="stable")
+        documents: list[str] = []
+        for position in order:
+            relative = str(chunks[position].metadata["path"])  # the name relative to the corpus
+            if relative not in documents:
+                documents.append(relative)
+                if len(documents) == k:
+                    break
+        ranked[query.query] = documents
+    recall, missed = corpus_module.recall_at_k(labelled, ranked, k=k)
+    return recall, [q.query for q in missed]
 
 
 # -- the suite -------------------------------------------------------------------------------------
@@ -471,6 +532,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunk-chars", type=int, default=800, help="the script's chunk size in characters")
     parser.add_argument("--batch", type=int, default=64, help="the script's batch (the suite's is 64 too)")
     parser.add_argument("--keep", action="store_true", help="leave the suite running and its data")
+    parser.add_argument(
+        "--count-only",
+        action="store_true",
+        help="only count what each side embeds (chunks, tokens, coverage; no suite, no model)",
+    )
+    parser.add_argument(
+        "--regex-budget",
+        action="store_true",
+        help="with --count-only: the suite's chunks with the old budget (200 TOKEN units, 24 overlap)",
+    )
+    parser.add_argument(
+        "--recall",
+        action="store_true",
+        help="with --count-only: also recall@5 of make run's queries on the suite's chunks, embedded "
+        "in this process with the same ONNX model (no suite; minutes of CPU)",
+    )
     args = parser.parse_args(arguments)
 
     work = Path(tempfile.mkdtemp(prefix="hevlayer-e2e-", dir="/tmp"))
@@ -482,13 +559,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = min(files, args.files)
     print(f"corpus: {files} files in {corpus}")
     print(f"machine: {os.cpu_count()} CPUs, load average at start {load()}", flush=True)
-    script_cover, suite_cover = coverage(corpus, args.chunk_chars, args.batch)
+    budget = REGEX_BUDGET if args.count_only and args.regex_budget else DEFAULT_BUDGET
+    print(f"suite's budget: {budget}")
+    kept: list[Chunk] = []
+    script_cover, suite_cover = coverage(corpus, args.chunk_chars, args.batch, budget, kept)
     for side, cover in (("script", script_cover), ("suite", suite_cover)):
         print(
             f"{side:<6}: {cover.chunks} chunks, {cover.real:,} tokens to the model "
             f"({cover.padded:,} with padding{'' if side == 'script' else ', modelled'}), "
             f"coverage {cover.share:.1%} of {cover.total:,} non-whitespace characters"
         )
+        print(
+            f"        {cover.over} chunks ({cover.over / max(cover.chunks, 1):.1%}) over the "
+            f"{minilm_files().max_length}-token window, {cover.cut:,} tokens cut off; chunking "
+            f"{cover.chunk_seconds:.2f} CPU s "
+            f"({1000 * cover.chunk_seconds / max(cover.files, 1):.1f} ms per file)"
+        )
+    if args.count_only:
+        if args.recall:
+            started = time.perf_counter()
+            recall, missed = offline_recall(kept)
+            print(f"recall@5 (in-process, {time.perf_counter() - started:.0f} s): {recall:.2f}")
+            for query in missed:
+                print(f"  missed: {query!r}")
+        shutil.rmtree(work, ignore_errors=True)
+        return 0
     suite, state = bring_up(work / "data")
     print(f"suite up: {work / 'data'}, gateway {suite.gateway}, load average {load()}", flush=True)
     import asyncio

@@ -126,18 +126,18 @@ class WordPieceCounter:
 
     def tokens(self, text: str) -> Tokens:
         encoding = _minilm().encode(text, add_special_tokens=False)
-        starts: list[int] = []
-        ends: list[int] = []
-        words: list[int] = []
-        previous: int | None = None
-        for (start, end), word in zip(encoding.offsets, encoding.word_ids, strict=True):
-            if end <= start:
-                continue
-            if word != previous or not words:
-                words.append(start)
-                previous = word
-            starts.append(start)
-            ends.append(end)
+        kept = [
+            (start, end, word)
+            for (start, end), word in zip(encoding.offsets, encoding.word_ids, strict=True)
+            if end > start
+        ]
+        starts = [start for start, _, _ in kept]
+        ends = [end for _, end, _ in kept]
+        words = [
+            start
+            for (start, _, word), previous in zip(kept, [None, *(w for _, _, w in kept)], strict=False)
+            if word != previous
+        ]
         return Tokens(starts, ends, words)
 
     def count(self, text: str) -> int:

@@ -139,6 +139,12 @@ class Budget:
             return self.max_text_tokens
         return MODEL_MAX_TOKENS if self.counter.special_tokens else 0
 
+    @property
+    def min_body_tokens(self) -> int:
+        """The fewest tokens ``for_head`` leaves a body, whatever the context line."""
+        limit = self.text_limit
+        return min(self.max_tokens, (limit - self.counter.special_tokens) // 2) if limit else self.max_tokens
+
     def index(self, text: str) -> TokenIndex:
         """The token index of ``text`` in this budget's tokens."""
         return TokenIndex(text, self.counter)
@@ -323,12 +329,14 @@ def build_chunks(
     locator: str = "",
     metadata: Metadata | None = None,
     budget: Budget | None = None,
+    index: TokenIndex | None = None,
 ) -> list[Chunk]:
     """Chunks of the given body spans of ``text``, with ids and metadata.
 
     ``context`` starts every chunk's text; a span's title is added after it.
     ``lines``, when given, adds ``line`` and ``end_line``. With a ``budget`` that limits the
-    embedded text, a context line that would take it over the limit is shortened.
+    embedded text, a context line that would take it over the limit is shortened; ``index``, the
+    budget's token index of ``text`` when the caller has it, spares tokenizing bodies again.
     """
     chunks: list[Chunk] = []
     for offset, span in enumerate(spans):
@@ -356,22 +364,41 @@ def build_chunks(
             )
         )
     if budget is not None and budget.text_limit and chunks:
-        chunks = _fit_heads(chunks, budget)
+        usable = (
+            index if index is not None and index.counter is budget.counter and index.text == text else None
+        )
+        chunks = _fit_heads(chunks, budget, usable)
     return chunks
 
 
-def _fit_heads(chunks: list[Chunk], budget: Budget) -> list[Chunk]:
+def _fit_heads(chunks: list[Chunk], budget: Budget, index: TokenIndex | None) -> list[Chunk]:
     """``chunks`` with each embedded text within ``budget.text_limit`` tokens: a context line that
-    takes it over is cut to the tokens the body leaves (none if the body alone fills the window)."""
+    takes it over is cut to the tokens the body leaves (none if the body alone fills the window).
+
+    An embedded text's tokens are its context line's plus its body's (they are apart by a newline,
+    so the model tokenizes them apart); a body cut between words has the tokens ``index`` counts
+    in the whole text, any other body is tokenized again.
+    """
     counter = budget.counter
     room = budget.text_limit - counter.special_tokens
+    distinct = list(dict.fromkeys(c.text[: len(c.text) - len(c.body)].removesuffix("\n") for c in chunks))
+    heads = dict(zip(distinct, counter.counts(distinct), strict=True))
+    bodies: list[int | None] = [
+        index.count(c.start, c.start + len(c.body))
+        if index is not None and index.between_words(c.start, c.start + len(c.body))
+        else None
+        for c in chunks
+    ]
+    again = [c.body for c, tokens in zip(chunks, bodies, strict=True) if tokens is None]
+    recounted = iter(counter.counts(again))
     fitted: list[Chunk] = []
-    for chunk, tokens in zip(chunks, counter.counts([c.text for c in chunks]), strict=True):
+    for chunk, known in zip(chunks, bodies, strict=True):
+        body = known if known is not None else next(recounted)
         head = chunk.text[: len(chunk.text) - len(chunk.body)].removesuffix("\n")
-        if tokens <= room or not head:
+        if not head or heads[head] + body <= room:
             fitted.append(chunk)
             continue
-        kept = counter.prefix(head, room - counter.count(chunk.body))
+        kept = counter.prefix(head, room - body)
         fitted.append(replace(chunk, text=f"{kept}\n{chunk.body}" if kept else chunk.body))
     return fitted
 
@@ -388,11 +415,21 @@ class TokenIndex:
 
     def __init__(self, text: str, counter: TokenCounter = REGEX) -> None:
         self.text = text
+        self.counter = counter
         tokens = counter.tokens(text)
         self.starts: list[int] = tokens.starts
         self.ends: list[int] = tokens.ends
         self.words: list[int] = tokens.words
         """Offsets where words start (what the tokenizer tokenizes on its own)."""
+        self._word_starts = frozenset(self.words)
+
+    def between_words(self, start: int, end: int) -> bool:
+        """Whether ``text[start:end]`` starts and ends between words, so that on its own it has the
+        tokens ``count`` gives (trimmed slices: it starts a word and ends before a word or space)."""
+        text = self.text
+        return start in self._word_starts and (
+            end == len(text) or end in self._word_starts or text[end].isspace()
+        )
 
     def count(self, start: int, end: int) -> int:
         """Tokens lying wholly inside ``text[start:end]``."""

@@ -22,6 +22,7 @@ from hevlayer.ingest.producers.base import (
     Producer,
     Source,
     Span,
+    TokenIndex,
     build_chunks,
     decode_text,
     display_name,
@@ -144,11 +145,11 @@ def _keyword(node: ast.stmt) -> str:
 
 
 class _PythonSplitter:
-    def __init__(self, text: str, budget: Budget, head: str) -> None:
+    def __init__(self, text: str, budget: Budget, head: str, index: TokenIndex | None = None) -> None:
         self.text = text
         self.budget = budget
         self.head = head
-        self.index = budget.index(text)
+        self.index = index if index is not None else budget.index(text)
         self.lines = LineIndex(text)
         self.source_lines = text.split("\n")
         self._within: dict[tuple[str, str], Budget] = {}
@@ -164,6 +165,13 @@ class _PythonSplitter:
         """Offset of 1-based ``line``; the text's end past the last line."""
         value = self.lines.offset(line)
         return len(self.text) if value < 0 else value
+
+    def fits_any_head(self, start: int, end: int) -> bool:
+        """Whether ``text[start:end]`` fits as a body whatever its context line (no line to count)."""
+        return (
+            end - start <= self.budget.max_chars
+            and self.index.count(start, end) <= self.budget.min_body_tokens
+        )
 
     def fits(self, start: int, end: int, within: Budget) -> bool:
         return end - start <= within.max_chars and self.index.count(start, end) <= within.max_tokens
@@ -216,7 +224,7 @@ class _PythonSplitter:
         if span is None:
             return []
         name = f"{prefix}{node.name}"
-        if self.fits(*span, self.within(context, name)):
+        if self.fits_any_head(*span) or self.fits(*span, self.within(context, name)):
             return [Unit(span[0], span[1], name, context)]
         if isinstance(node, ast.ClassDef) and any(isinstance(n, _DEFINITIONS) for n in node.body):
             doc = ast.get_docstring(node, clean=True) or ""
@@ -246,7 +254,7 @@ class _PythonSplitter:
                         if units[j].title in titles or not units[j].title
                         else [*titles, units[j].title]
                     )
-                    if not self.fits(
+                    if not self.fits_any_head(units[i].start, units[j].end) and not self.fits(
                         units[i].start, units[j].end, self.within(units[i].context, ", ".join(joined))
                     ):
                         break
@@ -257,16 +265,18 @@ class _PythonSplitter:
         return spans
 
 
-def python_spans(text: str, budget: Budget, label: str = "") -> tuple[list[Span], str] | None:
+def python_spans(
+    text: str, budget: Budget, label: str = "", index: TokenIndex | None = None
+) -> tuple[list[Span], str] | None:
     """Spans of a Python text and the file's context line (``label``, with the first paragraph of
-    the module docstring if any); None if it does not parse."""
+    the module docstring if any); None if it does not parse. ``index``: the budget's of ``text``."""
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     docstring = ast.get_docstring(tree, clean=True) or ""
     head = f"{label}: {one_line(first_paragraph(docstring), 200)}" if docstring else label
-    splitter = _PythonSplitter(text, budget, head)
+    splitter = _PythonSplitter(text, budget, head, index)
     last_line = text.count("\n") + 1
     units = splitter.units(tree.body, 1, last_line, "", "")
     return splitter.merge(units), head
@@ -287,12 +297,13 @@ class CodeProducer(Producer):
         text = decode_text(source.data)
         language = language_of(source.name, source.data[:256]) or "text"
         label = display_name(source.name)
-        parsed = python_spans(text, budget, label) if language == "python" else None
+        index = budget.index(text)
+        parsed = python_spans(text, budget, label, index) if language == "python" else None
         if parsed is not None:
             spans, context = parsed
         else:
             context = label
-            spans = [Span(s, e) for s, e in split_text(text, budget.for_head(context))]
+            spans = [Span(s, e) for s, e in split_text(text, budget.for_head(context), index=index)]
         return build_chunks(
             text,
             spans,
@@ -302,4 +313,5 @@ class CodeProducer(Producer):
             lines=LineIndex(text),
             metadata={"language": language},
             budget=budget,
+            index=index,
         )

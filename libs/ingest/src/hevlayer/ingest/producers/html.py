@@ -159,4 +159,5 @@ class HtmlProducer(Producer):
             name=source.name,
             context=context,
             budget=budget,
+            index=index,
         )

@@ -104,4 +104,5 @@ class MarkdownProducer(Producer):
             context=context,
             lines=LineIndex(text),
             budget=budget,
+            index=index,
         )

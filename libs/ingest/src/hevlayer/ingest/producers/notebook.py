@@ -133,4 +133,5 @@ class NotebookProducer(Producer):
             context=context,
             metadata={"language": language} if language else None,
             budget=budget,
+            index=index,
         )

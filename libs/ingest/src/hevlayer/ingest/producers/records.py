@@ -75,4 +75,5 @@ class RecordsProducer(Producer):
             context=context,
             metadata={"fields": names} if names else None,
             budget=budget,
+            index=index,
         )

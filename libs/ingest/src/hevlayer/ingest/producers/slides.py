@@ -97,4 +97,6 @@ class SlidesProducer(Producer):
             for start, end, number, title in ranges
             for s, e in split_text(body, budget.for_head(context, title=title), start, end, index)
         ]
-        return build_chunks(body, spans, kind=self.kind, name=source.name, context=context, budget=budget)
+        return build_chunks(
+            body, spans, kind=self.kind, name=source.name, context=context, budget=budget, index=index
+        )

@@ -267,6 +267,7 @@ class TableProducer(Producer):
             context=context,
             metadata={"columns": column_names} if column_names else None,
             budget=budget,
+            index=index,
         )
         if schema:
             chunks.extend(

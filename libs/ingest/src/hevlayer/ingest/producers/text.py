@@ -32,7 +32,8 @@ class TextProducer(Producer):
     def produce(self, source: Source, budget: Budget = DEFAULT_BUDGET) -> list[Chunk]:
         text = decode_text(source.data)
         context = display_name(source.name)
-        spans = [Span(s, e) for s, e in split_text(text, budget.for_head(context))]
+        index = budget.index(text)
+        spans = [Span(s, e) for s, e in split_text(text, budget.for_head(context), index=index)]
         return build_chunks(
             text,
             spans,
@@ -41,4 +42,5 @@ class TextProducer(Producer):
             context=context,
             lines=LineIndex(text),
             budget=budget,
+            index=index,
         )

@@ -107,4 +107,6 @@ class WordProducer(Producer):
             for start, end, path in sections
             for s, e in split_text(body, budget.for_head(context, title=path), start, end, index)
         ]
-        return build_chunks(body, spans, kind=self.kind, name=source.name, context=context, budget=budget)
+        return build_chunks(
+            body, spans, kind=self.kind, name=source.name, context=context, budget=budget, index=index
+        )
