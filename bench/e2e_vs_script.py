@@ -33,14 +33,22 @@ stage timings.
 
 Coverage: both paths embed the text within the model's 256-token window only. Per side, the share
 of the corpus' non-whitespace characters that lie within some chunk's first 256 tokens (the
-suite's chunks are hevlayer's: 200 ``TOKEN``-units with a 24-unit overlap, a context line before
-the body; computed with the same producers ``add`` runs, so the suite's figures are what it
-embeds). The suite's padded-token count is modelled: each flush of ``--batch`` consecutive chunks
-is sorted by length and cut into runs of at most ``max_batch_tokens`` padded tokens, as
-``OnnxEmbedder.embed`` does inside Triton.
+suite's chunks are hevlayer's: a context line, then a body of what the window leaves, in the
+model's tokens, with a 28-token overlap; computed with the same producers and budget ``add``
+runs, so the suite's figures are what it embeds), the chunks longer than the window, and the
+CPU time of cutting the corpus into chunks. The suite's padded-token count is modelled: each
+flush of ``--batch`` consecutive chunks is sorted by length and cut into runs of at most
+``max_batch_tokens`` padded tokens, as ``OnnxEmbedder.embed`` does inside Triton.
+
+``--count-only`` stops there (no suite, no model); with ``--regex-budget`` the suite's chunks are
+counted with the budget before the model's tokens were counted (200 ``TOKEN`` units, 24 overlap),
+and ``--recall`` adds recall@5 of ``make run``'s labelled queries on the suite's chunks, embedded
+in this process with the ONNX file Triton serves (best chunk per document, as ``hevlayer search``
+ranks), which takes minutes of CPU.
 
     .venv/bin/python bench/e2e_vs_script.py                  # the make run corpus, 3 rounds
     .venv/bin/python bench/e2e_vs_script.py --files 40 --rounds 2   # a quick run
+    .venv/bin/python bench/e2e_vs_script.py --count-only [--regex-budget] [--recall]
 """
 
 from __future__ import annotations
