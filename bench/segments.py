@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,10 @@ class Phase:
     startup: float
     """Starting the worker processes (Python, imports, a channel each) before that."""
     peak: int
+    enqueue_cpu: float = 0.0
+    """CPU seconds of this process while it enqueued (the client building and sending)."""
+    workers_cpu: float = 0.0
+    """CPU seconds of the worker processes in their claim + complete loops."""
 
     @property
     def total(self) -> float:
@@ -198,9 +202,10 @@ def run_phase(
     *,
     per_document: bool = False,
     columns: bool = True,
+    on_enqueued: Callable[[], None] | None = None,
 ) -> Phase:
     """Enqueue (as columns, or a message per id without ``columns``), then claim and
-    complete."""
+    complete; ``on_enqueued`` is called in between (e.g. to read a process's CPU time)."""
     from claims import grpc_worker
 
     worker_body = grpc_worker if per_document or backend == "row" else lease_worker
@@ -213,12 +218,17 @@ def run_phase(
     async def enqueue_and_sample() -> tuple[float, asyncio.Event, asyncio.Task[int]]:
         stop = asyncio.Event()
         sampler = asyncio.create_task(count_rows(dsn, pipeline_id, stop))
+        cpu = time.process_time()
         seconds = await enqueue(address, pipeline_id, count, columns=columns)
+        cpu_used[0] = time.process_time() - cpu
         return seconds, stop, sampler
 
+    cpu_used = [0.0]
     loop = asyncio.new_event_loop()
     try:
         enqueue_seconds, stop, sampler = loop.run_until_complete(enqueue_and_sample())
+        if on_enqueued is not None:
+            on_enqueued()
         drain_started = time.perf_counter()
         # the sampler keeps running in this loop's thread while workers run
         future = loop.run_in_executor(
@@ -228,14 +238,14 @@ def run_phase(
                 [(address, pipeline_id, f"w{n}", batch, *extra) for n in range(workers)],
             ),
         )
-        drain_seconds, done, _, _ = loop.run_until_complete(future)
+        drain_seconds, done, _, workers_cpu = loop.run_until_complete(future)
         with_startup = time.perf_counter() - drain_started
         stop.set()
         peak = loop.run_until_complete(sampler)
     finally:
         loop.close()
     assert done == count, (done, count)
-    return Phase(enqueue_seconds, drain_seconds, with_startup - drain_seconds, peak)
+    return Phase(enqueue_seconds, drain_seconds, with_startup - drain_seconds, peak, cpu_used[0], workers_cpu)
 
 
 async def leftover_objects(s3: SeaweedS3, bucket: str) -> list[str]:
