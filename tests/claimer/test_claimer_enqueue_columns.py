@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 import pytest
 from grpc import aio
+from hypothesis import given
+from hypothesis import strategies as hyp
 from support.claimer_grpc import new_pipeline
 from support.rpc_errors import violations
 
@@ -20,6 +22,9 @@ from hevlayer.api.lease.v1 import lease_pb2_grpc
 from hevlayer.api.pipeline.v1 import pipeline_pb2 as ppb
 from hevlayer.api.pipeline.v1 import pipeline_pb2_grpc
 from hevlayer.api.staging.v1 import staging_pb2 as st
+from hevlayer.claimer import validation as v
+from hevlayer.claimer.documents import EnqueueBatch, check_enqueue_batch
+from hevlayer.common.errors import InvalidArgument
 
 BACKENDS = [ppb.QUEUE_BACKEND_ROW, ppb.QUEUE_BACKEND_SEGMENT]
 
@@ -160,3 +165,43 @@ async def test_segment_stream_refused_midway_enqueues_no_partial_segment(channel
     assert violations(caught.value) == ["document_ids[1]"]
     assert await pending(channel, pid) == 0
     assert list((await claim_all(channel, pid)).document_ids) == []
+
+
+def first_problem(batch: EnqueueBatch) -> str | None:
+    """The field the per-id rules refuse first (ids before hashes), None if none: the
+    reference :func:`check_enqueue_batch` must agree with."""
+    for i, value in enumerate(batch.document_ids):
+        try:
+            v.document_id(value, batch.id_field(i))
+        except InvalidArgument as error:
+            return error.violations[0].field
+    for i, content_hash in enumerate(batch.content_hashes):
+        if len(content_hash.encode()) > v.MAX_HASH_BYTES:
+            return batch.hash_field(i)
+    return None
+
+
+_TEXT = hyp.text(alphabet="a\x00é€", max_size=200)
+
+
+@given(
+    ids=hyp.lists(hyp.one_of(hyp.text(alphabet="ab", min_size=1, max_size=20), _TEXT), max_size=30),
+    hashes=hyp.lists(_TEXT, max_size=30),
+    from_documents=hyp.integers(min_value=0, max_value=30),
+)
+def test_check_enqueue_batch_agrees_with_the_per_id_rules(
+    ids: list[str], hashes: list[str], from_documents: int
+) -> None:
+    """Whatever the ids and hashes (empty, NUL, multi-byte, over the byte limits), the C-level
+    passes refuse exactly what the per-id rules refuse, naming the same field."""
+    start = min(from_documents, len(ids))
+    batch = EnqueueBatch(
+        "p", ids, (hashes + [""] * len(ids))[: len(ids)], columns_from=start if start < len(ids) else None
+    )
+    expected = first_problem(batch)
+    if expected is None:
+        check_enqueue_batch(batch)
+    else:
+        with pytest.raises(InvalidArgument) as caught:
+            check_enqueue_batch(batch)
+        assert caught.value.violations[0].field == expected
