@@ -13,6 +13,7 @@ from hevlayer.client._base import ServiceClient
 from hevlayer.client.methods import STAGING_SERVICE, method
 from hevlayer.client.options import ClientOptions
 from hevlayer.client.types import HasLease, trace_parent_of
+from hevlayer.common.errors import FailedPrecondition
 
 _STAGE = method(STAGING_SERVICE, "StageDocuments")
 _ENQUEUE = method(STAGING_SERVICE, "EnqueueDocuments")
@@ -29,16 +30,6 @@ EnqueueEntry = tuple[str, str] | tuple[str, str, int]
 """One id to enqueue: ``(document id, content hash)`` or ``(document id, content hash, priority)``.
 The hash may be ""; the priority (default 0) orders claims, lower first, then oldest first
 (``EnqueuedDocument.priority``; both queue backends)."""
-
-
-def enqueued_documents(batch: Sequence[EnqueueEntry]) -> list[staging_pb2.EnqueuedDocument]:
-    """The EnqueuedDocument messages of one batch."""
-    return [
-        staging_pb2.EnqueuedDocument(document_id=entry[0], content_hash=entry[1], priority=entry[2])
-        if len(entry) == 3
-        else staging_pb2.EnqueuedDocument(document_id=entry[0], content_hash=entry[1])
-        for entry in batch
-    ]
 
 
 def enqueue_request(
@@ -58,6 +49,19 @@ def enqueue_request(
     if any(priorities):
         request.priorities.extend(priorities)
     return request
+
+
+def check_columns_understood(sent: int, response: staging_pb2.EnqueueDocumentsResponse) -> None:
+    """:class:`FailedPrecondition` if ``sent`` ids went out as columns and the answer counts none
+    of them, neither enqueued nor unchanged: a gateway or claimer that predates ``document_ids``
+    ignores the field (protobuf keeps unknown fields silently) and answers OK having enqueued
+    nothing. Said instead of losing the ids without a word."""
+    if sent and not response.enqueued and not response.unchanged:
+        raise FailedPrecondition(
+            f"document_ids: the server enqueued none of the {sent} ids sent: the gateway or the "
+            "claimer behind it predates the columnar EnqueueDocuments (document_ids); upgrade both "
+            "before this client"
+        )
 
 
 def lease_refs(leases: Iterable[HasLease], *, traced: bool = False) -> list[document_pb2.LeaseRef]:
@@ -168,13 +172,18 @@ class StagingClient(ServiceClient):
         """EnqueueDocuments: batches of ``(document id, content hash[, priority])`` into ``stage``,
         one stream (see :data:`EnqueueEntry`), each sent as columns (:func:`enqueue_request`)."""
 
+        sent = 0
+
         async def requests() -> AsyncIterator[staging_pb2.EnqueueDocumentsRequest]:
+            nonlocal sent
             async for batch in batches:
+                sent += len(batch)
                 yield enqueue_request(pipeline_id, batch, stage=stage, skip_unchanged=skip_unchanged)
 
         response: staging_pb2.EnqueueDocumentsResponse = await self._unary(
             _ENQUEUE, self._stub.EnqueueDocuments, requests(), timeout
         )
+        check_columns_understood(sent, response)
         return response
 
     async def read_chunks(
