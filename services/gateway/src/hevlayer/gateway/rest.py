@@ -40,6 +40,7 @@ from hevlayer.api.lease.v1 import lease_pb2
 from hevlayer.api.pipeline.v1 import pipeline_pb2
 from hevlayer.api.staging.v1 import staging_pb2
 from hevlayer.client.methods import INDEX_SERVICE, LEASE_SERVICE, PIPELINE_SERVICE, STAGING_SERVICE
+from hevlayer.client.staging import check_columns_understood
 from hevlayer.common import metrics
 from hevlayer.common.errors import (
     FailedPrecondition,
@@ -510,6 +511,7 @@ class RestApi:
                 )
 
             enqueued = await self.claimer.enqueue(batches(), timeout=self.claimer.timeout)
+            check_columns_understood(len(ids), enqueued)  # a claimer from before document_ids
             return web.json_response(
                 {
                     "pipeline_id": pipeline_id,
