@@ -6,6 +6,7 @@ import pytest
 
 from hevlayer.common.config import ConfigError, load_settings
 from hevlayer.extractor.settings import ExtractorS3Settings, ExtractorSettings
+from hevlayer.ingest.producers import DEFAULT_BUDGET
 
 
 def test_defaults_work_every_pipeline_with_the_cli_budget() -> None:
@@ -13,10 +14,11 @@ def test_defaults_work_every_pipeline_with_the_cli_budget() -> None:
     assert settings.all_pipelines
     assert settings.gateway == "gw:50051"
     assert (settings.budget().max_tokens, settings.budget().overlap_tokens, settings.budget().max_chars) == (
-        200,
-        24,
-        2000,
+        256,
+        28,
+        2560,
     )
+    assert settings.budget() == DEFAULT_BUDGET, "hevlayer add's defaults, in the model's tokens"
     operator = load_settings(
         ExtractorSettings, environ={"HEVLAYER_GATEWAY_ADDRESS": "gw:1", "HEVLAYER_PIPELINE_ID": "docs"}
     )
@@ -50,7 +52,7 @@ def test_excluded_pipelines() -> None:
         ({"EXTRACTOR_EXCLUDE_PIPELINES": "*x"}, "EXTRACTOR_EXCLUDE_PIPELINES"),
         ({"EXTRACTOR_CONCURRENCY": "0"}, "EXTRACTOR_CONCURRENCY"),
         ({"EXTRACTOR_LEASE_SECONDS": "0"}, "EXTRACTOR_LEASE_SECONDS"),
-        ({"EXTRACTOR_CHUNK_OVERLAP_TOKENS": "200"}, "EXTRACTOR_CHUNK_OVERLAP_TOKENS"),
+        ({"EXTRACTOR_CHUNK_OVERLAP_TOKENS": "256"}, "EXTRACTOR_CHUNK_OVERLAP_TOKENS"),
         ({"EXTRACTOR_ARTIFACT_CACHE": "s3:///prefix"}, "EXTRACTOR_ARTIFACT_CACHE"),
         ({"EXTRACTOR_ARTIFACT_CACHE_BYTES": "-1"}, "EXTRACTOR_ARTIFACT_CACHE_BYTES"),
         ({"EXTRACTOR_POLL_SECONDS": "0"}, "EXTRACTOR_POLL_SECONDS"),

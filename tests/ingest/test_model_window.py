@@ -295,6 +295,7 @@ def test_the_regex_budget_counts_token_units_and_sets_no_window(text: str) -> No
         ({"tokenizer": "bpe"}, "tokenizer must be one of minilm, regex, not 'bpe'"),
         ({"tokenizer": "regex", "max_text_tokens": 256}, "max_text_tokens needs the model's tokenizer"),
         ({"max_text_tokens": 5}, "max_text_tokens must be at least 6"),
+        ({"max_text_tokens": 512}, r"max_text_tokens must be at most 256 \(the model's window\)"),
     ],
 )
 def test_budget_errors_name_the_field(fields: dict[str, Any], message: str) -> None:

@@ -124,6 +124,8 @@ class Budget:
         if self.max_text_tokens is not None:
             if self.counter.special_tokens == 0:
                 raise ValueError(f"max_text_tokens needs the model's tokenizer ({MINILM.name!r})")
+            if self.max_text_tokens > MODEL_MAX_TOKENS:
+                raise ValueError(f"max_text_tokens must be at most {MODEL_MAX_TOKENS} (the model's window)")
             if self.max_text_tokens < 2 * (self.counter.special_tokens + 1):
                 raise ValueError(f"max_text_tokens must be at least {2 * (self.counter.special_tokens + 1)}")
 
