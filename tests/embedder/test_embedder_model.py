@@ -67,3 +67,22 @@ def test_length_sorted_runs_keep_the_order(onnx_embedder: OnnxEmbedder) -> None:
     b = sorted_runs.embed(texts)
     # int8 activations are quantized per run, so vectors move slightly with the batch.
     assert np.min(np.sum(a * b, axis=1)) > 0.99
+
+
+def test_parallel_runs_give_the_vectors_of_one_run_at_a_time() -> None:
+    texts = [f"{'longer ' * (i % 9)}sentence number {i} about markets" for i in range(50)]
+    one_at_a_time = OnnxEmbedder(minilm_files(), RuntimeOptions(parallel_runs=1, max_batch_tokens=64))
+    four_at_once = OnnxEmbedder(minilm_files(), RuntimeOptions(parallel_runs=4, max_batch_tokens=64))
+    a = one_at_a_time.embed(texts)
+    b = four_at_once.embed(texts)
+    # the same runs with the same rows: only the threads that compute them differ
+    assert np.min(np.sum(a * b, axis=1)) > 0.9999
+
+
+def test_runtime_options_share_the_cpus_out_among_parallel_runs() -> None:
+    assert RuntimeOptions().resolved(cpus=2) == (2, 1)
+    assert RuntimeOptions().resolved(cpus=16) == (16, 1)
+    assert RuntimeOptions(parallel_runs=1).resolved(cpus=8) == (1, 8)
+    assert RuntimeOptions(parallel_runs=3).resolved(cpus=8) == (3, 2)
+    assert RuntimeOptions(parallel_runs=2, intra_op_threads=3).resolved(cpus=2) == (2, 3)
+    assert RuntimeOptions(parallel_runs=4).resolved(cpus=2) == (4, 1)

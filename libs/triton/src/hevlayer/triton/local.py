@@ -161,6 +161,7 @@ class LocalModel:
             "intra_op_threads": str(self.runtime.intra_op_threads),
             "allow_spinning": "true" if self.runtime.allow_spinning else "false",
             "max_batch_tokens": str(self.runtime.max_batch_tokens),
+            "parallel_runs": str(self.runtime.parallel_runs),
             "normalized": "true",
         }
         parameters = "\n".join(
@@ -399,7 +400,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="name of the served model")
     parser.add_argument("--max-batch-size", type=int, default=64, help="the model's max_batch_size")
     parser.add_argument("--instances", type=int, default=1, help="model instances (stub processes)")
-    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per CPU)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="onnxruntime threads per run (0: the CPUs / --parallel-runs)"
+    )
+    parser.add_argument(
+        "--parallel-runs", type=int, default=0, help="encoder runs of a batch at once (0: one per CPU)"
+    )
     parser.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching queue delay")
     parser.add_argument("--allow-spinning", action="store_true", help="let onnxruntime threads spin")
     parser.add_argument("--workdir", type=Path, default=None, help="working directory (default: a temp dir)")
@@ -410,7 +416,11 @@ def main(argv: list[str] | None = None) -> None:
         max_batch_size=args.max_batch_size,
         instances=args.instances,
         queue_delay_us=args.queue_delay_us,
-        runtime=RuntimeOptions(intra_op_threads=args.threads, allow_spinning=args.allow_spinning),
+        runtime=RuntimeOptions(
+            intra_op_threads=args.threads,
+            allow_spinning=args.allow_spinning,
+            parallel_runs=args.parallel_runs,
+        ),
     )
     server = LocalTriton(
         [model],

@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,13 @@ def minilm_files() -> ModelFiles:
 class RuntimeOptions:
     """How onnxruntime runs the encoder.
 
-    ``intra_op_threads`` 0 means one per CPU. ``allow_spinning`` False stops
+    ``parallel_runs`` encoder runs of one batch go to onnxruntime at once, each from a thread of
+    its own (0: one per CPU); ``intra_op_threads`` is each run's own thread count (0: the CPUs
+    shared out among the parallel runs, at least 1). On the 2-core machine two single-threaded
+    runs at once kept both cores busy (1.95 cores used, 33.1 texts/s) where one run on two
+    threads left a fifth of a core idle at its barriers and in the serial parts between them
+    (pooling, copies: 1.81 cores, 30.1 texts/s; ``bench/e2e_vs_script.py``, docs/benchmarks.md).
+    ``allow_spinning`` False stops
     idle onnxruntime threads from busy-waiting: on a small machine shared with
     the Triton server, its stub and the clients, every spin steals a core from
     the model. ``max_batch_tokens`` caps padded tokens per encoder run: a batch
@@ -101,13 +108,25 @@ class RuntimeOptions:
     ``rows x 12 heads x tokens²`` floats), so 8192 tokens (32 texts of 256 tokens)
     grew the process to about 1.5 GB, 512 tokens keep it near 300 MB, and the
     smaller runs take no more CPU time per text (``bench/memory.py``,
-    docs/benchmarks.md). The vectors do not depend on how a batch is cut into runs.
+    docs/benchmarks.md). With ``parallel_runs`` runs in flight at once the process holds
+    ``parallel_runs x max_batch_tokens`` tokens' intermediates, hence 256 by default (one text of
+    the model's full 256 tokens): two runs of 256 held 333 MiB where one run of 512 held 326
+    MiB and two of 512 held 407 MiB (the in-process test of the figures above), at 32.3 texts/s
+    against 30.0 and 33.0. The vectors do not depend on how a batch is cut into runs.
     """
 
     intra_op_threads: int = 0
     allow_spinning: bool = False
-    max_batch_tokens: int = 512
+    max_batch_tokens: int = 256
     sort_by_length: bool = True
+    parallel_runs: int = 0
+
+    def resolved(self, cpus: int | None = None) -> tuple[int, int]:
+        """``(parallel runs, threads per run)`` on a machine of ``cpus`` CPUs (default: this one)."""
+        cores = max(1, cpus if cpus is not None else (os.cpu_count() or 1))
+        runs = self.parallel_runs if self.parallel_runs > 0 else cores
+        threads = self.intra_op_threads if self.intra_op_threads > 0 else max(1, cores // runs)
+        return runs, threads
 
 
 class OnnxEmbedder:
@@ -123,7 +142,8 @@ class OnnxEmbedder:
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        session_options.intra_op_num_threads = self.options.intra_op_threads or (os.cpu_count() or 1)
+        self._parallel_runs, threads = self.options.resolved()
+        session_options.intra_op_num_threads = threads
         session_options.inter_op_num_threads = 1
         spinning = "1" if self.options.allow_spinning else "0"
         session_options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
@@ -133,6 +153,11 @@ class OnnxEmbedder:
             str(files.onnx_path), sess_options=session_options, providers=["CPUExecutionProvider"]
         )
         self._input_names = {i.name for i in self._session.get_inputs()}
+        self._pool = (
+            ThreadPoolExecutor(self._parallel_runs, thread_name_prefix="encoder-run")
+            if self._parallel_runs > 1
+            else None
+        )
 
     @property
     def dimension(self) -> int:
@@ -150,14 +175,24 @@ class OnnxEmbedder:
         encodings = self._tokenizer.encode_batch(list(texts))
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable") if self.options.sort_by_length else np.arange(len(texts))
+        runs: list[npt.NDArray[np.int64]] = []
         start = 0
         while start < len(order):
             # Sorted longest first, the first remaining text is the longest of the run.
             longest = int(lengths[order[start]]) if self.options.sort_by_length else int(lengths.max())
             size = max(1, self.options.max_batch_tokens // max(longest, 1))
-            run = order[start : start + size]
-            out[run] = self._run([encodings[i].ids for i in run], int(lengths[run].max()))
-            start += len(run)
+            runs.append(order[start : start + size])
+            start += len(runs[-1])
+
+        def encode(run: npt.NDArray[np.int64]) -> Vectors:
+            return self._run([encodings[i].ids for i in run], int(lengths[run].max()))
+
+        if self._pool is None or len(runs) == 1:
+            for run in runs:
+                out[run] = encode(run)
+        else:  # onnxruntime releases the GIL while a run computes
+            for run, vectors in zip(runs, self._pool.map(encode, runs), strict=True):
+                out[run] = vectors
         return out
 
     def _run(self, ids_list: list[list[int]], width: int) -> Vectors:

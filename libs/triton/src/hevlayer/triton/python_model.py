@@ -53,6 +53,7 @@ class TritonPythonModel:
             intra_op_threads=int(params.get("intra_op_threads", "0")),
             allow_spinning=params.get("allow_spinning", "false").lower() == "true",
             max_batch_tokens=int(params.get("max_batch_tokens", str(RuntimeOptions.max_batch_tokens))),
+            parallel_runs=int(params.get("parallel_runs", "0")),
         )
         self.embedder = OnnxEmbedder(files, options)
 
