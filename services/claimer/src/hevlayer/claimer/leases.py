@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 import asyncpg
 
@@ -332,8 +333,14 @@ class LeaseStore:
         v.lease_seconds(request.lease_seconds)
         started = time.perf_counter()
 
-        async def body(conn: asyncpg.Connection, work: Work) -> Claimed:
+        async def body(conn: asyncpg.Connection, work: Work, rows_only: bool = False) -> Claimed | None:
+            # rows_only: a pipeline of document rows only is claimed by one statement, atomic by
+            # itself, run outside a transaction (no BEGIN and no COMMIT round trip; the claim's
+            # row locks, its counters' and the change log's, end with the statement); None when
+            # the pipeline is segmented
             cfg = await pipeline_config(conn, request.pipeline_id)
+            if rows_only and cfg.segmented:
+                return None
             now = self.clock()
             expires = now + timedelta(seconds=request.lease_seconds or cfg.default_lease_seconds)
             claimed = Claimed(request.claim_stage, request.worker_id, expires)
@@ -398,28 +405,16 @@ class LeaseStore:
                 want -= taken
             return claimed
 
-        async def rows_only(conn: asyncpg.Connection, work: Work) -> Claimed | None:
-            # A pipeline of document rows only is claimed by one statement, atomic by itself:
-            # no BEGIN and no COMMIT round trip (the claim's row locks, its counters' and the
-            # change log's, end with the statement). None: the pipeline is segmented.
-            cfg = await pipeline_config(conn, request.pipeline_id)
-            if cfg.segmented:
-                return None
-            now = self.clock()
-            expires = now + timedelta(seconds=request.lease_seconds or cfg.default_lease_seconds)
-            claimed = Claimed(request.claim_stage, request.worker_id, expires)
-            if not cfg.paused:
-                await self._claim_rows(conn, cfg, request, now, expires, request.limit, ANY_PRIORITY, claimed)
-            return claimed
-
-        found: Claimed | None = None
+        claimed: Claimed | None = None
         if request.pipeline_id not in self._segmented:
-            found = await run(self._db, rows_only, self._cleanup, transaction=False)
-            if found is None:
+            claimed = await run(self._db, partial(body, rows_only=True), self._cleanup, transaction=False)
+            if claimed is None:
                 self._segmented.add(request.pipeline_id)
-        # segmented pipelines (and, should the pipeline have been recreated as one of rows,
-        # its rows too) in one transaction, which reads the pipeline's settings again
-        claimed = found if found is not None else await run(self._db, body, self._cleanup)
+        if claimed is None:
+            # segmented pipelines (and, should the pipeline have been recreated as one of rows,
+            # its rows too) in one transaction, which reads the pipeline's settings again
+            claimed = await run(self._db, body, self._cleanup)
+        assert claimed is not None  # only a rows_only attempt answers None
         attempts = claimed.attempts
         metrics.observe_claim(
             request.pipeline_id,

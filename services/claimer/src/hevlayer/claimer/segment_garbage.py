@@ -121,9 +121,8 @@ class ManifestGarbage:
             old = [
                 o.key
                 for o in await self.store.list_objects(segments_prefix(pipeline_id))
-                if o.last_modified <= cutoff
+                if o.last_modified <= cutoff and segment_id_of(o.key) is not None
             ]
-            old = [key for key in old if segment_id_of(key) is not None]
             if not old:
                 continue
             async with self._db.acquire() as conn:
