@@ -383,8 +383,9 @@ def _fit_heads(chunks: list[Chunk], budget: Budget, index: TokenIndex | None) ->
     """
     counter = budget.counter
     room = budget.text_limit - counter.special_tokens
-    distinct = list(dict.fromkeys(c.text[: len(c.text) - len(c.body)].removesuffix("\n") for c in chunks))
-    heads = dict(zip(distinct, counter.counts(distinct), strict=True))
+    heads = [c.text[: len(c.text) - len(c.body)].removesuffix("\n") for c in chunks]
+    distinct = list(dict.fromkeys(heads))
+    head_tokens = dict(zip(distinct, counter.counts(distinct), strict=True))
     bodies: list[int | None] = [
         index.count(c.start, c.start + len(c.body))
         if index is not None and index.between_words(c.start, c.start + len(c.body))
@@ -394,10 +395,9 @@ def _fit_heads(chunks: list[Chunk], budget: Budget, index: TokenIndex | None) ->
     again = [c.body for c, tokens in zip(chunks, bodies, strict=True) if tokens is None]
     recounted = iter(counter.counts(again))
     fitted: list[Chunk] = []
-    for chunk, known in zip(chunks, bodies, strict=True):
+    for chunk, head, known in zip(chunks, heads, bodies, strict=True):
         body = known if known is not None else next(recounted)
-        head = chunk.text[: len(chunk.text) - len(chunk.body)].removesuffix("\n")
-        if not head or heads[head] + body <= room:
+        if not head or head_tokens[head] + body <= room:
             fitted.append(chunk)
             continue
         kept = counter.prefix(head, room - body)
@@ -438,11 +438,6 @@ class TokenIndex:
         first = bisect.bisect_left(self.starts, start)
         last = bisect.bisect_right(self.ends, end)
         return max(0, last - first)
-
-    def tokens_in(self, start: int, end: int) -> list[tuple[int, int]]:
-        first = bisect.bisect_left(self.starts, start)
-        last = bisect.bisect_right(self.ends, end)
-        return list(zip(self.starts[first:last], self.ends[first:last], strict=True))
 
 
 def trim(text: str, start: int, end: int) -> tuple[int, int] | None:
