@@ -301,3 +301,18 @@ def test_the_regex_budget_counts_token_units_and_sets_no_window(text: str) -> No
 def test_budget_errors_name_the_field(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Budget(**fields)
+
+
+def test_a_character_of_more_tokens_than_the_budget_is_a_body_of_its_own() -> None:
+    """Found by hypothesis (a table cell of one Hangul syllable): the model's tokenizer makes two
+    tokens of "게", both at the character's offsets. With a one-token budget the splitter cuts
+    down to that character and no further, since nothing smaller can be cut; every other body
+    stays within the budget and every character is covered."""
+    text = "c0: 게"
+    budget = Budget(max_tokens=1, overlap_tokens=0, max_chars=16)
+    index = budget.index(text)
+    assert index.count(4, 5) == 2
+    spans = split_text(text, budget)
+    assert_covers(text, spans)
+    assert (4, 5) in spans
+    assert all(index.count(s, e) <= 1 for s, e in spans if (s, e) != (4, 5))
