@@ -162,6 +162,7 @@ class LocalModel:
             "allow_spinning": "true" if self.runtime.allow_spinning else "false",
             "max_batch_tokens": str(self.runtime.max_batch_tokens),
             "parallel_runs": str(self.runtime.parallel_runs),
+            "fuse_graph": "true" if self.runtime.fuse_graph else "false",
             "normalized": "true",
         }
         parameters = "\n".join(
@@ -408,6 +409,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching queue delay")
     parser.add_argument("--allow-spinning", action="store_true", help="let onnxruntime threads spin")
+    parser.add_argument(
+        "--no-fuse-graph",
+        action="store_true",
+        help="run the encoder's graph as the file has it (default: attention and GELU fused)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="working directory (default: a temp dir)")
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
     args = parser.parse_args(argv)
@@ -420,6 +426,7 @@ def main(argv: list[str] | None = None) -> None:
             intra_op_threads=args.threads,
             allow_spinning=args.allow_spinning,
             parallel_runs=args.parallel_runs,
+            fuse_graph=not args.no_fuse_graph,
         ),
     )
     server = LocalTriton(

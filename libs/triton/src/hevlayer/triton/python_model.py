@@ -54,6 +54,7 @@ class TritonPythonModel:
             allow_spinning=params.get("allow_spinning", "false").lower() == "true",
             max_batch_tokens=int(params.get("max_batch_tokens", str(RuntimeOptions.max_batch_tokens))),
             parallel_runs=int(params.get("parallel_runs", "0")),
+            fuse_graph=params.get("fuse_graph", "true").lower() == "true",
         )
         self.embedder = OnnxEmbedder(files, options)
 
