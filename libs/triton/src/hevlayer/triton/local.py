@@ -46,13 +46,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-import tritonclient.grpc as triton_grpc
-from tritonclient.utils import InferenceServerException
+import grpc
 
 from hevlayer.common.processes import log_tail
 from hevlayer.devstack.ports import free_port
 from hevlayer.devstack.processes import ServiceProcess
-from hevlayer.triton.onnx_model import ModelFiles, RuntimeOptions, minilm_files
+from hevlayer.triton.model_files import ModelFiles, RuntimeOptions, minilm_files
+from hevlayer.triton.readiness import ReadinessProbe, tls_credentials
 
 DEFAULT_MODEL_NAME = "minilm"
 DEFAULT_GRPC_PORT = 8001
@@ -87,16 +87,15 @@ class TritonTLS:
             return [*args, "--grpc-use-ssl-mutual=true"]
         return [*args, "--grpc-use-ssl=true"]
 
-    def client_kwargs(self) -> dict[str, object]:
-        """What ``tritonclient.grpc.InferenceServerClient`` takes to reach the server."""
-        kwargs: dict[str, object] = {"ssl": True, "root_certificates": str(self.ca)}
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """What :meth:`LocalTriton.wait_ready` reaches the server with."""
+        if self.mutual and (self.client_cert is None or self.client_key is None):
+            raise TritonStartError(
+                "TritonTLS: mutual TLS needs client_cert and client_key to probe readiness"
+            )
         if self.mutual:
-            if self.client_cert is None or self.client_key is None:
-                raise TritonStartError(
-                    "TritonTLS: mutual TLS needs client_cert and client_key to probe readiness"
-                )
-            kwargs.update(certificate_chain=str(self.client_cert), private_key=str(self.client_key))
-        return kwargs
+            return tls_credentials(self.ca, self.client_cert, self.client_key)
+        return tls_credentials(self.ca)
 
 
 class TritonStartError(RuntimeError):
@@ -324,10 +323,7 @@ class LocalTriton:
             raise TritonStartError("tritonserver has not been started")
         deadline = time.monotonic() + timeout
         names = [m.name for m in self.models] if self.model_repository is None else []
-        client = triton_grpc.InferenceServerClient(
-            self.url,
-            **(self.tls.client_kwargs() if self.tls is not None else {}),
-        )
+        client = ReadinessProbe(self.url, self.tls.channel_credentials() if self.tls is not None else None)
         try:
             while True:
                 if not process.running:
@@ -335,11 +331,10 @@ class LocalTriton:
                         f"tritonserver exited with {process.returncode} before it was ready\n"
                         f"--- {self.log_path} ---\n{self.log_tail()}"
                     )
-                with contextlib.suppress(InferenceServerException):
-                    if client.is_server_ready(client_timeout=1.0) and all(
-                        client.is_model_ready(name, client_timeout=1.0) for name in names
-                    ):
-                        return self
+                if client.server_ready(timeout=1.0) and all(
+                    client.model_ready(name, timeout=1.0) for name in names
+                ):
+                    return self
                 if time.monotonic() > deadline:
                     raise TritonStartError(
                         f"tritonserver (pid {process.pid}) not ready on {self.url} after {timeout:.0f}s\n"

@@ -22,7 +22,7 @@ import re
 import shutil
 from pathlib import Path
 
-from hevlayer.triton.onnx_model import minilm_files
+from hevlayer.triton.model_files import minilm_files
 
 _ONNX_MODEL = Path(__file__).with_name("onnx_python_model.py")
 
