@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import replace
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 import pytest
@@ -13,6 +14,8 @@ from onnx import TensorProto, helper
 
 from hevlayer.triton.graph_fusion import MS_DOMAIN, FusionReport, fuse_encoder
 from hevlayer.triton.onnx_model import OnnxEmbedder, RuntimeOptions, minilm_files
+
+Ids = npt.NDArray[np.int64]
 
 TEXTS = [
     "def add(a, b):\n    return a + b",
@@ -39,12 +42,12 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _hidden(session: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _hidden(session: ort.InferenceSession, ids: Ids, mask: Ids) -> npt.NDArray[np.float32]:
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
     return np.asarray(session.run(None, feeds)[0])
 
 
-def _padded_batch() -> tuple[np.ndarray, np.ndarray]:
+def _padded_batch() -> tuple[Ids, Ids]:
     rng = np.random.default_rng(7)
     lengths = [5, 64, 17, 128]
     ids = np.zeros((len(lengths), max(lengths)), dtype=np.int64)
