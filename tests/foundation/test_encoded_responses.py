@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from grpc import aio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.lease.v1 import lease_pb2 as pb
 from hevlayer.api.lease.v1 import lease_pb2_grpc
-from hevlayer.common.encoded import Encoded, add_servicer, method_handlers, serialize
+from hevlayer.common.encoded import Encoded, add_servicer, method_handlers, serialize, varint
 from hevlayer.common.interceptors import ServerInterceptor
 
 LEASE_SERVICE = pb.DESCRIPTOR.services_by_name["LeaseService"]
@@ -95,3 +97,17 @@ def test_a_servicer_missing_a_method_is_refused() -> None:
 
     with pytest.raises(TypeError, match="HeartbeatLeases"):
         method_handlers(LEASE_SERVICE, Partial())
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1))
+def test_a_varint_is_what_protobuf_writes(value: int) -> None:
+    # field 1 of a uint64 wrapper: its tag (0x08), then the value's varint
+    from google.protobuf import wrappers_pb2
+
+    message = wrappers_pb2.UInt64Value(value=value).SerializeToString()
+    assert varint(value) == (message[1:] if value else b"\x00")
+
+
+def test_a_negative_varint_is_refused() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        varint(-1)

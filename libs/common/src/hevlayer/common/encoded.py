@@ -25,6 +25,20 @@ class Encoded:
     data: bytes
 
 
+def varint(value: int) -> bytes:
+    """The protobuf varint encoding of a non-negative ``value`` (a length, a tag, a bool)."""
+    if value < 0:
+        raise ValueError(f"varint: {value} is negative")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if not value:
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
 def serialize(response: Message | Encoded) -> bytes:
     """Wire bytes of a response: an :class:`Encoded` as it is, a message serialized."""
     if type(response) is Encoded:

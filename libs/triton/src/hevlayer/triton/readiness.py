@@ -16,25 +16,15 @@ from pathlib import Path
 
 import grpc
 
+from hevlayer.common.encoded import varint
+
 SERVICE = "/inference.GRPCInferenceService/"
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def model_ready_request(name: str) -> bytes:
     """``ModelReadyRequest(name=name)`` serialized."""
     encoded = name.encode("utf-8")
-    return b"\x0a" + _varint(len(encoded)) + encoded if encoded else b""
+    return b"\x0a" + varint(len(encoded)) + encoded if encoded else b""
 
 
 def ready_field(payload: bytes) -> bool:

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.client.naming import pack_prefix
 from hevlayer.client.types import StagedRecord, StagedResult
+from hevlayer.common.encoded import varint
 from hevlayer.common.errors import Internal, InvalidArgument, NotFound, ServiceError, Unavailable, Violation
 from hevlayer.common.telemetry import traceparent
 from hevlayer.gateway.cache import ResilientCache
@@ -76,17 +77,7 @@ class StageOutcome:
 def _hash_field(content_hash: str) -> bytes:
     """``content_hash`` (field 3 of Document) encoded as a protobuf field."""
     data = content_hash.encode()
-    length = len(data)
-    varint = bytearray()
-    while True:
-        byte = length & 0x7F
-        length >>= 7
-        if length:
-            varint.append(byte | 0x80)
-        else:
-            varint.append(byte)
-            break
-    return b"\x1a" + bytes(varint) + data
+    return b"\x1a" + varint(len(data)) + data
 
 
 @dataclass
