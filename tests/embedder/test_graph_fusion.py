@@ -122,6 +122,30 @@ def test_a_layer_that_does_not_match_is_left_and_the_rest_are_fused(minilm: onnx
     assert np.abs(before[real] - after[real]).max() < 1e-4
 
 
+def test_a_causal_mask_is_not_fused_into_attention_without_one(minilm: onnx.ModelProto) -> None:
+    model = onnx.ModelProto()
+    model.CopyFrom(minilm)
+    # The exporter's mask compares the key position with 0 (always true); compare it with the
+    # query position instead and the mask becomes causal, which the fused Attention (no
+    # `unidirectional`) would not apply.
+    producer = {out: n for n in model.graph.node for out in n.output}
+    compare = next(n for n in model.graph.node if n.op_type == "GreaterOrEqual")
+    key_positions = producer[compare.input[0]]  # Unsqueeze(positions, [2]): [1, 1, 1, S]
+    assert key_positions.op_type == "Unsqueeze"
+    assert compare.input[1] not in producer  # the constant 0
+    positions = key_positions.input[0]  # Unsqueeze(Range(0, S), [0]): [1, S]
+    assert producer[producer[positions].input[0]].op_type == "Range"
+    query_positions = next(  # Unsqueeze(positions, [2]): [1, S, 1]
+        n
+        for n in model.graph.node
+        if n.op_type == "Unsqueeze" and n.input[0] == positions and n is not key_positions
+    )
+    compare.input[1] = query_positions.output[0]
+    report = fuse_encoder(model)
+    assert report.attention == 0
+    assert report.gelu == 6
+
+
 def test_a_graph_output_read_inside_an_attention_leaves_the_model_as_it_was(minilm: onnx.ModelProto) -> None:
     model = onnx.ModelProto()
     model.CopyFrom(minilm)

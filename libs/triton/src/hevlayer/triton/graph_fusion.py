@@ -21,11 +21,12 @@ docs/benchmarks.md). The weights stay as the file stores them (int8 with scales)
 packed projection weight is a ``Concat`` that onnxruntime folds into a constant when
 the session is created.
 
-The match is strict: a layer whose nodes are not exactly the expected pattern
-(names of ops, inputs, the two scales' product, the mask bias computed from
-``attention_mask``) is left as it is, and :class:`FusionReport` says how many were
-fused. Nothing here is specific to MiniLM beyond the exporter's shape of a BERT
-layer; the head count is read from the reshape into heads.
+The match is strict: a layer whose nodes are not exactly the expected pattern (the
+ops and how they connect, the two scales' product, a mask bias that masks padded keys
+only: computed from ``attention_mask`` and from no comparison of two positions) is left
+as it is, and :class:`FusionReport` says how many were fused. Nothing here is specific
+to MiniLM beyond the exporter's shape of a BERT layer; the head count is read from the
+reshape into heads.
 """
 
 from __future__ import annotations
@@ -98,21 +99,44 @@ class _Graph:
             return None
         return float(value.reshape(()))
 
-    def depends_on(self, name: str, source: str) -> bool:
-        """Whether tensor ``name`` is computed from graph input ``source``."""
-        seen: set[str] = set()
+    def ancestors(self, name: str) -> tuple[set[str], list[onnx.NodeProto]]:
+        """The tensors and the nodes that tensor ``name`` is computed from (itself included)."""
+        tensors: set[str] = set()
+        nodes: list[onnx.NodeProto] = []
         stack = [name]
         while stack:
             current = stack.pop()
-            if current == source:
-                return True
-            if current in seen:
+            if current in tensors:
                 continue
-            seen.add(current)
+            tensors.add(current)
             node = self.producer.get(current)
             if node is not None:
+                nodes.append(node)
                 stack.extend(i for i in node.input if i)
-        return False
+        return tensors, nodes
+
+    def is_key_padding_bias(self, name: str, mask_input: str) -> bool:
+        """Whether ``name`` is ``Where(keep, 0, very negative)`` with ``keep`` computed from
+        ``mask_input`` and from no comparison of two positions (a causal or banded mask, which
+        ``com.microsoft.Attention`` without ``unidirectional`` would not apply)."""
+        where = self.op(name, "Where")
+        if where is None:
+            return False
+        keep_value, masked_value = self.scalar(where.input[1]), self.scalar(where.input[2])
+        if keep_value != 0.0 or masked_value is None or masked_value > -1e4:
+            return False
+        tensors, nodes = self.ancestors(where.input[0])
+        if mask_input not in tensors:
+            return False
+        positions = {out for node in nodes if node.op_type in ("Range", "Trilu") for out in node.output}
+        for node in nodes:
+            if node.op_type == "Trilu":
+                return False
+            if node.op_type in ("Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal"):
+                sides = [self.ancestors(operand)[0] & positions for operand in node.input]
+                if all(sides):
+                    return False
+        return True
 
 
 @dataclass
@@ -196,7 +220,7 @@ def _match_attention(graph: _Graph, softmax: onnx.NodeProto, mask_input: str) ->
     if scores is None or _attribute(softmax, "axis", -1) not in (-1, 3):
         return None
     qk = graph.op(scores.input[0], "MatMul")
-    if qk is None or not graph.depends_on(scores.input[1], mask_input):
+    if qk is None or not graph.is_key_padding_bias(scores.input[1], mask_input):
         return None
     q_scaled, k_scaled = graph.op(qk.input[0], "Mul"), graph.op(qk.input[1], "Mul")
     if q_scaled is None or k_scaled is None:
