@@ -177,3 +177,13 @@ def test_a_graph_without_the_pattern_is_unchanged() -> None:
     assert model.SerializeToString() == before
     no_mask = helper.make_model(helper.make_graph([], "empty", [], []))
     assert fuse_encoder(no_mask) == FusionReport(attention=0, gelu=0, layers=0)
+
+
+def test_a_graph_before_opset_13_is_unchanged(minilm: onnx.ModelProto) -> None:
+    # Before opset 13 Softmax flattens from `axis` (default 1) on: not the attention's softmax.
+    model = onnx.ModelProto()
+    model.CopyFrom(minilm)
+    next(o for o in model.opset_import if o.domain in ("", "ai.onnx")).version = 12
+    before = model.SerializeToString()
+    assert fuse_encoder(model) == FusionReport(attention=0, gelu=0, layers=0)
+    assert model.SerializeToString() == before

@@ -193,6 +193,16 @@ def _head_count(split: tuple[int, int], hidden: int) -> int | None:
     return heads if heads > 0 and heads * size == hidden else None
 
 
+def _merges_heads(graph: _Graph, reshape: onnx.NodeProto, hidden: int) -> bool:
+    """Whether ``reshape`` makes ``[batch, tokens, hidden]`` of ``[batch, tokens, heads, size]``
+    (its shape ``Concat(batch, tokens, hidden or -1)``): what the fused Attention outputs."""
+    shape = graph.producer.get(reshape.input[1])
+    if shape is None or shape.op_type != "Concat" or len(shape.input) != 3:
+        return False
+    last = graph.constant(shape.input[2])
+    return last is not None and last.size == 1 and int(last.reshape(-1)[0]) in (-1, hidden)
+
+
 def _key_chain(graph: _Graph, name: str) -> tuple[str, list[onnx.NodeProto]] | None:
     """Walk back from ``k·scale``'s tensor input through the exporter's
     Reshape → Transpose(0, 2, 1) → Reshape of ``kᵀ`` to the heads-shaped key."""
@@ -263,7 +273,7 @@ def _match_attention(graph: _Graph, softmax: onnx.NodeProto, mask_input: str) ->
         return None
     bias = graph.constant(q_lin[2])
     heads = _head_count(q[1], bias.size) if bias is not None and bias.ndim == 1 else None
-    if heads is None:
+    if heads is None or bias is None or not _merges_heads(graph, merged, bias.size):
         return None
     # Shapes, the mask bias and the constants these nodes used are left to the pruning in
     # fuse_encoder: whatever else still reads them keeps them.
@@ -358,7 +368,9 @@ def _prune_and_sort(graph: onnx.GraphProto, nodes: Iterable[onnx.NodeProto]) -> 
 def fuse_encoder(model: onnx.ModelProto, mask_input: str = "attention_mask") -> FusionReport:
     """Fuse ``model``'s attention layers and GELUs in place; see the module's docstring."""
     graph = _Graph(model)
-    if mask_input not in {i.name for i in model.graph.input}:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if mask_input not in {i.name for i in model.graph.input} or opset < 13:
+        # Before opset 13 Softmax flattens its input from ``axis`` (default 1) on.
         return FusionReport(attention=0, gelu=0, layers=0)
     softmaxes = [n for n in graph.nodes if n.op_type == "Softmax"]
     layers = [layer for s in softmaxes if (layer := _match_attention(graph, s, mask_input)) is not None]

@@ -16,6 +16,7 @@ the same computation.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,6 +54,8 @@ if TYPE_CHECKING:  # importing graph_fusion imports onnx: only when a graph is f
 
 Vectors = npt.NDArray[np.float32]
 
+log = logging.getLogger("hevlayer.triton.onnx_model")
+
 
 class OnnxEmbedder:
     """Text in, L2-normalized mean-pooled vectors out, on onnxruntime (CPU)."""
@@ -78,6 +81,13 @@ class OnnxEmbedder:
         model: str | bytes = str(files.onnx_path)
         if self.options.fuse_graph:
             model, self.fusion = fused_model_bytes(files.onnx_path)
+            log.info(
+                "encoder graph %s: %d of %d attention layers and %d GELUs fused",
+                files.onnx_path.name,
+                self.fusion.attention,
+                self.fusion.layers,
+                self.fusion.gelu,
+            )
         self._session = ort.InferenceSession(
             model, sess_options=session_options, providers=["CPUExecutionProvider"]
         )
