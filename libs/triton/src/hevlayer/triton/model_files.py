@@ -106,7 +106,7 @@ class RuntimeOptions:
     fuse_graph: bool = True
     """Run the encoder graph rewritten into onnxruntime's fused attention and GELU kernels
     (:mod:`hevlayer.triton.graph_fusion`): the same vectors up to float rounding (at most
-    about 2e-7 apart), 11–12 % less CPU per text. False runs the file's graph as it is."""
+    about 2e-7 apart), 11 to 12 % less CPU per text. False runs the file's graph as it is."""
 
     def resolved(self, cpus: int | None = None) -> tuple[int, int]:
         """``(parallel runs, threads per run)`` on a machine of ``cpus`` CPUs (default: this one)."""
