@@ -23,6 +23,11 @@ PARAPHRASES = ("a cat sits on the mat", "a kitten is on the rug")
 UNRELATED = "the stock market fell sharply today"
 
 
+def test_the_served_model_runs_the_fused_encoder_graph(triton: LocalTriton) -> None:
+    log = triton.log_path.read_text(errors="replace")
+    assert "hevlayer: encoder model.onnx: 6 of 6 attention layers and 6 GELUs fused" in log
+
+
 async def test_the_model_is_discovered_from_triton(triton: LocalTriton) -> None:
     client = TritonEmbeddingClient(triton.url, "minilm")
     try:

@@ -57,6 +57,15 @@ class TritonPythonModel:
             fuse_graph=params.get("fuse_graph", "true").lower() == "true",
         )
         self.embedder = OnnxEmbedder(files, options)
+        fusion = self.embedder.fusion
+        pb_utils.Logger.log_info(
+            f"hevlayer: encoder {files.onnx_path.name}: "
+            + (
+                f"{fusion.attention} of {fusion.layers} attention layers and {fusion.gelu} GELUs fused"
+                if fusion is not None
+                else "graph as the file has it (fuse_graph false)"
+            )
+        )
 
     def execute(self, requests: list[Any]) -> list[Any]:
         texts: list[str] = []
