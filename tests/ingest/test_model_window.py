@@ -316,3 +316,18 @@ def test_a_character_of_more_tokens_than_the_budget_is_a_body_of_its_own() -> No
     assert_covers(text, spans)
     assert (4, 5) in spans
     assert all(index.count(s, e) <= 1 for s, e in spans if (s, e) != (4, 5))
+
+
+def test_a_control_character_beside_such_a_character_stays_with_it() -> None:
+    """Found by hypothesis (a JSON Lines value "레\x1b"): the tokenizer makes two tokens of "레" and
+    none of the escape character after it, so the body "레\x1b" has two tokens, both in one
+    character; it is not cut, and the property checks accept it as they accept "레" alone."""
+    text = "value: 레\x1b"
+    budget = Budget(max_tokens=1, overlap_tokens=0, max_chars=16)
+    index = budget.index(text)
+    assert index.count(7, 8) == 2
+    assert index.count(8, 9) == 0
+    spans = split_text(text, budget)
+    assert_covers(text, spans)
+    assert_within_budget(text, spans, budget)
+    assert all(index.count(s, e) <= 1 for s, e in spans if s != 7)

@@ -17,10 +17,11 @@ that are slices ``text[start:end]``. The splitter guarantees:
 - every non-whitespace character of the text lies in at least one body (only
   whitespace between units is dropped);
 - each body has at most ``budget.max_tokens`` tokens (counted in the whole
-  text's tokenization) and ``budget.max_chars`` characters, except a body of
-  one character that alone has more tokens than ``max_tokens`` (the model's
-  tokenizer may make two tokens of one character, a Hangul syllable for
-  instance; nothing smaller than a character can be cut);
+  text's tokenization) and ``budget.max_chars`` characters, except a body
+  whose tokens all lie in one character that alone has more tokens than
+  ``max_tokens`` (the model's tokenizer may make two tokens of one character,
+  a Hangul syllable for instance, and none of a control character next to it;
+  nothing smaller than a character can be cut);
 - two consecutive bodies share at most ``budget.overlap_tokens`` tokens.
 
 It cuts between paragraphs, else between lines, else between words (what the
