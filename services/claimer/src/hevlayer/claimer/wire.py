@@ -22,6 +22,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, ti
 
 from hevlayer.api.document.v1 import document_pb2
 from hevlayer.api.lease.v1 import lease_pb2
+from hevlayer.common.encoded import varint
 
 _VARINT = re.compile(rb"[\x80-\xff]*[\x00-\x7f]", re.S)
 
@@ -167,16 +168,6 @@ def encode_transition_results(ids: Sequence[str], outcomes: Sequence[int], token
     return _length_delimited(b"\x0a", [template % row for row in zip(*columns, strict=True)])
 
 
-def _varint(value: int) -> bytes:
-    """The varint encoding of one non-negative value."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _uniform(values: Sequence[object]) -> bool:
     """True if every value equals the first (one C-level count)."""
     return values.count(values[0]) == len(values)
@@ -187,11 +178,11 @@ def _repeated_constant(field: int, value: object, count: int) -> bytes:
     length-delimited entries for a string, one packed varint field for an integer."""
     if isinstance(value, str):
         data = value.encode()
-        return (_varint(field << 3 | 2) + _varint(len(data)) + data) * count
+        return (varint(field << 3 | 2) + varint(len(data)) + data) * count
     if not isinstance(value, int) or value < 0:
         raise TypeError(f"field {field}: expected a string or a non-negative integer, got {value!r}")
-    body = _varint(value) * count
-    return _varint(field << 3 | 2) + _varint(len(body)) + body
+    body = varint(value) * count
+    return varint(field << 3 | 2) + varint(len(body)) + body
 
 
 # LeaseColumns' columns: (field name, field number), in field order.
@@ -239,4 +230,4 @@ def encode_lease_columns(
         else:
             getattr(message, name).extend(values)
     body = message.SerializeToString() + b"".join(constants)
-    return b"\x12" + _varint(len(body)) + body
+    return b"\x12" + varint(len(body)) + body
