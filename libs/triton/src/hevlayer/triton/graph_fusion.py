@@ -411,6 +411,6 @@ def fuse_encoder(model: onnx.ModelProto, mask_input: str = "attention_mask") -> 
         return FusionReport(attention=0, gelu=0, layers=len(softmaxes))
     del model.graph.node[:]
     model.graph.node.extend(ordered)
-    if not any(opset.domain == MS_DOMAIN for opset in model.opset_import):
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return FusionReport(attention=len(layers), gelu=len(gelus), layers=len(softmaxes))
